@@ -1,0 +1,326 @@
+//! Kubernetes YAML in, cluster objects out: multi-document files, `kind: List` (and `PodList`
+//! and friends, as `kubectl get -o yaml` prints them). Kinds stacknet does not read are skipped
+//! with a warning; fields the API does not know are reported as warnings, as `kubectl` does,
+//! so a typo such as `podSelectr` does not silently select every pod.
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::api::networking::v1 as networking;
+
+use crate::error::{Invalid, ManifestError};
+use crate::objects::{ClusterObject, EndpointSlice, Namespace, NetworkPolicy, Pod, Service};
+
+/// The objects of one manifest file, in file order, and what was noticed on the way.
+#[derive(Debug, Default)]
+pub struct Manifest {
+    pub objects: Vec<ClusterObject>,
+    pub warnings: Vec<String>,
+}
+
+const KINDS: &str = "Namespace, Pod, NetworkPolicy, Service, EndpointSlice";
+
+/// Parses one file's text; `source_name` (usually the path) prefixes every message.
+pub fn parse(source_name: &str, text: &str) -> Result<Manifest, ManifestError> {
+    let docs: Vec<Value> = serde_saphyr::from_multiple(text)
+        .map_err(|e| ManifestError::Yaml { source_name: source_name.to_string(), message: e.to_string() })?;
+    let mut out = Manifest::default();
+    for (i, doc) in docs.into_iter().enumerate() {
+        let document = i + 1;
+        if doc.is_null() {
+            continue;
+        }
+        read_object(source_name, document, "", doc, &mut out)?;
+    }
+    Ok(out)
+}
+
+fn read_object(
+    source_name: &str,
+    document: usize,
+    at: &str,
+    value: Value,
+    out: &mut Manifest,
+) -> Result<(), ManifestError> {
+    let doc_err = |object: String, message: String| ManifestError::Document {
+        source_name: source_name.to_string(),
+        document,
+        object,
+        message,
+    };
+    let Value::Object(map) = &value else {
+        return Err(doc_err(
+            at.to_string(),
+            "is not a Kubernetes object (expected a mapping with apiVersion and kind)".into(),
+        ));
+    };
+    let kind = map.get("kind").and_then(Value::as_str).unwrap_or_default().to_string();
+    let api_version = map.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_string();
+    if kind.is_empty() {
+        return Err(doc_err(at.to_string(), "has no kind".into()));
+    }
+    let meta = map.get("metadata");
+    let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("");
+    let namespace = meta.and_then(|m| m.get("namespace")).and_then(Value::as_str);
+    let described = match namespace {
+        Some(ns) => format!("{kind} {ns}/{name}"),
+        None => format!("{kind} {name}"),
+    };
+    let described = described.trim_end().to_string();
+
+    if kind == "List" || (kind.ends_with("List") && map.contains_key("items")) {
+        let Some(Value::Array(items)) = map.get("items") else {
+            return Err(doc_err(format!("{at} ({kind})"), "items: expected a list of objects".into()));
+        };
+        for (j, item) in items.clone().into_iter().enumerate() {
+            read_object(source_name, document, &format!("{at} items[{j}]"), item, out)?;
+        }
+        return Ok(());
+    }
+
+    let expected_version = match kind.as_str() {
+        "Namespace" | "Pod" | "Service" => "v1",
+        "NetworkPolicy" => "networking.k8s.io/v1",
+        "EndpointSlice" => "discovery.k8s.io/v1",
+        _ => {
+            out.warnings.push(format!(
+                "{source_name}: document {document}{at}: skipped {described} ({api_version}): stacknet reads {KINDS}"
+            ));
+            return Ok(());
+        }
+    };
+    if api_version != expected_version {
+        return Err(doc_err(
+            format!("{at} ({described})"),
+            format!("apiVersion {api_version:?} is not supported for {kind} (expected {expected_version})"),
+        ));
+    }
+    let invalid = |invalid: Invalid| ManifestError::Invalid { source_name: source_name.to_string(), invalid };
+    let object = match kind.as_str() {
+        "Namespace" => {
+            let ns: core::Namespace = typed(&value, &described, source_name, document, at, out).map_err(invalid)?;
+            ClusterObject::Namespace(Namespace::from_k8s(&ns).map_err(invalid)?)
+        }
+        "Pod" => {
+            let pod: core::Pod = typed(&value, &described, source_name, document, at, out).map_err(invalid)?;
+            ClusterObject::Pod(Pod::from_k8s(&pod).map_err(invalid)?)
+        }
+        "NetworkPolicy" => {
+            let np: networking::NetworkPolicy =
+                typed(&value, &described, source_name, document, at, out).map_err(invalid)?;
+            let mut warnings = Vec::new();
+            let p = NetworkPolicy::from_k8s(&np, &mut warnings).map_err(invalid)?;
+            out.warnings.extend(warnings.into_iter().map(|w| format!("{source_name}: {w}")));
+            ClusterObject::NetworkPolicy(p)
+        }
+        "Service" => {
+            let svc: core::Service = typed(&value, &described, source_name, document, at, out).map_err(invalid)?;
+            ClusterObject::Service(Service::from_k8s(&svc).map_err(invalid)?)
+        }
+        "EndpointSlice" => {
+            let s: discovery::EndpointSlice =
+                typed(&value, &described, source_name, document, at, out).map_err(invalid)?;
+            ClusterObject::EndpointSlice(EndpointSlice::from_k8s(&s).map_err(invalid)?)
+        }
+        _ => unreachable!("kinds are filtered above"),
+    };
+    out.objects.push(object);
+    Ok(())
+}
+
+/// Deserializes into the API type, reporting the field path of a type error, and warns about
+/// fields the type does not have.
+fn typed<T: DeserializeOwned + serde::Serialize>(
+    value: &Value,
+    described: &str,
+    source_name: &str,
+    document: usize,
+    at: &str,
+    out: &mut Manifest,
+) -> Result<T, Invalid> {
+    let typed: T = serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { "(object)".to_string() } else { path };
+        Invalid::new(described, field, e.into_inner().to_string())
+    })?;
+    if let Ok(round_trip) = serde_json::to_value(&typed) {
+        let mut unknown = Vec::new();
+        unknown_fields(value, &round_trip, String::new(), &mut unknown);
+        for field in unknown {
+            out.warnings
+                .push(format!("{source_name}: document {document}{at} ({described}): unknown field {field} (ignored)"));
+        }
+    }
+    Ok(typed)
+}
+
+/// Keys present in `input` but not in `known` (the object as the API type understood it).
+fn unknown_fields(input: &Value, known: &Value, path: String, out: &mut Vec<String>) {
+    match (input, known) {
+        (Value::Object(i), Value::Object(k)) => {
+            for (key, v) in i {
+                let p = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                match k.get(key) {
+                    Some(kv) => unknown_fields(v, kv, p, out),
+                    None if v.is_null() => {}
+                    None => out.push(p),
+                }
+            }
+        }
+        (Value::Array(i), Value::Array(k)) => {
+            for (n, (iv, kv)) in i.iter().zip(k).enumerate() {
+                unknown_fields(iv, kv, format!("{path}[{n}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::objects::{PolicyPortSpec, PortMatch, Protocol};
+
+    fn policy(m: &Manifest, i: usize) -> &NetworkPolicy {
+        match &m.objects[i] {
+            ClusterObject::NetworkPolicy(p) => p,
+            o => panic!("not a policy: {o:?}"),
+        }
+    }
+
+    #[test]
+    fn multi_document_and_lists() {
+        let text = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: x, labels: {team: a}}
+---
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: a, namespace: x, labels: {pod: a}}
+  spec:
+    containers:
+    - name: c
+      ports: [{containerPort: 80, name: http}]
+  status: {podIP: 10.0.0.1}
+- apiVersion: apps/v1
+  kind: Deployment
+  metadata: {name: web, namespace: x}
+---
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  podSelector: {}
+  egress: [{}]
+"#;
+        let m = parse("f.yaml", text).unwrap();
+        assert_eq!(m.objects.len(), 3);
+        assert!(m.warnings.iter().any(|w| w.contains("skipped Deployment x/web")), "{:?}", m.warnings);
+        let ClusterObject::Namespace(ns) = &m.objects[0] else { panic!() };
+        assert_eq!(ns.labels.get("kubernetes.io/metadata.name").map(String::as_str), Some("x"));
+        let ClusterObject::Pod(pod) = &m.objects[1] else { panic!() };
+        assert_eq!(pod.ips, vec!["10.0.0.1".parse::<std::net::IpAddr>().unwrap()]);
+        assert_eq!(pod.named_port("http", Protocol::Tcp), Some(80));
+        // policyTypes defaulting: Ingress always, Egress because egress rules exist.
+        let p = policy(&m, 2);
+        assert_eq!(p.ingress, Some(vec![]));
+        assert_eq!(p.egress.as_ref().map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn empty_egress_list_does_not_add_egress_type() {
+        let text = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  egress: []\n";
+        let m = parse("f.yaml", text).unwrap();
+        assert_eq!(policy(&m, 0).egress, None);
+    }
+
+    #[test]
+    fn errors_name_file_object_and_field() {
+        let text = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-web, namespace: x}
+spec:
+  podSelector: {}
+  ingress:
+  - ports:
+    - port: 80
+    - port: http
+      endPort: 90
+"#;
+        let e = parse("web.yaml", text).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "web.yaml: NetworkPolicy x/allow-web: spec.ingress[0].ports[1].endPort: endPort requires a numeric port"
+        );
+
+        let text = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  ingress:\n  - from:\n    - ipBlock: {cidr: 10.0.0.0/33}\n";
+        let e = parse("f.yaml", text).unwrap_err().to_string();
+        assert!(e.starts_with("f.yaml: NetworkPolicy x/p: spec.ingress[0].from[0].ipBlock.cidr: prefix length"), "{e}");
+
+        let text = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  ingress:\n  - ports:\n    - port: [80]\n";
+        let e = parse("f.yaml", text).unwrap_err().to_string();
+        assert!(
+            e.starts_with("f.yaml: NetworkPolicy x/p: spec.ingress.0.ports.0.port:")
+                || e.contains("spec.ingress[0].ports[0].port"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_yaml_and_bad_documents() {
+        let e = parse("f.yaml", "a: [1, 2\n").unwrap_err();
+        assert!(matches!(e, ManifestError::Yaml { .. }), "{e}");
+        let e = parse("f.yaml", "- 1\n- 2\n").unwrap_err().to_string();
+        assert!(e.contains("document 1") && e.contains("not a Kubernetes object"), "{e}");
+        let e = parse("f.yaml", "apiVersion: v1\nmetadata: {name: a}\n").unwrap_err().to_string();
+        assert!(e.contains("has no kind"), "{e}");
+        let e = parse("f.yaml", "apiVersion: extensions/v1beta1\nkind: NetworkPolicy\nmetadata: {name: a}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("apiVersion \"extensions/v1beta1\" is not supported"), "{e}");
+        let e = parse("f.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {namespace: x}\n").unwrap_err().to_string();
+        assert!(e.contains("metadata.name: is required"), "{e}");
+    }
+
+    #[test]
+    fn unknown_fields_are_warned_about() {
+        let text = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x, creationTimestamp: null}\nspec:\n  podSelectr: {matchLabels: {app: db}}\n";
+        let m = parse("f.yaml", text).unwrap();
+        assert!(m.warnings.iter().any(|w| w.contains("unknown field spec.podSelectr")), "{:?}", m.warnings);
+        assert_eq!(m.warnings.len(), 1, "{:?}", m.warnings);
+    }
+
+    #[test]
+    fn ports_named_ranges_and_protocols() {
+        let text = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress:
+  - ports:
+    - {port: 8000, endPort: 8080}
+    - {port: dns, protocol: UDP}
+    - {protocol: SCTP}
+"#;
+        let m = parse("f.yaml", text).unwrap();
+        let p = policy(&m, 0);
+        assert_eq!(p.ingress, None);
+        let ports = &p.egress.as_ref().unwrap()[0].ports;
+        assert_eq!(ports[0].port, PolicyPortSpec::Numbers(PortMatch::Range { from: 8000, to: 8080 }));
+        assert_eq!(ports[0].protocol, Protocol::Tcp);
+        assert_eq!(ports[1].port, PolicyPortSpec::Named("dns".into()));
+        assert_eq!(ports[1].protocol, Protocol::Udp);
+        assert_eq!(ports[2].port, PolicyPortSpec::Numbers(PortMatch::Any));
+    }
+}

@@ -1,0 +1,133 @@
+//! NetworkPolicy semantics, decided directly from the cluster index: the reference that the
+//! compiled model, ovn-trace and real packets are all checked against.
+//!
+//! Traffic from pod A to pod B on port/protocol is allowed iff A's egress allows it and B's
+//! ingress allows it. A pod is isolated for a direction when a policy of its namespace selects it
+//! and governs that direction; an isolated pod accepts (or sends) only what some such policy's
+//! rules allow. Pods that no policy isolates are open. hostNetwork pods are never selected.
+
+use std::net::IpAddr;
+
+use crate::index::ClusterIndex;
+use crate::objects::{NamespaceScope, NetworkPolicy, ObjectKey, Peer, PeerSelector, Pod, PolicyRule, Protocol};
+
+/// The outcome for one direction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// No policy isolates the pod in this direction.
+    NotIsolated,
+    /// Isolated, and these policies allow the traffic.
+    Allowed(Vec<ObjectKey>),
+    /// Isolated by these policies, none of which allows the traffic.
+    Denied(Vec<ObjectKey>),
+}
+
+impl Decision {
+    pub fn permits(&self) -> bool {
+        !matches!(self, Decision::Denied(_))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// The sender's egress.
+    pub egress: Decision,
+    /// The receiver's ingress.
+    pub ingress: Decision,
+}
+
+impl Verdict {
+    pub fn allowed(&self) -> bool {
+        self.egress.permits() && self.ingress.permits()
+    }
+}
+
+/// The addresses a probe from `from` to `to` uses: the receiver's primary address, and the
+/// sender's address of the same family (either may be missing when a pod has no IP yet).
+pub fn probe_addresses(from: &Pod, to: &Pod) -> (Option<IpAddr>, Option<IpAddr>) {
+    match to.ips.first().copied() {
+        Some(dst) => (from.ip_like(dst), Some(dst)),
+        None => (from.ips.first().copied(), None),
+    }
+}
+
+/// Whether `pod` is one of the pods `peer` names (namespace scope and pod selector).
+pub fn peer_selects(index: &ClusterIndex, peer: &PeerSelector, pod: &Pod) -> bool {
+    if !pod.is_policy_subject() {
+        return false;
+    }
+    let namespace_ok = match &peer.namespaces {
+        NamespaceScope::Named(ns) => *ns == pod.key.namespace,
+        NamespaceScope::Selected(sel) => index.namespace_labels(&pod.key.namespace).is_some_and(|l| sel.matches(l)),
+    };
+    namespace_ok && peer.pods.matches(&pod.labels)
+}
+
+/// Whether `policy` selects `pod` as a target.
+pub fn policy_selects(policy: &NetworkPolicy, pod: &Pod) -> bool {
+    pod.is_policy_subject() && policy.key.namespace == pod.key.namespace && policy.pod_selector.matches(&pod.labels)
+}
+
+fn rule_allows(
+    index: &ClusterIndex,
+    rule: &PolicyRule,
+    other: &Pod,
+    other_ip: Option<IpAddr>,
+    port: u16,
+    protocol: Protocol,
+    destination: &Pod,
+) -> bool {
+    let peer_ok = rule.peers.is_empty()
+        || rule.peers.iter().any(|peer| match peer {
+            Peer::Pods(sel) => peer_selects(index, sel, other),
+            Peer::IpBlock(block) => other_ip.is_some_and(|ip| block.contains(ip)),
+        });
+    peer_ok && rule.ports_match(port, protocol, Some(destination))
+}
+
+/// Decides one probe: `from` sends to `to` on `port`/`protocol`.
+pub fn evaluate(index: &ClusterIndex, from: &Pod, to: &Pod, port: u16, protocol: Protocol) -> Verdict {
+    let (src_ip, dst_ip) = probe_addresses(from, to);
+
+    let mut egress_isolating = Vec::new();
+    let mut egress_allowing = Vec::new();
+    if from.is_policy_subject() {
+        for policy in index.policies_in(&from.key.namespace) {
+            let Some(rules) = &policy.egress else { continue };
+            if !policy.pod_selector.matches(&from.labels) {
+                continue;
+            }
+            egress_isolating.push(policy.key.clone());
+            if rules.iter().any(|r| rule_allows(index, r, to, dst_ip, port, protocol, to)) {
+                egress_allowing.push(policy.key.clone());
+            }
+        }
+    }
+
+    let mut ingress_isolating = Vec::new();
+    let mut ingress_allowing = Vec::new();
+    if to.is_policy_subject() {
+        for policy in index.policies_in(&to.key.namespace) {
+            let Some(rules) = &policy.ingress else { continue };
+            if !policy.pod_selector.matches(&to.labels) {
+                continue;
+            }
+            ingress_isolating.push(policy.key.clone());
+            if rules.iter().any(|r| rule_allows(index, r, from, src_ip, port, protocol, to)) {
+                ingress_allowing.push(policy.key.clone());
+            }
+        }
+    }
+
+    Verdict { egress: decide(egress_isolating, egress_allowing), ingress: decide(ingress_isolating, ingress_allowing) }
+}
+
+fn decide(isolating: Vec<ObjectKey>, allowing: Vec<ObjectKey>) -> Decision {
+    if isolating.is_empty() {
+        Decision::NotIsolated
+    } else if allowing.is_empty() {
+        Decision::Denied(isolating)
+    } else {
+        Decision::Allowed(allowing)
+    }
+}
