@@ -377,7 +377,8 @@ impl PolicyEngine {
         for p in &pod.ports {
             if let Some(name) = &p.name {
                 let key = NamedPortKey { protocol: p.protocol, name: name.clone() };
-                if self.named_ports.contains_key(&key) {
+                // A name used twice resolves to its first port, as Kubernetes resolves it.
+                if self.named_ports.contains_key(&key) && pod.named_port(name, p.protocol) == Some(p.port) {
                     out.push(SetRef::NamedPort { key, port: p.port });
                 }
             }

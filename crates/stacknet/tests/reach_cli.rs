@@ -1,0 +1,162 @@
+//! `stacknet reach` as a user runs it: the real binary, the example manifests, bad input.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn stacknet(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stacknet"))
+        .args(args)
+        .current_dir(root())
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("stacknet runs");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin.unwrap_or_default().as_bytes()).expect("write stdin");
+    drop(input);
+    child.wait_with_output().expect("stacknet finishes")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+const PROBES: [&str; 8] = ["-p", "80/TCP", "-p", "8000/TCP", "-p", "5432/TCP", "-p", "9100/TCP"];
+
+fn three_tier_json(dataplane: &str) -> Value {
+    let mut args = vec!["reach", "-f", "examples/three-tier", "--output", "json", "--dataplane", dataplane];
+    args.extend(PROBES);
+    let out = stacknet(&args, None);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    // Exactly one JSON object on stdout.
+    let mut stream = serde_json::Deserializer::from_str(&text).into_iter::<Value>();
+    let v = stream.next().expect("one value").expect("valid JSON");
+    assert!(stream.next().is_none(), "more than one JSON value on stdout");
+    v
+}
+
+fn verdict(v: &Value, from: &str, to: &str, port: u64) -> bool {
+    let hits: Vec<&Value> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["from"] == from && r["to"] == to && r["port"] == port)
+        .collect();
+    assert_eq!(hits.len(), 1, "{from} -> {to}:{port}");
+    hits[0]["allowed"].as_bool().unwrap()
+}
+
+#[test]
+fn json_contract_and_the_three_tier_verdicts() {
+    let v = three_tier_json("semantics");
+    let results = v["results"].as_array().unwrap();
+    // 7 pods: 42 ordered pairs of distinct pods, 4 probes.
+    assert_eq!(results.len(), 42 * 4);
+    for r in results {
+        let keys: Vec<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys.len(), 5, "{r}");
+        for k in ["from", "to", "port", "protocol", "allowed"] {
+            assert!(keys.contains(&k), "{r}");
+        }
+        assert_eq!(r["protocol"], "TCP");
+        assert_ne!(r["from"], r["to"]);
+    }
+    // The seed's DB_SG: only the application tier reaches the database.
+    assert!(verdict(&v, "leonardo/app-0", "leonardo/db-0", 5432));
+    assert!(!verdict(&v, "leonardo/web-0", "leonardo/db-0", 5432));
+    assert!(!verdict(&v, "leonardo/cache-0", "leonardo/db-0", 5432));
+    // The web tier may only call the application tier.
+    assert!(verdict(&v, "leonardo/web-0", "leonardo/app-1", 8000));
+    assert!(!verdict(&v, "leonardo/web-0", "kube-system/coredns-0", 80));
+    // Named port "metrics" is 9100 on app pods but 9150 on memcached.
+    assert!(verdict(&v, "monitoring/prometheus-0", "leonardo/app-0", 9100));
+    assert!(!verdict(&v, "monitoring/prometheus-0", "leonardo/cache-0", 9100));
+    // Namespaces without policies are open.
+    assert!(verdict(&v, "leonardo/db-0", "monitoring/prometheus-0", 9100));
+}
+
+#[test]
+fn compiled_model_gives_the_same_answers() {
+    assert_eq!(three_tier_json("semantics"), three_tier_json("compiled"));
+}
+
+#[test]
+fn table_is_plain_text_when_not_a_terminal() {
+    let out = stacknet(
+        &[
+            "reach",
+            "-f",
+            "examples/three-tier/cluster.yaml",
+            "-f",
+            "examples/three-tier/policies.yaml",
+            "-p",
+            "5432/TCP",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("5432/TCP"), "{text}");
+    assert!(text.contains('✓') && text.contains('✗'));
+    assert!(!text.contains('\x1b'), "no color codes in a pipe");
+    assert!(text.contains("leonardo/db-0"));
+}
+
+#[test]
+fn invalid_policy_exits_2_naming_file_object_and_field() {
+    let bad = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: allow-web, namespace: x}\nspec:\n  podSelector: {}\n  ingress:\n  - ports:\n    - port: 80\n    - port: http\n      endPort: 90\n";
+    let out = stacknet(&["reach", "-f", "-", "-p", "80"], Some(bad));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty(), "nothing half-written on stdout");
+    assert_eq!(
+        stderr(&out).trim(),
+        "error: <stdin>: NetworkPolicy x/allow-web: spec.ingress[0].ports[1].endPort: endPort requires a numeric port"
+    );
+}
+
+#[test]
+fn garbage_and_missing_files_exit_2_without_a_panic() {
+    for garbage in ["\u{0}\u{1}\u{2}", "{{{{", "- - - :\n  ]", "kind: [", "42\n"] {
+        let out = stacknet(&["reach", "-f", "-", "-p", "80"], Some(garbage));
+        assert_eq!(out.status.code(), Some(2), "input {garbage:?}: {}", stderr(&out));
+        assert!(stderr(&out).starts_with("error: <stdin>:"), "{}", stderr(&out));
+        assert!(!stderr(&out).contains("panicked"));
+    }
+    let out = stacknet(&["reach", "-f", "does/not/exist.yaml", "-p", "80"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("does/not/exist.yaml: cannot read"), "{}", stderr(&out));
+    let out = stacknet(&["reach", "-f", "crates", "-p", "80"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("no .yaml"), "{}", stderr(&out));
+}
+
+#[test]
+fn bad_probes_and_flags_exit_2() {
+    for probe in ["0/TCP", "80/ICMP", "http", "70000"] {
+        let out = stacknet(&["reach", "-f", "examples/three-tier", "-p", probe], None);
+        assert_eq!(out.status.code(), Some(2), "probe {probe}");
+        assert!(stderr(&out).contains(probe), "{}", stderr(&out));
+    }
+    let out = stacknet(&["reach", "-f", "examples/three-tier"], None);
+    assert_eq!(out.status.code(), Some(2), "a probe is required");
+}
+
+#[test]
+fn skipped_kinds_and_unknown_fields_are_warnings() {
+    let text = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: x}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nspec: {containers: [{name: c, image: i}], hostNetwrk: true}\n";
+    let out = stacknet(&["reach", "-f", "-", "-p", "80", "-o", "json"], Some(text));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("warning: <stdin>: document 1: skipped Deployment x/web"), "{err}");
+    assert!(err.contains("unknown field spec.hostNetwrk"), "{err}");
+}
