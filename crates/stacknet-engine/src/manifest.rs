@@ -24,7 +24,10 @@ const KINDS: &str = "Namespace, Pod, NetworkPolicy, Service, EndpointSlice";
 
 /// Parses one file's text; `source_name` (usually the path) prefixes every message.
 pub fn parse(source_name: &str, text: &str) -> Result<Manifest, ManifestError> {
-    let docs: Vec<Value> = serde_saphyr::from_multiple(text)
+    // YAML 1.2 booleans only: `namespace: y` or a label `enabled: on` stays a string, as it does
+    // for the API server; the budget's limits keep alias bombs out.
+    let options = serde_saphyr::options! { strict_booleans: true };
+    let docs: Vec<Value> = serde_saphyr::from_multiple_with_options(text, options)
         .map_err(|e| ManifestError::Yaml { source_name: source_name.to_string(), message: e.to_string() })?;
     let mut out = Manifest::default();
     for (i, doc) in docs.into_iter().enumerate() {
@@ -235,6 +238,20 @@ spec:
     }
 
     #[test]
+    fn yaml_1_1_booleans_stay_strings() {
+        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: y, labels: {enabled: on, legacy: no}}\n";
+        let m = parse("f.yaml", text).unwrap();
+        let ClusterObject::Pod(pod) = &m.objects[0] else { panic!() };
+        assert_eq!(pod.key.namespace, "y");
+        assert_eq!(pod.labels.get("enabled").map(String::as_str), Some("on"));
+        assert_eq!(pod.labels.get("legacy").map(String::as_str), Some("no"));
+        // A number where a string belongs is an error naming the field, as kubectl's is.
+        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x, labels: {version: 1.0}}\n";
+        let e = parse("f.yaml", text).unwrap_err().to_string();
+        assert!(e.contains("metadata.labels.version"), "{e}");
+    }
+
+    #[test]
     fn empty_egress_list_does_not_add_egress_type() {
         let text = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  egress: []\n";
         let m = parse("f.yaml", text).unwrap();
@@ -267,10 +284,9 @@ spec:
 
         let text = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  ingress:\n  - ports:\n    - port: [80]\n";
         let e = parse("f.yaml", text).unwrap_err().to_string();
-        assert!(
-            e.starts_with("f.yaml: NetworkPolicy x/p: spec.ingress.0.ports.0.port:")
-                || e.contains("spec.ingress[0].ports[0].port"),
-            "{e}"
+        assert_eq!(
+            e,
+            "f.yaml: NetworkPolicy x/p: spec.ingress[0].ports[0].port: invalid type: sequence, expected IntOrString"
         );
     }
 

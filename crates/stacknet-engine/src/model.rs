@@ -366,9 +366,10 @@ impl PolicyEngine {
                     out.push(SetRef::Group(key.clone()));
                 }
             }
+            // The list holds exactly the sets whose namespace scope includes this namespace.
             if let Some(sets) = self.ns_peer_sets.get(&pod.key.namespace) {
                 for (id, sel) in sets {
-                    if self.ns_includes(&sel.namespaces, &pod.key.namespace) && sel.pods.matches(&pod.labels) {
+                    if sel.pods.matches(&pod.labels) {
                         out.push(SetRef::PeerSet(id.clone()));
                     }
                 }
@@ -386,14 +387,6 @@ impl PolicyEngine {
         out.sort();
         out.dedup();
         out
-    }
-
-    /// Named scopes are listed under their namespace even before it exists; it must exist now.
-    fn ns_includes(&self, scope: &NamespaceScope, ns: &str) -> bool {
-        match scope {
-            NamespaceScope::Named(n) => n == ns,
-            NamespaceScope::Selected(_) => true, // listed only while the namespace matches
-        }
     }
 
     fn record(&mut self, set: SetRef, pod: &ObjectKey, addresses: &[IpAddr], added: bool) {

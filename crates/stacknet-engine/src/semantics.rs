@@ -131,3 +131,69 @@ fn decide(isolating: Vec<ObjectKey>, allowing: Vec<ObjectKey>) -> Decision {
         Decision::Allowed(allowing)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest;
+
+    fn index(yaml: &str) -> ClusterIndex {
+        ClusterIndex::from_objects(manifest::parse("t.yaml", yaml).expect("valid").objects)
+    }
+
+    fn verdict(index: &ClusterIndex, from: &str, to: &str, port: u16, protocol: Protocol) -> Verdict {
+        let pod = |k: &str| index.pod(index.pod_id(&k.parse().unwrap()).unwrap()).unwrap();
+        evaluate(index, pod(from), pod(to), port, protocol)
+    }
+
+    const PODS: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: Pod, metadata: {name: a, namespace: x, labels: {app: a}}, status: {podIP: 10.0.0.1}}
+- {apiVersion: v1, kind: Pod, metadata: {name: b, namespace: y, labels: {app: b}}, status: {podIP: 10.0.0.2}}
+- {apiVersion: v1, kind: Pod, metadata: {name: node-agent, namespace: x, labels: {app: a}},
+   spec: {hostNetwork: true, containers: [{name: c, image: i}]}, status: {podIP: 192.168.1.10}}
+"#;
+
+    #[test]
+    fn host_network_pods_are_never_selected_but_ip_blocks_see_them() {
+        let deny_all = "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {}, policyTypes: [Ingress, Egress]}\n";
+        let i = index(&format!("{PODS}{deny_all}"));
+        // The hostNetwork pod is not isolated in either direction ...
+        let v = verdict(&i, "x/node-agent", "y/b", 80, Protocol::Tcp);
+        assert_eq!(v.egress, Decision::NotIsolated);
+        assert!(v.allowed());
+        // ... while x/a is, by the policy named in the verdict.
+        let v = verdict(&i, "y/b", "x/a", 80, Protocol::Tcp);
+        assert_eq!(v.ingress, Decision::Denied(vec![ObjectKey::new("x", "deny")]));
+
+        let allow = "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: a}}\n  ingress:\n  - from: [{podSelector: {}}]\n  - from: [{ipBlock: {cidr: 192.168.0.0/16}}]\n    ports: [{port: 22}]\n";
+        let i = index(&format!("{PODS}{allow}"));
+        // podSelector {} does not name the hostNetwork pod; the ipBlock does, on its port only.
+        assert!(!verdict(&i, "x/node-agent", "x/a", 80, Protocol::Tcp).allowed());
+        assert!(verdict(&i, "x/node-agent", "x/a", 22, Protocol::Tcp).allowed());
+    }
+
+    #[test]
+    fn a_namespace_without_an_object_is_selectable_by_its_name_label_only() {
+        let p = "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: y}}}]\n";
+        let i = index(&format!("{PODS}{p}"));
+        assert!(verdict(&i, "y/b", "x/a", 80, Protocol::Tcp).allowed());
+        let p = p.replace("kubernetes.io/metadata.name: y", "team: blue");
+        let i = index(&format!("{PODS}{p}"));
+        assert!(!verdict(&i, "y/b", "x/a", 80, Protocol::Tcp).allowed());
+        let ns = "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: y, labels: {team: blue}}\n";
+        let i = index(&format!("{PODS}{p}{ns}"));
+        assert!(verdict(&i, "y/b", "x/a", 80, Protocol::Tcp).allowed());
+    }
+
+    #[test]
+    fn protocol_defaults_to_tcp_and_must_match() {
+        let p = "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  ingress:\n  - ports: [{port: 53}]\n";
+        let i = index(&format!("{PODS}{p}"));
+        assert!(verdict(&i, "y/b", "x/a", 53, Protocol::Tcp).allowed());
+        assert!(!verdict(&i, "y/b", "x/a", 53, Protocol::Udp).allowed());
+        assert!(!verdict(&i, "y/b", "x/a", 53, Protocol::Sctp).allowed());
+    }
+}
