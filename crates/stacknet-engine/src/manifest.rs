@@ -25,8 +25,17 @@ const KINDS: &str = "Namespace, Pod, NetworkPolicy, Service, EndpointSlice";
 /// Parses one file's text; `source_name` (usually the path) prefixes every message.
 pub fn parse(source_name: &str, text: &str) -> Result<Manifest, ManifestError> {
     // YAML 1.2 booleans only: `namespace: y` or a label `enabled: on` stays a string, as it does
-    // for the API server; the budget's limits keep alias bombs out.
-    let options = serde_saphyr::options! { strict_booleans: true };
+    // for the API server. The budget is sized for whole-cluster dumps (`kubectl get -o yaml` of
+    // tens of thousands of objects); the alias limits still keep alias bombs out.
+    let options = serde_saphyr::options! {
+        strict_booleans: true,
+        budget: serde_saphyr::budget! {
+            max_events: 200_000_000,
+            max_nodes: 100_000_000,
+            max_documents: 10_000_000,
+            max_total_scalar_bytes: 1 << 30,
+        },
+    };
     let docs: Vec<Value> = serde_saphyr::from_multiple_with_options(text, options)
         .map_err(|e| ManifestError::Yaml { source_name: source_name.to_string(), message: e.to_string() })?;
     let mut out = Manifest::default();
@@ -235,6 +244,22 @@ spec:
         let p = policy(&m, 2);
         assert_eq!(p.ingress, Some(vec![]));
         assert_eq!(p.egress.as_ref().map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn whole_cluster_dumps_parse() {
+        let mut text = String::new();
+        for i in 0..3_000 {
+            text.push_str(&format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: x, labels: {{app: a, tier: t{}}}}}\nspec:\n  containers:\n  - name: c\n    image: i\n    ports: [{{name: http, containerPort: 80}}]\nstatus: {{podIP: 10.0.{}.{}}}\n",
+                i % 7,
+                i / 250,
+                i % 250
+            ));
+        }
+        let m = parse("dump.yaml", &text).unwrap();
+        assert_eq!(m.objects.len(), 3_000);
+        assert!(m.warnings.is_empty(), "{:?}", &m.warnings[..1]);
     }
 
     #[test]
