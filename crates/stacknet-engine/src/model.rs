@@ -327,13 +327,21 @@ impl PolicyEngine {
         for s in after.iter().filter(|s| !before.contains(s)) {
             self.join(s, id, &new.key, &new.ips);
         }
-        if old.is_some() && old_ips != new.ips {
-            // Same sets, new addresses: address-bearing sets see the pod leave and re-join.
-            for s in before.iter().filter(|s| after.contains(s)) {
-                if self.recording && matches!(s, SetRef::PeerSet(_) | SetRef::NamedPort { .. }) {
-                    self.record(s.clone(), &new.key, &old_ips, false);
-                    self.record(s.clone(), &new.key, &new.ips, true);
+        if old.is_some() && old_ips != new.ips && self.recording {
+            // Same sets, new addresses: every set it stays in sees it leave with the old
+            // addresses and come back with the new ones.
+            let mut stayed: Vec<SetRef> = before.iter().filter(|s| after.contains(s)).cloned().collect();
+            let isolates = |sets: &[SetRef], d: Direction| {
+                sets.iter().any(|s| matches!(s, SetRef::Group(k) if self.groups.get(k).is_some_and(|g| g.governs(d))))
+            };
+            for d in [Direction::Ingress, Direction::Egress] {
+                if isolates(&before, d) && isolates(&after, d) {
+                    stayed.push(SetRef::DefaultDeny { namespace: ns.clone(), direction: d });
                 }
+            }
+            for s in stayed {
+                self.record(s.clone(), &new.key, &old_ips, false);
+                self.record(s, &new.key, &new.ips, true);
             }
         }
         self.finish()
@@ -436,6 +444,10 @@ impl PolicyEngine {
     fn deny_adjust(&mut self, dirs: &[Direction], id: PodId, key: &ObjectKey, ips: &[IpAddr], joined: bool) {
         for &d in dirs {
             let dk = (key.namespace.clone(), d);
+            let set = SetRef::DefaultDeny { namespace: key.namespace.clone(), direction: d };
+            if joined && !self.default_deny.contains_key(&dk) && self.recording {
+                self.delta.sets_created.push(set.clone());
+            }
             let counts = self.default_deny.entry(dk.clone()).or_default();
             let changed = if joined {
                 let c = counts.entry(id).or_insert(0);
@@ -454,12 +466,15 @@ impl PolicyEngine {
                     None => false,
                 }
             };
-            if counts.is_empty() {
-                self.default_deny.remove(&dk);
-            }
+            let emptied = counts.is_empty();
             if changed {
-                let s = SetRef::DefaultDeny { namespace: key.namespace.clone(), direction: d };
-                self.record(s, key, ips, joined);
+                self.record(set.clone(), key, ips, joined);
+            }
+            if emptied {
+                self.default_deny.remove(&dk);
+                if self.recording {
+                    self.delta.sets_dropped.push(set);
+                }
             }
         }
     }

@@ -4,17 +4,66 @@
 //! - pod events change set membership only, never rules;
 //! - rules do not depend on pods at all.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use proptest::prelude::*;
 use stacknet_engine::index::Kind;
 use stacknet_engine::labels::{Labels, Requirement, Selector};
+use stacknet_engine::model::{Delta, SetRef};
 use stacknet_engine::objects::{
     ClusterObject, ContainerPort, IpBlock, Namespace, NamespaceScope, NetworkPolicy, ObjectKey, Peer, PeerSelector,
     Pod, PolicyPort, PolicyPortSpec, PolicyRule, PortMatch, Protocol,
 };
 use stacknet_engine::{Cidr, ClusterIndex, PolicyEngine, semantics};
+
+/// Every set that exists and its members with their addresses: what a backend mirrors.
+type SetsView = BTreeMap<SetRef, BTreeMap<ObjectKey, Vec<IpAddr>>>;
+
+fn sets_view(engine: &PolicyEngine) -> SetsView {
+    let index = engine.index();
+    let addresses = |k: &ObjectKey| index.pod(index.pod_id(k).unwrap()).unwrap().ips.clone();
+    let members = |m: &BTreeSet<ObjectKey>| m.iter().map(|k| (k.clone(), addresses(k))).collect::<BTreeMap<_, _>>();
+    let model = engine.model();
+    let mut view = SetsView::new();
+    for (k, g) in &model.groups {
+        view.insert(SetRef::Group(k.clone()), members(&g.members));
+    }
+    for (id, s) in &model.peer_sets {
+        view.insert(SetRef::PeerSet(id.clone()), members(&s.members));
+    }
+    for (key, ports) in &model.named_ports {
+        for (port, pods) in ports {
+            view.insert(SetRef::NamedPort { key: key.clone(), port: *port }, members(pods));
+        }
+    }
+    for ((namespace, direction), pods) in &model.default_deny {
+        view.insert(SetRef::DefaultDeny { namespace: namespace.clone(), direction: *direction }, members(pods));
+    }
+    view
+}
+
+/// Applies a delta the way a backend would: create sets, change members, drop sets.
+fn replay(view: &mut SetsView, delta: &Delta) -> Result<(), TestCaseError> {
+    for s in &delta.sets_created {
+        prop_assert!(view.insert(s.clone(), BTreeMap::new()).is_none(), "created twice: {:?}", s);
+    }
+    for c in &delta.membership {
+        let members = view.get_mut(&c.set);
+        prop_assert!(members.is_some(), "change to a set that does not exist: {:?}", c);
+        let members = members.unwrap();
+        if c.added {
+            prop_assert!(members.insert(c.pod.clone(), c.addresses.clone()).is_none(), "added twice: {:?}", c);
+        } else {
+            prop_assert_eq!(members.remove(&c.pod), Some(c.addresses.clone()), "{:?}", c);
+        }
+    }
+    for s in &delta.sets_dropped {
+        let gone = view.remove(s);
+        prop_assert!(gone.is_some_and(|m| m.is_empty()), "dropped a missing or non-empty set: {:?}", s);
+    }
+    Ok(())
+}
 
 const NAMESPACES: [&str; 3] = ["x", "y", "z"];
 const KEYS: [&str; 3] = ["app", "tier", "env"];
@@ -226,6 +275,7 @@ proptest! {
     #[test]
     fn incremental_updates_equal_a_full_compile(c in cluster(), changes in proptest::collection::vec(change(), 0..25)) {
         let mut engine = PolicyEngine::from_index(index_of(&c));
+        let mut mirror = sets_view(&engine);
         for ch in changes {
             let rules_before: BTreeSet<_> = engine.rules().cloned().collect();
             let (delta, pod_event) = match ch {
@@ -261,6 +311,9 @@ proptest! {
             }
             let full = PolicyEngine::from_index(engine.index().clone());
             prop_assert_eq!(engine.model(), full.model());
+            // The delta alone carries a mirror of the sets from the last state to this one.
+            replay(&mut mirror, &delta)?;
+            prop_assert_eq!(&mirror, &sets_view(&engine));
         }
         assert_model_agrees(&engine)?;
     }
@@ -310,6 +363,10 @@ fn pod_deltas_replay_to_the_next_model() {
     assert_eq!(d.membership.len(), 3, "{sets:#?}"); // group, default-deny ingress, named port
     assert!(d.membership.iter().all(|c| c.added && c.addresses == vec![IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))]));
     assert!(d.rules_added.is_empty() && d.rules_removed.is_empty());
+    // The namespace's ingress default-deny group and the (postgres, 5432) set come into being.
+    let ingress_deny = SetRef::DefaultDeny { namespace: "x".into(), direction: stacknet_engine::Direction::Ingress };
+    assert!(d.sets_created.contains(&ingress_deny), "{:?}", d.sets_created);
+    assert_eq!(d.sets_created.len(), 2, "{:?}", d.sets_created);
     let d = engine.apply(ClusterObject::Pod(pod("app-0", "app", 2)));
     assert_eq!(d.membership.len(), 2, "{d:#?}"); // peer set, named port
     // Relabel app-0 to db: it leaves the peer set, joins the group and default-deny.
