@@ -6,8 +6,6 @@
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use k8s_openapi::api::core::v1 as core;
-use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::api::networking::v1 as networking;
 
 use crate::error::{Invalid, ManifestError};
@@ -109,63 +107,58 @@ fn read_object(
             format!("apiVersion {api_version:?} is not supported for {kind} (expected {expected_version})"),
         ));
     }
-    let invalid = |invalid: Invalid| ManifestError::Invalid { source_name: source_name.to_string(), invalid };
+    let doc = Doc { value: &value, described: &described, source_name, document, at };
+    let mut warnings = Vec::new();
     let object = match kind.as_str() {
-        "Namespace" => {
-            let ns: core::Namespace = typed(&value, &described, source_name, document, at, out).map_err(invalid)?;
-            ClusterObject::Namespace(Namespace::from_k8s(&ns).map_err(invalid)?)
-        }
-        "Pod" => {
-            let pod: core::Pod = typed(&value, &described, source_name, document, at, out).map_err(invalid)?;
-            ClusterObject::Pod(Pod::from_k8s(&pod).map_err(invalid)?)
-        }
-        "NetworkPolicy" => {
-            let np: networking::NetworkPolicy =
-                typed(&value, &described, source_name, document, at, out).map_err(invalid)?;
-            let mut warnings = Vec::new();
-            let p = NetworkPolicy::from_k8s(&np, &mut warnings).map_err(invalid)?;
-            out.warnings.extend(warnings.into_iter().map(|w| format!("{source_name}: {w}")));
-            ClusterObject::NetworkPolicy(p)
-        }
-        "Service" => {
-            let svc: core::Service = typed(&value, &described, source_name, document, at, out).map_err(invalid)?;
-            ClusterObject::Service(Service::from_k8s(&svc).map_err(invalid)?)
-        }
-        "EndpointSlice" => {
-            let s: discovery::EndpointSlice =
-                typed(&value, &described, source_name, document, at, out).map_err(invalid)?;
-            ClusterObject::EndpointSlice(EndpointSlice::from_k8s(&s).map_err(invalid)?)
-        }
+        "Namespace" => doc.convert(out, Namespace::from_k8s).map(ClusterObject::Namespace),
+        "Pod" => doc.convert(out, Pod::from_k8s).map(ClusterObject::Pod),
+        "NetworkPolicy" => doc
+            .convert(out, |np: &networking::NetworkPolicy| NetworkPolicy::from_k8s(np, &mut warnings))
+            .map(ClusterObject::NetworkPolicy),
+        "Service" => doc.convert(out, Service::from_k8s).map(ClusterObject::Service),
+        "EndpointSlice" => doc.convert(out, EndpointSlice::from_k8s).map(ClusterObject::EndpointSlice),
         _ => unreachable!("kinds are filtered above"),
-    };
+    }
+    .map_err(|invalid| ManifestError::Invalid { source_name: source_name.to_string(), invalid })?;
+    out.warnings.extend(warnings.into_iter().map(|w| format!("{source_name}: {w}")));
     out.objects.push(object);
     Ok(())
 }
 
-/// Deserializes into the API type, reporting the field path of a type error, and warns about
-/// fields the type does not have.
-fn typed<T: DeserializeOwned + serde::Serialize>(
-    value: &Value,
-    described: &str,
-    source_name: &str,
+/// One object of a manifest, on its way to the API type and then to ours.
+struct Doc<'a> {
+    value: &'a Value,
+    described: &'a str,
+    source_name: &'a str,
     document: usize,
-    at: &str,
-    out: &mut Manifest,
-) -> Result<T, Invalid> {
-    let typed: T = serde_path_to_error::deserialize(value.clone()).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." { "(object)".to_string() } else { path };
-        Invalid::new(described, field, e.into_inner().to_string())
-    })?;
-    if let Ok(round_trip) = serde_json::to_value(&typed) {
-        let mut unknown = Vec::new();
-        unknown_fields(value, &round_trip, String::new(), &mut unknown);
-        for field in unknown {
-            out.warnings
-                .push(format!("{source_name}: document {document}{at} ({described}): unknown field {field} (ignored)"));
+    at: &'a str,
+}
+
+impl Doc<'_> {
+    /// Deserializes into the API type `T`, reporting the field path of a type error, warns
+    /// about fields `T` does not have, then validates with `convert`.
+    fn convert<T: DeserializeOwned + serde::Serialize, O>(
+        &self,
+        out: &mut Manifest,
+        convert: impl FnOnce(&T) -> Result<O, Invalid>,
+    ) -> Result<O, Invalid> {
+        let typed: T = serde_path_to_error::deserialize(self.value.clone()).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { "(object)".to_string() } else { path };
+            Invalid::new(self.described, field, e.into_inner().to_string())
+        })?;
+        if let Ok(round_trip) = serde_json::to_value(&typed) {
+            let mut unknown = Vec::new();
+            unknown_fields(self.value, &round_trip, String::new(), &mut unknown);
+            for field in unknown {
+                out.warnings.push(format!(
+                    "{}: document {}{} ({}): unknown field {field} (ignored)",
+                    self.source_name, self.document, self.at, self.described
+                ));
+            }
         }
+        convert(&typed)
     }
-    Ok(typed)
 }
 
 /// Keys present in `input` but not in `known` (the object as the API type understood it).

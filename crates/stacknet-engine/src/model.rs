@@ -20,26 +20,12 @@ use std::sync::Arc;
 
 use crate::index::{ClusterIndex, Kind, PodId};
 use crate::labels::Labels;
+pub use crate::objects::Direction;
 use crate::objects::{
     ClusterObject, IpBlock, Namespace, NamespaceScope, NetworkPolicy, ObjectKey, Peer, PeerSelector, Pod,
     PolicyPortSpec, PolicyRule, PortMatch, Protocol,
 };
 use crate::semantics::probe_addresses;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Direction {
-    Ingress,
-    Egress,
-}
-
-impl fmt::Display for Direction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Direction::Ingress => "ingress",
-            Direction::Egress => "egress",
-        })
-    }
-}
 
 /// A peer set's identity: derived from its selector alone, so it is the same across restarts
 /// and for every policy that names the same pods.
@@ -205,10 +191,7 @@ struct GroupState {
 
 impl GroupState {
     fn governs(&self, d: Direction) -> bool {
-        match d {
-            Direction::Ingress => self.policy.ingress.is_some(),
-            Direction::Egress => self.policy.egress.is_some(),
-        }
+        self.policy.rules(d).is_some()
     }
 
     fn directions(&self) -> Vec<Direction> {

@@ -257,6 +257,21 @@ impl PolicyRule {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkPolicy {
     pub key: ObjectKey,
@@ -266,6 +281,16 @@ pub struct NetworkPolicy {
     pub ingress: Option<Vec<PolicyRule>>,
     /// `None` when the policy does not govern egress (policyTypes lacks Egress, after defaulting).
     pub egress: Option<Vec<PolicyRule>>,
+}
+
+impl NetworkPolicy {
+    /// The rules for a direction, `None` when the policy does not govern it.
+    pub fn rules(&self, d: Direction) -> Option<&[PolicyRule]> {
+        match d {
+            Direction::Ingress => self.ingress.as_deref(),
+            Direction::Egress => self.egress.as_deref(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,7 +9,9 @@
 use std::net::IpAddr;
 
 use crate::index::ClusterIndex;
-use crate::objects::{NamespaceScope, NetworkPolicy, ObjectKey, Peer, PeerSelector, Pod, PolicyRule, Protocol};
+use crate::objects::{
+    Direction, NamespaceScope, NetworkPolicy, ObjectKey, Peer, PeerSelector, Pod, PolicyRule, Protocol,
+};
 
 /// The outcome for one direction.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,38 +90,40 @@ fn rule_allows(
 /// Decides one probe: `from` sends to `to` on `port`/`protocol`.
 pub fn evaluate(index: &ClusterIndex, from: &Pod, to: &Pod, port: u16, protocol: Protocol) -> Verdict {
     let (src_ip, dst_ip) = probe_addresses(from, to);
+    Verdict {
+        egress: direction(index, Direction::Egress, from, to, dst_ip, port, protocol, to),
+        ingress: direction(index, Direction::Ingress, to, from, src_ip, port, protocol, to),
+    }
+}
 
-    let mut egress_isolating = Vec::new();
-    let mut egress_allowing = Vec::new();
-    if from.is_policy_subject() {
-        for policy in index.policies_in(&from.key.namespace) {
-            let Some(rules) = &policy.egress else { continue };
-            if !policy.pod_selector.matches(&from.labels) {
+/// The decision of `subject`'s policies in direction `d` about traffic with `other` (whose
+/// address in the packet is `other_ip`); named ports resolve on `destination`.
+#[allow(clippy::too_many_arguments)]
+fn direction(
+    index: &ClusterIndex,
+    d: Direction,
+    subject: &Pod,
+    other: &Pod,
+    other_ip: Option<IpAddr>,
+    port: u16,
+    protocol: Protocol,
+    destination: &Pod,
+) -> Decision {
+    let mut isolating = Vec::new();
+    let mut allowing = Vec::new();
+    if subject.is_policy_subject() {
+        for policy in index.policies_in(&subject.key.namespace) {
+            let Some(rules) = policy.rules(d) else { continue };
+            if !policy.pod_selector.matches(&subject.labels) {
                 continue;
             }
-            egress_isolating.push(policy.key.clone());
-            if rules.iter().any(|r| rule_allows(index, r, to, dst_ip, port, protocol, to)) {
-                egress_allowing.push(policy.key.clone());
+            isolating.push(policy.key.clone());
+            if rules.iter().any(|r| rule_allows(index, r, other, other_ip, port, protocol, destination)) {
+                allowing.push(policy.key.clone());
             }
         }
     }
-
-    let mut ingress_isolating = Vec::new();
-    let mut ingress_allowing = Vec::new();
-    if to.is_policy_subject() {
-        for policy in index.policies_in(&to.key.namespace) {
-            let Some(rules) = &policy.ingress else { continue };
-            if !policy.pod_selector.matches(&to.labels) {
-                continue;
-            }
-            ingress_isolating.push(policy.key.clone());
-            if rules.iter().any(|r| rule_allows(index, r, from, src_ip, port, protocol, to)) {
-                ingress_allowing.push(policy.key.clone());
-            }
-        }
-    }
-
-    Verdict { egress: decide(egress_isolating, egress_allowing), ingress: decide(ingress_isolating, ingress_allowing) }
+    decide(isolating, allowing)
 }
 
 fn decide(isolating: Vec<ObjectKey>, allowing: Vec<ObjectKey>) -> Decision {
