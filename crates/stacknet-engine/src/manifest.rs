@@ -240,6 +240,54 @@ spec:
     }
 
     #[test]
+    fn services_and_endpoint_slices() {
+        let text = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: x}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {tier: db}
+  ports:
+  - {name: pg, port: 5432, targetPort: postgres}
+  - {name: dns, port: 53, protocol: UDP}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: headless, namespace: x}
+spec: {clusterIP: None, ports: [{port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: db-abc, namespace: x, labels: {kubernetes.io/service-name: db}}
+addressType: IPv4
+endpoints:
+- addresses: [10.0.0.1]
+  targetRef: {kind: Pod, name: db-0}
+- addresses: [10.0.0.2]
+  conditions: {ready: false}
+ports: [{name: pg, port: 5432}]
+"#;
+        let m = parse("svc.yaml", text).unwrap();
+        let ClusterObject::Service(db) = &m.objects[0] else { panic!() };
+        assert_eq!(db.cluster_ips, vec!["10.96.0.10".parse::<std::net::IpAddr>().unwrap()]);
+        assert_eq!(db.ports[0].target_port, crate::objects::TargetPort::Name("postgres".into()));
+        assert_eq!(db.ports[1].target_port, crate::objects::TargetPort::Number(53));
+        assert_eq!(db.ports[1].protocol, Protocol::Udp);
+        let ClusterObject::Service(headless) = &m.objects[1] else { panic!() };
+        assert!(headless.cluster_ips.is_empty());
+        let ClusterObject::EndpointSlice(slice) = &m.objects[2] else { panic!() };
+        assert_eq!(slice.service.as_deref(), Some("db"));
+        assert!(slice.endpoints[0].ready, "unset readiness means ready");
+        assert!(!slice.endpoints[1].ready);
+        assert_eq!(slice.endpoints[0].pod, Some(crate::objects::ObjectKey::new("x", "db-0")));
+
+        let bad = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s, namespace: x}\naddressType: IPv4\nendpoints: [{addresses: [not-an-ip]}]\n";
+        let e = parse("svc.yaml", bad).unwrap_err().to_string();
+        assert_eq!(e, "svc.yaml: EndpointSlice x/s: endpoints[0].addresses[0]: \"not-an-ip\" is not an IP address");
+    }
+
+    #[test]
     fn whole_cluster_dumps_parse() {
         let mut text = String::new();
         for i in 0..3_000 {
