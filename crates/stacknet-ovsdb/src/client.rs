@@ -1,0 +1,887 @@
+//! The connection: one background task per client owns the socket, multiplexes calls by id,
+//! applies monitor updates to the replica, answers and sends echoes, and on any failure
+//! reconnects (next remote, exponential backoff) and resyncs with `monitor_cond_since`.
+//!
+//! Calls made while no connection is up fail at once with [`Error::NotConnected`]; a call in
+//! flight when the connection drops fails with [`Error::Disconnected`]. Transactions are never
+//! resent behind the caller's back: the caller re-reads the replica and decides.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::codec::Framer;
+use crate::error::Error;
+use crate::replica::Replica;
+use crate::rpc::Message;
+use crate::schema::{DatabaseSchema, Version};
+use crate::transact::{Transaction, TxnReply};
+
+/// Where an ovsdb-server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Remote {
+    Unix(PathBuf),
+    Tcp { host: String, port: u16 },
+    Ssl { host: String, port: u16 },
+}
+
+impl Remote {
+    /// A comma-separated list, as OVN's `ovn-remote` and `--db` options take it.
+    pub fn parse_list(s: &str) -> Result<Vec<Remote>, Error> {
+        s.split(',').map(str::trim).filter(|r| !r.is_empty()).map(str::parse).collect()
+    }
+}
+
+fn host_port(s: &str, whole: &str) -> Result<(String, u16), Error> {
+    let bad = || Error::Remote(whole.to_string());
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, p) = rest.split_once("]:").ok_or_else(bad)?;
+        (h.to_string(), p)
+    } else {
+        let (h, p) = s.rsplit_once(':').ok_or_else(bad)?;
+        (h.to_string(), p)
+    };
+    let port = port.parse().map_err(|_| bad())?;
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok((host, port))
+}
+
+impl FromStr for Remote {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Remote, Error> {
+        if let Some(p) = s.strip_prefix("unix:") {
+            if p.is_empty() {
+                return Err(Error::Remote(s.into()));
+            }
+            return Ok(Remote::Unix(p.into()));
+        }
+        if let Some(hp) = s.strip_prefix("tcp:") {
+            let (host, port) = host_port(hp, s)?;
+            return Ok(Remote::Tcp { host, port });
+        }
+        if let Some(hp) = s.strip_prefix("ssl:") {
+            let (host, port) = host_port(hp, s)?;
+            return Ok(Remote::Ssl { host, port });
+        }
+        Err(Error::Remote(s.into()))
+    }
+}
+
+impl fmt::Display for Remote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bracket = |h: &str| if h.contains(':') { format!("[{h}]") } else { h.to_string() };
+        match self {
+            Remote::Unix(p) => write!(f, "unix:{}", p.display()),
+            Remote::Tcp { host, port } => write!(f, "tcp:{}:{port}", bracket(host)),
+            Remote::Ssl { host, port } => write!(f, "ssl:{}:{port}", bracket(host)),
+        }
+    }
+}
+
+/// PEM files for `ssl:` remotes, as OVN deployments configure them: the server must present a
+/// certificate signed by `ca_cert` (its name is not checked, as OVS does not check it), and we
+/// present `certificate` with `private_key`.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub ca_cert: PathBuf,
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+}
+
+/// The schema a client needs from the server.
+#[derive(Debug, Clone)]
+pub struct Requirements {
+    pub version: Version,
+    pub tables: Vec<(String, Vec<String>)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub remotes: Vec<Remote>,
+    pub database: String,
+    pub tls: Option<TlsConfig>,
+    /// Tables to monitor into the replica: `None` all of them, an empty list none.
+    pub tables: Option<Vec<String>>,
+    /// For clustered databases, only talk to the leader (found through `_Server`).
+    pub leader_only: bool,
+    /// Send an echo after this long without traffic; drop the connection after twice as long.
+    pub echo_interval: Duration,
+    pub connect_timeout: Duration,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    pub requirements: Option<Requirements>,
+}
+
+impl ClientConfig {
+    pub fn new(remotes: Vec<Remote>, database: &str) -> Self {
+        ClientConfig {
+            remotes,
+            database: database.into(),
+            tls: None,
+            tables: None,
+            leader_only: true,
+            echo_interval: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            min_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(8),
+            requirements: None,
+        }
+    }
+}
+
+/// Where the client stands, observable with [`Client::status`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    /// The remote of the live connection, once its replica is synced.
+    pub connected: Option<String>,
+    /// Connections made so far (a reconnect increments it).
+    pub sessions: u64,
+    /// Incremented whenever the replica changes.
+    pub replica_version: u64,
+    /// Why the last connection attempt or session ended.
+    pub last_error: Option<String>,
+}
+
+enum Command {
+    Call { method: String, params: Value, reply: oneshot::Sender<Result<Value, Error>> },
+    Disconnect,
+}
+
+struct Shared {
+    replica: RwLock<Option<Replica>>,
+    status: watch::Sender<Status>,
+}
+
+/// A handle on the background connection. Cloning shares it; dropping the last handle stops it.
+#[derive(Clone)]
+pub struct Client {
+    commands: mpsc::UnboundedSender<Command>,
+    shared: Arc<Shared>,
+    database: Arc<str>,
+}
+
+impl Client {
+    /// Starts connecting in the background (needs a tokio runtime).
+    pub fn start(config: ClientConfig) -> Client {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (status, _) = watch::channel(Status::default());
+        let shared = Arc::new(Shared { replica: RwLock::new(None), status });
+        let database: Arc<str> = config.database.as_str().into();
+        tokio::spawn(run(config, shared.clone(), rx));
+        Client { commands: tx, shared, database }
+    }
+
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.shared.status.subscribe()
+    }
+
+    /// Waits until a connection is up and its replica synced.
+    pub async fn connected(&self, timeout: Duration) -> Result<(), Error> {
+        let mut rx = self.status();
+        let wait = rx.wait_for(|s| s.connected.is_some());
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(Error::Closed),
+            Err(_) => {
+                let last = self.shared.status.borrow().last_error.clone();
+                Err(match last {
+                    Some(message) => Error::Connect { remote: "the database".into(), message },
+                    None => Error::Timeout(timeout),
+                })
+            }
+        }
+    }
+
+    /// Read access to the replica (`None` before the first sync).
+    pub fn replica(&self) -> RwLockReadGuard<'_, Option<Replica>> {
+        self.shared.replica.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until `pred` holds on the replica.
+    pub async fn wait_until(&self, timeout: Duration, pred: impl Fn(&Replica) -> bool) -> Result<(), Error> {
+        let mut rx = self.status();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.replica().as_ref().is_some_and(&pred) {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Error::Closed),
+                Err(_) => return Err(Error::Timeout(timeout)),
+            }
+        }
+    }
+
+    /// A raw JSON-RPC call on the current connection.
+    pub async fn call(&self, method: &str, params: Value) -> Result<Value, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.commands.send(Command::Call { method: method.into(), params, reply }).map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    pub async fn transact(&self, txn: &Transaction) -> Result<TxnReply, Error> {
+        let result = self.call("transact", txn.params()).await?;
+        txn.parse_reply(&result)
+    }
+
+    /// Drops the current connection (it is re-established as after any failure).
+    pub fn disconnect(&self) {
+        let _ = self.commands.send(Command::Disconnect);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The background task.
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+async fn connect(remote: &Remote, config: &ClientConfig) -> Result<Box<dyn Io>, Error> {
+    let err = |e: std::io::Error| Error::Connect { remote: remote.to_string(), message: e.to_string() };
+    let fut = async {
+        Ok::<Box<dyn Io>, Error>(match remote {
+            Remote::Unix(p) => Box::new(tokio::net::UnixStream::connect(p).await.map_err(err)?),
+            Remote::Tcp { host, port } => {
+                let s = tokio::net::TcpStream::connect((host.as_str(), *port)).await.map_err(err)?;
+                s.set_nodelay(true).map_err(err)?;
+                Box::new(s)
+            }
+            Remote::Ssl { host, port } => {
+                let tls = config
+                    .tls
+                    .as_ref()
+                    .ok_or_else(|| Error::Tls(format!("{remote}: no TLS certificates configured")))?;
+                let s = tokio::net::TcpStream::connect((host.as_str(), *port)).await.map_err(err)?;
+                s.set_nodelay(true).map_err(err)?;
+                Box::new(tls::connect(tls, host, s).await?)
+            }
+        })
+    };
+    tokio::time::timeout(config.connect_timeout, fut)
+        .await
+        .map_err(|_| Error::Connect { remote: remote.to_string(), message: "timed out".into() })?
+}
+
+async fn run(config: ClientConfig, shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Command>) {
+    let mut index = 0usize;
+    let mut failures = 0u32;
+    loop {
+        if config.remotes.is_empty() {
+            shared.status.send_modify(|s| s.last_error = Some("no remotes configured".into()));
+            return;
+        }
+        let remote = config.remotes[index % config.remotes.len()].clone();
+        let mut session = Session::new(&config, &shared, &remote);
+        let end = session.run(&mut commands).await;
+        let synced = session.synced;
+        shared.status.send_modify(|s| s.connected = None);
+        match end {
+            End::Closed => return,
+            End::Dropped(e) => {
+                tracing::warn!(remote = %remote, error = %e, "ovsdb connection ended");
+                for (_, p) in session.pending.drain() {
+                    if let Pending::Call(reply, _) = p {
+                        let _ = reply.send(Err(Error::Disconnected(e.to_string())));
+                    }
+                }
+                shared.status.send_modify(|s| s.last_error = Some(e.to_string()));
+            }
+        }
+        if synced {
+            failures = 0;
+        }
+        index += 1;
+        // Back off after a failure, more with each one in a row (but not after a good session
+        // simply ended: reconnect at once to the next remote).
+        let delay = if synced {
+            Duration::ZERO
+        } else {
+            let d = config.min_backoff.saturating_mul(1u32 << failures.min(16));
+            failures += 1;
+            d.min(config.max_backoff)
+        };
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                cmd = commands.recv() => match cmd {
+                    None => return,
+                    Some(Command::Call { reply, .. }) => { let _ = reply.send(Err(Error::NotConnected)); }
+                    Some(Command::Disconnect) => {}
+                },
+            }
+        }
+    }
+}
+
+enum End {
+    /// Every handle was dropped.
+    Closed,
+    Dropped(Error),
+}
+
+enum Pending {
+    Call(oneshot::Sender<Result<Value, Error>>, String),
+    Echo,
+}
+
+const MAIN_MONITOR: &str = "db";
+const SERVER_MONITOR: &str = "_Server";
+
+struct Session<'a> {
+    config: &'a ClientConfig,
+    shared: &'a Shared,
+    remote: &'a Remote,
+    framer: Framer,
+    next_id: u64,
+    pending: HashMap<u64, Pending>,
+    /// Notifications that arrived while the handshake waited for a reply.
+    early: Vec<(String, Value)>,
+    synced: bool,
+    /// Which update format the main monitor uses: 3, 2 or 1.
+    monitor_version: u8,
+    server_db: ServerDb,
+}
+
+impl<'a> Session<'a> {
+    fn new(config: &'a ClientConfig, shared: &'a Shared, remote: &'a Remote) -> Self {
+        Session {
+            config,
+            shared,
+            remote,
+            framer: Framer::default(),
+            next_id: 1,
+            pending: HashMap::new(),
+            early: Vec::new(),
+            synced: false,
+            monitor_version: 3,
+            server_db: ServerDb::default(),
+        }
+    }
+
+    async fn run(&mut self, commands: &mut mpsc::UnboundedReceiver<Command>) -> End {
+        let io = match connect(self.remote, self.config).await {
+            Ok(io) => io,
+            Err(e) => return End::Dropped(e),
+        };
+        let (mut rd, mut wr) = tokio::io::split(io);
+        if let Err(e) = self.handshake(&mut rd, &mut wr).await {
+            return End::Dropped(e);
+        }
+        self.synced = true;
+        let remote = self.remote.to_string();
+        self.shared.status.send_modify(|s| {
+            s.connected = Some(remote);
+            s.sessions += 1;
+            s.replica_version += 1;
+            s.last_error = None;
+        });
+        for (method, params) in std::mem::take(&mut self.early) {
+            if let Err(e) = self.notification(&method, &params) {
+                return End::Dropped(e);
+            }
+        }
+        match self.serve(&mut rd, &mut wr, commands).await {
+            Ok(()) => End::Closed,
+            Err(e) => End::Dropped(e),
+        }
+    }
+
+    fn request(&mut self, method: &str, params: Value, pending: Pending) -> Vec<u8> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.pending.insert(id, pending);
+        let mut bytes = serde_json::to_vec(&json!({"id": id, "method": method, "params": params})).expect("json");
+        bytes.push(b'\n');
+        bytes
+    }
+
+    /// A call during the handshake: write it and read until its reply comes.
+    async fn call_direct<R, W>(&mut self, rd: &mut R, wr: &mut W, method: &str, params: Value) -> Result<Value, Error>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let (tx, mut rx) = oneshot::channel();
+        let bytes = self.request(method, params, Pending::Call(tx, method.into()));
+        write(wr, &bytes).await?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if let Ok(r) = rx.try_recv() {
+                return r;
+            }
+            let n = tokio::time::timeout(self.config.echo_interval * 2, rd.read(&mut buf))
+                .await
+                .map_err(|_| Error::Disconnected(format!("no reply to {method}")))?
+                .map_err(|e| Error::Disconnected(e.to_string()))?;
+            if n == 0 {
+                return Err(Error::Disconnected("closed by the server".into()));
+            }
+            self.framer.push(&buf[..n]);
+            let mut replies = Vec::new();
+            while let Some(m) = self.framer.next_message().map_err(|e| Error::Protocol(e.0))? {
+                let v: Value = serde_json::from_slice(m).map_err(|e| Error::Protocol(format!("bad JSON: {e}")))?;
+                replies.push(Message::from_json(v).map_err(Error::Protocol)?);
+            }
+            for m in replies {
+                match m {
+                    Message::Notification { method, params } => self.early.push((method, params)),
+                    Message::Request { id, method, params } => {
+                        write(wr, &reply_to(id, &method, params)).await?;
+                    }
+                    Message::Response { id, result, error } => self.response(id, result, error),
+                }
+            }
+        }
+    }
+
+    async fn handshake<R, W>(&mut self, rd: &mut R, wr: &mut W) -> Result<(), Error>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let db = self.config.database.clone();
+        if self.config.leader_only {
+            self.check_leader(rd, wr).await?;
+        }
+        let schema_json = self.call_direct(rd, wr, "get_schema", json!([db])).await?;
+        let schema = Arc::new(DatabaseSchema::from_json(&schema_json)?);
+        if let Some(req) = &self.config.requirements {
+            let needs: Vec<(&str, Vec<&str>)> =
+                req.tables.iter().map(|(t, cs)| (t.as_str(), cs.iter().map(String::as_str).collect())).collect();
+            let needs: Vec<(&str, &[&str])> = needs.iter().map(|(t, cs)| (*t, cs.as_slice())).collect();
+            schema.require(req.version, &needs)?;
+        }
+        let tables: Vec<String> = match &self.config.tables {
+            Some(t) => t.clone(),
+            None => schema.tables.keys().cloned().collect(),
+        };
+        for t in &tables {
+            if !schema.tables.contains_key(t) {
+                return Err(Error::Schema {
+                    database: db.clone(),
+                    version: schema.version.to_string(),
+                    needed: "a schema with that table".into(),
+                    missing: vec![format!("table {t}")],
+                });
+            }
+        }
+        let last_txn = {
+            let mut guard = self.shared.replica.write().unwrap_or_else(|e| e.into_inner());
+            let replica = guard.get_or_insert_with(|| Replica::new(schema.clone()));
+            replica.set_schema(schema.clone());
+            replica.last_txn_id.clone()
+        };
+        if tables.is_empty() {
+            return Ok(());
+        }
+        let requests: serde_json::Map<String, Value> = tables.iter().map(|t| (t.clone(), json!([{}]))).collect();
+        let zero = "00000000-0000-0000-0000-000000000000".to_string();
+        let since = json!([db, MAIN_MONITOR, requests, last_txn.unwrap_or(zero)]);
+        match self.call_direct(rd, wr, "monitor_cond_since", since).await {
+            Ok(result) => {
+                let (found, txn, updates) = match result.as_array().map(Vec::as_slice) {
+                    Some([Value::Bool(f), t, u]) => (*f, t.as_str().map(str::to_string), u.clone()),
+                    _ => return Err(Error::Protocol(format!("bad monitor_cond_since reply: {result}"))),
+                };
+                self.monitor_version = 3;
+                let mut guard = self.shared.replica.write().unwrap_or_else(|e| e.into_inner());
+                let replica = guard.as_mut().expect("created above");
+                if !found {
+                    replica.clear();
+                }
+                replica.apply_update2(&updates)?;
+                replica.last_txn_id = txn;
+            }
+            Err(Error::Rpc { message, .. }) if message.contains("unknown method") => {
+                let result = match self.call_direct(rd, wr, "monitor_cond", json!([db, MAIN_MONITOR, requests])).await {
+                    Ok(r) => {
+                        self.monitor_version = 2;
+                        r
+                    }
+                    Err(Error::Rpc { message, .. }) if message.contains("unknown method") => {
+                        let v1: serde_json::Map<String, Value> =
+                            tables.iter().map(|t| (t.clone(), json!({}))).collect();
+                        self.monitor_version = 1;
+                        self.call_direct(rd, wr, "monitor", json!([db, MAIN_MONITOR, v1])).await?
+                    }
+                    Err(e) => return Err(e),
+                };
+                let mut guard = self.shared.replica.write().unwrap_or_else(|e| e.into_inner());
+                let replica = guard.as_mut().expect("created above");
+                replica.clear();
+                if self.monitor_version == 2 {
+                    replica.apply_update2(&result)?;
+                } else {
+                    replica.apply_update1(&result)?;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// For a clustered database, refuses a server that is not the connected leader, and
+    /// monitors `_Server` to notice when it stops being one.
+    async fn check_leader<R, W>(&mut self, rd: &mut R, wr: &mut W) -> Result<(), Error>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let db = self.config.database.clone();
+        let req = json!(["_Server", SERVER_MONITOR, {"Database": [{"where": [["name", "==", db]], "columns": ["name", "model", "connected", "leader"]}]}]);
+        let result = match self.call_direct(rd, wr, "monitor_cond", req).await {
+            Ok(r) => r,
+            // A server without _Server (very old) cannot be clustered.
+            Err(Error::Rpc { .. }) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.server_db.apply(&result);
+        self.server_db.check(&db)
+    }
+
+    fn response(&mut self, id: Value, result: Value, error: Value) {
+        let Some(id) = id.as_u64() else { return };
+        match self.pending.remove(&id) {
+            Some(Pending::Call(reply, method)) => {
+                let r = if error.is_null() {
+                    Ok(result)
+                } else {
+                    let message = match (&error, error.get("error"), error.get("details")) {
+                        (_, Some(e), Some(d)) => {
+                            format!("{}: {}", e.as_str().unwrap_or_default(), d.as_str().unwrap_or_default())
+                        }
+                        (_, Some(e), None) => e.as_str().unwrap_or_default().to_string(),
+                        (Value::String(s), _, _) => s.clone(),
+                        (e, _, _) => e.to_string(),
+                    };
+                    Err(Error::Rpc { method, message })
+                };
+                let _ = reply.send(r);
+            }
+            Some(Pending::Echo) | None => {}
+        }
+    }
+
+    fn notification(&mut self, method: &str, params: &Value) -> Result<(), Error> {
+        let p = params.as_array().map(Vec::as_slice).unwrap_or_default();
+        let monitor = p.first().and_then(Value::as_str).unwrap_or_default();
+        if monitor == SERVER_MONITOR {
+            if let Some(updates) = p.get(1) {
+                self.server_db.apply(updates);
+                return self.server_db.check(&self.config.database);
+            }
+            return Ok(());
+        }
+        if monitor != MAIN_MONITOR {
+            return Ok(());
+        }
+        let mut guard = self.shared.replica.write().unwrap_or_else(|e| e.into_inner());
+        let Some(replica) = guard.as_mut() else { return Ok(()) };
+        match (method, p) {
+            ("update3", [_, txn, updates]) => {
+                replica.apply_update2(updates)?;
+                replica.last_txn_id = txn.as_str().map(str::to_string);
+            }
+            ("update2", [_, updates]) => {
+                replica.apply_update2(updates)?;
+            }
+            ("update", [_, updates]) => {
+                replica.apply_update1(updates)?;
+            }
+            _ => return Ok(()),
+        }
+        drop(guard);
+        self.shared.status.send_modify(|s| s.replica_version += 1);
+        Ok(())
+    }
+
+    async fn serve<R, W>(
+        &mut self,
+        rd: &mut R,
+        wr: &mut W,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+    ) -> Result<(), Error>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let interval = self.config.echo_interval;
+        let mut ticker = tokio::time::interval(interval / 2);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_rx = Instant::now();
+        let mut echo_sent: Option<Instant> = None;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut out = Vec::new();
+        loop {
+            tokio::select! {
+                cmd = commands.recv() => {
+                    let Some(cmd) = cmd else { return Ok(()) };
+                    self.command(cmd, &mut out)?;
+                    // Batch whatever else is queued into one write.
+                    while let Ok(cmd) = commands.try_recv() {
+                        self.command(cmd, &mut out)?;
+                    }
+                    write(wr, &out).await?;
+                    out.clear();
+                }
+                n = rd.read(&mut buf) => {
+                    let n = n.map_err(|e| Error::Disconnected(e.to_string()))?;
+                    if n == 0 {
+                        return Err(Error::Disconnected("closed by the server".into()));
+                    }
+                    last_rx = Instant::now();
+                    echo_sent = None;
+                    self.framer.push(&buf[..n]);
+                    loop {
+                        let msg = match self.framer.next_message() {
+                            Ok(Some(m)) => m,
+                            Ok(None) => break,
+                            Err(e) => return Err(Error::Protocol(e.0)),
+                        };
+                        let v: Value = serde_json::from_slice(msg).map_err(|e| Error::Protocol(format!("bad JSON: {e}")))?;
+                        match Message::from_json(v).map_err(Error::Protocol)? {
+                            Message::Response { id, result, error } => self.response(id, result, error),
+                            Message::Notification { method, params } => self.notification(&method, &params)?,
+                            Message::Request { id, method, params } => out.extend(reply_to(id, &method, params)),
+                        }
+                    }
+                    if !out.is_empty() {
+                        write(wr, &out).await?;
+                        out.clear();
+                    }
+                }
+                _ = ticker.tick() => {
+                    if let Some(sent) = echo_sent
+                        && sent.elapsed() >= interval
+                    {
+                        return Err(Error::Disconnected(format!("no reply to echo within {interval:?}")));
+                    }
+                    if echo_sent.is_none() && last_rx.elapsed() >= interval {
+                        let bytes = self.request("echo", json!([]), Pending::Echo);
+                        write(wr, &bytes).await?;
+                        echo_sent = Some(Instant::now());
+                    }
+                }
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Command, out: &mut Vec<u8>) -> Result<(), Error> {
+        match cmd {
+            Command::Call { method, params, reply } => {
+                let bytes = self.request(&method.clone(), params, Pending::Call(reply, method));
+                out.extend(bytes);
+                Ok(())
+            }
+            Command::Disconnect => Err(Error::Disconnected("disconnect requested".into())),
+        }
+    }
+}
+
+/// The server answers our echo; we answer the server's echo; anything else it asks is refused.
+fn reply_to(id: Value, method: &str, params: Value) -> Vec<u8> {
+    let msg = if method == "echo" {
+        json!({"id": id, "result": params, "error": null})
+    } else {
+        json!({"id": id, "result": null, "error": format!("unknown method {method}")})
+    };
+    let mut bytes = serde_json::to_vec(&msg).expect("json");
+    bytes.push(b'\n');
+    bytes
+}
+
+async fn write<W: AsyncWrite + Unpin>(wr: &mut W, bytes: &[u8]) -> Result<(), Error> {
+    wr.write_all(bytes).await.map_err(|e| Error::Disconnected(e.to_string()))?;
+    wr.flush().await.map_err(|e| Error::Disconnected(e.to_string()))
+}
+
+/// What `_Server.Database` says about our database on this server.
+#[derive(Debug, Clone, Default)]
+struct ServerDb {
+    model: String,
+    connected: bool,
+    leader: bool,
+}
+
+impl ServerDb {
+    /// Applies a monitor reply or update2 for `_Server.Database` (rows other than `db`'s are
+    /// filtered by the monitor condition). In "initial"/"insert" rows, columns at their
+    /// default (false) are omitted; in "modify" rows, unchanged ones are.
+    fn apply(&mut self, updates: &Value) {
+        let rows = updates.get("Database").and_then(Value::as_object);
+        for row in rows.into_iter().flat_map(|r| r.values()) {
+            let (body, fresh) = match (row.get("initial").or_else(|| row.get("insert")), row.get("modify")) {
+                (Some(b), _) => (b, true),
+                (None, Some(b)) => (b, false),
+                _ => continue,
+            };
+            if fresh {
+                *self = ServerDb::default();
+            }
+            if let Some(m) = body.get("model").and_then(Value::as_str) {
+                self.model = m.to_string();
+            }
+            // A modify of a boolean carries its new value.
+            if let Some(c) = body.get("connected").and_then(Value::as_bool) {
+                self.connected = c;
+            }
+            if let Some(l) = body.get("leader").and_then(Value::as_bool) {
+                self.leader = l;
+            }
+        }
+    }
+
+    /// A clustered database must be connected and led by this server.
+    fn check(&self, db: &str) -> Result<(), Error> {
+        if self.model.is_empty() {
+            // A joining cluster member serves _Server before it has the database.
+            return Err(Error::Disconnected(format!("this server does not serve {db} (yet)")));
+        }
+        if self.model == "clustered" && !(self.connected && self.leader) {
+            return Err(Error::Disconnected(format!("this server is not the connected leader of clustered {db}")));
+        }
+        Ok(())
+    }
+}
+
+mod tls {
+    //! `ssl:` remotes with rustls: a chain to the configured CA is required, the server name is
+    //! not checked (OVN certificates are per-host, often without matching names, and OVS itself
+    //! verifies only the CA).
+    use std::sync::Arc;
+
+    use rustls::client::WebPkiServerVerifier;
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+    use tokio::net::TcpStream;
+    use tokio_rustls::client::TlsStream;
+
+    use super::TlsConfig;
+    use crate::error::Error;
+
+    #[derive(Debug)]
+    struct CaOnly(Arc<WebPkiServerVerifier>);
+
+    impl ServerCertVerifier for CaOnly {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            server_name: &ServerName<'_>,
+            ocsp: &[u8],
+            now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+                Err(rustls::Error::InvalidCertificate(
+                    CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+                )) => Ok(ServerCertVerified::assertion()),
+                other => other,
+            }
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.0.verify_tls12_signature(message, cert, dss)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            self.0.verify_tls13_signature(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.supported_verify_schemes()
+        }
+    }
+
+    fn config(tls: &TlsConfig) -> Result<rustls::ClientConfig, Error> {
+        let read_err = |what: &str, path: &std::path::Path, e: &dyn std::fmt::Display| {
+            Error::Tls(format!("{what} {}: {e}", path.display()))
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        let cas =
+            CertificateDer::pem_file_iter(&tls.ca_cert).map_err(|e| read_err("CA certificate", &tls.ca_cert, &e))?;
+        for ca in cas {
+            let ca = ca.map_err(|e| read_err("CA certificate", &tls.ca_cert, &e))?;
+            roots.add(ca).map_err(|e| read_err("CA certificate", &tls.ca_cert, &e))?;
+        }
+        if roots.is_empty() {
+            return Err(Error::Tls(format!("CA certificate {}: no certificate in the file", tls.ca_cert.display())));
+        }
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.certificate)
+            .map_err(|e| read_err("certificate", &tls.certificate, &e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| read_err("certificate", &tls.certificate, &e))?;
+        let key = PrivateKeyDer::from_pem_file(&tls.private_key)
+            .map_err(|e| read_err("private key", &tls.private_key, &e))?;
+        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| Error::Tls(e.to_string()))?;
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Tls(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(CaOnly(verifier)))
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| {
+                Error::Tls(format!(
+                    "certificate {} and key {}: {e}",
+                    tls.certificate.display(),
+                    tls.private_key.display()
+                ))
+            })
+    }
+
+    pub async fn connect(tls: &TlsConfig, host: &str, tcp: TcpStream) -> Result<TlsStream<TcpStream>, Error> {
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config(tls)?));
+        let name = ServerName::try_from(host.to_string()).map_err(|e| Error::Tls(format!("{host}: {e}")))?;
+        connector.connect(name, tcp).await.map_err(|e| Error::Tls(format!("handshake with {host}: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remotes() {
+        assert_eq!("unix:/run/ovn/nb.sock".parse::<Remote>().unwrap(), Remote::Unix("/run/ovn/nb.sock".into()));
+        assert_eq!(
+            "tcp:127.0.0.1:6641".parse::<Remote>().unwrap(),
+            Remote::Tcp { host: "127.0.0.1".into(), port: 6641 }
+        );
+        assert_eq!("ssl:[::1]:6641".parse::<Remote>().unwrap(), Remote::Ssl { host: "::1".into(), port: 6641 });
+        assert_eq!("ssl:[::1]:6641".parse::<Remote>().unwrap().to_string(), "ssl:[::1]:6641");
+        for bad in ["ptcp:6641", "tcp:6641", "tcp::6641", "unix:", "tcp:h:99999", "/path"] {
+            assert!(bad.parse::<Remote>().is_err(), "{bad}");
+        }
+        assert_eq!(Remote::parse_list("tcp:a:1, tcp:b:2").unwrap().len(), 2);
+    }
+}

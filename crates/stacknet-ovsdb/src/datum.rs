@@ -1,0 +1,426 @@
+//! OVSDB values (RFC 7047 §5.1): atoms, sets and maps, and their JSON notation.
+//!
+//! A [`Datum`] is normalized by column type when it is decoded with the schema: a scalar column
+//! holds [`Datum::Atom`], any other set column [`Datum::Set`] (even with one element), a map
+//! column [`Datum::Map`]. Sets and maps are ordered, so equal values compare equal.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde_json::{Value, json};
+pub use uuid::Uuid;
+
+use crate::schema::{AtomicType, BaseType, ColumnType};
+
+#[derive(Debug, Clone)]
+pub enum Atom {
+    Integer(i64),
+    Real(f64),
+    Boolean(bool),
+    String(String),
+    Uuid(Uuid),
+    /// A row inserted earlier in the same transaction (`["named-uuid", name]`).
+    NamedUuid(String),
+}
+
+impl Atom {
+    pub fn string(s: impl Into<String>) -> Atom {
+        Atom::String(s.into())
+    }
+
+    fn rank(&self) -> u8 {
+        match self {
+            Atom::Integer(_) => 0,
+            Atom::Real(_) => 1,
+            Atom::Boolean(_) => 2,
+            Atom::String(_) => 3,
+            Atom::Uuid(_) => 4,
+            Atom::NamedUuid(_) => 5,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Atom::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_uuid(&self) -> Option<Uuid> {
+        match self {
+            Atom::Uuid(u) => Some(*u),
+            _ => None,
+        }
+    }
+
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Atom::Integer(i) => Some(*i),
+            _ => None,
+        }
+    }
+
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Atom::Boolean(b) => Some(*b),
+            _ => None,
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        match self {
+            Atom::Integer(i) => json!(i),
+            Atom::Real(r) => json!(r),
+            Atom::Boolean(b) => json!(b),
+            Atom::String(s) => json!(s),
+            Atom::Uuid(u) => json!(["uuid", u.to_string()]),
+            Atom::NamedUuid(n) => json!(["named-uuid", n]),
+        }
+    }
+
+    /// Reads an atom of type `ty`.
+    pub fn from_json(v: &Value, ty: &BaseType) -> Result<Atom, String> {
+        let bad = || format!("expected {}, got {v}", ty.atomic.name());
+        Ok(match ty.atomic {
+            AtomicType::Integer => Atom::Integer(v.as_i64().ok_or_else(bad)?),
+            AtomicType::Real => Atom::Real(v.as_f64().ok_or_else(bad)?),
+            AtomicType::Boolean => Atom::Boolean(v.as_bool().ok_or_else(bad)?),
+            AtomicType::String => Atom::String(v.as_str().ok_or_else(bad)?.to_string()),
+            AtomicType::Uuid => match v.as_array().map(Vec::as_slice) {
+                Some([tag, Value::String(s)]) if tag == "uuid" => {
+                    Atom::Uuid(Uuid::parse_str(s).map_err(|_| format!("bad uuid {s:?}"))?)
+                }
+                Some([tag, Value::String(s)]) if tag == "named-uuid" => Atom::NamedUuid(s.clone()),
+                _ => return Err(bad()),
+            },
+        })
+    }
+
+    /// Reads an atom whose type is not known (from JSON alone).
+    pub fn from_json_untyped(v: &Value) -> Result<Atom, String> {
+        match v {
+            Value::Bool(b) => Ok(Atom::Boolean(*b)),
+            Value::String(s) => Ok(Atom::String(s.clone())),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => Ok(Atom::Integer(i)),
+                None => n.as_f64().map(Atom::Real).ok_or_else(|| format!("bad number {n}")),
+            },
+            Value::Array(a) if a.len() == 2 && a[0] == "uuid" => Atom::from_json(v, &BaseType::new(AtomicType::Uuid)),
+            Value::Array(a) if a.len() == 2 && a[0] == "named-uuid" => {
+                Ok(Atom::NamedUuid(a[1].as_str().ok_or("bad named-uuid")?.to_string()))
+            }
+            _ => Err(format!("not an atom: {v}")),
+        }
+    }
+}
+
+impl PartialEq for Atom {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Atom {}
+
+impl PartialOrd for Atom {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Atom {
+    fn cmp(&self, other: &Self) -> Ordering {
+        match (self, other) {
+            (Atom::Integer(a), Atom::Integer(b)) => a.cmp(b),
+            (Atom::Real(a), Atom::Real(b)) => a.total_cmp(b),
+            (Atom::Boolean(a), Atom::Boolean(b)) => a.cmp(b),
+            (Atom::String(a), Atom::String(b)) => a.cmp(b),
+            (Atom::Uuid(a), Atom::Uuid(b)) => a.cmp(b),
+            (Atom::NamedUuid(a), Atom::NamedUuid(b)) => a.cmp(b),
+            (a, b) => a.rank().cmp(&b.rank()),
+        }
+    }
+}
+
+impl fmt::Display for Atom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Atom::Integer(i) => write!(f, "{i}"),
+            Atom::Real(r) => write!(f, "{r}"),
+            Atom::Boolean(b) => write!(f, "{b}"),
+            Atom::String(s) => write!(f, "{s:?}"),
+            Atom::Uuid(u) => write!(f, "{u}"),
+            Atom::NamedUuid(n) => write!(f, "@{n}"),
+        }
+    }
+}
+
+impl From<&str> for Atom {
+    fn from(s: &str) -> Atom {
+        Atom::String(s.to_string())
+    }
+}
+
+impl From<String> for Atom {
+    fn from(s: String) -> Atom {
+        Atom::String(s)
+    }
+}
+
+impl From<i64> for Atom {
+    fn from(i: i64) -> Atom {
+        Atom::Integer(i)
+    }
+}
+
+impl From<bool> for Atom {
+    fn from(b: bool) -> Atom {
+        Atom::Boolean(b)
+    }
+}
+
+impl From<Uuid> for Atom {
+    fn from(u: Uuid) -> Atom {
+        Atom::Uuid(u)
+    }
+}
+
+/// A column's value.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Datum {
+    /// The value of a scalar column (exactly one atom).
+    Atom(Atom),
+    Set(BTreeSet<Atom>),
+    Map(BTreeMap<Atom, Atom>),
+}
+
+impl Datum {
+    pub fn empty_set() -> Datum {
+        Datum::Set(BTreeSet::new())
+    }
+
+    pub fn set<A: Into<Atom>>(items: impl IntoIterator<Item = A>) -> Datum {
+        Datum::Set(items.into_iter().map(Into::into).collect())
+    }
+
+    pub fn map<K: Into<Atom>, V: Into<Atom>>(items: impl IntoIterator<Item = (K, V)>) -> Datum {
+        Datum::Map(items.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+    }
+
+    /// A map of strings, the type of `external_ids`, `options` and friends.
+    pub fn string_map<'a>(items: impl IntoIterator<Item = (&'a str, &'a str)>) -> Datum {
+        Datum::map(items.into_iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    /// The single atom of a scalar column, or of a set holding one element.
+    pub fn atom(&self) -> Option<&Atom> {
+        match self {
+            Datum::Atom(a) => Some(a),
+            Datum::Set(s) if s.len() == 1 => s.iter().next(),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        self.atom().and_then(Atom::as_str)
+    }
+
+    pub fn as_i64(&self) -> Option<i64> {
+        self.atom().and_then(Atom::as_i64)
+    }
+
+    pub fn as_bool(&self) -> Option<bool> {
+        self.atom().and_then(Atom::as_bool)
+    }
+
+    /// The elements of a set (or the one atom of a scalar).
+    pub fn elements(&self) -> Vec<&Atom> {
+        match self {
+            Datum::Atom(a) => vec![a],
+            Datum::Set(s) => s.iter().collect(),
+            Datum::Map(_) => vec![],
+        }
+    }
+
+    pub fn map_get(&self, key: &str) -> Option<&Atom> {
+        match self {
+            Datum::Map(m) => m.get(&Atom::string(key)),
+            _ => None,
+        }
+    }
+
+    /// String-to-string map entries (others are skipped).
+    pub fn string_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        let m = match self {
+            Datum::Map(m) => Some(m),
+            _ => None,
+        };
+        m.into_iter().flatten().filter_map(|(k, v)| Some((k.as_str()?, v.as_str()?)))
+    }
+
+    pub fn to_json(&self) -> Value {
+        match self {
+            Datum::Atom(a) => a.to_json(),
+            Datum::Set(s) => json!(["set", s.iter().map(Atom::to_json).collect::<Vec<_>>()]),
+            Datum::Map(m) => {
+                json!(["map", m.iter().map(|(k, v)| json!([k.to_json(), v.to_json()])).collect::<Vec<_>>()])
+            }
+        }
+    }
+
+    /// Reads a value of column type `ty`, normalized as the module doc says.
+    pub fn from_json(v: &Value, ty: &ColumnType) -> Result<Datum, String> {
+        let tagged = |tag: &str| match v.as_array().map(Vec::as_slice) {
+            Some([t, Value::Array(items)]) if t == tag => Some(items),
+            _ => None,
+        };
+        if let Some(value_ty) = &ty.value {
+            let items = tagged("map").or_else(|| tagged("set").filter(|i| i.is_empty()));
+            let items = items.ok_or_else(|| format!("expected a map, got {v}"))?;
+            let mut m = BTreeMap::new();
+            for pair in items {
+                let Some([k, val]) = pair.as_array().map(Vec::as_slice) else {
+                    return Err(format!("bad map entry {pair}"));
+                };
+                m.insert(Atom::from_json(k, &ty.key)?, Atom::from_json(val, value_ty)?);
+            }
+            return Ok(Datum::Map(m));
+        }
+        let atoms: Vec<Atom> = match tagged("set") {
+            Some(items) => items.iter().map(|i| Atom::from_json(i, &ty.key)).collect::<Result<_, _>>()?,
+            None => vec![Atom::from_json(v, &ty.key)?],
+        };
+        if ty.is_scalar() {
+            let mut atoms = atoms;
+            if atoms.len() != 1 {
+                return Err(format!("expected exactly one value, got {v}"));
+            }
+            return Ok(Datum::Atom(atoms.remove(0)));
+        }
+        Ok(Datum::Set(atoms.into_iter().collect()))
+    }
+
+    /// Reads a value without its column type (sets and maps must be tagged).
+    pub fn from_json_untyped(v: &Value) -> Result<Datum, String> {
+        match v.as_array().map(Vec::as_slice) {
+            Some([t, Value::Array(items)]) if t == "set" => {
+                Ok(Datum::Set(items.iter().map(Atom::from_json_untyped).collect::<Result<_, _>>()?))
+            }
+            Some([t, Value::Array(items)]) if t == "map" => {
+                let mut m = BTreeMap::new();
+                for pair in items {
+                    let Some([k, val]) = pair.as_array().map(Vec::as_slice) else {
+                        return Err(format!("bad map entry {pair}"));
+                    };
+                    m.insert(Atom::from_json_untyped(k)?, Atom::from_json_untyped(val)?);
+                }
+                Ok(Datum::Map(m))
+            }
+            _ => Atom::from_json_untyped(v).map(Datum::Atom),
+        }
+    }
+
+    /// Applies an update2 "modify" diff (ovsdb-server(7)): scalars are replaced; set elements
+    /// in the diff are toggled; a map key in the diff is removed if its value is the same,
+    /// else inserted or replaced.
+    pub fn apply_diff(&mut self, diff: Datum) {
+        match (self, diff) {
+            (Datum::Set(cur), Datum::Set(d)) => {
+                for a in d {
+                    if !cur.remove(&a) {
+                        cur.insert(a);
+                    }
+                }
+            }
+            (Datum::Set(cur), Datum::Atom(a)) => {
+                if !cur.remove(&a) {
+                    cur.insert(a);
+                }
+            }
+            (Datum::Map(cur), Datum::Map(d)) => {
+                for (k, v) in d {
+                    match cur.get(&k) {
+                        Some(old) if *old == v => {
+                            cur.remove(&k);
+                        }
+                        _ => {
+                            cur.insert(k, v);
+                        }
+                    }
+                }
+            }
+            (cur, d) => *cur = d,
+        }
+    }
+}
+
+impl fmt::Display for Datum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Datum::Atom(a) => write!(f, "{a}"),
+            Datum::Set(s) => {
+                let items: Vec<String> = s.iter().map(|a| a.to_string()).collect();
+                write!(f, "[{}]", items.join(", "))
+            }
+            Datum::Map(m) => {
+                let items: Vec<String> = m.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                write!(f, "{{{}}}", items.join(", "))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::ColumnType;
+
+    fn ty(json: Value) -> ColumnType {
+        ColumnType::from_json(&json).unwrap()
+    }
+
+    #[test]
+    fn decoding_normalizes_by_column_type() {
+        let set_of_strings = ty(json!({"key": "string", "min": 0, "max": "unlimited"}));
+        assert_eq!(Datum::from_json(&json!("a"), &set_of_strings).unwrap(), Datum::set(["a"]));
+        assert_eq!(Datum::from_json(&json!(["set", ["a", "b"]]), &set_of_strings).unwrap(), Datum::set(["b", "a"]));
+        let scalar = ty(json!("string"));
+        assert_eq!(Datum::from_json(&json!("x"), &scalar).unwrap(), Datum::Atom("x".into()));
+        assert!(Datum::from_json(&json!(["set", []]), &scalar).is_err());
+        let map = ty(json!({"key": "string", "value": "string", "min": 0, "max": "unlimited"}));
+        assert_eq!(Datum::from_json(&json!(["map", [["k", "v"]]]), &map).unwrap(), Datum::string_map([("k", "v")]));
+        assert_eq!(Datum::from_json(&json!(["map", []]), &map).unwrap(), Datum::Map(BTreeMap::new()));
+        let uuids = ty(json!({"key": {"type": "uuid", "refTable": "T"}, "min": 0, "max": "unlimited"}));
+        let u = Uuid::new_v4();
+        assert_eq!(
+            Datum::from_json(&json!(["uuid", u.to_string()]), &uuids).unwrap(),
+            Datum::Set([Atom::Uuid(u)].into())
+        );
+        assert!(Datum::from_json(&json!(["uuid", "nope"]), &uuids).is_err());
+        assert!(Datum::from_json(&json!(7), &set_of_strings).is_err());
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let u = Uuid::new_v4();
+        let d = Datum::Map([(Atom::string("a"), Atom::Uuid(u))].into());
+        assert_eq!(d.to_json(), json!(["map", [["a", ["uuid", u.to_string()]]]]));
+        assert_eq!(Datum::from_json_untyped(&d.to_json()).unwrap(), d);
+        let s = Datum::set([1i64, 2, 3]);
+        assert_eq!(Datum::from_json_untyped(&s.to_json()).unwrap(), s);
+    }
+
+    #[test]
+    fn update2_diffs() {
+        let mut s = Datum::set(["a", "b"]);
+        s.apply_diff(Datum::set(["b", "c"]));
+        assert_eq!(s, Datum::set(["a", "c"]));
+        let mut m = Datum::string_map([("k1", "v1"), ("k2", "v2")]);
+        m.apply_diff(Datum::string_map([("k1", "v1"), ("k2", "new"), ("k3", "v3")]));
+        assert_eq!(m, Datum::string_map([("k2", "new"), ("k3", "v3")]));
+        let mut a = Datum::Atom(Atom::Integer(1));
+        a.apply_diff(Datum::Atom(Atom::Integer(2)));
+        assert_eq!(a, Datum::Atom(Atom::Integer(2)));
+    }
+}

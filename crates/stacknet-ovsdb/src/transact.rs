@@ -1,0 +1,419 @@
+//! Transactions (RFC 7047 §5.2): a builder for the operations, and the reply read back into
+//! per-operation results or a typed error carrying the server's details.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::datum::{Atom, Datum};
+use crate::error::{Error, OperationError};
+
+/// Column values of a row to insert or update.
+pub type Row = BTreeMap<String, Datum>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Function {
+    Eq,
+    Ne,
+    Includes,
+    Excludes,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl Function {
+    fn as_str(self) -> &'static str {
+        match self {
+            Function::Eq => "==",
+            Function::Ne => "!=",
+            Function::Includes => "includes",
+            Function::Excludes => "excludes",
+            Function::Lt => "<",
+            Function::Le => "<=",
+            Function::Gt => ">",
+            Function::Ge => ">=",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Condition {
+    pub column: String,
+    pub function: Function,
+    pub value: Datum,
+}
+
+impl Condition {
+    pub fn new(column: &str, function: Function, value: Datum) -> Condition {
+        Condition { column: column.into(), function, value }
+    }
+
+    /// The row with this uuid.
+    pub fn uuid(u: Uuid) -> Condition {
+        Condition::new("_uuid", Function::Eq, Datum::Atom(Atom::Uuid(u)))
+    }
+
+    pub fn eq(column: &str, value: impl Into<Atom>) -> Condition {
+        Condition::new(column, Function::Eq, Datum::Atom(value.into()))
+    }
+
+    fn to_json(&self) -> Value {
+        json!([self.column, self.function.as_str(), self.value.to_json()])
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mutator {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Mod,
+    Insert,
+    Delete,
+}
+
+impl Mutator {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mutator::Add => "+=",
+            Mutator::Sub => "-=",
+            Mutator::Mul => "*=",
+            Mutator::Div => "/=",
+            Mutator::Mod => "%=",
+            Mutator::Insert => "insert",
+            Mutator::Delete => "delete",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mutation {
+    pub column: String,
+    pub mutator: Mutator,
+    pub value: Datum,
+}
+
+impl Mutation {
+    pub fn insert(column: &str, value: Datum) -> Mutation {
+        Mutation { column: column.into(), mutator: Mutator::Insert, value }
+    }
+
+    pub fn delete(column: &str, value: Datum) -> Mutation {
+        Mutation { column: column.into(), mutator: Mutator::Delete, value }
+    }
+
+    fn to_json(&self) -> Value {
+        json!([self.column, self.mutator.as_str(), self.value.to_json()])
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    Equal,
+    NotEqual,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Operation {
+    Insert {
+        table: String,
+        row: Row,
+        uuid_name: Option<String>,
+    },
+    Select {
+        table: String,
+        conditions: Vec<Condition>,
+        columns: Option<Vec<String>>,
+    },
+    Update {
+        table: String,
+        conditions: Vec<Condition>,
+        row: Row,
+    },
+    Mutate {
+        table: String,
+        conditions: Vec<Condition>,
+        mutations: Vec<Mutation>,
+    },
+    Delete {
+        table: String,
+        conditions: Vec<Condition>,
+    },
+    Wait {
+        table: String,
+        conditions: Vec<Condition>,
+        columns: Vec<String>,
+        until: Until,
+        rows: Vec<Row>,
+        timeout_ms: Option<u64>,
+    },
+    Comment(String),
+}
+
+fn row_json(row: &Row) -> Value {
+    Value::Object(row.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())
+}
+
+fn conditions_json(c: &[Condition]) -> Value {
+    Value::Array(c.iter().map(Condition::to_json).collect())
+}
+
+impl Operation {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Operation::Insert { .. } => "insert",
+            Operation::Select { .. } => "select",
+            Operation::Update { .. } => "update",
+            Operation::Mutate { .. } => "mutate",
+            Operation::Delete { .. } => "delete",
+            Operation::Wait { .. } => "wait",
+            Operation::Comment(_) => "comment",
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        match self {
+            Operation::Insert { table, row, uuid_name } => {
+                let mut o = json!({"op": "insert", "table": table, "row": row_json(row)});
+                if let Some(n) = uuid_name {
+                    o["uuid-name"] = json!(n);
+                }
+                o
+            }
+            Operation::Select { table, conditions, columns } => {
+                let mut o = json!({"op": "select", "table": table, "where": conditions_json(conditions)});
+                if let Some(c) = columns {
+                    o["columns"] = json!(c);
+                }
+                o
+            }
+            Operation::Update { table, conditions, row } => {
+                json!({"op": "update", "table": table, "where": conditions_json(conditions), "row": row_json(row)})
+            }
+            Operation::Mutate { table, conditions, mutations } => json!({
+                "op": "mutate", "table": table, "where": conditions_json(conditions),
+                "mutations": mutations.iter().map(Mutation::to_json).collect::<Vec<_>>()
+            }),
+            Operation::Delete { table, conditions } => {
+                json!({"op": "delete", "table": table, "where": conditions_json(conditions)})
+            }
+            Operation::Wait { table, conditions, columns, until, rows, timeout_ms } => {
+                let mut o = json!({
+                    "op": "wait", "table": table, "where": conditions_json(conditions), "columns": columns,
+                    "until": if *until == Until::Equal { "==" } else { "!=" },
+                    "rows": rows.iter().map(row_json).collect::<Vec<_>>()
+                });
+                if let Some(t) = timeout_ms {
+                    o["timeout"] = json!(t);
+                }
+                o
+            }
+            Operation::Comment(c) => json!({"op": "comment", "comment": c}),
+        }
+    }
+}
+
+/// A transaction under construction: operations run atomically, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transaction {
+    pub database: String,
+    pub ops: Vec<Operation>,
+}
+
+impl Transaction {
+    pub fn new(database: &str) -> Transaction {
+        Transaction { database: database.into(), ops: Vec::new() }
+    }
+
+    /// Operations other than comments.
+    pub fn len(&self) -> usize {
+        self.ops.iter().filter(|o| !matches!(o, Operation::Comment(_))).count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Inserts a row; `uuid_name` lets later operations refer to it as `Atom::NamedUuid`.
+    pub fn insert(&mut self, table: &str, row: Row, uuid_name: Option<&str>) -> usize {
+        self.push(Operation::Insert { table: table.into(), row, uuid_name: uuid_name.map(str::to_string) })
+    }
+
+    pub fn select(&mut self, table: &str, conditions: Vec<Condition>, columns: Option<Vec<String>>) -> usize {
+        self.push(Operation::Select { table: table.into(), conditions, columns })
+    }
+
+    pub fn update(&mut self, table: &str, conditions: Vec<Condition>, row: Row) -> usize {
+        self.push(Operation::Update { table: table.into(), conditions, row })
+    }
+
+    pub fn mutate(&mut self, table: &str, conditions: Vec<Condition>, mutations: Vec<Mutation>) -> usize {
+        self.push(Operation::Mutate { table: table.into(), conditions, mutations })
+    }
+
+    pub fn delete(&mut self, table: &str, conditions: Vec<Condition>) -> usize {
+        self.push(Operation::Delete { table: table.into(), conditions })
+    }
+
+    /// Optimistic concurrency: fails the transaction (error "timed out" after `timeout_ms`, 0 =
+    /// at once) unless the selected rows' `columns` equal (or differ from) `rows`.
+    pub fn wait(
+        &mut self,
+        table: &str,
+        conditions: Vec<Condition>,
+        columns: Vec<String>,
+        until: Until,
+        rows: Vec<Row>,
+        timeout_ms: Option<u64>,
+    ) -> usize {
+        self.push(Operation::Wait { table: table.into(), conditions, columns, until, rows, timeout_ms })
+    }
+
+    /// A note the server writes to its log with the transaction.
+    pub fn comment(&mut self, text: &str) -> usize {
+        self.push(Operation::Comment(text.into()))
+    }
+
+    fn push(&mut self, op: Operation) -> usize {
+        self.ops.push(op);
+        self.ops.len() - 1
+    }
+
+    /// The `transact` params: `[database, op...]`.
+    pub fn params(&self) -> Value {
+        let mut v = vec![json!(self.database)];
+        v.extend(self.ops.iter().map(Operation::to_json));
+        Value::Array(v)
+    }
+
+    /// Reads the server's reply to this transaction.
+    pub fn parse_reply(&self, result: &Value) -> Result<TxnReply, Error> {
+        let items =
+            result.as_array().ok_or_else(|| Error::Protocol(format!("transact result is not an array: {result}")))?;
+        for (i, item) in items.iter().enumerate() {
+            if let Some(err) = item.get("error").filter(|e| !e.is_null()) {
+                return Err(Error::Transaction(OperationError {
+                    index: (i < self.ops.len()).then_some(i),
+                    op: self.ops.get(i).map(|o| o.name().to_string()),
+                    error: err.as_str().unwrap_or("unknown error").to_string(),
+                    details: item.get("details").and_then(Value::as_str).map(str::to_string),
+                }));
+            }
+        }
+        if items.len() < self.ops.len() {
+            return Err(Error::Protocol(format!("{} results for {} operations", items.len(), self.ops.len())));
+        }
+        let mut results = Vec::with_capacity(self.ops.len());
+        let mut named = HashMap::new();
+        for (op, item) in self.ops.iter().zip(items) {
+            let r = match op {
+                Operation::Insert { uuid_name, .. } => {
+                    let u = item
+                        .get("uuid")
+                        .and_then(|u| Atom::from_json_untyped(u).ok())
+                        .and_then(|a| a.as_uuid())
+                        .ok_or_else(|| Error::Protocol(format!("insert result without uuid: {item}")))?;
+                    if let Some(n) = uuid_name {
+                        named.insert(n.clone(), u);
+                    }
+                    OpResult::Inserted(u)
+                }
+                Operation::Select { .. } => {
+                    OpResult::Rows(item.get("rows").and_then(Value::as_array).cloned().unwrap_or_default())
+                }
+                Operation::Update { .. } | Operation::Mutate { .. } | Operation::Delete { .. } => {
+                    OpResult::Count(item.get("count").and_then(Value::as_u64).unwrap_or(0))
+                }
+                Operation::Wait { .. } | Operation::Comment(_) => OpResult::Done,
+            };
+            results.push(r);
+        }
+        Ok(TxnReply { results, named })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum OpResult {
+    Inserted(Uuid),
+    Count(u64),
+    Rows(Vec<Value>),
+    Done,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TxnReply {
+    pub results: Vec<OpResult>,
+    named: HashMap<String, Uuid>,
+}
+
+impl TxnReply {
+    /// The uuid the server gave the row inserted as `name`.
+    pub fn uuid_of(&self, name: &str) -> Option<Uuid> {
+        self.named.get(name).copied()
+    }
+
+    /// Rows changed by update, mutate and delete operations.
+    pub fn count(&self, index: usize) -> Option<u64> {
+        match self.results.get(index) {
+            Some(OpResult::Count(c)) => Some(*c),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    #[test]
+    fn builder_writes_rfc_7047_operations() {
+        let mut t = Transaction::new("OVN_Northbound");
+        let mut row = Row::new();
+        row.insert("name".into(), Datum::Atom("ls1".into()));
+        t.insert("Logical_Switch", row, Some("ls"));
+        t.mutate(
+            "Port_Group",
+            vec![Condition::eq("name", "pg")],
+            vec![Mutation::insert("ports", Datum::Set([Atom::NamedUuid("ls".into())].into()))],
+        );
+        t.comment("stacknet: test");
+        assert_eq!(t.len(), 2);
+        assert_eq!(
+            t.params(),
+            json!(["OVN_Northbound",
+                {"op": "insert", "table": "Logical_Switch", "row": {"name": "ls1"}, "uuid-name": "ls"},
+                {"op": "mutate", "table": "Port_Group", "where": [["name", "==", "pg"]],
+                 "mutations": [["ports", "insert", ["set", [["named-uuid", "ls"]]]]]},
+                {"op": "comment", "comment": "stacknet: test"}])
+        );
+    }
+
+    #[test]
+    fn replies_map_named_uuids_and_errors() {
+        let mut t = Transaction::new("db");
+        t.insert("T", Row::new(), Some("a"));
+        t.delete("T", vec![]);
+        let u = Uuid::new_v4();
+        let r = t.parse_reply(&json!([{"uuid": ["uuid", u.to_string()]}, {"count": 3}])).unwrap();
+        assert_eq!(r.uuid_of("a"), Some(u));
+        assert_eq!(r.count(1), Some(3));
+
+        let e = t
+            .parse_reply(&json!([{"uuid": ["uuid", u.to_string()]}, {"count": 0}, {"error": "constraint violation", "details": "Transaction causes multiple rows in \"T\" table to have identical values"}]))
+            .unwrap_err();
+        let op = e.operation().unwrap();
+        assert_eq!(op.index, None);
+        assert_eq!(op.kind(), ErrorKind::ConstraintViolation);
+        assert!(e.to_string().contains("identical values"), "{e}");
+
+        let e = t.parse_reply(&json!([{"error": "syntax error", "details": "bad"}, null])).unwrap_err();
+        assert_eq!(e.operation().unwrap().index, Some(0));
+        assert_eq!(e.operation().unwrap().op.as_deref(), Some("insert"));
+        assert!(t.parse_reply(&json!({"x": 1})).is_err());
+    }
+}

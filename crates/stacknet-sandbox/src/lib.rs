@@ -1,0 +1,26 @@
+//! Real OVN in a private directory, for tests, benchmarks and `stacknet reach --dataplane
+//! ovn-trace`: ovsdb-server with the Northbound (and Southbound) schema on unix sockets, and
+//! ovn-northd between them. Every daemon is a child process of ours, started with explicit
+//! paths (never the system's defaults), awaited with a deadline, and stopped by its PID when
+//! the sandbox is dropped.
+#![forbid(unsafe_code)]
+
+mod ovn;
+
+pub use ovn::{DbServer, Ovn, TraceVerdict};
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{program} is not installed ({hint})")]
+    Missing { program: String, hint: String },
+    #[error("{what}: {message}")]
+    Io { what: String, message: String },
+    #[error("{program} {args}: exit {status}: {stderr}")]
+    Command { program: String, args: String, status: String, stderr: String },
+    #[error("{what} was not ready after {seconds}s (log: {log})")]
+    NotReady { what: String, seconds: u64, log: PathBuf },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
