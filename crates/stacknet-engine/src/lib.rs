@@ -22,6 +22,7 @@ pub mod net;
 pub mod objects;
 pub mod reach;
 pub mod semantics;
+pub mod service;
 
 pub use error::{Invalid, ManifestError};
 pub use index::{ClusterIndex, PodId};

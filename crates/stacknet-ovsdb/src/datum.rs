@@ -269,6 +269,25 @@ impl Datum {
         }
     }
 
+    /// A column's default value (RFC 7047 §5.1): 0, 0.0, false, "", the all-zero uuid; the
+    /// empty set or map when the column may be empty.
+    pub fn default_for(ty: &ColumnType) -> Datum {
+        if ty.is_map() {
+            return Datum::Map(BTreeMap::new());
+        }
+        if ty.min == 0 {
+            return Datum::Set(BTreeSet::new());
+        }
+        let atom = match ty.key.atomic {
+            AtomicType::Integer => Atom::Integer(0),
+            AtomicType::Real => Atom::Real(0.0),
+            AtomicType::Boolean => Atom::Boolean(false),
+            AtomicType::String => Atom::String(String::new()),
+            AtomicType::Uuid => Atom::Uuid(Uuid::nil()),
+        };
+        if ty.is_scalar() { Datum::Atom(atom) } else { Datum::Set([atom].into()) }
+    }
+
     /// Reads a value of column type `ty`, normalized as the module doc says.
     pub fn from_json(v: &Value, ty: &ColumnType) -> Result<Datum, String> {
         let tagged = |tag: &str| match v.as_array().map(Vec::as_slice) {

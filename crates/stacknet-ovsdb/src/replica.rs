@@ -161,6 +161,20 @@ impl Replica {
         Ok(out)
     }
 
+    /// A whole row: columns the server left out (update2 omits those at their default value)
+    /// are filled in, so that rows compare equal however they arrived.
+    fn decode_full_row(&self, table: &str, row: &Value) -> Result<RowData, Error> {
+        let mut out = self.decode_row(table, row)?;
+        if let Some(ts) = self.schema.tables.get(table) {
+            for (c, ty) in &ts.columns {
+                if c != "_uuid" && c != "_version" && !out.contains_key(c) {
+                    out.insert(c.clone(), Datum::default_for(ty));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Applies `table-updates2` (monitor_cond / monitor_cond_since replies, update2 / update3
     /// notifications).
     pub fn apply_update2(&mut self, updates: &Value) -> Result<Changes, Error> {
@@ -182,7 +196,7 @@ impl Replica {
                     update.iter().next().ok_or_else(|| Error::Protocol(format!("{table}: empty row update")))?;
                 match kind.as_str() {
                     "initial" | "insert" => {
-                        let row = self.decode_row(table, body)?;
+                        let row = self.decode_full_row(table, body)?;
                         self.tables.entry(table.clone()).or_default().put(uuid, row);
                         changes.inserted += 1;
                     }
@@ -233,7 +247,7 @@ impl Replica {
                 let uuid = Uuid::parse_str(uuid).map_err(|_| Error::Protocol(format!("{table}: bad uuid {uuid}")))?;
                 match update.get("new") {
                     Some(new) => {
-                        let row = self.decode_row(table, new)?;
+                        let row = self.decode_full_row(table, new)?;
                         let t = self.tables.entry(table.clone()).or_default();
                         if t.rows.contains_key(&uuid) {
                             changes.modified += 1;
@@ -297,6 +311,13 @@ mod tests {
         assert_eq!(r.table("T").by_name("b").count(), 0);
         assert!(r.apply_update2(&json!({"T": {us: {"modify": {"name": "x"}}}})).is_err());
         assert!(r.apply_update2(&json!({"Nope": {}})).is_err());
+        // Columns left out of an insert take their defaults.
+        let v = Uuid::new_v4();
+        r.apply_update2(&json!({"T": {v.to_string(): {"insert": {}}}})).unwrap();
+        let row = r.table("T").get(&v).unwrap();
+        assert_eq!(row["name"], Datum::Atom("".into()));
+        assert_eq!(row["ports"], Datum::empty_set());
+        assert_eq!(row["external_ids"], Datum::Map(Default::default()));
         assert!(r.table("Other").is_empty());
     }
 

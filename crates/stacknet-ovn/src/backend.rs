@@ -1,0 +1,91 @@
+//! The OVN backend: keeps the Northbound database equal to the desired rows through a client
+//! whose replica it diffs against.
+
+use std::time::Duration;
+
+use stacknet_ovsdb::{Client, ClientConfig, Error, Remote, nb};
+
+use crate::desired::Desired;
+use crate::reconcile::{Plan, PlanSummary, plan};
+
+/// What one reconcile did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Transactions sent (0 when nothing had to change).
+    pub transactions: usize,
+    pub summary: PlanSummary,
+    /// Operations in the transaction that succeeded.
+    pub operations: usize,
+    pub warnings: Vec<String>,
+}
+
+pub struct OvnBackend {
+    client: Client,
+    /// How long to wait for a connection before giving up on a reconcile.
+    pub connect_timeout: Duration,
+    /// Attempts for transient failures (server gone mid-transaction, reconnect in progress).
+    pub attempts: usize,
+}
+
+impl OvnBackend {
+    /// A client for the Northbound database at `remotes`, monitoring the tables we use.
+    pub fn connect(remotes: Vec<Remote>) -> OvnBackend {
+        let mut config = ClientConfig::new(remotes, nb::DATABASE);
+        config.requirements = Some(nb::requirements());
+        config.tables = Some(nb::monitored_tables());
+        OvnBackend::with_client(Client::start(config))
+    }
+
+    pub fn with_client(client: Client) -> OvnBackend {
+        OvnBackend { client, connect_timeout: Duration::from_secs(30), attempts: 8 }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The plan a reconcile would execute now (nothing is written).
+    pub async fn plan(&self, desired: &Desired) -> Result<Plan, Error> {
+        self.client.connected(self.connect_timeout).await?;
+        let guard = self.client.replica();
+        let replica = guard.as_ref().ok_or(Error::NotConnected)?;
+        Ok(plan(desired, replica))
+    }
+
+    /// Makes the database equal to `desired` in one transaction (none if nothing differs).
+    /// Transient failures are retried after the client reconnects and resyncs, re-planning
+    /// from the fresh replica each time; server errors are returned with their details.
+    pub async fn reconcile(&self, desired: &Desired) -> Result<Report, Error> {
+        let mut last = Error::NotConnected;
+        for attempt in 0..self.attempts.max(1) {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(50 << attempt.min(6))).await;
+            }
+            let p = match self.plan(desired).await {
+                Ok(p) => p,
+                Err(e) if e.is_transient() => {
+                    last = e;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if p.txn.is_empty() {
+                return Ok(Report { warnings: p.warnings, ..Report::default() });
+            }
+            let mut txn = p.txn;
+            txn.comment(&format!("stacknet: reconcile cluster {}", desired.cluster));
+            match self.client.transact(&txn).await {
+                Ok(_) => {
+                    let operations = txn.len();
+                    return Ok(Report { transactions: 1, summary: p.summary, operations, warnings: p.warnings });
+                }
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, attempt, "reconcile interrupted; retrying after resync");
+                    last = e;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+}

@@ -1,0 +1,606 @@
+//! The desired Northbound rows, computed from the engine alone (pure): what the network must
+//! look like, with identities stable across restarts so that a reconcile diffs, not rebuilds.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+
+use stacknet_engine::PolicyEngine;
+use stacknet_engine::model::{NamedPortKey, PeerSetId, PolicyModel, Rule, RulePeer};
+use stacknet_engine::objects::{Direction, ObjectKey, Protocol};
+use stacknet_engine::service::{self, LoadBalancer};
+use stacknet_ovsdb::Datum;
+use stacknet_ovsdb::nb::{
+    ACL, ADDRESS_SET, LOAD_BALANCER, LOAD_BALANCER_GROUP, LOGICAL_ROUTER, LOGICAL_ROUTER_PORT, LOGICAL_SWITCH,
+    LOGICAL_SWITCH_PORT, PORT_GROUP,
+};
+
+use crate::names::{KEY_CLUSTER, KEY_ID, KEY_OWNER, KEY_OWNER_KIND, KEY_POD_UID, ident};
+use crate::topology::{Topology, mac_for};
+
+/// ACL priorities: default deny below the allows.
+pub const PRIORITY_DENY: i64 = 1000;
+pub const PRIORITY_ALLOW: i64 = 1001;
+
+/// One row as it must be. References to other rows are by their identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredRow {
+    pub table: &'static str,
+    pub id: String,
+    pub columns: BTreeMap<&'static str, Datum>,
+    pub refs: BTreeMap<&'static str, BTreeSet<String>>,
+}
+
+/// Where a pod's port is, for the node path and for tracing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodPort {
+    pub lsp: String,
+    pub switch: String,
+    pub node: String,
+    pub mac: String,
+    pub ips: Vec<IpAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwitchInfo {
+    pub name: String,
+    /// The router port's MAC: the gateway pods send off-subnet traffic to.
+    pub router_mac: Option<String>,
+    pub gateways: Vec<IpAddr>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub cluster: String,
+    pub rows: BTreeMap<(&'static str, String), DesiredRow>,
+    pub ports: BTreeMap<ObjectKey, PodPort>,
+    pub switches: BTreeMap<String, SwitchInfo>,
+    pub load_balancers: Vec<LoadBalancer>,
+    /// What could not be expressed (a pod with no node to sit on, ...).
+    pub warnings: Vec<String>,
+}
+
+impl Desired {
+    pub fn row(&self, table: &'static str, id: &str) -> Option<&DesiredRow> {
+        self.rows.get(&(table, id.to_string()))
+    }
+
+    pub fn count(&self, table: &str) -> usize {
+        self.rows.keys().filter(|(t, _)| *t == table).count()
+    }
+
+    fn add(&mut self, row: DesiredRow) {
+        self.rows.insert((row.table, row.id.clone()), row);
+    }
+}
+
+struct RowBuilder {
+    row: DesiredRow,
+}
+
+impl RowBuilder {
+    fn new(cluster: &str, table: &'static str, id: String, owner_kind: &str, owner: &str) -> Self {
+        let ids = Datum::string_map([
+            (KEY_CLUSTER, cluster),
+            (KEY_ID, id.as_str()),
+            (KEY_OWNER_KIND, owner_kind),
+            (KEY_OWNER, owner),
+        ]);
+        let mut columns = BTreeMap::new();
+        if table != LOAD_BALANCER_GROUP {
+            columns.insert("external_ids", ids);
+        }
+        RowBuilder { row: DesiredRow { table, id, columns, refs: BTreeMap::new() } }
+    }
+
+    fn col(mut self, c: &'static str, d: Datum) -> Self {
+        self.row.columns.insert(c, d);
+        self
+    }
+
+    fn str(self, c: &'static str, s: &str) -> Self {
+        self.col(c, Datum::Atom(s.into()))
+    }
+
+    fn external(mut self, k: &str, v: &str) -> Self {
+        if let Some(Datum::Map(m)) = self.row.columns.get_mut("external_ids") {
+            m.insert(k.into(), v.into());
+        }
+        self
+    }
+
+    fn refs(mut self, c: &'static str, ids: impl IntoIterator<Item = String>) -> Self {
+        self.row.refs.entry(c).or_default().extend(ids);
+        self
+    }
+
+    fn build(self) -> DesiredRow {
+        self.row
+    }
+}
+
+fn socket(a: &SocketAddr) -> String {
+    match a {
+        SocketAddr::V4(v) => format!("{}:{}", v.ip(), v.port()),
+        SocketAddr::V6(v) => format!("[{}]:{}", v.ip(), v.port()),
+    }
+}
+
+fn proto(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Sctp => "sctp",
+    }
+}
+
+/// Which address families the cluster uses (address sets are made per family).
+#[derive(Debug, Clone, Copy)]
+struct Families {
+    v4: bool,
+    v6: bool,
+}
+
+impl Families {
+    fn list(self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.v4 {
+            v.push("ip4");
+        }
+        if self.v6 {
+            v.push("ip6");
+        }
+        v
+    }
+}
+
+/// Names of the address sets a rule refers to.
+struct SetNames<'a> {
+    cluster: &'a str,
+    families: Families,
+    named_ports: &'a BTreeMap<NamedPortKey, BTreeMap<u16, BTreeSet<ObjectKey>>>,
+}
+
+impl SetNames<'_> {
+    fn peer_set(&self, id: &PeerSetId, family: &str) -> String {
+        format!("{}_{family}", ident(self.cluster, "as", id.as_str()))
+    }
+
+    fn named_port(&self, key: &NamedPortKey, port: u16, family: &str) -> String {
+        format!("{}_{family}", ident(self.cluster, "np", &named_port_id(key, port)))
+    }
+
+    /// `(ip4.F == $a_ip4 || ip6.F == $a_ip6)` for the families in use.
+    fn any_of(&self, field: &str, name: impl Fn(&str) -> String) -> String {
+        let alts: Vec<String> = self.families.list().iter().map(|f| format!("{f}.{field} == ${}", name(f))).collect();
+        if alts.len() == 1 { alts[0].clone() } else { format!("({})", alts.join(" || ")) }
+    }
+}
+
+fn named_port_id(key: &NamedPortKey, port: u16) -> String {
+    format!("{}/{}/{port}", proto(key.protocol), key.name)
+}
+
+/// The OVN match of one rule on port group `pg`.
+fn rule_match(rule: &Rule, pg: &str, names: &SetNames<'_>) -> String {
+    let mut parts = Vec::new();
+    let (subject, peer_field) = match rule.direction {
+        Direction::Ingress => (format!("outport == @{pg}"), "src"),
+        Direction::Egress => (format!("inport == @{pg}"), "dst"),
+    };
+    parts.push(subject);
+    match &rule.peer {
+        RulePeer::Any => {}
+        RulePeer::Set(id) => parts.push(names.any_of(peer_field, |f| names.peer_set(id, f))),
+        RulePeer::Block(b) => {
+            let fam = if b.cidr.is_ipv4() { "ip4" } else { "ip6" };
+            let mut s = format!("{fam}.{peer_field} == {}", b.cidr);
+            if !b.except.is_empty() {
+                let ex: Vec<String> = b.except.iter().map(|e| e.to_string()).collect();
+                s.push_str(&format!(" && {fam}.{peer_field} != {{{}}}", ex.join(", ")));
+            }
+            parts.push(s);
+        }
+    }
+    if let Some(p) = rule.protocol {
+        let l4 = proto(p);
+        if rule.ports.is_any() {
+            parts.push(l4.to_string());
+        } else {
+            let mut alts: Vec<String> =
+                rule.ports
+                    .ranges
+                    .iter()
+                    .map(|(a, b)| {
+                        if a == b {
+                            format!("{l4}.dst == {a}")
+                        } else {
+                            format!("({l4}.dst >= {a} && {l4}.dst <= {b})")
+                        }
+                    })
+                    .collect();
+            for n in &rule.ports.named {
+                let key = NamedPortKey { protocol: p, name: n.clone() };
+                for port in names.named_ports.get(&key).into_iter().flat_map(|m| m.keys()) {
+                    let dst = names.any_of("dst", |f| names.named_port(&key, *port, f));
+                    alts.push(format!("({dst} && {l4}.dst == {port})"));
+                }
+            }
+            // A named port no pod resolves matches nothing (yet).
+            let alt = if alts.is_empty() { "0".to_string() } else { alts.join(" || ") };
+            parts.push(format!("{l4} && ({alt})"));
+        }
+    }
+    parts.join(" && ")
+}
+
+fn dir_str(d: Direction) -> &'static str {
+    match d {
+        Direction::Ingress => "to-lport",
+        Direction::Egress => "from-lport",
+    }
+}
+
+fn acl_options(d: Direction) -> Datum {
+    match d {
+        // Egress sees the backend of a Service, not its VIP.
+        Direction::Egress => Datum::string_map([("apply-after-lb", "true")]),
+        Direction::Ingress => Datum::Map(BTreeMap::new()),
+    }
+}
+
+/// ACL names are at most 63 characters.
+fn acl_name(s: &str) -> Datum {
+    let cut: String = s.chars().take(63).collect();
+    Datum::set([cut])
+}
+
+/// Computes every row the cluster needs.
+pub fn build(engine: &PolicyEngine, topo: &Topology) -> Desired {
+    let index = engine.index();
+    let model: PolicyModel = engine.model();
+    let cluster = topo.cluster.as_str();
+    let mut d = Desired { cluster: cluster.to_string(), ..Desired::default() };
+    let families = {
+        let ips = index.pods().flat_map(|(_, p)| p.ips.iter());
+        let (mut v4, mut v6) = (false, false);
+        for ip in ips {
+            v4 |= ip.is_ipv4();
+            v6 |= ip.is_ipv6();
+        }
+        Families { v4: v4 || !v6, v6 }
+    };
+
+    // Pods: one port each, on their node's switch.
+    let mut switch_ports: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (_, pod) in index.pods() {
+        if !pod.is_policy_subject() {
+            continue;
+        }
+        if pod.ips.is_empty() {
+            d.warnings.push(format!("pod {}: no address yet, no port", pod.key));
+            continue;
+        }
+        let Some(node) = topo.node_for(pod) else {
+            d.warnings.push(format!("pod {}: no node with a subnet holding {}", pod.key, pod.ips[0]));
+            continue;
+        };
+        let id = format!("pod:{}", pod.key);
+        let lsp = format!("{cluster}_{}_{}", pod.key.namespace, pod.key.name);
+        let mac = mac_for(pod.ips[0]);
+        let address =
+            std::iter::once(mac.clone()).chain(pod.ips.iter().map(|i| i.to_string())).collect::<Vec<_>>().join(" ");
+        let mut options = BTreeMap::new();
+        if let Some(n) = &pod.node {
+            options.insert("requested-chassis".to_string(), n.clone());
+        }
+        if let Some(uid) = &pod.uid {
+            options.insert("iface-id-ver".to_string(), uid.clone());
+        }
+        let mut b = RowBuilder::new(cluster, LOGICAL_SWITCH_PORT, id.clone(), "Pod", &pod.key.to_string())
+            .str("name", &lsp)
+            .col("addresses", Datum::set([address.clone()]))
+            .col("port_security", Datum::set([address]))
+            .col("options", Datum::map(options));
+        if let Some(uid) = &pod.uid {
+            b = b.external(KEY_POD_UID, uid);
+        }
+        d.add(b.build());
+        switch_ports.entry(node.name.clone()).or_default().push(id);
+        d.ports.insert(
+            pod.key.clone(),
+            PodPort {
+                lsp,
+                switch: format!("{cluster}_{}", node.name),
+                node: node.name.clone(),
+                mac,
+                ips: pod.ips.clone(),
+            },
+        );
+    }
+
+    // Services: a load balancer per service and protocol, all in one group on every switch.
+    let load_balancers = service::load_balancers(index);
+    let mut lb_ids = Vec::new();
+    for lb in &load_balancers {
+        let id = format!("lb:{}:{}", lb.service, proto(lb.protocol));
+        let vips = lb
+            .vips
+            .iter()
+            .map(|(vip, backends)| (socket(vip), backends.iter().map(socket).collect::<Vec<_>>().join(",")));
+        d.add(
+            RowBuilder::new(cluster, LOAD_BALANCER, id.clone(), "Service", &lb.service.to_string())
+                .str("name", &format!("{cluster}_{}_{}_{}", lb.service.namespace, lb.service.name, proto(lb.protocol)))
+                .col("vips", Datum::map(vips))
+                .col("protocol", Datum::set([proto(lb.protocol)]))
+                // A VIP without endpoints answers with a reject, not silence.
+                .col("options", Datum::string_map([("reject", "true")]))
+                .build(),
+        );
+        lb_ids.push(id);
+    }
+    d.load_balancers = load_balancers;
+    if !lb_ids.is_empty() {
+        d.add(
+            RowBuilder::new(cluster, LOAD_BALANCER_GROUP, "lbg".into(), "Cluster", cluster)
+                .str("name", &ident(cluster, "lbg", "lbg"))
+                .refs("load_balancer", lb_ids.clone())
+                .build(),
+        );
+    }
+
+    // Nodes: a switch each, a router port each, all on the cluster router.
+    let mut router_ports = Vec::new();
+    for node in &topo.nodes {
+        let switch = format!("{cluster}_{}", node.name);
+        let lrp = format!("{cluster}_rtos_{}", node.name);
+        let gateways: Vec<IpAddr> = node.subnets.iter().map(|(_, g)| *g).collect();
+        let router_mac = gateways.first().map(|g| mac_for(*g));
+        let mut ports = switch_ports.remove(&node.name).unwrap_or_default();
+        if let Some(mac) = &router_mac {
+            let networks = node.subnets.iter().map(|(c, g)| format!("{g}/{}", c.prefix_len()));
+            d.add(
+                RowBuilder::new(cluster, LOGICAL_ROUTER_PORT, format!("rtos:{}", node.name), "Node", &node.name)
+                    .str("name", &lrp)
+                    .str("mac", mac)
+                    .col("networks", Datum::set(networks))
+                    .build(),
+            );
+            router_ports.push(format!("rtos:{}", node.name));
+            let stor = format!("stor:{}", node.name);
+            d.add(
+                RowBuilder::new(cluster, LOGICAL_SWITCH_PORT, stor.clone(), "Node", &node.name)
+                    .str("name", &format!("{cluster}_stor_{}", node.name))
+                    .str("type", "router")
+                    .col("addresses", Datum::set(["router"]))
+                    .col("options", Datum::string_map([("router-port", lrp.as_str())]))
+                    .build(),
+            );
+            ports.push(stor);
+        }
+        let mut b = RowBuilder::new(cluster, LOGICAL_SWITCH, format!("node:{}", node.name), "Node", &node.name)
+            .str("name", &switch)
+            .refs("ports", ports);
+        if !lb_ids.is_empty() {
+            b = b.refs("load_balancer_group", ["lbg".to_string()]);
+        }
+        d.add(b.build());
+        d.switches.insert(node.name.clone(), SwitchInfo { name: switch, router_mac, gateways });
+    }
+    if !router_ports.is_empty() {
+        d.add(
+            RowBuilder::new(cluster, LOGICAL_ROUTER, "router".into(), "Cluster", cluster)
+                .str("name", &format!("{cluster}_router"))
+                .refs("ports", router_ports)
+                .build(),
+        );
+    }
+    for (node, _) in switch_ports {
+        d.warnings.push(format!("node {node}: not in the topology"));
+    }
+
+    let port_ids = |members: &BTreeSet<ObjectKey>, d: &Desired| -> Vec<String> {
+        members.iter().filter(|k| d.ports.contains_key(*k)).map(|k| format!("pod:{k}")).collect()
+    };
+    let addresses = |members: &BTreeSet<ObjectKey>, v4: bool| -> Datum {
+        Datum::set(
+            members
+                .iter()
+                .filter_map(|k| index.pod_id(k).and_then(|id| index.pod(id)))
+                .flat_map(|p| p.ips.iter().filter(|ip| ip.is_ipv4() == v4).map(|ip| ip.to_string()))
+                .collect::<Vec<_>>(),
+        )
+    };
+
+    // Peer sets and named-port sets: address sets, one per family.
+    for (id, set) in &model.peer_sets {
+        for fam in families.list() {
+            let row_id = format!("as:{id}:{fam}");
+            d.add(
+                RowBuilder::new(cluster, ADDRESS_SET, row_id, "PeerSet", &set.selector.to_string())
+                    .str("name", &format!("{}_{fam}", ident(cluster, "as", id.as_str())))
+                    .col("addresses", addresses(&set.members, fam == "ip4"))
+                    .build(),
+            );
+        }
+    }
+    for (key, by_port) in &model.named_ports {
+        for (port, members) in by_port {
+            for fam in families.list() {
+                let npid = named_port_id(key, *port);
+                d.add(
+                    RowBuilder::new(cluster, ADDRESS_SET, format!("np:{npid}:{fam}"), "NamedPort", &npid)
+                        .str("name", &format!("{}_{fam}", ident(cluster, "np", &npid)))
+                        .col("addresses", addresses(members, fam == "ip4"))
+                        .build(),
+                );
+            }
+        }
+    }
+
+    // Policies: a port group each, holding its rules' ACLs.
+    let names = SetNames { cluster, families, named_ports: &model.named_ports };
+    let mut rules_by_policy: BTreeMap<&ObjectKey, Vec<&Rule>> = BTreeMap::new();
+    for r in &model.rules {
+        rules_by_policy.entry(&r.policy).or_default().push(r);
+    }
+    for (key, group) in &model.groups {
+        let pg = ident(cluster, "pg", &key.to_string());
+        let mut acl_ids = Vec::new();
+        for (i, rule) in rules_by_policy.get(key).into_iter().flatten().enumerate() {
+            let id = format!("acl:{key}:{i}");
+            d.add(
+                RowBuilder::new(cluster, ACL, id.clone(), "NetworkPolicy", &key.to_string())
+                    .col("name", acl_name(&key.to_string()))
+                    .col("priority", Datum::Atom(PRIORITY_ALLOW.into()))
+                    .str("direction", dir_str(rule.direction))
+                    .str("match", &rule_match(rule, &pg, &names))
+                    .str("action", "allow-related")
+                    .col("options", acl_options(rule.direction))
+                    .build(),
+            );
+            acl_ids.push(id);
+        }
+        d.add(
+            RowBuilder::new(cluster, PORT_GROUP, format!("pg:{key}"), "NetworkPolicy", &key.to_string())
+                .str("name", &pg)
+                .refs("ports", port_ids(&group.members, &d))
+                .refs("acls", acl_ids)
+                .build(),
+        );
+    }
+
+    // Default deny per namespace and direction: drop, but let ARP and ND through.
+    for ((ns, dir), members) in &model.default_deny {
+        let dname = match dir {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        };
+        let id = format!("deny:{ns}:{dname}");
+        let pg = ident(cluster, "deny", &id);
+        let port = match dir {
+            Direction::Ingress => "outport",
+            Direction::Egress => "inport",
+        };
+        let owner = format!("{ns}/default-deny-{dname}");
+        let drop_id = format!("{id}:drop");
+        let arp_id = format!("{id}:arp-nd");
+        for (acl_id, prio, m, action) in [
+            (&drop_id, PRIORITY_DENY, format!("{port} == @{pg}"), "drop"),
+            (&arp_id, PRIORITY_ALLOW, format!("{port} == @{pg} && (arp || nd)"), "allow"),
+        ] {
+            d.add(
+                RowBuilder::new(cluster, ACL, acl_id.clone(), "Namespace", ns)
+                    .col("name", acl_name(&owner))
+                    .col("priority", Datum::Atom(prio.into()))
+                    .str("direction", dir_str(*dir))
+                    .str("match", &m)
+                    .str("action", action)
+                    .col("options", acl_options(*dir))
+                    .build(),
+            );
+        }
+        d.add(
+            RowBuilder::new(cluster, PORT_GROUP, id.clone(), "Namespace", ns)
+                .str("name", &pg)
+                .refs("ports", port_ids(members, &d))
+                .refs("acls", [drop_id, arp_id])
+                .build(),
+        );
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stacknet_engine::ClusterIndex;
+    use stacknet_engine::manifest;
+
+    fn desired(yaml: &str) -> Desired {
+        let index = ClusterIndex::from_objects(manifest::parse("t.yaml", yaml).unwrap().objects);
+        let topo = Topology::from_pods("c1", &index);
+        build(&PolicyEngine::from_index(index), &topo)
+    }
+
+    const CLUSTER: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: Pod, metadata: {name: web, namespace: x, labels: {app: web}, uid: u-web},
+   spec: {nodeName: n1, containers: [{name: c, image: i, ports: [{name: http, containerPort: 8080}]}]}, status: {podIP: 10.1.0.1}}
+- {apiVersion: v1, kind: Pod, metadata: {name: db, namespace: y, labels: {app: db}},
+   spec: {containers: [{name: c, image: i}]}, status: {podIP: 10.2.0.1}}
+- apiVersion: networking.k8s.io/v1
+  kind: NetworkPolicy
+  metadata: {name: web, namespace: x}
+  spec:
+    podSelector: {matchLabels: {app: web}}
+    ingress:
+    - from: [{namespaceSelector: {}, podSelector: {matchLabels: {app: db}}}, {ipBlock: {cidr: 10.0.0.0/8, except: [10.2.0.0/16, 10.3.0.0/16]}}]
+      ports: [{port: http}, {port: 9000, endPort: 9010}]
+"#;
+
+    #[test]
+    fn rows_for_pods_nodes_and_policies() {
+        let d = desired(CLUSTER);
+        assert_eq!(d.count(LOGICAL_SWITCH), 2, "one switch per /24");
+        assert_eq!(d.count(LOGICAL_ROUTER), 1);
+        // Two pod ports, two router ports on the switches.
+        assert_eq!(d.count(LOGICAL_SWITCH_PORT), 4);
+        let web = d.row(LOGICAL_SWITCH_PORT, "pod:x/web").unwrap();
+        assert_eq!(web.columns["addresses"], Datum::set(["0a:58:0a:01:00:01 10.1.0.1"]));
+        assert_eq!(web.columns["port_security"], web.columns["addresses"]);
+        assert_eq!(web.columns["options"], Datum::string_map([("requested-chassis", "n1"), ("iface-id-ver", "u-web")]));
+        let ids = &web.columns["external_ids"];
+        assert_eq!(ids.map_get(KEY_CLUSTER).and_then(|a| a.as_str()), Some("c1"));
+        assert_eq!(ids.map_get(KEY_OWNER).and_then(|a| a.as_str()), Some("x/web"));
+        // The policy: one port group with the pod, two ACLs (pod peer, ipBlock peer).
+        let pg = d.row(PORT_GROUP, "pg:x/web").unwrap();
+        assert_eq!(pg.refs["ports"], BTreeSet::from(["pod:x/web".to_string()]));
+        assert_eq!(pg.refs["acls"].len(), 2);
+        let acl = |i| d.row(ACL, &format!("acl:x/web:{i}")).unwrap().columns["match"].as_str().unwrap().to_string();
+        let (a0, a1) = (acl(0), acl(1));
+        let pgname = pg.columns["name"].as_str().unwrap();
+        assert!(a0.starts_with(&format!("outport == @{pgname} && ip4.src == $sn_as_")), "{a0}");
+        // Named port resolved through its set, the range as a range.
+        assert!(a0.contains("tcp && ((tcp.dst >= 9000 && tcp.dst <= 9010) || (ip4.dst == $sn_np_"), "{a0}");
+        assert!(a0.ends_with("_ip4 && tcp.dst == 8080))"), "{a0}");
+        // Excepts inlined.
+        assert!(a1.contains("ip4.src == 10.0.0.0/8 && ip4.src != {10.2.0.0/16, 10.3.0.0/16}"), "{a1}");
+        // Default deny for x ingress, with ARP/ND allowed.
+        let deny = d.row(PORT_GROUP, "deny:x:ingress").unwrap();
+        assert_eq!(deny.refs["ports"], BTreeSet::from(["pod:x/web".to_string()]));
+        let arp = d.row(ACL, "deny:x:ingress:arp-nd").unwrap();
+        assert!(arp.columns["match"].as_str().unwrap().ends_with("&& (arp || nd)"));
+        assert_eq!(d.row(ACL, "deny:x:ingress:drop").unwrap().columns["action"], Datum::Atom("drop".into()));
+        // The peer set holds db's address.
+        let sets: Vec<&DesiredRow> = d.rows.values().filter(|r| r.id.starts_with("as:")).collect();
+        assert_eq!(sets.len(), 1);
+        assert_eq!(sets[0].columns["addresses"], Datum::set(["10.2.0.1"]));
+        assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    }
+
+    #[test]
+    fn every_row_is_tagged_and_every_reference_resolves() {
+        let d = desired(CLUSTER);
+        for ((table, id), row) in &d.rows {
+            if *table != LOAD_BALANCER_GROUP {
+                let ids = &row.columns["external_ids"];
+                assert_eq!(ids.map_get(KEY_ID).and_then(|a| a.as_str()), Some(id.as_str()));
+            }
+            for (col, targets) in &row.refs {
+                let target_table = match (*table, *col) {
+                    (LOGICAL_SWITCH, "ports") | (PORT_GROUP, "ports") => LOGICAL_SWITCH_PORT,
+                    (PORT_GROUP, "acls") => ACL,
+                    (LOGICAL_ROUTER, "ports") => LOGICAL_ROUTER_PORT,
+                    (LOGICAL_SWITCH, "load_balancer_group") => LOAD_BALANCER_GROUP,
+                    (LOAD_BALANCER_GROUP, "load_balancer") => LOAD_BALANCER,
+                    other => panic!("unexpected reference {other:?}"),
+                };
+                for t in targets {
+                    assert!(d.row(target_table, t).is_some(), "{table} {id}.{col} -> {target_table} {t}");
+                }
+            }
+        }
+    }
+}

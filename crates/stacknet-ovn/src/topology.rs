@@ -1,0 +1,117 @@
+//! Where pods sit on the logical network: one logical switch per node, joined by the cluster
+//! router. A node has one or more subnets and, in each, a gateway address for its router port.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use stacknet_engine::objects::Pod;
+use stacknet_engine::{Cidr, ClusterIndex};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeNet {
+    pub name: String,
+    /// The node's pod subnets, each with the router port's address in it.
+    pub subnets: Vec<(Cidr, IpAddr)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    /// The cluster id every row is tagged with.
+    pub cluster: String,
+    pub nodes: Vec<NodeNet>,
+}
+
+/// The MAC a pod or router port gets from its (first) address: `0a:58` and the last four
+/// bytes of the address, as ovn-kubernetes derives them.
+pub fn mac_for(ip: IpAddr) -> String {
+    let b = match ip {
+        IpAddr::V4(a) => a.octets(),
+        IpAddr::V6(a) => {
+            let o = a.octets();
+            [o[12], o[13], o[14], o[15]]
+        }
+    };
+    format!("0a:58:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3])
+}
+
+impl Topology {
+    /// A topology for pods whose addresses were given (manifests, tests): one "node" per /24
+    /// (IPv4) or /64 (IPv6) prefix the pods use, its router port on the highest free address.
+    pub fn from_pods(cluster: &str, index: &ClusterIndex) -> Topology {
+        let mut groups: BTreeMap<Vec<Cidr>, Vec<IpAddr>> = BTreeMap::new();
+        for (_, p) in index.pods() {
+            if !p.is_policy_subject() || p.ips.is_empty() {
+                continue;
+            }
+            let prefixes: Vec<Cidr> = p.ips.iter().map(|ip| prefix_of(*ip)).collect();
+            groups.entry(prefixes).or_default().extend(p.ips.iter().copied());
+        }
+        let mut nodes: Vec<NodeNet> = Vec::new();
+        for (prefixes, used) in groups {
+            // A prefix already served (by a pod of another address combination) is not served twice.
+            if prefixes.iter().any(|c| nodes.iter().any(|n| n.subnets.iter().any(|(s, _)| s == c))) {
+                continue;
+            }
+            let subnets = prefixes.iter().map(|c| (*c, gateway_in(*c, &used))).collect();
+            let name = format!("net-{}", prefixes.iter().map(|c| c.to_string()).collect::<Vec<_>>().join("+"));
+            nodes.push(NodeNet { name: name.replace(['/', ':'], "_"), subnets });
+        }
+        Topology { cluster: cluster.to_string(), nodes }
+    }
+
+    /// The node a pod is placed on: its `spec.nodeName` if that node is known, else the node
+    /// whose subnet holds its address.
+    pub fn node_for(&self, pod: &Pod) -> Option<&NodeNet> {
+        if let Some(n) = pod.node.as_deref().and_then(|name| self.nodes.iter().find(|n| n.name == name)) {
+            return Some(n);
+        }
+        let ip = pod.ips.first()?;
+        self.nodes.iter().find(|n| n.subnets.iter().any(|(c, _)| c.contains(*ip)))
+    }
+}
+
+fn prefix_of(ip: IpAddr) -> Cidr {
+    let len = if ip.is_ipv4() { 24 } else { 64 };
+    Cidr::new(ip, len).expect("valid length")
+}
+
+/// The highest address of `c` not used by a pod (and not the broadcast address for IPv4).
+fn gateway_in(c: Cidr, used: &[IpAddr]) -> IpAddr {
+    match c.network() {
+        IpAddr::V4(n) => {
+            let base = u32::from(n);
+            let size = 1u32 << (32 - u32::from(c.prefix_len()));
+            (1..size - 1)
+                .rev()
+                .map(|i| IpAddr::V4((base + i).into()))
+                .find(|ip| !used.contains(ip))
+                .unwrap_or(IpAddr::V4((base + 1).into()))
+        }
+        IpAddr::V6(n) => {
+            let base = u128::from(n);
+            (1..0xffffu128)
+                .rev()
+                .map(|i| IpAddr::V6((base + i).into()))
+                .find(|ip| !used.contains(ip))
+                .unwrap_or(IpAddr::V6((base + 1).into()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_follow_addresses() {
+        assert_eq!(mac_for("10.244.1.5".parse().unwrap()), "0a:58:0a:f4:01:05");
+        assert_eq!(mac_for("fd00::a:b".parse().unwrap()), "0a:58:00:0a:00:0b");
+    }
+
+    #[test]
+    fn gateways_avoid_pod_addresses() {
+        let c: Cidr = "10.1.0.0/24".parse().unwrap();
+        assert_eq!(gateway_in(c, &[]), "10.1.0.254".parse::<IpAddr>().unwrap());
+        assert_eq!(gateway_in(c, &["10.1.0.254".parse().unwrap()]), "10.1.0.253".parse::<IpAddr>().unwrap());
+    }
+}
