@@ -35,8 +35,9 @@ struct ReachArgs {
     probes: Vec<ProbeSpec>,
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     output: Output,
-    /// What decides each verdict: the NetworkPolicy semantics, or the compiled model (groups,
-    /// peer sets and rules, as a backend programs them).
+    /// What decides each verdict: the NetworkPolicy semantics; the compiled model (groups,
+    /// peer sets and rules, as a backend programs them); or ovn-trace on a private OVN that
+    /// the OVN backend programmed (needs the Debian OVN packages).
     #[arg(long, value_enum, default_value_t = Dataplane::Semantics)]
     dataplane: Dataplane,
 }
@@ -51,6 +52,7 @@ enum Output {
 enum Dataplane {
     Semantics,
     Compiled,
+    OvnTrace,
 }
 
 /// A failure and the exit status it maps to.
@@ -79,6 +81,26 @@ fn main() -> ExitCode {
     }
 }
 
+/// Programs a private OVN (started here, removed on return) and traces every probe.
+fn ovn_trace(engine: PolicyEngine, probes: &[ProbeSpec]) -> anyhow::Result<Vec<reach::Matrix>> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        eprintln!("starting a private OVN (ovsdb-server, ovn-northd) ...");
+        let mut trace = stacknet_verify::OvnTrace::start("reach")?;
+        let report = trace.program(&engine).await?;
+        for w in trace.desired().warnings.iter().chain(&report.warnings) {
+            eprintln!("warning: {w}");
+        }
+        let skipped = trace.untraceable(&engine);
+        if !skipped.is_empty() {
+            let names: Vec<String> = skipped.iter().map(|k| k.to_string()).collect();
+            eprintln!("warning: left out (no logical port: hostNetwork or no address): {}", names.join(", "));
+        }
+        eprintln!("tracing {} probe(s) with ovn-trace ...", probes.len());
+        Ok(trace.matrices(&engine, probes)?)
+    })
+}
+
 fn reach_command(args: ReachArgs) -> Result<(), Failure> {
     let loaded = input::load(&args.files).map_err(Failure::Input)?;
     for w in &loaded.warnings {
@@ -94,6 +116,7 @@ fn reach_command(args: ReachArgs) -> Result<(), Failure> {
     let matrices = match args.dataplane {
         Dataplane::Semantics => reach::direct(&index, &args.probes),
         Dataplane::Compiled => reach::compiled(&PolicyEngine::from_index(index), &args.probes),
+        Dataplane::OvnTrace => ovn_trace(PolicyEngine::from_index(index), &args.probes).map_err(Failure::Other)?,
     };
     let mut out = std::io::stdout().lock();
     let text = match args.output {

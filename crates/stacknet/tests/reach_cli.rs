@@ -90,6 +90,13 @@ fn compiled_model_gives_the_same_answers() {
     assert_eq!(three_tier_json("semantics"), three_tier_json("compiled"));
 }
 
+/// The same question answered by OVN itself: a private NB/SB/ovn-northd programmed by the
+/// backend, every probe traced by ovn-trace.
+#[test]
+fn ovn_trace_gives_the_same_answers() {
+    assert_eq!(three_tier_json("semantics"), three_tier_json("ovn-trace"));
+}
+
 #[test]
 fn table_is_plain_text_when_not_a_terminal() {
     let out = stacknet(
