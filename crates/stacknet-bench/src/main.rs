@@ -1,7 +1,13 @@
 //! stacknet benchmark programs. Each prints one JSON line per figure, so runs can be compared
 //! side by side; targets live in the issues, not in tests.
 
+/// The allocator stacknet ships with: the client's JSON work is allocation-heavy.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod generator;
+mod jsonline;
+mod ovsdb;
 
 use std::time::Instant;
 
@@ -34,6 +40,34 @@ enum Scenario {
         #[arg(long, default_value_t = 4_000)]
         events: usize,
     },
+    /// Our OVSDB client against ovn-nbctl, Python ovsdbapp and the raw server floor (starts its
+    /// own ovsdb-server with the OVN Northbound schema).
+    Ovsdb {
+        /// Rounds of the pipelined clients' workloads (the median counts).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Ports in the database (loaded by the load workload, present for the churn).
+        #[arg(long, default_value_t = 10_000)]
+        ports: usize,
+        /// Single-pod churn events (half additions, half removals).
+        #[arg(long, default_value_t = 1_000)]
+        events: usize,
+        /// Pods per transaction in the load workload.
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// Transactions in flight for the pipelining clients (raw, stacknet).
+        #[arg(long, default_value_t = 32)]
+        window: usize,
+        /// Churn events for ovn-nbctl (one process each; slow on a full database).
+        #[arg(long, default_value_t = 40)]
+        nbctl_events: usize,
+        /// Clients to run besides the raw floor: stacknet, ovn-nbctl, ovsdbapp or all.
+        #[arg(long, value_delimiter = ',', default_value = "all")]
+        clients: Vec<String>,
+        /// Where ovsdbapp's venv lives (created on first use).
+        #[arg(long, default_value = "target/bench-venv")]
+        venv: std::path::PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,6 +75,14 @@ fn main() -> anyhow::Result<()> {
         Scenario::Policy { pods, namespaces, policies, seed, events } => {
             anyhow::ensure!(namespaces > 0, "--namespaces must be at least 1");
             policy(pods, namespaces, policies, seed, events)
+        }
+        Scenario::Ovsdb { rounds, ports, events, batch, window, nbctl_events, clients, venv } => {
+            let args = ovsdb::Args { rounds, ports, events, batch, window, nbctl_events, clients, venv };
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?
+                .block_on(ovsdb::run(args))
         }
     }
 }
@@ -102,23 +144,30 @@ fn policy(pods: usize, namespaces: usize, policies: usize, seed: u64, events: us
     times.sort_by(f64::total_cmp);
     anyhow::ensure!(engine.rule_count() == rules, "pod events changed the rule count");
 
-    let line = json!({
-        "bench": "policy",
-        "pods": pods,
-        "namespaces": namespaces,
-        "policies": policies,
-        "seed": seed,
-        "compile_ms": (compile_ms * 100.0).round() / 100.0,
-        "rules": rules,
-        "groups": engine.group_count(),
-        "peer_sets": engine.peer_set_count(),
-        "naive_rules": naive,
-        "naive_ratio": if rules == 0 { 0.0 } else { ((naive as f64 / rules as f64) * 10.0).round() / 10.0 },
-        "pod_event_us": (percentile(&times, 0.5) * 100.0).round() / 100.0,
-        "pod_event_p99_us": (percentile(&times, 0.99) * 100.0).round() / 100.0,
-        "pod_events": times.len(),
-        "membership_changes_per_event": if times.is_empty() { 0.0 } else { ((members_changed as f64 / times.len() as f64) * 10.0).round() / 10.0 },
-    });
+    let line = jsonline::line(&[
+        ("bench", json!("policy")),
+        ("pods", json!(pods)),
+        ("namespaces", json!(namespaces)),
+        ("policies", json!(policies)),
+        ("seed", json!(seed)),
+        ("compile_ms", json!((compile_ms * 100.0).round() / 100.0)),
+        ("rules", json!(rules)),
+        ("groups", json!(engine.group_count())),
+        ("peer_sets", json!(engine.peer_set_count())),
+        ("naive_rules", json!(naive)),
+        ("naive_ratio", json!(if rules == 0 { 0.0 } else { ((naive as f64 / rules as f64) * 10.0).round() / 10.0 })),
+        ("pod_event_us", json!((percentile(&times, 0.5) * 100.0).round() / 100.0)),
+        ("pod_event_p99_us", json!((percentile(&times, 0.99) * 100.0).round() / 100.0)),
+        ("pod_events", json!(times.len())),
+        (
+            "membership_changes_per_event",
+            json!(if times.is_empty() {
+                0.0
+            } else {
+                ((members_changed as f64 / times.len() as f64) * 10.0).round() / 10.0
+            }),
+        ),
+    ]);
     println!("{line}");
     Ok(())
 }

@@ -22,7 +22,7 @@ use crate::error::Error;
 use crate::replica::Replica;
 use crate::rpc::Message;
 use crate::schema::{DatabaseSchema, Version};
-use crate::transact::{Transaction, TxnReply};
+use crate::transact::{TransactParams, Transaction, TxnReply};
 
 /// Where an ovsdb-server listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,8 +151,15 @@ pub struct Status {
     pub last_error: Option<String>,
 }
 
+/// A call's params: a JSON value, or JSON text serialized by the caller (transactions are
+/// written straight from their builder, off the connection task).
+enum Params {
+    Value(Value),
+    Json(Vec<u8>),
+}
+
 enum Command {
-    Call { method: String, params: Value, reply: oneshot::Sender<Result<Value, Error>> },
+    Call { method: String, params: Params, reply: oneshot::Sender<Result<Value, Error>> },
     Disconnect,
 }
 
@@ -226,15 +233,21 @@ impl Client {
         }
     }
 
-    /// A raw JSON-RPC call on the current connection.
-    pub async fn call(&self, method: &str, params: Value) -> Result<Value, Error> {
+    async fn send(&self, method: &str, params: Params) -> Result<Value, Error> {
         let (reply, rx) = oneshot::channel();
         self.commands.send(Command::Call { method: method.into(), params, reply }).map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
     }
 
+    /// A raw JSON-RPC call on the current connection.
+    pub async fn call(&self, method: &str, params: Value) -> Result<Value, Error> {
+        self.send(method, Params::Value(params)).await
+    }
+
     pub async fn transact(&self, txn: &Transaction) -> Result<TxnReply, Error> {
-        let result = self.call("transact", txn.params()).await?;
+        // Serialized here, in the caller's task, straight from the builder.
+        let params = serde_json::to_vec(&TransactParams(txn)).map_err(|e| Error::Protocol(e.to_string()))?;
+        let result = self.send("transact", Params::Json(params)).await?;
         txn.parse_reply(&result)
     }
 
@@ -396,18 +409,26 @@ impl<'a> Session<'a> {
                 return End::Dropped(e);
             }
         }
-        match self.serve(&mut rd, &mut wr, commands).await {
+        match self.serve(&mut rd, wr, commands).await {
             Ok(()) => End::Closed,
             Err(e) => End::Dropped(e),
         }
     }
 
-    fn request(&mut self, method: &str, params: Value, pending: Pending) -> Vec<u8> {
+    fn request(&mut self, method: &str, params: Params, pending: Pending) -> Vec<u8> {
         let id = self.next_id;
         self.next_id += 1;
         self.pending.insert(id, pending);
-        let mut bytes = serde_json::to_vec(&json!({"id": id, "method": method, "params": params})).expect("json");
-        bytes.push(b'\n');
+        let params = match params {
+            Params::Json(bytes) => bytes,
+            Params::Value(v) => serde_json::to_vec(&v).expect("json values serialize"),
+        };
+        let mut bytes = Vec::with_capacity(params.len() + method.len() + 40);
+        bytes.extend_from_slice(format!("{{\"id\":{id},\"method\":").as_bytes());
+        serde_json::to_writer(&mut bytes, method).expect("strings serialize");
+        bytes.extend_from_slice(b",\"params\":");
+        bytes.extend_from_slice(&params);
+        bytes.extend_from_slice(b"}\n");
         bytes
     }
 
@@ -418,7 +439,7 @@ impl<'a> Session<'a> {
         W: AsyncWrite + Unpin,
     {
         let (tx, mut rx) = oneshot::channel();
-        let bytes = self.request(method, params, Pending::Call(tx, method.into()));
+        let bytes = self.request(method, Params::Value(params), Pending::Call(tx, method.into()));
         write(wr, &bytes).await?;
         let mut buf = vec![0u8; 64 * 1024];
         loop {
@@ -611,16 +632,32 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    /// The session's main loop. Writes go through their own task so that reading never waits
+    /// on a full socket: a server that stops reading until we drain its replies (ovsdb-server's
+    /// backlog flow control) must never find us blocked in a write.
     async fn serve<R, W>(
         &mut self,
         rd: &mut R,
-        wr: &mut W,
+        wr: W,
         commands: &mut mpsc::UnboundedReceiver<Command>,
     ) -> Result<(), Error>
     where
         R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
+        W: AsyncWrite + Unpin + Send + 'static,
     {
+        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let writer = tokio::spawn(async move {
+            let mut wr = wr;
+            while let Some(mut buf) = out_rx.recv().await {
+                while let Ok(more) = out_rx.try_recv() {
+                    buf.extend(more);
+                }
+                write(&mut wr, &buf).await?;
+            }
+            Ok::<(), Error>(())
+        });
+        let mut writer = AbortOnDrop(writer);
+        let send = |bytes: Vec<u8>| out_tx.send(bytes).map_err(|_| Error::Disconnected("writer stopped".into()));
         let interval = self.config.echo_interval;
         let mut ticker = tokio::time::interval(interval / 2);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -637,8 +674,7 @@ impl<'a> Session<'a> {
                     while let Ok(cmd) = commands.try_recv() {
                         self.command(cmd, &mut out)?;
                     }
-                    write(wr, &out).await?;
-                    out.clear();
+                    send(std::mem::take(&mut out))?;
                 }
                 n = rd.read(&mut buf) => {
                     let n = n.map_err(|e| Error::Disconnected(e.to_string()))?;
@@ -662,9 +698,15 @@ impl<'a> Session<'a> {
                         }
                     }
                     if !out.is_empty() {
-                        write(wr, &out).await?;
-                        out.clear();
+                        send(std::mem::take(&mut out))?;
                     }
+                }
+                done = &mut writer.0 => {
+                    return Err(match done {
+                        Ok(Ok(())) => Error::Disconnected("writer stopped".into()),
+                        Ok(Err(e)) => e,
+                        Err(e) => Error::Disconnected(format!("writer failed: {e}")),
+                    });
                 }
                 _ = ticker.tick() => {
                     if let Some(sent) = echo_sent
@@ -673,8 +715,7 @@ impl<'a> Session<'a> {
                         return Err(Error::Disconnected(format!("no reply to echo within {interval:?}")));
                     }
                     if echo_sent.is_none() && last_rx.elapsed() >= interval {
-                        let bytes = self.request("echo", json!([]), Pending::Echo);
-                        write(wr, &bytes).await?;
+                        send(self.request("echo", Params::Value(json!([])), Pending::Echo))?;
                         echo_sent = Some(Instant::now());
                     }
                 }
@@ -691,6 +732,15 @@ impl<'a> Session<'a> {
             }
             Command::Disconnect => Err(Error::Disconnected("disconnect requested".into())),
         }
+    }
+}
+
+/// Aborts a task when dropped (a session's writer must not outlive the session).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

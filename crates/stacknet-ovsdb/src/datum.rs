@@ -8,7 +8,8 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use serde_json::{Value, json};
+use serde::ser::{Serialize, SerializeSeq, SerializeTuple, Serializer};
+use serde_json::Value;
 pub use uuid::Uuid;
 
 use crate::schema::{AtomicType, BaseType, ColumnType};
@@ -69,14 +70,7 @@ impl Atom {
     }
 
     pub fn to_json(&self) -> Value {
-        match self {
-            Atom::Integer(i) => json!(i),
-            Atom::Real(r) => json!(r),
-            Atom::Boolean(b) => json!(b),
-            Atom::String(s) => json!(s),
-            Atom::Uuid(u) => json!(["uuid", u.to_string()]),
-            Atom::NamedUuid(n) => json!(["named-uuid", n]),
-        }
+        serde_json::to_value(self).expect("atoms serialize")
     }
 
     /// Reads an atom of type `ty`.
@@ -111,6 +105,48 @@ impl Atom {
                 Ok(Atom::NamedUuid(a[1].as_str().ok_or("bad named-uuid")?.to_string()))
             }
             _ => Err(format!("not an atom: {v}")),
+        }
+    }
+}
+
+/// RFC 7047 notation, written straight to the output (no intermediate JSON tree).
+impl Serialize for Atom {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let tagged = |s: S, tag: &str, v: &dyn fmt::Display| {
+            let mut t = s.serialize_tuple(2)?;
+            t.serialize_element(tag)?;
+            t.serialize_element(&format_args!("{v}"))?;
+            t.end()
+        };
+        match self {
+            Atom::Integer(i) => s.serialize_i64(*i),
+            Atom::Real(r) => s.serialize_f64(*r),
+            Atom::Boolean(b) => s.serialize_bool(*b),
+            Atom::String(x) => s.serialize_str(x),
+            Atom::Uuid(u) => tagged(s, "uuid", u),
+            Atom::NamedUuid(n) => tagged(s, "named-uuid", n),
+        }
+    }
+}
+
+struct Pairs<'a>(&'a BTreeMap<Atom, Atom>);
+
+impl Serialize for Pairs<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            seq.serialize_element(&(k, v))?;
+        }
+        seq.end()
+    }
+}
+
+impl Serialize for Datum {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Datum::Atom(a) => a.serialize(s),
+            Datum::Set(set) => ("set", set).serialize(s),
+            Datum::Map(m) => ("map", Pairs(m)).serialize(s),
         }
     }
 }
@@ -260,13 +296,7 @@ impl Datum {
     }
 
     pub fn to_json(&self) -> Value {
-        match self {
-            Datum::Atom(a) => a.to_json(),
-            Datum::Set(s) => json!(["set", s.iter().map(Atom::to_json).collect::<Vec<_>>()]),
-            Datum::Map(m) => {
-                json!(["map", m.iter().map(|(k, v)| json!([k.to_json(), v.to_json()])).collect::<Vec<_>>()])
-            }
-        }
+        serde_json::to_value(self).expect("data serialize")
     }
 
     /// A column's default value (RFC 7047 §5.1): 0, 0.0, false, "", the all-zero uuid; the
@@ -394,6 +424,7 @@ impl fmt::Display for Datum {
 mod tests {
     use super::*;
     use crate::schema::ColumnType;
+    use serde_json::json;
 
     fn ty(json: Value) -> ColumnType {
         ColumnType::from_json(&json).unwrap()

@@ -208,11 +208,15 @@ impl Replica {
                     "modify" => {
                         let diff = self.decode_row(table, body)?;
                         let t = self.tables.entry(table.clone()).or_default();
-                        let mut row = t
-                            .rows
-                            .get(&uuid)
-                            .cloned()
-                            .ok_or_else(|| Error::Protocol(format!("{table}: modify of unknown row {uuid}")))?;
+                        if !t.rows.contains_key(&uuid) {
+                            return Err(Error::Protocol(format!("{table}: modify of unknown row {uuid}")));
+                        }
+                        // In place: a port joining a switch of thousands must not copy the rest.
+                        let reindex = diff.contains_key("name") || diff.contains_key("external_ids");
+                        if reindex {
+                            t.unindex(&uuid);
+                        }
+                        let row = t.rows.get_mut(&uuid).expect("checked above");
                         for (c, d) in diff {
                             match row.get_mut(&c) {
                                 Some(cur) => cur.apply_diff(d),
@@ -221,7 +225,9 @@ impl Replica {
                                 }
                             }
                         }
-                        t.put(uuid, row);
+                        if reindex {
+                            t.index(uuid);
+                        }
                         changes.modified += 1;
                     }
                     other => return Err(Error::Protocol(format!("{table}: unknown row update {other:?}"))),

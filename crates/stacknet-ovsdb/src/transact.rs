@@ -3,7 +3,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde_json::{Value, json};
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
+use serde_json::Value;
 use uuid::Uuid;
 
 use crate::datum::{Atom, Datum};
@@ -59,9 +60,11 @@ impl Condition {
     pub fn eq(column: &str, value: impl Into<Atom>) -> Condition {
         Condition::new(column, Function::Eq, Datum::Atom(value.into()))
     }
+}
 
-    fn to_json(&self) -> Value {
-        json!([self.column, self.function.as_str(), self.value.to_json()])
+impl Serialize for Condition {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (&self.column, self.function.as_str(), &self.value).serialize(s)
     }
 }
 
@@ -105,9 +108,11 @@ impl Mutation {
     pub fn delete(column: &str, value: Datum) -> Mutation {
         Mutation { column: column.into(), mutator: Mutator::Delete, value }
     }
+}
 
-    fn to_json(&self) -> Value {
-        json!([self.column, self.mutator.as_str(), self.value.to_json()])
+impl Serialize for Mutation {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (&self.column, self.mutator.as_str(), &self.value).serialize(s)
     }
 }
 
@@ -154,14 +159,6 @@ pub enum Operation {
     Comment(String),
 }
 
-fn row_json(row: &Row) -> Value {
-    Value::Object(row.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())
-}
-
-fn conditions_json(c: &[Condition]) -> Value {
-    Value::Array(c.iter().map(Condition::to_json).collect())
-}
-
 impl Operation {
     pub fn name(&self) -> &'static str {
         match self {
@@ -176,44 +173,70 @@ impl Operation {
     }
 
     pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).expect("operations serialize")
+    }
+}
+
+impl Serialize for Operation {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("op", self.name())?;
         match self {
             Operation::Insert { table, row, uuid_name } => {
-                let mut o = json!({"op": "insert", "table": table, "row": row_json(row)});
+                m.serialize_entry("table", table)?;
+                m.serialize_entry("row", row)?;
                 if let Some(n) = uuid_name {
-                    o["uuid-name"] = json!(n);
+                    m.serialize_entry("uuid-name", n)?;
                 }
-                o
             }
             Operation::Select { table, conditions, columns } => {
-                let mut o = json!({"op": "select", "table": table, "where": conditions_json(conditions)});
+                m.serialize_entry("table", table)?;
+                m.serialize_entry("where", conditions)?;
                 if let Some(c) = columns {
-                    o["columns"] = json!(c);
+                    m.serialize_entry("columns", c)?;
                 }
-                o
             }
             Operation::Update { table, conditions, row } => {
-                json!({"op": "update", "table": table, "where": conditions_json(conditions), "row": row_json(row)})
+                m.serialize_entry("table", table)?;
+                m.serialize_entry("where", conditions)?;
+                m.serialize_entry("row", row)?;
             }
-            Operation::Mutate { table, conditions, mutations } => json!({
-                "op": "mutate", "table": table, "where": conditions_json(conditions),
-                "mutations": mutations.iter().map(Mutation::to_json).collect::<Vec<_>>()
-            }),
+            Operation::Mutate { table, conditions, mutations } => {
+                m.serialize_entry("table", table)?;
+                m.serialize_entry("where", conditions)?;
+                m.serialize_entry("mutations", mutations)?;
+            }
             Operation::Delete { table, conditions } => {
-                json!({"op": "delete", "table": table, "where": conditions_json(conditions)})
+                m.serialize_entry("table", table)?;
+                m.serialize_entry("where", conditions)?;
             }
             Operation::Wait { table, conditions, columns, until, rows, timeout_ms } => {
-                let mut o = json!({
-                    "op": "wait", "table": table, "where": conditions_json(conditions), "columns": columns,
-                    "until": if *until == Until::Equal { "==" } else { "!=" },
-                    "rows": rows.iter().map(row_json).collect::<Vec<_>>()
-                });
+                m.serialize_entry("table", table)?;
+                m.serialize_entry("where", conditions)?;
+                m.serialize_entry("columns", columns)?;
+                m.serialize_entry("until", if *until == Until::Equal { "==" } else { "!=" })?;
+                m.serialize_entry("rows", rows)?;
                 if let Some(t) = timeout_ms {
-                    o["timeout"] = json!(t);
+                    m.serialize_entry("timeout", t)?;
                 }
-                o
             }
-            Operation::Comment(c) => json!({"op": "comment", "comment": c}),
+            Operation::Comment(c) => m.serialize_entry("comment", c)?,
         }
+        m.end()
+    }
+}
+
+/// The `transact` params, `[database, op...]`, serialized without a JSON tree in between.
+pub struct TransactParams<'a>(pub &'a Transaction);
+
+impl Serialize for TransactParams<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.0.ops.len() + 1))?;
+        seq.serialize_element(&self.0.database)?;
+        for op in &self.0.ops {
+            seq.serialize_element(op)?;
+        }
+        seq.end()
     }
 }
 
@@ -285,9 +308,7 @@ impl Transaction {
 
     /// The `transact` params: `[database, op...]`.
     pub fn params(&self) -> Value {
-        let mut v = vec![json!(self.database)];
-        v.extend(self.ops.iter().map(Operation::to_json));
-        Value::Array(v)
+        serde_json::to_value(TransactParams(self)).expect("transactions serialize")
     }
 
     /// Reads the server's reply to this transaction.
@@ -369,6 +390,7 @@ impl TxnReply {
 mod tests {
     use super::*;
     use crate::error::ErrorKind;
+    use serde_json::json;
 
     #[test]
     fn builder_writes_rfc_7047_operations() {

@@ -1,0 +1,56 @@
+//! The benchmark programs run end to end at a small scale and print well-formed lines (the
+//! figures themselves are measured by running them, not here).
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn bench(args: &[&str]) -> Vec<Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_stacknet-bench")).args(args).output().expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+#[test]
+fn policy_bench_prints_its_line() {
+    let lines = bench(&["policy", "--pods", "500", "--namespaces", "10", "--policies", "50", "--events", "200"]);
+    assert_eq!(lines.len(), 1);
+    let l = &lines[0];
+    assert_eq!(l["bench"], "policy");
+    for k in ["compile_ms", "rules", "groups", "peer_sets", "naive_rules", "pod_event_us"] {
+        assert!(l[k].is_number(), "{k} in {l}");
+    }
+    assert_eq!(l["groups"], 50);
+}
+
+#[test]
+fn ovsdb_bench_runs_every_workload_against_a_real_server() {
+    let lines = bench(&[
+        "ovsdb",
+        "--ports",
+        "300",
+        "--events",
+        "40",
+        "--nbctl-events",
+        "4",
+        "--rounds",
+        "1",
+        "--clients",
+        "stacknet,ovn-nbctl",
+    ]);
+    let mut seen = Vec::new();
+    for l in &lines {
+        assert_eq!(l["bench"], "ovsdb");
+        assert!(l["events_per_s"].as_f64().unwrap() > 0.0, "{l}");
+        seen.push(format!("{}/{}", l["workload"].as_str().unwrap(), l["client"].as_str().unwrap()));
+    }
+    for w in ["load", "churn"] {
+        for c in ["raw", "raw+monitor", "stacknet", "stacknet+replica", "ovn-nbctl"] {
+            assert!(seen.contains(&format!("{w}/{c}")), "{w}/{c} missing from {seen:?}");
+        }
+    }
+}
