@@ -147,6 +147,9 @@ pub struct Status {
     pub sessions: u64,
     /// Incremented whenever the replica changes.
     pub replica_version: u64,
+    /// Reconnects where the server still had our last transaction: only what we missed was
+    /// sent (monitor_cond_since found it), not the whole database.
+    pub incremental_resyncs: u64,
     /// Why the last connection attempt or session ended.
     pub last_error: Option<String>,
 }
@@ -521,6 +524,9 @@ impl<'a> Session<'a> {
                     _ => return Err(Error::Protocol(format!("bad monitor_cond_since reply: {result}"))),
                 };
                 self.monitor_version = 3;
+                if found {
+                    self.shared.status.send_modify(|s| s.incremental_resyncs += 1);
+                }
                 let mut guard = self.shared.replica.write().unwrap_or_else(|e| e.into_inner());
                 let replica = guard.as_mut().expect("created above");
                 if !found {

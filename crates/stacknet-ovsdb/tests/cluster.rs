@@ -48,6 +48,17 @@ async fn leader_only_writes_follow_the_leader() {
     };
     client.transact(&insert("on_first_leader")).await.unwrap();
 
+    // A dropped connection resumes from the last transaction it saw: clustered servers keep a
+    // transaction history, so only what was missed is sent (monitor_cond_since found it).
+    client.disconnect();
+    let mut status = client.status();
+    tokio::time::timeout(Duration::from_secs(20), status.wait_for(|s| s.sessions >= 2 && s.connected.is_some()))
+        .await
+        .expect("reconnected")
+        .unwrap();
+    assert_eq!(status.borrow().incremental_resyncs, 1);
+    assert_eq!(client.replica().as_ref().unwrap().table(nb::ADDRESS_SET).by_name("on_first_leader").count(), 1);
+
     // The leader dies; one of the others is elected and the client moves to it.
     servers[0].kill();
     let mut status = client.status();
