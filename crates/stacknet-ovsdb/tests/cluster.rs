@@ -1,7 +1,6 @@
 //! Clustered databases: writes go to the leader only, found through `_Server`, and follow it
 //! when leadership moves.
 
-use std::net::TcpListener;
 use std::process::Command;
 use std::time::Duration;
 
@@ -9,10 +8,6 @@ use stacknet_ovsdb::*;
 use stacknet_sandbox::DbServer;
 
 const SCHEMA: &str = "/usr/share/ovn/ovn-nb.ovsschema";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn tool(args: &[&str]) {
     let out = Command::new("ovsdb-tool").args(args).output().unwrap();
@@ -23,7 +18,7 @@ fn tool(args: &[&str]) {
 async fn leader_only_writes_follow_the_leader() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let ports: Vec<u16> = (0..3).map(|_| stacknet_sandbox::free_tcp_port().unwrap()).collect();
     let addr = |i: usize| format!("tcp:127.0.0.1:{}", ports[i]);
     let file = |i: usize| d.join(format!("s{i}.db")).to_string_lossy().into_owned();
     tool(&["create-cluster", &file(0), SCHEMA, &addr(0)]);

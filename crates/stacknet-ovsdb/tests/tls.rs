@@ -1,6 +1,5 @@
 //! `ssl:` remotes against ovsdb-server with OVN-style certificates: a CA signs both ends.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
 
@@ -32,10 +31,6 @@ impl Pki<'_> {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn tls(dir: &Path, stem: &str) -> TlsConfig {
     TlsConfig {
         ca_cert: dir.join(format!("{stem}-ca.crt")),
@@ -54,7 +49,7 @@ async fn ssl_remote_with_ca_and_client_certificate() {
     let rogue = Pki::new("someone else's CA");
     rogue.issue(d, "rogue", "stacknet");
 
-    let port = free_port();
+    let port = stacknet_sandbox::free_tcp_port().unwrap();
     let server = DbServer::start_with(
         d,
         "nb",

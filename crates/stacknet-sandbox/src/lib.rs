@@ -24,3 +24,10 @@ pub enum Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// A loopback TCP port free right now (for daemons that must listen on TCP: raft, TLS).
+pub fn free_tcp_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| Error::Io { what: "free port".into(), message: e.to_string() })?;
+    l.local_addr().map(|a| a.port()).map_err(|e| Error::Io { what: "free port".into(), message: e.to_string() })
+}

@@ -4,30 +4,13 @@
 
 use std::time::Instant;
 
-use stacknet_conformance::{Event, Scenario, generated, upstream};
-use stacknet_engine::index::Kind;
-use stacknet_engine::objects::{ClusterObject, Namespace, NetworkPolicy, ObjectKey, Pod, Protocol};
+mod common;
+
+use common::apply;
+use stacknet_conformance::{Scenario, generated, upstream};
+use stacknet_engine::objects::{ObjectKey, Protocol};
 use stacknet_engine::{PolicyEngine, semantics};
 use stacknet_verify::{OvnTrace, Probe};
-
-fn apply(engine: &mut PolicyEngine, event: &Event) {
-    match event {
-        Event::Namespace(ns) => {
-            engine.apply(ClusterObject::Namespace(Namespace::from_k8s(ns).expect("valid namespace")));
-        }
-        Event::Pod(p) => {
-            engine.apply(ClusterObject::Pod(Pod::from_k8s(p).expect("valid pod")));
-        }
-        Event::Policy(p) => {
-            engine.apply(ClusterObject::NetworkPolicy(
-                NetworkPolicy::from_k8s(p, &mut Vec::new()).expect("valid policy"),
-            ));
-        }
-        Event::DeletePolicy { namespace, name } => {
-            engine.delete(Kind::NetworkPolicy, &ObjectKey::new(namespace.as_str(), name.as_str()));
-        }
-    }
-}
 
 /// Runs scenarios on one shared OVN (each reconcile replaces the previous case's rows, so
 /// garbage collection is exercised too). Returns (probes traced, failures).

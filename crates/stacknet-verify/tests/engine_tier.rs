@@ -3,28 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use stacknet_conformance::{Event, Scenario, generated, upstream};
-use stacknet_engine::index::Kind;
-use stacknet_engine::objects::{ClusterObject, Namespace, NetworkPolicy, ObjectKey, Pod, Protocol};
-use stacknet_engine::{ClusterIndex, PolicyEngine, semantics};
+mod common;
 
-fn apply(engine: &mut PolicyEngine, event: &Event) {
-    match event {
-        Event::Namespace(ns) => {
-            engine.apply(ClusterObject::Namespace(Namespace::from_k8s(ns).expect("valid namespace")));
-        }
-        Event::Pod(p) => {
-            engine.apply(ClusterObject::Pod(Pod::from_k8s(p).expect("valid pod")));
-        }
-        Event::Policy(p) => {
-            let policy = NetworkPolicy::from_k8s(p, &mut Vec::new()).expect("valid policy");
-            engine.apply(ClusterObject::NetworkPolicy(policy));
-        }
-        Event::DeletePolicy { namespace, name } => {
-            engine.delete(Kind::NetworkPolicy, &ObjectKey::new(namespace.as_str(), name.as_str()));
-        }
-    }
-}
+use common::apply;
+use stacknet_conformance::{Scenario, generated, upstream};
+use stacknet_engine::objects::Protocol;
+use stacknet_engine::{ClusterIndex, PolicyEngine, semantics};
 
 /// Runs a scenario; returns one line per wrong verdict.
 fn check(scenario: &Scenario) -> Vec<String> {
