@@ -5,9 +5,11 @@
 //! the sandbox is dropped.
 #![forbid(unsafe_code)]
 
+mod chassis;
 mod ovn;
 
-pub use ovn::{DbServer, Ovn, TraceVerdict};
+pub use chassis::{Chassis, Netns};
+pub use ovn::{DbServer, Ovn, TraceVerdict, Workdir};
 
 use std::path::PathBuf;
 

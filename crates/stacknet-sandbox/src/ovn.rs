@@ -10,12 +10,12 @@ const NB_SCHEMA: &str = "/usr/share/ovn/ovn-nb.ovsschema";
 const SB_SCHEMA: &str = "/usr/share/ovn/ovn-sb.ovsschema";
 const READY: Duration = Duration::from_secs(15);
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let what = what.into();
     move |e| Error::Io { what, message: e.to_string() }
 }
 
-fn missing(program: &str, e: &std::io::Error) -> Option<Error> {
+pub(crate) fn missing(program: &str, e: &std::io::Error) -> Option<Error> {
     (e.kind() == std::io::ErrorKind::NotFound).then(|| Error::Missing {
         program: program.into(),
         hint: "apt-get install ovn-central ovn-host openvswitch-switch".into(),
@@ -39,7 +39,7 @@ pub(crate) fn run(program: &str, args: &[&str]) -> Result<String> {
 }
 
 /// Waits for `ready` with a deadline, polling.
-fn wait_for(what: &str, log: &Path, mut ready: impl FnMut() -> bool) -> Result<()> {
+pub(crate) fn wait_for(what: &str, log: &Path, mut ready: impl FnMut() -> bool) -> Result<()> {
     let start = Instant::now();
     let mut pause = Duration::from_millis(2);
     while start.elapsed() < READY {
@@ -157,6 +157,11 @@ impl DbServer {
     pub fn is_running(&mut self) -> bool {
         self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
+
+    /// Forgets the process: it keeps running after this value is dropped.
+    pub fn detach(&mut self) {
+        self.child.take();
+    }
 }
 
 impl Drop for DbServer {
@@ -180,24 +185,45 @@ pub struct Ovn {
     pub sb: Option<DbServer>,
     northd: Option<Child>,
     // Declared last: dropped after the daemons are stopped.
-    dir: tempfile::TempDir,
+    dir: Workdir,
+}
+
+/// Where daemons keep their files: a temporary directory removed afterwards, or one given by
+/// the user that stays.
+#[derive(Debug)]
+pub enum Workdir {
+    Temp(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl Workdir {
+    pub fn temp() -> Result<Workdir> {
+        tempfile::Builder::new().prefix("stacknet-ovn-").tempdir().map(Workdir::Temp).map_err(io("temporary directory"))
+    }
+
+    pub fn path(&self) -> &Path {
+        match self {
+            Workdir::Temp(t) => t.path(),
+            Workdir::Kept(p) => p,
+        }
+    }
 }
 
 impl Ovn {
-    fn tempdir() -> Result<tempfile::TempDir> {
-        tempfile::Builder::new().prefix("stacknet-ovn-").tempdir().map_err(io("temporary directory"))
-    }
-
     /// A Northbound database alone.
     pub fn nb_only() -> Result<Ovn> {
-        let dir = Ovn::tempdir()?;
+        let dir = Workdir::temp()?;
         let nb = DbServer::start(dir.path(), "nb", NB_SCHEMA)?;
         Ok(Ovn { nb, sb: None, northd: None, dir })
     }
 
     /// Northbound and Southbound databases with ovn-northd translating between them.
     pub fn with_northd() -> Result<Ovn> {
-        let dir = Ovn::tempdir()?;
+        Ovn::with_northd_in(Workdir::temp()?)
+    }
+
+    /// Like [`Ovn::with_northd`], in `dir`.
+    pub fn with_northd_in(dir: Workdir) -> Result<Ovn> {
         let nb = DbServer::start(dir.path(), "nb", NB_SCHEMA)?;
         let sb = DbServer::start(dir.path(), "sb", SB_SCHEMA)?;
         let log = dir.path().join("northd.log");
@@ -220,6 +246,45 @@ impl Ovn {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The Southbound remote (`unix:...`), for chassis to connect to.
+    pub fn sb_remote(&self) -> Option<String> {
+        self.sb.as_ref().map(DbServer::remote)
+    }
+
+    /// Runs `ovn-sbctl --db=<sb>` with `args`.
+    pub fn sbctl(&self, args: &[&str]) -> Result<String> {
+        let sb = self
+            .sb_remote()
+            .ok_or_else(|| Error::Io { what: "ovn-sbctl".into(), message: "no Southbound database".into() })?;
+        let db = format!("--db={sb}");
+        let mut all = vec![db.as_str(), "--timeout=20"];
+        all.extend_from_slice(args);
+        run("ovn-sbctl", &all)
+    }
+
+    /// PIDs of every daemon (for a sandbox that outlives its starter).
+    pub fn pids(&self) -> Vec<u32> {
+        let mut p: Vec<u32> = self.northd.iter().map(Child::id).collect();
+        p.extend(self.sb.as_ref().and_then(DbServer::pid));
+        p.extend(self.nb.pid());
+        p
+    }
+
+    /// Leaves the daemons running and the directory in place when this value is dropped
+    /// (`stacknet sandbox up`); `stacknet sandbox down` stops them by PID.
+    pub fn detach(mut self) -> PathBuf {
+        let dir = match std::mem::replace(&mut self.dir, Workdir::Kept(PathBuf::new())) {
+            Workdir::Temp(t) => t.keep(),
+            Workdir::Kept(p) => p,
+        };
+        self.northd.take();
+        if let Some(sb) = self.sb.as_mut() {
+            sb.detach();
+        }
+        self.nb.detach();
+        dir
     }
 
     /// Runs `ovn-nbctl --db=<nb>` with `args`.

@@ -1,0 +1,243 @@
+//! A chassis: an Open_vSwitch database, ovs-vswitchd with the userspace (netdev) datapath and
+//! ovn-controller, in a directory of their own, bound to a Southbound database. Network
+//! namespaces stand in for pods.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use crate::Result;
+use crate::ovn::{DbServer, io, missing, run, wait_for};
+
+const VSWITCH_SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
+
+#[derive(Debug)]
+pub struct Chassis {
+    pub name: String,
+    dir: PathBuf,
+    pub ovs: DbServer,
+    vswitchd: Option<Child>,
+    controller: Option<Child>,
+}
+
+/// Every OVS/OVN default path points into `dir` (sockets such as `br-int.mgmt` included).
+fn env_for(cmd: &mut Command, dir: &Path) {
+    for var in [
+        "OVS_RUNDIR",
+        "OVS_LOGDIR",
+        "OVS_DBDIR",
+        "OVS_SYSCONFDIR",
+        "OVN_RUNDIR",
+        "OVN_LOGDIR",
+        "OVN_DBDIR",
+        "OVN_SYSCONFDIR",
+    ] {
+        cmd.env(var, dir);
+    }
+}
+
+fn spawn(program: &str, args: &[String], dir: &Path) -> Result<Child> {
+    let mut cmd = Command::new(program);
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    env_for(&mut cmd, dir);
+    cmd.spawn().map_err(|e| missing(program, &e).unwrap_or_else(|| io(program)(e)))
+}
+
+impl Chassis {
+    /// Starts a chassis called `name` in `<base>/<name>`, encapsulating with Geneve from
+    /// `encap_ip`, with `br-int` ready and the chassis registered in the Southbound database.
+    pub fn start(base: &Path, name: &str, sb_remote: &str, encap_ip: &str) -> Result<Chassis> {
+        let dir = base.join(name);
+        std::fs::create_dir_all(&dir).map_err(io(format!("{}", dir.display())))?;
+        let ovs = DbServer::start(&dir, "conf", VSWITCH_SCHEMA)?;
+        let mut c = Chassis { name: name.into(), dir: dir.clone(), ovs, vswitchd: None, controller: None };
+        c.vsctl_no_wait(&["init"])?;
+        c.vsctl_no_wait(&[
+            "set",
+            "open_vswitch",
+            ".",
+            &format!("external_ids:system-id={name}"),
+            &format!("external_ids:ovn-remote={sb_remote}"),
+            "external_ids:ovn-encap-type=geneve",
+            &format!("external_ids:ovn-encap-ip={encap_ip}"),
+            "external_ids:ovn-bridge-datapath-type=netdev",
+        ])?;
+        let log = dir.join("vswitchd.log");
+        c.vswitchd = Some(spawn(
+            "ovs-vswitchd",
+            &[
+                c.ovs.remote(),
+                format!("--unixctl={}", dir.join("vswitchd.ctl").display()),
+                format!("--log-file={}", log.display()),
+                "--no-chdir".into(),
+                "-vconsole:off".into(),
+            ],
+            &dir,
+        )?);
+        let ctl = dir.join("vswitchd.ctl");
+        wait_for("ovs-vswitchd", &log, || ctl.exists())?;
+        // Without --no-wait: returns once ovs-vswitchd has made the bridge.
+        c.vsctl(&[
+            "--may-exist",
+            "add-br",
+            "br-int",
+            "--",
+            "set",
+            "bridge",
+            "br-int",
+            "datapath_type=netdev",
+            "fail-mode=secure",
+            "other-config:disable-in-band=true",
+        ])?;
+        let clog = dir.join("controller.log");
+        c.controller = Some(spawn(
+            "ovn-controller",
+            &[c.ovs.remote(), format!("--log-file={}", clog.display()), "--no-chdir".into(), "-vconsole:off".into()],
+            &dir,
+        )?);
+        let sb = format!("--db={sb_remote}");
+        wait_for(&format!("ovn-controller {name} to register"), &clog, || {
+            run("ovn-sbctl", &[&sb, "--bare", "--columns=name", "find", "Chassis", &format!("name={name}")])
+                .is_ok_and(|out| out.trim() == name)
+        })?;
+        Ok(c)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `unix:` remote of this chassis's Open_vSwitch database.
+    pub fn ovs_remote(&self) -> String {
+        self.ovs.remote()
+    }
+
+    fn vsctl_no_wait(&self, args: &[&str]) -> Result<String> {
+        let db = format!("--db={}", self.ovs.remote());
+        let mut all = vec![db.as_str(), "--no-wait", "--timeout=20"];
+        all.extend_from_slice(args);
+        run("ovs-vsctl", &all)
+    }
+
+    /// Runs `ovs-vsctl` against this chassis (waiting for ovs-vswitchd to apply changes).
+    pub fn vsctl(&self, args: &[&str]) -> Result<String> {
+        let db = format!("--db={}", self.ovs.remote());
+        let mut all = vec![db.as_str(), "--timeout=20"];
+        all.extend_from_slice(args);
+        run("ovs-vsctl", &all)
+    }
+
+    /// Runs `ovs-appctl` against this chassis's ovs-vswitchd.
+    pub fn appctl(&self, args: &[&str]) -> Result<String> {
+        let target = self.dir.join("vswitchd.ctl");
+        let t = target.to_string_lossy();
+        let mut all = vec!["-t", &t];
+        all.extend_from_slice(args);
+        run("ovs-appctl", &all)
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        let mut p: Vec<u32> = self.controller.iter().chain(self.vswitchd.iter()).map(Child::id).collect();
+        p.extend(self.ovs.pid());
+        p
+    }
+
+    /// Leaves the daemons running when this value is dropped.
+    pub fn detach(&mut self) {
+        self.controller.take();
+        self.vswitchd.take();
+        self.ovs.detach();
+    }
+}
+
+impl Drop for Chassis {
+    fn drop(&mut self) {
+        for c in [self.controller.take(), self.vswitchd.take()].into_iter().flatten() {
+            let mut c = c;
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.ovs.kill();
+    }
+}
+
+/// A network namespace standing in for a pod, made with `ip netns add` and deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+    keep: bool,
+}
+
+impl Netns {
+    /// Creates `name` (which must not exist).
+    pub fn create(name: &str) -> Result<Netns> {
+        run("ip", &["netns", "add", name])?;
+        let ns = Netns { name: name.into(), keep: false };
+        run("ip", &["-n", name, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The path a CNI runtime passes as CNI_NETNS.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/var/run/netns").join(&self.name)
+    }
+
+    /// Keeps the namespace when this value is dropped.
+    pub fn keep(mut self) -> String {
+        self.keep = true;
+        self.name.clone()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = run("ip", &["netns", "del", &self.name]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Ovn;
+
+    #[test]
+    fn a_chassis_registers_and_binds_a_port() {
+        let ovn = Ovn::with_northd().unwrap();
+        let c = Chassis::start(ovn.dir(), "chassis-1", &ovn.sb_remote().unwrap(), "127.0.0.1").unwrap();
+        assert!(c.vsctl(&["br-exists", "br-int"]).is_ok());
+        ovn.nbctl(&[
+            "ls-add",
+            "s",
+            "--",
+            "lsp-add",
+            "s",
+            "p1",
+            "--",
+            "lsp-set-addresses",
+            "p1",
+            "0a:58:0a:00:00:01 10.0.0.1",
+        ])
+        .unwrap();
+        // An internal port stands for a pod interface here (no namespace needed).
+        c.vsctl(&[
+            "add-port",
+            "br-int",
+            "p1-if",
+            "--",
+            "set",
+            "interface",
+            "p1-if",
+            "type=internal",
+            "external_ids:iface-id=p1",
+        ])
+        .unwrap();
+        ovn.nbctl(&["--wait=hv", "sync"]).unwrap();
+        let up = ovn.nbctl(&["lsp-get-up", "p1"]).unwrap();
+        assert_eq!(up.trim(), "up");
+    }
+}
