@@ -12,6 +12,7 @@
 
 pub mod backend;
 pub mod desired;
+pub mod lookup;
 pub mod names;
 pub mod reconcile;
 pub mod topology;

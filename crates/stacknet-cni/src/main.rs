@@ -1,0 +1,165 @@
+//! The stacknet CNI plugin, CNI 1.1 (ADD, DEL, CHECK, STATUS, GC, VERSION). It is a thin
+//! client: it turns the runtime's environment and network configuration into one request to
+//! the node agent (which keeps the OVSDB connections warm) and the agent's answer into the
+//! CNI result or error JSON on stdout. Logs, if any, go to stderr, never stdout.
+//!
+//! Network configuration keys (besides the standard ones):
+//! - `agentSocket`: the agent's unix socket (default `/run/stacknet/agent.sock`);
+//! - `mtu`: the pod interface's MTU (default: the agent's);
+//! - `timeoutSeconds`: how long to wait for the agent (default 60).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rscni_plugin::cni::{Cni, Plugin};
+use rscni_plugin::error::Error;
+use rscni_plugin::types::{Args, CNIResult, Interface, IpConfig, Route};
+use stacknet_node::protocol::{self, AddResult, CniError, Command, Request, Response};
+
+struct Stacknet;
+
+fn custom_str(args: &Args, key: &str) -> Option<String> {
+    args.config().custom.get(key).and_then(|v| v.as_str()).map(str::to_string)
+}
+
+fn to_error(e: CniError) -> Error {
+    match e.code {
+        3 => Error::NotExist(e.details),
+        4 => Error::InvalidEnvValue(format!("{}: {}", e.msg, e.details)),
+        5 => Error::IOFailure(format!("{}: {}", e.msg, e.details)),
+        6 => Error::FailedToDecode(format!("{}: {}", e.msg, e.details)),
+        7 => Error::InvalidNetworkConfig(format!("{}: {}", e.msg, e.details)),
+        11 => Error::TryAgainLater(format!("{}: {}", e.msg, e.details)),
+        50 => Error::PluginNotAvailable(format!("{}: {}", e.msg, e.details)),
+        code => Error::Custom(code, e.msg, e.details),
+    }
+}
+
+/// `K8S_POD_NAMESPACE=x;K8S_POD_NAME=y;...` from CNI_ARGS.
+fn cni_arg(args: &Args, key: &str) -> Option<String> {
+    args.args()?.split(';').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| v.to_string()))
+}
+
+fn request(command: Command, args: &Args) -> Result<Request, Error> {
+    let mtu = match args.config().custom.get("mtu") {
+        None => None,
+        Some(v) => Some(
+            v.as_u64()
+                .and_then(|m| u32::try_from(m).ok())
+                .filter(|m| (576..=65535).contains(m))
+                .ok_or_else(|| Error::InvalidNetworkConfig(format!("mtu: {v} is not an MTU (576-65535)")))?,
+        ),
+    };
+    Ok(Request {
+        command: Some(command),
+        container_id: args.container_id().map(|c| c.to_string()),
+        netns: args.netns().map(|p| p.display().to_string()),
+        ifname: args.ifname().map(|i| i.to_string()),
+        pod_namespace: cni_arg(args, "K8S_POD_NAMESPACE"),
+        pod_name: cni_arg(args, "K8S_POD_NAME"),
+        pod_uid: cni_arg(args, "K8S_POD_UID"),
+        mtu,
+        valid_attachments: args
+            .config()
+            .valid_attachments
+            .as_ref()
+            .map(|v| v.iter().map(|a| (a.container_id.clone(), a.ifname.clone())).collect()),
+    })
+}
+
+fn call(command: Command, args: &Args) -> Result<Response, Error> {
+    let socket =
+        custom_str(args, "agentSocket").map(PathBuf::from).unwrap_or_else(stacknet_node::agent::default_socket);
+    let timeout = args.config().custom.get("timeoutSeconds").and_then(|v| v.as_u64()).unwrap_or(60);
+    let req = request(command, args)?;
+    match protocol::call(&socket, &req, Duration::from_secs(timeout)) {
+        Ok(Response::Error(e)) | Err(e) => Err(to_error(e)),
+        Ok(r) => Ok(r),
+    }
+}
+
+fn to_result(r: AddResult) -> Result<CNIResult, Error> {
+    let bad = |what: &str, v: &str| Error::FailedToDecode(format!("agent answered {what} {v:?}"));
+    Ok(CNIResult {
+        interfaces: r
+            .interfaces
+            .into_iter()
+            .map(|i| Interface {
+                name: i.name,
+                mac: i.mac,
+                mtu: None,
+                sandbox: i.sandbox,
+                socket_path: None,
+                pci_id: None,
+            })
+            .collect(),
+        ips: r
+            .ips
+            .into_iter()
+            .map(|ip| {
+                Ok(IpConfig {
+                    interface: Some(ip.interface),
+                    address: ip.address.parse().map_err(|_| bad("address", &ip.address))?,
+                    gateway: ip.gateway.as_deref().map(|g| g.parse().map_err(|_| bad("gateway", g))).transpose()?,
+                })
+            })
+            .collect::<Result<_, Error>>()?,
+        routes: r
+            .routes
+            .into_iter()
+            .map(|rt| {
+                Ok(Route {
+                    dst: rt.dst.parse::<ipnet::IpNet>().map_err(|_| bad("route", &rt.dst))?,
+                    gw: Some(rt.gw.parse().map_err(|_| bad("gateway", &rt.gw))?),
+                    mtu: None,
+                    advmss: None,
+                    priority: None,
+                    table: None,
+                    scope: None,
+                })
+            })
+            .collect::<Result<_, Error>>()?,
+        dns: None,
+    })
+}
+
+impl Cni for Stacknet {
+    fn add(&self, args: Args) -> Result<CNIResult, Error> {
+        match call(Command::Add, &args)? {
+            Response::Added(r) => to_result(r),
+            other => Err(Error::FailedToDecode(format!("unexpected answer to ADD: {other:?}"))),
+        }
+    }
+
+    fn del(&self, args: Args) -> Result<(), Error> {
+        call(Command::Del, &args).map(drop)
+    }
+
+    fn check(&self, args: Args) -> Result<(), Error> {
+        call(Command::Check, &args).map(drop)
+    }
+
+    fn status(&self, args: Args) -> Result<(), Error> {
+        match call(Command::Status, &args) {
+            // An agent that cannot be reached is a plugin that cannot serve ADDs.
+            Err(Error::TryAgainLater(d)) => Err(Error::PluginNotAvailable(d)),
+            r => r.map(drop),
+        }
+    }
+
+    fn gc(&self, args: Args) -> Result<(), Error> {
+        call(Command::Gc, &args).map(drop)
+    }
+}
+
+fn main() {
+    let plugin = Plugin::default().msg(concat!(
+        "stacknet-cni ",
+        env!("CARGO_PKG_VERSION"),
+        ": pods on the OpenStack / OVN network"
+    ));
+    if plugin.run(&Stacknet).is_err() {
+        // The error JSON is on stdout already.
+        std::process::exit(1);
+    }
+}

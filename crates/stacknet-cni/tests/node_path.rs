@@ -1,0 +1,296 @@
+//! The node path on a real node (the datapath tier): NB/SB/ovn-northd, an Open_vSwitch
+//! database, ovs-vswitchd (userspace datapath) and ovn-controller; pods are network
+//! namespaces wired by `stacknet-cni`, invoked exactly as a container runtime invokes it.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use stacknet_engine::{ClusterIndex, PolicyEngine, manifest};
+use stacknet_node::agent::{Agent, AgentConfig};
+use stacknet_ovn::{OvnBackend, Topology, build};
+use stacknet_sandbox::{Chassis, Netns, Ovn};
+
+const CLUSTER: &str = "cnitest";
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A namespace name unique to this test process and call.
+fn unique(tag: &str) -> String {
+    format!("sn{}-{}-{}", std::process::id() % 100_000, COUNTER.fetch_add(1, Ordering::SeqCst), tag)
+}
+
+struct Node {
+    ovn: Ovn,
+    chassis: Chassis,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+    agent: tokio::task::JoinHandle<()>,
+}
+
+const PODS: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: Pod, metadata: {name: a, namespace: x, uid: uid-a, labels: {app: a}}, status: {podIP: 10.1.0.1}}
+- {apiVersion: v1, kind: Pod, metadata: {name: b, namespace: x, uid: uid-b, labels: {app: b}}, status: {podIP: 10.1.0.2}}
+- {apiVersion: v1, kind: Pod, metadata: {name: c, namespace: y, uid: uid-c, labels: {app: c}}, status: {podIP: 10.2.0.3}}
+"#;
+
+async fn node(pods_yaml: &str) -> Node {
+    let ovn = Ovn::with_northd().unwrap();
+    let chassis = Chassis::start(ovn.dir(), "node-1", &ovn.sb_remote().unwrap(), "127.0.0.1").unwrap();
+    let engine =
+        PolicyEngine::from_index(ClusterIndex::from_objects(manifest::parse("pods.yaml", pods_yaml).unwrap().objects));
+    let backend = OvnBackend::connect(vec![ovn.nb.remote().parse().unwrap()]);
+    backend.reconcile(&build(&engine, &Topology::from_pods(CLUSTER, engine.index()))).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent.sock");
+    let config =
+        AgentConfig { cluster: CLUSTER.into(), lookup_timeout: Duration::from_secs(2), ..AgentConfig::default() };
+    let agent = Arc::new(
+        Agent::new(config, vec![chassis.ovs_remote().parse().unwrap()], vec![ovn.nb.remote().parse().unwrap()])
+            .unwrap(),
+    );
+    let s = socket.clone();
+    let agent = tokio::spawn(async move {
+        let _ = agent.serve(&s).await;
+    });
+    // The socket exists once the agent listens.
+    for _ in 0..500 {
+        if socket.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Node { ovn, chassis, socket, _dir: dir, agent }
+}
+
+struct Invocation {
+    code: Option<i32>,
+    stdout: Value,
+}
+
+/// Runs the plugin as a runtime does: CNI_* environment, network configuration on stdin.
+fn cni(
+    cmd: &str,
+    container: &str,
+    netns: &Path,
+    pod: Option<(&str, &str, &str)>,
+    socket: &Path,
+    stdin: Option<&str>,
+) -> Invocation {
+    let conf = json!({"cniVersion": "1.1.0", "name": "stacknet", "type": "stacknet-cni", "agentSocket": socket, "timeoutSeconds": 30}).to_string();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_stacknet-cni"));
+    c.env_clear()
+        .env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", container)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/opt/cni/bin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some((ns, name, uid)) = pod {
+        c.env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_UID={uid}"));
+    }
+    let mut child = c.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(stdin.unwrap_or(&conf).as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let stdout = if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    };
+    Invocation { code: out.status.code(), stdout }
+}
+
+fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A TCP listener inside `netns`, answering every connection with `reply`.
+fn serve_in(netns: &Path, addr: SocketAddr, reply: &'static [u8]) {
+    let l: TcpListener = stacknet_node::netns::run_in(netns, move || TcpListener::bind(addr)).unwrap().unwrap();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let _ = s.write_all(reply);
+        }
+    });
+}
+
+/// Connects from inside `netns`; the bytes read, or the error.
+fn connect_from(netns: &Path, addr: SocketAddr) -> Result<Vec<u8>, String> {
+    stacknet_node::netns::run_in(netns, move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+        Ok(buf)
+    })
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_check_del_and_real_packets() {
+    let n = node(PODS).await;
+    let (na, nb, nc) = (
+        Netns::create(&unique("a")).unwrap(),
+        Netns::create(&unique("b")).unwrap(),
+        Netns::create(&unique("c")).unwrap(),
+    );
+    let (ca, cb, cc) = (unique("ctr-a"), unique("ctr-b"), unique("ctr-c"));
+    let (ca, cb, cc) = (ca.as_str(), cb.as_str(), cc.as_str());
+    let mut results = Vec::new();
+    for (ns, pod, cid) in
+        [(&na, ("x", "a", "uid-a"), ca), (&nb, ("x", "b", "uid-b"), cb), (&nc, ("y", "c", "uid-c"), cc)]
+    {
+        let r = cni("ADD", cid, &ns.path(), Some(pod), &n.socket, None);
+        assert_eq!(r.code, Some(0), "{}", r.stdout);
+        results.push(r.stdout);
+    }
+    // The CNI 1.1 result: both ends, the address with its gateway, the default route.
+    let a = &results[0];
+    assert_eq!(a["cniVersion"], "1.1.0");
+    assert_eq!(a["interfaces"][1]["name"], "eth0");
+    assert_eq!(a["interfaces"][1]["mac"], "0a:58:0a:01:00:01");
+    assert_eq!(a["interfaces"][1]["sandbox"], na.path().display().to_string());
+    assert_eq!(a["ips"][0]["address"], "10.1.0.1/24");
+    assert_eq!(a["ips"][0]["gateway"], "10.1.0.254");
+    assert_eq!(a["routes"][0]["dst"], "0.0.0.0/0");
+    // The kernel agrees.
+    let addr = ip(&["-n", na.name(), "-o", "addr", "show", "dev", "eth0"]);
+    assert!(addr.contains("10.1.0.1/24"), "{addr}");
+    assert!(ip(&["-n", na.name(), "route"]).contains("default via 10.1.0.254 dev eth0"));
+
+    // Real packets: same switch, and across the router to another node's subnet.
+    serve_in(&nb.path(), "10.1.0.2:8080".parse().unwrap(), b"from b");
+    serve_in(&nc.path(), "10.2.0.3:8080".parse().unwrap(), b"from c");
+    assert_eq!(connect_from(&na.path(), "10.1.0.2:8080".parse().unwrap()).unwrap(), b"from b");
+    assert_eq!(connect_from(&na.path(), "10.2.0.3:8080".parse().unwrap()).unwrap(), b"from c");
+
+    // CHECK passes, then fails once the interface is tampered with.
+    assert_eq!(cni("CHECK", ca, &na.path(), Some(("x", "a", "uid-a")), &n.socket, None).code, Some(0));
+    ip(&["-n", na.name(), "addr", "flush", "dev", "eth0"]);
+    let r = cni("CHECK", ca, &na.path(), Some(("x", "a", "uid-a")), &n.socket, None);
+    assert_eq!(r.code, Some(1));
+    assert_eq!(r.stdout["code"], 110, "{}", r.stdout);
+    assert!(r.stdout["details"].as_str().unwrap().contains("lacks address 10.1.0.1/24"), "{}", r.stdout);
+
+    // A repeated ADD of a complete attachment answers the same; of a broken one, repairs it.
+    let again = cni("ADD", cb, &nb.path(), Some(("x", "b", "uid-b")), &n.socket, None);
+    assert_eq!(again.code, Some(0), "{}", again.stdout);
+    assert_eq!(again.stdout["ips"], results[1]["ips"]);
+
+    // DEL: the veth and the OVS port are gone; a second DEL, or one for a vanished
+    // namespace, is success.
+    let host = stacknet_node::agent::host_ifname(cb, "eth0");
+    assert!(ip(&["link", "show", &host]).contains(&host));
+    assert_eq!(cni("DEL", cb, &nb.path(), Some(("x", "b", "uid-b")), &n.socket, None).code, Some(0));
+    assert!(ip(&["link", "show", &host]).is_empty(), "veth left behind");
+    assert!(!n.chassis.vsctl(&["list-ports", "br-int"]).unwrap().contains(&host), "OVS port left behind");
+    assert_eq!(cni("DEL", cb, &nb.path(), None, &n.socket, None).code, Some(0));
+    drop(nc);
+    assert_eq!(cni("DEL", cc, Path::new("/var/run/netns/gone"), None, &n.socket, None).code, Some(0));
+    n.agent.abort();
+    let _ = &n.ovn;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_cni_errors_and_leaves_nothing() {
+    let n = node(PODS).await;
+    let ns = Netns::create(&unique("bad")).unwrap();
+    let pod = Some(("x", "a", "uid-a"));
+    let ports_before = n.chassis.vsctl(&["list-ports", "br-int"]).unwrap();
+    // Host interfaces are shared by every test running: container ids are unique to this one.
+    let c1 = unique("bad-c1");
+    let c1 = c1.as_str();
+
+    // Garbage on stdin.
+    let r = cni("ADD", c1, &ns.path(), pod, &n.socket, Some("{not json"));
+    assert_eq!((r.code, r.stdout["code"].as_u64()), (Some(1), Some(6)), "{}", r.stdout);
+    // An unknown CNI version.
+    let r =
+        cni("ADD", c1, &ns.path(), pod, &n.socket, Some(r#"{"cniVersion":"9.9.9","name":"s","type":"stacknet-cni"}"#));
+    assert_eq!(r.stdout["code"], 1, "{}", r.stdout);
+    // A namespace that does not exist.
+    let r = cni("ADD", c1, Path::new("/var/run/netns/no-such-ns"), pod, &n.socket, None);
+    assert_eq!(r.stdout["code"], 4, "{}", r.stdout);
+    assert!(r.stdout["details"].as_str().unwrap().contains("no-such-ns"), "{}", r.stdout);
+    // A pod the controller never programmed.
+    let r = cni(
+        "ADD",
+        c1,
+        &ns.path(),
+        Some(("x", "ghost", "u")),
+        &n.socket,
+        Some(&json!({"cniVersion":"1.1.0","name":"s","type":"stacknet-cni","agentSocket": n.socket}).to_string()),
+    );
+    assert_eq!(r.stdout["code"], 11, "{}", r.stdout);
+    // The interface name is already taken in the pod.
+    ip(&["-n", ns.name(), "link", "add", "eth0", "type", "veth", "peer", "name", "other0"]);
+    assert!(ip(&["-n", ns.name(), "-o", "link"]).contains("eth0"));
+    let r = cni("ADD", c1, &ns.path(), pod, &n.socket, None);
+    assert_eq!(r.stdout["code"], 101, "{}", r.stdout);
+    ip(&["-n", ns.name(), "link", "del", "eth0"]);
+    // The agent is not there: ADD says try again later, STATUS says not available.
+    let nowhere = n.socket.with_file_name("nobody.sock");
+    let r = cni("ADD", c1, &ns.path(), pod, &nowhere, None);
+    assert_eq!(r.stdout["code"], 11, "{}", r.stdout);
+    let r = cni("STATUS", "", Path::new(""), None, &nowhere, None);
+    assert_eq!(r.stdout["code"], 50, "{}", r.stdout);
+    assert_eq!(cni("STATUS", "", Path::new(""), None, &n.socket, None).code, Some(0));
+
+    // Nothing was left behind by any of these.
+    assert_eq!(n.chassis.vsctl(&["list-ports", "br-int"]).unwrap(), ports_before);
+    assert!(ip(&["link", "show", &stacknet_node::agent::host_ifname(c1, "eth0")]).is_empty());
+    assert!(ip(&["-n", ns.name(), "-o", "link"]).lines().all(|l| !l.contains("eth0")));
+    n.agent.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ovs_down_fails_cleanly_and_gc_removes_only_ours() {
+    let mut n = node(PODS).await;
+    let ns = Netns::create(&unique("gc")).unwrap();
+    let c1 = unique("gc-c1");
+    let c1 = c1.as_str();
+    let host = stacknet_node::agent::host_ifname(c1, "eth0");
+    // Someone else's port on br-int (an internal port: a tap device on the host).
+    let foreign = unique("f");
+    n.chassis.vsctl(&["add-port", "br-int", &foreign, "--", "set", "interface", &foreign, "type=internal"]).unwrap();
+
+    // OVS database down: ADD fails with an error naming it, and takes its veth back.
+    n.chassis.ovs.kill();
+    let r = cni("ADD", c1, &ns.path(), Some(("x", "a", "uid-a")), &n.socket, None);
+    assert_eq!(r.code, Some(1));
+    assert!(r.stdout["code"] == 11 || r.stdout["code"] == 103, "{}", r.stdout);
+    assert!(ip(&["link", "show", &host]).is_empty(), "veth left behind");
+    n.chassis.ovs.restart().unwrap();
+
+    // Back up: ADD works; GC with an empty list removes our attachment, not the foreign port.
+    let mut ok = None;
+    for _ in 0..50 {
+        let r = cni("ADD", c1, &ns.path(), Some(("x", "a", "uid-a")), &n.socket, None);
+        if r.code == Some(0) {
+            ok = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok.is_some(), "ADD after OVS came back");
+    let gc = json!({"cniVersion": "1.1.0", "name": "stacknet", "type": "stacknet-cni", "agentSocket": n.socket, "cni.dev/valid-attachments": []}).to_string();
+    let r = cni("GC", "", Path::new(""), None, &n.socket, Some(&gc));
+    assert_eq!(r.code, Some(0), "{}", r.stdout);
+    let ports = n.chassis.vsctl(&["list-ports", "br-int"]).unwrap();
+    assert!(ports.contains(&foreign), "{ports}");
+    assert!(!ports.contains(&host), "{ports}");
+    assert!(ip(&["link", "show", &host]).is_empty(), "veth left behind");
+    n.agent.abort();
+}

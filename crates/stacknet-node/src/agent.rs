@@ -1,0 +1,391 @@
+//! The node agent: serves CNI requests from the plugin over a unix socket. It keeps a replica
+//! of the local Open_vSwitch database (bindings, ovn-installed) and of the Northbound ports
+//! (pod networks as the controller assigned them), so an ADD is: one replica lookup, the
+//! netlink plumbing, one OVSDB transaction, and a wait for ovn-controller.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use stacknet_engine::objects::ObjectKey;
+use stacknet_ovn::lookup::{PodNetwork, pod_network};
+use stacknet_ovsdb::{Client, ClientConfig, Remote, nb};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixListener;
+use tokio::sync::Mutex;
+
+use crate::ovs::{self, Attached, BindError, Binding};
+use crate::plumb::{self, PlumbError, PodInterface};
+use crate::protocol::{AddResult, CniError, Command, Iface, IpConfig, Request, Response, RouteConfig, Timings, codes};
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The cluster id the controller tags its rows with.
+    pub cluster: String,
+    pub bridge: String,
+    pub mtu: u32,
+    /// How long an ADD waits for the controller's logical port to appear.
+    pub lookup_timeout: Duration,
+    /// How long an ADD waits for ovn-controller to install the port.
+    pub install_timeout: Duration,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            cluster: "stacknet".into(),
+            bridge: "br-int".into(),
+            mtu: 1400,
+            lookup_timeout: Duration::from_secs(10),
+            install_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+pub struct Agent {
+    config: AgentConfig,
+    ovs: Client,
+    nb: Client,
+    host: rtnetlink::Handle,
+    /// One request at a time per container.
+    busy: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+/// The host end's name: `sn` and a hash of the container and interface (15 characters at
+/// most, stable, so DEL finds it without any state).
+pub fn host_ifname(container: &str, ifname: &str) -> String {
+    format!("sn{}", &stacknet_ovn::names::hash(&[container, ifname])[..11])
+}
+
+fn plumb_error(e: PlumbError) -> CniError {
+    match e {
+        PlumbError::IfnameTaken { .. } => CniError::new(codes::IFNAME_TAKEN, "interface name taken", e.to_string()),
+        PlumbError::Netns(_) => CniError::new(codes::INVALID_ENV, "bad network namespace (CNI_NETNS)", e.to_string()),
+        _ => CniError::new(codes::NETLINK, "plumbing the pod interface failed", e.to_string()),
+    }
+}
+
+fn bind_error(e: BindError) -> CniError {
+    match e {
+        BindError::NotInstalled { .. } => {
+            CniError::new(codes::TRY_AGAIN_LATER, "port not installed by ovn-controller", e.to_string())
+        }
+        BindError::Ovsdb(ref o) if o.is_transient() => {
+            CniError::new(codes::TRY_AGAIN_LATER, "Open_vSwitch database unavailable", e.to_string())
+        }
+        _ => CniError::new(codes::OVS, "binding the port to OVN failed", e.to_string()),
+    }
+}
+
+fn required<'a>(v: &'a Option<String>, what: &str) -> Result<&'a str, CniError> {
+    v.as_deref()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| CniError::new(codes::INVALID_ENV, "missing parameter", format!("{what} is required")))
+}
+
+impl Agent {
+    /// Connects to the local Open_vSwitch database and the Northbound database (call within a
+    /// tokio runtime).
+    pub fn new(config: AgentConfig, ovs_remotes: Vec<Remote>, nb_remotes: Vec<Remote>) -> std::io::Result<Agent> {
+        let (conn, host, _) = rtnetlink::new_connection()?;
+        tokio::spawn(conn);
+        let mut nb_config = ClientConfig::new(nb_remotes, nb::DATABASE);
+        nb_config.tables =
+            Some(vec![nb::LOGICAL_SWITCH.into(), nb::LOGICAL_SWITCH_PORT.into(), nb::LOGICAL_ROUTER_PORT.into()]);
+        Ok(Agent {
+            config,
+            ovs: ovs::client(ovs_remotes),
+            nb: Client::start(nb_config),
+            host,
+            busy: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn ovs(&self) -> &Client {
+        &self.ovs
+    }
+
+    /// Serves requests on `socket` (replacing a stale socket file) until the task is dropped.
+    pub async fn serve(self: Arc<Self>, socket: &Path) -> std::io::Result<()> {
+        let _ = std::fs::remove_file(socket);
+        let listener = UnixListener::bind(socket)?;
+        loop {
+            let (mut stream, _) = listener.accept().await?;
+            let agent = self.clone();
+            tokio::spawn(async move {
+                let mut body = Vec::new();
+                let response = match stream.read_to_end(&mut body).await {
+                    Err(e) => Response::Error(CniError::new(codes::IO, "reading the request", e.to_string())),
+                    Ok(_) => match serde_json::from_slice::<Request>(&body) {
+                        Err(e) => Response::Error(CniError::new(codes::DECODE, "bad request", e.to_string())),
+                        Ok(req) => agent.handle(req).await,
+                    },
+                };
+                let bytes = serde_json::to_vec(&response).unwrap_or_default();
+                let _ = stream.write_all(&bytes).await;
+            });
+        }
+    }
+
+    pub async fn handle(&self, req: Request) -> Response {
+        let result = match req.command {
+            None => Err(CniError::new(codes::INVALID_ENV, "missing parameter", "command is required")),
+            Some(Command::Status) => self.status().await.map(|()| Response::Done),
+            Some(Command::Gc) => self.gc(&req).await.map(|()| Response::Done),
+            Some(cmd) => {
+                let container = match required(&req.container_id, "CNI_CONTAINERID") {
+                    Ok(c) => c.to_string(),
+                    Err(e) => return Response::Error(e),
+                };
+                let lock = self.busy.lock().await.entry(container.clone()).or_default().clone();
+                let _held = lock.lock().await;
+                match cmd {
+                    Command::Add => self.add(&req).await.map(Response::Added),
+                    Command::Del => self.del(&req).await.map(|()| Response::Done),
+                    Command::Check => self.check(&req).await.map(|()| Response::Done),
+                    Command::Status | Command::Gc => unreachable!("handled above"),
+                }
+            }
+        };
+        result.unwrap_or_else(Response::Error)
+    }
+
+    async fn status(&self) -> Result<(), CniError> {
+        let unavailable = |what: &str| CniError::new(codes::NOT_AVAILABLE, "stacknet is not ready", what.to_string());
+        if self.ovs.status().borrow().connected.is_none() {
+            return Err(unavailable("no connection to the Open_vSwitch database"));
+        }
+        if self.nb.status().borrow().connected.is_none() {
+            return Err(unavailable("no connection to the OVN Northbound database"));
+        }
+        let bridge = self
+            .ovs
+            .replica()
+            .as_ref()
+            .is_some_and(|r| r.table(ovs::BRIDGE).by_name(&self.config.bridge).next().is_some());
+        if !bridge {
+            return Err(unavailable(&format!("bridge {} does not exist", self.config.bridge)));
+        }
+        Ok(())
+    }
+
+    async fn pod_network(&self, key: &ObjectKey, deadline: Instant) -> Result<PodNetwork, CniError> {
+        let cluster = self.config.cluster.clone();
+        let k = key.clone();
+        let found = |r: &stacknet_ovsdb::Replica| pod_network(r, &cluster, &k).is_some_and(|n| !n.gateways.is_empty());
+        let left = deadline.saturating_duration_since(Instant::now());
+        if self.nb.wait_until(left, found).await.is_err() {
+            return Err(CniError::new(
+                codes::TRY_AGAIN_LATER,
+                "no logical port for the pod yet",
+                format!(
+                    "pod {key}: the controller has not programmed its port in cluster {} (waited {left:?})",
+                    self.config.cluster
+                ),
+            ));
+        }
+        let guard = self.nb.replica();
+        let replica = guard
+            .as_ref()
+            .ok_or_else(|| CniError::new(codes::TRY_AGAIN_LATER, "no Northbound replica", "not connected"))?;
+        pod_network(replica, &self.config.cluster, key)
+            .ok_or_else(|| CniError::new(codes::TRY_AGAIN_LATER, "pod port vanished", key.to_string()))
+    }
+
+    fn result(&self, host: &str, ifname: &str, netns: &str, net: &PodNetwork, timings: Timings) -> AddResult {
+        let host_mac = String::new();
+        let gateway_for =
+            |ip: &IpAddr| net.gateways.iter().find(|g| g.is_ipv4() == ip.is_ipv4()).map(|g| g.to_string());
+        AddResult {
+            interfaces: vec![
+                Iface { name: host.into(), mac: host_mac, sandbox: None },
+                Iface { name: ifname.into(), mac: net.mac.clone(), sandbox: Some(netns.into()) },
+            ],
+            ips: net
+                .addresses
+                .iter()
+                .map(|(ip, len)| IpConfig { address: format!("{ip}/{len}"), gateway: gateway_for(ip), interface: 1 })
+                .collect(),
+            routes: net
+                .gateways
+                .iter()
+                .map(|g| RouteConfig {
+                    dst: if g.is_ipv4() { "0.0.0.0/0".into() } else { "::/0".into() },
+                    gw: g.to_string(),
+                })
+                .collect(),
+            timings,
+        }
+    }
+
+    async fn add(&self, req: &Request) -> Result<AddResult, CniError> {
+        let container = required(&req.container_id, "CNI_CONTAINERID")?;
+        let netns = required(&req.netns, "CNI_NETNS")?;
+        let ifname = required(&req.ifname, "CNI_IFNAME")?;
+        if ifname.len() > 15 || ifname.contains('/') || ifname.contains(char::is_whitespace) {
+            return Err(CniError::new(
+                codes::INVALID_ENV,
+                "bad interface name",
+                format!("CNI_IFNAME {ifname:?} is not a valid interface name"),
+            ));
+        }
+        let ns = required(&req.pod_namespace, "K8S_POD_NAMESPACE (in CNI_ARGS)")?;
+        let name = required(&req.pod_name, "K8S_POD_NAME (in CNI_ARGS)")?;
+        let key = ObjectKey::new(ns, name);
+        crate::netns::open(Path::new(netns))
+            .map_err(|e| CniError::new(codes::INVALID_ENV, "bad network namespace (CNI_NETNS)", e.to_string()))?;
+        let host = host_ifname(container, ifname);
+        let start = Instant::now();
+        let net = self.pod_network(&key, start + self.config.lookup_timeout).await?;
+        if let (Some(want), Some(got)) = (&net.iface_id_ver, &req.pod_uid)
+            && want != got
+        {
+            return Err(CniError::new(
+                codes::TRY_AGAIN_LATER,
+                "pod UID does not match its logical port",
+                format!(
+                    "pod {key}: port {} expects UID {want}, CNI_ARGS says {got} (a recreated pod the controller has not seen yet?)",
+                    net.lsp
+                ),
+            ));
+        }
+        let lookup = start.elapsed();
+
+        // Repeated ADD: if this attachment is already complete, answer as before.
+        let existing: Option<Attached> = self
+            .ovs
+            .replica()
+            .as_ref()
+            .and_then(|r| ovs::attached(r).into_iter().find(|a| a.container == container && a.ifname == ifname));
+        if let Some(a) = &existing {
+            let observed = plumb::observe(Path::new(netns), ifname).await.ok().flatten();
+            if a.installed && a.iface_id == net.lsp && observed.is_some_and(|o| o.mac == net.mac) {
+                return Ok(self.result(
+                    &host,
+                    ifname,
+                    netns,
+                    &net,
+                    Timings { lookup_us: lookup.as_micros() as u64, ..Timings::default() },
+                ));
+            }
+            // Half there (an interrupted ADD): start over.
+            self.teardown(&a.port).await?;
+        }
+
+        let mtu = req.mtu.unwrap_or(self.config.mtu);
+        let iface = PodInterface {
+            host: host.clone(),
+            ifname: ifname.into(),
+            mac: net.mac.clone(),
+            addresses: net.addresses.clone(),
+            gateways: net.gateways.clone(),
+            mtu,
+        };
+        let t = Instant::now();
+        plumb::plumb(&self.host, Path::new(netns), &iface).await.map_err(plumb_error)?;
+        let plumb_time = t.elapsed();
+        let binding = Binding {
+            port: host.clone(),
+            iface_id: net.lsp.clone(),
+            iface_id_ver: net.iface_id_ver.clone(),
+            container: container.into(),
+            ifname: ifname.into(),
+            netns: netns.into(),
+        };
+        let t = Instant::now();
+        if let Err(e) = ovs::bind(&self.ovs, &self.config.bridge, &binding).await {
+            let _ = plumb::unplumb(&self.host, &host).await;
+            return Err(bind_error(e));
+        }
+        let bind_time = t.elapsed();
+        let t = Instant::now();
+        if let Err(e) = ovs::wait_installed(&self.ovs, &host, self.config.install_timeout).await {
+            let _ = self.teardown(&host).await;
+            return Err(bind_error(e));
+        }
+        let timings = Timings {
+            lookup_us: lookup.as_micros() as u64,
+            plumb_us: plumb_time.as_micros() as u64,
+            bind_us: bind_time.as_micros() as u64,
+            install_us: t.elapsed().as_micros() as u64,
+        };
+        Ok(self.result(&host, ifname, netns, &net, timings))
+    }
+
+    /// Removes the OVS port and the veth pair named `host`: both are attempted, whatever the
+    /// first one does (the veth must not outlive an unreachable OVS database).
+    async fn teardown(&self, host: &str) -> Result<(), CniError> {
+        let ovs = ovs::unbind(&self.ovs, &self.config.bridge, host).await.map_err(bind_error);
+        let link = plumb::unplumb(&self.host, host).await.map_err(plumb_error);
+        ovs.and(link).map(drop)
+    }
+
+    /// Idempotent: a missing namespace, port or interface is success.
+    async fn del(&self, req: &Request) -> Result<(), CniError> {
+        let container = required(&req.container_id, "CNI_CONTAINERID")?;
+        let ifname = req.ifname.as_deref().unwrap_or("eth0");
+        let host = host_ifname(container, ifname);
+        self.teardown(&host).await
+    }
+
+    async fn check(&self, req: &Request) -> Result<(), CniError> {
+        let container = required(&req.container_id, "CNI_CONTAINERID")?;
+        let netns = required(&req.netns, "CNI_NETNS")?;
+        let ifname = required(&req.ifname, "CNI_IFNAME")?;
+        let key = ObjectKey::new(
+            required(&req.pod_namespace, "K8S_POD_NAMESPACE (in CNI_ARGS)")?,
+            required(&req.pod_name, "K8S_POD_NAME (in CNI_ARGS)")?,
+        );
+        let failed = |details: String| CniError::new(codes::CHECK_FAILED, "attachment is not as it should be", details);
+        let net = self.pod_network(&key, Instant::now() + Duration::from_secs(1)).await?;
+        let observed = plumb::observe(Path::new(netns), ifname)
+            .await
+            .map_err(plumb_error)?
+            .ok_or_else(|| failed(format!("no interface {ifname} in {netns}")))?;
+        if observed.mac != net.mac {
+            return Err(failed(format!("{ifname} has MAC {}, the port says {}", observed.mac, net.mac)));
+        }
+        if !observed.up {
+            return Err(failed(format!("{ifname} is down")));
+        }
+        for a in &net.addresses {
+            if !observed.addresses.contains(a) {
+                return Err(failed(format!("{ifname} lacks address {}/{}", a.0, a.1)));
+            }
+        }
+        for g in &net.gateways {
+            if !observed.gateways.contains(g) {
+                return Err(failed(format!("no default route via {g} on {ifname}")));
+            }
+        }
+        let host = host_ifname(container, ifname);
+        let attached = self.ovs.replica().as_ref().and_then(|r| ovs::attached(r).into_iter().find(|a| a.port == host));
+        match attached {
+            None => Err(failed(format!("no OVS port {host} on {}", self.config.bridge))),
+            Some(a) if a.iface_id != net.lsp => {
+                Err(failed(format!("OVS port {host} is bound to {}, not {}", a.iface_id, net.lsp)))
+            }
+            Some(a) if !a.installed => Err(failed(format!("ovn-controller has not installed {host}"))),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Removes our attachments the runtime no longer lists (others' ports are not ours).
+    async fn gc(&self, req: &Request) -> Result<(), CniError> {
+        let valid: HashSet<(String, String)> = req.valid_attachments.clone().unwrap_or_default().into_iter().collect();
+        let ours = self.ovs.replica().as_ref().map(ovs::attached).unwrap_or_default();
+        for a in ours {
+            if !valid.contains(&(a.container.clone(), a.ifname.clone())) {
+                self.teardown(&a.port).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where the agent listens by default.
+pub fn default_socket() -> PathBuf {
+    PathBuf::from("/run/stacknet/agent.sock")
+}

@@ -1,0 +1,15 @@
+//! The node path.
+//!
+//! - [`netns`]: doing things inside a pod's network namespace from a scratch thread;
+//! - [`plumb`]: the pod interface (veth, MAC, addresses, MTU, routes) through netlink;
+//! - [`ovs`]: binding the host end to OVN on br-int and waiting for ovn-controller;
+//! - [`agent`]: the node agent serving CNI requests over a unix socket (it keeps the OVSDB
+//!   connections and replicas warm, so a pod start costs netlink calls and one transaction);
+//! - [`protocol`]: what the plugin and the agent say to each other.
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod netns;
+pub mod ovs;
+pub mod plumb;
+pub mod protocol;

@@ -1,0 +1,158 @@
+//! Binding a pod's host interface to OVN: a Port and Interface on br-int in the local
+//! Open_vSwitch database with `external_ids:iface-id` naming the logical port (and
+//! `iface-id-ver` the pod UID), then waiting for ovn-controller to report
+//! `external_ids:ovn-installed=true` (its flows for the port are in place).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use stacknet_ovsdb::{
+    Atom, Client, ClientConfig, Condition, Datum, Error, Mutation, Remote, Replica, Row, Transaction,
+};
+
+pub const DATABASE: &str = "Open_vSwitch";
+pub const BRIDGE: &str = "Bridge";
+pub const PORT: &str = "Port";
+pub const INTERFACE: &str = "Interface";
+/// The container an interface was made for (ours are those with this key).
+pub const KEY_CONTAINER: &str = "stacknet.io/container";
+pub const KEY_IFNAME: &str = "stacknet.io/ifname";
+pub const KEY_NETNS: &str = "stacknet.io/netns";
+
+/// A client of the local Open_vSwitch database, monitoring what the agent reads.
+pub fn client(remotes: Vec<Remote>) -> Client {
+    let mut c = ClientConfig::new(remotes, DATABASE);
+    c.tables = Some(vec![BRIDGE.into(), PORT.into(), INTERFACE.into()]);
+    c.leader_only = false;
+    Client::start(c)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    /// The host interface, also the OVS Port and Interface name.
+    pub port: String,
+    pub iface_id: String,
+    pub iface_id_ver: Option<String>,
+    pub container: String,
+    pub ifname: String,
+    pub netns: String,
+}
+
+impl Binding {
+    fn external_ids(&self) -> Datum {
+        let mut m = BTreeMap::from([
+            ("iface-id".to_string(), self.iface_id.clone()),
+            (KEY_CONTAINER.to_string(), self.container.clone()),
+            (KEY_IFNAME.to_string(), self.ifname.clone()),
+            (KEY_NETNS.to_string(), self.netns.clone()),
+        ]);
+        if let Some(v) = &self.iface_id_ver {
+            m.insert("iface-id-ver".into(), v.clone());
+        }
+        Datum::map(m)
+    }
+}
+
+/// A port of ours found in the replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attached {
+    pub port: String,
+    pub container: String,
+    pub ifname: String,
+    pub netns: String,
+    pub iface_id: String,
+    pub installed: bool,
+}
+
+/// Our interfaces (those carrying a container id).
+pub fn attached(replica: &Replica) -> Vec<Attached> {
+    replica
+        .table(INTERFACE)
+        .rows()
+        .filter_map(|(_, r)| {
+            let ids: BTreeMap<String, String> =
+                r.get("external_ids")?.string_pairs().map(|(k, v)| (k.into(), v.into())).collect();
+            Some(Attached {
+                port: r.get("name")?.as_str()?.to_string(),
+                container: ids.get(KEY_CONTAINER)?.clone(),
+                ifname: ids.get(KEY_IFNAME).cloned().unwrap_or_default(),
+                netns: ids.get(KEY_NETNS).cloned().unwrap_or_default(),
+                iface_id: ids.get("iface-id").cloned().unwrap_or_default(),
+                installed: ids.get("ovn-installed").map(String::as_str) == Some("true"),
+            })
+        })
+        .collect()
+}
+
+/// Adds the port to `bridge`. Fails (writing nothing) if the bridge does not exist.
+pub async fn bind(client: &Client, bridge: &str, b: &Binding) -> Result<(), BindError> {
+    let mut t = Transaction::new(DATABASE);
+    t.insert(
+        INTERFACE,
+        Row::from([
+            ("name".to_string(), Datum::Atom(b.port.as_str().into())),
+            ("external_ids".to_string(), b.external_ids()),
+        ]),
+        Some("iface"),
+    );
+    t.insert(
+        PORT,
+        Row::from([
+            ("name".to_string(), Datum::Atom(b.port.as_str().into())),
+            ("interfaces".to_string(), Datum::Set([Atom::NamedUuid("iface".into())].into())),
+            (
+                "external_ids".to_string(),
+                Datum::map([(KEY_CONTAINER, b.container.as_str()), (KEY_IFNAME, b.ifname.as_str())]),
+            ),
+        ]),
+        Some("port"),
+    );
+    let m = t.mutate(
+        BRIDGE,
+        vec![Condition::eq("name", bridge)],
+        vec![Mutation::insert("ports", Datum::Set([Atom::NamedUuid("port".into())].into()))],
+    );
+    t.comment(&format!("stacknet: attach {} for container {}", b.port, b.container));
+    let reply = client.transact(&t).await?;
+    if reply.count(m) != Some(1) {
+        // The port and interface, held by nothing, are gone with the transaction's end.
+        return Err(BindError::NoBridge(bridge.to_string()));
+    }
+    Ok(())
+}
+
+/// Takes `port` off `bridge` (its Port and Interface go with it). Absent: success.
+pub async fn unbind(client: &Client, bridge: &str, port: &str) -> Result<bool, BindError> {
+    let uuid = client.replica().as_ref().and_then(|r| r.table(PORT).by_name(port).next().map(|(u, _)| *u));
+    let Some(uuid) = uuid else { return Ok(false) };
+    let mut t = Transaction::new(DATABASE);
+    t.mutate(
+        BRIDGE,
+        vec![Condition::eq("name", bridge)],
+        vec![Mutation::delete("ports", Datum::Set([Atom::Uuid(uuid)].into()))],
+    );
+    t.comment(&format!("stacknet: detach {port}"));
+    client.transact(&t).await?;
+    Ok(true)
+}
+
+/// Waits until ovn-controller has installed the port's flows.
+pub async fn wait_installed(client: &Client, port: &str, timeout: Duration) -> Result<(), BindError> {
+    client.wait_until(timeout, |r| attached(r).iter().any(|a| a.port == port && a.installed)).await.map_err(|e| match e
+    {
+        Error::Timeout(t) => BindError::NotInstalled { port: port.into(), after: t },
+        e => BindError::Ovsdb(e),
+    })
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BindError {
+    #[error("Open_vSwitch database: {0}")]
+    Ovsdb(#[from] Error),
+    #[error("bridge {0} does not exist in the Open_vSwitch database")]
+    NoBridge(String),
+    #[error(
+        "ovn-controller did not install port {port} within {after:?} (is ovn-controller running, and does the logical port exist?)"
+    )]
+    NotInstalled { port: String, after: Duration },
+}

@@ -1,0 +1,229 @@
+//! Pod interfaces: a veth pair, one end in the pod's namespace as `ifname` with the pod's MAC,
+//! addresses, MTU and default route, the other on the host for br-int. Everything through
+//! netlink; what is created is removed again if a later step fails.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use futures::TryStreamExt;
+use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::route::RouteAttribute;
+use rtnetlink::{LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use crate::netns::{self, NetnsError};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PlumbError {
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("interface {name} already exists in the pod's network namespace")]
+    IfnameTaken { name: String },
+    #[error("{what}: {message}")]
+    Netlink { what: String, message: String },
+    #[error("disabling TX checksum offload on {name}: {message}")]
+    Offload { name: String, message: String },
+}
+
+fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> PlumbError {
+    let what = what.into();
+    move |e| PlumbError::Netlink { what, message: e.to_string() }
+}
+
+/// What to plumb.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInterface {
+    /// The host end (at most 15 characters).
+    pub host: String,
+    /// The pod end, as the runtime asked (CNI_IFNAME).
+    pub ifname: String,
+    pub mac: String,
+    pub addresses: Vec<(IpAddr, u8)>,
+    pub gateways: Vec<IpAddr>,
+    pub mtu: u32,
+}
+
+fn mac_bytes(mac: &str) -> Option<Vec<u8>> {
+    let b: Vec<u8> = mac.split(':').filter_map(|h| u8::from_str_radix(h, 16).ok()).collect();
+    (b.len() == 6).then_some(b)
+}
+
+pub(crate) fn mac_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+async fn index_of(handle: &rtnetlink::Handle, name: &str) -> Result<Option<LinkMessage>, PlumbError> {
+    match handle.link().get().match_name(name.to_string()).execute().try_next().await {
+        Ok(m) => Ok(m),
+        // ENODEV: no such interface.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -19 => Ok(None),
+        Err(e) => Err(nl(format!("looking up {name}"))(e)),
+    }
+}
+
+/// Creates the pair with the pod end directly in the pod's namespace (so `ifname` never
+/// clashes with a host interface), configures both ends, and turns off TX checksum offload
+/// on the pod end (the userspace datapath does not complete partial checksums).
+pub async fn plumb(host: &rtnetlink::Handle, netns_path: &Path, iface: &PodInterface) -> Result<(), PlumbError> {
+    let pod = netns::netlink_in(netns_path)?;
+    if index_of(&pod, &iface.ifname).await?.is_some() {
+        return Err(PlumbError::IfnameTaken { name: iface.ifname.clone() });
+    }
+    let ns = netns::open(netns_path)?;
+    let mac = mac_bytes(&iface.mac)
+        .ok_or_else(|| PlumbError::Netlink { what: "MAC".into(), message: format!("{:?} is not a MAC", iface.mac) })?;
+    let peer = LinkUnspec::new_with_name(&iface.ifname).address(mac).mtu(iface.mtu).setns_by_fd(ns.as_raw_fd()).build();
+    let veth = LinkVeth::new(&iface.host, &iface.ifname)
+        .mtu(iface.mtu)
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .build();
+    host.link().add(veth).execute().await.map_err(|e| match e {
+        rtnetlink::Error::NetlinkError(ref m) if m.raw_code() == -17 => PlumbError::Netlink {
+            what: format!("creating {}", iface.host),
+            message: "an interface of that name exists (or the pod end's name is taken)".into(),
+        },
+        e => nl(format!("creating veth {} / {}", iface.host, iface.ifname))(e),
+    })?;
+    let result = configure(host, &pod, netns_path, iface).await;
+    if result.is_err() {
+        // Nothing half-made stays: deleting the host end deletes the pair.
+        let _ = unplumb(host, &iface.host).await;
+    }
+    result
+}
+
+async fn configure(
+    host: &rtnetlink::Handle,
+    pod: &rtnetlink::Handle,
+    netns_path: &Path,
+    iface: &PodInterface,
+) -> Result<(), PlumbError> {
+    let host_link = index_of(host, &iface.host).await?.ok_or_else(|| PlumbError::Netlink {
+        what: format!("host end {}", iface.host),
+        message: "vanished after creation".into(),
+    })?;
+    host.link()
+        .set(LinkUnspec::new_with_index(host_link.header.index).up().build())
+        .execute()
+        .await
+        .map_err(nl(format!("bringing {} up", iface.host)))?;
+    let link = index_of(pod, &iface.ifname).await?.ok_or_else(|| PlumbError::Netlink {
+        what: format!("pod end {}", iface.ifname),
+        message: "not found in the pod's namespace".into(),
+    })?;
+    let idx = link.header.index;
+    for (ip, len) in &iface.addresses {
+        pod.address()
+            .add(idx, *ip, *len)
+            .execute()
+            .await
+            .map_err(nl(format!("adding {ip}/{len} to {}", iface.ifname)))?;
+    }
+    pod.link()
+        .set(LinkUnspec::new_with_index(idx).up().build())
+        .execute()
+        .await
+        .map_err(nl(format!("bringing {} up", iface.ifname)))?;
+    if let Some(lo) = index_of(pod, "lo").await? {
+        pod.link()
+            .set(LinkUnspec::new_with_index(lo.header.index).up().build())
+            .execute()
+            .await
+            .map_err(nl("bringing lo up"))?;
+    }
+    for gw in &iface.gateways {
+        let route = match gw {
+            IpAddr::V4(g) => RouteMessageBuilder::<Ipv4Addr>::new().gateway(*g).output_interface(idx).build(),
+            IpAddr::V6(g) => RouteMessageBuilder::<Ipv6Addr>::new().gateway(*g).output_interface(idx).build(),
+        };
+        pod.route().add(route).execute().await.map_err(nl(format!("default route via {gw}")))?;
+    }
+    disable_tx_offload(netns_path, &iface.ifname)
+}
+
+/// `ethtool -K <ifname> tx off`, run from a thread inside the pod's namespace (the child
+/// process inherits it).
+fn disable_tx_offload(netns_path: &Path, ifname: &str) -> Result<(), PlumbError> {
+    let name = ifname.to_string();
+    let out = netns::run_in(netns_path, move || {
+        std::process::Command::new("ethtool").args(["-K", &name, "tx", "off"]).output().map_err(|e| e.to_string())
+    })?;
+    match out {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => {
+            Err(PlumbError::Offload { name: ifname.into(), message: String::from_utf8_lossy(&o.stderr).trim().into() })
+        }
+        Err(message) => Err(PlumbError::Offload { name: ifname.into(), message }),
+    }
+}
+
+/// Deletes the pair by its host end; an absent interface is success (DEL is idempotent).
+pub async fn unplumb(host: &rtnetlink::Handle, host_name: &str) -> Result<bool, PlumbError> {
+    let Some(link) = index_of(host, host_name).await? else { return Ok(false) };
+    match host.link().del(link.header.index).execute().await {
+        Ok(()) => Ok(true),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -19 => Ok(false),
+        Err(e) => Err(nl(format!("deleting {host_name}"))(e)),
+    }
+}
+
+/// What a pod's interface looks like now (for CHECK).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub mac: String,
+    pub up: bool,
+    pub addresses: Vec<(IpAddr, u8)>,
+    pub gateways: Vec<IpAddr>,
+}
+
+/// Reads `ifname` in the namespace at `netns_path`; `None` if it is not there.
+pub async fn observe(netns_path: &Path, ifname: &str) -> Result<Option<Observed>, PlumbError> {
+    let pod = netns::netlink_in(netns_path)?;
+    let Some(link) = index_of(&pod, ifname).await? else { return Ok(None) };
+    let idx = link.header.index;
+    let mac = link
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Address(b) => Some(mac_string(b)),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let up = link.header.flags.contains(rtnetlink::packet_route::link::LinkFlags::Up);
+    let mut addresses = Vec::new();
+    let mut addrs = pod.address().get().set_link_index_filter(idx).execute();
+    while let Some(a) = addrs.try_next().await.map_err(nl("listing addresses"))? {
+        for attr in &a.attributes {
+            if let rtnetlink::packet_route::address::AddressAttribute::Address(ip) = attr {
+                addresses.push((*ip, a.header.prefix_len));
+            }
+        }
+    }
+    let mut gateways = Vec::new();
+    for v4 in [true, false] {
+        let msg = if v4 {
+            RouteMessageBuilder::<Ipv4Addr>::new().build()
+        } else {
+            RouteMessageBuilder::<Ipv6Addr>::new().build()
+        };
+        let mut routes = pod.route().get(msg).execute();
+        while let Some(r) = routes.try_next().await.map_err(nl("listing routes"))? {
+            if r.header.destination_prefix_length != 0 {
+                continue;
+            }
+            let out_if = r.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == idx));
+            for attr in &r.attributes {
+                if let RouteAttribute::Gateway(g) = attr
+                    && out_if
+                {
+                    match g {
+                        rtnetlink::packet_route::route::RouteAddress::Inet(v) => gateways.push(IpAddr::V4(*v)),
+                        rtnetlink::packet_route::route::RouteAddress::Inet6(v) => gateways.push(IpAddr::V6(*v)),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    Ok(Some(Observed { mac, up, addresses, gateways }))
+}

@@ -1,0 +1,74 @@
+//! Reading a pod's network back from the Northbound database: the port the controller made for
+//! it (MAC, addresses) and the router port of its switch (gateway, prefix length). This is what
+//! the node agent plumbs into the pod.
+
+use std::net::IpAddr;
+
+use stacknet_engine::objects::ObjectKey;
+use stacknet_ovsdb::nb::{self, LogicalSwitch, LogicalSwitchPort, string_map};
+use stacknet_ovsdb::{Datum, Replica};
+
+use crate::names::{KEY_CLUSTER, KEY_ID};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodNetwork {
+    /// The logical port: what the OVS interface's `external_ids:iface-id` must say.
+    pub lsp: String,
+    pub mac: String,
+    /// Each address with its subnet's prefix length.
+    pub addresses: Vec<(IpAddr, u8)>,
+    /// The router port's address of each family present.
+    pub gateways: Vec<IpAddr>,
+    /// The pod UID the port expects (`options:iface-id-ver`), if any.
+    pub iface_id_ver: Option<String>,
+}
+
+/// The network of pod `key` in `cluster`, if the controller has made its port (and the port's
+/// switch is on the cluster router).
+pub fn pod_network(replica: &Replica, cluster: &str, key: &ObjectKey) -> Option<PodNetwork> {
+    let id = format!("pod:{key}");
+    let lsps = replica.table(nb::LOGICAL_SWITCH_PORT);
+    let (uuid, row) = lsps.by_external_id(KEY_ID, &id).find(|(_, r)| {
+        r.get("external_ids").and_then(|d| d.map_get(KEY_CLUSTER)).and_then(|a| a.as_str()) == Some(cluster)
+    })?;
+    let lsp = LogicalSwitchPort::from_row(*uuid, row);
+    let mut words = lsp.addresses.iter().next()?.split_whitespace();
+    let mac = words.next()?.to_string();
+    let ips: Vec<IpAddr> = words.filter_map(|w| w.parse().ok()).collect();
+    // The switch holding the port, and on it the router's port.
+    let switch = replica
+        .table(nb::LOGICAL_SWITCH)
+        .rows()
+        .map(|(u, r)| LogicalSwitch::from_row(*u, r))
+        .find(|s| s.ports.contains(uuid))?;
+    let router_port_name = switch.ports.iter().find_map(|p| {
+        let r = lsps.get(p)?;
+        (r.get("type").and_then(Datum::as_str) == Some("router"))
+            .then(|| string_map(r, "options").get("router-port").cloned())?
+    });
+    let networks: Vec<(IpAddr, u8)> = router_port_name
+        .and_then(|name| replica.table(nb::LOGICAL_ROUTER_PORT).by_name(&name).next().map(|(_, r)| r.clone()))
+        .map(|r| {
+            r.get("networks")
+                .map(|d| d.elements().into_iter().filter_map(|a| a.as_str()).filter_map(parse_network).collect())
+                .unwrap_or_default()
+        })
+        .unwrap_or_default();
+    let addresses = ips
+        .iter()
+        .map(|ip| {
+            let len = networks
+                .iter()
+                .find(|(g, _)| g.is_ipv4() == ip.is_ipv4())
+                .map_or(if ip.is_ipv4() { 32 } else { 128 }, |(_, l)| *l);
+            (*ip, len)
+        })
+        .collect();
+    let gateways = networks.iter().map(|(g, _)| *g).collect();
+    Some(PodNetwork { lsp: lsp.name, mac, addresses, gateways, iface_id_ver: lsp.options.get("iface-id-ver").cloned() })
+}
+
+fn parse_network(s: &str) -> Option<(IpAddr, u8)> {
+    let (ip, len) = s.split_once('/')?;
+    Some((ip.parse().ok()?, len.parse().ok()?))
+}
