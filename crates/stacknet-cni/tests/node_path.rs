@@ -51,8 +51,12 @@ async fn node(pods_yaml: &str) -> Node {
     backend.reconcile(&build(&engine, &Topology::from_pods(CLUSTER, engine.index()))).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("agent.sock");
-    let config =
-        AgentConfig { cluster: CLUSTER.into(), lookup_timeout: Duration::from_secs(2), ..AgentConfig::default() };
+    let config = AgentConfig {
+        cluster: CLUSTER.into(),
+        lookup_timeout: Duration::from_secs(2),
+        host_netns: Some(chassis.netns().path()),
+        ..AgentConfig::default()
+    };
     let agent = Arc::new(
         Agent::new(config, vec![chassis.ovs_remote().parse().unwrap()], vec![ovn.nb.remote().parse().unwrap()])
             .unwrap(),
@@ -192,9 +196,10 @@ async fn add_check_del_and_real_packets() {
     // DEL: the veth and the OVS port are gone; a second DEL, or one for a vanished
     // namespace, is success.
     let host = stacknet_node::agent::host_ifname(cb, "eth0");
-    assert!(ip(&["link", "show", &host]).contains(&host));
+    let chassis_ns = n.chassis.netns().name().to_string();
+    assert!(ip(&["-n", &chassis_ns, "link", "show", &host]).contains(&host));
     assert_eq!(cni("DEL", cb, &nb.path(), Some(("x", "b", "uid-b")), &n.socket, None).code, Some(0));
-    assert!(ip(&["link", "show", &host]).is_empty(), "veth left behind");
+    assert!(ip(&["-n", &chassis_ns, "link", "show", &host]).is_empty(), "veth left behind");
     assert!(!n.chassis.vsctl(&["list-ports", "br-int"]).unwrap().contains(&host), "OVS port left behind");
     assert_eq!(cni("DEL", cb, &nb.path(), None, &n.socket, None).code, Some(0));
     drop(nc);
@@ -250,7 +255,8 @@ async fn bad_input_gets_cni_errors_and_leaves_nothing() {
 
     // Nothing was left behind by any of these.
     assert_eq!(n.chassis.vsctl(&["list-ports", "br-int"]).unwrap(), ports_before);
-    assert!(ip(&["link", "show", &stacknet_node::agent::host_ifname(c1, "eth0")]).is_empty());
+    let chassis_ns = n.chassis.netns().name().to_string();
+    assert!(ip(&["-n", &chassis_ns, "link", "show", &stacknet_node::agent::host_ifname(c1, "eth0")]).is_empty());
     assert!(ip(&["-n", ns.name(), "-o", "link"]).lines().all(|l| !l.contains("eth0")));
     n.agent.abort();
 }
@@ -271,7 +277,8 @@ async fn ovs_down_fails_cleanly_and_gc_removes_only_ours() {
     let r = cni("ADD", c1, &ns.path(), Some(("x", "a", "uid-a")), &n.socket, None);
     assert_eq!(r.code, Some(1));
     assert!(r.stdout["code"] == 11 || r.stdout["code"] == 103, "{}", r.stdout);
-    assert!(ip(&["link", "show", &host]).is_empty(), "veth left behind");
+    let chassis_ns = n.chassis.netns().name().to_string();
+    assert!(ip(&["-n", &chassis_ns, "link", "show", &host]).is_empty(), "veth left behind");
     n.chassis.ovs.restart().unwrap();
 
     // Back up: ADD works; GC with an empty list removes our attachment, not the foreign port.
@@ -291,6 +298,6 @@ async fn ovs_down_fails_cleanly_and_gc_removes_only_ours() {
     let ports = n.chassis.vsctl(&["list-ports", "br-int"]).unwrap();
     assert!(ports.contains(&foreign), "{ports}");
     assert!(!ports.contains(&host), "{ports}");
-    assert!(ip(&["link", "show", &host]).is_empty(), "veth left behind");
+    assert!(ip(&["-n", &chassis_ns, "link", "show", &host]).is_empty(), "veth left behind");
     n.agent.abort();
 }

@@ -30,6 +30,8 @@ pub struct AgentConfig {
     pub lookup_timeout: Duration,
     /// How long an ADD waits for ovn-controller to install the port.
     pub install_timeout: Duration,
+    /// The namespace ovs-vswitchd runs in, where host ends go (`None`: the agent's own).
+    pub host_netns: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -40,6 +42,7 @@ impl Default for AgentConfig {
             mtu: 1400,
             lookup_timeout: Duration::from_secs(10),
             install_timeout: Duration::from_secs(30),
+            host_netns: None,
         }
     }
 }
@@ -89,8 +92,14 @@ impl Agent {
     /// Connects to the local Open_vSwitch database and the Northbound database (call within a
     /// tokio runtime).
     pub fn new(config: AgentConfig, ovs_remotes: Vec<Remote>, nb_remotes: Vec<Remote>) -> std::io::Result<Agent> {
-        let (conn, host, _) = rtnetlink::new_connection()?;
-        tokio::spawn(conn);
+        let host = match &config.host_netns {
+            Some(path) => crate::netns::netlink_in(path).map_err(std::io::Error::other)?,
+            None => {
+                let (conn, host, _) = rtnetlink::new_connection()?;
+                tokio::spawn(conn);
+                host
+            }
+        };
         let mut nb_config = ClientConfig::new(nb_remotes, nb::DATABASE);
         nb_config.tables =
             Some(vec![nb::LOGICAL_SWITCH.into(), nb::LOGICAL_SWITCH_PORT.into(), nb::LOGICAL_ROUTER_PORT.into()]);

@@ -1,6 +1,11 @@
 //! A chassis: an Open_vSwitch database, ovs-vswitchd with the userspace (netdev) datapath and
 //! ovn-controller, in a directory of their own, bound to a Southbound database. Network
 //! namespaces stand in for pods.
+//!
+//! ovs-vswitchd and ovn-controller run in a network namespace of the chassis's own (its "host"
+//! namespace): two netdev datapaths in one namespace collide on their tap devices
+//! (`ovs-netdev`, the bridge's), so this is what lets several chassis, and several tests, run
+//! side by side. Pod interfaces' host ends go into that namespace.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,6 +22,8 @@ pub struct Chassis {
     pub ovs: DbServer,
     vswitchd: Option<Child>,
     controller: Option<Child>,
+    // Dropped after the daemons in it.
+    netns: Option<Netns>,
 }
 
 /// Every OVS/OVN default path points into `dir` (sockets such as `br-int.mgmt` included).
@@ -35,11 +42,17 @@ fn env_for(cmd: &mut Command, dir: &Path) {
     }
 }
 
-fn spawn(program: &str, args: &[String], dir: &Path) -> Result<Child> {
-    let mut cmd = Command::new(program);
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+/// Spawns `program` inside the network namespace `netns` (through `ip netns exec`, which
+/// execs it: the child is the daemon itself, so its PID is the daemon's).
+fn spawn(program: &str, args: &[String], dir: &Path, netns: &str) -> Result<Child> {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", netns, program])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     env_for(&mut cmd, dir);
-    cmd.spawn().map_err(|e| missing(program, &e).unwrap_or_else(|| io(program)(e)))
+    cmd.spawn().map_err(|e| missing("ip", &e).unwrap_or_else(|| io(program)(e)))
 }
 
 impl Chassis {
@@ -48,8 +61,13 @@ impl Chassis {
     pub fn start(base: &Path, name: &str, sb_remote: &str, encap_ip: &str) -> Result<Chassis> {
         let dir = base.join(name);
         std::fs::create_dir_all(&dir).map_err(io(format!("{}", dir.display())))?;
+        // Unique per sandbox directory, so that concurrent sandboxes do not meet.
+        let tag = crate::ovn::hash_path(base);
+        let netns = Netns::create(&format!("snc-{tag}-{name}"))?;
+        let ns = netns.name().to_string();
         let ovs = DbServer::start(&dir, "conf", VSWITCH_SCHEMA)?;
-        let mut c = Chassis { name: name.into(), dir: dir.clone(), ovs, vswitchd: None, controller: None };
+        let mut c =
+            Chassis { name: name.into(), dir: dir.clone(), ovs, vswitchd: None, controller: None, netns: Some(netns) };
         c.vsctl_no_wait(&["init"])?;
         c.vsctl_no_wait(&[
             "set",
@@ -72,6 +90,7 @@ impl Chassis {
                 "-vconsole:off".into(),
             ],
             &dir,
+            &ns,
         )?);
         let ctl = dir.join("vswitchd.ctl");
         wait_for("ovs-vswitchd", &log, || ctl.exists())?;
@@ -93,6 +112,7 @@ impl Chassis {
             "ovn-controller",
             &[c.ovs.remote(), format!("--log-file={}", clog.display()), "--no-chdir".into(), "-vconsole:off".into()],
             &dir,
+            &ns,
         )?);
         let sb = format!("--db={sb_remote}");
         wait_for(&format!("ovn-controller {name} to register"), &clog, || {
@@ -104,6 +124,11 @@ impl Chassis {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The chassis's own network namespace, where pod interfaces' host ends belong.
+    pub fn netns(&self) -> &Netns {
+        self.netns.as_ref().expect("present until drop")
     }
 
     /// `unix:` remote of this chassis's Open_vSwitch database.
@@ -141,11 +166,12 @@ impl Chassis {
         p
     }
 
-    /// Leaves the daemons running when this value is dropped.
-    pub fn detach(&mut self) {
+    /// Leaves the daemons (and their namespace) in place when this value is dropped.
+    pub fn detach(&mut self) -> Option<String> {
         self.controller.take();
         self.vswitchd.take();
         self.ovs.detach();
+        self.netns.take().map(Netns::keep)
     }
 }
 
@@ -157,6 +183,8 @@ impl Drop for Chassis {
             let _ = c.wait();
         }
         self.ovs.kill();
+        // The namespace (and the tap devices ovs-vswitchd made in it) go last.
+        self.netns.take();
     }
 }
 

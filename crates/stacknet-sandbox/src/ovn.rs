@@ -22,6 +22,16 @@ pub(crate) fn missing(program: &str, e: &std::io::Error) -> Option<Error> {
     })
 }
 
+/// A short stable tag for a path (to name things unique to one sandbox).
+pub(crate) fn hash_path(p: &Path) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in p.as_os_str().as_encoded_bytes() {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("{h:08x}")
+}
+
 /// Runs a program to completion; a non-zero exit is an error carrying its stderr.
 pub(crate) fn run(program: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(program).args(args).stdin(Stdio::null()).output().map_err(|e| {
