@@ -486,7 +486,12 @@ pub fn build(engine: &PolicyEngine, topo: &Topology) -> Desired {
         let arp_id = format!("{id}:arp-nd");
         for (acl_id, prio, m, action) in [
             (&drop_id, PRIORITY_DENY, format!("{port} == @{pg}"), "drop"),
-            (&arp_id, PRIORITY_ALLOW, format!("{port} == @{pg} && (arp || nd)"), "allow"),
+            // allow-related, not allow: a stateful ACL makes ovn-northd send the switch's
+            // traffic through conntrack and commit new connections, so that replies to
+            // connections the pod was allowed to make (or accept) are recognised as
+            // established and pass this group's drop. With only stateless ACLs, a reply
+            // into an ingress-isolated pod would be dropped.
+            (&arp_id, PRIORITY_ALLOW, format!("{port} == @{pg} && (arp || nd)"), "allow-related"),
         ] {
             d.add(
                 RowBuilder::new(cluster, ACL, acl_id.clone(), "Namespace", ns)

@@ -3,6 +3,8 @@
 //! through the logical pipeline ovn-northd generated: the verdict is OVN's, not ours.
 #![forbid(unsafe_code)]
 
+pub mod live;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -21,6 +23,8 @@ pub enum Error {
     Backend(#[from] stacknet_ovsdb::Error),
     #[error("cannot trace {0}")]
     Probe(String),
+    #[error("live dataplane: {0}")]
+    Live(String),
 }
 
 /// One pod-to-pod (or pod-to-VIP) probe.
