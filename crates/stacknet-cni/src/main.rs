@@ -123,10 +123,27 @@ fn to_result(r: AddResult) -> Result<CNIResult, Error> {
     })
 }
 
+/// In a chain, the result so far comes first: our interfaces are appended after the previous
+/// plugins' (our addresses' interface indexes shift with them), and so are our addresses and
+/// routes; what earlier plugins reported (DNS too) is kept as it was.
+fn chain(prev: Option<CNIResult>, ours: CNIResult) -> CNIResult {
+    let Some(mut out) = prev else { return ours };
+    let offset = u32::try_from(out.interfaces.len()).unwrap_or(u32::MAX);
+    out.interfaces.extend(ours.interfaces);
+    out.ips.extend(ours.ips.into_iter().map(|mut ip| {
+        ip.interface = ip.interface.map(|i| i.saturating_add(offset));
+        ip
+    }));
+    out.routes.extend(ours.routes);
+    out.dns = out.dns.or(ours.dns);
+    out
+}
+
 impl Cni for Stacknet {
     fn add(&self, args: Args) -> Result<CNIResult, Error> {
+        let prev = args.config().prev_result.clone();
         match call(Command::Add, &args)? {
-            Response::Added(r) => to_result(r),
+            Response::Added(r) => Ok(chain(prev, to_result(r)?)),
             other => Err(Error::FailedToDecode(format!("unexpected answer to ADD: {other:?}"))),
         }
     }

@@ -152,14 +152,38 @@ async fn add_check_del_and_real_packets() {
     );
     let (ca, cb, cc) = (unique("ctr-a"), unique("ctr-b"), unique("ctr-c"));
     let (ca, cb, cc) = (ca.as_str(), cb.as_str(), cc.as_str());
+    // Pod c's ADD comes second in a chain: the runtime hands over the result so far.
+    let chained = json!({
+        "cniVersion": "1.1.0", "name": "stacknet", "type": "stacknet-cni", "agentSocket": n.socket,
+        "prevResult": {
+            "cniVersion": "1.1.0",
+            "interfaces": [{"name": "lo", "sandbox": nc.path()}],
+            "ips": [{"interface": 0, "address": "127.0.0.1/8"}],
+            "dns": {"nameservers": ["10.96.0.10"]}
+        }
+    })
+    .to_string();
     let mut results = Vec::new();
-    for (ns, pod, cid) in
-        [(&na, ("x", "a", "uid-a"), ca), (&nb, ("x", "b", "uid-b"), cb), (&nc, ("y", "c", "uid-c"), cc)]
-    {
-        let r = cni("ADD", cid, &ns.path(), Some(pod), &n.socket, None);
+    for (ns, pod, cid, stdin) in [
+        (&na, ("x", "a", "uid-a"), ca, None),
+        (&nb, ("x", "b", "uid-b"), cb, None),
+        (&nc, ("y", "c", "uid-c"), cc, Some(chained.as_str())),
+    ] {
+        let r = cni("ADD", cid, &ns.path(), Some(pod), &n.socket, stdin);
         assert_eq!(r.code, Some(0), "{}", r.stdout);
         results.push(r.stdout);
     }
+    // In the chain, the earlier result comes first and is kept; ours follows, indexes shifted.
+    let c = &results[2];
+    assert_eq!(c["interfaces"][0]["name"], "lo", "{c}");
+    assert_eq!(c["interfaces"][2]["name"], "eth0", "{c}");
+    assert_eq!(c["ips"][0]["address"], "127.0.0.1/8", "{c}");
+    assert_eq!(
+        (c["ips"][1]["address"].as_str(), c["ips"][1]["interface"].as_u64()),
+        (Some("10.2.0.3/24"), Some(2)),
+        "{c}"
+    );
+    assert_eq!(c["dns"]["nameservers"][0], "10.96.0.10", "{c}");
     // The CNI 1.1 result: both ends, the address with its gateway, the default route.
     let a = &results[0];
     assert_eq!(a["cniVersion"], "1.1.0");
