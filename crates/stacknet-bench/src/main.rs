@@ -8,6 +8,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod generator;
 mod jsonline;
 mod ovsdb;
+mod podready;
 
 use std::time::Instant;
 
@@ -68,6 +69,15 @@ enum Scenario {
         #[arg(long, default_value = "target/bench-venv")]
         venv: std::path::PathBuf,
     },
+    /// A real node: fire `pods` CNI ADDs at once; time each from ADD start to the first
+    /// datagram a peer pod gets answered. Needs root and the `stacknet-cni` executable.
+    PodReady {
+        #[arg(long, default_value_t = 100)]
+        pods: usize,
+        /// The stacknet-cni executable (default: next to this one).
+        #[arg(long)]
+        cni: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -76,6 +86,11 @@ fn main() -> anyhow::Result<()> {
             anyhow::ensure!(namespaces > 0, "--namespaces must be at least 1");
             policy(pods, namespaces, policies, seed, events)
         }
+        Scenario::PodReady { pods, cni } => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+            .block_on(podready::run(podready::Args { pods, plugin: cni })),
         Scenario::Ovsdb { rounds, ports, events, batch, window, nbctl_events, clients, venv } => {
             let args = ovsdb::Args { rounds, ports, events, batch, window, nbctl_events, clients, venv };
             tokio::runtime::Builder::new_multi_thread()

@@ -54,3 +54,19 @@ fn ovsdb_bench_runs_every_workload_against_a_real_server() {
         }
     }
 }
+
+/// On a real node with a few pods (`cargo test --workspace` builds the plugin next to us).
+#[test]
+fn pod_ready_bench_attaches_pods_and_prints_its_line() {
+    let plugin = std::path::Path::new(env!("CARGO_BIN_EXE_stacknet-bench")).with_file_name("stacknet-cni");
+    assert!(plugin.is_file(), "{} missing: build it (cargo build -p stacknet-cni)", plugin.display());
+    let lines = bench(&["pod-ready", "--pods", "5", "--cni", plugin.to_str().unwrap()]);
+    assert_eq!(lines.len(), 1);
+    let l = &lines[0];
+    assert_eq!(l["bench"], "pod-ready");
+    assert_eq!(l["pods"], 5);
+    for k in ["p50_ms", "p90_ms", "p99_ms", "max_ms", "pods_per_s", "del_per_s"] {
+        assert!(l[k].as_f64().is_some_and(|v| v > 0.0), "{k} in {l}");
+    }
+    assert!(l["p50_ms"].as_f64() <= l["max_ms"].as_f64(), "{l}");
+}

@@ -17,7 +17,7 @@ use tokio::net::UnixListener;
 use tokio::sync::Mutex;
 
 use crate::ovs::{self, Attached, BindError, Binding};
-use crate::plumb::{self, PlumbError, PodInterface};
+use crate::plumb::{PlumbError, Plumbing, PodInterface, Veth};
 use crate::protocol::{AddResult, CniError, Command, Iface, IpConfig, Request, Response, RouteConfig, Timings, codes};
 
 #[derive(Debug, Clone)]
@@ -51,7 +51,8 @@ pub struct Agent {
     config: AgentConfig,
     ovs: Client,
     nb: Client,
-    host: rtnetlink::Handle,
+    plumbing: Arc<dyn Plumbing>,
+    binder: ovs::Binder,
     /// One request at a time per container.
     busy: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
@@ -90,7 +91,7 @@ fn required<'a>(v: &'a Option<String>, what: &str) -> Result<&'a str, CniError> 
 
 impl Agent {
     /// Connects to the local Open_vSwitch database and the Northbound database (call within a
-    /// tokio runtime).
+    /// tokio runtime); pods get veth pairs with host ends in `config.host_netns`.
     pub fn new(config: AgentConfig, ovs_remotes: Vec<Remote>, nb_remotes: Vec<Remote>) -> std::io::Result<Agent> {
         let host = match &config.host_netns {
             Some(path) => crate::netns::netlink_in(path).map_err(std::io::Error::other)?,
@@ -100,16 +101,28 @@ impl Agent {
                 host
             }
         };
+        Ok(Agent::with_plumbing(config, Arc::new(Veth { host }), ovs_remotes, nb_remotes))
+    }
+
+    /// An agent whose pod interfaces are made by `plumbing`.
+    pub fn with_plumbing(
+        config: AgentConfig,
+        plumbing: Arc<dyn Plumbing>,
+        ovs_remotes: Vec<Remote>,
+        nb_remotes: Vec<Remote>,
+    ) -> Agent {
         let mut nb_config = ClientConfig::new(nb_remotes, nb::DATABASE);
         nb_config.tables =
             Some(vec![nb::LOGICAL_SWITCH.into(), nb::LOGICAL_SWITCH_PORT.into(), nb::LOGICAL_ROUTER_PORT.into()]);
-        Ok(Agent {
+        let ovs = ovs::client(ovs_remotes);
+        Agent {
+            binder: ovs::Binder::start(ovs.clone(), config.bridge.clone()),
             config,
-            ovs: ovs::client(ovs_remotes),
+            ovs,
             nb: Client::start(nb_config),
-            host,
+            plumbing,
             busy: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     pub fn ovs(&self) -> &Client {
@@ -123,6 +136,7 @@ impl Agent {
         loop {
             let (mut stream, _) = listener.accept().await?;
             let agent = self.clone();
+            let accepted = Instant::now();
             tokio::spawn(async move {
                 let mut body = Vec::new();
                 let response = match stream.read_to_end(&mut body).await {
@@ -134,6 +148,7 @@ impl Agent {
                 };
                 let bytes = serde_json::to_vec(&response).unwrap_or_default();
                 let _ = stream.write_all(&bytes).await;
+                tracing::trace!(elapsed_us = accepted.elapsed().as_micros() as u64, "request served");
             });
         }
     }
@@ -269,7 +284,7 @@ impl Agent {
             .as_ref()
             .and_then(|r| ovs::attached(r).into_iter().find(|a| a.container == container && a.ifname == ifname));
         if let Some(a) = &existing {
-            let observed = plumb::observe(Path::new(netns), ifname).await.ok().flatten();
+            let observed = self.plumbing.observe(Path::new(netns), ifname).await.ok().flatten();
             if a.installed && a.iface_id == net.lsp && observed.is_some_and(|o| o.mac == net.mac) {
                 return Ok(self.result(
                     &host,
@@ -292,9 +307,6 @@ impl Agent {
             gateways: net.gateways.clone(),
             mtu,
         };
-        let t = Instant::now();
-        plumb::plumb(&self.host, Path::new(netns), &iface).await.map_err(plumb_error)?;
-        let plumb_time = t.elapsed();
         let binding = Binding {
             port: host.clone(),
             iface_id: net.lsp.clone(),
@@ -304,22 +316,36 @@ impl Agent {
             netns: netns.into(),
         };
         let t = Instant::now();
-        if let Err(e) = ovs::bind(&self.ovs, &self.config.bridge, &binding).await {
-            let _ = plumb::unplumb(&self.host, &host).await;
-            return Err(bind_error(e));
-        }
-        let bind_time = t.elapsed();
-        let t = Instant::now();
-        if let Err(e) = ovs::wait_installed(&self.ovs, &host, self.config.install_timeout).await {
-            let _ = self.teardown(&host).await;
-            return Err(bind_error(e));
-        }
+        self.plumbing.create(Path::new(netns), &iface).await.map_err(plumb_error)?;
+        let created = t.elapsed();
+        // The pod end is configured while the host end is bound and ovn-controller installs it.
+        let configure = async {
+            let t = Instant::now();
+            self.plumbing.configure(Path::new(netns), &iface).await.map_err(plumb_error).map(|()| t.elapsed())
+        };
+        let attach = async {
+            let t = Instant::now();
+            self.binder.bind(binding).await.map_err(bind_error)?;
+            let bound = t.elapsed();
+            let t = Instant::now();
+            ovs::wait_installed(&self.ovs, &host, self.config.install_timeout).await.map_err(bind_error)?;
+            Ok::<_, CniError>((bound, t.elapsed()))
+        };
+        let (configured, attached) = tokio::join!(configure, attach);
+        let (configured, (bound, installed)) = match (configured, attached) {
+            (Ok(c), Ok(a)) => (c, a),
+            (Err(e), _) | (_, Err(e)) => {
+                let _ = self.teardown(&host).await;
+                return Err(e);
+            }
+        };
         let timings = Timings {
             lookup_us: lookup.as_micros() as u64,
-            plumb_us: plumb_time.as_micros() as u64,
-            bind_us: bind_time.as_micros() as u64,
-            install_us: t.elapsed().as_micros() as u64,
+            plumb_us: (created + configured).as_micros() as u64,
+            bind_us: bound.as_micros() as u64,
+            install_us: installed.as_micros() as u64,
         };
+        tracing::debug!(pod = %key, port = %host, ?timings, "attached");
         Ok(self.result(&host, ifname, netns, &net, timings))
     }
 
@@ -327,7 +353,7 @@ impl Agent {
     /// first one does (the veth must not outlive an unreachable OVS database).
     async fn teardown(&self, host: &str) -> Result<(), CniError> {
         let ovs = ovs::unbind(&self.ovs, &self.config.bridge, host).await.map_err(bind_error);
-        let link = plumb::unplumb(&self.host, host).await.map_err(plumb_error);
+        let link = self.plumbing.remove(host).await.map_err(plumb_error);
         ovs.and(link).map(drop)
     }
 
@@ -349,7 +375,9 @@ impl Agent {
         );
         let failed = |details: String| CniError::new(codes::CHECK_FAILED, "attachment is not as it should be", details);
         let net = self.pod_network(&key, Instant::now() + Duration::from_secs(1)).await?;
-        let observed = plumb::observe(Path::new(netns), ifname)
+        let observed = self
+            .plumbing
+            .observe(Path::new(netns), ifname)
             .await
             .map_err(plumb_error)?
             .ok_or_else(|| failed(format!("no interface {ifname} in {netns}")))?;

@@ -17,39 +17,69 @@ pub enum NetnsError {
     Enter { path: PathBuf, message: String },
 }
 
-/// Opens a network namespace file (`/var/run/netns/x`, `/proc/<pid>/ns/net`), checking that it
-/// is one.
+/// The file system namespace files live on.
+const NSFS_MAGIC: i64 = 0x6e73_6673;
+
+/// Opens a namespace file (`/var/run/netns/x`, `/proc/<pid>/ns/net`), checking that it is one
+/// (a namespace of another kind fails on entering it).
 pub fn open(path: &Path) -> Result<File, NetnsError> {
     let f = File::open(path).map_err(|e| NetnsError::Open { path: path.into(), message: e.to_string() })?;
-    // Entering it on a scratch thread is the reliable check that it is a network namespace.
-    let probe = f.try_clone().map_err(|e| NetnsError::Open { path: path.into(), message: e.to_string() })?;
-    let p = path.to_path_buf();
-    std::thread::spawn(move || setns(probe.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string()))
-        .join()
-        .map_err(|_| NetnsError::Enter { path: p.clone(), message: "thread panicked".into() })?
-        .map_err(|message| NetnsError::Open { path: p, message: format!("not a network namespace ({message})") })?;
+    let fs =
+        nix::sys::statfs::fstatfs(&f).map_err(|e| NetnsError::Open { path: path.into(), message: e.to_string() })?;
+    if fs.filesystem_type().0 as i64 != NSFS_MAGIC {
+        return Err(NetnsError::Open { path: path.into(), message: "not a network namespace".into() });
+    }
     Ok(f)
 }
 
-/// Runs `f` on a fresh OS thread inside the namespace at `path` (entered within the tokio
-/// runtime's context, so async resources created by `f` register with it).
-pub fn run_in<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + Send + 'static) -> Result<T, NetnsError> {
+fn spawn_in<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<std::thread::JoinHandle<Result<T, String>>, NetnsError> {
     let ns = open(path)?;
     let runtime = tokio::runtime::Handle::try_current().ok();
-    let p = path.to_path_buf();
-    std::thread::spawn(move || {
+    Ok(std::thread::spawn(move || {
         setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
         let _guard = runtime.as_ref().map(|r| r.enter());
         Ok(f())
-    })
-    .join()
-    .map_err(|_| NetnsError::Enter { path: p.clone(), message: "thread panicked".into() })?
-    .map_err(|message| NetnsError::Enter { path: p, message })
+    }))
+}
+
+/// Runs `f` on a fresh OS thread inside the namespace at `path` (entered within the tokio
+/// runtime's context, so async resources created by `f` register with it), and waits for it.
+pub fn run_in<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + Send + 'static) -> Result<T, NetnsError> {
+    let p = path.to_path_buf();
+    spawn_in(path, f)?
+        .join()
+        .map_err(|_| NetnsError::Enter { path: p.clone(), message: "thread panicked".into() })?
+        .map_err(|message| NetnsError::Enter { path: p, message })
+}
+
+/// [`run_in`] for async callers: the runtime's workers are not held while `f` runs.
+pub async fn run_in_async<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, NetnsError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let p = path.to_path_buf();
+    spawn_in(path, move || {
+        let _ = tx.send(f());
+    })?;
+    rx.await.map_err(|_| NetnsError::Enter { path: p, message: "could not enter the namespace".into() })
 }
 
 /// An rtnetlink handle whose socket lives in the namespace at `path` (call within a runtime).
 pub fn netlink_in(path: &Path) -> Result<rtnetlink::Handle, NetnsError> {
     let (conn, handle, _) = run_in(path, rtnetlink::new_connection)?
+        .map_err(|e| NetnsError::Enter { path: path.into(), message: format!("netlink socket: {e}") })?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+/// [`netlink_in`] for async callers.
+pub async fn netlink_in_async(path: &Path) -> Result<rtnetlink::Handle, NetnsError> {
+    let (conn, handle, _) = run_in_async(path, rtnetlink::new_connection)
+        .await?
         .map_err(|e| NetnsError::Enter { path: path.into(), message: format!("netlink socket: {e}") })?;
     tokio::spawn(conn);
     Ok(handle)

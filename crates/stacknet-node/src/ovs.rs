@@ -86,39 +86,102 @@ pub fn attached(replica: &Replica) -> Vec<Attached> {
 
 /// Adds the port to `bridge`. Fails (writing nothing) if the bridge does not exist.
 pub async fn bind(client: &Client, bridge: &str, b: &Binding) -> Result<(), BindError> {
+    bind_all(client, bridge, std::slice::from_ref(b)).await
+}
+
+/// Adds all the ports to `bridge` in one transaction (all or none). ovs-vswitchd and
+/// ovn-controller then reconfigure once for the lot instead of once per port.
+pub async fn bind_all(client: &Client, bridge: &str, bindings: &[Binding]) -> Result<(), BindError> {
+    if bindings.is_empty() {
+        return Ok(());
+    }
     let mut t = Transaction::new(DATABASE);
-    t.insert(
-        INTERFACE,
-        Row::from([
-            ("name".to_string(), Datum::Atom(b.port.as_str().into())),
-            ("external_ids".to_string(), b.external_ids()),
-        ]),
-        Some("iface"),
-    );
-    t.insert(
-        PORT,
-        Row::from([
-            ("name".to_string(), Datum::Atom(b.port.as_str().into())),
-            ("interfaces".to_string(), Datum::Set([Atom::NamedUuid("iface".into())].into())),
-            (
-                "external_ids".to_string(),
-                Datum::map([(KEY_CONTAINER, b.container.as_str()), (KEY_IFNAME, b.ifname.as_str())]),
-            ),
-        ]),
-        Some("port"),
-    );
-    let m = t.mutate(
-        BRIDGE,
-        vec![Condition::eq("name", bridge)],
-        vec![Mutation::insert("ports", Datum::Set([Atom::NamedUuid("port".into())].into()))],
-    );
-    t.comment(&format!("stacknet: attach {} for container {}", b.port, b.container));
+    let mut ports = std::collections::BTreeSet::new();
+    for (i, b) in bindings.iter().enumerate() {
+        let (iface, port) = (format!("iface{i}"), format!("port{i}"));
+        t.insert(
+            INTERFACE,
+            Row::from([
+                ("name".to_string(), Datum::Atom(b.port.as_str().into())),
+                ("external_ids".to_string(), b.external_ids()),
+            ]),
+            Some(&iface),
+        );
+        t.insert(
+            PORT,
+            Row::from([
+                ("name".to_string(), Datum::Atom(b.port.as_str().into())),
+                ("interfaces".to_string(), Datum::Set([Atom::NamedUuid(iface)].into())),
+                (
+                    "external_ids".to_string(),
+                    Datum::map([(KEY_CONTAINER, b.container.as_str()), (KEY_IFNAME, b.ifname.as_str())]),
+                ),
+            ]),
+            Some(&port),
+        );
+        ports.insert(Atom::NamedUuid(port));
+    }
+    let m = t.mutate(BRIDGE, vec![Condition::eq("name", bridge)], vec![Mutation::insert("ports", Datum::Set(ports))]);
+    let names: Vec<&str> = bindings.iter().map(|b| b.port.as_str()).collect();
+    t.comment(&format!("stacknet: attach {}", names.join(" ")));
     let reply = client.transact(&t).await?;
     if reply.count(m) != Some(1) {
-        // The port and interface, held by nothing, are gone with the transaction's end.
+        // The ports and interfaces, held by nothing, are gone with the transaction's end.
         return Err(BindError::NoBridge(bridge.to_string()));
     }
     Ok(())
+}
+
+type BindRequest = (Binding, tokio::sync::oneshot::Sender<Result<(), BindError>>);
+
+/// Binds concurrent requests together: while one transaction is in flight, the requests that
+/// arrive meanwhile wait and go in the next one (group commit). A failed batch is retried one
+/// binding at a time, so that one bad binding fails alone.
+#[derive(Clone)]
+pub struct Binder {
+    tx: tokio::sync::mpsc::UnboundedSender<BindRequest>,
+}
+
+impl Binder {
+    /// Starts the batching task (within a tokio runtime).
+    pub fn start(client: Client, bridge: String) -> Binder {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<BindRequest>();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < 256 {
+                    match rx.try_recv() {
+                        Ok(r) => batch.push(r),
+                        Err(_) => break,
+                    }
+                }
+                let bindings: Vec<Binding> = batch.iter().map(|(b, _)| b.clone()).collect();
+                match bind_all(&client, &bridge, &bindings).await {
+                    Ok(()) => {
+                        for (_, reply) in batch {
+                            let _ = reply.send(Ok(()));
+                        }
+                    }
+                    Err(e) if batch.len() == 1 => {
+                        let (_, reply) = batch.pop().expect("one");
+                        let _ = reply.send(Err(e));
+                    }
+                    Err(_) => {
+                        for (b, reply) in batch {
+                            let _ = reply.send(bind(&client, &bridge, &b).await);
+                        }
+                    }
+                }
+            }
+        });
+        Binder { tx }
+    }
+
+    pub async fn bind(&self, b: Binding) -> Result<(), BindError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.tx.send((b, tx)).map_err(|_| BindError::Stopped)?;
+        rx.await.map_err(|_| BindError::Stopped)?
+    }
 }
 
 /// Takes `port` off `bridge` (its Port and Interface go with it). Absent: success.
@@ -138,8 +201,14 @@ pub async fn unbind(client: &Client, bridge: &str, port: &str) -> Result<bool, B
 
 /// Waits until ovn-controller has installed the port's flows.
 pub async fn wait_installed(client: &Client, port: &str, timeout: Duration) -> Result<(), BindError> {
-    client.wait_until(timeout, |r| attached(r).iter().any(|a| a.port == port && a.installed)).await.map_err(|e| match e
-    {
+    // Every waiter looks at every update: by name, not by a scan.
+    let installed = |r: &Replica| {
+        r.table(INTERFACE).by_name(port).any(|(_, row)| {
+            row.get("external_ids").and_then(|ids| ids.map_get("ovn-installed")).and_then(|v| v.as_str())
+                == Some("true")
+        })
+    };
+    client.wait_until(timeout, installed).await.map_err(|e| match e {
         Error::Timeout(t) => BindError::NotInstalled { port: port.into(), after: t },
         e => BindError::Ovsdb(e),
     })
@@ -149,6 +218,8 @@ pub async fn wait_installed(client: &Client, port: &str, timeout: Duration) -> R
 pub enum BindError {
     #[error("Open_vSwitch database: {0}")]
     Ovsdb(#[from] Error),
+    #[error("the agent's binding task has stopped")]
+    Stopped,
     #[error("bridge {0} does not exist in the Open_vSwitch database")]
     NoBridge(String),
     #[error(

@@ -61,20 +61,67 @@ async fn index_of(handle: &rtnetlink::Handle, name: &str) -> Result<Option<LinkM
     }
 }
 
-/// Creates the pair with the pod end directly in the pod's namespace (so `ifname` never
-/// clashes with a host interface), configures both ends, and turns off TX checksum offload
-/// on the pod end (the userspace datapath does not complete partial checksums).
-pub async fn plumb(host: &rtnetlink::Handle, netns_path: &Path, iface: &PodInterface) -> Result<(), PlumbError> {
-    let pod = netns::netlink_in(netns_path)?;
+/// Boxed futures, so that [`Plumbing`] can be used as a trait object.
+pub type Fut<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// How a pod's interface is made: the one step that differs between a pod on a bare node
+/// (a veth pair, host end on br-int: [`Veth`]) and a nested pod (a VLAN subinterface of the
+/// node VM's NIC, its traffic tagged onto a trunk subport). The agent runs `create`, then
+/// `configure` while it binds the host end to OVN.
+pub trait Plumbing: Send + Sync {
+    /// Makes the interface. When this returns, the host end named `iface.host` exists (and can
+    /// be bound); on failure nothing is left.
+    fn create<'a>(&'a self, netns: &'a Path, iface: &'a PodInterface) -> Fut<'a, Result<(), PlumbError>>;
+    /// Configures the pod end: addresses, routes, offloads.
+    fn configure<'a>(&'a self, netns: &'a Path, iface: &'a PodInterface) -> Fut<'a, Result<(), PlumbError>>;
+    /// Removes the interface by its host end; absent is success (`false`).
+    fn remove<'a>(&'a self, host: &'a str) -> Fut<'a, Result<bool, PlumbError>>;
+    /// What the pod's interface looks like now (`None`: not there).
+    fn observe<'a>(&'a self, netns: &'a Path, ifname: &'a str) -> Fut<'a, Result<Option<Observed>, PlumbError>>;
+}
+
+/// Veth pairs: the pod end in the pod's namespace, the host end in `host`'s (where
+/// ovs-vswitchd runs).
+pub struct Veth {
+    pub host: rtnetlink::Handle,
+}
+
+impl Plumbing for Veth {
+    fn create<'a>(&'a self, netns: &'a Path, iface: &'a PodInterface) -> Fut<'a, Result<(), PlumbError>> {
+        Box::pin(create(&self.host, netns, iface))
+    }
+
+    fn configure<'a>(&'a self, netns: &'a Path, iface: &'a PodInterface) -> Fut<'a, Result<(), PlumbError>> {
+        Box::pin(async move {
+            let pod = netns::netlink_in_async(netns).await?;
+            configure(&pod, netns, iface).await
+        })
+    }
+
+    fn remove<'a>(&'a self, host: &'a str) -> Fut<'a, Result<bool, PlumbError>> {
+        Box::pin(unplumb(&self.host, host))
+    }
+
+    fn observe<'a>(&'a self, netns: &'a Path, ifname: &'a str) -> Fut<'a, Result<Option<Observed>, PlumbError>> {
+        Box::pin(observe(netns, ifname))
+    }
+}
+
+/// Creates the pair (the host end up) with the pod end directly in the pod's namespace, so
+/// `ifname` never clashes with a host interface.
+pub async fn create(host: &rtnetlink::Handle, netns_path: &Path, iface: &PodInterface) -> Result<(), PlumbError> {
+    let pod = netns::netlink_in_async(netns_path).await?;
     if index_of(&pod, &iface.ifname).await?.is_some() {
         return Err(PlumbError::IfnameTaken { name: iface.ifname.clone() });
     }
     let ns = netns::open(netns_path)?;
     let mac = mac_bytes(&iface.mac)
         .ok_or_else(|| PlumbError::Netlink { what: "MAC".into(), message: format!("{:?} is not a MAC", iface.mac) })?;
+    // The pod end cannot be created up (the kernel links the pair only after creating the peer).
     let peer = LinkUnspec::new_with_name(&iface.ifname).address(mac).mtu(iface.mtu).setns_by_fd(ns.as_raw_fd()).build();
     let veth = LinkVeth::new(&iface.host, &iface.ifname)
         .mtu(iface.mtu)
+        .up()
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
         .build();
     host.link().add(veth).execute().await.map_err(|e| match e {
@@ -83,8 +130,17 @@ pub async fn plumb(host: &rtnetlink::Handle, netns_path: &Path, iface: &PodInter
             message: "an interface of that name exists (or the pod end's name is taken)".into(),
         },
         e => nl(format!("creating veth {} / {}", iface.host, iface.ifname))(e),
-    })?;
-    let result = configure(host, &pod, netns_path, iface).await;
+    })
+}
+
+/// [`create`] then [`configure`]; on failure the pair is deleted again.
+pub async fn plumb(host: &rtnetlink::Handle, netns_path: &Path, iface: &PodInterface) -> Result<(), PlumbError> {
+    create(host, netns_path, iface).await?;
+    let result = async {
+        let pod = netns::netlink_in_async(netns_path).await?;
+        configure(&pod, netns_path, iface).await
+    }
+    .await;
     if result.is_err() {
         // Nothing half-made stays: deleting the host end deletes the pair.
         let _ = unplumb(host, &iface.host).await;
@@ -92,21 +148,9 @@ pub async fn plumb(host: &rtnetlink::Handle, netns_path: &Path, iface: &PodInter
     result
 }
 
-async fn configure(
-    host: &rtnetlink::Handle,
-    pod: &rtnetlink::Handle,
-    netns_path: &Path,
-    iface: &PodInterface,
-) -> Result<(), PlumbError> {
-    let host_link = index_of(host, &iface.host).await?.ok_or_else(|| PlumbError::Netlink {
-        what: format!("host end {}", iface.host),
-        message: "vanished after creation".into(),
-    })?;
-    host.link()
-        .set(LinkUnspec::new_with_index(host_link.header.index).up().build())
-        .execute()
-        .await
-        .map_err(nl(format!("bringing {} up", iface.host)))?;
+/// The pod end's addresses, loopback, default routes, and TX checksum offload off (the
+/// userspace datapath does not complete partial checksums).
+pub async fn configure(pod: &rtnetlink::Handle, netns_path: &Path, iface: &PodInterface) -> Result<(), PlumbError> {
     let link = index_of(pod, &iface.ifname).await?.ok_or_else(|| PlumbError::Netlink {
         what: format!("pod end {}", iface.ifname),
         message: "not found in the pod's namespace".into(),
@@ -138,16 +182,17 @@ async fn configure(
         };
         pod.route().add(route).execute().await.map_err(nl(format!("default route via {gw}")))?;
     }
-    disable_tx_offload(netns_path, &iface.ifname)
+    disable_tx_offload(netns_path, &iface.ifname).await
 }
 
 /// `ethtool -K <ifname> tx off`, run from a thread inside the pod's namespace (the child
 /// process inherits it).
-fn disable_tx_offload(netns_path: &Path, ifname: &str) -> Result<(), PlumbError> {
+async fn disable_tx_offload(netns_path: &Path, ifname: &str) -> Result<(), PlumbError> {
     let name = ifname.to_string();
-    let out = netns::run_in(netns_path, move || {
+    let out = netns::run_in_async(netns_path, move || {
         std::process::Command::new("ethtool").args(["-K", &name, "tx", "off"]).output().map_err(|e| e.to_string())
-    })?;
+    })
+    .await?;
     match out {
         Ok(o) if o.status.success() => Ok(()),
         Ok(o) => {
@@ -178,7 +223,7 @@ pub struct Observed {
 
 /// Reads `ifname` in the namespace at `netns_path`; `None` if it is not there.
 pub async fn observe(netns_path: &Path, ifname: &str) -> Result<Option<Observed>, PlumbError> {
-    let pod = netns::netlink_in(netns_path)?;
+    let pod = netns::netlink_in_async(netns_path).await?;
     let Some(link) = index_of(&pod, ifname).await? else { return Ok(None) };
     let idx = link.header.index;
     let mac = link

@@ -50,7 +50,7 @@ impl Drop for LivePod {
 pub struct Live {
     trace: OvnTrace,
     chassis: Chassis,
-    agent: JoinHandle<()>,
+    agent: AgentThread,
     socket: PathBuf,
     plugin: PathBuf,
     pods: BTreeMap<ObjectKey, LivePod>,
@@ -75,17 +75,38 @@ impl Live {
         let socket = dir.path().join("agent.sock");
         let config =
             AgentConfig { cluster: cluster.into(), host_netns: Some(chassis.netns().path()), ..AgentConfig::default() };
-        let agent = Agent::new(
-            config,
-            vec![chassis.ovs_remote().parse().map_err(Error::Backend)?],
-            vec![trace.ovn().nb.remote().parse().map_err(Error::Backend)?],
-        )
-        .map_err(live)?;
-        let agent = Arc::new(agent);
+        let ovs_remote = chassis.ovs_remote().parse().map_err(Error::Backend)?;
+        let nb_remote = trace.ovn().nb.remote().parse().map_err(Error::Backend)?;
+        // The agent is a daemon of its own on a node: it gets its own runtime and threads, so
+        // that what the harness does (listeners, probes) does not hold up its requests.
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let s = socket.clone();
-        let agent = tokio::spawn(async move {
-            let _ = agent.serve(&s).await;
+        let agent = std::thread::spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let agent = match Agent::new(config, vec![ovs_remote], vec![nb_remote]) {
+                    Ok(a) => Arc::new(a),
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                tokio::select! {
+                    _ = agent.serve(&s) => {}
+                    _ = stopped => {}
+                }
+            });
         });
+        ready_rx.recv().map_err(|_| live("the agent thread ended"))?.map_err(live)?;
+        let agent = AgentThread { stop: Some(stop), thread: Some(agent) };
         for _ in 0..1000 {
             if socket.exists() {
                 break;
@@ -117,8 +138,9 @@ impl Live {
         &self.socket
     }
 
-    /// Runs the plugin as a runtime does; its JSON answer, or the CNI error.
-    async fn cni(
+    /// Runs the plugin as a runtime does (`CNI_*` environment, network configuration on stdin,
+    /// `pod` as K8S_POD_NAMESPACE/NAME/UID in CNI_ARGS); its JSON answer, or the CNI error.
+    pub async fn cni(
         &self,
         command: &str,
         container: &str,
@@ -156,6 +178,24 @@ impl Live {
         if out.status.success() { Ok(v) } else { Err(live(format!("CNI {command} for {container}: {v}"))) }
     }
 
+    /// Programs the network (the Northbound database) for the engine's cluster and waits until
+    /// ovn-northd has compiled it; attaches no pods.
+    pub async fn program_network(&mut self, engine: &PolicyEngine) -> Result<Report, Error> {
+        self.trace.program(engine).await
+    }
+
+    /// A new network namespace for a pod, with the container id a runtime would give it.
+    pub fn new_sandbox() -> Result<(Netns, String), Error> {
+        let n = PODS.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{:x}", std::process::id() as usize * 100_000 + n);
+        Ok((Netns::create(&format!("snp-{tag}"))?, format!("live-{tag}")))
+    }
+
+    /// The namespace of an attached pod.
+    pub fn pod_netns(&self, key: &ObjectKey) -> Option<&Netns> {
+        self.pods.get(key).map(|p| &p.netns)
+    }
+
     /// Programs the network for the engine's cluster, then brings the pods to match: new pods
     /// get a namespace and a CNI ADD, gone (or changed) ones a CNI DEL; returns once
     /// ovn-controller has installed everything.
@@ -186,10 +226,7 @@ impl Live {
             if self.pods.contains_key(&k) {
                 continue;
             }
-            let n = PODS.fetch_add(1, Ordering::Relaxed);
-            let tag = format!("{:x}", std::process::id() as usize * 100_000 + n);
-            let netns = Netns::create(&format!("snp-{tag}"))?;
-            let container = format!("live-{tag}");
+            let (netns, container) = Live::new_sandbox()?;
             self.cni("ADD", &container, &netns.path(), Some((&k, &uid))).await?;
             self.pods.insert(k, LivePod { netns, container, uid, ips, listening: BTreeSet::new(), tasks: Vec::new() });
         }
@@ -360,14 +397,31 @@ impl Live {
                 first_error.get_or_insert(e);
             }
         }
-        self.agent.abort();
+        self.agent.stop();
         first_error.map_or(Ok(()), Err)
     }
 }
 
-impl Drop for Live {
+/// The agent's thread and runtime; stopped on drop.
+struct AgentThread {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AgentThread {
+    fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for AgentThread {
     fn drop(&mut self) {
-        self.agent.abort();
+        self.stop();
     }
 }
 
