@@ -345,6 +345,32 @@ impl Live {
         }
     }
 
+    /// One TCP connection from pod `from` to `addr` (a pod, a Service VIP, anything): what
+    /// answered, refused (a reset came back), or nothing within `timeout`.
+    pub async fn connect(&self, from: &ObjectKey, addr: SocketAddr, timeout: Duration) -> Result<Connection, Error> {
+        let src = self.pods.get(from).ok_or_else(|| live(format!("pod {from} is not on the node")))?;
+        let v6 = addr.is_ipv6();
+        let sock = run_in(&src.netns.path(), move || {
+            if v6 { tokio::net::TcpSocket::new_v6() } else { tokio::net::TcpSocket::new_v4() }
+        })
+        .map_err(live)?
+        .map_err(live)?;
+        let started = std::time::Instant::now();
+        let attempt = async {
+            let mut s = match sock.connect(addr).await {
+                Ok(s) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Connection::Refused(started.elapsed()),
+                Err(e) => return Connection::Failed(e.to_string()),
+            };
+            let mut buf = Vec::new();
+            match s.read_to_end(&mut buf).await {
+                Ok(_) => Connection::Answered(String::from_utf8_lossy(&buf).into_owned()),
+                Err(e) => Connection::Failed(e.to_string()),
+            }
+        };
+        Ok(tokio::time::timeout(timeout, attempt).await.unwrap_or(Connection::TimedOut))
+    }
+
     /// Tries every probe for real, `parallel` at a time; results in order.
     pub async fn decide_all(&self, probes: &[Probe]) -> Vec<Result<bool, Error>> {
         let sem = Semaphore::new(self.parallel.max(1));
@@ -400,6 +426,18 @@ impl Live {
         self.agent.stop();
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// How a connection attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Connection {
+    /// Connected; what the other end sent before closing (our listeners send their pod's name).
+    Answered(String),
+    /// A reset came back, after this long.
+    Refused(Duration),
+    /// Nothing came back in time.
+    TimedOut,
+    Failed(String),
 }
 
 /// The agent's thread and runtime; stopped on drop.
