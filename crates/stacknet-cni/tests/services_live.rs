@@ -85,7 +85,9 @@ async fn cluster_ip_balances_over_ready_endpoints_and_rejects_when_there_are_non
     // A VIP without endpoints refuses at once (a reset), it does not leave the client waiting.
     for from in [&client, &far] {
         match live.connect(from, "10.96.0.11:80".parse().unwrap(), Duration::from_secs(3)).await.unwrap() {
-            Connection::Refused(after) => assert!(after < Duration::from_millis(500), "{from}: refused after {after:?}"),
+            Connection::Refused(after) => {
+                assert!(after < Duration::from_millis(500), "{from}: refused after {after:?}")
+            }
             other => panic!("{from} -> VIP without endpoints: {other:?}"),
         }
     }

@@ -160,6 +160,15 @@ impl Chassis {
         run("ovs-appctl", &all)
     }
 
+    /// The daemons and their PIDs, in the order to stop them.
+    pub fn daemons(&self) -> Vec<(String, u32)> {
+        let mut d = Vec::new();
+        d.extend(self.controller.as_ref().map(|c| (format!("ovn-controller ({})", self.name), c.id())));
+        d.extend(self.vswitchd.as_ref().map(|c| (format!("ovs-vswitchd ({})", self.name), c.id())));
+        d.extend(self.ovs.pid().map(|p| (format!("ovsdb-server Open_vSwitch ({})", self.name), p)));
+        d
+    }
+
     pub fn pids(&self) -> Vec<u32> {
         let mut p: Vec<u32> = self.controller.iter().chain(self.vswitchd.iter()).map(Child::id).collect();
         p.extend(self.ovs.pid());

@@ -274,6 +274,15 @@ impl Ovn {
         run("ovn-sbctl", &all)
     }
 
+    /// The daemons and their PIDs, in the order to stop them.
+    pub fn daemons(&self) -> Vec<(String, u32)> {
+        let mut d = Vec::new();
+        d.extend(self.northd.as_ref().map(|c| ("ovn-northd".to_string(), c.id())));
+        d.extend(self.sb.as_ref().and_then(DbServer::pid).map(|p| ("ovsdb-server OVN_Southbound".to_string(), p)));
+        d.extend(self.nb.pid().map(|p| ("ovsdb-server OVN_Northbound".to_string(), p)));
+        d
+    }
+
     /// PIDs of every daemon (for a sandbox that outlives its starter).
     pub fn pids(&self) -> Vec<u32> {
         let mut p: Vec<u32> = self.northd.iter().map(Child::id).collect();

@@ -359,7 +359,9 @@ impl Live {
         let attempt = async {
             let mut s = match sock.connect(addr).await {
                 Ok(s) => s,
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Connection::Refused(started.elapsed()),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    return Connection::Refused(started.elapsed());
+                }
                 Err(e) => return Connection::Failed(e.to_string()),
             };
             let mut buf = Vec::new();
@@ -480,6 +482,12 @@ async fn futures_join_all<F: std::future::Future>(futs: impl IntoIterator<Item =
     })
     .await;
     results.into_iter().map(|r| r.expect("all ready")).collect()
+}
+
+/// Whether this kernel can make SCTP sockets.
+pub fn sctp_supported() -> bool {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType, socket};
+    socket(AddressFamily::Inet, SockType::Stream, SockFlag::empty(), SockProtocol::Sctp).is_ok()
 }
 
 /// Gives every pod without an address one from 10.250.0.0/16 (as the controller's IPAM would),

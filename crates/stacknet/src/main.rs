@@ -6,13 +6,16 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod agent;
 mod input;
 mod render;
+mod sandbox;
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use stacknet_engine::objects::Protocol;
 use stacknet_engine::reach::{self, ProbeSpec};
 use stacknet_engine::{ClusterIndex, PolicyEngine};
 
@@ -27,6 +30,11 @@ struct Cli {
 enum Command {
     /// Who can talk to whom: every probe between every ordered pair of distinct pods.
     Reach(ReachArgs),
+    /// A real node on this machine (OVN, Open vSwitch, the agent), kept between commands.
+    #[command(subcommand)]
+    Sandbox(sandbox::SandboxCommand),
+    /// The node agent the CNI plugin talks to (a daemon).
+    Agent(agent::AgentArgs),
 }
 
 #[derive(clap::Args)]
@@ -41,9 +49,14 @@ struct ReachArgs {
     output: Output,
     /// What decides each verdict: the NetworkPolicy semantics; the compiled model (groups,
     /// peer sets and rules, as a backend programs them); or ovn-trace on a private OVN that
-    /// the OVN backend programmed (needs the Debian OVN packages).
+    /// the OVN backend programmed (needs the Debian OVN packages); or live: a real node
+    /// started here, pods as network namespaces wired by stacknet-cni, every probe a real
+    /// connection (needs root, ovs-vswitchd and ovn-controller; SCTP needs kernel SCTP).
     #[arg(long, value_enum, default_value_t = Dataplane::Semantics)]
     dataplane: Dataplane,
+    /// With --dataplane live: the stacknet-cni executable (default: next to this one).
+    #[arg(long, value_name = "PATH")]
+    cni: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -57,6 +70,7 @@ enum Dataplane {
     Semantics,
     Compiled,
     OvnTrace,
+    Live,
 }
 
 /// A failure and the exit status it maps to.
@@ -71,6 +85,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Reach(args) => reach_command(args),
+        Command::Sandbox(cmd) => match sandbox::run(cmd) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => Err(Failure::Other(e)),
+        },
+        Command::Agent(args) => agent::run(args).map_err(Failure::Other),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -105,7 +125,55 @@ fn ovn_trace(engine: PolicyEngine, probes: &[ProbeSpec]) -> anyhow::Result<Vec<r
     })
 }
 
+/// Starts a node (removed on return, or on Ctrl-C), attaches every pod through the CNI plugin,
+/// and tries every probe for real.
+fn live(
+    mut engine: PolicyEngine,
+    probes: &[ProbeSpec],
+    plugin: &std::path::Path,
+) -> anyhow::Result<Vec<reach::Matrix>> {
+    if probes.iter().any(|p| p.protocol == Protocol::Sctp) && !stacknet_verify::live::sctp_supported() {
+        anyhow::bail!(
+            "SCTP probes need SCTP in the kernel, and this one has none: leave out the SCTP probes, or use --dataplane ovn-trace"
+        );
+    }
+    for note in stacknet_verify::live::assign_missing_addresses(&mut engine) {
+        eprintln!("note: {note}");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        eprintln!("starting a node (OVN, ovs-vswitchd, ovn-controller, the agent) ...");
+        let mut node = stacknet_verify::live::Live::start("reach", plugin).await?;
+        let work = async {
+            let report = node.program(&engine).await?;
+            for w in node.trace().desired().warnings.iter().chain(&report.warnings) {
+                eprintln!("warning: {w}");
+            }
+            let skipped = node.trace().untraceable(&engine);
+            if !skipped.is_empty() {
+                let names: Vec<String> = skipped.iter().map(|k| k.to_string()).collect();
+                eprintln!("warning: left out (no logical port: hostNetwork or no address): {}", names.join(", "));
+            }
+            eprintln!("probing ...");
+            anyhow::Ok(node.matrices(&engine, probes).await?)
+        };
+        let result = tokio::select! {
+            r = work => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        };
+        // Everything started here goes, whatever happened.
+        let cleanup = node.shutdown().await;
+        let matrices = result?;
+        cleanup?;
+        Ok(matrices)
+    })
+}
+
 fn reach_command(args: ReachArgs) -> Result<(), Failure> {
+    let plugin = match args.dataplane {
+        Dataplane::Live => Some(sandbox::find_plugin(args.cni.clone()).map_err(Failure::Other)?),
+        _ => None,
+    };
     let loaded = input::load(&args.files).map_err(Failure::Input)?;
     for w in &loaded.warnings {
         eprintln!("warning: {w}");
@@ -121,6 +189,10 @@ fn reach_command(args: ReachArgs) -> Result<(), Failure> {
         Dataplane::Semantics => reach::direct(&index, &args.probes),
         Dataplane::Compiled => reach::compiled(&PolicyEngine::from_index(index), &args.probes),
         Dataplane::OvnTrace => ovn_trace(PolicyEngine::from_index(index), &args.probes).map_err(Failure::Other)?,
+        Dataplane::Live => {
+            let plugin = plugin.expect("found above");
+            live(PolicyEngine::from_index(index), &args.probes, &plugin).map_err(Failure::Other)?
+        }
     };
     let mut out = std::io::stdout().lock();
     let text = match args.output {

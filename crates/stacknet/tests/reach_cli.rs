@@ -97,6 +97,55 @@ fn ovn_trace_gives_the_same_answers() {
     assert_eq!(three_tier_json("semantics"), three_tier_json("ovn-trace"));
 }
 
+/// And by real packets: a node started for the run, every pod a network namespace wired by
+/// stacknet-cni, every probe a real connection. Nothing it started is left afterwards.
+#[test]
+fn live_dataplane_gives_the_same_answers_and_cleans_up() {
+    let plugin = PathBuf::from(env!("CARGO_BIN_EXE_stacknet")).with_file_name("stacknet-cni");
+    assert!(plugin.is_file(), "{} missing (cargo test --workspace builds it)", plugin.display());
+    let mut args = vec!["reach", "-f", "examples/three-tier", "--output", "json", "--dataplane", "live", "--cni"];
+    args.push(plugin.to_str().unwrap());
+    args.extend(PROBES);
+    let child = Command::new(env!("CARGO_BIN_EXE_stacknet"))
+        .args(&args)
+        .current_dir(root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let live: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(three_tier_json("semantics"), live);
+    // The pods' namespaces (named after the run's PID) are gone.
+    let netns = String::from_utf8(Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).unwrap();
+    for n in 0..7usize {
+        let name = format!("snp-{:x}", pid as usize * 100_000 + n);
+        assert!(!netns.contains(&name), "{name} left behind");
+    }
+    // SCTP on a kernel without it: an error, not a verdict.
+    let sctp = stacknet(
+        &[
+            "reach",
+            "-f",
+            "examples/three-tier",
+            "-p",
+            "80/SCTP",
+            "--dataplane",
+            "live",
+            "--cni",
+            plugin.to_str().unwrap(),
+        ],
+        None,
+    );
+    if !std::path::Path::new("/proc/sys/net/sctp").exists() {
+        assert_eq!(sctp.status.code(), Some(1), "{}", stderr(&sctp));
+        assert!(stderr(&sctp).contains("SCTP"), "{}", stderr(&sctp));
+        assert!(sctp.stdout.is_empty());
+    }
+}
+
 #[test]
 fn table_is_plain_text_when_not_a_terminal() {
     let out = stacknet(

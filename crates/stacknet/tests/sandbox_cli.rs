@@ -1,0 +1,98 @@
+//! `stacknet sandbox up|status|down` as a user runs it: a node left running between
+//! commands, a pod attached by hand with the plugin, everything gone after `down`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn stacknet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_stacknet")).args(args).current_dir(root()).output().expect("stacknet runs")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Alive: present and not a zombie (the daemons outlive `up`, so whoever adopts them reaps them,
+/// possibly late).
+fn running(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .is_some_and(|zombie| !zombie)
+}
+
+#[test]
+fn up_attach_status_down() {
+    let plugin = PathBuf::from(env!("CARGO_BIN_EXE_stacknet")).with_file_name("stacknet-cni");
+    assert!(plugin.is_file(), "{} missing (cargo test --workspace builds it)", plugin.display());
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("sb");
+    let d = dir.to_str().unwrap();
+    let cni = plugin.to_str().unwrap();
+
+    // Nothing there yet.
+    let s = stacknet(&["sandbox", "status", "--dir", d]);
+    assert_eq!(s.status.code(), Some(1), "{}", text(&s));
+    assert!(text(&s).contains("no sandbox"), "{}", text(&s));
+
+    let up = stacknet(&["sandbox", "up", "--dir", d, "-f", "examples/three-tier", "--cni", cni]);
+    assert_eq!(up.status.code(), Some(0), "{}", text(&up));
+    assert!(text(&up).contains("programmed 7 pod port(s)"), "{}", text(&up));
+    // A second `up` on the same directory refuses.
+    let again = stacknet(&["sandbox", "up", "--dir", d, "--cni", cni]);
+    assert_eq!(again.status.code(), Some(1), "{}", text(&again));
+    assert!(text(&again).contains("a sandbox is up"), "{}", text(&again));
+
+    let s = stacknet(&["sandbox", "status", "--dir", d, "--json"]);
+    assert_eq!(s.status.code(), Some(0), "{}", text(&s));
+    let status: Value = serde_json::from_slice(&s.stdout).unwrap();
+    assert_eq!(status["up"], true, "{status}");
+    assert_eq!(status["agent_ready"], true, "{status}");
+    let daemons = status["daemons"].as_array().unwrap();
+    assert_eq!(daemons.len(), 7, "{status}");
+    let pids: Vec<u64> = daemons.iter().map(|d| d["pid"].as_u64().unwrap()).collect();
+
+    // Attach a pod by hand, as the printed instructions say.
+    let netns = format!("sbx{}", std::process::id());
+    assert!(Command::new("ip").args(["netns", "add", &netns]).status().unwrap().success());
+    let conf = std::fs::read_to_string(status["cni_config"].as_str().unwrap()).unwrap();
+    let mut child = Command::new(&plugin)
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", "by-hand")
+        .env("CNI_NETNS", format!("/var/run/netns/{netns}"))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", plugin.parent().unwrap())
+        .env("CNI_ARGS", "K8S_POD_NAMESPACE=leonardo;K8S_POD_NAME=app-0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(conf.as_bytes()).unwrap();
+    let added = child.wait_with_output().unwrap();
+    let result: Value = serde_json::from_slice(&added.stdout).unwrap();
+    assert!(added.status.success(), "{result}");
+    assert_eq!(result["ips"][0]["address"], "10.244.1.20/24", "{result}");
+    let addr = Command::new("ip").args(["-n", &netns, "-o", "addr", "show", "dev", "eth0"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&addr.stdout).contains("10.244.1.20/24"));
+
+    let down = stacknet(&["sandbox", "down", "--dir", d]);
+    assert_eq!(down.status.code(), Some(0), "{}", text(&down));
+    assert!(!dir.exists(), "directory left behind");
+    for pid in pids {
+        assert!(!running(pid), "pid {pid} still running");
+    }
+    // The pod's interface went with the node (its veth's host end was in the node's namespace).
+    let links = Command::new("ip").args(["-n", &netns, "-o", "link"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&links.stdout).contains("eth0"), "{}", String::from_utf8_lossy(&links.stdout));
+    let _ = Command::new("ip").args(["netns", "del", &netns]).status();
+    // Down again: nothing to do, not an error.
+    let down = stacknet(&["sandbox", "down", "--dir", d]);
+    assert_eq!(down.status.code(), Some(0), "{}", text(&down));
+}
