@@ -126,6 +126,41 @@ impl Chassis {
         &self.dir
     }
 
+    /// Wires an underlay between two chassis for Geneve: a veth pair from one chassis's
+    /// namespace to the other's, each end on a userspace bridge `br-phy` that carries the
+    /// chassis's encapsulation address (`a_ip`, `b_ip`: the `encap_ip`s the chassis were
+    /// started with, in one /24). The userspace datapath sends tunnel packets out through
+    /// `br-phy`, resolving the remote end by ARP there.
+    pub fn connect_underlay(a: &Chassis, a_ip: &str, b: &Chassis, b_ip: &str) -> Result<()> {
+        let (na, nb) = (a.netns().name().to_string(), b.netns().name().to_string());
+        let (va, vb) = ("underlay0", "underlay0");
+        let tmp = format!("snu{}", std::process::id() % 1_000_000);
+        run("ip", &["link", "add", &tmp, "netns", &na, "type", "veth", "peer", "name", vb, "netns", &nb])?;
+        run("ip", &["-n", &na, "link", "set", &tmp, "name", va])?;
+        for (c, ns, v, ip) in [(a, &na, va, a_ip), (b, &nb, vb, b_ip)] {
+            c.vsctl(&[
+                "--may-exist",
+                "add-br",
+                "br-phy",
+                "--",
+                "set",
+                "bridge",
+                "br-phy",
+                "datapath_type=netdev",
+                "--",
+                "--may-exist",
+                "add-port",
+                "br-phy",
+                v,
+            ])?;
+            run("ip", &["-n", ns, "link", "set", v, "up"])?;
+            run("ip", &["-n", ns, "addr", "add", &format!("{ip}/24"), "dev", "br-phy"])?;
+            run("ip", &["-n", ns, "link", "set", "br-phy", "up"])?;
+            run("ip", &["netns", "exec", ns, "ethtool", "-K", v, "tx", "off"])?;
+        }
+        Ok(())
+    }
+
     /// The chassis's own network namespace, where pod interfaces' host ends belong.
     pub fn netns(&self) -> &Netns {
         self.netns.as_ref().expect("present until drop")
