@@ -43,12 +43,17 @@ items:
 "#;
 
 async fn node(pods_yaml: &str) -> Node {
+    node_with(pods_yaml, |t| t).await
+}
+
+async fn node_with(pods_yaml: &str, topology: impl FnOnce(Topology) -> Topology) -> Node {
     let ovn = Ovn::with_northd().unwrap();
     let chassis = Chassis::start(ovn.dir(), "node-1", &ovn.sb_remote().unwrap(), "127.0.0.1").unwrap();
     let engine =
         PolicyEngine::from_index(ClusterIndex::from_objects(manifest::parse("pods.yaml", pods_yaml).unwrap().objects));
     let backend = OvnBackend::connect(vec![ovn.nb.remote().parse().unwrap()]);
-    backend.reconcile(&build(&engine, &Topology::from_pods(CLUSTER, engine.index()))).await.unwrap();
+    backend.reconcile(&build(&engine, &topology(Topology::from_pods(CLUSTER, engine.index())))).await.unwrap();
+    ovn.sync_sb().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("agent.sock");
     let config = AgentConfig {
@@ -323,5 +328,27 @@ async fn ovs_down_fails_cleanly_and_gc_removes_only_ours() {
     assert!(ports.contains(&foreign), "{ports}");
     assert!(!ports.contains(&host), "{ports}");
     assert!(ip(&["-n", &chassis_ns, "link", "show", &host]).is_empty(), "veth left behind");
+    n.agent.abort();
+}
+
+/// A pod nested in a VM's port cannot be given a veth on br-int: the ADD says so, and nothing
+/// is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_pod_is_refused_by_a_veth_agent() {
+    const NESTED: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: Pod, metadata: {name: n, namespace: x, uid: uid-n}, spec: {nodeName: vm-1}, status: {podIP: 10.9.0.1}}
+"#;
+    let n = node_with(NESTED, |t| t.with_nested("vm-1", "vm-1-port")).await;
+    n.ovn.nbctl(&["ls-add", "vm-net", "--", "lsp-add", "vm-net", "vm-1-port"]).unwrap();
+    let ns = Netns::create(&unique("nested")).unwrap();
+    let c = unique("nested-c");
+    let r = cni("ADD", &c, &ns.path(), Some(("x", "n", "uid-n")), &n.socket, None);
+    assert_eq!(r.stdout["code"], 7, "{}", r.stdout);
+    let details = r.stdout["details"].as_str().unwrap();
+    assert!(details.contains("nests in VM port vm-1-port") && details.contains("VLAN"), "{details}");
+    assert!(ip(&["-n", ns.name(), "-o", "link"]).lines().all(|l| !l.contains("eth0")));
     n.agent.abort();
 }

@@ -46,7 +46,8 @@ fn engine(extra: &str) -> PolicyEngine {
 
 fn agent(chassis: &Chassis, nb: &str, dir: &Path) -> PathBuf {
     let socket = dir.join(format!("{}.sock", chassis.name));
-    let config = AgentConfig { cluster: CLUSTER.into(), host_netns: Some(chassis.netns().path()), ..AgentConfig::default() };
+    let config =
+        AgentConfig { cluster: CLUSTER.into(), host_netns: Some(chassis.netns().path()), ..AgentConfig::default() };
     let agent =
         Arc::new(Agent::new(config, vec![chassis.ovs_remote().parse().unwrap()], vec![nb.parse().unwrap()]).unwrap());
     let s = socket.clone();
@@ -57,7 +58,8 @@ fn agent(chassis: &Chassis, nb: &str, dir: &Path) -> PathBuf {
 }
 
 fn add(socket: &Path, container: &str, netns: &Netns, pod: (&str, &str, &str)) {
-    let conf = json!({"cniVersion": "1.1.0", "name": "stacknet", "type": "stacknet-cni", "agentSocket": socket}).to_string();
+    let conf =
+        json!({"cniVersion": "1.1.0", "name": "stacknet", "type": "stacknet-cni", "agentSocket": socket}).to_string();
     let mut child = Command::new(env!("CARGO_BIN_EXE_stacknet-cni"))
         .env("CNI_COMMAND", "ADD")
         .env("CNI_CONTAINERID", container)
@@ -125,9 +127,11 @@ async fn pods_on_two_chassis_talk_over_geneve_and_policy_holds() {
     add(&sb_sock, &format!("two-{tag}-c"), &nc, ("y", "c", "uid-c"));
     // The ports are bound where their pods are.
     let where_bound = |lsp_hint: &str| {
-        ovn.sbctl(&["--bare", "--columns=chassis", "find", "Port_Binding", &format!("logical_port={lsp_hint}")]).unwrap()
+        ovn.sbctl(&["--bare", "--columns=chassis", "find", "Port_Binding", &format!("logical_port={lsp_hint}")])
+            .unwrap()
     };
-    let chassis_uuid = |name: &str| ovn.sbctl(&["--bare", "--columns=_uuid", "find", "Chassis", &format!("name={name}")]).unwrap();
+    let chassis_uuid =
+        |name: &str| ovn.sbctl(&["--bare", "--columns=_uuid", "find", "Chassis", &format!("name={name}")]).unwrap();
     let desired = build(&engine(""), &Topology::from_pods(CLUSTER, engine("").index()));
     let lsp = |ns: &str, n: &str| desired.ports[&stacknet_engine::objects::ObjectKey::new(ns, n)].lsp.clone();
     assert_eq!(where_bound(&lsp("x", "a")).trim(), chassis_uuid("node-a").trim());

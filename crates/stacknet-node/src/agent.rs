@@ -298,6 +298,18 @@ impl Agent {
             self.teardown(&a.port).await?;
         }
 
+        if let Some(parent) = net.parent.as_ref().filter(|_| !self.plumbing.nested()) {
+            return Err(CniError::new(
+                codes::INVALID_CONFIG,
+                "pod is nested in a VM's port",
+                format!(
+                    "pod {key}: its port {} nests in VM port {parent} (VLAN {}); this agent makes veth pairs on {}, not VLAN subinterfaces",
+                    net.lsp,
+                    net.vlan.map_or("not yet assigned".into(), |v| v.to_string()),
+                    self.config.bridge
+                ),
+            ));
+        }
         let mtu = req.mtu.unwrap_or(self.config.mtu);
         let iface = PodInterface {
             host: host.clone(),
@@ -306,6 +318,7 @@ impl Agent {
             addresses: net.addresses.clone(),
             gateways: net.gateways.clone(),
             mtu,
+            vlan: net.vlan,
         };
         let binding = Binding {
             port: host.clone(),

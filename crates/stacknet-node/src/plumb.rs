@@ -41,6 +41,8 @@ pub struct PodInterface {
     pub addresses: Vec<(IpAddr, u8)>,
     pub gateways: Vec<IpAddr>,
     pub mtu: u32,
+    /// Nested pods: the VLAN tag the pod's traffic carries on the VM's NIC.
+    pub vlan: Option<u16>,
 }
 
 fn mac_bytes(mac: &str) -> Option<Vec<u8>> {
@@ -69,6 +71,11 @@ pub type Fut<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Se
 /// node VM's NIC, its traffic tagged onto a trunk subport). The agent runs `create`, then
 /// `configure` while it binds the host end to OVN.
 pub trait Plumbing: Send + Sync {
+    /// Whether this plumbing makes interfaces for nested pods (VLAN subinterfaces of the VM's
+    /// NIC); one that does not refuses them rather than wiring them wrong.
+    fn nested(&self) -> bool {
+        false
+    }
     /// Makes the interface. When this returns, the host end named `iface.host` exists (and can
     /// be bound); on failure nothing is left.
     fn create<'a>(&'a self, netns: &'a Path, iface: &'a PodInterface) -> Fut<'a, Result<(), PlumbError>>;

@@ -38,6 +38,8 @@ pub struct PodPort {
     pub node: String,
     pub mac: String,
     pub ips: Vec<IpAddr>,
+    /// The VM port this one nests in (nested pods).
+    pub parent: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -289,8 +291,10 @@ pub fn build(engine: &PolicyEngine, topo: &Topology) -> Desired {
         let mac = mac_for(pod.ips[0]);
         let address =
             std::iter::once(mac.clone()).chain(pod.ips.iter().map(|i| i.to_string())).collect::<Vec<_>>().join(" ");
+        let parent = topo.parent_for(pod);
         let mut options = BTreeMap::new();
-        if let Some(n) = &pod.node {
+        // A nested port is bound wherever its VM's port is.
+        if let Some(n) = pod.node.as_ref().filter(|_| parent.is_none()) {
             options.insert("requested-chassis".to_string(), n.clone());
         }
         if let Some(uid) = &pod.uid {
@@ -304,6 +308,10 @@ pub fn build(engine: &PolicyEngine, topo: &Topology) -> Desired {
         if let Some(uid) = &pod.uid {
             b = b.external(KEY_POD_UID, uid);
         }
+        if let Some(parent) = parent {
+            // tag_request 0: ovn-northd picks a VLAN id unique under the parent (into `tag`).
+            b = b.str("parent_name", parent).col("tag_request", Datum::Atom(0i64.into()));
+        }
         d.add(b.build());
         switch_ports.entry(node.name.clone()).or_default().push(id);
         d.ports.insert(
@@ -314,6 +322,7 @@ pub fn build(engine: &PolicyEngine, topo: &Topology) -> Desired {
                 node: node.name.clone(),
                 mac,
                 ips: pod.ips.clone(),
+                parent: parent.map(str::to_string),
             },
         );
     }

@@ -21,6 +21,10 @@ pub struct PodNetwork {
     pub gateways: Vec<IpAddr>,
     /// The pod UID the port expects (`options:iface-id-ver`), if any.
     pub iface_id_ver: Option<String>,
+    /// Nested pods: the VM port this one nests in, and the VLAN tag ovn-northd gave it (`None`
+    /// until it has).
+    pub parent: Option<String>,
+    pub vlan: Option<u16>,
 }
 
 /// The network of pod `key` in `cluster`, if the controller has made its port (and the port's
@@ -65,7 +69,17 @@ pub fn pod_network(replica: &Replica, cluster: &str, key: &ObjectKey) -> Option<
         })
         .collect();
     let gateways = networks.iter().map(|(g, _)| *g).collect();
-    Some(PodNetwork { lsp: lsp.name, mac, addresses, gateways, iface_id_ver: lsp.options.get("iface-id-ver").cloned() })
+    let parent = row.get("parent_name").and_then(Datum::as_str).filter(|p| !p.is_empty()).map(str::to_string);
+    let vlan = row.get("tag").and_then(Datum::as_i64).and_then(|t| u16::try_from(t).ok());
+    Some(PodNetwork {
+        lsp: lsp.name,
+        mac,
+        addresses,
+        gateways,
+        iface_id_ver: lsp.options.get("iface-id-ver").cloned(),
+        parent,
+        vlan,
+    })
 }
 
 fn parse_network(s: &str) -> Option<(IpAddr, u8)> {

@@ -19,6 +19,10 @@ pub struct Topology {
     /// The cluster id every row is tagged with.
     pub cluster: String,
     pub nodes: Vec<NodeNet>,
+    /// Nested nodes: Kubernetes node name → the logical port of the VM that is that node (its
+    /// trunk parent). Pods on such a node get ports nested in the VM's (`parent_name`, a VLAN
+    /// tag ovn-northd allocates): their traffic arrives on the VM's port, tagged.
+    pub nested: BTreeMap<String, String>,
 }
 
 /// The MAC a pod or router port gets from its (first) address: `0a:58` and the last four
@@ -56,7 +60,18 @@ impl Topology {
             let name = format!("net-{}", prefixes.iter().map(|c| c.to_string()).collect::<Vec<_>>().join("+"));
             nodes.push(NodeNet { name: name.replace(['/', ':'], "_"), subnets });
         }
-        Topology { cluster: cluster.to_string(), nodes }
+        Topology { cluster: cluster.to_string(), nodes, nested: BTreeMap::new() }
+    }
+
+    /// Marks Kubernetes node `node` as a VM whose logical port is `parent`.
+    pub fn with_nested(mut self, node: &str, parent: &str) -> Topology {
+        self.nested.insert(node.to_string(), parent.to_string());
+        self
+    }
+
+    /// The VM port a pod's port nests in, if its node is nested.
+    pub fn parent_for(&self, pod: &Pod) -> Option<&str> {
+        pod.node.as_deref().and_then(|n| self.nested.get(n)).map(String::as_str)
     }
 
     /// The node a pod is placed on: its `spec.nodeName` if that node is known, else the node

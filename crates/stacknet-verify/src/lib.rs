@@ -67,7 +67,13 @@ impl OvnTrace {
     /// Programs the network for the engine's cluster and waits until ovn-northd has
     /// translated it.
     pub async fn program(&mut self, engine: &PolicyEngine) -> Result<Report, Error> {
-        self.desired = build(engine, &Topology::from_pods(&self.cluster, engine.index()));
+        let topology = Topology::from_pods(&self.cluster, engine.index());
+        self.program_with(engine, &topology).await
+    }
+
+    /// [`OvnTrace::program`] on a topology of the caller's (nested nodes, ...).
+    pub async fn program_with(&mut self, engine: &PolicyEngine, topology: &Topology) -> Result<Report, Error> {
+        self.desired = build(engine, topology);
         let report = self.backend.reconcile(&self.desired).await?;
         self.ovn.sync_sb()?;
         Ok(report)
