@@ -114,6 +114,16 @@ impl Agent {
         let mut nb_config = ClientConfig::new(nb_remotes, nb::DATABASE);
         nb_config.tables =
             Some(vec![nb::LOGICAL_SWITCH.into(), nb::LOGICAL_SWITCH_PORT.into(), nb::LOGICAL_ROUTER_PORT.into()]);
+        // What a pod's network is made of; not `up` and the like, which change as ports bind.
+        let cols = |cs: &[&str]| cs.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+        nb_config.columns = std::collections::BTreeMap::from([
+            (nb::LOGICAL_SWITCH.to_string(), cols(&["name", "ports", "external_ids"])),
+            (
+                nb::LOGICAL_SWITCH_PORT.to_string(),
+                cols(&["name", "type", "addresses", "options", "external_ids", "parent_name", "tag"]),
+            ),
+            (nb::LOGICAL_ROUTER_PORT.to_string(), cols(&["name", "networks", "mac"])),
+        ]);
         let ovs = ovs::client(ovs_remotes);
         Agent {
             binder: ovs::Binder::start(ovs.clone(), config.bridge.clone()),

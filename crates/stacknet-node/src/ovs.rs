@@ -23,6 +23,13 @@ pub const KEY_NETNS: &str = "stacknet.io/netns";
 pub fn client(remotes: Vec<Remote>) -> Client {
     let mut c = ClientConfig::new(remotes, DATABASE);
     c.tables = Some(vec![BRIDGE.into(), PORT.into(), INTERFACE.into()]);
+    // Not the columns ovs-vswitchd keeps rewriting (statistics, status, link state...).
+    let cols = |cs: &[&str]| cs.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+    c.columns = BTreeMap::from([
+        (BRIDGE.to_string(), cols(&["name", "ports"])),
+        (PORT.to_string(), cols(&["name", "interfaces", "external_ids"])),
+        (INTERFACE.to_string(), cols(&["name", "external_ids"])),
+    ]);
     c.leader_only = false;
     Client::start(c)
 }
@@ -132,6 +139,10 @@ pub async fn bind_all(client: &Client, bridge: &str, bindings: &[Binding]) -> Re
     Ok(())
 }
 
+/// How long the binder waits for another request before committing, and at most.
+const LINGER_QUIET: std::time::Duration = std::time::Duration::from_millis(2);
+const LINGER_MAX: std::time::Duration = std::time::Duration::from_millis(20);
+
 type BindRequest = (Binding, tokio::sync::oneshot::Sender<Result<(), BindError>>);
 
 /// Binds concurrent requests together: while one transaction is in flight, the requests that
@@ -149,10 +160,13 @@ impl Binder {
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let mut batch = vec![first];
+                // Linger while requests keep coming (a burst of ADDs), up to a bound.
+                let until = tokio::time::Instant::now() + LINGER_MAX;
                 while batch.len() < 256 {
-                    match rx.try_recv() {
-                        Ok(r) => batch.push(r),
-                        Err(_) => break,
+                    let quiet = (tokio::time::Instant::now() + LINGER_QUIET).min(until);
+                    match tokio::time::timeout_at(quiet, rx.recv()).await {
+                        Ok(Some(r)) => batch.push(r),
+                        _ => break,
                     }
                 }
                 let bindings: Vec<Binding> = batch.iter().map(|(b, _)| b.clone()).collect();

@@ -6,6 +6,7 @@
 //! flight when the connection drops fails with [`Error::Disconnected`]. Transactions are never
 //! resent behind the caller's back: the caller re-reads the replica and decides.
 
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
@@ -111,6 +112,10 @@ pub struct ClientConfig {
     pub tls: Option<TlsConfig>,
     /// Tables to monitor into the replica: `None` all of them, an empty list none.
     pub tables: Option<Vec<String>>,
+    /// Columns to monitor, per table (a table not named here: all its columns). Other columns
+    /// read as their defaults in the replica. Leaving out columns the server rewrites often
+    /// (statistics, status) saves decoding every such update.
+    pub columns: BTreeMap<String, Vec<String>>,
     /// For clustered databases, only talk to the leader (found through `_Server`).
     pub leader_only: bool,
     /// Send an echo after this long without traffic; drop the connection after twice as long.
@@ -128,6 +133,7 @@ impl ClientConfig {
             database: database.into(),
             tls: None,
             tables: None,
+            columns: BTreeMap::new(),
             leader_only: true,
             echo_interval: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
@@ -514,7 +520,13 @@ impl<'a> Session<'a> {
         if tables.is_empty() {
             return Ok(());
         }
-        let requests: serde_json::Map<String, Value> = tables.iter().map(|t| (t.clone(), json!([{}]))).collect();
+        let requests: serde_json::Map<String, Value> = tables
+            .iter()
+            .map(|t| match self.config.columns.get(t) {
+                Some(cs) => (t.clone(), json!([{"columns": cs}])),
+                None => (t.clone(), json!([{}])),
+            })
+            .collect();
         let zero = "00000000-0000-0000-0000-000000000000".to_string();
         let since = json!([db, MAIN_MONITOR, requests, last_txn.unwrap_or(zero)]);
         match self.call_direct(rd, wr, "monitor_cond_since", since).await {

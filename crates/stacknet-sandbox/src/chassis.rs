@@ -78,6 +78,7 @@ impl Chassis {
             "external_ids:ovn-encap-type=geneve",
             &format!("external_ids:ovn-encap-ip={encap_ip}"),
             "external_ids:ovn-bridge-datapath-type=netdev",
+            "external_ids:ovn-monitor-all=true",
         ])?;
         let log = dir.join("vswitchd.log");
         c.vswitchd = Some(spawn(
