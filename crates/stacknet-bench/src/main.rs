@@ -81,6 +81,10 @@ enum Scenario {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Diagnostics (off unless STACKNET_LOG is set) go to stderr; the figures to stdout.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("STACKNET_LOG") {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    }
     match Cli::parse().scenario {
         Scenario::Policy { pods, namespaces, policies, seed, events } => {
             anyhow::ensure!(namespaces > 0, "--namespaces must be at least 1");

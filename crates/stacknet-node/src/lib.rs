@@ -1,6 +1,7 @@
 //! The node path.
 //!
 //! - [`netns`]: doing things inside a pod's network namespace from a scratch thread;
+//! - [`ethtool`]: TX checksum offload off through ethtool's netlink family;
 //! - [`plumb`]: the pod interface (veth, MAC, addresses, MTU, routes) through netlink;
 //! - [`ovs`]: binding the host end to OVN on br-int and waiting for ovn-controller;
 //! - [`agent`]: the node agent serving CNI requests over a unix socket (it keeps the OVSDB
@@ -9,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod ethtool;
 pub mod netns;
 pub mod ovs;
 pub mod plumb;

@@ -55,17 +55,92 @@ pub fn run_in<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + Send + 'st
         .map_err(|message| NetnsError::Enter { path: p, message })
 }
 
-/// [`run_in`] for async callers: the runtime's workers are not held while `f` runs.
+/// [`run_in`] for async callers, for short jobs (creating a socket, one netlink request): it
+/// runs on one of a few long-lived threads that enter the namespace for the job and return to
+/// their own afterwards, so a pod start does not pay for a new thread (its stack, its
+/// allocator's fresh pages) each time. The runtime's workers are not held while `f` runs.
 pub async fn run_in_async<T: Send + 'static>(
     path: &Path,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, NetnsError> {
+    let ns = open(path)?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let p = path.to_path_buf();
-    spawn_in(path, move || {
+    let runtime = tokio::runtime::Handle::try_current().ok();
+    let job: Job = Box::new(move || {
+        let _guard = runtime.as_ref().map(|r| r.enter());
         let _ = tx.send(f());
-    })?;
+    });
+    workers::submit(ns, job);
     rx.await.map_err(|_| NetnsError::Enter { path: p, message: "could not enter the namespace".into() })
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+mod workers {
+    use std::fs::File;
+    use std::os::fd::AsFd;
+    use std::sync::mpsc::{Receiver, Sender, channel};
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    use nix::sched::{CloneFlags, setns};
+
+    use super::Job;
+
+    /// Namespace jobs run two at a time (each is a few syscalls).
+    const THREADS: usize = 2;
+
+    struct Pool {
+        tx: Mutex<Sender<(File, Job)>>,
+        rx: Arc<Mutex<Receiver<(File, Job)>>>,
+    }
+
+    fn pool() -> &'static Pool {
+        static POOL: OnceLock<Pool> = OnceLock::new();
+        POOL.get_or_init(|| {
+            let (tx, rx) = channel();
+            let pool = Pool { tx: Mutex::new(tx), rx: Arc::new(Mutex::new(rx)) };
+            for _ in 0..THREADS {
+                spawn(pool.rx.clone());
+            }
+            pool
+        })
+    }
+
+    fn spawn(rx: Arc<Mutex<Receiver<(File, Job)>>>) {
+        let _ = std::thread::Builder::new().name("stacknet-netns".into()).spawn(move || {
+            // The namespace this thread returns to after each job.
+            let Ok(home) = File::open("/proc/thread-self/ns/net") else { return };
+            loop {
+                let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                let Ok((ns, job)) = next else { return };
+                if setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).is_err() {
+                    // The job's sender is dropped with it: the caller sees the failure.
+                    drop(job);
+                    continue;
+                }
+                // A job that panics has dropped its sender: its caller sees the failure.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                if setns(home.as_fd(), CloneFlags::CLONE_NEWNET).is_err() {
+                    // Stranded in a pod's namespace: this thread must not take another job.
+                    spawn(rx);
+                    return;
+                }
+            }
+        });
+    }
+
+    pub(super) fn submit(ns: File, job: Job) {
+        let tx = pool().tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Err(std::sync::mpsc::SendError((ns, job))) = tx.send((ns, job)) {
+            // No worker left (they could not start): a thread of its own for this job.
+            std::thread::spawn(move || {
+                if setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).is_ok() {
+                    job();
+                }
+            });
+        }
+    }
 }
 
 /// An rtnetlink handle whose socket lives in the namespace at `path` (call within a runtime).

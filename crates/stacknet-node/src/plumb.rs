@@ -192,21 +192,12 @@ pub async fn configure(pod: &rtnetlink::Handle, netns_path: &Path, iface: &PodIn
     disable_tx_offload(netns_path, &iface.ifname).await
 }
 
-/// `ethtool -K <ifname> tx off`, run from a thread inside the pod's namespace (the child
-/// process inherits it).
+/// `ethtool -K <ifname> tx off` (over netlink, from a thread inside the pod's namespace).
 async fn disable_tx_offload(netns_path: &Path, ifname: &str) -> Result<(), PlumbError> {
     let name = ifname.to_string();
-    let out = netns::run_in_async(netns_path, move || {
-        std::process::Command::new("ethtool").args(["-K", &name, "tx", "off"]).output().map_err(|e| e.to_string())
-    })
-    .await?;
-    match out {
-        Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => {
-            Err(PlumbError::Offload { name: ifname.into(), message: String::from_utf8_lossy(&o.stderr).trim().into() })
-        }
-        Err(message) => Err(PlumbError::Offload { name: ifname.into(), message }),
-    }
+    netns::run_in_async(netns_path, move || crate::ethtool::disable_tx_checksum(&name))
+        .await?
+        .map_err(|message| PlumbError::Offload { name: ifname.into(), message })
 }
 
 /// Deletes the pair by its host end; an absent interface is success (DEL is idempotent).
