@@ -4,6 +4,12 @@
 //! `pods` CNI ADDs are fired at once, each one the `stacknet-cni` executable run as a container
 //! runtime runs it. For each pod: CNI ADD start → the first datagram from a peer pod answered
 //! by the new pod. Then every pod is deleted at once (CNI DEL) for `del_per_s`.
+//!
+//! The floor, on the same node afterwards: what OVN itself needs for as many ports. The same
+//! logical ports are bound to veths made beforehand, all in one Open_vSwitch transaction
+//! (no CNI, no plumbing, no batching delay), and each is timed from that transaction to
+//! ovn-controller's `ovn-installed`. A second line reports it, with the ratio of our ADD
+//! (which also ends at `ovn-installed`) to it.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -99,6 +105,56 @@ struct Added {
     ready_at: Instant,
 }
 
+/// Binds the pods' logical ports (1..=pods, now free again) to fresh veths in one transaction
+/// and times each until ovn-controller has installed it: sorted milliseconds.
+async fn floor(live: &Live, pods: usize) -> anyhow::Result<Vec<f64>> {
+    let chassis = live.chassis();
+    let batch: String =
+        (1..=pods).map(|i| format!("link add sf{i} type veth peer name sg{i}\nlink set sf{i} up\n")).collect();
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), batch)?;
+    let out =
+        std::process::Command::new("ip").args(["-n", chassis.netns().name(), "-batch"]).arg(file.path()).output()?;
+    anyhow::ensure!(out.status.success(), "making the floor's veths: {}", String::from_utf8_lossy(&out.stderr));
+    let ovs = stacknet_node::ovs::client(vec![chassis.ovs_remote().parse()?]);
+    ovs.wait_until(Duration::from_secs(10), |_| true).await?;
+    // The logical ports' names, as the agent finds them.
+    let nb = stacknet_ovsdb::Client::start(stacknet_ovsdb::ClientConfig::new(
+        vec![live.trace().ovn().nb.remote().parse()?],
+        stacknet_ovsdb::nb::DATABASE,
+    ));
+    nb.wait_until(Duration::from_secs(10), |_| true).await?;
+    let mut bindings = Vec::new();
+    for i in 1..=pods {
+        let key = ObjectKey::new("bench", format!("p{i}"));
+        let net = nb
+            .replica()
+            .as_ref()
+            .and_then(|r| stacknet_ovn::lookup::pod_network(r, "podready", &key))
+            .with_context(|| format!("no logical port for {key}"))?;
+        bindings.push(stacknet_node::ovs::Binding {
+            port: format!("sf{i}"),
+            iface_id: net.lsp,
+            iface_id_ver: net.iface_id_ver,
+            container: format!("floor-{i}"),
+            ifname: "eth0".into(),
+            netns: String::new(),
+        });
+    }
+    let start = Instant::now();
+    stacknet_node::ovs::bind_all(&ovs, "br-int", &bindings).await?;
+    let waits = bindings.iter().map(|b| {
+        let ovs = ovs.clone();
+        async move {
+            stacknet_node::ovs::wait_installed(&ovs, &b.port, READY_DEADLINE).await?;
+            anyhow::Ok(start.elapsed().as_secs_f64() * 1e3)
+        }
+    });
+    let mut times = futures::future::try_join_all(waits).await?;
+    times.sort_by(f64::total_cmp);
+    Ok(times)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() { 0.0 } else { sorted[((sorted.len() - 1) as f64 * p).round() as usize] }
 }
@@ -181,6 +237,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let del_per_s = added.len() as f64 / t.elapsed().as_secs_f64();
     drop(added);
+    let floor = floor(&live, args.pods).await.context("the floor")?;
 
     println!(
         "{}",
@@ -196,6 +253,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             ("add_p50_ms", ms(percentile(&add, 0.5))),
             ("add_p99_ms", ms(percentile(&add, 0.99))),
             ("plugin_process_ms", ms(process_ms)),
+        ])
+    );
+    let (f50, f99) = (percentile(&floor, 0.5), percentile(&floor, 0.99));
+    println!(
+        "{}",
+        jsonline::line(&[
+            ("bench", json!("pod-ready")),
+            ("pods", json!(args.pods)),
+            ("client", json!("floor: one OVS transaction, veths made beforehand")),
+            ("installed_p50_ms", ms(f50)),
+            ("installed_p99_ms", ms(f99)),
+            ("installed_max_ms", ms(percentile(&floor, 1.0))),
+            ("add_p50_ratio", json!((percentile(&add, 0.5) / f50 * 100.0).round() / 100.0)),
+            ("add_p99_ratio", json!((percentile(&add, 0.99) / f99 * 100.0).round() / 100.0)),
         ])
     );
     if let Ok(live) = Arc::try_unwrap(live) {

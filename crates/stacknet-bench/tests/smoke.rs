@@ -61,7 +61,7 @@ fn pod_ready_bench_attaches_pods_and_prints_its_line() {
     let plugin = std::path::Path::new(env!("CARGO_BIN_EXE_stacknet-bench")).with_file_name("stacknet-cni");
     assert!(plugin.is_file(), "{} missing: build it (cargo build -p stacknet-cni)", plugin.display());
     let lines = bench(&["pod-ready", "--pods", "5", "--cni", plugin.to_str().unwrap()]);
-    assert_eq!(lines.len(), 1);
+    assert_eq!(lines.len(), 2);
     let l = &lines[0];
     assert_eq!(l["bench"], "pod-ready");
     assert_eq!(l["pods"], 5);
@@ -69,4 +69,10 @@ fn pod_ready_bench_attaches_pods_and_prints_its_line() {
         assert!(l[k].as_f64().is_some_and(|v| v > 0.0), "{k} in {l}");
     }
     assert!(l["p50_ms"].as_f64() <= l["max_ms"].as_f64(), "{l}");
+    // The floor: the same ports bound again, each timed to ovn-installed.
+    let f = &lines[1];
+    assert!(f["client"].as_str().is_some_and(|c| c.starts_with("floor")), "{f}");
+    for k in ["installed_p50_ms", "installed_max_ms", "add_p50_ratio"] {
+        assert!(f[k].as_f64().is_some_and(|v| v > 0.0), "{k} in {f}");
+    }
 }

@@ -170,7 +170,15 @@ impl Binder {
                     }
                 }
                 let bindings: Vec<Binding> = batch.iter().map(|(b, _)| b.clone()).collect();
-                match bind_all(&client, &bridge, &bindings).await {
+                let t = std::time::Instant::now();
+                let result = bind_all(&client, &bridge, &bindings).await;
+                tracing::debug!(
+                    ports = bindings.len(),
+                    commit_us = t.elapsed().as_micros() as u64,
+                    ok = result.is_ok(),
+                    "bound"
+                );
+                match result {
                     Ok(()) => {
                         for (_, reply) in batch {
                             let _ = reply.send(Ok(()));
