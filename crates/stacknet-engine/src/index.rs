@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use crate::labels::Labels;
-use crate::objects::{ClusterObject, EndpointSlice, Namespace, NetworkPolicy, ObjectKey, Pod, Service};
+use crate::objects::{ClusterObject, EndpointSlice, Namespace, NetworkPolicy, Node, ObjectKey, Pod, Service};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PodId(pub u32);
@@ -31,12 +31,14 @@ pub struct ClusterIndex {
     policies: BTreeMap<ObjectKey, NetworkPolicy>,
     services: BTreeMap<ObjectKey, Service>,
     endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
+    nodes: BTreeMap<String, Node>,
 }
 
 /// What kind of object a delete names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Namespace,
+    Node,
     Pod,
     NetworkPolicy,
     Service,
@@ -75,10 +77,13 @@ impl ClusterIndex {
             ClusterObject::EndpointSlice(e) => {
                 self.endpoint_slices.insert(e.key.clone(), e);
             }
+            ClusterObject::Node(n) => {
+                self.nodes.insert(n.name.clone(), n);
+            }
         }
     }
 
-    /// Deletes by kind and key (`namespace` is ignored for Namespaces, which use `name`).
+    /// Deletes by kind and key (`namespace` is ignored for Namespaces and Nodes, which use `name`).
     pub fn delete(&mut self, kind: Kind, key: &ObjectKey) -> bool {
         match kind {
             Kind::Namespace => self.delete_namespace(&key.name).is_some(),
@@ -86,6 +91,7 @@ impl ClusterIndex {
             Kind::NetworkPolicy => self.delete_policy(key).is_some(),
             Kind::Service => self.services.remove(key).is_some(),
             Kind::EndpointSlice => self.endpoint_slices.remove(key).is_some(),
+            Kind::Node => self.nodes.remove(&key.name).is_some(),
         }
     }
 
@@ -235,6 +241,14 @@ impl ClusterIndex {
 
     pub fn endpoint_slices(&self) -> impl Iterator<Item = &EndpointSlice> {
         self.endpoint_slices.values()
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.get(name)
     }
 }
 

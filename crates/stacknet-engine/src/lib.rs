@@ -15,6 +15,7 @@
 
 pub mod error;
 pub mod index;
+pub mod ipam;
 pub mod labels;
 pub mod manifest;
 pub mod model;

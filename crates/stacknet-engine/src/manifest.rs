@@ -9,7 +9,7 @@ use serde_json::Value;
 use k8s_openapi::api::networking::v1 as networking;
 
 use crate::error::{Invalid, ManifestError};
-use crate::objects::{ClusterObject, EndpointSlice, Namespace, NetworkPolicy, Pod, Service};
+use crate::objects::{ClusterObject, EndpointSlice, Namespace, NetworkPolicy, Node, Pod, Service};
 
 /// The objects of one manifest file, in file order, and what was noticed on the way.
 #[derive(Debug, Default)]
@@ -18,7 +18,7 @@ pub struct Manifest {
     pub warnings: Vec<String>,
 }
 
-const KINDS: &str = "Namespace, Pod, NetworkPolicy, Service, EndpointSlice";
+const KINDS: &str = "Namespace, Node, Pod, NetworkPolicy, Service, EndpointSlice";
 
 /// Parses one file's text; `source_name` (usually the path) prefixes every message.
 pub fn parse(source_name: &str, text: &str) -> Result<Manifest, ManifestError> {
@@ -91,7 +91,7 @@ fn read_object(
     }
 
     let expected_version = match kind.as_str() {
-        "Namespace" | "Pod" | "Service" => "v1",
+        "Namespace" | "Node" | "Pod" | "Service" => "v1",
         "NetworkPolicy" => "networking.k8s.io/v1",
         "EndpointSlice" => "discovery.k8s.io/v1",
         _ => {
@@ -111,6 +111,7 @@ fn read_object(
     let mut warnings = Vec::new();
     let object = match kind.as_str() {
         "Namespace" => doc.convert(out, Namespace::from_k8s).map(ClusterObject::Namespace),
+        "Node" => doc.convert(out, Node::from_k8s).map(ClusterObject::Node),
         "Pod" => doc.convert(out, Pod::from_k8s).map(ClusterObject::Pod),
         "NetworkPolicy" => doc
             .convert(out, |np: &networking::NetworkPolicy| NetworkPolicy::from_k8s(np, &mut warnings))

@@ -343,10 +343,24 @@ pub struct EndpointSlice {
     pub ports: Vec<EndpointPort>,
 }
 
+/// A node pods run on: a logical switch of its own in OVN mode, its pod subnets from
+/// `spec.podCIDRs` when the cluster allocates them (else from stacknet's IPAM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    pub uid: Option<String>,
+    pub labels: Labels,
+    /// `spec.podCIDRs` (or `spec.podCIDR`), as the API server holds them.
+    pub pod_cidrs: Vec<Cidr>,
+    /// `spec.unschedulable` (cordoned).
+    pub unschedulable: bool,
+}
+
 /// An object of a kind the index holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClusterObject {
     Namespace(Namespace),
+    Node(Node),
     Pod(Pod),
     NetworkPolicy(NetworkPolicy),
     Service(Service),
@@ -357,6 +371,7 @@ impl ClusterObject {
     pub fn kind(&self) -> &'static str {
         match self {
             ClusterObject::Namespace(_) => "Namespace",
+            ClusterObject::Node(_) => "Node",
             ClusterObject::Pod(_) => "Pod",
             ClusterObject::NetworkPolicy(_) => "NetworkPolicy",
             ClusterObject::Service(_) => "Service",
@@ -368,6 +383,7 @@ impl ClusterObject {
     pub fn describe(&self) -> String {
         match self {
             ClusterObject::Namespace(n) => format!("Namespace {}", n.name),
+            ClusterObject::Node(n) => format!("Node {}", n.name),
             ClusterObject::Pod(p) => format!("Pod {}", p.key),
             ClusterObject::NetworkPolicy(p) => format!("NetworkPolicy {}", p.key),
             ClusterObject::Service(s) => format!("Service {}", s.key),
@@ -467,6 +483,40 @@ impl Namespace {
         // The API server sets this label on every namespace and keeps it equal to the name.
         labels.insert(NAMESPACE_NAME_LABEL.into(), name.clone());
         Ok(Namespace { name, labels })
+    }
+}
+
+impl Node {
+    pub fn from_k8s(node: &core::Node) -> Result<Node, Invalid> {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        if name.is_empty() {
+            return Err(Invalid::new("Node", "metadata.name", "is required"));
+        }
+        let object = format!("Node {name}");
+        validate_object_name(&name).map_err(|m| Invalid::new(&object, "metadata.name", m))?;
+        let labels = labels_of(&node.metadata, &object)?;
+        let spec = node.spec.as_ref();
+        let mut pod_cidrs = Vec::new();
+        let listed = spec.and_then(|s| s.pod_cidrs.clone()).filter(|l| !l.is_empty());
+        let (texts, field) = match listed {
+            Some(l) => (l, "spec.podCIDRs"),
+            None => (spec.and_then(|s| s.pod_cidr.clone()).into_iter().collect(), "spec.podCIDR"),
+        };
+        for (i, t) in texts.iter().enumerate() {
+            let c: Cidr =
+                t.parse().map_err(|e| Invalid::new(&object, format!("{field}[{i}]"), format!("{t:?}: {e}")))?;
+            if pod_cidrs.iter().any(|o: &Cidr| o.network().is_ipv4() == c.network().is_ipv4()) {
+                return Err(Invalid::new(&object, format!("{field}[{i}]"), "at most one CIDR per IP family"));
+            }
+            pod_cidrs.push(c);
+        }
+        Ok(Node {
+            name,
+            uid: node.metadata.uid.clone(),
+            labels,
+            pod_cidrs,
+            unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
+        })
     }
 }
 
