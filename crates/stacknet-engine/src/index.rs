@@ -35,7 +35,7 @@ pub struct ClusterIndex {
 }
 
 /// What kind of object a delete names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     Namespace,
     Node,

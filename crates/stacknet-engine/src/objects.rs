@@ -379,6 +379,19 @@ impl ClusterObject {
         }
     }
 
+    /// What a delete of this object names (Namespaces and Nodes: the name, no namespace).
+    pub fn id(&self) -> (crate::index::Kind, ObjectKey) {
+        use crate::index::Kind;
+        match self {
+            ClusterObject::Namespace(n) => (Kind::Namespace, ObjectKey::new("", n.name.clone())),
+            ClusterObject::Node(n) => (Kind::Node, ObjectKey::new("", n.name.clone())),
+            ClusterObject::Pod(p) => (Kind::Pod, p.key.clone()),
+            ClusterObject::NetworkPolicy(p) => (Kind::NetworkPolicy, p.key.clone()),
+            ClusterObject::Service(s) => (Kind::Service, s.key.clone()),
+            ClusterObject::EndpointSlice(e) => (Kind::EndpointSlice, e.key.clone()),
+        }
+    }
+
     /// `Kind namespace/name` or `Kind name`.
     pub fn describe(&self) -> String {
         match self {

@@ -86,3 +86,67 @@ fn parse_network(s: &str) -> Option<(IpAddr, u8)> {
     let (ip, len) = s.split_once('/')?;
     Some((ip.parse().ok()?, len.parse().ok()?))
 }
+
+/// What a previous controller allocated, as the Northbound database still holds it: each
+/// node's subnets (from its router port) and each pod's node and addresses (from its port).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allocated {
+    pub nodes: Vec<(String, stacknet_engine::Cidr)>,
+    pub pods: Vec<(ObjectKey, String, Vec<IpAddr>)>,
+}
+
+/// Reads back the allocation of `cluster` (our rows only).
+pub fn allocated(replica: &Replica, cluster: &str) -> Allocated {
+    let ours = |r: &stacknet_ovsdb::RowData| {
+        r.get("external_ids").and_then(|d| d.map_get(KEY_CLUSTER)).and_then(|a| a.as_str()) == Some(cluster)
+    };
+    let id_of = |r: &stacknet_ovsdb::RowData| {
+        r.get("external_ids").and_then(|d| d.map_get(KEY_ID)).and_then(|a| a.as_str()).map(str::to_string)
+    };
+    let mut out = Allocated::default();
+    for (_, r) in replica.table(nb::LOGICAL_ROUTER_PORT).rows().filter(|(_, r)| ours(r)) {
+        let Some(node) = id_of(r).and_then(|id| id.strip_prefix("rtos:").map(str::to_string)) else { continue };
+        for (gw, len) in r
+            .get("networks")
+            .map(|d| d.elements())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|a| a.as_str())
+            .filter_map(parse_network)
+        {
+            if let Some(c) = stacknet_engine::Cidr::new(gw, len) {
+                out.nodes.push((node.clone(), c));
+            }
+        }
+    }
+    // Port → node, through the node switches.
+    let mut node_of = std::collections::HashMap::new();
+    for (_, r) in replica.table(nb::LOGICAL_SWITCH).rows().filter(|(_, r)| ours(r)) {
+        let Some(node) = id_of(r).and_then(|id| id.strip_prefix("node:").map(str::to_string)) else { continue };
+        for p in r.get("ports").map(|d| d.elements()).unwrap_or_default() {
+            if let Some(u) = p.as_uuid() {
+                node_of.insert(u, node.clone());
+            }
+        }
+    }
+    for (uuid, r) in replica.table(nb::LOGICAL_SWITCH_PORT).rows().filter(|(_, r)| ours(r)) {
+        let Some(key) = id_of(r)
+            .and_then(|id| id.strip_prefix("pod:").and_then(|k| k.split_once('/')).map(|(n, p)| ObjectKey::new(n, p)))
+        else {
+            continue;
+        };
+        let Some(node) = node_of.get(uuid) else { continue };
+        let ips: Vec<IpAddr> = r
+            .get("addresses")
+            .map(|d| d.elements())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|a| a.as_str())
+            .flat_map(|a| a.split_whitespace().skip(1).filter_map(|w| w.parse().ok()).collect::<Vec<_>>())
+            .collect();
+        if !ips.is_empty() {
+            out.pods.push((key, node.clone(), ips));
+        }
+    }
+    out
+}

@@ -7,6 +7,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod agent;
+mod controller;
 mod input;
 mod render;
 mod sandbox;
@@ -35,6 +36,8 @@ enum Command {
     Sandbox(sandbox::SandboxCommand),
     /// The node agent the CNI plugin talks to (a daemon).
     Agent(agent::AgentArgs),
+    /// Keeps the OVN network equal to the cluster (a folder of manifests, watched).
+    Controller(stacknet_controller::ControllerArgs),
 }
 
 #[derive(clap::Args)]
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
             Err(e) => Err(Failure::Other(e)),
         },
         Command::Agent(args) => agent::run(args).map_err(Failure::Other),
+        Command::Controller(args) => controller::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,195 @@
+//! Configuration: flags, then environment variables (`STACKNET_*`), then a TOML file
+//! (`--config`), then defaults — the first that sets a value wins. Every value is checked
+//! before anything starts; an error names the setting and where it came from.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use stacknet_engine::Cidr;
+use stacknet_engine::ipam::IpamConfig;
+use stacknet_ovsdb::Remote;
+
+/// `stacknet controller` flags (each also from the environment variable shown).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ControllerArgs {
+    /// A TOML file with any of the settings below (keys as the flags, with `_` for `-`).
+    #[arg(long, env = "STACKNET_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The cluster id every row is tagged with (default `stacknet`).
+    #[arg(long, env = "STACKNET_CLUSTER")]
+    pub cluster: Option<String>,
+    /// The OVN Northbound database; repeat (or separate with commas) for a clustered one.
+    #[arg(long = "nb", env = "STACKNET_NB", value_name = "REMOTE", value_delimiter = ',')]
+    pub nb: Vec<String>,
+    /// Take the cluster from this folder of manifests (watched) instead of an API server.
+    #[arg(long, env = "STACKNET_MANIFESTS", value_name = "DIR")]
+    pub manifests: Option<PathBuf>,
+    /// The pod CIDRs node subnets are cut from, at most one per IP family (default 10.244.0.0/16).
+    #[arg(long = "cluster-cidr", env = "STACKNET_CLUSTER_CIDR", value_name = "CIDR", value_delimiter = ',')]
+    pub cluster_cidr: Vec<String>,
+    /// The prefix length of each node's IPv4 subnet (default 24).
+    #[arg(long, env = "STACKNET_NODE_SUBNET_V4", value_name = "LEN")]
+    pub node_subnet_v4: Option<u8>,
+    /// The prefix length of each node's IPv6 subnet (default 64).
+    #[arg(long, env = "STACKNET_NODE_SUBNET_V6", value_name = "LEN")]
+    pub node_subnet_v6: Option<u8>,
+    /// Where `/metrics`, `/healthz`, `/readyz` and `/events` are served (default 127.0.0.1:9478; port 0: any).
+    #[arg(long, env = "STACKNET_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
+    /// How often the manifest folder is rescanned, in milliseconds (default 250).
+    #[arg(long, env = "STACKNET_POLL_MS", value_name = "MS")]
+    pub poll_ms: Option<u64>,
+    /// How long changes may keep arriving before a reconcile starts, in milliseconds
+    /// (default 20: a burst of events becomes one transaction).
+    #[arg(long, env = "STACKNET_COALESCE_MS", value_name = "MS")]
+    pub coalesce_ms: Option<u64>,
+}
+
+/// The same settings, as a TOML file holds them.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    cluster: Option<String>,
+    nb: Option<Vec<String>>,
+    manifests: Option<PathBuf>,
+    cluster_cidr: Option<Vec<String>>,
+    node_subnet_v4: Option<u8>,
+    node_subnet_v6: Option<u8>,
+    metrics_addr: Option<String>,
+    poll_ms: Option<u64>,
+    coalesce_ms: Option<u64>,
+}
+
+/// Checked configuration.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub cluster: String,
+    pub nb: Vec<Remote>,
+    pub manifests: Option<PathBuf>,
+    pub ipam: IpamConfig,
+    pub metrics_addr: SocketAddr,
+    pub poll: Duration,
+    /// Quiet time that ends a burst of changes.
+    pub coalesce: Duration,
+    /// The longest a burst may delay a reconcile.
+    pub coalesce_max: Duration,
+}
+
+impl ControllerConfig {
+    /// A configuration for tests and embedding: the given cluster, NB and folder, defaults
+    /// otherwise (metrics on a free loopback port).
+    pub fn new(cluster: &str, nb: Vec<Remote>, manifests: Option<&Path>) -> ControllerConfig {
+        ControllerConfig {
+            cluster: cluster.into(),
+            nb,
+            manifests: manifests.map(Path::to_path_buf),
+            ipam: IpamConfig::new(vec!["10.244.0.0/16".parse().expect("valid")]),
+            metrics_addr: "127.0.0.1:0".parse().expect("valid"),
+            poll: Duration::from_millis(100),
+            coalesce: Duration::from_millis(20),
+            coalesce_max: Duration::from_millis(250),
+        }
+    }
+
+    pub fn from_args(args: &ControllerArgs) -> Result<ControllerConfig, String> {
+        let file = match &args.config {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| format!("config file {}: {e}", path.display()))?;
+                toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))?
+            }
+        };
+        let from = |flag: bool| if flag { "flag or environment" } else { "config file" };
+        let cluster = args.cluster.clone().or(file.cluster).unwrap_or_else(|| "stacknet".into());
+        if cluster.is_empty() || !cluster.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(format!("cluster: {cluster:?} must be letters, digits, '-' or '_'"));
+        }
+        let nb_flag = !args.nb.is_empty();
+        let nb_texts = if nb_flag { args.nb.clone() } else { file.nb.unwrap_or_default() };
+        if nb_texts.is_empty() {
+            return Err("nb: the OVN Northbound database is required (--nb unix:PATH or tcp:HOST:PORT)".into());
+        }
+        let nb = nb_texts
+            .iter()
+            .map(|t| t.parse::<Remote>().map_err(|e| format!("nb ({}): {e}", from(nb_flag))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let cidr_flag = !args.cluster_cidr.is_empty();
+        let cidr_texts = if cidr_flag {
+            args.cluster_cidr.clone()
+        } else {
+            file.cluster_cidr.unwrap_or_else(|| vec!["10.244.0.0/16".into()])
+        };
+        let cidrs = cidr_texts
+            .iter()
+            .map(|t| t.parse::<Cidr>().map_err(|e| format!("cluster-cidr ({}): {t:?}: {e}", from(cidr_flag))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut ipam = IpamConfig::new(cidrs);
+        ipam.node_prefix_v4 = args.node_subnet_v4.or(file.node_subnet_v4).unwrap_or(24);
+        ipam.node_prefix_v6 = args.node_subnet_v6.or(file.node_subnet_v6).unwrap_or(64);
+        ipam.validate()?;
+        let addr_text = args.metrics_addr.clone().or(file.metrics_addr).unwrap_or_else(|| "127.0.0.1:9478".into());
+        let metrics_addr = addr_text
+            .parse()
+            .map_err(|_| format!("metrics-addr: {addr_text:?} is not an address:port (e.g. 127.0.0.1:9478)"))?;
+        let poll = Duration::from_millis(args.poll_ms.or(file.poll_ms).unwrap_or(250).clamp(10, 60_000));
+        let coalesce = Duration::from_millis(args.coalesce_ms.or(file.coalesce_ms).unwrap_or(20).min(10_000));
+        Ok(ControllerConfig {
+            cluster,
+            nb,
+            manifests: args.manifests.clone().or(file.manifests),
+            ipam,
+            metrics_addr,
+            poll,
+            coalesce,
+            coalesce_max: (coalesce * 10).max(Duration::from_millis(100)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> ControllerArgs {
+        ControllerArgs { nb: vec!["unix:/x/nb.sock".into()], ..ControllerArgs::default() }
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "cluster = \"from-file\"\npoll_ms = 42\ncluster_cidr = [\"10.9.0.0/16\"]\n").unwrap();
+        let mut a = args();
+        a.config = Some(file.clone());
+        let c = ControllerConfig::from_args(&a).unwrap();
+        assert_eq!(
+            (c.cluster.as_str(), c.poll, c.ipam.cluster[0].to_string()),
+            ("from-file", Duration::from_millis(42), "10.9.0.0/16".into())
+        );
+        a.cluster = Some("from-flag".into());
+        assert_eq!(ControllerConfig::from_args(&a).unwrap().cluster, "from-flag");
+        assert_eq!(ControllerConfig::from_args(&args()).unwrap().metrics_addr.port(), 9478);
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let err = |f: &dyn Fn(&mut ControllerArgs)| {
+            let mut a = args();
+            f(&mut a);
+            ControllerConfig::from_args(&a).unwrap_err()
+        };
+        assert!(err(&|a| a.nb.clear()).starts_with("nb:"));
+        assert!(err(&|a| a.nb = vec!["http://x".into()]).starts_with("nb (flag or environment)"));
+        assert!(err(&|a| a.cluster_cidr = vec!["10.0.0.0/33".into()]).starts_with("cluster-cidr"));
+        assert!(err(&|a| a.node_subnet_v4 = Some(8)).contains("node subnet size"));
+        assert!(err(&|a| a.metrics_addr = Some("nowhere".into())).starts_with("metrics-addr"));
+        assert!(err(&|a| a.cluster = Some("a b".into())).starts_with("cluster:"));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "clusterr = \"typo\"\n").unwrap();
+        let e = err(&|a| a.config = Some(file.clone()));
+        assert!(e.contains("c.toml") && e.contains("clusterr"), "{e}");
+    }
+}

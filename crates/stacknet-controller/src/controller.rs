@@ -1,0 +1,321 @@
+//! The reconcile loop: changes from the sources go into the cluster index; once every source
+//! has delivered its initial state (never before: an empty index would mean "delete
+//! everything") and the allocation a previous run left in the Northbound database has been
+//! read back, bursts of changes are coalesced and each burst becomes one reconcile: IPAM, the
+//! engine, the desired rows, one minimal transaction. Level-based: a reconcile recomputes
+//! everything from the index, so a missed or repeated change cannot leave the network wrong.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use stacknet_engine::index::Kind;
+use stacknet_engine::ipam::Ipam;
+use stacknet_engine::objects::{ClusterObject, ObjectKey};
+use stacknet_engine::{ClusterIndex, PolicyEngine};
+use stacknet_ovn::{NodeNet, OvnBackend, Topology};
+use stacknet_ovsdb::nb;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::config::ControllerConfig;
+use crate::events::Events;
+use crate::http::Health;
+use crate::metrics::Metrics;
+
+/// What a source tells the controller.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Apply(ClusterObject),
+    Delete(Kind, ObjectKey),
+    /// The named source has delivered its whole current state.
+    Synced(String),
+}
+
+/// What can be watched from outside while the controller runs.
+#[derive(Clone)]
+pub struct Observed {
+    pub events: Arc<Events>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+}
+
+pub struct Controller {
+    config: ControllerConfig,
+    backend: OvnBackend,
+    ipam: Ipam,
+    index: ClusterIndex,
+    observed: Observed,
+    sources: BTreeSet<String>,
+    synced: BTreeSet<String>,
+    restored: bool,
+    /// Pods seen and not yet reported up by OVN: since when.
+    pending_up: HashMap<ObjectKey, Instant>,
+    /// Each pod's logical port, as last programmed.
+    ports: BTreeMap<ObjectKey, String>,
+}
+
+impl Controller {
+    /// A controller fed by the named `sources` (each must send [`Change::Synced`]).
+    pub fn new(config: ControllerConfig, sources: &[&str]) -> Result<Controller, String> {
+        let ipam = Ipam::new(config.ipam.clone())?;
+        let backend = OvnBackend::connect(config.nb.clone());
+        Ok(Controller {
+            config,
+            backend,
+            ipam,
+            index: ClusterIndex::new(),
+            observed: Observed {
+                events: Arc::new(Events::new()),
+                metrics: Arc::new(Metrics::default()),
+                health: Arc::new(Health::default()),
+            },
+            sources: sources.iter().map(|s| s.to_string()).collect(),
+            synced: BTreeSet::new(),
+            restored: false,
+            pending_up: HashMap::new(),
+            ports: BTreeMap::new(),
+        })
+    }
+
+    pub fn observed(&self) -> Observed {
+        self.observed.clone()
+    }
+
+    /// Serves `/metrics`, `/healthz`, `/readyz` and `/events` on the configured address.
+    pub async fn serve_http(&self) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+        let o = &self.observed;
+        crate::http::serve(self.config.metrics_addr, o.health.clone(), o.metrics.clone(), o.events.clone()).await
+    }
+
+    fn cluster_object(&self) -> String {
+        format!("Cluster {}", self.config.cluster)
+    }
+
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::Apply(object) => {
+                if let ClusterObject::Pod(p) = &object
+                    && self.index.pod_id(&p.key).is_none()
+                {
+                    self.pending_up.insert(p.key.clone(), Instant::now());
+                }
+                self.index.apply(object);
+            }
+            Change::Delete(kind, key) => {
+                if kind == Kind::Pod {
+                    self.pending_up.remove(&key);
+                }
+                self.index.delete(kind, &key);
+            }
+            Change::Synced(source) => {
+                self.synced.insert(source);
+            }
+        }
+    }
+
+    fn synced(&self) -> bool {
+        self.sources.is_subset(&self.synced)
+    }
+
+    /// Reads back what a previous run allocated, once the Northbound replica is there.
+    fn restore(&mut self) -> bool {
+        let guard = self.backend.client().replica();
+        let Some(replica) = guard.as_ref() else { return false };
+        let a = stacknet_ovn::lookup::allocated(replica, &self.config.cluster);
+        for (node, subnet) in &a.nodes {
+            self.ipam.restore_node(node, *subnet);
+        }
+        for (pod, node, ips) in a.pods {
+            self.ipam.restore_pod(pod, &node, ips);
+        }
+        true
+    }
+
+    /// Records the programming latency of pods whose ports OVN now reports up.
+    fn check_up(&mut self) {
+        if self.pending_up.is_empty() {
+            return;
+        }
+        let guard = self.backend.client().replica();
+        let Some(replica) = guard.as_ref() else { return };
+        let lsps = replica.table(nb::LOGICAL_SWITCH_PORT);
+        let metrics = &self.observed.metrics;
+        let ports = &self.ports;
+        self.pending_up.retain(|key, since| {
+            let up = ports.get(key).is_some_and(|name| {
+                lsps.by_name(name).any(|(_, r)| {
+                    r.get("up").is_some_and(|d| d.elements().first().and_then(|a| a.as_bool()) == Some(true))
+                })
+            });
+            if up {
+                metrics.programming.observe(since.elapsed());
+            }
+            !up
+        });
+    }
+
+    async fn reconcile(&mut self) -> Result<(), String> {
+        let started = Instant::now();
+        let metrics = self.observed.metrics.clone();
+        let assignment = self.ipam.sync(&self.index);
+        for p in &assignment.problems {
+            self.observed.events.warn(&p.object, p.reason, &p.message);
+        }
+        // The engine sees each pod with the addresses the network gives it (none: no port yet).
+        let mut index = self.index.clone();
+        let pods: Vec<_> = self.index.pods().map(|(_, p)| p.clone()).collect();
+        for mut pod in pods {
+            let ips = assignment.pods.get(&pod.key).map(|(_, ips)| ips.clone()).unwrap_or_default();
+            if pod.ips != ips {
+                pod.ips = ips;
+                index.apply_pod(pod);
+            }
+        }
+        metrics.pods.store(index.pod_count() as i64, Ordering::Relaxed);
+        metrics.policies.store(index.policies().count() as i64, Ordering::Relaxed);
+        let engine = PolicyEngine::from_index(index);
+        let topology = Topology {
+            cluster: self.config.cluster.clone(),
+            nodes: assignment
+                .nodes
+                .iter()
+                .map(|(name, subnets)| NodeNet { name: name.clone(), subnets: subnets.clone() })
+                .collect(),
+            nested: BTreeMap::new(),
+        };
+        let desired = stacknet_ovn::build(&engine, &topology);
+        for w in &desired.warnings {
+            tracing::debug!("{w}");
+        }
+        match self.backend.reconcile(&desired).await {
+            Ok(report) => {
+                metrics.reconciles_ok.fetch_add(1, Ordering::Relaxed);
+                metrics.transactions.fetch_add(report.transactions as u64, Ordering::Relaxed);
+                metrics.operations.fetch_add(report.operations as u64, Ordering::Relaxed);
+                metrics.reconcile.observe(started.elapsed());
+                self.ports = desired.ports.iter().map(|(k, p)| (k.clone(), p.lsp.clone())).collect();
+                tracing::debug!(
+                    transactions = report.transactions,
+                    operations = report.operations,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "reconciled"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                metrics.reconciles_failed.fetch_add(1, Ordering::Relaxed);
+                metrics.transaction_errors.fetch_add(1, Ordering::Relaxed);
+                let remotes = self.config.nb.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ");
+                let (reason, message) = if e.is_transient() {
+                    ("OvnUnreachable", format!("the OVN Northbound database ({remotes}) is unreachable: {e}; retrying"))
+                } else {
+                    (
+                        "OvnRejected",
+                        format!("the OVN Northbound database ({remotes}) refused the change: {e}; retrying"),
+                    )
+                };
+                self.observed.events.warn(&self.cluster_object(), reason, &message);
+                Err(message)
+            }
+        }
+    }
+
+    /// Runs until `shutdown` completes (a reconcile under way is finished first) or every
+    /// source has gone.
+    pub async fn run(mut self, changes: mpsc::Receiver<Change>, shutdown: impl Future<Output = ()>) {
+        let health = self.observed.health.clone();
+        health.alive.store(true, Ordering::SeqCst);
+        health.set_ready(false, "waiting for the cluster's initial state and the Northbound database");
+        let mut changes = Some(changes);
+        let mut status = self.backend.client().status();
+        let mut dirty: Option<(Instant, Instant)> = None; // (first change, last change)
+        let mut retry_at: Option<Instant> = None;
+        let mut backoff = Duration::from_millis(200);
+        let started = Instant::now();
+        let mut unreachable_reported = false;
+        let mut sessions = status.borrow().sessions;
+        tokio::pin!(shutdown);
+        loop {
+            if !self.restored && status.borrow().connected.is_some() {
+                self.restored = self.restore();
+            }
+            if !self.restored && !unreachable_reported && started.elapsed() > Duration::from_secs(10) {
+                let remotes = self.config.nb.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ");
+                self.observed.events.warn(
+                    &self.cluster_object(),
+                    "OvnUnreachable",
+                    &format!("no connection to the OVN Northbound database ({remotes}) yet; still trying"),
+                );
+                unreachable_reported = true;
+            }
+            let can = self.synced() && self.restored;
+            let deadline = match dirty {
+                Some((first, last)) if can => {
+                    let at = (last + self.config.coalesce).min(first + self.config.coalesce_max);
+                    retry_at.map_or(at, |r| at.max(r))
+                }
+                _ => Instant::now() + Duration::from_secs(3600),
+            };
+            tokio::select! {
+                _ = &mut shutdown => break,
+                change = async { changes.as_mut().expect("guarded").recv().await }, if changes.is_some() => {
+                    match change {
+                        Some(c) => {
+                            let now = Instant::now();
+                            dirty = Some(dirty.map_or((now, now), |(first, _)| (first, now)));
+                            self.observed.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
+                            self.apply(c);
+                        }
+                        None => {
+                            changes = None;
+                            if !self.synced() {
+                                tracing::error!("the cluster sources ended before delivering the cluster");
+                                break;
+                            }
+                        }
+                    }
+                }
+                r = status.changed() => {
+                    if r.is_err() {
+                        break;
+                    }
+                    self.check_up();
+                    let now_sessions = status.borrow_and_update().sessions;
+                    if now_sessions > sessions && sessions > 0 && self.restored {
+                        // A reconnect: the database may have changed behind our back.
+                        let now = Instant::now();
+                        dirty = Some(dirty.map_or((now, now), |(first, _)| (first, now)));
+                    }
+                    sessions = now_sessions;
+                }
+                _ = tokio::time::sleep_until(deadline), if can && dirty.is_some() => {
+                    self.observed.metrics.queue_depth.store(0, Ordering::Relaxed);
+                    match self.reconcile().await {
+                        Ok(()) => {
+                            dirty = None;
+                            retry_at = None;
+                            backoff = Duration::from_millis(200);
+                            health.set_ready(true, "");
+                            self.check_up();
+                        }
+                        Err(message) => {
+                            health.set_ready(false, &message);
+                            retry_at = Some(Instant::now() + backoff);
+                            backoff = (backoff * 2).min(Duration::from_secs(30));
+                        }
+                    }
+                }
+            }
+            if dirty.is_none() && can && !health.ready.load(Ordering::SeqCst) {
+                // Synced with nothing to change yet: reconcile once anyway (GC, first run).
+                dirty = Some((Instant::now(), Instant::now()));
+            }
+        }
+        health.alive.store(false, Ordering::SeqCst);
+        health.set_ready(false, "shutting down");
+    }
+}

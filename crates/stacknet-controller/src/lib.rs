@@ -1,0 +1,19 @@
+//! The controller: stacknet's main job. It keeps the network equal to what the cluster says.
+//!
+//! - [`manifests`]: the cluster from a folder of manifests, watched (the embedded default);
+//! - [`controller`]: changes into the cluster index, coalesced reconciles (IPAM, engine,
+//!   desired rows, one minimal transaction), read-back of a previous run's allocation;
+//! - [`config`]: flags, environment and a TOML file;
+//! - [`events`], [`metrics`], [`http`]: what users see: events on the objects concerned,
+//!   Prometheus metrics, health and readiness.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod controller;
+pub mod events;
+pub mod http;
+pub mod manifests;
+pub mod metrics;
+
+pub use config::{ControllerArgs, ControllerConfig};
+pub use controller::{Change, Controller, Observed};

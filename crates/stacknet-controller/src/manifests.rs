@@ -1,0 +1,151 @@
+//! The cluster from a folder of manifests (the embedded default, no API server): every
+//! `*.yaml`, `*.yml` and `*.json` file under the folder, read as `kubectl apply -f DIR -R`
+//! would (files in path order, a later object of the same kind and name replacing an earlier
+//! one). The folder is watched: an edited, added or removed file becomes the changes it
+//! implies, nothing more. A file that does not parse is reported (an event naming the file,
+//! the document and the field) and its previous content stays in force: a half-written file
+//! never tears down the network it described.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use stacknet_engine::index::Kind;
+use stacknet_engine::manifest;
+use stacknet_engine::objects::{ClusterObject, ObjectKey};
+use tokio::sync::mpsc;
+
+use crate::Change;
+use crate::events::Events;
+
+/// The source's name in [`Change::Synced`].
+pub const SOURCE: &str = "manifests";
+
+struct FileState {
+    /// What the file held when it last parsed (or was unreadable: then nothing).
+    content: Vec<u8>,
+    objects: Vec<ClusterObject>,
+}
+
+pub struct ManifestSource {
+    dir: PathBuf,
+    poll: Duration,
+    files: BTreeMap<PathBuf, FileState>,
+    /// The merged view last sent.
+    sent: BTreeMap<(Kind, ObjectKey), ClusterObject>,
+    events: Arc<Events>,
+}
+
+fn wanted(p: &Path) -> bool {
+    matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+        && !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            if !path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
+                walk(&path, out)?;
+            }
+        } else if wanted(&path) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+impl ManifestSource {
+    /// A source for `dir`, rescanned every `poll`. The folder must exist.
+    pub fn new(dir: &Path, poll: Duration, events: Arc<Events>) -> Result<ManifestSource, String> {
+        let meta = std::fs::metadata(dir).map_err(|e| format!("manifest folder {}: {e}", dir.display()))?;
+        if !meta.is_dir() {
+            return Err(format!("manifest folder {}: not a directory", dir.display()));
+        }
+        Ok(ManifestSource { dir: dir.into(), poll, files: BTreeMap::new(), sent: BTreeMap::new(), events })
+    }
+
+    /// Reads the folder: the changes since the last scan.
+    pub fn scan(&mut self) -> Vec<Change> {
+        let mut paths = Vec::new();
+        if let Err(e) = walk(&self.dir, &mut paths) {
+            // An unreadable folder changes nothing (the network stays as it is).
+            self.events.warn(
+                &format!("folder {}", self.dir.display()),
+                "ManifestFolderUnreadable",
+                &format!("cannot read the manifest folder: {e}; the network stays as it was"),
+            );
+            return Vec::new();
+        }
+        paths.sort();
+        self.files.retain(|p, _| paths.contains(p));
+        for path in &paths {
+            let Ok(content) = std::fs::read(path) else { continue };
+            if self.files.get(path).is_some_and(|f| f.content == content) {
+                continue;
+            }
+            let name = path.strip_prefix(&self.dir).unwrap_or(path).display().to_string();
+            let text = String::from_utf8_lossy(&content);
+            match manifest::parse(&name, &text) {
+                Ok(parsed) => {
+                    for w in &parsed.warnings {
+                        tracing::warn!(file = %name, "{w}");
+                    }
+                    self.files.insert(path.clone(), FileState { content, objects: parsed.objects });
+                }
+                Err(e) => {
+                    let keeps = if self.files.contains_key(path) {
+                        "its previous content stays in force"
+                    } else {
+                        "nothing from it is applied"
+                    };
+                    self.events.warn(&format!("file {name}"), "InvalidManifest", &format!("{e}; {keeps}"));
+                    // Remember the bad content (so it is reported once), keep the objects.
+                    let objects = self.files.remove(path).map(|f| f.objects).unwrap_or_default();
+                    self.files.insert(path.clone(), FileState { content, objects });
+                }
+            }
+        }
+        let mut merged: BTreeMap<(Kind, ObjectKey), ClusterObject> = BTreeMap::new();
+        for f in self.files.values() {
+            for o in &f.objects {
+                merged.insert(o.id(), o.clone());
+            }
+        }
+        let mut changes = Vec::new();
+        for (id, _) in self.sent.iter().filter(|(id, _)| !merged.contains_key(*id)) {
+            changes.push(Change::Delete(id.0, id.1.clone()));
+        }
+        for (id, o) in &merged {
+            if self.sent.get(id) != Some(o) {
+                changes.push(Change::Apply(o.clone()));
+            }
+        }
+        self.sent = merged;
+        changes
+    }
+
+    /// Sends the folder's objects, then [`Change::Synced`], then the changes as files change,
+    /// until the receiver is gone.
+    pub async fn run(mut self, tx: mpsc::Sender<Change>) {
+        for c in self.scan() {
+            if tx.send(c).await.is_err() {
+                return;
+            }
+        }
+        if tx.send(Change::Synced(SOURCE.into())).await.is_err() {
+            return;
+        }
+        loop {
+            tokio::time::sleep(self.poll).await;
+            for c in self.scan() {
+                if tx.send(c).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

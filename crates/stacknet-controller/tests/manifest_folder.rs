@@ -1,0 +1,282 @@
+//! The controller on a folder of manifests against a real Northbound database: the network
+//! follows the files, a restart writes nothing and reassigns nothing, bad files are reported
+//! and change nothing, and the HTTP endpoints tell the truth.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use stacknet_controller::manifests::{ManifestSource, SOURCE};
+use stacknet_controller::{Controller, ControllerConfig, Observed};
+use stacknet_sandbox::Ovn;
+use tokio::sync::oneshot;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn nodes_and_pods(pods: usize) -> String {
+    spread(pods, 2)
+}
+
+/// `pods` pods round-robin over `nodes` nodes, even ones `tier: web`, odd ones `tier: db`.
+fn spread(pods: usize, nodes: usize) -> String {
+    let mut y = String::from(
+        "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Namespace, metadata: {name: shop}}\n",
+    );
+    for n in 1..=nodes {
+        y.push_str(&format!("- {{apiVersion: v1, kind: Node, metadata: {{name: node-{n}}}}}\n"));
+    }
+    for i in 0..pods {
+        let tier = if i % 2 == 0 { "web" } else { "db" };
+        let node = format!("node-{}", i % nodes + 1);
+        y.push_str(&format!(
+            "- {{apiVersion: v1, kind: Pod, metadata: {{name: p{i}, namespace: shop, uid: u{i}, labels: {{tier: {tier}}}}}, spec: {{nodeName: {node}, containers: [{{name: c, ports: [{{containerPort: 5432, name: pg}}]}}]}}}}\n"
+        ));
+    }
+    y
+}
+
+const POLICY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: db, namespace: shop}\n\
+spec:\n  podSelector: {matchLabels: {tier: db}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {tier: web}}}]\n    ports: [{port: pg}]\n";
+
+struct Running {
+    observed: Observed,
+    addr: std::net::SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = tokio::time::timeout(DEADLINE, self.task).await;
+    }
+}
+
+async fn start(ovn: &Ovn, dir: &Path) -> Running {
+    let config = ControllerConfig::new("t1", vec![ovn.nb.remote().parse().unwrap()], Some(dir));
+    let controller = Controller::new(config.clone(), &[SOURCE]).unwrap();
+    let observed = controller.observed();
+    let (addr, _http) = controller.serve_http().await.unwrap();
+    let source = ManifestSource::new(dir, Duration::from_millis(50), observed.events.clone()).unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    tokio::spawn(source.run(tx));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(controller.run(rx, async move {
+        let _ = stopped.await;
+    }));
+    Running { observed, addr, stop: Some(stop), task }
+}
+
+/// `ovn-nbctl` rows of `table` carrying our cluster id, as name → (column → value).
+fn rows(ovn: &Ovn, table: &str, columns: &str) -> BTreeMap<String, Vec<String>> {
+    let out = ovn
+        .nbctl(&[
+            "--format=csv",
+            "--data=bare",
+            "--no-headings",
+            &format!("--columns=name,{columns}"),
+            "find",
+            table,
+            "external_ids:stacknet.io/cluster=t1",
+        ])
+        .unwrap();
+    out.lines()
+        .map(|l| {
+            let mut f = l.split(',').map(|s| s.trim_matches('"').to_string());
+            (f.next().unwrap_or_default(), f.collect())
+        })
+        .collect()
+}
+
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    let code = body.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, body.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
+}
+
+fn pod_addresses(ovn: &Ovn) -> BTreeMap<String, String> {
+    rows(ovn, "Logical_Switch_Port", "addresses")
+        .into_iter()
+        .filter(|(n, _)| n.contains("_shop_"))
+        .map(|(n, v)| (n, v.join(",")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_network_follows_the_folder_and_a_restart_writes_nothing() {
+    let ovn = Ovn::with_northd().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cluster.yaml"), nodes_and_pods(6)).unwrap();
+    let c = start(&ovn, dir.path()).await;
+    assert_eq!(get(c.addr, "/healthz").await.0, 200);
+
+    until("six pod ports", || pod_addresses(&ovn).len() == 6).await;
+    until("ready", || c.observed.health.ready.load(Ordering::SeqCst)).await;
+    assert_eq!(get(c.addr, "/readyz").await.0, 200);
+    // IPAM: node-1 got the first /24, node-2 the second; pods the lowest addresses after the gateway.
+    let addrs = pod_addresses(&ovn);
+    assert_eq!(addrs["t1_shop_p0"], "0a:58:0a:f4:00:02 10.244.0.2", "{addrs:?}");
+    assert_eq!(addrs["t1_shop_p1"], "0a:58:0a:f4:01:02 10.244.1.2", "{addrs:?}");
+    let routers = rows(&ovn, "Logical_Router_Port", "networks");
+    assert_eq!(routers["t1_rtos_node-1"], ["10.244.0.1/24"]);
+    assert_eq!(rows(&ovn, "ACL", "action").len(), 0, "no policy, no ACL");
+
+    // A policy file appears: ACLs follow; removing a pod changes membership, not ACLs.
+    std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
+    until("the policy's ACLs", || {
+        !ovn.nbctl(&["--bare", "--columns=match", "find", "ACL", "external_ids:stacknet.io/cluster=t1"])
+            .unwrap()
+            .trim()
+            .is_empty()
+    })
+    .await;
+    let acls = ovn.nbctl(&["--bare", "--columns=_uuid", "find", "ACL"]).unwrap();
+    std::fs::write(dir.path().join("cluster.yaml"), nodes_and_pods(4)).unwrap();
+    until("four pod ports", || pod_addresses(&ovn).len() == 4).await;
+    assert_eq!(ovn.nbctl(&["--bare", "--columns=_uuid", "find", "ACL"]).unwrap(), acls, "ACLs untouched by pod churn");
+
+    // Restart: same folder, nothing to write, nothing reassigned.
+    let before = pod_addresses(&ovn);
+    c.stop().await;
+    let c = start(&ovn, dir.path()).await;
+    until("ready after restart", || c.observed.health.ready.load(Ordering::SeqCst)).await;
+    let m = &c.observed.metrics;
+    assert_eq!(m.transactions.load(Ordering::Relaxed), 0, "a restart with nothing changed writes nothing");
+    assert!(m.reconciles_ok.load(Ordering::Relaxed) >= 1);
+    assert_eq!(pod_addresses(&ovn), before);
+    let (code, text) = get(c.addr, "/metrics").await;
+    assert_eq!(code, 200);
+    for name in [
+        "stacknet_reconcile_duration_seconds_count",
+        "stacknet_ovsdb_transactions_total 0",
+        "stacknet_queue_depth",
+        "stacknet_network_programming_latency_seconds",
+    ] {
+        assert!(text.contains(name), "{name} missing from:\n{text}");
+    }
+
+    // A new pod after the restart gets a fresh address, not one in use.
+    std::fs::write(dir.path().join("cluster.yaml"), nodes_and_pods(6)).unwrap();
+    until("six pod ports again", || pod_addresses(&ovn).len() == 6).await;
+    let after = pod_addresses(&ovn);
+    let ips: std::collections::BTreeSet<_> = after.values().collect();
+    assert_eq!(ips.len(), 6, "distinct addresses: {after:?}");
+    for (k, v) in &before {
+        assert_eq!(&after[k], v, "kept");
+    }
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_file_is_reported_and_changes_nothing() {
+    let ovn = Ovn::with_northd().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cluster.yaml"), nodes_and_pods(2)).unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
+    let c = start(&ovn, dir.path()).await;
+    until("ready", || c.observed.health.ready.load(Ordering::SeqCst)).await;
+    let acls = ovn.nbctl(&["--bare", "--columns=_uuid,match", "find", "ACL"]).unwrap();
+    let ports = pod_addresses(&ovn);
+    let txns = c.observed.metrics.transactions.load(Ordering::Relaxed);
+
+    // Half-written: the policy loses its closing structure; the cluster file gets garbage.
+    std::fs::write(dir.path().join("policy.yaml"), &POLICY[..POLICY.len() - 4]).unwrap();
+    std::fs::write(
+        dir.path().join("cluster.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: Bad_Name, namespace: shop}\n",
+    )
+    .unwrap();
+    until("two InvalidManifest events", || c.observed.events.with_reason("InvalidManifest").len() == 2).await;
+    let ev = c.observed.events.with_reason("InvalidManifest");
+    let cluster = ev.iter().find(|e| e.object == "file cluster.yaml").expect("event on cluster.yaml");
+    assert!(
+        cluster.message.contains("metadata.name") && cluster.message.contains("previous content stays"),
+        "{}",
+        cluster.message
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ovn.nbctl(&["--bare", "--columns=_uuid,match", "find", "ACL"]).unwrap(), acls);
+    assert_eq!(pod_addresses(&ovn), ports);
+    assert_eq!(c.observed.metrics.transactions.load(Ordering::Relaxed), txns, "nothing written");
+    let (_, events) = get(c.addr, "/events").await;
+    assert!(events.contains("Warning InvalidManifest file policy.yaml"), "{events}");
+
+    // Fixed: the network follows again.
+    std::fs::write(dir.path().join("cluster.yaml"), nodes_and_pods(3)).unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
+    until("three pod ports", || pod_addresses(&ovn).len() == 3).await;
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_coalesce_and_exhaustion_is_an_event() {
+    let ovn = Ovn::nb_only().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cluster.yaml"), nodes_and_pods(1000)).unwrap();
+    let c = start(&ovn, dir.path()).await;
+    until("ready", || c.observed.health.ready.load(Ordering::SeqCst)).await;
+    // 1,000 pods arrive as 1,000 changes: a handful of transactions.
+    let txns = c.observed.metrics.transactions.load(Ordering::Relaxed);
+    assert!((1..=3).contains(&txns), "{txns} transactions for a burst of 1,000 pods");
+    // 500 pods per node do not fit a /24: the rest are reported, not mis-addressed.
+    let ev = c.observed.events.with_reason("SubnetExhausted");
+    assert!(!ev.is_empty());
+    assert!(ev[0].message.contains("10.244."), "{}", ev[0].message);
+    assert_eq!(pod_addresses(&ovn).len(), 2 * 253);
+    c.stop().await;
+
+    // The Northbound database unreachable: readiness says so, and so does an event.
+    let dir2 = tempfile::tempdir().unwrap();
+    std::fs::write(dir2.path().join("cluster.yaml"), nodes_and_pods(2)).unwrap();
+    let mut config = ControllerConfig::new("t1", vec!["unix:/nonexistent/nb.sock".parse().unwrap()], Some(dir2.path()));
+    config.metrics_addr = "127.0.0.1:0".parse().unwrap();
+    let controller = Controller::new(config, &[SOURCE]).unwrap();
+    let observed = controller.observed();
+    let (addr, _http) = controller.serve_http().await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(ManifestSource::new(dir2.path(), Duration::from_millis(50), observed.events.clone()).unwrap().run(tx));
+    let task = tokio::spawn(controller.run(rx, std::future::pending()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (code, body) = get(addr, "/readyz").await;
+    assert_eq!(code, 503);
+    assert!(body.contains("Northbound"), "{body}");
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_a_thousand_pods_writes_nothing_and_deletes_no_acl() {
+    let ovn = Ovn::nb_only().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cluster.yaml"), spread(1000, 5)).unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
+    let c = start(&ovn, dir.path()).await;
+    until("ready", || c.observed.health.ready.load(Ordering::SeqCst)).await;
+    assert!(c.observed.events.all().is_empty(), "{:?}", c.observed.events.all());
+    let ports = pod_addresses(&ovn);
+    assert_eq!(ports.len(), 1000);
+    let acls = ovn.nbctl(&["--bare", "--columns=_uuid", "find", "ACL"]).unwrap();
+    assert!(!acls.trim().is_empty());
+    c.stop().await;
+
+    let c = start(&ovn, dir.path()).await;
+    until("ready after restart", || c.observed.health.ready.load(Ordering::SeqCst)).await;
+    assert_eq!(c.observed.metrics.transactions.load(Ordering::Relaxed), 0, "NB writes after a restart");
+    assert_eq!(ovn.nbctl(&["--bare", "--columns=_uuid", "find", "ACL"]).unwrap(), acls, "ACLs deleted or re-created");
+    assert_eq!(pod_addresses(&ovn), ports);
+    c.stop().await;
+}

@@ -1,0 +1,58 @@
+//! `stacknet controller`: keeps the OVN network equal to the cluster. The cluster comes from a
+//! folder of manifests (`--manifests DIR`, watched); the Kubernetes API source is not built
+//! yet, and asking for it says so.
+
+use anyhow::Context;
+use stacknet_controller::manifests::{ManifestSource, SOURCE};
+use stacknet_controller::{ControllerArgs, ControllerConfig};
+
+/// Runs until SIGTERM or SIGINT. Bad configuration: `Err` with a message naming the setting.
+pub fn run(args: ControllerArgs) -> Result<(), crate::Failure> {
+    let config = ControllerConfig::from_args(&args).map_err(crate::Failure::Input)?;
+    let Some(dir) = config.manifests.clone() else {
+        return Err(crate::Failure::Input(
+            "no cluster to watch: pass --manifests DIR (watching the Kubernetes API is not built yet)".into(),
+        ));
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STACKNET_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| crate::Failure::Other(e.into()))?;
+    runtime
+        .block_on(async move {
+            let controller = stacknet_controller::Controller::new(config.clone(), &[SOURCE])
+                .map_err(|e| anyhow::anyhow!(e))?;
+            let observed = controller.observed();
+            let source = ManifestSource::new(&dir, config.poll, observed.events.clone()).map_err(|e| anyhow::anyhow!(e))?;
+            let (addr, _http) = controller
+                .serve_http()
+                .await
+                .with_context(|| format!("serving metrics on {}", config.metrics_addr))?;
+            eprintln!(
+                "stacknet controller: cluster {} from {}, network in {}; http://{addr}/metrics /healthz /readyz /events",
+                config.cluster,
+                dir.display(),
+                config.nb.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(",")
+            );
+            let (tx, rx) = tokio::sync::mpsc::channel(1024);
+            let _source = tokio::spawn(source.run(tx));
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let shutdown = async move {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            };
+            controller.run(rx, shutdown).await;
+            anyhow::Ok(())
+        })
+        .map_err(crate::Failure::Other)
+}
