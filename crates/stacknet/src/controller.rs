@@ -14,6 +14,9 @@ pub fn run(args: ControllerArgs) -> Result<(), crate::Failure> {
             "no cluster to watch: pass --manifests DIR (watching the Kubernetes API is not built yet)".into(),
         ));
     };
+    if !dir.is_dir() {
+        return Err(crate::Failure::Input(format!("--manifests {}: not a directory", dir.display())));
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("STACKNET_LOG")

@@ -1,0 +1,204 @@
+//! `stacknet controller` as a process: killed (SIGKILL) at random points of a large reconcile,
+//! again and again, then restarted: the Northbound database holds no orphans and no
+//! duplicates, and a further restart writes nothing. Bad configuration exits 2 naming it.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use stacknet_sandbox::Ovn;
+
+const BIN: &str = env!("CARGO_BIN_EXE_stacknet");
+
+fn cluster(pods: usize, nodes: usize, policies: usize) -> String {
+    let mut y = String::from("apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Namespace, metadata: {name: big}}\n");
+    for n in 0..nodes {
+        y.push_str(&format!("- {{apiVersion: v1, kind: Node, metadata: {{name: n{n}}}}}\n"));
+    }
+    for i in 0..pods {
+        y.push_str(&format!(
+            "- {{apiVersion: v1, kind: Pod, metadata: {{name: p{i}, namespace: big, labels: {{app: a{}, tier: t{}}}}}, spec: {{nodeName: n{}, containers: []}}}}\n",
+            i % policies,
+            i % 3,
+            i % nodes
+        ));
+    }
+    for j in 0..policies {
+        y.push_str(&format!(
+            "- {{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {{name: np{j}, namespace: big}}, spec: {{podSelector: {{matchLabels: {{app: a{j}}}}}, ingress: [{{from: [{{podSelector: {{matchLabels: {{tier: t{}}}}}}}], ports: [{{port: {}}}]}}]}}}}\n",
+            j % 3,
+            1000 + j
+        ));
+    }
+    y
+}
+
+fn spawn(ovn: &Ovn, dir: &std::path::Path) -> Child {
+    Command::new(BIN)
+        .args(["controller", "--cluster", "k1", "--nb", &ovn.nb.remote(), "--metrics-addr", "127.0.0.1:0", "--poll-ms", "50"])
+        .arg("--manifests")
+        .arg(dir)
+        .env("STACKNET_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The address the controller serves on (it prints it when it starts).
+fn http_addr(child: &mut Child) -> std::net::SocketAddr {
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        let line = lines.next().expect("the controller printed its address").unwrap();
+        if let Some(rest) = line.split("http://").nth(1) {
+            let addr = rest.split('/').next().unwrap().parse().unwrap();
+            // Keep draining stderr so the child never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines.by_ref() {});
+            return addr;
+        }
+    }
+}
+
+fn get(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\n\r\n").as_bytes()).ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, text.split("\r\n\r\n").nth(1).unwrap_or_default().to_string()))
+}
+
+fn wait_ready(addr: std::net::SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get(addr, "/readyz").map(|r| r.0) != Some(200) {
+        assert!(Instant::now() < deadline, "controller not ready within 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn metric(addr: std::net::SocketAddr, name: &str) -> u64 {
+    let (_, text) = get(addr, "/metrics").unwrap();
+    text.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).and_then(|v| v.parse().ok()).unwrap()
+}
+
+/// Our rows per table, and the names that occur more than once.
+fn census(ovn: &Ovn) -> (BTreeMap<String, usize>, Vec<String>) {
+    let mut counts = BTreeMap::new();
+    let mut dups = Vec::new();
+    for table in ["Logical_Switch", "Logical_Switch_Port", "Logical_Router", "Logical_Router_Port", "Port_Group", "Address_Set", "ACL"] {
+        let out = ovn
+            .nbctl(&["--bare", "--columns=external_ids", "find", table, "external_ids:stacknet.io/cluster=k1"])
+            .unwrap();
+        let ids: Vec<String> = out
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| l.split_whitespace().find(|w| w.starts_with("\"stacknet.io/id=")).unwrap_or(l).to_string())
+            .collect();
+        let mut seen = std::collections::BTreeSet::new();
+        for id in &ids {
+            if !seen.insert(id.clone()) {
+                dups.push(format!("{table} {id}"));
+            }
+        }
+        counts.insert(table.to_string(), ids.len());
+    }
+    (counts, dups)
+}
+
+#[test]
+fn killed_at_random_points_it_leaves_no_orphans_and_no_duplicates() {
+    let ovn = Ovn::nb_only().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let big = cluster(1200, 6, 60);
+    let small = cluster(300, 3, 20);
+
+    // The reference: the network for `big`, made without interruption.
+    std::fs::write(dir.path().join("c.yaml"), &big).unwrap();
+    let mut c = spawn(&ovn, dir.path());
+    let addr = http_addr(&mut c);
+    let t = Instant::now();
+    wait_ready(addr);
+    let full = t.elapsed();
+    c.kill().unwrap();
+    c.wait().unwrap();
+    let (expected_big, dups) = census(&ovn);
+    assert!(dups.is_empty(), "{dups:?}");
+    assert_eq!(expected_big["Logical_Switch_Port"], 1200 + 6, "pods and router ports");
+
+    // Kill trials: the folder flips between the big and the small cluster, so every start has
+    // a large reconcile (creating or garbage-collecting hundreds of rows) to be killed in.
+    let mut seed: u64 = 0x5eed_1234;
+    let span = full.as_millis().clamp(50, 3000) as u64;
+    for trial in 0..20 {
+        std::fs::write(dir.path().join("c.yaml"), if trial % 2 == 0 { &small } else { &big }).unwrap();
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let delay = Duration::from_millis((seed >> 33) % (span + 100));
+        let mut c = spawn(&ovn, dir.path());
+        std::thread::sleep(delay);
+        c.kill().unwrap();
+        c.wait().unwrap();
+        let (now, dups) = census(&ovn);
+        assert!(dups.is_empty(), "trial {trial} (killed after {delay:?}): duplicates {dups:?}");
+        let state = if now == expected_big { "big" } else if now["Logical_Switch_Port"] == 300 + 3 { "small" } else { "other" };
+        eprintln!("trial {trial}: killed after {delay:?} (a full start takes {full:?}): network {state}");
+    }
+
+    // After the last kill: a run converges to exactly the folder's network...
+    std::fs::write(dir.path().join("c.yaml"), &big).unwrap();
+    let mut c = spawn(&ovn, dir.path());
+    let addr = http_addr(&mut c);
+    wait_ready(addr);
+    c.kill().unwrap();
+    c.wait().unwrap();
+    let (after, dups) = census(&ovn);
+    assert!(dups.is_empty(), "{dups:?}");
+    assert_eq!(after, expected_big, "orphans or missing rows after the kills");
+
+    // ...and a restart on it writes nothing.
+    let mut c = spawn(&ovn, dir.path());
+    let addr = http_addr(&mut c);
+    wait_ready(addr);
+    assert_eq!(metric(addr, "stacknet_ovsdb_transactions_total"), 0);
+    // SIGTERM: a graceful stop.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = c.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn bad_configuration_exits_2_naming_the_setting() {
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN).arg("controller").args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (code, err) = run(&["--manifests", d]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("nb:"), "{err}");
+    let (code, err) = run(&["--nb", "unix:/x.sock", "--manifests", d, "--cluster-cidr", "10.0.0.0/40"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("cluster-cidr") && err.contains("10.0.0.0/40"), "{err}");
+    let (code, err) = run(&["--nb", "unix:/x.sock"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--manifests"), "{err}");
+    let (code, err) = run(&["--nb", "unix:/x.sock", "--manifests", "/nonexistent/dir"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("/nonexistent/dir"), "{err}");
+    let toml = dir.path().join("c.toml");
+    std::fs::write(&toml, "node_subnet_v4 = \"big\"\n").unwrap();
+    let (code, err) = run(&["--config", toml.to_str().unwrap(), "--nb", "unix:/x.sock", "--manifests", d]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("c.toml") && err.contains("node_subnet_v4"), "{err}");
+}
