@@ -161,6 +161,14 @@ impl Controller {
     async fn reconcile(&mut self) -> Result<(), String> {
         let started = Instant::now();
         let metrics = self.observed.metrics.clone();
+        let reserved = self
+            .backend
+            .client()
+            .replica()
+            .as_ref()
+            .map(|r| stacknet_ovn::lookup::foreign_addresses(r, &self.config.cluster))
+            .unwrap_or_default();
+        self.ipam.set_reserved(reserved);
         let assignment = self.ipam.sync(&self.index);
         for p in &assignment.problems {
             self.observed.events.warn(&p.object, p.reason, &p.message);

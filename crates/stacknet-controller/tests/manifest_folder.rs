@@ -280,3 +280,22 @@ async fn restart_with_a_thousand_pods_writes_nothing_and_deletes_no_acl() {
     assert_eq!(pod_addresses(&ovn), ports);
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_on_a_node_switch_keeps_its_address_and_its_port() {
+    let ovn = Ovn::nb_only().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cluster.yaml"), nodes_and_pods(0)).unwrap();
+    let c = start(&ovn, dir.path()).await;
+    until("ready", || c.observed.health.ready.load(Ordering::SeqCst)).await;
+    // An operator plugs a VM into node-1's switch, on the address IPAM would hand out next.
+    ovn.nbctl(&["lsp-add", "t1_node-1", "vm-db", "--", "lsp-set-addresses", "vm-db", "0a:00:00:00:00:99 10.244.0.2"])
+        .unwrap();
+    std::fs::write(dir.path().join("cluster.yaml"), nodes_and_pods(2)).unwrap();
+    until("two pod ports", || pod_addresses(&ovn).len() == 2).await;
+    assert_eq!(pod_addresses(&ovn)["t1_shop_p0"], "0a:58:0a:f4:00:03 10.244.0.3");
+    let ports = ovn.nbctl(&["--bare", "--columns=ports", "find", "Logical_Switch", "name=t1_node-1"]).unwrap();
+    let vm = ovn.nbctl(&["--bare", "--columns=_uuid", "find", "Logical_Switch_Port", "name=vm-db"]).unwrap();
+    assert!(ports.contains(vm.trim()), "the VM's port left the switch");
+    c.stop().await;
+}

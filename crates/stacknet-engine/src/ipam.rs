@@ -82,6 +82,8 @@ pub struct Ipam {
     config: Option<IpamConfig>,
     nodes: BTreeMap<String, Vec<Cidr>>,
     pods: BTreeMap<ObjectKey, (String, Vec<IpAddr>)>,
+    /// Addresses others use on our networks (a VM's port on a node switch): never given out.
+    reserved: BTreeMap<IpAddr, String>,
 }
 
 fn offset(c: &Cidr, i: u128) -> Option<IpAddr> {
@@ -131,6 +133,12 @@ impl Ipam {
     /// A pod address a previous run allocated.
     pub fn restore_pod(&mut self, pod: ObjectKey, node: &str, ips: Vec<IpAddr>) {
         self.pods.insert(pod, (node.to_string(), ips));
+    }
+
+    /// Addresses used by ports stacknet does not own (address → who uses it): new pods never
+    /// get them, and a pod that already has one is reported.
+    pub fn set_reserved(&mut self, reserved: BTreeMap<IpAddr, String>) {
+        self.reserved = reserved;
     }
 
     /// Allocates what the cluster needs now, releases what it no longer has.
@@ -244,6 +252,18 @@ impl Ipam {
                 done.insert((*key).clone(), (n.clone(), ips.clone()));
             }
         }
+        for (key, (_, ips)) in &done {
+            for ip in ips {
+                if let Some(user) = self.reserved.get(ip) {
+                    out.problems.push(Problem {
+                        object: format!("Pod {key}"),
+                        reason: "AddressConflict",
+                        message: format!("address {ip} is also used by {user}, which stacknet does not manage: one of the two must move"),
+                    });
+                }
+            }
+        }
+        used.extend(self.reserved.keys().copied());
         // 2. What the pod's status already shows (the API server remembers it), if it fits.
         for (key, pod, node) in &pods {
             if done.contains_key(*key) {
@@ -428,6 +448,23 @@ mod tests {
         let reasons: Vec<(&str, &str)> = a.problems.iter().map(|p| (p.object.as_str(), p.reason)).collect();
         assert_eq!(reasons, [("Node n3", "ClusterCIDRExhausted"), ("Pod x/b", "SubnetExhausted")]);
         assert!(a.problems[1].message.contains("10.0.0.0/30"), "{}", a.problems[1].message);
+    }
+
+    #[test]
+    fn addresses_of_foreign_ports_are_never_given_out() {
+        let idx = index(&list(&[node("n1"), pod("a", "n1", ""), pod("b", "n1", "")]));
+        let mut ipam = ipam(&["10.244.0.0/16"]);
+        ipam.set_reserved(BTreeMap::from([("10.244.0.2".parse().unwrap(), "port vm-1".to_string())]));
+        let a = ipam.sync(&idx);
+        assert_eq!(ips(&a, "a"), ["10.244.0.3"]);
+        assert_eq!(ips(&a, "b"), ["10.244.0.4"]);
+        assert!(a.problems.is_empty());
+        // A VM that turns up on a pod's address: the pod keeps it, and the conflict is reported.
+        ipam.set_reserved(BTreeMap::from([("10.244.0.4".parse().unwrap(), "port vm-2".to_string())]));
+        let a = ipam.sync(&idx);
+        assert_eq!(ips(&a, "b"), ["10.244.0.4"]);
+        assert_eq!(a.problems[0].reason, "AddressConflict");
+        assert!(a.problems[0].message.contains("vm-2"));
     }
 
     #[test]

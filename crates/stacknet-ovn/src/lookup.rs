@@ -150,3 +150,28 @@ pub fn allocated(replica: &Replica, cluster: &str) -> Allocated {
     }
     out
 }
+
+/// Addresses of ports on our switches that are not ours (a VM's port on a node switch), with
+/// who holds them: IPAM must not hand them to pods.
+pub fn foreign_addresses(replica: &Replica, cluster: &str) -> std::collections::BTreeMap<IpAddr, String> {
+    let ours = |r: &stacknet_ovsdb::RowData| {
+        r.get("external_ids").and_then(|d| d.map_get(KEY_CLUSTER)).and_then(|a| a.as_str()) == Some(cluster)
+    };
+    let lsps = replica.table(nb::LOGICAL_SWITCH_PORT);
+    let mut out = std::collections::BTreeMap::new();
+    for (_, sw) in replica.table(nb::LOGICAL_SWITCH).rows().filter(|(_, r)| ours(r)) {
+        for p in sw.get("ports").map(|d| d.elements()).unwrap_or_default() {
+            let Some(row) = p.as_uuid().and_then(|u| lsps.get(&u)) else { continue };
+            if ours(row) {
+                continue;
+            }
+            let name = row.get("name").and_then(Datum::as_str).unwrap_or_default();
+            for a in row.get("addresses").map(|d| d.elements()).unwrap_or_default().iter().filter_map(|a| a.as_str()) {
+                for ip in a.split_whitespace().skip(1).filter_map(|w| w.parse::<IpAddr>().ok()) {
+                    out.insert(ip, format!("port {name}"));
+                }
+            }
+        }
+    }
+    out
+}

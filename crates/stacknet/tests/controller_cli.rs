@@ -12,7 +12,9 @@ use stacknet_sandbox::Ovn;
 const BIN: &str = env!("CARGO_BIN_EXE_stacknet");
 
 fn cluster(pods: usize, nodes: usize, policies: usize) -> String {
-    let mut y = String::from("apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Namespace, metadata: {name: big}}\n");
+    let mut y = String::from(
+        "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Namespace, metadata: {name: big}}\n",
+    );
     for n in 0..nodes {
         y.push_str(&format!("- {{apiVersion: v1, kind: Node, metadata: {{name: n{n}}}}}\n"));
     }
@@ -36,7 +38,17 @@ fn cluster(pods: usize, nodes: usize, policies: usize) -> String {
 
 fn spawn(ovn: &Ovn, dir: &std::path::Path) -> Child {
     Command::new(BIN)
-        .args(["controller", "--cluster", "k1", "--nb", &ovn.nb.remote(), "--metrics-addr", "127.0.0.1:0", "--poll-ms", "50"])
+        .args([
+            "controller",
+            "--cluster",
+            "k1",
+            "--nb",
+            &ovn.nb.remote(),
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--poll-ms",
+            "50",
+        ])
         .arg("--manifests")
         .arg(dir)
         .env("STACKNET_LOG", "warn")
@@ -89,7 +101,15 @@ fn metric(addr: std::net::SocketAddr, name: &str) -> u64 {
 fn census(ovn: &Ovn) -> (BTreeMap<String, usize>, Vec<String>) {
     let mut counts = BTreeMap::new();
     let mut dups = Vec::new();
-    for table in ["Logical_Switch", "Logical_Switch_Port", "Logical_Router", "Logical_Router_Port", "Port_Group", "Address_Set", "ACL"] {
+    for table in [
+        "Logical_Switch",
+        "Logical_Switch_Port",
+        "Logical_Router",
+        "Logical_Router_Port",
+        "Port_Group",
+        "Address_Set",
+        "ACL",
+    ] {
         let out = ovn
             .nbctl(&["--bare", "--columns=external_ids", "find", table, "external_ids:stacknet.io/cluster=k1"])
             .unwrap();
@@ -143,7 +163,13 @@ fn killed_at_random_points_it_leaves_no_orphans_and_no_duplicates() {
         c.wait().unwrap();
         let (now, dups) = census(&ovn);
         assert!(dups.is_empty(), "trial {trial} (killed after {delay:?}): duplicates {dups:?}");
-        let state = if now == expected_big { "big" } else if now["Logical_Switch_Port"] == 300 + 3 { "small" } else { "other" };
+        let state = if now == expected_big {
+            "big"
+        } else if now["Logical_Switch_Port"] == 300 + 3 {
+            "small"
+        } else {
+            "other"
+        };
         eprintln!("trial {trial}: killed after {delay:?} (a full start takes {full:?}): network {state}");
     }
 
