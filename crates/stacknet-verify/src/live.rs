@@ -37,6 +37,8 @@ struct LivePod {
     ips: Vec<IpAddr>,
     listening: BTreeSet<(u16, Protocol)>,
     tasks: Vec<JoinHandle<()>>,
+    /// A VM's port plugged by hand (no CNI): removed with the node, not by CNI DEL.
+    vm: bool,
 }
 
 impl Drop for LivePod {
@@ -228,8 +230,19 @@ impl Live {
             }
             let (netns, container) = Live::new_sandbox()?;
             self.cni("ADD", &container, &netns.path(), Some((&k, &uid))).await?;
-            self.pods.insert(k, LivePod { netns, container, uid, ips, listening: BTreeSet::new(), tasks: Vec::new() });
+            self.pods.insert(
+                k,
+                LivePod { netns, container, uid, ips, listening: BTreeSet::new(), tasks: Vec::new(), vm: false },
+            );
         }
+        self.settle()?;
+        Ok(report)
+    }
+
+    /// Waits until ovn-controller has caught up with the Northbound database, then clears
+    /// conntrack and the datapath's cached flows, so that probes judge the policies now
+    /// programmed on new connections.
+    pub fn settle(&self) -> Result<(), Error> {
         self.trace.ovn().nbctl(&["--wait=hv", "sync"])?;
         // Probes judge the policies just programmed, on new connections. Conntrack entries of
         // earlier probes would let a probe that reuses an old 5-tuple (ephemeral ports do repeat
@@ -238,7 +251,112 @@ impl Live {
         // them (asynchronously, after ovn-controller's flows are in): clear both.
         self.chassis.appctl(&["dpctl/flush-conntrack"])?;
         self.chassis.appctl(&["dpctl/del-flows"])?;
-        Ok(report)
+        Ok(())
+    }
+
+    /// Attaches (CNI ADD) the engine's pods whose ports someone else — a running controller —
+    /// has made in the Northbound database, each with the address its port says; pods already
+    /// attached stay, pods gone are detached (CNI DEL). Returns the pods that have no port.
+    pub async fn attach(&mut self, engine: &PolicyEngine, cluster: &str) -> Result<Vec<ObjectKey>, Error> {
+        let nb = stacknet_ovsdb::Client::start(stacknet_ovsdb::ClientConfig::new(
+            vec![self.trace.ovn().nb.remote().parse().map_err(Error::Backend)?],
+            stacknet_ovsdb::nb::DATABASE,
+        ));
+        nb.connected(Duration::from_secs(10)).await.map_err(live)?;
+        let index = engine.index();
+        let mut wanted = BTreeMap::new();
+        let mut missing = Vec::new();
+        for (_, pod) in index.pods() {
+            let net = nb.replica().as_ref().and_then(|r| stacknet_ovn::lookup::pod_network(r, cluster, &pod.key));
+            match net {
+                Some(n) => {
+                    wanted.insert(
+                        pod.key.clone(),
+                        (pod.uid.clone().unwrap_or_default(), n.addresses.iter().map(|a| a.0).collect::<Vec<_>>()),
+                    );
+                }
+                None => missing.push(pod.key.clone()),
+            }
+        }
+        let stale: Vec<ObjectKey> = self
+            .pods
+            .iter()
+            .filter(|(k, p)| !p.vm && wanted.get(*k).is_none_or(|(uid, ips)| *uid != p.uid || *ips != p.ips))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in stale {
+            if let Some(p) = self.pods.remove(&k) {
+                self.cni("DEL", &p.container, &p.netns.path(), None).await?;
+            }
+        }
+        for (k, (uid, ips)) in wanted {
+            if self.pods.contains_key(&k) {
+                continue;
+            }
+            let (netns, container) = Live::new_sandbox()?;
+            self.cni("ADD", &container, &netns.path(), Some((&k, &uid))).await?;
+            self.pods.insert(
+                k,
+                LivePod { netns, container, uid, ips, listening: BTreeSet::new(), tasks: Vec::new(), vm: false },
+            );
+        }
+        self.settle()?;
+        Ok(missing)
+    }
+
+    /// Plugs a VM into logical switch `switch` as an operator would, outside stacknet: a
+    /// Logical_Switch_Port `port` (no stacknet tags) with `mac ip`, a namespace standing for the
+    /// VM with that address (`prefix`) and a default route via `gateway`, bound on this node.
+    /// It takes part in probes as `key`.
+    pub async fn add_vm(
+        &mut self,
+        key: ObjectKey,
+        switch: &str,
+        port: &str,
+        ip: IpAddr,
+        prefix: u8,
+        gateway: IpAddr,
+    ) -> Result<(), Error> {
+        let mac = stacknet_ovn::topology::mac_for(ip).replacen("0a:58", "0a:5e", 1);
+        self.trace.ovn().nbctl(&["lsp-add", switch, port, "--", "lsp-set-addresses", port, &format!("{mac} {ip}")])?;
+        let (netns, _) = Live::new_sandbox()?;
+        let host = format!("vm{}", &stacknet_ovn::names::hash(&[port])[..10]);
+        let iface = stacknet_node::plumb::PodInterface {
+            host: host.clone(),
+            ifname: "eth0".into(),
+            mac,
+            addresses: vec![(ip, prefix)],
+            gateways: vec![gateway],
+            mtu: 1400,
+            vlan: None,
+        };
+        let handle = stacknet_node::netns::netlink_in_async(&self.chassis.netns().path()).await.map_err(live)?;
+        stacknet_node::plumb::plumb(&handle, &netns.path(), &iface).await.map_err(live)?;
+        let ovs = stacknet_node::ovs::client(vec![self.chassis.ovs_remote().parse().map_err(Error::Backend)?]);
+        ovs.connected(Duration::from_secs(10)).await.map_err(live)?;
+        let binding = stacknet_node::ovs::Binding {
+            port: host.clone(),
+            iface_id: port.into(),
+            iface_id_ver: None,
+            container: format!("vm-{port}"),
+            ifname: "eth0".into(),
+            netns: netns.path().display().to_string(),
+        };
+        stacknet_node::ovs::bind(&ovs, "br-int", &binding).await.map_err(live)?;
+        stacknet_node::ovs::wait_installed(&ovs, &host, Duration::from_secs(30)).await.map_err(live)?;
+        self.pods.insert(
+            key,
+            LivePod {
+                netns,
+                container: String::new(),
+                uid: String::new(),
+                ips: vec![ip],
+                listening: BTreeSet::new(),
+                tasks: Vec::new(),
+                vm: true,
+            },
+        );
+        Ok(())
     }
 
     /// Starts a listener for every spec in every pod (on the pod's addresses); each answers
@@ -420,7 +538,7 @@ impl Live {
     pub async fn shutdown(mut self) -> Result<(), Error> {
         let pods = std::mem::take(&mut self.pods);
         let mut first_error = None;
-        for (_, p) in pods {
+        for (_, p) in pods.into_iter().filter(|(_, p)| !p.vm) {
             if let Err(e) = self.cni("DEL", &p.container, &p.netns.path(), None).await {
                 first_error.get_or_insert(e);
             }

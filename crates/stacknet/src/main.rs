@@ -8,6 +8,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod agent;
 mod controller;
+mod demo;
 mod input;
 mod render;
 mod sandbox;
@@ -38,6 +39,9 @@ enum Command {
     Agent(agent::AgentArgs),
     /// Keeps the OVN network equal to the cluster (a folder of manifests, watched).
     Controller(stacknet_controller::ControllerArgs),
+    /// The seed's application stack on a real node, programmed by the controller, every pair
+    /// tried for real; exits 0 only if the live network equals what the policies say (root).
+    Demo(demo::DemoArgs),
 }
 
 #[derive(clap::Args)]
@@ -95,6 +99,11 @@ fn main() -> ExitCode {
         },
         Command::Agent(args) => agent::run(args).map_err(Failure::Other),
         Command::Controller(args) => controller::run(args),
+        Command::Demo(args) => match demo::run(args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
