@@ -5,6 +5,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod controller;
 mod generator;
 mod jsonline;
 mod ovsdb;
@@ -69,6 +70,23 @@ enum Scenario {
         #[arg(long, default_value = "target/bench-venv")]
         venv: std::path::PathBuf,
     },
+    /// The whole controller (`stacknet controller`, the binary next to this one) on generated
+    /// manifests into a live Northbound database: converge, peak RSS, restart, a 1,000-pod burst.
+    Controller {
+        #[arg(long, default_value_t = 10_000)]
+        pods: usize,
+        #[arg(long, default_value_t = 1_000)]
+        policies: usize,
+        #[arg(long, default_value_t = 1_000)]
+        services: usize,
+        #[arg(long, default_value_t = 100)]
+        nodes: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The stacknet executable (default: next to this one).
+        #[arg(long)]
+        stacknet: Option<std::path::PathBuf>,
+    },
     /// A real node: fire `pods` CNI ADDs at once; time each from ADD start to the first
     /// datagram a peer pod gets answered. Needs root and the `stacknet-cni` executable.
     PodReady {
@@ -89,6 +107,9 @@ fn main() -> anyhow::Result<()> {
         Scenario::Policy { pods, namespaces, policies, seed, events } => {
             anyhow::ensure!(namespaces > 0, "--namespaces must be at least 1");
             policy(pods, namespaces, policies, seed, events)
+        }
+        Scenario::Controller { pods, policies, services, nodes, seed, stacknet } => {
+            controller::run(controller::Args { pods, policies, services, nodes, seed, stacknet })
         }
         Scenario::PodReady { pods, cni } => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

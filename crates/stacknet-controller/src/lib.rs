@@ -1,6 +1,7 @@
 //! The controller: stacknet's main job. It keeps the network equal to what the cluster says.
 //!
 //! - [`manifests`]: the cluster from a folder of manifests, watched (the embedded default);
+//! - [`kube_source`]: the cluster from the Kubernetes API (watchers with bookmarks, relists);
 //! - [`controller`]: changes into the cluster index, coalesced reconciles (IPAM, engine,
 //!   desired rows, one minimal transaction), read-back of a previous run's allocation;
 //! - [`config`]: flags, environment and a TOML file;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod controller;
 pub mod events;
 pub mod http;
+pub mod kube_source;
 pub mod manifests;
 pub mod metrics;
 

@@ -1,6 +1,6 @@
 //! `stacknet controller`: keeps the OVN network equal to the cluster. The cluster comes from a
-//! folder of manifests (`--manifests DIR`, watched); the Kubernetes API source is not built
-//! yet, and asking for it says so.
+//! folder of manifests (`--manifests DIR`, watched) or else from the Kubernetes API (in-cluster
+//! credentials, or `KUBECONFIG`).
 
 use anyhow::Context;
 use stacknet_controller::manifests::{ManifestSource, SOURCE};
@@ -9,12 +9,9 @@ use stacknet_controller::{ControllerArgs, ControllerConfig};
 /// Runs until SIGTERM or SIGINT. Bad configuration: `Err` with a message naming the setting.
 pub fn run(args: ControllerArgs) -> Result<(), crate::Failure> {
     let config = ControllerConfig::from_args(&args).map_err(crate::Failure::Input)?;
-    let Some(dir) = config.manifests.clone() else {
-        return Err(crate::Failure::Input(
-            "no cluster to watch: pass --manifests DIR (watching the Kubernetes API is not built yet)".into(),
-        ));
-    };
-    if !dir.is_dir() {
+    if let Some(dir) = &config.manifests
+        && !dir.is_dir()
+    {
         return Err(crate::Failure::Input(format!("--manifests {}: not a directory", dir.display())));
     }
     let _ = tracing_subscriber::fmt()
@@ -31,10 +28,27 @@ pub fn run(args: ControllerArgs) -> Result<(), crate::Failure> {
         .map_err(|e| crate::Failure::Other(e.into()))?;
     runtime
         .block_on(async move {
-            let controller = stacknet_controller::Controller::new(config.clone(), &[SOURCE])
-                .map_err(|e| anyhow::anyhow!(e))?;
-            let observed = controller.observed();
-            let source = ManifestSource::new(&dir, config.poll, observed.events.clone()).map_err(|e| anyhow::anyhow!(e))?;
+            let (tx, rx) = tokio::sync::mpsc::channel(1024);
+            let (controller, from) = match &config.manifests {
+                Some(dir) => {
+                    let controller = stacknet_controller::Controller::new(config.clone(), &[SOURCE])
+                        .map_err(|e| anyhow::anyhow!(e))?;
+                    let source = ManifestSource::new(dir, config.poll, controller.observed().events.clone())
+                        .map_err(|e| anyhow::anyhow!(e))?;
+                    tokio::spawn(source.run(tx));
+                    (controller, dir.display().to_string())
+                }
+                None => {
+                    let client = kube::Client::try_default()
+                        .await
+                        .context("connecting to the Kubernetes API (in-cluster, or KUBECONFIG); or pass --manifests DIR")?;
+                    let controller =
+                        stacknet_controller::Controller::new(config.clone(), &stacknet_controller::kube_source::sources())
+                            .map_err(|e| anyhow::anyhow!(e))?;
+                    tokio::spawn(stacknet_controller::kube_source::run(client, tx, controller.observed().events.clone()));
+                    (controller, "the Kubernetes API".to_string())
+                }
+            };
             let (addr, _http) = controller
                 .serve_http()
                 .await
@@ -42,11 +56,9 @@ pub fn run(args: ControllerArgs) -> Result<(), crate::Failure> {
             eprintln!(
                 "stacknet controller: cluster {} from {}, network in {}; http://{addr}/metrics /healthz /readyz /events",
                 config.cluster,
-                dir.display(),
+                from,
                 config.nb.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(",")
             );
-            let (tx, rx) = tokio::sync::mpsc::channel(1024);
-            let _source = tokio::spawn(source.run(tx));
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             let shutdown = async move {
                 tokio::select! {

@@ -205,7 +205,14 @@ fn killed_at_random_points_it_leaves_no_orphans_and_no_duplicates() {
 #[test]
 fn bad_configuration_exits_2_naming_the_setting() {
     let run = |args: &[&str]| {
-        let out = Command::new(BIN).arg("controller").args(args).output().unwrap();
+        let out = Command::new(BIN)
+            .arg("controller")
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env("HOME", "/nonexistent")
+            .output()
+            .unwrap();
         (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
     };
     let dir = tempfile::tempdir().unwrap();
@@ -216,9 +223,10 @@ fn bad_configuration_exits_2_naming_the_setting() {
     let (code, err) = run(&["--nb", "unix:/x.sock", "--manifests", d, "--cluster-cidr", "10.0.0.0/40"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("cluster-cidr") && err.contains("10.0.0.0/40"), "{err}");
+    // No folder: the Kubernetes API, and without one the error says what to do.
     let (code, err) = run(&["--nb", "unix:/x.sock"]);
-    assert_eq!(code, Some(2));
-    assert!(err.contains("--manifests"), "{err}");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("Kubernetes API") && err.contains("--manifests"), "{err}");
     let (code, err) = run(&["--nb", "unix:/x.sock", "--manifests", "/nonexistent/dir"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("/nonexistent/dir"), "{err}");

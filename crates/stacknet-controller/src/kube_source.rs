@@ -1,0 +1,221 @@
+//! The cluster from the Kubernetes API: one watcher (kube-runtime: list, then watch from the
+//! list's resourceVersion with bookmarks; a 410 Gone or a lost connection relists or resumes
+//! with backoff) per kind the controller needs. Each watcher's initial list is a complete
+//! state: objects that were known and are not in it are deleted, so a relist after missed
+//! deletions converges. A kind is synced once its first list is in; the controller reconciles
+//! nothing before every kind is.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::api::networking::v1 as networking;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client, Resource, ResourceExt};
+use stacknet_engine::index::Kind;
+use stacknet_engine::objects::{ClusterObject, EndpointSlice, Namespace, NetworkPolicy, Node, ObjectKey, Pod, Service};
+use tokio::sync::mpsc;
+
+use crate::Change;
+use crate::events::Events;
+
+/// The kinds watched (API group, resource) — what the RBAC must grant list and watch on.
+pub const WATCHED: [(&str, &str); 6] = [
+    ("", "namespaces"),
+    ("", "nodes"),
+    ("", "pods"),
+    ("", "services"),
+    ("discovery.k8s.io", "endpointslices"),
+    ("networking.k8s.io", "networkpolicies"),
+];
+
+/// The source names the controller waits for ([`Change::Synced`]).
+pub fn sources() -> Vec<&'static str> {
+    vec!["kube/Namespace", "kube/Node", "kube/Pod", "kube/Service", "kube/EndpointSlice", "kube/NetworkPolicy"]
+}
+
+type Convert<K> = fn(&K, &Events) -> Option<ClusterObject>;
+
+fn invalid(events: &Events, what: &str, e: impl std::fmt::Display) -> Option<ClusterObject> {
+    events.warn(what, "InvalidObject", &format!("{e}; the object is ignored"));
+    None
+}
+
+fn namespace(o: &core::Namespace, ev: &Events) -> Option<ClusterObject> {
+    match Namespace::from_k8s(o) {
+        Ok(x) => Some(ClusterObject::Namespace(x)),
+        Err(e) => invalid(ev, &format!("Namespace {}", o.name_any()), e),
+    }
+}
+
+fn node(o: &core::Node, ev: &Events) -> Option<ClusterObject> {
+    match Node::from_k8s(o) {
+        Ok(x) => Some(ClusterObject::Node(x)),
+        Err(e) => invalid(ev, &format!("Node {}", o.name_any()), e),
+    }
+}
+
+fn pod(o: &core::Pod, ev: &Events) -> Option<ClusterObject> {
+    match Pod::from_k8s(o) {
+        Ok(x) => Some(ClusterObject::Pod(x)),
+        Err(e) => invalid(ev, &describe("Pod", o), e),
+    }
+}
+
+fn service(o: &core::Service, ev: &Events) -> Option<ClusterObject> {
+    match Service::from_k8s(o) {
+        Ok(x) => Some(ClusterObject::Service(x)),
+        Err(e) => invalid(ev, &describe("Service", o), e),
+    }
+}
+
+fn endpoint_slice(o: &discovery::EndpointSlice, ev: &Events) -> Option<ClusterObject> {
+    match EndpointSlice::from_k8s(o) {
+        Ok(x) => Some(ClusterObject::EndpointSlice(x)),
+        Err(e) => invalid(ev, &describe("EndpointSlice", o), e),
+    }
+}
+
+fn network_policy(o: &networking::NetworkPolicy, ev: &Events) -> Option<ClusterObject> {
+    let mut warnings = Vec::new();
+    let r = NetworkPolicy::from_k8s(o, &mut warnings);
+    for w in warnings {
+        ev.warn(&describe("NetworkPolicy", o), "PolicyWarning", &w);
+    }
+    match r {
+        Ok(p) => Some(ClusterObject::NetworkPolicy(p)),
+        Err(e) => {
+            ev.warn(&describe("NetworkPolicy", o), "InvalidNetworkPolicy", &format!("{e}; the policy is not enforced"));
+            None
+        }
+    }
+}
+
+fn describe<K: Resource>(kind: &str, o: &K) -> String {
+    format!("{kind} {}/{}", o.namespace().unwrap_or_else(|| "default".into()), o.name_any())
+}
+
+fn key_of<K: Resource>(o: &K, cluster_scoped: bool) -> ObjectKey {
+    if cluster_scoped {
+        ObjectKey::new("", o.name_any())
+    } else {
+        ObjectKey::new(o.namespace().unwrap_or_else(|| "default".into()), o.name_any())
+    }
+}
+
+/// Feeds the changes of one kind into `tx` until the receiver is gone.
+async fn watch<K>(
+    api: Api<K>,
+    kind: Kind,
+    name: &str,
+    convert: Convert<K>,
+    tx: mpsc::Sender<Change>,
+    events: Arc<Events>,
+) where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default,
+{
+    let cluster_scoped = matches!(kind, Kind::Namespace | Kind::Node);
+    let mut stream = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
+    // What this kind has sent (applied and not deleted since).
+    let mut known: BTreeSet<ObjectKey> = BTreeSet::new();
+    let mut listing: BTreeSet<ObjectKey> = BTreeSet::new();
+    let mut synced = false;
+    loop {
+        let event = match stream.try_next().await {
+            Ok(Some(e)) => e,
+            Ok(None) => return,
+            Err(e) => {
+                // The watcher backs off and resumes by itself; say what happened.
+                tracing::warn!(kind = name, error = %e, "watch interrupted; resuming");
+                continue;
+            }
+        };
+        let mut out = Vec::new();
+        match event {
+            Event::Init => listing.clear(),
+            Event::InitApply(o) => {
+                let key = key_of(&o, cluster_scoped);
+                listing.insert(key.clone());
+                if let Some(obj) = convert(&o, &events) {
+                    known.insert(key);
+                    out.push(Change::Apply(obj));
+                }
+            }
+            Event::InitDone => {
+                // A relist is the whole truth: what it lacks was deleted meanwhile.
+                for gone in known.difference(&listing).cloned().collect::<Vec<_>>() {
+                    known.remove(&gone);
+                    out.push(Change::Delete(kind, gone));
+                }
+                if !synced {
+                    synced = true;
+                    out.push(Change::Synced(format!("kube/{name}")));
+                }
+            }
+            Event::Apply(o) => {
+                if let Some(obj) = convert(&o, &events) {
+                    known.insert(key_of(&o, cluster_scoped));
+                    out.push(Change::Apply(obj));
+                }
+            }
+            Event::Delete(o) => {
+                let key = key_of(&o, cluster_scoped);
+                known.remove(&key);
+                out.push(Change::Delete(kind, key));
+            }
+        }
+        for c in out {
+            if tx.send(c).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Watches every kind through `client` until `tx`'s receiver is gone.
+pub async fn run(client: Client, tx: mpsc::Sender<Change>, events: Arc<Events>) {
+    let c = &client;
+    let tasks = vec![
+        tokio::spawn(watch::<core::Namespace>(
+            Api::all(c.clone()),
+            Kind::Namespace,
+            "Namespace",
+            namespace,
+            tx.clone(),
+            events.clone(),
+        )),
+        tokio::spawn(watch::<core::Node>(Api::all(c.clone()), Kind::Node, "Node", node, tx.clone(), events.clone())),
+        tokio::spawn(watch::<core::Pod>(Api::all(c.clone()), Kind::Pod, "Pod", pod, tx.clone(), events.clone())),
+        tokio::spawn(watch::<core::Service>(
+            Api::all(c.clone()),
+            Kind::Service,
+            "Service",
+            service,
+            tx.clone(),
+            events.clone(),
+        )),
+        tokio::spawn(watch::<discovery::EndpointSlice>(
+            Api::all(c.clone()),
+            Kind::EndpointSlice,
+            "EndpointSlice",
+            endpoint_slice,
+            tx.clone(),
+            events.clone(),
+        )),
+        tokio::spawn(watch::<networking::NetworkPolicy>(
+            Api::all(c.clone()),
+            Kind::NetworkPolicy,
+            "NetworkPolicy",
+            network_policy,
+            tx,
+            events,
+        )),
+    ];
+    for t in tasks {
+        let _ = t.await;
+    }
+}
