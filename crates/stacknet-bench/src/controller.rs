@@ -203,10 +203,14 @@ fn wait_ready(r: &mut Running) -> anyhow::Result<()> {
 }
 
 fn peak_rss_mb(pid: u32) -> anyhow::Result<f64> {
+    status_mb(pid, "VmHWM:")
+}
+
+fn status_mb(pid: u32, field: &str) -> anyhow::Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .context("no VmHWM")?;
@@ -258,6 +262,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut r = spawn(&stacknet, &nb, dir.path())?;
     wait_ready(&mut r)?;
     let converge = t.elapsed();
+    let converged_rss = status_mb(r.child.id(), "VmRSS:")?;
+    let first_peak = peak_rss_mb(r.child.id())?;
     let ports = ports_in(&ovn, "_p")?;
     anyhow::ensure!(ports == args.pods, "{ports} pod ports in the Northbound database, expected {}", args.pods);
 
@@ -293,6 +299,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             ("nodes", json!(args.nodes)),
             ("converge_s", json!((converge.as_secs_f64() * 100.0).round() / 100.0)),
             ("peak_rss_mb", json!(peak.max(restart_peak).round())),
+            ("first_converge_peak_rss_mb", json!(first_peak.round())),
+            ("converged_rss_mb", json!(converged_rss.round())),
+            ("restart_peak_rss_mb", json!(restart_peak.round())),
             ("restart_converge_s", json!((restart.as_secs_f64() * 100.0).round() / 100.0)),
             ("restart_nb_writes", json!(writes)),
             ("burst_1000_s", json!((burst_s.as_secs_f64() * 100.0).round() / 100.0)),

@@ -45,6 +45,15 @@ pub struct ControllerArgs {
     /// (default 20: a burst of events becomes one transaction).
     #[arg(long, env = "STACKNET_COALESCE_MS", value_name = "MS")]
     pub coalesce_ms: Option<u64>,
+    /// With the Kubernetes API: hold a Lease so that one replica writes (default true).
+    #[arg(long, env = "STACKNET_LEADER_ELECTION", value_name = "BOOL")]
+    pub leader_election: Option<bool>,
+    /// The namespace of the Lease (default stacknet-system).
+    #[arg(long, env = "STACKNET_LEASE_NAMESPACE", value_name = "NS")]
+    pub lease_namespace: Option<String>,
+    /// This replica's name in the Lease (default: the host name and process id).
+    #[arg(long, env = "STACKNET_IDENTITY")]
+    pub identity: Option<String>,
 }
 
 /// The same settings, as a TOML file holds them.
@@ -60,6 +69,8 @@ struct FileConfig {
     metrics_addr: Option<String>,
     poll_ms: Option<u64>,
     coalesce_ms: Option<u64>,
+    leader_election: Option<bool>,
+    lease_namespace: Option<String>,
 }
 
 /// Checked configuration.
@@ -75,6 +86,15 @@ pub struct ControllerConfig {
     pub coalesce: Duration,
     /// The longest a burst may delay a reconcile.
     pub coalesce_max: Duration,
+    /// With the Kubernetes API: elect a leader through a Lease in `lease_namespace`.
+    pub leader_election: bool,
+    pub lease_namespace: String,
+    pub identity: String,
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
 }
 
 impl ControllerConfig {
@@ -90,6 +110,9 @@ impl ControllerConfig {
             poll: Duration::from_millis(100),
             coalesce: Duration::from_millis(20),
             coalesce_max: Duration::from_millis(250),
+            leader_election: false,
+            lease_namespace: "stacknet-system".into(),
+            identity: default_identity(),
         }
     }
 
@@ -144,6 +167,13 @@ impl ControllerConfig {
             poll,
             coalesce,
             coalesce_max: (coalesce * 10).max(Duration::from_millis(100)),
+            leader_election: args.leader_election.or(file.leader_election).unwrap_or(true),
+            lease_namespace: args
+                .lease_namespace
+                .clone()
+                .or(file.lease_namespace)
+                .unwrap_or_else(|| "stacknet-system".into()),
+            identity: args.identity.clone().unwrap_or_else(default_identity),
         })
     }
 }

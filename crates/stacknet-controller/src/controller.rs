@@ -56,6 +56,8 @@ pub struct Controller {
     pending_up: HashMap<ObjectKey, Instant>,
     /// Each pod's logical port, as last programmed.
     ports: BTreeMap<ObjectKey, String>,
+    /// Whether this replica may write (`None`: no election, always).
+    leading: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Controller {
@@ -78,7 +80,19 @@ impl Controller {
             restored: false,
             pending_up: HashMap::new(),
             ports: BTreeMap::new(),
+            leading: None,
         })
+    }
+
+    /// Writes only while `leading` says so (see [`crate::leader`]); a replica that becomes
+    /// leader re-reads the allocation from the Northbound database before its first write.
+    pub fn with_leader(mut self, leading: tokio::sync::watch::Receiver<bool>) -> Controller {
+        self.leading = Some(leading);
+        self
+    }
+
+    fn is_leader(&self) -> bool {
+        self.leading.as_ref().is_none_or(|l| *l.borrow())
     }
 
     pub fn observed(&self) -> Observed {
@@ -246,6 +260,8 @@ impl Controller {
         let started = Instant::now();
         let mut unreachable_reported = false;
         let mut sessions = status.borrow().sessions;
+        let mut leading = self.leading.clone();
+        let mut was_leader = self.is_leader();
         tokio::pin!(shutdown);
         loop {
             if !self.restored && status.borrow().connected.is_some() {
@@ -260,7 +276,19 @@ impl Controller {
                 );
                 unreachable_reported = true;
             }
-            let can = self.synced() && self.restored;
+            let leader = self.is_leader();
+            self.observed.metrics.leader.store(i64::from(leader), Ordering::Relaxed);
+            if leader && !was_leader {
+                // Taking over: the previous leader's allocation is read back, then a full reconcile.
+                self.restored = false;
+                if status.borrow().connected.is_some() {
+                    self.restored = self.restore();
+                }
+                let now = Instant::now();
+                dirty = Some(dirty.map_or((now, now), |(first, _)| (first, now)));
+            }
+            was_leader = leader;
+            let can = self.synced() && self.restored && leader;
             let deadline = match dirty {
                 Some((first, last)) if can => {
                     let at = (last + self.config.coalesce).min(first + self.config.coalesce_max);
@@ -285,6 +313,11 @@ impl Controller {
                                 break;
                             }
                         }
+                    }
+                }
+                r = async { leading.as_mut().expect("guarded").changed().await }, if leading.is_some() => {
+                    if r.is_err() {
+                        leading = None;
                     }
                 }
                 r = status.changed() => {
@@ -317,6 +350,9 @@ impl Controller {
                         }
                     }
                 }
+            }
+            if !leader && self.synced() && !health.ready.load(Ordering::SeqCst) {
+                health.set_ready(true, "");
             }
             if dirty.is_none() && can && !health.ready.load(Ordering::SeqCst) {
                 // Synced with nothing to change yet: reconcile once anyway (GC, first run).

@@ -4,6 +4,7 @@
 //! - [`kube_source`]: the cluster from the Kubernetes API (watchers with bookmarks, relists);
 //! - [`controller`]: changes into the cluster index, coalesced reconciles (IPAM, engine,
 //!   desired rows, one minimal transaction), read-back of a previous run's allocation;
+//! - [`leader`]: leader election with a coordination.k8s.io Lease (one replica writes);
 //! - [`config`]: flags, environment and a TOML file;
 //! - [`events`], [`metrics`], [`http`]: what users see: events on the objects concerned,
 //!   Prometheus metrics, health and readiness.
@@ -14,6 +15,7 @@ pub mod controller;
 pub mod events;
 pub mod http;
 pub mod kube_source;
+pub mod leader;
 pub mod manifests;
 pub mod metrics;
 

@@ -56,6 +56,8 @@ pub struct Metrics {
     pub queue_depth: AtomicI64,
     pub pods: AtomicI64,
     pub policies: AtomicI64,
+    /// 1 while this replica holds the lease (or runs without an election).
+    pub leader: AtomicI64,
 }
 
 impl Default for Metrics {
@@ -71,6 +73,7 @@ impl Default for Metrics {
             queue_depth: AtomicI64::new(0),
             pods: AtomicI64::new(0),
             policies: AtomicI64::new(0),
+            leader: AtomicI64::new(0),
         }
     }
 }
@@ -123,6 +126,7 @@ impl Metrics {
             ("stacknet_queue_depth", "Cluster changes received and not yet reconciled.", &self.queue_depth),
             ("stacknet_pods", "Pods in the cluster index.", &self.pods),
             ("stacknet_network_policies", "NetworkPolicies in the cluster index.", &self.policies),
+            ("stacknet_leader", "1 while this replica writes to OVN (holds the lease).", &self.leader),
         ] {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}\n", v.load(Ordering::Relaxed)));
         }

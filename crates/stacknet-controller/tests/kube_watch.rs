@@ -40,6 +40,8 @@ struct Store {
     /// (resource, resourceVersion) of every watch request, and every list request.
     watches: Vec<(String, u64)>,
     lists: Vec<String>,
+    /// coordination.k8s.io Leases by namespace/name.
+    leases: BTreeMap<String, Value>,
 }
 
 #[derive(Clone, Debug)]
@@ -134,14 +136,36 @@ impl ApiServer {
             if read.read_line(&mut line).await.unwrap_or(0) == 0 {
                 return;
             }
-            // Headers (requests here have no body).
+            let mut length = 0usize;
             loop {
                 let mut h = String::new();
                 if read.read_line(&mut h).await.unwrap_or(0) == 0 || h == "\r\n" {
                     break;
                 }
+                if let Some((k, v)) = h.split_once(':')
+                    && k.eq_ignore_ascii_case("content-length")
+                {
+                    length = v.trim().parse().unwrap_or(0);
+                }
             }
+            let mut body = vec![0u8; length];
+            if tokio::io::AsyncReadExt::read_exact(&mut read, &mut body).await.is_err() {
+                return;
+            }
+            let method = line.split_whitespace().next().unwrap_or("GET").to_string();
             let target = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+            if target.starts_with("/apis/coordination.k8s.io/") {
+                let (code, reply) = self.lease(&method, &target, &body);
+                let text = reply.to_string();
+                let head = format!(
+                    "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                    text.len()
+                );
+                if write.write_all(head.as_bytes()).await.is_err() || write.write_all(text.as_bytes()).await.is_err() {
+                    return;
+                }
+                continue;
+            }
             let (path, query) = target.split_once('?').unwrap_or((target.as_str(), ""));
             let params: BTreeMap<&str, &str> = query.split('&').filter_map(|kv| kv.split_once('=')).collect();
             let Some(&(resource, kind, api_version)) = RESOURCES.iter().find(|r| r.0 == path) else {
@@ -169,6 +193,51 @@ impl ApiServer {
             if write.write_all(head.as_bytes()).await.is_err() || write.write_all(body.as_bytes()).await.is_err() {
                 return;
             }
+        }
+    }
+
+    /// Leases: GET, POST (409 if it exists), PUT (409 unless the resourceVersion is current).
+    fn lease(&self, method: &str, target: &str, body: &[u8]) -> (u16, Value) {
+        let status = |code: u16, reason: &str| {
+            (
+                code,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": reason, "message": reason}),
+            )
+        };
+        let parts: Vec<&str> = target.split('?').next().unwrap_or("").split('/').collect();
+        // ["", "apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases", name?]
+        let ns = parts.get(5).copied().unwrap_or("");
+        let mut st = self.store.lock().unwrap();
+        match (method, parts.get(7)) {
+            ("GET", Some(name)) => match st.leases.get(&format!("{ns}/{name}")) {
+                Some(l) => (200, l.clone()),
+                None => status(404, "NotFound"),
+            },
+            ("POST", None) => {
+                let mut l: Value = serde_json::from_slice(body).unwrap();
+                let key = format!("{ns}/{}", l["metadata"]["name"].as_str().unwrap());
+                if st.leases.contains_key(&key) {
+                    return status(409, "AlreadyExists");
+                }
+                st.rv += 1;
+                l["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+                l["metadata"]["namespace"] = json!(ns);
+                st.leases.insert(key, l.clone());
+                (201, l)
+            }
+            ("PUT", Some(name)) => {
+                let mut l: Value = serde_json::from_slice(body).unwrap();
+                let key = format!("{ns}/{name}");
+                let current = st.leases.get(&key).map(|c| c["metadata"]["resourceVersion"].clone());
+                if current.as_ref() != Some(&l["metadata"]["resourceVersion"]) {
+                    return status(409, "Conflict");
+                }
+                st.rv += 1;
+                l["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+                st.leases.insert(key, l.clone());
+                (200, l)
+            }
+            _ => status(405, "MethodNotAllowed"),
         }
     }
 
@@ -376,4 +445,57 @@ async fn against_a_real_cluster() {
         }
     }
     assert!(namespaces > 0, "a real cluster has namespaces");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_one_writes_and_the_standby_takes_over() {
+    use stacknet_controller::leader::{self, LeaseConfig};
+    let api = ApiServer::start().await;
+    api.apply(namespace("shop"));
+    api.apply(node("n1"));
+    api.apply(pod("a", "web"));
+    let ovn = Ovn::nb_only().unwrap();
+
+    struct Replica {
+        observed: stacknet_controller::Observed,
+        tasks: Vec<tokio::task::JoinHandle<()>>,
+    }
+    let start = |identity: &str| {
+        let config = ControllerConfig::new("k8s", vec![ovn.nb.remote().parse().unwrap()], None);
+        let client = kube::Client::try_from(kube::Config::new(api.url.parse().unwrap())).unwrap();
+        let mut cfg = LeaseConfig::new("stacknet-system", identity);
+        cfg.duration = Duration::from_secs(2);
+        cfg.renew = Duration::from_millis(200);
+        let (leading, rx) = tokio::sync::watch::channel(false);
+        let controller = Controller::new(config, &kube_source::sources()).unwrap().with_leader(rx);
+        let observed = controller.observed();
+        let (tx, changes) = tokio::sync::mpsc::channel(1024);
+        let tasks = vec![
+            tokio::spawn(kube_source::run(client.clone(), tx, observed.events.clone())),
+            tokio::spawn(leader::run(client, cfg, leading)),
+            tokio::spawn(controller.run(changes, std::future::pending())),
+        ];
+        Replica { observed, tasks }
+    };
+    let a = start("replica-a");
+    let b = start("replica-b");
+    until("one pod port", || pod_ports(&ovn).len() == 1).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let leader_of = |r: &Replica| r.observed.metrics.leader.load(Ordering::Relaxed);
+    assert_eq!(leader_of(&a) + leader_of(&b), 1, "exactly one leader");
+    let (leader, standby) = if leader_of(&a) == 1 { (a, b) } else { (b, a) };
+    assert!(leader.observed.metrics.transactions.load(Ordering::Relaxed) > 0);
+    assert_eq!(standby.observed.metrics.transactions.load(Ordering::Relaxed), 0, "the standby wrote");
+    assert!(standby.observed.health.ready.load(Ordering::SeqCst), "a standby is ready (it serves as soon as it leads)");
+
+    // The leader dies without a word; within the lease's duration the standby writes.
+    for t in &leader.tasks {
+        t.abort();
+    }
+    api.apply(pod("b", "db"));
+    until("pod b, written by the former standby", || pod_ports(&ovn).len() == 2).await;
+    assert_eq!(leader_of(&standby), 1);
+    assert!(standby.observed.metrics.transactions.load(Ordering::Relaxed) > 0);
+    let lease = api.store.lock().unwrap().leases["stacknet-system/stacknet-controller"].clone();
+    assert_eq!(lease["spec"]["leaseTransitions"], 1, "{lease}");
 }

@@ -3,6 +3,7 @@
 //! credentials, or `KUBECONFIG`).
 
 use anyhow::Context;
+use stacknet_controller::leader::{self, LeaseConfig};
 use stacknet_controller::manifests::{ManifestSource, SOURCE};
 use stacknet_controller::{ControllerArgs, ControllerConfig};
 
@@ -29,6 +30,7 @@ pub fn run(args: ControllerArgs) -> Result<(), crate::Failure> {
     runtime
         .block_on(async move {
             let (tx, rx) = tokio::sync::mpsc::channel(1024);
+            let mut lease = None;
             let (controller, from) = match &config.manifests {
                 Some(dir) => {
                     let controller = stacknet_controller::Controller::new(config.clone(), &[SOURCE])
@@ -42,10 +44,21 @@ pub fn run(args: ControllerArgs) -> Result<(), crate::Failure> {
                     let client = kube::Client::try_default()
                         .await
                         .context("connecting to the Kubernetes API (in-cluster, or KUBECONFIG); or pass --manifests DIR")?;
-                    let controller =
+                    let mut controller =
                         stacknet_controller::Controller::new(config.clone(), &stacknet_controller::kube_source::sources())
                             .map_err(|e| anyhow::anyhow!(e))?;
-                    tokio::spawn(stacknet_controller::kube_source::run(client, tx, controller.observed().events.clone()));
+                    tokio::spawn(stacknet_controller::kube_source::run(
+                        client.clone(),
+                        tx,
+                        controller.observed().events.clone(),
+                    ));
+                    if config.leader_election {
+                        let cfg = LeaseConfig::new(&config.lease_namespace, &config.identity);
+                        let (leading, rx) = tokio::sync::watch::channel(false);
+                        tokio::spawn(leader::run(client.clone(), cfg.clone(), leading));
+                        controller = controller.with_leader(rx);
+                        lease = Some((client, cfg));
+                    }
                     (controller, "the Kubernetes API".to_string())
                 }
             };
@@ -67,6 +80,12 @@ pub fn run(args: ControllerArgs) -> Result<(), crate::Failure> {
                 }
             };
             controller.run(rx, shutdown).await;
+            if let Some((client, cfg)) = lease {
+                // A graceful stop hands over at once instead of after the lease runs out.
+                if let Err(e) = leader::release(client, &cfg).await {
+                    eprintln!("stacknet controller: releasing the lease: {e}");
+                }
+            }
             anyhow::Ok(())
         })
         .map_err(crate::Failure::Other)

@@ -1,0 +1,205 @@
+//! deploy/: the manifests parse as the API types they claim to be, hold together (selectors,
+//! service accounts, config maps, the controller's TOML, the CNI configuration), the RBAC
+//! grants what the controller watches and the Lease it holds, and the Helm chart rendered with
+//! its defaults is exactly the plain manifests.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use k8s_openapi::api::apps::v1 as apps;
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::rbac::v1 as rbac;
+use serde_json::Value;
+use stacknet_controller::kube_source::WATCHED;
+use stacknet_controller::{ControllerArgs, ControllerConfig};
+
+fn deploy() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
+}
+
+fn docs(text: &str, what: &str) -> Vec<Value> {
+    let values: Vec<Value> = serde_saphyr::from_multiple(text).unwrap_or_else(|e| panic!("{what}: {e}"));
+    values.into_iter().filter(|v| !v.is_null()).collect()
+}
+
+fn plain() -> Vec<Value> {
+    ["rbac.yaml", "controller.yaml", "node.yaml"]
+        .iter()
+        .flat_map(|f| docs(&std::fs::read_to_string(deploy().join(f)).unwrap(), f))
+        .collect()
+}
+
+fn id(v: &Value) -> String {
+    format!(
+        "{} {}/{}",
+        v["kind"].as_str().unwrap_or("?"),
+        v["metadata"]["namespace"].as_str().unwrap_or(""),
+        v["metadata"]["name"].as_str().unwrap_or("?")
+    )
+}
+
+fn typed<T: serde::de::DeserializeOwned>(v: &Value) -> T {
+    serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{}: {e}", id(v)))
+}
+
+fn find<'a>(all: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    all.iter()
+        .find(|v| v["kind"] == kind && v["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+#[test]
+fn manifests_are_valid_objects_that_hold_together() {
+    let all = plain();
+    assert!(all.len() >= 10, "{} objects", all.len());
+    for v in &all {
+        match v["kind"].as_str().unwrap() {
+            "Namespace" => drop(typed::<core::Namespace>(v)),
+            "ServiceAccount" => drop(typed::<core::ServiceAccount>(v)),
+            "ConfigMap" => drop(typed::<core::ConfigMap>(v)),
+            "ClusterRole" => drop(typed::<rbac::ClusterRole>(v)),
+            "ClusterRoleBinding" => drop(typed::<rbac::ClusterRoleBinding>(v)),
+            "Role" => drop(typed::<rbac::Role>(v)),
+            "RoleBinding" => drop(typed::<rbac::RoleBinding>(v)),
+            "Deployment" => drop(typed::<apps::Deployment>(v)),
+            "DaemonSet" => drop(typed::<apps::DaemonSet>(v)),
+            other => panic!("unexpected kind {other}"),
+        }
+        assert!(v["metadata"]["name"].as_str().is_some_and(|n| !n.is_empty()), "{}", id(v));
+    }
+
+    let deployment: apps::Deployment = typed(find(&all, "Deployment", "stacknet-controller"));
+    let daemonset: apps::DaemonSet = typed(find(&all, "DaemonSet", "stacknet-node"));
+    let spec = deployment.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(2), "two controller replicas (one holds the Lease)");
+    let pods = [
+        (spec.selector.match_labels.clone(), spec.template.clone()),
+        (
+            daemonset.spec.as_ref().unwrap().selector.match_labels.clone(),
+            daemonset.spec.as_ref().unwrap().template.clone(),
+        ),
+    ];
+    for (selector, template) in pods {
+        let labels = template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
+        for (k, v) in selector.unwrap_or_default() {
+            assert_eq!(labels.get(&k), Some(&v), "the selector matches the pod template");
+        }
+        let pod = template.spec.unwrap();
+        let sa = pod.service_account_name.clone().unwrap();
+        find(&all, "ServiceAccount", &sa);
+        for c in pod.containers.iter().chain(pod.init_containers.iter().flatten()) {
+            assert!(c.image.as_deref().is_some_and(|i| i.contains(':')), "{} has a tagged image", c.name);
+        }
+        for vol in pod.volumes.iter().flatten() {
+            if let Some(cm) = &vol.config_map {
+                find(&all, "ConfigMap", &cm.name);
+            }
+        }
+    }
+
+    // The controller's TOML is a configuration the controller accepts.
+    let cm: core::ConfigMap = typed(find(&all, "ConfigMap", "stacknet-controller"));
+    let toml = cm.data.unwrap()["stacknet.toml"].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("stacknet.toml");
+    std::fs::write(&file, toml).unwrap();
+    let config =
+        ControllerConfig::from_args(&ControllerArgs { config: Some(file), ..ControllerArgs::default() }).unwrap();
+    assert_eq!(config.metrics_addr.port(), 9478);
+    let probes = spec.template.spec.as_ref().unwrap().containers[0].clone();
+    assert_eq!(probes.readiness_probe.unwrap().http_get.unwrap().path.as_deref(), Some("/readyz"));
+    assert_eq!(probes.liveness_probe.unwrap().http_get.unwrap().path.as_deref(), Some("/healthz"));
+
+    // The CNI configuration names our plugin and the socket the agent listens on.
+    let cm: core::ConfigMap = typed(find(&all, "ConfigMap", "stacknet-node"));
+    let conflist: Value = serde_json::from_str(&cm.data.unwrap()["10-stacknet.conflist"]).unwrap();
+    assert_eq!(conflist["plugins"][0]["type"], "stacknet-cni");
+    let socket = conflist["plugins"][0]["agentSocket"].as_str().unwrap().to_string();
+    let agent = daemonset.spec.unwrap().template.spec.unwrap().containers[0].clone();
+    let args = agent.args.unwrap();
+    assert!(
+        args.windows(2).any(|w| w[0] == "--socket" && w[1] == socket),
+        "agent listens where the plugin calls: {args:?}"
+    );
+    assert!(args.iter().any(|a| a == "--nb"));
+}
+
+#[test]
+fn rbac_grants_every_watched_kind_and_the_lease() {
+    let all = plain();
+    let binding: rbac::ClusterRoleBinding = typed(find(&all, "ClusterRoleBinding", "stacknet-controller"));
+    assert!(binding.subjects.unwrap().iter().any(|s| s.kind == "ServiceAccount" && s.name == "stacknet-controller"));
+    let role: rbac::ClusterRole = typed(find(&all, "ClusterRole", &binding.role_ref.name));
+    let grants = |rules: &[rbac::PolicyRule], group: &str, resource: &str, verb: &str| {
+        rules.iter().any(|r| {
+            r.api_groups.iter().flatten().any(|g| g == group)
+                && r.resources.iter().flatten().any(|x| x == resource)
+                && r.verbs.iter().any(|v| v == verb)
+        })
+    };
+    let rules = role.rules.unwrap();
+    for (group, resource) in WATCHED {
+        for verb in ["list", "watch"] {
+            assert!(grants(&rules, group, resource, verb), "{verb} {group}/{resource} not granted");
+        }
+    }
+    let rb: rbac::RoleBinding = typed(find(&all, "RoleBinding", "stacknet-controller-leader"));
+    let lease_role: rbac::Role = typed(find(&all, "Role", &rb.role_ref.name));
+    for verb in ["get", "create", "update"] {
+        assert!(grants(lease_role.rules.as_deref().unwrap(), "coordination.k8s.io", "leases", verb), "{verb} leases");
+    }
+    // Nothing that writes to what the controller only reads.
+    for r in &rules {
+        for v in &r.verbs {
+            assert!(["get", "list", "watch"].contains(&v.as_str()), "the cluster role writes: {v}");
+        }
+    }
+}
+
+/// `helm template` for templates that only substitute values.
+fn render(template: &str, values: &BTreeMap<String, Value>) -> String {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find("}}").expect("closed") + start;
+        let expr = rest[start + 2..end].trim();
+        let value = if expr == ".Release.Namespace" {
+            "stacknet-system".to_string()
+        } else {
+            let key = expr.strip_prefix(".Values.").unwrap_or_else(|| panic!("only value substitutions: {expr}"));
+            match &values[key] {
+                Value::String(s) => s.clone(),
+                v => v.to_string(),
+            }
+        };
+        out.push_str(&value);
+        rest = &rest[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[test]
+fn the_chart_with_its_defaults_renders_the_plain_manifests() {
+    let chart = deploy().join("helm/stacknet");
+    let meta: Value = serde_saphyr::from_str(&std::fs::read_to_string(chart.join("Chart.yaml")).unwrap()).unwrap();
+    assert_eq!(meta["apiVersion"], "v2");
+    assert_eq!(meta["name"], "stacknet");
+    assert!(meta["version"].as_str().is_some());
+    let values: BTreeMap<String, Value> =
+        serde_saphyr::from_str(&std::fs::read_to_string(chart.join("values.yaml")).unwrap()).unwrap();
+    let mut rendered = Vec::new();
+    for f in ["rbac.yaml", "controller.yaml", "node.yaml"] {
+        let text = render(&std::fs::read_to_string(chart.join("templates").join(f)).unwrap(), &values);
+        rendered.extend(docs(&text, f));
+    }
+    // The chart installs into the release's namespace; it does not create it.
+    let expected: BTreeMap<String, Value> =
+        plain().into_iter().filter(|v| v["kind"] != "Namespace").map(|v| (id(&v), v)).collect();
+    let got: BTreeMap<String, Value> = rendered.into_iter().map(|v| (id(&v), v)).collect();
+    assert_eq!(got.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>());
+    for (k, v) in &expected {
+        assert_eq!(&got[k], v, "{k} differs between the chart and deploy/");
+    }
+}
