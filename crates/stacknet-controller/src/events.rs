@@ -22,6 +22,8 @@ pub struct Event {
 #[derive(Debug, Default)]
 pub struct Events {
     seen: Mutex<BTreeMap<(String, String, String), Event>>,
+    /// Where new events also go (the Kubernetes API publisher).
+    sink: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Event>>>,
 }
 
 impl Events {
@@ -32,6 +34,11 @@ impl Events {
     /// Records a warning on `object` (logged the first time it is seen).
     pub fn warn(&self, object: &str, reason: &str, message: &str) {
         self.record(object, reason, message, true);
+    }
+
+    /// Sends every new event to `sink` too (repeats are counted here, not sent again).
+    pub fn set_sink(&self, sink: tokio::sync::mpsc::UnboundedSender<Event>) {
+        *self.sink.lock().unwrap_or_else(|e| e.into_inner()) = Some(sink);
     }
 
     pub fn normal(&self, object: &str, reason: &str, message: &str) {
@@ -53,17 +60,18 @@ impl Events {
                 } else {
                     tracing::info!(object, reason, "{message}");
                 }
-                seen.insert(
-                    key,
-                    Event {
-                        object: object.into(),
-                        reason: reason.into(),
-                        message: message.into(),
-                        warning,
-                        count: 1,
-                        last: now,
-                    },
-                );
+                let event = Event {
+                    object: object.into(),
+                    reason: reason.into(),
+                    message: message.into(),
+                    warning,
+                    count: 1,
+                    last: now,
+                };
+                if let Some(sink) = self.sink.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                    let _ = sink.send(event.clone());
+                }
+                seen.insert(key, event);
             }
         }
     }

@@ -219,3 +219,62 @@ pub async fn run(client: Client, tx: mpsc::Sender<Change>, events: Arc<Events>) 
         let _ = t.await;
     }
 }
+
+/// The API group/version and namespace of an event's object (`Pod ns/name`, `Node name`, ...);
+/// `None` for what is not a Kubernetes object (a manifest file, the cluster as a whole).
+fn reference(object: &str) -> Option<k8s_openapi::api::core::v1::ObjectReference> {
+    let (kind, rest) = object.split_once(' ')?;
+    let api_version = match kind {
+        "Pod" | "Service" | "Namespace" | "Node" => "v1",
+        "NetworkPolicy" => "networking.k8s.io/v1",
+        "EndpointSlice" => "discovery.k8s.io/v1",
+        _ => return None,
+    };
+    let (namespace, name) = match rest.split_once('/') {
+        Some((ns, n)) => (Some(ns.to_string()), n.to_string()),
+        None => (None, rest.to_string()),
+    };
+    Some(k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some(api_version.into()),
+        kind: Some(kind.into()),
+        namespace,
+        name: Some(name),
+        ..Default::default()
+    })
+}
+
+/// Publishes the controller's events as events.k8s.io/v1 Events on the objects they concern
+/// (cluster-scoped objects' events go to `default`, as kubectl looks for them). Runs until the
+/// sender side is gone; a failed post is logged, not retried.
+pub async fn publish_events(
+    client: Client,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<crate::events::Event>,
+    instance: String,
+) {
+    use k8s_openapi::api::events::v1::Event as KubeEvent;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+    let mut serial: u64 = 0;
+    while let Some(e) = events.recv().await {
+        let Some(regarding) = reference(&e.object) else { continue };
+        let namespace = regarding.namespace.clone().unwrap_or_else(|| "default".into());
+        serial += 1;
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let name = format!("{}.{:x}{serial:x}", regarding.name.clone().unwrap_or_default(), now.as_millisecond());
+        let event = KubeEvent {
+            metadata: ObjectMeta { name: Some(name), namespace: Some(namespace.clone()), ..ObjectMeta::default() },
+            event_time: Some(MicroTime(now)),
+            action: Some("Reconcile".into()),
+            reason: Some(e.reason.clone()),
+            note: Some(e.message.chars().take(1024).collect()),
+            regarding: Some(regarding),
+            reporting_controller: Some("stacknet.io/controller".into()),
+            reporting_instance: Some(instance.clone()),
+            type_: Some(if e.warning { "Warning" } else { "Normal" }.into()),
+            ..KubeEvent::default()
+        };
+        let api: Api<KubeEvent> = Api::namespaced(client.clone(), &namespace);
+        if let Err(err) = api.create(&kube::api::PostParams::default(), &event).await {
+            tracing::warn!(error = %err, object = %e.object, reason = %e.reason, "posting an event failed");
+        }
+    }
+}

@@ -42,6 +42,8 @@ struct Store {
     lists: Vec<String>,
     /// coordination.k8s.io Leases by namespace/name.
     leases: BTreeMap<String, Value>,
+    /// events.k8s.io Events posted.
+    events: Vec<Value>,
 }
 
 #[derive(Clone, Debug)]
@@ -154,6 +156,19 @@ impl ApiServer {
             }
             let method = line.split_whitespace().next().unwrap_or("GET").to_string();
             let target = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+            if method == "POST" && target.starts_with("/apis/events.k8s.io/v1/namespaces/") {
+                let ev: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                self.store.lock().unwrap().events.push(ev.clone());
+                let text = ev.to_string();
+                let head = format!(
+                    "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                    text.len()
+                );
+                if write.write_all(head.as_bytes()).await.is_err() || write.write_all(text.as_bytes()).await.is_err() {
+                    return;
+                }
+                continue;
+            }
             if target.starts_with("/apis/coordination.k8s.io/") {
                 let (code, reply) = self.lease(&method, &target, &body);
                 let text = reply.to_string();
@@ -363,7 +378,10 @@ async fn the_network_follows_the_watch_through_bookmarks_drops_and_410() {
     let observed = controller.observed();
     let client = kube::Client::try_from(kube::Config::new(api.url.parse().unwrap())).unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
-    tokio::spawn(kube_source::run(client, tx, observed.events.clone()));
+    tokio::spawn(kube_source::run(client.clone(), tx, observed.events.clone()));
+    let (sink, published) = tokio::sync::mpsc::unbounded_channel();
+    observed.events.set_sink(sink);
+    tokio::spawn(kube_source::publish_events(client, published, "test-replica".into()));
     tokio::spawn(controller.run(rx, std::future::pending()));
 
     // The lists: the network as the cluster is.
@@ -411,6 +429,15 @@ async fn the_network_follows_the_watch_through_bookmarks_drops_and_410() {
     let e = &observed.events.with_reason("InvalidObject")[0];
     assert_eq!(e.object, "Pod shop/e");
     assert!(e.message.contains("metadata.labels.tier"), "{}", e.message);
+    // ... posted to the API server as an Event on that pod.
+    until("the Event posted", || !api.store.lock().unwrap().events.is_empty()).await;
+    let posted = api.store.lock().unwrap().events[0].clone();
+    assert_eq!(posted["regarding"]["kind"], "Pod");
+    assert_eq!(posted["regarding"]["namespace"], "shop");
+    assert_eq!(posted["regarding"]["name"], "e");
+    assert_eq!(posted["reason"], "InvalidObject");
+    assert_eq!(posted["type"], "Warning");
+    assert_eq!(posted["reportingController"], "stacknet.io/controller");
     assert_eq!(pod_ports(&ovn).len(), 3);
 }
 

@@ -52,6 +52,13 @@ pub fn run(args: ControllerArgs) -> Result<(), crate::Failure> {
                         tx,
                         controller.observed().events.clone(),
                     ));
+                    let (sink, events) = tokio::sync::mpsc::unbounded_channel();
+                    controller.observed().events.set_sink(sink);
+                    tokio::spawn(stacknet_controller::kube_source::publish_events(
+                        client.clone(),
+                        events,
+                        config.identity.clone(),
+                    ));
                     if config.leader_election {
                         let cfg = LeaseConfig::new(&config.lease_namespace, &config.identity);
                         let (leading, rx) = tokio::sync::watch::channel(false);
