@@ -111,6 +111,7 @@ pub fn pods(count: usize, namespaces: usize, seed: u64) -> Vec<Pod> {
                 ports: tier_ports(tier, app),
                 node: Some(format!("node-{}", i % 100)),
                 terminated: false,
+                network_annotation: None,
             }
         })
         .collect()

@@ -56,8 +56,14 @@ pub struct Controller {
     pending_up: HashMap<ObjectKey, Instant>,
     /// Each pod's logical port, as last programmed.
     ports: BTreeMap<ObjectKey, String>,
+    /// Each node's subnets, as last allocated.
+    subnets: BTreeMap<String, Vec<(stacknet_engine::Cidr, std::net::IpAddr)>>,
     /// Whether this replica may write (`None`: no election, always).
     leading: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Where pods' network annotations go to be written back (with the Kubernetes API).
+    annotate: Option<mpsc::UnboundedSender<(ObjectKey, String)>>,
+    /// Annotations sent and not yet seen back from the API server.
+    annotated: HashMap<ObjectKey, String>,
 }
 
 impl Controller {
@@ -80,8 +86,59 @@ impl Controller {
             restored: false,
             pending_up: HashMap::new(),
             ports: BTreeMap::new(),
+            subnets: BTreeMap::new(),
             leading: None,
+            annotate: None,
+            annotated: HashMap::new(),
         })
+    }
+
+    /// Writes each pod's network back as its `stacknet.io/network` annotation through
+    /// `annotate` (a pod's address, MAC, gateways and logical port, as JSON).
+    pub fn with_annotations(mut self, annotate: mpsc::UnboundedSender<(ObjectKey, String)>) -> Controller {
+        self.annotate = Some(annotate);
+        self
+    }
+
+    /// Sends the annotations that differ from what the pods carry (after a reconcile).
+    fn annotate(&mut self, desired: &stacknet_ovn::Desired) {
+        let Some(tx) = &self.annotate else { return };
+        self.annotated.retain(|k, _| desired.ports.contains_key(k));
+        for (key, port) in &desired.ports {
+            let Some(switch) = desired.switches.get(&port.node) else { continue };
+            let prefix = |ip: &std::net::IpAddr| {
+                switch
+                    .gateways
+                    .iter()
+                    .zip(&self.prefixes(&port.node))
+                    .find(|(g, _)| g.is_ipv4() == ip.is_ipv4())
+                    .map_or(if ip.is_ipv4() { 32 } else { 128 }, |(_, l)| *l)
+            };
+            let value = serde_json::json!({
+                "ips": port.ips.iter().map(|ip| format!("{ip}/{}", prefix(ip))).collect::<Vec<_>>(),
+                "mac": port.mac,
+                "gateways": switch.gateways.iter().map(|g| g.to_string()).collect::<Vec<_>>(),
+                "logicalPort": port.lsp,
+                "node": port.node,
+            })
+            .to_string();
+            let current =
+                self.index.pod_id(key).and_then(|id| self.index.pod(id)).and_then(|p| p.network_annotation.clone());
+            if current.as_deref() == Some(value.as_str()) {
+                self.annotated.remove(key);
+                continue;
+            }
+            if self.annotated.get(key) == Some(&value) {
+                continue;
+            }
+            if tx.send((key.clone(), value.clone())).is_ok() {
+                self.annotated.insert(key.clone(), value);
+            }
+        }
+    }
+
+    fn prefixes(&self, node: &str) -> Vec<u8> {
+        self.subnets.get(node).map(|s| s.iter().map(|(c, _)| c.prefix_len()).collect()).unwrap_or_default()
     }
 
     /// Writes only while `leading` says so (see [`crate::leader`]); a replica that becomes
@@ -220,6 +277,8 @@ impl Controller {
                 metrics.operations.fetch_add(report.operations as u64, Ordering::Relaxed);
                 metrics.reconcile.observe(started.elapsed());
                 self.ports = desired.ports.iter().map(|(k, p)| (k.clone(), p.lsp.clone())).collect();
+                self.subnets = assignment.nodes.clone();
+                self.annotate(&desired);
                 tracing::debug!(
                     transactions = report.transactions,
                     operations = report.operations,

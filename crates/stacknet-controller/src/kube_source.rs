@@ -278,3 +278,19 @@ pub async fn publish_events(
         }
     }
 }
+
+/// Writes pods' network annotations (a merge patch of that one annotation); a pod that has gone
+/// meanwhile is no error.
+pub async fn annotate_pods(client: Client, mut rx: tokio::sync::mpsc::UnboundedReceiver<(ObjectKey, String)>) {
+    use kube::api::{Patch, PatchParams};
+    while let Some((key, value)) = rx.recv().await {
+        let api: Api<core::Pod> = Api::namespaced(client.clone(), &key.namespace);
+        let patch =
+            serde_json::json!({"metadata": {"annotations": {stacknet_engine::objects::NETWORK_ANNOTATION: value}}});
+        match api.patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => tracing::warn!(pod = %key, error = %e, "writing the pod's network annotation failed"),
+        }
+    }
+}

@@ -44,6 +44,8 @@ struct Store {
     leases: BTreeMap<String, Value>,
     /// events.k8s.io Events posted.
     events: Vec<Value>,
+    /// Pod merge patches received (namespace/name).
+    patches: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -162,6 +164,39 @@ impl ApiServer {
                 let text = ev.to_string();
                 let head = format!(
                     "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                    text.len()
+                );
+                if write.write_all(head.as_bytes()).await.is_err() || write.write_all(text.as_bytes()).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            if method == "PATCH" && target.starts_with("/api/v1/namespaces/") {
+                // /api/v1/namespaces/{ns}/pods/{name}: a merge patch of annotations.
+                let parts: Vec<&str> = target.split('?').next().unwrap_or("").split('/').collect();
+                let (ns, name) = (parts[4].to_string(), parts[6].to_string());
+                let patch: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let updated = {
+                    let mut st = self.store.lock().unwrap();
+                    st.patches.push(format!("{ns}/{name}"));
+                    st.objects.get(&("/api/v1/pods".to_string(), format!("{ns}/{name}"))).cloned()
+                };
+                let (code, reply) = match updated {
+                    None => (
+                        404,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound"}),
+                    ),
+                    Some(mut obj) => {
+                        for (k, v) in patch["metadata"]["annotations"].as_object().cloned().unwrap_or_default() {
+                            obj["metadata"]["annotations"][k] = v;
+                        }
+                        self.apply(obj.clone());
+                        (200, obj)
+                    }
+                };
+                let text = reply.to_string();
+                let head = format!(
+                    "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
                     text.len()
                 );
                 if write.write_all(head.as_bytes()).await.is_err() || write.write_all(text.as_bytes()).await.is_err() {
@@ -381,7 +416,10 @@ async fn the_network_follows_the_watch_through_bookmarks_drops_and_410() {
     tokio::spawn(kube_source::run(client.clone(), tx, observed.events.clone()));
     let (sink, published) = tokio::sync::mpsc::unbounded_channel();
     observed.events.set_sink(sink);
-    tokio::spawn(kube_source::publish_events(client, published, "test-replica".into()));
+    tokio::spawn(kube_source::publish_events(client.clone(), published, "test-replica".into()));
+    let (annotate, annotations) = tokio::sync::mpsc::unbounded_channel();
+    let controller = controller.with_annotations(annotate);
+    tokio::spawn(kube_source::annotate_pods(client, annotations));
     tokio::spawn(controller.run(rx, std::future::pending()));
 
     // The lists: the network as the cluster is.
@@ -391,6 +429,23 @@ async fn the_network_follows_the_watch_through_bookmarks_drops_and_410() {
     let addresses =
         ovn.nbctl(&["--bare", "--columns=addresses", "find", "Logical_Switch_Port", "name=k8s_shop_a"]).unwrap();
     assert!(addresses.contains("10.44.0.2"), "the node's podCIDR: {addresses}");
+
+    // Each pod's network is written back as its annotation, once (the echo changes nothing).
+    let annotation = |name: &str| {
+        let st = api.store.lock().unwrap();
+        st.objects
+            .get(&("/api/v1/pods".to_string(), format!("shop/{name}")))
+            .and_then(|o| o["metadata"]["annotations"]["stacknet.io/network"].as_str().map(str::to_string))
+    };
+    until("pod a's annotation", || annotation("a").is_some()).await;
+    let net: Value = serde_json::from_str(&annotation("a").unwrap()).unwrap();
+    assert_eq!(net["ips"], json!(["10.44.0.2/24"]));
+    assert_eq!(net["gateways"], json!(["10.44.0.1"]));
+    assert_eq!(net["logicalPort"], "k8s_shop_a");
+    assert_eq!(net["mac"], "0a:58:0a:2c:00:02");
+    until("pod b's annotation", || annotation("b").is_some()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(api.store.lock().unwrap().patches.len(), 2, "one patch per pod, no loop");
 
     // The watch: a new pod.
     api.apply(pod("c", "web"));

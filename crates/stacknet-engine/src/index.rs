@@ -267,6 +267,7 @@ mod tests {
             ports: vec![],
             node: None,
             terminated: false,
+            network_annotation: None,
         }
     }
 

@@ -134,7 +134,13 @@ pub struct Pod {
     pub node: Option<String>,
     /// Phase Succeeded or Failed: the pod holds no address any more and takes no traffic.
     pub terminated: bool,
+    /// The `stacknet.io/network` annotation as the API server has it (what the controller
+    /// wrote back: the pod's addresses, MAC, gateways and logical port).
+    pub network_annotation: Option<String>,
 }
+
+/// The annotation the controller writes the pod's network into.
+pub const NETWORK_ANNOTATION: &str = "stacknet.io/network";
 
 impl Pod {
     /// Whether NetworkPolicy applies to the pod at all: hostNetwork pods are never selected
@@ -574,6 +580,7 @@ impl Pod {
             ports,
             node: spec.and_then(|s| s.node_name.clone()),
             terminated: matches!(phase, Some("Succeeded" | "Failed")),
+            network_annotation: pod.metadata.annotations.as_ref().and_then(|a| a.get(NETWORK_ANNOTATION).cloned()),
         })
     }
 }

@@ -179,6 +179,7 @@ fn pod(i: usize) -> impl Strategy<Value = Pod> {
         ports,
         node: None,
         terminated: kind == 2,
+        network_annotation: None,
     })
 }
 
@@ -357,6 +358,7 @@ fn pod_deltas_replay_to_the_next_model() {
         ports: vec![ContainerPort { name: Some("postgres".into()), port: 5432, protocol: Protocol::Tcp }],
         node: None,
         terminated: false,
+        network_annotation: None,
     };
     let d = engine.apply(ClusterObject::Pod(pod("db-0", "db", 1)));
     let sets: BTreeSet<String> = d.membership.iter().map(|c| format!("{:?} {} {}", c.set, c.pod, c.added)).collect();

@@ -52,6 +52,9 @@ pub fn run(args: ControllerArgs) -> Result<(), crate::Failure> {
                         tx,
                         controller.observed().events.clone(),
                     ));
+                    let (annotate, annotations) = tokio::sync::mpsc::unbounded_channel();
+                    controller = controller.with_annotations(annotate);
+                    tokio::spawn(stacknet_controller::kube_source::annotate_pods(client.clone(), annotations));
                     let (sink, events) = tokio::sync::mpsc::unbounded_channel();
                     controller.observed().events.set_sink(sink);
                     tokio::spawn(stacknet_controller::kube_source::publish_events(

@@ -101,6 +101,7 @@ fn expected_engine(objects: Vec<ClusterObject>) -> PolicyEngine {
         ports: vec![ContainerPort { name: Some("postgres".into()), port: 5432, protocol: Protocol::Tcp }],
         node: None,
         terminated: false,
+        network_annotation: None,
     });
     PolicyEngine::from_index(index)
 }
