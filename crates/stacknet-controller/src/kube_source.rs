@@ -244,18 +244,21 @@ fn reference(object: &str) -> Option<k8s_openapi::api::core::v1::ObjectReference
 }
 
 /// Publishes the controller's events as events.k8s.io/v1 Events on the objects they concern
-/// (cluster-scoped objects' events go to `default`, as kubectl looks for them). Runs until the
-/// sender side is gone; a failed post is logged, not retried.
+/// (cluster-scoped objects' events go to `default`, as kubectl looks for them); events about
+/// the network as a whole (OVN unreachable) go on `own_pod` (namespace, name), the controller's
+/// pod, when given. Runs until the sender side is gone; a failed post is logged, not retried.
 pub async fn publish_events(
     client: Client,
     mut events: tokio::sync::mpsc::UnboundedReceiver<crate::events::Event>,
     instance: String,
+    own_pod: Option<(String, String)>,
 ) {
     use k8s_openapi::api::events::v1::Event as KubeEvent;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
     let mut serial: u64 = 0;
     while let Some(e) = events.recv().await {
-        let Some(regarding) = reference(&e.object) else { continue };
+        let own = own_pod.as_ref().map(|(ns, name)| format!("Pod {ns}/{name}"));
+        let Some(regarding) = reference(&e.object).or_else(|| own.as_deref().and_then(reference)) else { continue };
         let namespace = regarding.namespace.clone().unwrap_or_else(|| "default".into());
         serial += 1;
         let now = k8s_openapi::jiff::Timestamp::now();

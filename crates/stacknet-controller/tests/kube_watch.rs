@@ -416,7 +416,7 @@ async fn the_network_follows_the_watch_through_bookmarks_drops_and_410() {
     tokio::spawn(kube_source::run(client.clone(), tx, observed.events.clone()));
     let (sink, published) = tokio::sync::mpsc::unbounded_channel();
     observed.events.set_sink(sink);
-    tokio::spawn(kube_source::publish_events(client.clone(), published, "test-replica".into()));
+    tokio::spawn(kube_source::publish_events(client.clone(), published, "test-replica".into(), None));
     let (annotate, annotations) = tokio::sync::mpsc::unbounded_channel();
     let controller = controller.with_annotations(annotate);
     tokio::spawn(kube_source::annotate_pods(client, annotations));

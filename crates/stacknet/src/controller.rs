@@ -57,10 +57,14 @@ pub fn run(args: ControllerArgs) -> Result<(), crate::Failure> {
                     tokio::spawn(stacknet_controller::kube_source::annotate_pods(client.clone(), annotations));
                     let (sink, events) = tokio::sync::mpsc::unbounded_channel();
                     controller.observed().events.set_sink(sink);
+                    // In the Deployment, the identity is the pod's name, in the lease's namespace.
+                    let own_pod = std::env::var_os("STACKNET_IDENTITY")
+                        .map(|_| (config.lease_namespace.clone(), config.identity.clone()));
                     tokio::spawn(stacknet_controller::kube_source::publish_events(
                         client.clone(),
                         events,
                         config.identity.clone(),
+                        own_pod,
                     ));
                     if config.leader_election {
                         let cfg = LeaseConfig::new(&config.lease_namespace, &config.identity);
