@@ -225,11 +225,32 @@ impl Ipam {
                 }
             }
         };
-        let pods: Vec<(&ObjectKey, &Pod, String)> = index
-            .pods()
-            .filter(|(_, p)| eligible(p))
-            .filter_map(|(_, p)| node_of(p, &out.nodes).map(|n| (&p.key, p, n)))
-            .collect();
+        let mut pods: Vec<(&ObjectKey, &Pod, String)> = Vec::new();
+        for (_, p) in index.pods().filter(|(_, p)| eligible(p)) {
+            match node_of(p, &out.nodes) {
+                Some(n) => pods.push((&p.key, p, n)),
+                // Scheduled on a node we have no subnet for (unknown, or its subnet exhausted).
+                None if p.node.as_ref().is_some_and(|n| index.node(n).is_none()) => out.problems.push(Problem {
+                    object: format!("Pod {}", p.key),
+                    reason: "NodeUnknown",
+                    message: format!(
+                        "spec.nodeName {:?} names no Node the controller knows: the pod gets no network until the Node exists",
+                        p.node.as_deref().unwrap_or_default()
+                    ),
+                }),
+                // Not scheduled, but showing an address no node's subnet holds (manifests).
+                None if p.node.is_none() && !p.ips.is_empty() => out.problems.push(Problem {
+                    object: format!("Pod {}", p.key),
+                    reason: "NoNodeForAddress",
+                    message: format!(
+                        "no spec.nodeName, and no Node's subnet holds its address {}: give the pod a nodeName, or add the Node whose podCIDR holds it",
+                        p.ips[0]
+                    ),
+                }),
+                // Unscheduled and without an address: pending, nothing to say yet.
+                None => {}
+            }
+        }
         let live: BTreeSet<&ObjectKey> = pods.iter().map(|(k, _, _)| *k).collect();
         self.pods.retain(|k, _| live.contains(k));
 
@@ -433,6 +454,9 @@ mod tests {
         for p in ["h", "u", "p"] {
             assert!(ips(&a, p).is_empty(), "{p}");
         }
+        // The pod on an unknown node is reported; the unscheduled one without an address is pending.
+        let reasons: Vec<(&str, &str)> = a.problems.iter().map(|p| (p.object.as_str(), p.reason)).collect();
+        assert_eq!(reasons, [("Pod x/u", "NodeUnknown")]);
     }
 
     #[test]
@@ -465,6 +489,19 @@ mod tests {
         assert_eq!(ips(&a, "b"), ["10.244.0.4"]);
         assert_eq!(a.problems[0].reason, "AddressConflict");
         assert!(a.problems[0].message.contains("vm-2"));
+    }
+
+    #[test]
+    fn an_address_no_node_holds_is_reported() {
+        let idx = index(&list(&[
+            node("n1"),
+            "- {apiVersion: v1, kind: Pod, metadata: {name: s, namespace: x}, spec: {containers: []}, status: {podIP: 192.168.9.9}}\n".to_string(),
+        ]));
+        let a = ipam(&["10.244.0.0/16"]).sync(&idx);
+        assert!(ips(&a, "s").is_empty());
+        assert_eq!(a.problems.len(), 1);
+        assert_eq!(a.problems[0].reason, "NoNodeForAddress");
+        assert!(a.problems[0].message.contains("192.168.9.9"));
     }
 
     #[test]
