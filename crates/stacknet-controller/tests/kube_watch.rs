@@ -162,11 +162,7 @@ impl ApiServer {
                 let ev: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                 self.store.lock().unwrap().events.push(ev.clone());
                 let text = ev.to_string();
-                let head = format!(
-                    "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                    text.len()
-                );
-                if write.write_all(head.as_bytes()).await.is_err() || write.write_all(text.as_bytes()).await.is_err() {
+                if !reply(&mut write, 201, &text).await {
                     return;
                 }
                 continue;
@@ -181,7 +177,7 @@ impl ApiServer {
                     st.patches.push(format!("{ns}/{name}"));
                     st.objects.get(&("/api/v1/pods".to_string(), format!("{ns}/{name}"))).cloned()
                 };
-                let (code, reply) = match updated {
+                let (code, answer) = match updated {
                     None => (
                         404,
                         json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound"}),
@@ -194,24 +190,16 @@ impl ApiServer {
                         (200, obj)
                     }
                 };
-                let text = reply.to_string();
-                let head = format!(
-                    "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                    text.len()
-                );
-                if write.write_all(head.as_bytes()).await.is_err() || write.write_all(text.as_bytes()).await.is_err() {
+                let text = answer.to_string();
+                if !reply(&mut write, code, &text).await {
                     return;
                 }
                 continue;
             }
             if target.starts_with("/apis/coordination.k8s.io/") {
-                let (code, reply) = self.lease(&method, &target, &body);
-                let text = reply.to_string();
-                let head = format!(
-                    "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-                    text.len()
-                );
-                if write.write_all(head.as_bytes()).await.is_err() || write.write_all(text.as_bytes()).await.is_err() {
+                let (code, answer) = self.lease(&method, &target, &body);
+                let text = answer.to_string();
+                if !reply(&mut write, code, &text).await {
                     return;
                 }
                 continue;
@@ -220,9 +208,9 @@ impl ApiServer {
             let params: BTreeMap<&str, &str> = query.split('&').filter_map(|kv| kv.split_once('=')).collect();
             let Some(&(resource, kind, api_version)) = RESOURCES.iter().find(|r| r.0 == path) else {
                 let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound"}).to_string();
-                let _ = write
-                    .write_all(format!("HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes())
-                    .await;
+                if !reply(&mut write, 404, &body).await {
+                    return;
+                }
                 continue;
             };
             if params.get("watch").is_some_and(|w| *w == "true" || *w == "1") {
@@ -238,9 +226,7 @@ impl ApiServer {
                 json!({"kind": format!("{kind}List"), "apiVersion": api_version, "metadata": {"resourceVersion": st.rv.to_string()}, "items": items})
                     .to_string()
             };
-            let head =
-                format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
-            if write.write_all(head.as_bytes()).await.is_err() || write.write_all(body.as_bytes()).await.is_err() {
+            if !reply(&mut write, 200, &body).await {
                 return;
             }
         }
@@ -349,6 +335,13 @@ impl ApiServer {
             }
         }
     }
+}
+
+/// Writes one JSON response (the connection stays open for the next request); false if the
+/// client has gone.
+async fn reply(write: &mut tokio::net::tcp::OwnedWriteHalf, code: u16, body: &str) -> bool {
+    let head = format!("HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
+    write.write_all(head.as_bytes()).await.is_ok() && write.write_all(body.as_bytes()).await.is_ok()
 }
 
 fn namespace(name: &str) -> Value {

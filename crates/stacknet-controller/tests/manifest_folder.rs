@@ -123,6 +123,8 @@ async fn the_network_follows_the_folder_and_a_restart_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("cluster.yaml"), nodes_and_pods(6)).unwrap();
     let c = start(&ovn, dir.path()).await;
+    // The endpoints serve before the loop runs; /healthz turns 200 once it does.
+    until("alive", || c.observed.health.alive.load(Ordering::SeqCst)).await;
     assert_eq!(get(c.addr, "/healthz").await.0, 200);
 
     until("six pod ports", || pod_addresses(&ovn).len() == 6).await;

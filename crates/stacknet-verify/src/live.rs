@@ -213,10 +213,18 @@ impl Live {
                 (k.clone(), (uid, p.ips.clone()))
             })
             .collect();
+        self.converge_pods(wanted).await?;
+        self.settle()?;
+        Ok(report)
+    }
+
+    /// Brings the attached pods to `wanted` (pod → UID and addresses): a CNI DEL for each pod
+    /// gone or changed, a namespace and a CNI ADD for each new one. VMs stay as they are.
+    async fn converge_pods(&mut self, wanted: BTreeMap<ObjectKey, (String, Vec<IpAddr>)>) -> Result<(), Error> {
         let stale: Vec<ObjectKey> = self
             .pods
             .iter()
-            .filter(|(k, p)| wanted.get(*k).is_none_or(|(uid, ips)| *uid != p.uid || *ips != p.ips))
+            .filter(|(k, p)| !p.vm && wanted.get(*k).is_none_or(|(uid, ips)| *uid != p.uid || *ips != p.ips))
             .map(|(k, _)| k.clone())
             .collect();
         for k in stale {
@@ -235,8 +243,7 @@ impl Live {
                 LivePod { netns, container, uid, ips, listening: BTreeSet::new(), tasks: Vec::new(), vm: false },
             );
         }
-        self.settle()?;
-        Ok(report)
+        Ok(())
     }
 
     /// Waits until ovn-controller has caught up with the Northbound database, then clears
@@ -278,28 +285,7 @@ impl Live {
                 None => missing.push(pod.key.clone()),
             }
         }
-        let stale: Vec<ObjectKey> = self
-            .pods
-            .iter()
-            .filter(|(k, p)| !p.vm && wanted.get(*k).is_none_or(|(uid, ips)| *uid != p.uid || *ips != p.ips))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in stale {
-            if let Some(p) = self.pods.remove(&k) {
-                self.cni("DEL", &p.container, &p.netns.path(), None).await?;
-            }
-        }
-        for (k, (uid, ips)) in wanted {
-            if self.pods.contains_key(&k) {
-                continue;
-            }
-            let (netns, container) = Live::new_sandbox()?;
-            self.cni("ADD", &container, &netns.path(), Some((&k, &uid))).await?;
-            self.pods.insert(
-                k,
-                LivePod { netns, container, uid, ips, listening: BTreeSet::new(), tasks: Vec::new(), vm: false },
-            );
-        }
+        self.converge_pods(wanted).await?;
         self.settle()?;
         Ok(missing)
     }

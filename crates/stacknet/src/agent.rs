@@ -45,13 +45,7 @@ pub struct AgentArgs {
 /// Runs until SIGTERM or SIGINT, then removes its socket.
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     anyhow::ensure!((576..=65535).contains(&args.mtu), "--mtu {}: not an MTU (576-65535)", args.mtu);
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STACKNET_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    crate::init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
         if let Some(dir) = args.socket.parent() {

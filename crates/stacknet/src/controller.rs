@@ -15,13 +15,7 @@ pub fn run(args: ControllerArgs) -> Result<(), crate::Failure> {
     {
         return Err(crate::Failure::Input(format!("--manifests {}: not a directory", dir.display())));
     }
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STACKNET_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    crate::init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

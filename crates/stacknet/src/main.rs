@@ -81,6 +81,17 @@ enum Dataplane {
 }
 
 /// A failure and the exit status it maps to.
+/// Daemons log to stderr; `STACKNET_LOG` filters (default `info`).
+fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STACKNET_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 enum Failure {
     /// Bad input: exit 2.
     Input(String),
