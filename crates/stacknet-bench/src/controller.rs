@@ -223,20 +223,6 @@ fn stop(mut r: Running) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `stacknet` next to this executable (`cargo build --release -p stacknet` puts it there).
-fn find_stacknet(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    let path = match given {
-        Some(p) => p,
-        None => std::env::current_exe()?.with_file_name("stacknet"),
-    };
-    anyhow::ensure!(
-        path.is_file(),
-        "{} is not there: build it first (cargo build --release -p stacknet) or pass --stacknet PATH",
-        path.display()
-    );
-    Ok(path)
-}
-
 fn ports_in(ovn: &Ovn, prefix: &str) -> anyhow::Result<usize> {
     let out = ovn.nbctl(&[
         "--bare",
@@ -250,7 +236,7 @@ fn ports_in(ovn: &Ovn, prefix: &str) -> anyhow::Result<usize> {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.nodes > 0 && args.pods > 0, "--nodes and --pods must be at least 1");
-    let stacknet = find_stacknet(args.stacknet)?;
+    let stacknet = crate::podready::find_sibling(args.stacknet, "stacknet", "stacknet")?;
     let ovn = Ovn::nb_only().context("starting ovsdb-server")?;
     let dir = tempfile::Builder::new().prefix("stacknet-bench-controller-").tempdir()?;
     std::fs::write(dir.path().join("10-cluster.yaml"), cluster(args.pods, args.nodes, "", 0))?;

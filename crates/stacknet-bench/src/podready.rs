@@ -35,15 +35,16 @@ pub struct Args {
 const PORT: u16 = 7777;
 const READY_DEADLINE: Duration = Duration::from_secs(60);
 
-/// The plugin next to this executable (`cargo build --release -p stacknet-cni` puts it there).
-pub fn find_plugin(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+/// The executable `name` given, or next to this one (`cargo build --release -p PACKAGE` puts
+/// it there).
+pub fn find_sibling(given: Option<PathBuf>, name: &str, package: &str) -> anyhow::Result<PathBuf> {
     let path = match given {
         Some(p) => p,
-        None => std::env::current_exe()?.with_file_name("stacknet-cni"),
+        None => std::env::current_exe()?.with_file_name(name),
     };
     anyhow::ensure!(
         path.is_file(),
-        "the CNI plugin {} is not there: build it first (cargo build --release -p stacknet-cni) or pass --cni PATH",
+        "{} is not there: build it first (cargo build --release -p {package}) or pass its path",
         path.display()
     );
     Ok(path)
@@ -165,7 +166,7 @@ fn ms(v: f64) -> serde_json::Value {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!((1..=10_000).contains(&args.pods), "--pods must be between 1 and 10000");
-    let plugin = find_plugin(args.plugin)?;
+    let plugin = find_sibling(args.plugin, "stacknet-cni", "stacknet-cni")?;
     let mut live = Live::start("podready", &plugin).await.context("starting the node")?;
 
     // The peer first, attached and answering; then the controller's ports for the others.

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use std::time::Duration;
 use stacknet_engine::index::Kind;
 use stacknet_engine::ipam::Ipam;
 use stacknet_engine::objects::{ClusterObject, ObjectKey};
-use stacknet_engine::{ClusterIndex, PolicyEngine};
+use stacknet_engine::{Cidr, ClusterIndex, PolicyEngine};
 use stacknet_ovn::{NodeNet, OvnBackend, Topology};
 use stacknet_ovsdb::nb;
 use tokio::sync::mpsc;
@@ -56,8 +56,6 @@ pub struct Controller {
     pending_up: HashMap<ObjectKey, Instant>,
     /// Each pod's logical port, as last programmed.
     ports: BTreeMap<ObjectKey, String>,
-    /// Each node's subnets, as last allocated.
-    subnets: BTreeMap<String, Vec<(stacknet_engine::Cidr, std::net::IpAddr)>>,
     /// Whether this replica may write (`None`: no election, always).
     leading: Option<tokio::sync::watch::Receiver<bool>>,
     /// Where pods' network annotations go to be written back (with the Kubernetes API).
@@ -68,7 +66,7 @@ pub struct Controller {
 
 impl Controller {
     /// A controller fed by the named `sources` (each must send [`Change::Synced`]).
-    pub fn new(config: ControllerConfig, sources: &[&str]) -> Result<Controller, String> {
+    pub fn new(config: ControllerConfig, sources: &[impl AsRef<str>]) -> Result<Controller, String> {
         let ipam = Ipam::new(config.ipam.clone())?;
         let backend = OvnBackend::connect(config.nb.clone());
         Ok(Controller {
@@ -81,12 +79,11 @@ impl Controller {
                 metrics: Arc::new(Metrics::default()),
                 health: Arc::new(Health::default()),
             },
-            sources: sources.iter().map(|s| s.to_string()).collect(),
+            sources: sources.iter().map(|s| s.as_ref().to_string()).collect(),
             synced: BTreeSet::new(),
             restored: false,
             pending_up: HashMap::new(),
             ports: BTreeMap::new(),
-            subnets: BTreeMap::new(),
             leading: None,
             annotate: None,
             annotated: HashMap::new(),
@@ -100,24 +97,20 @@ impl Controller {
         self
     }
 
-    /// Sends the annotations that differ from what the pods carry (after a reconcile).
-    fn annotate(&mut self, desired: &stacknet_ovn::Desired) {
+    /// Sends the annotations that differ from what the pods carry (after a reconcile); a
+    /// pod's prefix lengths and gateways are those of its node's subnets in `nodes`.
+    fn annotate(&mut self, desired: &stacknet_ovn::Desired, nodes: &BTreeMap<String, Vec<(Cidr, IpAddr)>>) {
         let Some(tx) = &self.annotate else { return };
         self.annotated.retain(|k, _| desired.ports.contains_key(k));
         for (key, port) in &desired.ports {
-            let Some(switch) = desired.switches.get(&port.node) else { continue };
-            let prefix = |ip: &std::net::IpAddr| {
-                switch
-                    .gateways
-                    .iter()
-                    .zip(&self.prefixes(&port.node))
-                    .find(|(g, _)| g.is_ipv4() == ip.is_ipv4())
-                    .map_or(if ip.is_ipv4() { 32 } else { 128 }, |(_, l)| *l)
-            };
+            let Some(subnets) = nodes.get(&port.node) else { continue };
+            let ips = port.ips.iter().filter_map(|ip| {
+                subnets.iter().find(|(c, _)| c.contains(*ip)).map(|(c, _)| format!("{ip}/{}", c.prefix_len()))
+            });
             let value = serde_json::json!({
-                "ips": port.ips.iter().map(|ip| format!("{ip}/{}", prefix(ip))).collect::<Vec<_>>(),
+                "ips": ips.collect::<Vec<_>>(),
                 "mac": port.mac,
-                "gateways": switch.gateways.iter().map(|g| g.to_string()).collect::<Vec<_>>(),
+                "gateways": subnets.iter().map(|(_, g)| g.to_string()).collect::<Vec<_>>(),
                 "logicalPort": port.lsp,
                 "node": port.node,
             })
@@ -135,10 +128,6 @@ impl Controller {
                 self.annotated.insert(key.clone(), value);
             }
         }
-    }
-
-    fn prefixes(&self, node: &str) -> Vec<u8> {
-        self.subnets.get(node).map(|s| s.iter().map(|(c, _)| c.prefix_len()).collect()).unwrap_or_default()
     }
 
     /// Writes only while `leading` says so (see [`crate::leader`]); a replica that becomes
@@ -277,8 +266,7 @@ impl Controller {
                 metrics.operations.fetch_add(report.operations as u64, Ordering::Relaxed);
                 metrics.reconcile.observe(started.elapsed());
                 self.ports = desired.ports.iter().map(|(k, p)| (k.clone(), p.lsp.clone())).collect();
-                self.subnets = assignment.nodes.clone();
-                self.annotate(&desired);
+                self.annotate(&desired, &assignment.nodes);
                 tracing::debug!(
                     transactions = report.transactions,
                     operations = report.operations,
@@ -313,7 +301,9 @@ impl Controller {
         health.set_ready(false, "waiting for the cluster's initial state and the Northbound database");
         let mut changes = Some(changes);
         let mut status = self.backend.client().status();
-        let mut dirty: Option<(Instant, Instant)> = None; // (first change, last change)
+        // (first change, last change). A first reconcile is due even with no change at all:
+        // it garbage-collects what the cluster no longer has.
+        let mut dirty: Option<(Instant, Instant)> = Some((Instant::now(), Instant::now()));
         let mut retry_at: Option<Instant> = None;
         let mut backoff = Duration::from_millis(200);
         let started = Instant::now();
@@ -412,10 +402,6 @@ impl Controller {
             }
             if !leader && self.synced() && !health.ready.load(Ordering::SeqCst) {
                 health.set_ready(true, "");
-            }
-            if dirty.is_none() && can && !health.ready.load(Ordering::SeqCst) {
-                // Synced with nothing to change yet: reconcile once anyway (GC, first run).
-                dirty = Some((Instant::now(), Instant::now()));
             }
         }
         health.alive.store(false, Ordering::SeqCst);

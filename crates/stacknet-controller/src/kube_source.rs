@@ -32,70 +32,59 @@ pub const WATCHED: [(&str, &str); 6] = [
     ("networking.k8s.io", "networkpolicies"),
 ];
 
-/// The source names the controller waits for ([`Change::Synced`]).
-pub fn sources() -> Vec<&'static str> {
-    vec!["kube/Namespace", "kube/Node", "kube/Pod", "kube/Service", "kube/EndpointSlice", "kube/NetworkPolicy"]
+/// The kinds watched, in the order their watchers start.
+const KINDS: [Kind; 6] =
+    [Kind::Namespace, Kind::Node, Kind::Pod, Kind::Service, Kind::EndpointSlice, Kind::NetworkPolicy];
+
+/// The source name of a kind's watcher ([`Change::Synced`]).
+fn source(kind: Kind) -> String {
+    format!("kube/{}", kind.name())
 }
 
-type Convert<K> = fn(&K, &Events) -> Option<ClusterObject>;
-
-fn invalid(events: &Events, what: &str, e: impl std::fmt::Display) -> Option<ClusterObject> {
-    events.warn(what, "InvalidObject", &format!("{e}; the object is ignored"));
-    None
+/// The source names the controller waits for.
+pub fn sources() -> Vec<String> {
+    KINDS.iter().map(|k| source(*k)).collect()
 }
 
-fn namespace(o: &core::Namespace, ev: &Events) -> Option<ClusterObject> {
-    match Namespace::from_k8s(o) {
-        Ok(x) => Some(ClusterObject::Namespace(x)),
-        Err(e) => invalid(ev, &format!("Namespace {}", o.name_any()), e),
+/// `Kind ns/name`, or `Kind name` for cluster-scoped objects.
+fn describe<K: Resource>(kind: Kind, o: &K) -> String {
+    match o.namespace() {
+        Some(ns) => format!("{} {ns}/{}", kind.name(), o.name_any()),
+        None => format!("{} {}", kind.name(), o.name_any()),
     }
 }
 
-fn node(o: &core::Node, ev: &Events) -> Option<ClusterObject> {
-    match Node::from_k8s(o) {
-        Ok(x) => Some(ClusterObject::Node(x)),
-        Err(e) => invalid(ev, &format!("Node {}", o.name_any()), e),
-    }
-}
-
-fn pod(o: &core::Pod, ev: &Events) -> Option<ClusterObject> {
-    match Pod::from_k8s(o) {
-        Ok(x) => Some(ClusterObject::Pod(x)),
-        Err(e) => invalid(ev, &describe("Pod", o), e),
-    }
-}
-
-fn service(o: &core::Service, ev: &Events) -> Option<ClusterObject> {
-    match Service::from_k8s(o) {
-        Ok(x) => Some(ClusterObject::Service(x)),
-        Err(e) => invalid(ev, &describe("Service", o), e),
-    }
-}
-
-fn endpoint_slice(o: &discovery::EndpointSlice, ev: &Events) -> Option<ClusterObject> {
-    match EndpointSlice::from_k8s(o) {
-        Ok(x) => Some(ClusterObject::EndpointSlice(x)),
-        Err(e) => invalid(ev, &describe("EndpointSlice", o), e),
-    }
-}
-
-fn network_policy(o: &networking::NetworkPolicy, ev: &Events) -> Option<ClusterObject> {
-    let mut warnings = Vec::new();
-    let r = NetworkPolicy::from_k8s(o, &mut warnings);
-    for w in warnings {
-        ev.warn(&describe("NetworkPolicy", o), "PolicyWarning", &w);
-    }
-    match r {
-        Ok(p) => Some(ClusterObject::NetworkPolicy(p)),
+/// Converts an API object; an invalid one becomes an event on it and is ignored.
+fn convert<K: Resource, T>(
+    o: &K,
+    events: &Events,
+    kind: Kind,
+    from: impl Fn(&K) -> Result<T, stacknet_engine::Invalid>,
+    wrap: fn(T) -> ClusterObject,
+) -> Option<ClusterObject> {
+    match from(o) {
+        Ok(x) => Some(wrap(x)),
         Err(e) => {
-            ev.warn(&describe("NetworkPolicy", o), "InvalidNetworkPolicy", &format!("{e}; the policy is not enforced"));
+            events.warn(&describe(kind, o), "InvalidObject", &format!("{e}; the object is ignored"));
             None
         }
     }
 }
 
-fn describe<K: Resource>(kind: &str, o: &K) -> String {
-    format!("{kind} {}/{}", o.namespace().unwrap_or_else(|| "default".into()), o.name_any())
+fn network_policy(o: &networking::NetworkPolicy, ev: &Events) -> Option<ClusterObject> {
+    let what = describe(Kind::NetworkPolicy, o);
+    let mut warnings = Vec::new();
+    let r = NetworkPolicy::from_k8s(o, &mut warnings);
+    for w in warnings {
+        ev.warn(&what, "PolicyWarning", &w);
+    }
+    match r {
+        Ok(p) => Some(ClusterObject::NetworkPolicy(p)),
+        Err(e) => {
+            ev.warn(&what, "InvalidNetworkPolicy", &format!("{e}; the policy is not enforced"));
+            None
+        }
+    }
 }
 
 fn key_of<K: Resource>(o: &K, cluster_scoped: bool) -> ObjectKey {
@@ -107,16 +96,11 @@ fn key_of<K: Resource>(o: &K, cluster_scoped: bool) -> ObjectKey {
 }
 
 /// Feeds the changes of one kind into `tx` until the receiver is gone.
-async fn watch<K>(
-    api: Api<K>,
-    kind: Kind,
-    name: &str,
-    convert: Convert<K>,
-    tx: mpsc::Sender<Change>,
-    events: Arc<Events>,
-) where
+async fn watch<K, F>(api: Api<K>, kind: Kind, convert: F, tx: mpsc::Sender<Change>, events: Arc<Events>)
+where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default,
+    F: Fn(&K, &Events) -> Option<ClusterObject>,
 {
     let cluster_scoped = matches!(kind, Kind::Namespace | Kind::Node);
     let mut stream = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
@@ -130,7 +114,7 @@ async fn watch<K>(
             Ok(None) => return,
             Err(e) => {
                 // The watcher backs off and resumes by itself; say what happened.
-                tracing::warn!(kind = name, error = %e, "watch interrupted; resuming");
+                tracing::warn!(kind = kind.name(), error = %e, "watch interrupted; resuming");
                 continue;
             }
         };
@@ -153,7 +137,7 @@ async fn watch<K>(
                 }
                 if !synced {
                     synced = true;
-                    out.push(Change::Synced(format!("kube/{name}")));
+                    out.push(Change::Synced(source(kind)));
                 }
             }
             Event::Apply(o) => {
@@ -178,45 +162,55 @@ async fn watch<K>(
 
 /// Watches every kind through `client` until `tx`'s receiver is gone.
 pub async fn run(client: Client, tx: mpsc::Sender<Change>, events: Arc<Events>) {
-    let c = &client;
-    let tasks = vec![
-        tokio::spawn(watch::<core::Namespace>(
-            Api::all(c.clone()),
+    let api = || client.clone();
+    let (t, e) = (|| tx.clone(), || events.clone());
+    let tasks = [
+        tokio::spawn(watch(
+            Api::<core::Namespace>::all(api()),
             Kind::Namespace,
-            "Namespace",
-            namespace,
-            tx.clone(),
-            events.clone(),
+            |o, ev| convert(o, ev, Kind::Namespace, Namespace::from_k8s, ClusterObject::Namespace),
+            t(),
+            e(),
         )),
-        tokio::spawn(watch::<core::Node>(Api::all(c.clone()), Kind::Node, "Node", node, tx.clone(), events.clone())),
-        tokio::spawn(watch::<core::Pod>(Api::all(c.clone()), Kind::Pod, "Pod", pod, tx.clone(), events.clone())),
-        tokio::spawn(watch::<core::Service>(
-            Api::all(c.clone()),
+        tokio::spawn(watch(
+            Api::<core::Node>::all(api()),
+            Kind::Node,
+            |o, ev| convert(o, ev, Kind::Node, Node::from_k8s, ClusterObject::Node),
+            t(),
+            e(),
+        )),
+        tokio::spawn(watch(
+            Api::<core::Pod>::all(api()),
+            Kind::Pod,
+            |o, ev| convert(o, ev, Kind::Pod, Pod::from_k8s, ClusterObject::Pod),
+            t(),
+            e(),
+        )),
+        tokio::spawn(watch(
+            Api::<core::Service>::all(api()),
             Kind::Service,
-            "Service",
-            service,
-            tx.clone(),
-            events.clone(),
+            |o, ev| convert(o, ev, Kind::Service, Service::from_k8s, ClusterObject::Service),
+            t(),
+            e(),
         )),
-        tokio::spawn(watch::<discovery::EndpointSlice>(
-            Api::all(c.clone()),
+        tokio::spawn(watch(
+            Api::<discovery::EndpointSlice>::all(api()),
             Kind::EndpointSlice,
-            "EndpointSlice",
-            endpoint_slice,
-            tx.clone(),
-            events.clone(),
+            |o, ev| convert(o, ev, Kind::EndpointSlice, EndpointSlice::from_k8s, ClusterObject::EndpointSlice),
+            t(),
+            e(),
         )),
-        tokio::spawn(watch::<networking::NetworkPolicy>(
-            Api::all(c.clone()),
+        tokio::spawn(watch(
+            Api::<networking::NetworkPolicy>::all(api()),
             Kind::NetworkPolicy,
-            "NetworkPolicy",
             network_policy,
-            tx,
-            events,
+            t(),
+            e(),
         )),
     ];
-    for t in tasks {
-        let _ = t.await;
+    debug_assert_eq!(tasks.len(), KINDS.len());
+    for task in tasks {
+        let _ = task.await;
     }
 }
 

@@ -23,9 +23,17 @@ use crate::events::Events;
 pub const SOURCE: &str = "manifests";
 
 struct FileState {
+    /// The file's modification time and size when last read: a poll reads only files whose
+    /// metadata changed.
+    stamp: (Option<std::time::SystemTime>, u64),
     /// What the file held when it last parsed (or was unreadable: then nothing).
     content: Vec<u8>,
     objects: Vec<ClusterObject>,
+}
+
+fn stamp(path: &Path) -> Option<(Option<std::time::SystemTime>, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok(), meta.len()))
 }
 
 pub struct ManifestSource {
@@ -83,8 +91,13 @@ impl ManifestSource {
         paths.sort();
         self.files.retain(|p, _| paths.contains(p));
         for path in &paths {
+            let Some(now) = stamp(path) else { continue };
+            if self.files.get(path).is_some_and(|f| f.stamp == now) {
+                continue;
+            }
             let Ok(content) = std::fs::read(path) else { continue };
-            if self.files.get(path).is_some_and(|f| f.content == content) {
+            if let Some(f) = self.files.get_mut(path).filter(|f| f.content == content) {
+                f.stamp = now;
                 continue;
             }
             let name = path.strip_prefix(&self.dir).unwrap_or(path).display().to_string();
@@ -94,7 +107,7 @@ impl ManifestSource {
                     for w in &parsed.warnings {
                         tracing::warn!(file = %name, "{w}");
                     }
-                    self.files.insert(path.clone(), FileState { content, objects: parsed.objects });
+                    self.files.insert(path.clone(), FileState { stamp: now, content, objects: parsed.objects });
                 }
                 Err(e) => {
                     let keeps = if self.files.contains_key(path) {
@@ -105,7 +118,7 @@ impl ManifestSource {
                     self.events.warn(&format!("file {name}"), "InvalidManifest", &format!("{e}; {keeps}"));
                     // Remember the bad content (so it is reported once), keep the objects.
                     let objects = self.files.remove(path).map(|f| f.objects).unwrap_or_default();
-                    self.files.insert(path.clone(), FileState { content, objects });
+                    self.files.insert(path.clone(), FileState { stamp: now, content, objects });
                 }
             }
         }

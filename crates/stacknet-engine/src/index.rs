@@ -45,6 +45,20 @@ pub enum Kind {
     EndpointSlice,
 }
 
+impl Kind {
+    /// The Kubernetes kind's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Namespace => "Namespace",
+            Kind::Node => "Node",
+            Kind::Pod => "Pod",
+            Kind::NetworkPolicy => "NetworkPolicy",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+        }
+    }
+}
+
 impl ClusterIndex {
     pub fn new() -> Self {
         Self::default()

@@ -3,6 +3,7 @@
 //! through the logical pipeline ovn-northd generated: the verdict is OVN's, not ours.
 #![forbid(unsafe_code)]
 
+pub mod conformance;
 pub mod live;
 
 use std::net::SocketAddr;
@@ -34,6 +35,35 @@ pub struct Probe {
     pub to: ObjectKey,
     pub port: u16,
     pub protocol: Protocol,
+}
+
+/// One probe per ordered pair of distinct pods, rows in `pods` order.
+pub(crate) fn pair_probes(pods: &[ObjectKey], spec: ProbeSpec) -> Vec<Probe> {
+    let mut probes = Vec::new();
+    for a in pods {
+        for b in pods.iter().filter(|b| *b != a) {
+            probes.push(Probe { from: a.clone(), to: b.clone(), port: spec.port, protocol: spec.protocol });
+        }
+    }
+    probes
+}
+
+/// The matrix for `verdicts` given in [`pair_probes`] order.
+pub(crate) fn assemble(
+    pods: &[ObjectKey],
+    spec: ProbeSpec,
+    verdicts: Vec<Result<bool, Error>>,
+) -> Result<Matrix, Error> {
+    let mut verdicts = verdicts.into_iter();
+    let mut allowed = Vec::new();
+    for a in pods {
+        let mut row = Vec::new();
+        for b in pods {
+            row.push(if a == b { None } else { Some(verdicts.next().expect("one per pair")?) });
+        }
+        allowed.push(row);
+    }
+    Ok(Matrix { probe: spec, pods: pods.to_vec(), allowed })
 }
 
 /// A private OVN, programmed from an engine, answering probes with ovn-trace.
@@ -141,24 +171,8 @@ impl OvnTrace {
             .collect();
         let mut out = Vec::new();
         for spec in specs {
-            let mut probes = Vec::new();
-            for a in &pods {
-                for b in &pods {
-                    if a != b {
-                        probes.push(Probe { from: a.clone(), to: b.clone(), port: spec.port, protocol: spec.protocol });
-                    }
-                }
-            }
-            let mut verdicts = self.decide_all(&probes).into_iter();
-            let mut allowed = Vec::new();
-            for a in &pods {
-                let mut row = Vec::new();
-                for b in &pods {
-                    row.push(if a == b { None } else { Some(verdicts.next().expect("one per pair")?) });
-                }
-                allowed.push(row);
-            }
-            out.push(Matrix { probe: *spec, pods: pods.clone(), allowed });
+            let verdicts = self.decide_all(&pair_probes(&pods, *spec));
+            out.push(assemble(&pods, *spec, verdicts)?);
         }
         Ok(out)
     }

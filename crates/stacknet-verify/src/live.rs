@@ -498,24 +498,8 @@ impl Live {
             .collect();
         let mut out = Vec::new();
         for spec in specs {
-            let mut probes = Vec::new();
-            for a in &pods {
-                for b in &pods {
-                    if a != b {
-                        probes.push(Probe { from: a.clone(), to: b.clone(), port: spec.port, protocol: spec.protocol });
-                    }
-                }
-            }
-            let mut verdicts = self.decide_all(&probes).await.into_iter();
-            let mut allowed = Vec::new();
-            for a in &pods {
-                let mut row = Vec::new();
-                for b in &pods {
-                    row.push(if a == b { None } else { Some(verdicts.next().expect("one per pair")?) });
-                }
-                allowed.push(row);
-            }
-            out.push(Matrix { probe: *spec, pods: pods.clone(), allowed });
+            let verdicts = self.decide_all(&crate::pair_probes(&pods, *spec)).await;
+            out.push(crate::assemble(&pods, *spec, verdicts)?);
         }
         Ok(out)
     }

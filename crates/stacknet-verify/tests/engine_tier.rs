@@ -3,12 +3,10 @@
 
 use std::collections::BTreeMap;
 
-mod common;
-
-use common::apply;
 use stacknet_conformance::{Scenario, generated, upstream};
 use stacknet_engine::objects::Protocol;
 use stacknet_engine::{ClusterIndex, PolicyEngine, semantics};
+use stacknet_verify::conformance::apply;
 
 /// Runs a scenario; returns one line per wrong verdict.
 fn check(scenario: &Scenario) -> Vec<String> {

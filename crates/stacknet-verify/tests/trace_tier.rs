@@ -4,13 +4,10 @@
 
 use std::time::Instant;
 
-mod common;
-
-use common::apply;
 use stacknet_conformance::{Scenario, generated, upstream};
-use stacknet_engine::objects::{ObjectKey, Protocol};
-use stacknet_engine::{PolicyEngine, semantics};
-use stacknet_verify::{OvnTrace, Probe};
+use stacknet_engine::PolicyEngine;
+use stacknet_verify::OvnTrace;
+use stacknet_verify::conformance::{apply, engine_verdict, expected_probes};
 
 /// Runs scenarios on one shared OVN (each reconcile replaces the previous case's rows, so
 /// garbage collection is exercised too). Returns (probes traced, failures).
@@ -31,23 +28,13 @@ async fn run(
                 apply(&mut engine, e);
             }
             trace.program(&engine).await.expect("programmed");
-            let mut probes = Vec::new();
-            let mut expected = Vec::new();
-            for p in step.probes.iter().filter(|p| keep_probe(p.port, &p.protocol)) {
-                let protocol: Protocol = p.protocol.parse().unwrap();
-                for ((from, to), want) in &p.expected {
-                    probes.push(Probe { from: from.parse().unwrap(), to: to.parse().unwrap(), port: p.port, protocol });
-                    expected.push(*want);
-                }
-            }
+            let (probes, expected): (Vec<_>, Vec<_>) =
+                expected_probes(step, |port, protocol| keep_probe(port, protocol.as_str())).into_iter().unzip();
             traced += probes.len();
             let verdicts = trace.decide_all(&probes);
-            let index = engine.index();
             for ((probe, want), got) in probes.iter().zip(expected).zip(verdicts) {
                 let got = got.unwrap_or_else(|e| panic!("{} step {}: {e}", s.name, i + 1));
-                let pod = |k: &ObjectKey| index.pod(index.pod_id(k).unwrap()).unwrap();
-                let engine_says =
-                    semantics::evaluate(index, pod(&probe.from), pod(&probe.to), probe.port, probe.protocol).allowed();
+                let engine_says = engine_verdict(&engine, probe);
                 if got != want || engine_says != want {
                     failures.push(format!(
                         "{} step {} ({}): {} -> {} {}/{}: expected {want}, ovn-trace {got}, engine {engine_says}",

@@ -173,16 +173,7 @@ pub fn run(args: DemoArgs) -> Result<bool, crate::Failure> {
             args.example.display()
         )));
     }
-    let plugin = match args.cni.clone() {
-        Some(p) => p,
-        None => std::env::current_exe().map_err(|e| crate::Failure::Other(e.into()))?.with_file_name("stacknet-cni"),
-    };
-    if !plugin.is_file() {
-        return Err(crate::Failure::Input(format!(
-            "the CNI plugin {} is not there: build it (cargo build -p stacknet-cni) or pass --cni PATH",
-            plugin.display()
-        )));
-    }
+    let plugin = crate::sandbox::find_plugin(args.cni.clone()).map_err(|e| crate::Failure::Input(e.to_string()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
