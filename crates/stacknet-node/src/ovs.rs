@@ -103,7 +103,7 @@ pub async fn bind_all(client: &Client, bridge: &str, bindings: &[Binding]) -> Re
         return Ok(());
     }
     let mut t = Transaction::new(DATABASE);
-    let mut ports = std::collections::BTreeSet::new();
+    let mut ports = stacknet_ovsdb::AtomSet::new();
     for (i, b) in bindings.iter().enumerate() {
         let (iface, port) = (format!("iface{i}"), format!("port{i}"));
         t.insert(

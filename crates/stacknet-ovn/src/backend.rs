@@ -74,9 +74,9 @@ impl OvnBackend {
             }
             let mut txn = p.txn;
             txn.comment(&format!("stacknet: reconcile cluster {}", desired.cluster));
-            match self.client.transact(&txn).await {
+            let operations = txn.len();
+            match self.client.submit(txn).await {
                 Ok(_) => {
-                    let operations = txn.len();
                     return Ok(Report { transactions: 1, summary: p.summary, operations, warnings: p.warnings });
                 }
                 Err(e) if e.is_transient() => {

@@ -246,7 +246,7 @@ fn acl_options(d: Direction) -> Datum {
     match d {
         // Egress sees the backend of a Service, not its VIP.
         Direction::Egress => Datum::string_map([("apply-after-lb", "true")]),
-        Direction::Ingress => Datum::Map(BTreeMap::new()),
+        Direction::Ingress => Datum::Map(Default::default()),
     }
 }
 

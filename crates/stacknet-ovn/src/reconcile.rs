@@ -13,7 +13,7 @@ use stacknet_ovsdb::nb::{
     LOGICAL_SWITCH_PORT, PORT_GROUP,
 };
 use stacknet_ovsdb::schema::ColumnType;
-use stacknet_ovsdb::{Atom, Condition, Datum, Mutation, Replica, Row, Transaction, Until, Uuid};
+use stacknet_ovsdb::{Atom, AtomSet, Condition, Datum, Mutation, Replica, Row, Transaction, Until, Uuid};
 
 use crate::desired::Desired;
 use crate::names::{KEY_CLUSTER, KEY_ID, ident};
@@ -158,14 +158,14 @@ pub fn plan(desired: &Desired, replica: &Replica) -> Plan {
         let mut mutations = Vec::new();
         for (c, d) in &row.columns {
             let want = normalize(d, schema.column(table, c));
-            let have = current.get(*c);
+            let have = current.get(c);
             if have == Some(&want) {
                 continue;
             }
             match (&want, have) {
                 (Datum::Set(w), Some(Datum::Set(h))) if mutate_set(table, c) => {
-                    let add: BTreeSet<Atom> = w.difference(h).cloned().collect();
-                    let del: BTreeSet<Atom> = h.difference(w).cloned().collect();
+                    let add: AtomSet = w.difference(h).cloned().collect();
+                    let del: AtomSet = h.difference(w).cloned().collect();
                     if !del.is_empty() {
                         mutations.push(Mutation::delete(c, Datum::Set(del)));
                     }
@@ -180,12 +180,12 @@ pub fn plan(desired: &Desired, replica: &Replica) -> Plan {
         }
         for (c, ids) in &row.refs {
             let rt = ref_table(table, c);
-            let want: BTreeSet<Atom> = ids.iter().map(|i| target(rt, i)).collect();
-            let have: BTreeSet<Atom> =
-                current.get(*c).map(|d| d.elements().into_iter().cloned().collect()).unwrap_or_default();
-            let add: BTreeSet<Atom> = want.difference(&have).cloned().collect();
+            let want: AtomSet = ids.iter().map(|i| target(rt, i)).collect();
+            let have: AtomSet =
+                current.get(c).map(|d| d.elements().into_iter().cloned().collect()).unwrap_or_default();
+            let add: AtomSet = want.difference(&have).cloned().collect();
             // Only our own rows are taken out; references to others' rows stay.
-            let del: BTreeSet<Atom> =
+            let del: AtomSet =
                 have.difference(&want).filter(|a| a.as_uuid().is_some_and(|u| ours.contains(&u))).cloned().collect();
             if !del.is_empty() {
                 mutations.push(Mutation::delete(c, Datum::Set(del)));
@@ -227,7 +227,7 @@ pub fn plan(desired: &Desired, replica: &Replica) -> Plan {
                 let foreign: Vec<Atom> = STRONG_PARENTS
                     .iter()
                     .filter(|(t, _)| t == table)
-                    .filter_map(|(_, c)| replica.table(table).get(uuid).and_then(|r| r.get(*c)).map(|d| (*c, d)))
+                    .filter_map(|(_, c)| replica.table(table).get(uuid).and_then(|r| r.get(c)).map(|d| (*c, d)))
                     .flat_map(|(_, d)| d.elements().into_iter().cloned())
                     .filter(|a| a.as_uuid().is_some_and(|u| !ours.contains(&u)))
                     .collect();
@@ -239,7 +239,7 @@ pub fn plan(desired: &Desired, replica: &Replica) -> Plan {
                         let seen = replica
                             .table(t)
                             .get(uuid)
-                            .and_then(|r| r.get(*c))
+                            .and_then(|r| r.get(c))
                             .cloned()
                             .unwrap_or_else(Datum::empty_set);
                         txn.wait(
@@ -265,10 +265,10 @@ pub fn plan(desired: &Desired, replica: &Replica) -> Plan {
                         foreign.len()
                     ));
                     for (t, c) in STRONG_PARENTS.iter().filter(|(t, _)| t == table) {
-                        let mine: BTreeSet<Atom> = replica
+                        let mine: AtomSet = replica
                             .table(t)
                             .get(uuid)
-                            .and_then(|r| r.get(*c))
+                            .and_then(|r| r.get(c))
                             .map(|d| {
                                 d.elements()
                                     .into_iter()
@@ -293,7 +293,7 @@ pub fn plan(desired: &Desired, replica: &Replica) -> Plan {
                             continue;
                         }
                         let holds =
-                            prow.get(*pcol).is_some_and(|d| d.elements().iter().any(|a| a.as_uuid() == Some(*uuid)));
+                            prow.get(pcol).is_some_and(|d| d.elements().iter().any(|a| a.as_uuid() == Some(*uuid)));
                         // Our surviving parents drop it through their reference diff above.
                         if holds && !ours.contains(puuid) {
                             txn.mutate(

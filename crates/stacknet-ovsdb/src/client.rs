@@ -14,6 +14,7 @@ use std::str::FromStr;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -21,7 +22,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::codec::Framer;
 use crate::error::Error;
 use crate::replica::Replica;
-use crate::rpc::Message;
+use crate::rpc::{Incoming, Received, to_value};
 use crate::schema::{DatabaseSchema, Version};
 use crate::transact::{TransactParams, Transaction, TxnReply};
 
@@ -260,6 +261,16 @@ impl Client {
         txn.parse_reply(&result)
     }
 
+    /// [`Client::transact`], taking the transaction: its rows are freed once serialized, not
+    /// held while the server works (a first reconcile's transaction is the whole network).
+    pub async fn submit(&self, txn: Transaction) -> Result<TxnReply, Error> {
+        let params = serde_json::to_vec(&TransactParams(&txn)).map_err(|e| Error::Protocol(e.to_string()))?;
+        let shape = txn.shape();
+        drop(txn);
+        let result = self.send("transact", Params::Json(params)).await?;
+        shape.parse_reply(&result)
+    }
+
     /// Drops the current connection (it is re-established as after any failure).
     pub fn disconnect(&self) {
         let _ = self.commands.send(Command::Disconnect);
@@ -359,6 +370,9 @@ enum End {
 
 enum Pending {
     Call(oneshot::Sender<Result<Value, Error>>, String),
+    /// A call whose reply is kept as JSON text (the handshake's monitor replies, decoded row by
+    /// row into the replica).
+    Raw(oneshot::Sender<Result<Box<RawValue>, Error>>, String),
     Echo,
 }
 
@@ -373,7 +387,7 @@ struct Session<'a> {
     next_id: u64,
     pending: HashMap<u64, Pending>,
     /// Notifications that arrived while the handshake waited for a reply.
-    early: Vec<(String, Value)>,
+    early: Vec<(String, Option<Box<RawValue>>)>,
     synced: bool,
     /// Which update format the main monitor uses: 3, 2 or 1.
     monitor_version: u8,
@@ -414,7 +428,7 @@ impl<'a> Session<'a> {
             s.last_error = None;
         });
         for (method, params) in std::mem::take(&mut self.early) {
-            if let Err(e) = self.notification(&method, &params) {
+            if let Err(e) = self.notification(&method, params.as_deref()) {
                 return End::Dropped(e);
             }
         }
@@ -441,14 +455,39 @@ impl<'a> Session<'a> {
         bytes
     }
 
-    /// A call during the handshake: write it and read until its reply comes.
-    async fn call_direct<R, W>(&mut self, rd: &mut R, wr: &mut W, method: &str, params: Value) -> Result<Value, Error>
+    /// A call during the handshake: write it and read until its reply comes (as JSON text).
+    async fn call_direct<R, W>(
+        &mut self,
+        rd: &mut R,
+        wr: &mut W,
+        method: &str,
+        params: Value,
+    ) -> Result<Box<RawValue>, Error>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        // The framer is lent out while messages borrowed from it are handled.
+        let mut framer = std::mem::take(&mut self.framer);
+        let r = self.call_direct_with(&mut framer, rd, wr, method, params).await;
+        self.framer = framer;
+        r
+    }
+
+    async fn call_direct_with<R, W>(
+        &mut self,
+        framer: &mut Framer,
+        rd: &mut R,
+        wr: &mut W,
+        method: &str,
+        params: Value,
+    ) -> Result<Box<RawValue>, Error>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
         let (tx, mut rx) = oneshot::channel();
-        let bytes = self.request(method, Params::Value(params), Pending::Call(tx, method.into()));
+        let bytes = self.request(method, Params::Value(params), Pending::Raw(tx, method.into()));
         write(wr, &bytes).await?;
         let mut buf = vec![0u8; 64 * 1024];
         loop {
@@ -462,22 +501,36 @@ impl<'a> Session<'a> {
             if n == 0 {
                 return Err(Error::Disconnected("closed by the server".into()));
             }
-            self.framer.push(&buf[..n]);
-            let mut replies = Vec::new();
-            while let Some(m) = self.framer.next_message().map_err(|e| Error::Protocol(e.0))? {
-                let v: Value = serde_json::from_slice(m).map_err(|e| Error::Protocol(format!("bad JSON: {e}")))?;
-                replies.push(Message::from_json(v).map_err(Error::Protocol)?);
-            }
-            for m in replies {
-                match m {
-                    Message::Notification { method, params } => self.early.push((method, params)),
-                    Message::Request { id, method, params } => {
+            framer.push(&buf[..n]);
+            while let Some(m) = framer.next_message().map_err(|e| Error::Protocol(e.0))? {
+                match Incoming::parse(m).map_err(Error::Protocol)? {
+                    Received::Notification { method, params } => {
+                        self.early.push((method, params.map(ToOwned::to_owned)));
+                    }
+                    Received::Request { id, method, params } => {
+                        let params = to_value(params).map_err(Error::Protocol)?;
                         write(wr, &reply_to(id, &method, params)).await?;
                     }
-                    Message::Response { id, result, error } => self.response(id, result, error),
+                    Received::Response { id, result, error } => self.response(id, result, error)?,
                 }
             }
         }
+    }
+
+    /// A handshake call whose reply is small: as a JSON value.
+    async fn call_direct_value<R, W>(
+        &mut self,
+        rd: &mut R,
+        wr: &mut W,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, Error>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let raw = self.call_direct(rd, wr, method, params).await?;
+        to_value(Some(&raw)).map_err(Error::Protocol)
     }
 
     async fn handshake<R, W>(&mut self, rd: &mut R, wr: &mut W) -> Result<(), Error>
@@ -489,7 +542,7 @@ impl<'a> Session<'a> {
         if self.config.leader_only {
             self.check_leader(rd, wr).await?;
         }
-        let schema_json = self.call_direct(rd, wr, "get_schema", json!([db])).await?;
+        let schema_json = self.call_direct_value(rd, wr, "get_schema", json!([db])).await?;
         let schema = Arc::new(DatabaseSchema::from_json(&schema_json)?);
         if let Some(req) = &self.config.requirements {
             let needs: Vec<(&str, Vec<&str>)> =
@@ -531,10 +584,8 @@ impl<'a> Session<'a> {
         let since = json!([db, MAIN_MONITOR, requests, last_txn.unwrap_or(zero)]);
         match self.call_direct(rd, wr, "monitor_cond_since", since).await {
             Ok(result) => {
-                let (found, txn, updates) = match result.as_array().map(Vec::as_slice) {
-                    Some([Value::Bool(f), t, u]) => (*f, t.as_str().map(str::to_string), u.clone()),
-                    _ => return Err(Error::Protocol(format!("bad monitor_cond_since reply: {result}"))),
-                };
+                let (found, txn, updates): (bool, Option<String>, &RawValue) = serde_json::from_str(result.get())
+                    .map_err(|e| Error::Protocol(format!("bad monitor_cond_since reply: {e}")))?;
                 self.monitor_version = 3;
                 if found {
                     self.shared.status.send_modify(|s| s.incremental_resyncs += 1);
@@ -544,7 +595,7 @@ impl<'a> Session<'a> {
                 if !found {
                     replica.clear();
                 }
-                replica.apply_update2(&updates)?;
+                replica.apply_update2_json(updates)?;
                 replica.last_txn_id = txn;
             }
             Err(Error::Rpc { message, .. }) if message.contains("unknown method") => {
@@ -565,9 +616,9 @@ impl<'a> Session<'a> {
                 let replica = guard.as_mut().expect("created above");
                 replica.clear();
                 if self.monitor_version == 2 {
-                    replica.apply_update2(&result)?;
+                    replica.apply_update2_json(&result)?;
                 } else {
-                    replica.apply_update1(&result)?;
+                    replica.apply_update1(&to_value(Some(&result)).map_err(Error::Protocol)?)?;
                 }
             }
             Err(e) => return Err(e),
@@ -584,7 +635,7 @@ impl<'a> Session<'a> {
     {
         let db = self.config.database.clone();
         let req = json!(["_Server", SERVER_MONITOR, {"Database": [{"where": [["name", "==", db]], "columns": ["name", "model", "connected", "leader"]}]}]);
-        let result = match self.call_direct(rd, wr, "monitor_cond", req).await {
+        let result = match self.call_direct_value(rd, wr, "monitor_cond", req).await {
             Ok(r) => r,
             // A server without _Server (very old) cannot be clustered.
             Err(Error::Rpc { .. }) => return Ok(()),
@@ -594,35 +645,53 @@ impl<'a> Session<'a> {
         self.server_db.check(&db)
     }
 
-    fn response(&mut self, id: Value, result: Value, error: Value) {
-        let Some(id) = id.as_u64() else { return };
+    fn response(&mut self, id: Value, result: Option<&RawValue>, error: Option<&RawValue>) -> Result<(), Error> {
+        let Some(id) = id.as_u64() else { return Ok(()) };
+        let error = to_value(error).map_err(Error::Protocol)?;
+        let failed = |method: String| {
+            let message = match (&error, error.get("error"), error.get("details")) {
+                (_, Some(e), Some(d)) => {
+                    format!("{}: {}", e.as_str().unwrap_or_default(), d.as_str().unwrap_or_default())
+                }
+                (_, Some(e), None) => e.as_str().unwrap_or_default().to_string(),
+                (Value::String(s), _, _) => s.clone(),
+                (e, _, _) => e.to_string(),
+            };
+            Error::Rpc { method, message }
+        };
         match self.pending.remove(&id) {
             Some(Pending::Call(reply, method)) => {
+                let r = if error.is_null() { to_value(result).map_err(Error::Protocol) } else { Err(failed(method)) };
+                let _ = reply.send(r);
+            }
+            Some(Pending::Raw(reply, method)) => {
                 let r = if error.is_null() {
-                    Ok(result)
+                    Ok(result
+                        .map(ToOwned::to_owned)
+                        .unwrap_or_else(|| RawValue::from_string("null".into()).expect("json")))
                 } else {
-                    let message = match (&error, error.get("error"), error.get("details")) {
-                        (_, Some(e), Some(d)) => {
-                            format!("{}: {}", e.as_str().unwrap_or_default(), d.as_str().unwrap_or_default())
-                        }
-                        (_, Some(e), None) => e.as_str().unwrap_or_default().to_string(),
-                        (Value::String(s), _, _) => s.clone(),
-                        (e, _, _) => e.to_string(),
-                    };
-                    Err(Error::Rpc { method, message })
+                    Err(failed(method))
                 };
                 let _ = reply.send(r);
             }
             Some(Pending::Echo) | None => {}
         }
+        Ok(())
     }
 
-    fn notification(&mut self, method: &str, params: &Value) -> Result<(), Error> {
-        let p = params.as_array().map(Vec::as_slice).unwrap_or_default();
-        let monitor = p.first().and_then(Value::as_str).unwrap_or_default();
+    fn notification(&mut self, method: &str, params: Option<&RawValue>) -> Result<(), Error> {
+        let Some(params) = params else { return Ok(()) };
+        let bad = |e: serde_json::Error| Error::Protocol(format!("bad {method} params: {e}"));
+        let p: Vec<&RawValue> = serde_json::from_str(params.get()).map_err(bad)?;
+        let monitor: Value = match p.first() {
+            Some(m) => serde_json::from_str(m.get()).map_err(bad)?,
+            None => return Ok(()),
+        };
+        let monitor = monitor.as_str().unwrap_or_default();
         if monitor == SERVER_MONITOR {
             if let Some(updates) = p.get(1) {
-                self.server_db.apply(updates);
+                let updates = to_value(Some(updates)).map_err(Error::Protocol)?;
+                self.server_db.apply(&updates);
                 return self.server_db.check(&self.config.database);
             }
             return Ok(());
@@ -632,16 +701,16 @@ impl<'a> Session<'a> {
         }
         let mut guard = self.shared.replica.write().unwrap_or_else(|e| e.into_inner());
         let Some(replica) = guard.as_mut() else { return Ok(()) };
-        match (method, p) {
+        match (method, p.as_slice()) {
             ("update3", [_, txn, updates]) => {
-                replica.apply_update2(updates)?;
-                replica.last_txn_id = txn.as_str().map(str::to_string);
+                replica.apply_update2_json(updates)?;
+                replica.last_txn_id = serde_json::from_str::<Option<String>>(txn.get()).ok().flatten();
             }
             ("update2", [_, updates]) => {
-                replica.apply_update2(updates)?;
+                replica.apply_update2_json(updates)?;
             }
             ("update", [_, updates]) => {
-                replica.apply_update1(updates)?;
+                replica.apply_update1(&to_value(Some(updates)).map_err(Error::Protocol)?)?;
             }
             _ => return Ok(()),
         }
@@ -683,6 +752,9 @@ impl<'a> Session<'a> {
         let mut echo_sent: Option<Instant> = None;
         let mut buf = vec![0u8; 256 * 1024];
         let mut out = Vec::new();
+        // Messages borrow from the framer while they are handled; the session has no other use
+        // for it from here on.
+        let mut framer = std::mem::take(&mut self.framer);
         loop {
             tokio::select! {
                 cmd = commands.recv() => {
@@ -701,18 +773,19 @@ impl<'a> Session<'a> {
                     }
                     last_rx = Instant::now();
                     echo_sent = None;
-                    self.framer.push(&buf[..n]);
+                    framer.push(&buf[..n]);
                     loop {
-                        let msg = match self.framer.next_message() {
+                        let msg = match framer.next_message() {
                             Ok(Some(m)) => m,
                             Ok(None) => break,
                             Err(e) => return Err(Error::Protocol(e.0)),
                         };
-                        let v: Value = serde_json::from_slice(msg).map_err(|e| Error::Protocol(format!("bad JSON: {e}")))?;
-                        match Message::from_json(v).map_err(Error::Protocol)? {
-                            Message::Response { id, result, error } => self.response(id, result, error),
-                            Message::Notification { method, params } => self.notification(&method, &params)?,
-                            Message::Request { id, method, params } => out.extend(reply_to(id, &method, params)),
+                        match Incoming::parse(msg).map_err(Error::Protocol)? {
+                            Received::Response { id, result, error } => self.response(id, result, error)?,
+                            Received::Notification { method, params } => self.notification(&method, params)?,
+                            Received::Request { id, method, params } => {
+                                out.extend(reply_to(id, &method, to_value(params).map_err(Error::Protocol)?));
+                            }
                         }
                     }
                     if !out.is_empty() {

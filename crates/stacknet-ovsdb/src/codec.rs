@@ -44,6 +44,10 @@ impl Framer {
             self.buf.drain(..self.start);
             self.scanned -= self.start;
             self.start = 0;
+            // A big message (a whole database) must not pin its size for the connection's life.
+            if self.buf.capacity() > (1 << 20) && self.buf.len() < self.buf.capacity() / 4 {
+                self.buf.shrink_to((self.buf.len() + data.len()).max(256 << 10));
+            }
         }
         self.buf.extend_from_slice(data);
     }

@@ -3,9 +3,12 @@
 //! A [`Datum`] is normalized by column type when it is decoded with the schema: a scalar column
 //! holds [`Datum::Atom`], any other set column [`Datum::Set`] (even with one element), a map
 //! column [`Datum::Map`]. Sets and maps are ordered, so equal values compare equal.
+//!
+//! Sets and maps are sorted vectors ([`AtomSet`], [`AtomMap`]), not trees: nearly every set or
+//! map in an OVN database holds a handful of entries, and a replica holds tens of thousands of
+//! them, where a B-tree's node (room for eleven entries) would cost ten times the data.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::ser::{Serialize, SerializeSeq, SerializeTuple, Serializer};
@@ -129,13 +132,23 @@ impl Serialize for Atom {
     }
 }
 
-struct Pairs<'a>(&'a BTreeMap<Atom, Atom>);
+struct Pairs<'a>(&'a AtomMap);
 
 impl Serialize for Pairs<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(Some(self.0.len()))?;
-        for (k, v) in self.0 {
+        for (k, v) in self.0.iter() {
             seq.serialize_element(&(k, v))?;
+        }
+        seq.end()
+    }
+}
+
+impl Serialize for AtomSet {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for a in &self.0 {
+            seq.serialize_element(a)?;
         }
         seq.end()
     }
@@ -222,18 +235,227 @@ impl From<Uuid> for Atom {
     }
 }
 
+/// A set of atoms: a sorted vector without duplicates.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AtomSet(Vec<Atom>);
+
+impl AtomSet {
+    pub fn new() -> AtomSet {
+        AtomSet(Vec::new())
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, Atom> {
+        self.0.iter()
+    }
+
+    pub fn contains(&self, a: &Atom) -> bool {
+        self.0.binary_search(a).is_ok()
+    }
+
+    /// Adds `a`; false if it was there already.
+    pub fn insert(&mut self, a: Atom) -> bool {
+        match self.0.binary_search(&a) {
+            Ok(_) => false,
+            Err(i) => {
+                self.0.insert(i, a);
+                true
+            }
+        }
+    }
+
+    /// Takes `a` out; false if it was not there.
+    pub fn remove(&mut self, a: &Atom) -> bool {
+        match self.0.binary_search(a) {
+            Ok(i) => {
+                self.0.remove(i);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The elements of `self` not in `other`, in order.
+    pub fn difference<'a>(&'a self, other: &'a AtomSet) -> impl Iterator<Item = &'a Atom> + 'a {
+        self.0.iter().filter(move |a| !other.contains(a))
+    }
+
+    /// Toggles every element of `diff` (in one merge, however large both are): the symmetric
+    /// difference, as an update2 diff of a set column means.
+    pub fn toggle(&mut self, diff: AtomSet) {
+        if diff.len() <= 8 {
+            for a in diff.0 {
+                if !self.remove(&a) {
+                    self.insert(a);
+                }
+            }
+            return;
+        }
+        let cur = std::mem::take(&mut self.0);
+        let mut out = Vec::with_capacity(cur.len() + diff.len());
+        let (mut a, mut b) = (cur.into_iter().peekable(), diff.0.into_iter().peekable());
+        loop {
+            match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) => match x.cmp(y) {
+                    Ordering::Less => out.extend(a.next()),
+                    Ordering::Greater => out.extend(b.next()),
+                    Ordering::Equal => {
+                        a.next();
+                        b.next();
+                    }
+                },
+                (Some(_), None) => out.extend(a.next()),
+                (None, Some(_)) => out.extend(b.next()),
+                (None, None) => break,
+            }
+        }
+        out.shrink_to_fit();
+        self.0 = out;
+    }
+}
+
+impl FromIterator<Atom> for AtomSet {
+    fn from_iter<I: IntoIterator<Item = Atom>>(iter: I) -> AtomSet {
+        let mut v: Vec<Atom> = iter.into_iter().collect();
+        v.sort();
+        v.dedup();
+        v.shrink_to_fit();
+        AtomSet(v)
+    }
+}
+
+impl<const N: usize> From<[Atom; N]> for AtomSet {
+    fn from(a: [Atom; N]) -> AtomSet {
+        a.into_iter().collect()
+    }
+}
+
+impl IntoIterator for AtomSet {
+    type Item = Atom;
+    type IntoIter = std::vec::IntoIter<Atom>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a AtomSet {
+    type Item = &'a Atom;
+    type IntoIter = std::slice::Iter<'a, Atom>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+/// A map of atoms: a vector of pairs sorted by key, keys unique.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AtomMap(Vec<(Atom, Atom)>);
+
+impl AtomMap {
+    pub fn new() -> AtomMap {
+        AtomMap(Vec::new())
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The entries, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Atom, &Atom)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    fn find(&self, k: &Atom) -> Result<usize, usize> {
+        self.0.binary_search_by(|(key, _)| key.cmp(k))
+    }
+
+    pub fn get(&self, k: &Atom) -> Option<&Atom> {
+        self.find(k).ok().map(|i| &self.0[i].1)
+    }
+
+    /// The value of a string key, without building an atom for it.
+    pub fn get_str(&self, k: &str) -> Option<&Atom> {
+        let i = self.0.binary_search_by(|(key, _)| match key {
+            Atom::String(s) => s.as_str().cmp(k),
+            other => other.rank().cmp(&3),
+        });
+        i.ok().map(|i| &self.0[i].1)
+    }
+
+    pub fn contains_key(&self, k: &Atom) -> bool {
+        self.find(k).is_ok()
+    }
+
+    /// Sets `k` to `v`; the previous value, if any.
+    pub fn insert(&mut self, k: Atom, v: Atom) -> Option<Atom> {
+        match self.find(&k) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, v)),
+            Err(i) => {
+                self.0.insert(i, (k, v));
+                None
+            }
+        }
+    }
+
+    pub fn remove(&mut self, k: &Atom) -> Option<Atom> {
+        self.find(k).ok().map(|i| self.0.remove(i).1)
+    }
+}
+
+impl FromIterator<(Atom, Atom)> for AtomMap {
+    /// A later entry of the same key replaces an earlier one.
+    fn from_iter<I: IntoIterator<Item = (Atom, Atom)>>(iter: I) -> AtomMap {
+        let mut v: Vec<(Atom, Atom)> = iter.into_iter().collect();
+        // Stable: equal keys keep their order, and the last one wins below.
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out: Vec<(Atom, Atom)> = Vec::with_capacity(v.len());
+        for (k, val) in v {
+            match out.last_mut() {
+                Some(last) if last.0 == k => last.1 = val,
+                _ => out.push((k, val)),
+            }
+        }
+        out.shrink_to_fit();
+        AtomMap(out)
+    }
+}
+
+impl<const N: usize> From<[(Atom, Atom); N]> for AtomMap {
+    fn from(a: [(Atom, Atom); N]) -> AtomMap {
+        a.into_iter().collect()
+    }
+}
+
+impl IntoIterator for AtomMap {
+    type Item = (Atom, Atom);
+    type IntoIter = std::vec::IntoIter<(Atom, Atom)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
 /// A column's value.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Datum {
     /// The value of a scalar column (exactly one atom).
     Atom(Atom),
-    Set(BTreeSet<Atom>),
-    Map(BTreeMap<Atom, Atom>),
+    Set(AtomSet),
+    Map(AtomMap),
 }
 
 impl Datum {
     pub fn empty_set() -> Datum {
-        Datum::Set(BTreeSet::new())
+        Datum::Set(AtomSet::new())
     }
 
     pub fn set<A: Into<Atom>>(items: impl IntoIterator<Item = A>) -> Datum {
@@ -281,7 +503,7 @@ impl Datum {
 
     pub fn map_get(&self, key: &str) -> Option<&Atom> {
         match self {
-            Datum::Map(m) => m.get(&Atom::string(key)),
+            Datum::Map(m) => m.get_str(key),
             _ => None,
         }
     }
@@ -292,7 +514,7 @@ impl Datum {
             Datum::Map(m) => Some(m),
             _ => None,
         };
-        m.into_iter().flatten().filter_map(|(k, v)| Some((k.as_str()?, v.as_str()?)))
+        m.into_iter().flat_map(AtomMap::iter).filter_map(|(k, v)| Some((k.as_str()?, v.as_str()?)))
     }
 
     pub fn to_json(&self) -> Value {
@@ -303,10 +525,10 @@ impl Datum {
     /// empty set or map when the column may be empty.
     pub fn default_for(ty: &ColumnType) -> Datum {
         if ty.is_map() {
-            return Datum::Map(BTreeMap::new());
+            return Datum::Map(AtomMap::new());
         }
         if ty.min == 0 {
-            return Datum::Set(BTreeSet::new());
+            return Datum::Set(AtomSet::new());
         }
         let atom = match ty.key.atomic {
             AtomicType::Integer => Atom::Integer(0),
@@ -327,14 +549,14 @@ impl Datum {
         if let Some(value_ty) = &ty.value {
             let items = tagged("map").or_else(|| tagged("set").filter(|i| i.is_empty()));
             let items = items.ok_or_else(|| format!("expected a map, got {v}"))?;
-            let mut m = BTreeMap::new();
+            let mut m = Vec::with_capacity(items.len());
             for pair in items {
                 let Some([k, val]) = pair.as_array().map(Vec::as_slice) else {
                     return Err(format!("bad map entry {pair}"));
                 };
-                m.insert(Atom::from_json(k, &ty.key)?, Atom::from_json(val, value_ty)?);
+                m.push((Atom::from_json(k, &ty.key)?, Atom::from_json(val, value_ty)?));
             }
-            return Ok(Datum::Map(m));
+            return Ok(Datum::Map(m.into_iter().collect()));
         }
         let atoms: Vec<Atom> = match tagged("set") {
             Some(items) => items.iter().map(|i| Atom::from_json(i, &ty.key)).collect::<Result<_, _>>()?,
@@ -357,14 +579,14 @@ impl Datum {
                 Ok(Datum::Set(items.iter().map(Atom::from_json_untyped).collect::<Result<_, _>>()?))
             }
             Some([t, Value::Array(items)]) if t == "map" => {
-                let mut m = BTreeMap::new();
+                let mut m = Vec::with_capacity(items.len());
                 for pair in items {
                     let Some([k, val]) = pair.as_array().map(Vec::as_slice) else {
                         return Err(format!("bad map entry {pair}"));
                     };
-                    m.insert(Atom::from_json_untyped(k)?, Atom::from_json_untyped(val)?);
+                    m.push((Atom::from_json_untyped(k)?, Atom::from_json_untyped(val)?));
                 }
-                Ok(Datum::Map(m))
+                Ok(Datum::Map(m.into_iter().collect()))
             }
             _ => Atom::from_json_untyped(v).map(Datum::Atom),
         }
@@ -375,13 +597,7 @@ impl Datum {
     /// else inserted or replaced.
     pub fn apply_diff(&mut self, diff: Datum) {
         match (self, diff) {
-            (Datum::Set(cur), Datum::Set(d)) => {
-                for a in d {
-                    if !cur.remove(&a) {
-                        cur.insert(a);
-                    }
-                }
-            }
+            (Datum::Set(cur), Datum::Set(d)) => cur.toggle(d),
             (Datum::Set(cur), Datum::Atom(a)) => {
                 if !cur.remove(&a) {
                     cur.insert(a);
@@ -440,7 +656,7 @@ mod tests {
         assert!(Datum::from_json(&json!(["set", []]), &scalar).is_err());
         let map = ty(json!({"key": "string", "value": "string", "min": 0, "max": "unlimited"}));
         assert_eq!(Datum::from_json(&json!(["map", [["k", "v"]]]), &map).unwrap(), Datum::string_map([("k", "v")]));
-        assert_eq!(Datum::from_json(&json!(["map", []]), &map).unwrap(), Datum::Map(BTreeMap::new()));
+        assert_eq!(Datum::from_json(&json!(["map", []]), &map).unwrap(), Datum::Map(AtomMap::new()));
         let uuids = ty(json!({"key": {"type": "uuid", "refTable": "T"}, "min": 0, "max": "unlimited"}));
         let u = Uuid::new_v4();
         assert_eq!(
@@ -459,6 +675,31 @@ mod tests {
         assert_eq!(Datum::from_json_untyped(&d.to_json()).unwrap(), d);
         let s = Datum::set([1i64, 2, 3]);
         assert_eq!(Datum::from_json_untyped(&s.to_json()).unwrap(), s);
+    }
+
+    #[test]
+    fn sets_and_maps_stay_sorted_and_unique() {
+        let s: AtomSet = [Atom::from("b"), Atom::from("a"), Atom::from("b")].into();
+        assert_eq!(s.iter().filter_map(Atom::as_str).collect::<Vec<_>>(), ["a", "b"]);
+        // Large toggles merge; small ones insert and remove in place: the same result.
+        for n in [3usize, 40] {
+            let mut cur: AtomSet = (0..100i64).map(Atom::Integer).collect();
+            let diff: AtomSet = (0..n as i64).map(|i| Atom::Integer(i * 7)).chain([Atom::Integer(1000)]).collect();
+            cur.toggle(diff.clone());
+            let want: std::collections::BTreeSet<i64> = (0..100i64)
+                .filter(|i| !(i % 7 == 0 && (i / 7) < n as i64))
+                .chain((0..n as i64).map(|i| i * 7).filter(|i| *i >= 100))
+                .chain([1000])
+                .collect();
+            assert_eq!(cur.iter().filter_map(Atom::as_i64).collect::<Vec<_>>(), want.into_iter().collect::<Vec<_>>());
+        }
+        let m: AtomMap = [("k".into(), "1".into()), ("a".into(), "x".into()), ("k".into(), "2".into())].into();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m.get_str("k"), Some(&Atom::from("2")));
+        assert_eq!(m.get_str("zz"), None);
+        let mixed: AtomMap = [(Atom::Integer(5), "i".into()), ("s".into(), "t".into())].into();
+        assert_eq!(mixed.get_str("s"), Some(&Atom::from("t")));
+        assert_eq!(mixed.get(&Atom::Integer(5)), Some(&Atom::from("i")));
     }
 
     #[test]

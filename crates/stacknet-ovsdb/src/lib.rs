@@ -20,8 +20,8 @@ pub mod schema;
 pub mod transact;
 
 pub use client::{Client, ClientConfig, Remote, TlsConfig};
-pub use datum::{Atom, Datum, Uuid};
+pub use datum::{Atom, AtomMap, AtomSet, Datum, Uuid};
 pub use error::{Error, ErrorKind, OperationError};
 pub use replica::{Replica, RowData, TableReplica};
 pub use schema::{DatabaseSchema, Version};
-pub use transact::{Condition, Function, Mutation, Mutator, Row, Transaction, TxnReply, Until};
+pub use transact::{Condition, Function, Mutation, Mutator, ReplyShape, Row, Transaction, TxnReply, Until};

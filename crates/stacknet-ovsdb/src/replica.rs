@@ -1,24 +1,145 @@
 //! An in-memory replica of monitored tables, fed by monitor replies and update notifications
 //! (`update`, `update2`, `update3`), indexed by `name` and by `external_ids` entries.
+//!
+//! Memory is the replica's main cost (a Northbound database of 10k pods is some 15k rows of
+//! twenty columns), so a row is a slice of values in its table's column order, not a map of
+//! column names, and an index entry naming one row holds it inline. Big updates are decoded
+//! row by row from the message's text ([`Replica::apply_update2_json`]), never as one JSON tree.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use serde_json::Value;
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::datum::Datum;
 use crate::error::Error;
-use crate::schema::DatabaseSchema;
+use crate::schema::{ColumnType, DatabaseSchema};
 
-/// A row's columns (without `_uuid` and `_version`).
-pub type RowData = BTreeMap<String, Datum>;
+/// A table's columns (without `_uuid` and `_version`), in the order its rows store them.
+#[derive(Debug, PartialEq)]
+struct Layout {
+    names: Vec<String>,
+    types: Vec<ColumnType>,
+}
+
+impl Layout {
+    fn position(&self, column: &str) -> Option<usize> {
+        self.names.binary_search_by(|n| n.as_str().cmp(column)).ok()
+    }
+}
+
+/// A row's columns (without `_uuid` and `_version`): every column of its table, those not
+/// monitored or not sent at their default value.
+#[derive(Debug, Clone)]
+pub struct RowData {
+    layout: Arc<Layout>,
+    values: Box<[Datum]>,
+}
+
+impl RowData {
+    pub fn get(&self, column: &str) -> Option<&Datum> {
+        self.layout.position(column).map(|i| &self.values[i])
+    }
+
+    /// The columns and their values, in column-name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Datum)> {
+        self.layout.names.iter().map(String::as_str).zip(self.values.iter())
+    }
+
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    pub fn contains_key(&self, column: &str) -> bool {
+        self.layout.position(column).is_some()
+    }
+}
+
+impl PartialEq for RowData {
+    fn eq(&self, other: &Self) -> bool {
+        self.layout.names == other.layout.names && self.values == other.values
+    }
+}
+
+impl std::ops::Index<&str> for RowData {
+    type Output = Datum;
+    fn index(&self, column: &str) -> &Datum {
+        self.get(column).unwrap_or_else(|| panic!("no column {column}"))
+    }
+}
+
+/// The rows an index entry names: nearly always one, held inline.
+#[derive(Debug, Clone)]
+enum Uuids {
+    One(Uuid),
+    Many(BTreeSet<Uuid>),
+}
+
+impl Uuids {
+    fn insert(&mut self, u: Uuid) {
+        match self {
+            Uuids::One(x) if *x == u => {}
+            Uuids::One(x) => *self = Uuids::Many([*x, u].into()),
+            Uuids::Many(s) => {
+                s.insert(u);
+            }
+        }
+    }
+
+    /// Takes `u` out; true if nothing is left.
+    fn remove(&mut self, u: &Uuid) -> bool {
+        match self {
+            Uuids::One(x) => x == u,
+            Uuids::Many(s) => {
+                s.remove(u);
+                match s.len() {
+                    0 => true,
+                    1 => {
+                        let last = *s.iter().next().expect("one left");
+                        *self = Uuids::One(last);
+                        false
+                    }
+                    _ => false,
+                }
+            }
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Uuid> {
+        let (one, many) = match self {
+            Uuids::One(u) => (Some(u), None),
+            Uuids::Many(s) => (None, Some(s.iter())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+}
+
+fn index_add<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Uuids>, key: K, uuid: Uuid) {
+    match map.get_mut(&key) {
+        Some(u) => u.insert(uuid),
+        None => {
+            map.insert(key, Uuids::One(uuid));
+        }
+    }
+}
+
+fn index_remove<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Uuids>, key: &K, uuid: &Uuid) {
+    if map.get_mut(key).is_some_and(|u| u.remove(uuid)) {
+        map.remove(key);
+    }
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct TableReplica {
     rows: HashMap<Uuid, RowData>,
-    by_name: HashMap<String, BTreeSet<Uuid>>,
-    by_external_id: HashMap<(String, String), BTreeSet<Uuid>>,
+    by_name: HashMap<String, Uuids>,
+    by_external_id: HashMap<(String, String), Uuids>,
 }
 
 impl TableReplica {
@@ -40,7 +161,7 @@ impl TableReplica {
 
     /// Rows whose `name` column is `name`.
     pub fn by_name<'a>(&'a self, name: &str) -> impl Iterator<Item = (&'a Uuid, &'a RowData)> + 'a {
-        self.by_name.get(name).into_iter().flatten().filter_map(|u| self.rows.get_key_value(u))
+        self.by_name.get(name).into_iter().flat_map(Uuids::iter).filter_map(|u| self.rows.get_key_value(u))
     }
 
     /// Rows whose `external_ids` has `key` = `value`.
@@ -48,29 +169,18 @@ impl TableReplica {
         self.by_external_id
             .get(&(key.to_string(), value.to_string()))
             .into_iter()
-            .flatten()
+            .flat_map(Uuids::iter)
             .filter_map(|u| self.rows.get_key_value(u))
     }
 
     fn unindex(&mut self, uuid: &Uuid) {
         let Some(row) = self.rows.get(uuid) else { return };
-        if let Some(name) = row.get("name").and_then(Datum::as_str)
-            && let Some(s) = self.by_name.get_mut(name)
-        {
-            s.remove(uuid);
-            if s.is_empty() {
-                self.by_name.remove(name);
-            }
+        if let Some(name) = row.get("name").and_then(Datum::as_str) {
+            index_remove(&mut self.by_name, &name.to_string(), uuid);
         }
         if let Some(ids) = row.get("external_ids") {
             for (k, v) in ids.string_pairs() {
-                let key = (k.to_string(), v.to_string());
-                if let Some(s) = self.by_external_id.get_mut(&key) {
-                    s.remove(uuid);
-                    if s.is_empty() {
-                        self.by_external_id.remove(&key);
-                    }
-                }
+                index_remove(&mut self.by_external_id, &(k.to_string(), v.to_string()), uuid);
             }
         }
     }
@@ -78,11 +188,11 @@ impl TableReplica {
     fn index(&mut self, uuid: Uuid) {
         let Some(row) = self.rows.get(&uuid) else { return };
         if let Some(name) = row.get("name").and_then(Datum::as_str) {
-            self.by_name.entry(name.to_string()).or_default().insert(uuid);
+            index_add(&mut self.by_name, name.to_string(), uuid);
         }
         if let Some(ids) = row.get("external_ids") {
             for (k, v) in ids.string_pairs() {
-                self.by_external_id.entry((k.to_string(), v.to_string())).or_default().insert(uuid);
+                index_add(&mut self.by_external_id, (k.to_string(), v.to_string()), uuid);
             }
         }
     }
@@ -110,14 +220,36 @@ pub struct Changes {
 #[derive(Debug, Clone)]
 pub struct Replica {
     schema: Arc<DatabaseSchema>,
+    layouts: BTreeMap<String, Arc<Layout>>,
     tables: BTreeMap<String, TableReplica>,
     /// The last transaction seen (monitor_cond_since / update3), to resume after a reconnect.
     pub last_txn_id: Option<String>,
 }
 
+fn layouts(schema: &DatabaseSchema) -> BTreeMap<String, Arc<Layout>> {
+    schema
+        .tables
+        .iter()
+        .map(|(t, ts)| {
+            let (names, types) = ts
+                .columns
+                .iter()
+                .filter(|(c, _)| *c != "_uuid" && *c != "_version")
+                .map(|(c, ty)| (c.clone(), ty.clone()))
+                .unzip();
+            (t.clone(), Arc::new(Layout { names, types }))
+        })
+        .collect()
+}
+
+/// Row updates of one table, from JSON text: `{uuid: update, ...}`.
+fn raw_rows(table: &str, rows: &RawValue) -> Result<BTreeMap<String, Box<RawValue>>, Error> {
+    serde_json::from_str(rows.get()).map_err(|e| Error::Protocol(format!("{table}: rows not an object: {e}")))
+}
+
 impl Replica {
     pub fn new(schema: Arc<DatabaseSchema>) -> Self {
-        Replica { schema, tables: BTreeMap::new(), last_txn_id: None }
+        Replica { layouts: layouts(&schema), schema, tables: BTreeMap::new(), last_txn_id: None }
     }
 
     pub fn schema(&self) -> &Arc<DatabaseSchema> {
@@ -127,6 +259,7 @@ impl Replica {
     /// A replaced schema (after a reconnect, perhaps to an upgraded server) empties the replica.
     pub fn set_schema(&mut self, schema: Arc<DatabaseSchema>) {
         if *schema != *self.schema {
+            self.layouts = layouts(&schema);
             self.schema = schema;
             self.clear();
         }
@@ -143,36 +276,40 @@ impl Replica {
         self.tables.get(name).unwrap_or_else(|| EMPTY.get_or_init(TableReplica::default))
     }
 
-    fn decode_row(&self, table: &str, row: &Value) -> Result<RowData, Error> {
-        let ts = self
-            .schema
-            .tables
-            .get(table)
-            .ok_or_else(|| Error::Protocol(format!("update for unknown table {table}")))?;
+    fn layout(&self, table: &str) -> Result<&Arc<Layout>, Error> {
+        self.layouts.get(table).ok_or_else(|| Error::Protocol(format!("update for unknown table {table}")))
+    }
+
+    /// The columns of `row` (a JSON object), each decoded by its type: (position, value).
+    fn decode_columns(&self, table: &str, row: &Value) -> Result<Vec<(usize, Datum)>, Error> {
+        let layout = self.layout(table)?;
         let Value::Object(cols) = row else { return Err(Error::Protocol(format!("{table}: row is not an object"))) };
-        let mut out = RowData::new();
+        let mut out = Vec::with_capacity(cols.len());
         for (c, v) in cols {
             if c == "_uuid" || c == "_version" {
                 continue;
             }
-            let ty = ts.columns.get(c).ok_or_else(|| Error::Protocol(format!("{table}: unknown column {c}")))?;
-            out.insert(c.clone(), Datum::from_json(v, ty).map_err(|m| Error::Protocol(format!("{table}.{c}: {m}")))?);
+            let i = layout.position(c).ok_or_else(|| Error::Protocol(format!("{table}: unknown column {c}")))?;
+            let d = Datum::from_json(v, &layout.types[i]).map_err(|m| Error::Protocol(format!("{table}.{c}: {m}")))?;
+            out.push((i, d));
         }
         Ok(out)
     }
 
     /// A whole row: columns the server left out (update2 omits those at their default value)
-    /// are filled in, so that rows compare equal however they arrived.
+    /// take their defaults, so that rows compare equal however they arrived.
     fn decode_full_row(&self, table: &str, row: &Value) -> Result<RowData, Error> {
-        let mut out = self.decode_row(table, row)?;
-        if let Some(ts) = self.schema.tables.get(table) {
-            for (c, ty) in &ts.columns {
-                if c != "_uuid" && c != "_version" && !out.contains_key(c) {
-                    out.insert(c.clone(), Datum::default_for(ty));
-                }
-            }
+        let layout = self.layout(table)?.clone();
+        let mut values: Vec<Option<Datum>> = vec![None; layout.names.len()];
+        for (i, d) in self.decode_columns(table, row)? {
+            values[i] = Some(d);
         }
-        Ok(out)
+        let values = values.into_iter().zip(&layout.types).map(|(v, ty)| v.unwrap_or_else(|| Datum::default_for(ty)));
+        Ok(RowData { values: values.collect(), layout })
+    }
+
+    fn check_table(&self, table: &str) -> Result<(), Error> {
+        self.layout(table).map(|_| ())
     }
 
     /// Applies `table-updates2` (monitor_cond / monitor_cond_since replies, update2 / update3
@@ -183,58 +320,73 @@ impl Replica {
         };
         let mut changes = Changes::default();
         for (table, rows) in tables {
-            if !self.schema.tables.contains_key(table) {
-                return Err(Error::Protocol(format!("update for unknown table {table}")));
-            }
+            self.check_table(table)?;
             let Value::Object(rows) = rows else { return Err(Error::Protocol(format!("{table}: rows not an object"))) };
             for (uuid, update) in rows {
-                let uuid = Uuid::parse_str(uuid).map_err(|_| Error::Protocol(format!("{table}: bad uuid {uuid}")))?;
-                let Value::Object(update) = update else {
-                    return Err(Error::Protocol(format!("{table}: bad row update")));
-                };
-                let (kind, body) =
-                    update.iter().next().ok_or_else(|| Error::Protocol(format!("{table}: empty row update")))?;
-                match kind.as_str() {
-                    "initial" | "insert" => {
-                        let row = self.decode_full_row(table, body)?;
-                        self.tables.entry(table.clone()).or_default().put(uuid, row);
-                        changes.inserted += 1;
-                    }
-                    "delete" => {
-                        if self.tables.entry(table.clone()).or_default().remove(&uuid) {
-                            changes.deleted += 1;
-                        }
-                    }
-                    "modify" => {
-                        let diff = self.decode_row(table, body)?;
-                        let t = self.tables.entry(table.clone()).or_default();
-                        if !t.rows.contains_key(&uuid) {
-                            return Err(Error::Protocol(format!("{table}: modify of unknown row {uuid}")));
-                        }
-                        // In place: a port joining a switch of thousands must not copy the rest.
-                        let reindex = diff.contains_key("name") || diff.contains_key("external_ids");
-                        if reindex {
-                            t.unindex(&uuid);
-                        }
-                        let row = t.rows.get_mut(&uuid).expect("checked above");
-                        for (c, d) in diff {
-                            match row.get_mut(&c) {
-                                Some(cur) => cur.apply_diff(d),
-                                None => {
-                                    row.insert(c, d);
-                                }
-                            }
-                        }
-                        if reindex {
-                            t.index(uuid);
-                        }
-                        changes.modified += 1;
-                    }
-                    other => return Err(Error::Protocol(format!("{table}: unknown row update {other:?}"))),
-                }
+                self.apply_row2(table, uuid, update, &mut changes)?;
             }
         }
         Ok(changes)
+    }
+
+    /// [`Replica::apply_update2`] from the JSON text of `table-updates2`, decoded one row at
+    /// a time (a monitor reply or an update echoing a big transaction is never one JSON tree).
+    pub fn apply_update2_json(&mut self, updates: &RawValue) -> Result<Changes, Error> {
+        let tables: BTreeMap<String, Box<RawValue>> = serde_json::from_str(updates.get())
+            .map_err(|e| Error::Protocol(format!("table-updates2 is not an object: {e}")))?;
+        let mut changes = Changes::default();
+        for (table, rows) in &tables {
+            self.check_table(table)?;
+            for (uuid, update) in raw_rows(table, rows)? {
+                let update: Value = serde_json::from_str(update.get())
+                    .map_err(|e| Error::Protocol(format!("{table}: bad row update: {e}")))?;
+                self.apply_row2(table, &uuid, &update, &mut changes)?;
+            }
+        }
+        Ok(changes)
+    }
+
+    fn apply_row2(&mut self, table: &str, uuid: &str, update: &Value, changes: &mut Changes) -> Result<(), Error> {
+        let uuid = Uuid::parse_str(uuid).map_err(|_| Error::Protocol(format!("{table}: bad uuid {uuid}")))?;
+        let Value::Object(update) = update else {
+            return Err(Error::Protocol(format!("{table}: bad row update")));
+        };
+        let (kind, body) = update.iter().next().ok_or_else(|| Error::Protocol(format!("{table}: empty row update")))?;
+        match kind.as_str() {
+            "initial" | "insert" => {
+                let row = self.decode_full_row(table, body)?;
+                self.tables.entry(table.to_string()).or_default().put(uuid, row);
+                changes.inserted += 1;
+            }
+            "delete" => {
+                if self.tables.get_mut(table).is_some_and(|t| t.remove(&uuid)) {
+                    changes.deleted += 1;
+                }
+            }
+            "modify" => {
+                let diff = self.decode_columns(table, body)?;
+                let layout = self.layout(table)?.clone();
+                let t = self.tables.entry(table.to_string()).or_default();
+                if !t.rows.contains_key(&uuid) {
+                    return Err(Error::Protocol(format!("{table}: modify of unknown row {uuid}")));
+                }
+                // In place: a port joining a switch of thousands must not copy the rest.
+                let reindex = diff.iter().any(|(i, _)| matches!(layout.names[*i].as_str(), "name" | "external_ids"));
+                if reindex {
+                    t.unindex(&uuid);
+                }
+                let row = t.rows.get_mut(&uuid).expect("checked above");
+                for (i, d) in diff {
+                    row.values[i].apply_diff(d);
+                }
+                if reindex {
+                    t.index(uuid);
+                }
+                changes.modified += 1;
+            }
+            other => return Err(Error::Protocol(format!("{table}: unknown row update {other:?}"))),
+        }
+        Ok(())
     }
 
     /// Applies RFC 7047 `table-updates` (plain `monitor` / `update`): `new` replaces the row,
@@ -245,9 +397,7 @@ impl Replica {
         };
         let mut changes = Changes::default();
         for (table, rows) in tables {
-            if !self.schema.tables.contains_key(table) {
-                return Err(Error::Protocol(format!("update for unknown table {table}")));
-            }
+            self.check_table(table)?;
             let Value::Object(rows) = rows else { return Err(Error::Protocol(format!("{table}: rows not an object"))) };
             for (uuid, update) in rows {
                 let uuid = Uuid::parse_str(uuid).map_err(|_| Error::Protocol(format!("{table}: bad uuid {uuid}")))?;
@@ -263,7 +413,7 @@ impl Replica {
                         t.put(uuid, row);
                     }
                     None => {
-                        if self.tables.entry(table.clone()).or_default().remove(&uuid) {
+                        if self.tables.get_mut(table.as_str()).is_some_and(|t| t.remove(&uuid)) {
                             changes.deleted += 1;
                         }
                     }
@@ -325,6 +475,33 @@ mod tests {
         assert_eq!(row["ports"], Datum::empty_set());
         assert_eq!(row["external_ids"], Datum::Map(Default::default()));
         assert!(r.table("Other").is_empty());
+    }
+
+    #[test]
+    fn text_and_value_updates_agree() {
+        let (u, v) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
+        let steps = [
+            json!({"T": {u.clone(): {"initial": {"name": "a", "ports": ["set", ["p1", "p2"]]}},
+                         v.clone(): {"insert": {"external_ids": ["map", [["k", "v"]]]}}}}),
+            json!({"T": {u.clone(): {"modify": {"ports": ["set", ["p2", "p3"]], "name": "b"}}}}),
+            json!({"T": {v.clone(): {"delete": null}}}),
+        ];
+        let (mut a, mut b) = (Replica::new(schema()), Replica::new(schema()));
+        for step in &steps {
+            let ca = a.apply_update2(step).unwrap();
+            let raw = RawValue::from_string(step.to_string()).unwrap();
+            let cb = b.apply_update2_json(&raw).unwrap();
+            assert_eq!(ca, cb);
+        }
+        let u = Uuid::parse_str(&u).unwrap();
+        assert_eq!(a.table("T").get(&u), b.table("T").get(&u));
+        assert_eq!(b.table("T").get(&u).unwrap()["ports"], Datum::set(["p1", "p3"]));
+        assert_eq!(b.table("T").by_name("b").count(), 1);
+        assert_eq!(b.table("T").len(), 1);
+        let bad = RawValue::from_string(r#"{"T": {"x": {"insert": {}}}}"#.into()).unwrap();
+        assert!(b.apply_update2_json(&bad).is_err());
+        let bad = RawValue::from_string(r#"{"T": [1]}"#.into()).unwrap();
+        assert!(b.apply_update2_json(&bad).is_err());
     }
 
     #[test]

@@ -313,6 +313,64 @@ impl Transaction {
 
     /// Reads the server's reply to this transaction.
     pub fn parse_reply(&self, result: &Value) -> Result<TxnReply, Error> {
+        self.shape().parse_reply(result)
+    }
+
+    /// What reading the reply needs of the transaction (the kind of each operation and the
+    /// names of inserted rows), so that the rows themselves can go once they are sent.
+    pub fn shape(&self) -> ReplyShape {
+        let ops = self
+            .ops
+            .iter()
+            .map(|op| match op {
+                Operation::Insert { uuid_name, .. } => OpShape::Insert(uuid_name.clone()),
+                Operation::Select { .. } => OpShape::Select,
+                Operation::Update { .. } | Operation::Mutate { .. } | Operation::Delete { .. } => {
+                    OpShape::Count(op.name())
+                }
+                Operation::Wait { .. } | Operation::Comment(_) => OpShape::Done(op.name()),
+            })
+            .collect();
+        ReplyShape { ops }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum OpShape {
+    Insert(Option<String>),
+    Select,
+    Count(&'static str),
+    Done(&'static str),
+}
+
+impl OpShape {
+    fn name(&self) -> &'static str {
+        match self {
+            OpShape::Insert(_) => "insert",
+            OpShape::Select => "select",
+            OpShape::Count(n) | OpShape::Done(n) => n,
+        }
+    }
+}
+
+/// See [`Transaction::shape`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplyShape {
+    ops: Vec<OpShape>,
+}
+
+impl ReplyShape {
+    /// Operations other than comments.
+    pub fn len(&self) -> usize {
+        self.ops.iter().filter(|o| o.name() != "comment").count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Reads the server's reply to the transaction.
+    pub fn parse_reply(&self, result: &Value) -> Result<TxnReply, Error> {
         let items =
             result.as_array().ok_or_else(|| Error::Protocol(format!("transact result is not an array: {result}")))?;
         for (i, item) in items.iter().enumerate() {
@@ -332,7 +390,7 @@ impl Transaction {
         let mut named = HashMap::new();
         for (op, item) in self.ops.iter().zip(items) {
             let r = match op {
-                Operation::Insert { uuid_name, .. } => {
+                OpShape::Insert(uuid_name) => {
                     let u = item
                         .get("uuid")
                         .and_then(|u| Atom::from_json_untyped(u).ok())
@@ -343,13 +401,11 @@ impl Transaction {
                     }
                     OpResult::Inserted(u)
                 }
-                Operation::Select { .. } => {
+                OpShape::Select => {
                     OpResult::Rows(item.get("rows").and_then(Value::as_array).cloned().unwrap_or_default())
                 }
-                Operation::Update { .. } | Operation::Mutate { .. } | Operation::Delete { .. } => {
-                    OpResult::Count(item.get("count").and_then(Value::as_u64).unwrap_or(0))
-                }
-                Operation::Wait { .. } | Operation::Comment(_) => OpResult::Done,
+                OpShape::Count(_) => OpResult::Count(item.get("count").and_then(Value::as_u64).unwrap_or(0)),
+                OpShape::Done(_) => OpResult::Done,
             };
             results.push(r);
         }
