@@ -107,6 +107,7 @@ pub fn pods(count: usize, namespaces: usize, seed: u64) -> Vec<Pod> {
                 uid: Some(format!("uid-{i}")),
                 labels: labels(&[("app", &format!("app{app}")), ("tier", tier), ("version", version)]),
                 ips: vec![IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n))],
+                status_ips: vec![],
                 host_network: false,
                 ports: tier_ports(tier, app),
                 node: Some(format!("node-{}", i % 100)),

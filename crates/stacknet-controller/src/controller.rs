@@ -15,7 +15,7 @@ use std::time::Duration;
 use stacknet_engine::index::Kind;
 use stacknet_engine::ipam::Ipam;
 use stacknet_engine::objects::{ClusterObject, ObjectKey};
-use stacknet_engine::{Cidr, ClusterIndex, PolicyEngine};
+use stacknet_engine::{Cidr, PolicyEngine};
 use stacknet_ovn::{NodeNet, OvnBackend, Topology};
 use stacknet_ovsdb::nb;
 use tokio::sync::mpsc;
@@ -47,7 +47,9 @@ pub struct Controller {
     config: ControllerConfig,
     backend: OvnBackend,
     ipam: Ipam,
-    index: ClusterIndex,
+    /// The cluster index with the compiled policy model, kept up to date change by change
+    /// (never rebuilt): pods carry the addresses IPAM gave them.
+    engine: PolicyEngine,
     observed: Observed,
     sources: BTreeSet<String>,
     synced: BTreeSet<String>,
@@ -73,7 +75,7 @@ impl Controller {
             config,
             backend,
             ipam,
-            index: ClusterIndex::new(),
+            engine: PolicyEngine::new(),
             observed: Observed {
                 events: Arc::new(Events::new()),
                 metrics: Arc::new(Metrics::default()),
@@ -115,8 +117,8 @@ impl Controller {
                 "node": port.node,
             })
             .to_string();
-            let current =
-                self.index.pod_id(key).and_then(|id| self.index.pod(id)).and_then(|p| p.network_annotation.clone());
+            let index = self.engine.index();
+            let current = index.pod_id(key).and_then(|id| index.pod(id)).and_then(|p| p.network_annotation.clone());
             if current.as_deref() == Some(value.as_str()) {
                 self.annotated.remove(key);
                 continue;
@@ -159,17 +161,17 @@ impl Controller {
         match change {
             Change::Apply(object) => {
                 if let ClusterObject::Pod(p) = &object
-                    && self.index.pod_id(&p.key).is_none()
+                    && self.engine.index().pod_id(&p.key).is_none()
                 {
                     self.pending_up.insert(p.key.clone(), Instant::now());
                 }
-                self.index.apply(object);
+                self.engine.apply(object);
             }
             Change::Delete(kind, key) => {
                 if kind == Kind::Pod {
                     self.pending_up.remove(&key);
                 }
-                self.index.delete(kind, &key);
+                self.engine.delete(kind, &key);
             }
             Change::Synced(source) => {
                 self.synced.insert(source);
@@ -229,23 +231,32 @@ impl Controller {
             .map(|r| stacknet_ovn::lookup::foreign_addresses(r, &self.config.cluster))
             .unwrap_or_default();
         self.ipam.set_reserved(reserved);
-        let assignment = self.ipam.sync(&self.index);
+        let assignment = self.ipam.sync(self.engine.index());
         for p in &assignment.problems {
             self.observed.events.warn(&p.object, p.reason, &p.message);
         }
-        // The engine sees each pod with the addresses the network gives it (none: no port yet).
-        let mut index = self.index.clone();
-        let pods: Vec<_> = self.index.pods().map(|(_, p)| p.clone()).collect();
-        for mut pod in pods {
-            let ips = assignment.pods.get(&pod.key).map(|(_, ips)| ips.clone()).unwrap_or_default();
-            if pod.ips != ips {
-                pod.ips = ips;
-                index.apply_pod(pod);
-            }
+        // The engine sees each pod with the addresses the network gives it (none: no port yet);
+        // only pods whose addresses differ are touched.
+        let moved: Vec<_> = self
+            .engine
+            .index()
+            .pods()
+            .filter_map(|(_, p)| {
+                let ips = assignment.pods.get(&p.key).map(|(_, ips)| ips.as_slice()).unwrap_or_default();
+                (p.ips != ips).then(|| {
+                    let mut pod = p.clone();
+                    pod.ips = ips.to_vec();
+                    pod
+                })
+            })
+            .collect();
+        for pod in moved {
+            self.engine.apply_pod(pod);
         }
+        let index = self.engine.index();
         metrics.pods.store(index.pod_count() as i64, Ordering::Relaxed);
         metrics.policies.store(index.policies().count() as i64, Ordering::Relaxed);
-        let engine = PolicyEngine::from_index(index);
+        let engine = &self.engine;
         let topology = Topology {
             cluster: self.config.cluster.clone(),
             nodes: assignment
@@ -255,7 +266,7 @@ impl Controller {
                 .collect(),
             nested: BTreeMap::new(),
         };
-        let desired = stacknet_ovn::build(&engine, &topology);
+        let desired = stacknet_ovn::build(engine, &topology);
         for w in &desired.warnings {
             tracing::debug!("{w}");
         }

@@ -26,9 +26,33 @@ struct FileState {
     /// The file's modification time and size when last read: a poll reads only files whose
     /// metadata changed.
     stamp: (Option<std::time::SystemTime>, u64),
-    /// What the file held when it last parsed (or was unreadable: then nothing).
-    content: Vec<u8>,
-    objects: Vec<ClusterObject>,
+    /// A fingerprint of what the file held when last read (a rewrite with the same bytes
+    /// changes nothing).
+    content: u64,
+    /// Its objects when it last parsed (shared with the merged view: one copy of each).
+    objects: Vec<Arc<ClusterObject>>,
+}
+
+fn fingerprint(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// A change found by a scan; objects are copied out only as they are sent.
+enum Found {
+    Apply(Arc<ClusterObject>),
+    Delete(Kind, ObjectKey),
+}
+
+impl Found {
+    fn into_change(self) -> Change {
+        match self {
+            Found::Apply(o) => Change::Apply(Arc::unwrap_or_clone(o)),
+            Found::Delete(kind, key) => Change::Delete(kind, key),
+        }
+    }
 }
 
 fn stamp(path: &Path) -> Option<(Option<std::time::SystemTime>, u64)> {
@@ -41,7 +65,7 @@ pub struct ManifestSource {
     poll: Duration,
     files: BTreeMap<PathBuf, FileState>,
     /// The merged view last sent.
-    sent: BTreeMap<(Kind, ObjectKey), ClusterObject>,
+    sent: BTreeMap<(Kind, ObjectKey), Arc<ClusterObject>>,
     events: Arc<Events>,
 }
 
@@ -78,6 +102,10 @@ impl ManifestSource {
 
     /// Reads the folder: the changes since the last scan.
     pub fn scan(&mut self) -> Vec<Change> {
+        self.scan_found().into_iter().map(Found::into_change).collect()
+    }
+
+    fn scan_found(&mut self) -> Vec<Found> {
         let mut paths = Vec::new();
         if let Err(e) = walk(&self.dir, &mut paths) {
             // An unreadable folder changes nothing (the network stays as it is).
@@ -95,19 +123,21 @@ impl ManifestSource {
             if self.files.get(path).is_some_and(|f| f.stamp == now) {
                 continue;
             }
-            let Ok(content) = std::fs::read(path) else { continue };
+            let Ok(bytes) = std::fs::read(path) else { continue };
+            let content = fingerprint(&bytes);
             if let Some(f) = self.files.get_mut(path).filter(|f| f.content == content) {
                 f.stamp = now;
                 continue;
             }
             let name = path.strip_prefix(&self.dir).unwrap_or(path).display().to_string();
-            let text = String::from_utf8_lossy(&content);
+            let text = String::from_utf8_lossy(&bytes);
             match manifest::parse(&name, &text) {
                 Ok(parsed) => {
                     for w in &parsed.warnings {
                         tracing::warn!(file = %name, "{w}");
                     }
-                    self.files.insert(path.clone(), FileState { stamp: now, content, objects: parsed.objects });
+                    let objects = parsed.objects.into_iter().map(Arc::new).collect();
+                    self.files.insert(path.clone(), FileState { stamp: now, content, objects });
                 }
                 Err(e) => {
                     let keeps = if self.files.contains_key(path) {
@@ -122,7 +152,7 @@ impl ManifestSource {
                 }
             }
         }
-        let mut merged: BTreeMap<(Kind, ObjectKey), ClusterObject> = BTreeMap::new();
+        let mut merged: BTreeMap<(Kind, ObjectKey), Arc<ClusterObject>> = BTreeMap::new();
         for f in self.files.values() {
             for o in &f.objects {
                 merged.insert(o.id(), o.clone());
@@ -130,11 +160,12 @@ impl ManifestSource {
         }
         let mut changes = Vec::new();
         for (id, _) in self.sent.iter().filter(|(id, _)| !merged.contains_key(*id)) {
-            changes.push(Change::Delete(id.0, id.1.clone()));
+            changes.push(Found::Delete(id.0, id.1.clone()));
         }
         for (id, o) in &merged {
-            if self.sent.get(id) != Some(o) {
-                changes.push(Change::Apply(o.clone()));
+            // The same object (unchanged file) is not compared field by field.
+            if self.sent.get(id).is_none_or(|s| !Arc::ptr_eq(s, o) && s != o) {
+                changes.push(Found::Apply(o.clone()));
             }
         }
         self.sent = merged;
@@ -144,8 +175,8 @@ impl ManifestSource {
     /// Sends the folder's objects, then [`Change::Synced`], then the changes as files change,
     /// until the receiver is gone.
     pub async fn run(mut self, tx: mpsc::Sender<Change>) {
-        for c in self.scan() {
-            if tx.send(c).await.is_err() {
+        for c in self.scan_found() {
+            if tx.send(c.into_change()).await.is_err() {
                 return;
             }
         }
@@ -154,8 +185,8 @@ impl ManifestSource {
         }
         loop {
             tokio::time::sleep(self.poll).await;
-            for c in self.scan() {
-                if tx.send(c).await.is_err() {
+            for c in self.scan_found() {
+                if tx.send(c.into_change()).await.is_err() {
                     return;
                 }
             }

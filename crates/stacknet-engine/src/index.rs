@@ -277,6 +277,7 @@ mod tests {
             uid: None,
             labels: Labels::from([("pod".into(), name.into())]),
             ips: vec![],
+            status_ips: vec![],
             host_network: false,
             ports: vec![],
             node: None,

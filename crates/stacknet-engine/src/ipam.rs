@@ -220,7 +220,7 @@ impl Ipam {
             match &p.node {
                 Some(n) => nodes.contains_key(n).then(|| n.clone()),
                 None => {
-                    let ip = p.ips.first()?;
+                    let ip = p.status_ips.first()?;
                     nodes.iter().find(|(_, s)| s.iter().any(|(c, _)| c.contains(*ip))).map(|(n, _)| n.clone())
                 }
             }
@@ -239,12 +239,12 @@ impl Ipam {
                     ),
                 }),
                 // Not scheduled, but showing an address no node's subnet holds (manifests).
-                None if p.node.is_none() && !p.ips.is_empty() => out.problems.push(Problem {
+                None if p.node.is_none() && !p.status_ips.is_empty() => out.problems.push(Problem {
                     object: format!("Pod {}", p.key),
                     reason: "NoNodeForAddress",
                     message: format!(
                         "no spec.nodeName, and no Node's subnet holds its address {}: give the pod a nodeName, or add the Node whose podCIDR holds it",
-                        p.ips[0]
+                        p.status_ips[0]
                     ),
                 }),
                 // Unscheduled and without an address: pending, nothing to say yet.
@@ -290,9 +290,9 @@ impl Ipam {
             if done.contains_key(*key) {
                 continue;
             }
-            if valid(node, &pod.ips, &used) {
-                used.extend(pod.ips.iter().copied());
-                done.insert((*key).clone(), (node.clone(), pod.ips.clone()));
+            if valid(node, &pod.status_ips, &used) {
+                used.extend(pod.status_ips.iter().copied());
+                done.insert((*key).clone(), (node.clone(), pod.status_ips.clone()));
             }
         }
         // 3. The lowest free address in each of the node's subnets.

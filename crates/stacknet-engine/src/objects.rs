@@ -127,8 +127,12 @@ pub struct Pod {
     pub key: ObjectKey,
     pub uid: Option<String>,
     pub labels: Labels,
-    /// `status.podIPs` (or `status.podIP`), primary first. Empty until the pod has an address.
+    /// The pod's addresses on the network, primary first: `status.podIPs` (or `status.podIP`)
+    /// as read, or what the controller's IPAM gave it. Empty until the pod has an address.
     pub ips: Vec<IpAddr>,
+    /// What the pod's status reports (`status.podIPs`), whatever the network gave it: an input
+    /// to IPAM (an address the API server remembers is kept if it still fits).
+    pub status_ips: Vec<IpAddr>,
     pub host_network: bool,
     pub ports: Vec<ContainerPort>,
     pub node: Option<String>,
@@ -575,6 +579,7 @@ impl Pod {
             key,
             uid: pod.metadata.uid.clone(),
             labels,
+            status_ips: ips.clone(),
             ips,
             host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
             ports,

@@ -33,6 +33,8 @@ impl OvnBackend {
         let mut config = ClientConfig::new(remotes, nb::DATABASE);
         config.requirements = Some(nb::requirements());
         config.tables = Some(nb::monitored_tables());
+        // Our rows are found by cluster and by identity; no other key is looked up.
+        config.indexed_external_ids = Some(vec![crate::names::KEY_CLUSTER.into(), crate::names::KEY_ID.into()]);
         OvnBackend::with_client(Client::start(config))
     }
 

@@ -181,8 +181,7 @@ pub fn plan(desired: &Desired, replica: &Replica) -> Plan {
         for (c, ids) in &row.refs {
             let rt = ref_table(table, c);
             let want: AtomSet = ids.iter().map(|i| target(rt, i)).collect();
-            let have: AtomSet =
-                current.get(c).map(|d| d.elements().into_iter().cloned().collect()).unwrap_or_default();
+            let have: AtomSet = current.get(c).map(|d| d.elements().into_iter().cloned().collect()).unwrap_or_default();
             let add: AtomSet = want.difference(&have).cloned().collect();
             // Only our own rows are taken out; references to others' rows stay.
             let del: AtomSet =
@@ -236,12 +235,8 @@ pub fn plan(desired: &Desired, replica: &Replica) -> Plan {
                     // only happens if it still holds exactly what we saw (else the server
                     // fails the transaction as "timed out" and we re-plan).
                     for (t, c) in STRONG_PARENTS.iter().filter(|(t, _)| t == table) {
-                        let seen = replica
-                            .table(t)
-                            .get(uuid)
-                            .and_then(|r| r.get(c))
-                            .cloned()
-                            .unwrap_or_else(Datum::empty_set);
+                        let seen =
+                            replica.table(t).get(uuid).and_then(|r| r.get(c)).cloned().unwrap_or_else(Datum::empty_set);
                         txn.wait(
                             t,
                             vec![Condition::uuid(*uuid)],

@@ -117,6 +117,9 @@ pub struct ClientConfig {
     /// read as their defaults in the replica. Leaving out columns the server rewrites often
     /// (statistics, status) saves decoding every such update.
     pub columns: BTreeMap<String, Vec<String>>,
+    /// The `external_ids` keys the replica indexes for [`crate::TableReplica::by_external_id`]
+    /// (`None`: every key; lookups by a key not listed scan the table).
+    pub indexed_external_ids: Option<Vec<String>>,
     /// For clustered databases, only talk to the leader (found through `_Server`).
     pub leader_only: bool,
     /// Send an echo after this long without traffic; drop the connection after twice as long.
@@ -135,6 +138,7 @@ impl ClientConfig {
             tls: None,
             tables: None,
             columns: BTreeMap::new(),
+            indexed_external_ids: None,
             leader_only: true,
             echo_interval: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
@@ -566,7 +570,8 @@ impl<'a> Session<'a> {
         }
         let last_txn = {
             let mut guard = self.shared.replica.write().unwrap_or_else(|e| e.into_inner());
-            let replica = guard.get_or_insert_with(|| Replica::new(schema.clone()));
+            let indexed = self.config.indexed_external_ids.clone();
+            let replica = guard.get_or_insert_with(|| Replica::new(schema.clone()).with_indexed_keys(indexed));
             replica.set_schema(schema.clone());
             replica.last_txn_id.clone()
         };

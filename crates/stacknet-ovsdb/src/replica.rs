@@ -140,6 +140,8 @@ pub struct TableReplica {
     rows: HashMap<Uuid, RowData>,
     by_name: HashMap<String, Uuids>,
     by_external_id: HashMap<(String, String), Uuids>,
+    /// The `external_ids` keys indexed (`None`: all).
+    indexed: Option<Arc<[String]>>,
 }
 
 impl TableReplica {
@@ -164,13 +166,29 @@ impl TableReplica {
         self.by_name.get(name).into_iter().flat_map(Uuids::iter).filter_map(|u| self.rows.get_key_value(u))
     }
 
-    /// Rows whose `external_ids` has `key` = `value`.
-    pub fn by_external_id<'a>(&'a self, key: &str, value: &str) -> impl Iterator<Item = (&'a Uuid, &'a RowData)> + 'a {
-        self.by_external_id
-            .get(&(key.to_string(), value.to_string()))
-            .into_iter()
-            .flat_map(Uuids::iter)
-            .filter_map(|u| self.rows.get_key_value(u))
+    fn is_indexed(&self, key: &str) -> bool {
+        self.indexed.as_ref().is_none_or(|keys| keys.iter().any(|k| k == key))
+    }
+
+    /// Rows whose `external_ids` has `key` = `value` (from the index, or by a scan for a key
+    /// that is not indexed).
+    pub fn by_external_id<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a str,
+    ) -> Box<dyn Iterator<Item = (&'a Uuid, &'a RowData)> + 'a> {
+        if !self.is_indexed(key) {
+            return Box::new(self.rows.iter().filter(move |(_, r)| {
+                r.get("external_ids").and_then(|d| d.map_get(key)).and_then(|a| a.as_str()) == Some(value)
+            }));
+        }
+        Box::new(
+            self.by_external_id
+                .get(&(key.to_string(), value.to_string()))
+                .into_iter()
+                .flat_map(Uuids::iter)
+                .filter_map(|u| self.rows.get_key_value(u)),
+        )
     }
 
     fn unindex(&mut self, uuid: &Uuid) {
@@ -180,7 +198,9 @@ impl TableReplica {
         }
         if let Some(ids) = row.get("external_ids") {
             for (k, v) in ids.string_pairs() {
-                index_remove(&mut self.by_external_id, &(k.to_string(), v.to_string()), uuid);
+                if self.indexed.as_ref().is_none_or(|keys| keys.iter().any(|i| i == k)) {
+                    index_remove(&mut self.by_external_id, &(k.to_string(), v.to_string()), uuid);
+                }
             }
         }
     }
@@ -192,7 +212,9 @@ impl TableReplica {
         }
         if let Some(ids) = row.get("external_ids") {
             for (k, v) in ids.string_pairs() {
-                index_add(&mut self.by_external_id, (k.to_string(), v.to_string()), uuid);
+                if self.indexed.as_ref().is_none_or(|keys| keys.iter().any(|i| i == k)) {
+                    index_add(&mut self.by_external_id, (k.to_string(), v.to_string()), uuid);
+                }
             }
         }
     }
@@ -222,6 +244,8 @@ pub struct Replica {
     schema: Arc<DatabaseSchema>,
     layouts: BTreeMap<String, Arc<Layout>>,
     tables: BTreeMap<String, TableReplica>,
+    /// The `external_ids` keys indexed (`None`: all).
+    indexed: Option<Arc<[String]>>,
     /// The last transaction seen (monitor_cond_since / update3), to resume after a reconnect.
     pub last_txn_id: Option<String>,
 }
@@ -249,7 +273,22 @@ fn raw_rows(table: &str, rows: &RawValue) -> Result<BTreeMap<String, Box<RawValu
 
 impl Replica {
     pub fn new(schema: Arc<DatabaseSchema>) -> Self {
-        Replica { layouts: layouts(&schema), schema, tables: BTreeMap::new(), last_txn_id: None }
+        Replica { layouts: layouts(&schema), schema, tables: BTreeMap::new(), indexed: None, last_txn_id: None }
+    }
+
+    /// Indexes only these `external_ids` keys (lookups by other keys scan the table): an
+    /// index of every key costs an entry per key of every row.
+    pub fn with_indexed_keys(mut self, keys: Option<Vec<String>>) -> Self {
+        self.indexed = keys.map(Into::into);
+        self.clear();
+        self
+    }
+
+    fn table_mut(&mut self, table: &str) -> &mut TableReplica {
+        let indexed = &self.indexed;
+        self.tables
+            .entry(table.to_string())
+            .or_insert_with(|| TableReplica { indexed: indexed.clone(), ..TableReplica::default() })
     }
 
     pub fn schema(&self) -> &Arc<DatabaseSchema> {
@@ -355,7 +394,7 @@ impl Replica {
         match kind.as_str() {
             "initial" | "insert" => {
                 let row = self.decode_full_row(table, body)?;
-                self.tables.entry(table.to_string()).or_default().put(uuid, row);
+                self.table_mut(table).put(uuid, row);
                 changes.inserted += 1;
             }
             "delete" => {
@@ -366,7 +405,7 @@ impl Replica {
             "modify" => {
                 let diff = self.decode_columns(table, body)?;
                 let layout = self.layout(table)?.clone();
-                let t = self.tables.entry(table.to_string()).or_default();
+                let t = self.table_mut(table);
                 if !t.rows.contains_key(&uuid) {
                     return Err(Error::Protocol(format!("{table}: modify of unknown row {uuid}")));
                 }
@@ -404,7 +443,7 @@ impl Replica {
                 match update.get("new") {
                     Some(new) => {
                         let row = self.decode_full_row(table, new)?;
-                        let t = self.tables.entry(table.clone()).or_default();
+                        let t = self.table_mut(table);
                         if t.rows.contains_key(&uuid) {
                             changes.modified += 1;
                         } else {

@@ -97,6 +97,7 @@ fn expected_engine(objects: Vec<ClusterObject>) -> PolicyEngine {
         uid: None,
         labels: Default::default(),
         ips: vec![VM_IP.parse().expect("valid")],
+        status_ips: vec![],
         host_network: true,
         ports: vec![ContainerPort { name: Some("postgres".into()), port: 5432, protocol: Protocol::Tcp }],
         node: None,
