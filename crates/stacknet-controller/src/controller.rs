@@ -147,6 +147,13 @@ impl Controller {
         self.observed.clone()
     }
 
+    /// Serves `/metrics`, `/healthz`, `/readyz` and `/events` on the configured address, from
+    /// a thread of its own (see [`crate::http::serve_thread`]).
+    pub fn serve_http_thread(&self) -> std::io::Result<SocketAddr> {
+        let o = &self.observed;
+        crate::http::serve_thread(self.config.metrics_addr, o.health.clone(), o.metrics.clone(), o.events.clone())
+    }
+
     /// Serves `/metrics`, `/healthz`, `/readyz` and `/events` on the configured address.
     pub async fn serve_http(&self) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
         let o = &self.observed;
@@ -236,21 +243,17 @@ impl Controller {
             self.observed.events.warn(&p.object, p.reason, &p.message);
         }
         // The engine sees each pod with the addresses the network gives it (none: no port yet);
-        // only pods whose addresses differ are touched.
-        let moved: Vec<_> = self
-            .engine
-            .index()
+        // only pods whose addresses differ are touched, one at a time (after a restart that is
+        // every pod: no second copy of them all).
+        let index = self.engine.index();
+        let moved: Vec<_> = index
             .pods()
-            .filter_map(|(_, p)| {
-                let ips = assignment.pods.get(&p.key).map(|(_, ips)| ips.as_slice()).unwrap_or_default();
-                (p.ips != ips).then(|| {
-                    let mut pod = p.clone();
-                    pod.ips = ips.to_vec();
-                    pod
-                })
-            })
+            .filter(|(_, p)| p.ips != assignment.pods.get(&p.key).map(|(_, ips)| ips.as_slice()).unwrap_or_default())
+            .map(|(id, _)| id)
             .collect();
-        for pod in moved {
+        for id in moved {
+            let Some(mut pod) = self.engine.index().pod(id).cloned() else { continue };
+            pod.ips = assignment.pods.get(&pod.key).map(|(_, ips)| ips.clone()).unwrap_or_default();
             self.engine.apply_pod(pod);
         }
         let index = self.engine.index();

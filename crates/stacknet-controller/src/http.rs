@@ -30,6 +30,28 @@ impl Health {
     }
 }
 
+/// Binds `addr` (port 0: any free port) and serves from a thread of its own for the life of
+/// the process: probes are answered at once even while the controller's loop is busy with a
+/// long reconcile or a big manifest file.
+pub fn serve_thread(
+    addr: SocketAddr,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    events: Arc<Events>,
+) -> std::io::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name("stacknet-http".into()).spawn(move || {
+        runtime.block_on(async move {
+            let Ok(listener) = TcpListener::from_std(listener) else { return };
+            let _ = serve_on(listener, health, metrics, events).await;
+        })
+    })?;
+    Ok(bound)
+}
+
 /// Binds `addr` (port 0: any free port) and serves until the task is dropped; returns the
 /// bound address and the serving task.
 pub async fn serve(
@@ -40,7 +62,16 @@ pub async fn serve(
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let task = tokio::spawn(async move {
+    Ok((bound, serve_on(listener, health, metrics, events)))
+}
+
+fn serve_on(
+    listener: TcpListener,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    events: Arc<Events>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else { continue };
             let (health, metrics, events) = (health.clone(), metrics.clone(), events.clone());
@@ -74,8 +105,7 @@ pub async fn serve(
                 let _ = stream.shutdown().await;
             });
         }
-    });
-    Ok((bound, task))
+    })
 }
 
 fn respond(

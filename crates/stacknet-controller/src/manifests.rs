@@ -29,30 +29,18 @@ struct FileState {
     /// A fingerprint of what the file held when last read (a rewrite with the same bytes
     /// changes nothing).
     content: u64,
-    /// Its objects when it last parsed (shared with the merged view: one copy of each).
-    objects: Vec<Arc<ClusterObject>>,
+    /// Its objects when it last parsed, in file order, each by identity and fingerprint: the
+    /// objects themselves live in the controller's index only.
+    objects: Vec<(ObjectId, u64)>,
 }
 
-fn fingerprint(bytes: &[u8]) -> u64 {
-    use std::hash::{Hash, Hasher};
+type ObjectId = (Kind, ObjectKey);
+
+fn fingerprint(value: &(impl std::hash::Hash + ?Sized)) -> u64 {
+    use std::hash::Hasher;
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut h);
+    value.hash(&mut h);
     h.finish()
-}
-
-/// A change found by a scan; objects are copied out only as they are sent.
-enum Found {
-    Apply(Arc<ClusterObject>),
-    Delete(Kind, ObjectKey),
-}
-
-impl Found {
-    fn into_change(self) -> Change {
-        match self {
-            Found::Apply(o) => Change::Apply(Arc::unwrap_or_clone(o)),
-            Found::Delete(kind, key) => Change::Delete(kind, key),
-        }
-    }
 }
 
 fn stamp(path: &Path) -> Option<(Option<std::time::SystemTime>, u64)> {
@@ -64,8 +52,8 @@ pub struct ManifestSource {
     dir: PathBuf,
     poll: Duration,
     files: BTreeMap<PathBuf, FileState>,
-    /// The merged view last sent.
-    sent: BTreeMap<(Kind, ObjectKey), Arc<ClusterObject>>,
+    /// The merged view last sent: each object's fingerprint.
+    sent: BTreeMap<ObjectId, u64>,
     events: Arc<Events>,
 }
 
@@ -102,10 +90,6 @@ impl ManifestSource {
 
     /// Reads the folder: the changes since the last scan.
     pub fn scan(&mut self) -> Vec<Change> {
-        self.scan_found().into_iter().map(Found::into_change).collect()
-    }
-
-    fn scan_found(&mut self) -> Vec<Found> {
         let mut paths = Vec::new();
         if let Err(e) = walk(&self.dir, &mut paths) {
             // An unreadable folder changes nothing (the network stays as it is).
@@ -118,26 +102,24 @@ impl ManifestSource {
         }
         paths.sort();
         self.files.retain(|p, _| paths.contains(p));
+        // The objects of the files parsed by this scan, by position in their file.
+        let mut parsed: BTreeMap<PathBuf, Vec<Option<ClusterObject>>> = BTreeMap::new();
         for path in &paths {
             let Some(now) = stamp(path) else { continue };
             if self.files.get(path).is_some_and(|f| f.stamp == now) {
                 continue;
             }
             let Ok(bytes) = std::fs::read(path) else { continue };
-            let content = fingerprint(&bytes);
+            let content = fingerprint(bytes.as_slice());
             if let Some(f) = self.files.get_mut(path).filter(|f| f.content == content) {
                 f.stamp = now;
                 continue;
             }
-            let name = path.strip_prefix(&self.dir).unwrap_or(path).display().to_string();
-            let text = String::from_utf8_lossy(&bytes);
-            match manifest::parse(&name, &text) {
-                Ok(parsed) => {
-                    for w in &parsed.warnings {
-                        tracing::warn!(file = %name, "{w}");
-                    }
-                    let objects = parsed.objects.into_iter().map(Arc::new).collect();
-                    self.files.insert(path.clone(), FileState { stamp: now, content, objects });
+            match self.parse(path, &bytes) {
+                Ok(objects) => {
+                    let ids = objects.iter().map(|o| (o.id(), fingerprint(o))).collect();
+                    self.files.insert(path.clone(), FileState { stamp: now, content, objects: ids });
+                    parsed.insert(path.clone(), objects.into_iter().map(Some).collect());
                 }
                 Err(e) => {
                     let keeps = if self.files.contains_key(path) {
@@ -145,6 +127,7 @@ impl ManifestSource {
                     } else {
                         "nothing from it is applied"
                     };
+                    let name = self.name(path);
                     self.events.warn(&format!("file {name}"), "InvalidManifest", &format!("{e}; {keeps}"));
                     // Remember the bad content (so it is reported once), keep the objects.
                     let objects = self.files.remove(path).map(|f| f.objects).unwrap_or_default();
@@ -152,31 +135,56 @@ impl ManifestSource {
                 }
             }
         }
-        let mut merged: BTreeMap<(Kind, ObjectKey), Arc<ClusterObject>> = BTreeMap::new();
-        for f in self.files.values() {
-            for o in &f.objects {
-                merged.insert(o.id(), o.clone());
+        // Later files win, as with `kubectl apply`: each identity's object is (file, position).
+        let mut merged: BTreeMap<&ObjectId, (u64, &PathBuf, usize)> = BTreeMap::new();
+        for (path, f) in &self.files {
+            for (i, (id, print)) in f.objects.iter().enumerate() {
+                merged.insert(id, (*print, path, i));
             }
         }
         let mut changes = Vec::new();
-        for (id, _) in self.sent.iter().filter(|(id, _)| !merged.contains_key(*id)) {
-            changes.push(Found::Delete(id.0, id.1.clone()));
+        for id in self.sent.keys().filter(|id| !merged.contains_key(id)) {
+            changes.push(Change::Delete(id.0, id.1.clone()));
         }
-        for (id, o) in &merged {
-            // The same object (unchanged file) is not compared field by field.
-            if self.sent.get(id).is_none_or(|s| !Arc::ptr_eq(s, o) && s != o) {
-                changes.push(Found::Apply(o.clone()));
+        let mut sent = BTreeMap::new();
+        for (id, (print, path, i)) in merged {
+            if self.sent.get(id) != Some(&print) {
+                // Taken from this scan's parse; an object of an unchanged file is wanted only
+                // when a duplicate of it elsewhere went away: that file is read again.
+                if !parsed.contains_key(path) {
+                    let again = std::fs::read(path).ok().and_then(|b| self.parse(path, &b).ok()).unwrap_or_default();
+                    parsed.insert(path.clone(), again.into_iter().map(Some).collect());
+                }
+                match parsed.get_mut(path).and_then(|objects| objects.get_mut(i)).and_then(Option::take) {
+                    Some(o) if o.id() == *id => changes.push(Change::Apply(o)),
+                    // Changed since it was read: the next scan sees the file as changed.
+                    _ => continue,
+                }
             }
+            sent.insert(id.clone(), print);
         }
-        self.sent = merged;
+        self.sent = sent;
         changes
+    }
+
+    fn name(&self, path: &Path) -> String {
+        path.strip_prefix(&self.dir).unwrap_or(path).display().to_string()
+    }
+
+    fn parse(&self, path: &Path, bytes: &[u8]) -> Result<Vec<ClusterObject>, stacknet_engine::ManifestError> {
+        let name = self.name(path);
+        let parsed = manifest::parse(&name, &String::from_utf8_lossy(bytes))?;
+        for w in &parsed.warnings {
+            tracing::warn!(file = %name, "{w}");
+        }
+        Ok(parsed.objects)
     }
 
     /// Sends the folder's objects, then [`Change::Synced`], then the changes as files change,
     /// until the receiver is gone.
     pub async fn run(mut self, tx: mpsc::Sender<Change>) {
-        for c in self.scan_found() {
-            if tx.send(c.into_change()).await.is_err() {
+        for c in self.scan() {
+            if tx.send(c).await.is_err() {
                 return;
             }
         }
@@ -185,11 +193,77 @@ impl ManifestSource {
         }
         loop {
             tokio::time::sleep(self.poll).await;
-            for c in self.scan_found() {
-                if tx.send(c.into_change()).await.is_err() {
+            for c in self.scan() {
+                if tx.send(c).await.is_err() {
                     return;
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, tier: &str) -> String {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: x, labels: {{tier: {tier}}}}}\n---\n")
+    }
+
+    /// What each change says, briefly: `+x/a:web` (applied, with its tier), `-x/a` (deleted).
+    fn summary(changes: &[Change]) -> Vec<String> {
+        changes
+            .iter()
+            .map(|c| match c {
+                Change::Apply(ClusterObject::Pod(p)) => format!("+{}:{}", p.key, p.labels["tier"]),
+                Change::Apply(o) => format!("+{:?}", o.id()),
+                Change::Delete(_, key) => format!("-{key}"),
+                Change::Synced(s) => format!("synced {s}"),
+            })
+            .collect()
+    }
+
+    /// Writes `text` so that the next scan sees a new stamp even within the same second.
+    fn write(path: &Path, text: &str) {
+        let before = stamp(path);
+        std::fs::write(path, text).unwrap();
+        if before.is_some() && stamp(path) == before {
+            let f = std::fs::File::options().write(true).open(path).unwrap();
+            f.set_modified(std::time::SystemTime::now() + Duration::from_secs(1)).unwrap();
+        }
+    }
+
+    #[test]
+    fn edits_send_only_what_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = Arc::new(Events::new());
+        let mut source = ManifestSource::new(dir.path(), Duration::from_secs(1), events.clone()).unwrap();
+        let f = dir.path().join("pods.yaml");
+        write(&f, &(pod("a", "web") + &pod("b", "db")));
+        assert_eq!(summary(&source.scan()), ["+x/a:web", "+x/b:db"]);
+        assert!(source.scan().is_empty(), "nothing changed");
+        write(&f, &(pod("a", "web") + &pod("b", "web") + &pod("c", "db")));
+        assert_eq!(summary(&source.scan()), ["+x/b:web", "+x/c:db"]);
+        // A file that does not parse keeps its previous content in force.
+        write(&f, "apiVersion: v1\nkind: Pod\nmetadata: {name: [\n");
+        assert!(source.scan().is_empty());
+        assert!(events.all().iter().any(|e| e.reason == "InvalidManifest"), "{:?}", events.all());
+        write(&f, &pod("a", "web"));
+        assert_eq!(summary(&source.scan()), ["-x/b", "-x/c"]);
+        std::fs::remove_file(&f).unwrap();
+        assert_eq!(summary(&source.scan()), ["-x/a"]);
+    }
+
+    #[test]
+    fn a_later_file_wins_and_the_earlier_one_returns_when_it_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut source = ManifestSource::new(dir.path(), Duration::from_secs(1), Arc::new(Events::new())).unwrap();
+        write(&dir.path().join("10-a.yaml"), &(pod("a", "web") + &pod("z", "db")));
+        write(&dir.path().join("20-b.yaml"), &pod("a", "cache"));
+        assert_eq!(summary(&source.scan()), ["+x/a:cache", "+x/z:db"]);
+        // The file that won goes: the unchanged earlier file's version is sent (read again).
+        std::fs::remove_file(dir.path().join("20-b.yaml")).unwrap();
+        assert_eq!(summary(&source.scan()), ["+x/a:web"]);
+        assert!(source.scan().is_empty());
     }
 }

@@ -60,7 +60,7 @@ fn read_object(
         object,
         message,
     };
-    let Value::Object(map) = &value else {
+    let Value::Object(mut map) = value else {
         return Err(doc_err(
             at.to_string(),
             "is not a Kubernetes object (expected a mapping with apiVersion and kind)".into(),
@@ -81,10 +81,11 @@ fn read_object(
     let described = described.trim_end().to_string();
 
     if kind == "List" || (kind.ends_with("List") && map.contains_key("items")) {
-        let Some(Value::Array(items)) = map.get("items") else {
+        let Some(Value::Array(items)) = map.remove("items") else {
             return Err(doc_err(format!("{at} ({kind})"), "items: expected a list of objects".into()));
         };
-        for (j, item) in items.clone().into_iter().enumerate() {
+        // Each item is dropped once converted: a list of thousands is not held twice.
+        for (j, item) in items.into_iter().enumerate() {
             read_object(source_name, document, &format!("{at} items[{j}]"), item, out)?;
         }
         return Ok(());
@@ -107,6 +108,7 @@ fn read_object(
             format!("apiVersion {api_version:?} is not supported for {kind} (expected {expected_version})"),
         ));
     }
+    let value = Value::Object(map);
     let doc = Doc { value: &value, described: &described, source_name, document, at };
     let mut warnings = Vec::new();
     let object = match kind.as_str() {

@@ -792,6 +792,43 @@ impl PolicyEngine {
         total
     }
 
+    /// The policy groups in key order, borrowed: members are the indexed pods themselves.
+    pub fn groups(&self) -> impl Iterator<Item = (&ObjectKey, GroupRef<'_>)> {
+        self.groups.iter().map(|(k, g)| {
+            let members = Members { index: &self.index, ids: MemberIds::Set(&g.members) };
+            (k, GroupRef { ingress: g.policy.ingress.is_some(), egress: g.policy.egress.is_some(), members })
+        })
+    }
+
+    /// The peer sets (in no particular order): id, selector, members.
+    pub fn peer_sets(&self) -> impl Iterator<Item = (&PeerSetId, &PeerSelector, Members<'_>)> {
+        self.peer_sets
+            .iter()
+            .map(|(id, s)| (id, &*s.selector, Members { index: &self.index, ids: MemberIds::Set(&s.members) }))
+    }
+
+    /// The named ports in use (in no particular order): for each, the port numbers it resolves
+    /// to and the pods that resolve it so.
+    pub fn named_ports(&self) -> impl Iterator<Item = (&NamedPortKey, impl Iterator<Item = (u16, Members<'_>)>)> {
+        self.named_ports.iter().map(|(k, np)| {
+            let ports =
+                np.by_port.iter().map(|(p, ids)| (*p, Members { index: &self.index, ids: MemberIds::Set(ids) }));
+            (k, ports)
+        })
+    }
+
+    /// The port numbers a named port resolves to on some pod, ascending.
+    pub fn named_port_numbers(&self, key: &NamedPortKey) -> impl Iterator<Item = u16> + '_ {
+        self.named_ports.get(key).into_iter().flat_map(|np| np.by_port.keys().copied())
+    }
+
+    /// Per namespace and direction, the pods some policy isolates.
+    pub fn default_deny(&self) -> impl Iterator<Item = (&str, Direction, Members<'_>)> {
+        self.default_deny
+            .iter()
+            .map(|((ns, d), counts)| (ns.as_str(), *d, Members { index: &self.index, ids: MemberIds::Counted(counts) }))
+    }
+
     /// The whole model with pods named by key, for comparison and display.
     pub fn model(&self) -> PolicyModel {
         let key = |id: &PodId| self.index.pod(*id).map(|p| p.key.clone()).expect("members are indexed pods");
@@ -1000,6 +1037,50 @@ fn port_groups(rule: &PolicyRule) -> Vec<(Option<Protocol>, PortSet)> {
         out.push((Some(protocol), PortSet { ranges: merged, named }));
     }
     out
+}
+
+/// Pods of a group or set, borrowed from the engine (nothing copied).
+#[derive(Debug, Clone, Copy)]
+pub struct Members<'a> {
+    index: &'a ClusterIndex,
+    ids: MemberIds<'a>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum MemberIds<'a> {
+    Set(&'a BTreeSet<PodId>),
+    /// Pods with a count of the groups putting them there.
+    Counted(&'a BTreeMap<PodId, u32>),
+}
+
+impl<'a> Members<'a> {
+    pub fn pods(self) -> impl Iterator<Item = &'a Pod> + 'a {
+        let ids: Box<dyn Iterator<Item = &'a PodId> + 'a> = match self.ids {
+            MemberIds::Set(s) => Box::new(s.iter()),
+            MemberIds::Counted(m) => Box::new(m.keys()),
+        };
+        let index = self.index;
+        ids.filter_map(move |id| index.pod(*id))
+    }
+
+    pub fn len(self) -> usize {
+        match self.ids {
+            MemberIds::Set(s) => s.len(),
+            MemberIds::Counted(m) => m.len(),
+        }
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A policy's group, borrowed from the engine.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupRef<'a> {
+    pub ingress: bool,
+    pub egress: bool,
+    pub members: Members<'a>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

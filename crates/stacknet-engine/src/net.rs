@@ -66,7 +66,7 @@ fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
 }
 
 /// Why a string is not a prefix.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CidrError(pub String);
 
 impl fmt::Display for CidrError {

@@ -101,7 +101,7 @@ impl FromStr for Protocol {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Namespace {
     pub name: String,
     /// Always holds `kubernetes.io/metadata.name: <name>`.
@@ -115,14 +115,14 @@ impl Namespace {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ContainerPort {
     pub name: Option<String>,
     pub port: u16,
     pub protocol: Protocol,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Pod {
     pub key: ObjectKey,
     pub uid: Option<String>,
@@ -282,7 +282,7 @@ impl fmt::Display for Direction {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NetworkPolicy {
     pub key: ObjectKey,
     pub uid: Option<String>,
@@ -303,13 +303,13 @@ impl NetworkPolicy {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum TargetPort {
     Number(u16),
     Name(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ServicePort {
     pub name: Option<String>,
     pub protocol: Protocol,
@@ -317,7 +317,7 @@ pub struct ServicePort {
     pub target_port: TargetPort,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Service {
     pub key: ObjectKey,
     pub uid: Option<String>,
@@ -329,7 +329,7 @@ pub struct Service {
     pub ports: Vec<ServicePort>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     pub addresses: Vec<IpAddr>,
     /// Unset readiness means ready, as the API documents.
@@ -337,14 +337,14 @@ pub struct Endpoint {
     pub pod: Option<ObjectKey>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EndpointPort {
     pub name: Option<String>,
     pub protocol: Protocol,
     pub port: Option<u16>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EndpointSlice {
     pub key: ObjectKey,
     pub service: Option<String>,
@@ -355,7 +355,7 @@ pub struct EndpointSlice {
 
 /// A node pods run on: a logical switch of its own in OVN mode, its pod subnets from
 /// `spec.podCIDRs` when the cluster allocates them (else from stacknet's IPAM).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Node {
     pub name: String,
     pub uid: Option<String>,
@@ -367,7 +367,7 @@ pub struct Node {
 }
 
 /// An object of a kind the index holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ClusterObject {
     Namespace(Namespace),
     Node(Node),

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
 use stacknet_engine::PolicyEngine;
-use stacknet_engine::model::{NamedPortKey, PeerSetId, PolicyModel, Rule, RulePeer};
+use stacknet_engine::model::{Members, NamedPortKey, PeerSetId, Rule, RulePeer};
 use stacknet_engine::objects::{Direction, ObjectKey, Protocol};
 use stacknet_engine::service::{self, LoadBalancer};
 use stacknet_ovsdb::Datum;
@@ -159,7 +159,7 @@ impl Families {
 struct SetNames<'a> {
     cluster: &'a str,
     families: Families,
-    named_ports: &'a BTreeMap<NamedPortKey, BTreeMap<u16, BTreeSet<ObjectKey>>>,
+    engine: &'a PolicyEngine,
 }
 
 impl SetNames<'_> {
@@ -222,8 +222,8 @@ fn rule_match(rule: &Rule, pg: &str, names: &SetNames<'_>) -> String {
                     .collect();
             for n in &rule.ports.named {
                 let key = NamedPortKey { protocol: p, name: n.clone() };
-                for port in names.named_ports.get(&key).into_iter().flat_map(|m| m.keys()) {
-                    let dst = names.any_of("dst", |f| names.named_port(&key, *port, f));
+                for port in names.engine.named_port_numbers(&key) {
+                    let dst = names.any_of("dst", |f| names.named_port(&key, port, f));
                     alts.push(format!("({dst} && {l4}.dst == {port})"));
                 }
             }
@@ -259,7 +259,6 @@ fn acl_name(s: &str) -> Datum {
 /// Computes every row the cluster needs.
 pub fn build(engine: &PolicyEngine, topo: &Topology) -> Desired {
     let index = engine.index();
-    let model: PolicyModel = engine.model();
     let cluster = topo.cluster.as_str();
     let mut d = Desired { cluster: cluster.to_string(), ..Desired::default() };
     let families = {
@@ -407,35 +406,34 @@ pub fn build(engine: &PolicyEngine, topo: &Topology) -> Desired {
         d.warnings.push(format!("node {node}: not in the topology"));
     }
 
-    let port_ids = |members: &BTreeSet<ObjectKey>, d: &Desired| -> Vec<String> {
-        members.iter().filter(|k| d.ports.contains_key(*k)).map(|k| format!("pod:{k}")).collect()
+    let port_ids = |members: Members<'_>, d: &Desired| -> Vec<String> {
+        members.pods().filter(|p| d.ports.contains_key(&p.key)).map(|p| format!("pod:{}", p.key)).collect()
     };
-    let addresses = |members: &BTreeSet<ObjectKey>, v4: bool| -> Datum {
+    let addresses = |members: Members<'_>, v4: bool| -> Datum {
         Datum::set(
             members
-                .iter()
-                .filter_map(|k| index.pod_id(k).and_then(|id| index.pod(id)))
+                .pods()
                 .flat_map(|p| p.ips.iter().filter(|ip| ip.is_ipv4() == v4).map(|ip| ip.to_string()))
                 .collect::<Vec<_>>(),
         )
     };
 
     // Peer sets and named-port sets: address sets, one per family.
-    for (id, set) in &model.peer_sets {
+    for (id, selector, members) in engine.peer_sets() {
         for fam in families.list() {
             let row_id = format!("as:{id}:{fam}");
             d.add(
-                RowBuilder::new(cluster, ADDRESS_SET, row_id, "PeerSet", &set.selector.to_string())
+                RowBuilder::new(cluster, ADDRESS_SET, row_id, "PeerSet", &selector.to_string())
                     .str("name", &format!("{}_{fam}", ident(cluster, "as", id.as_str())))
-                    .col("addresses", addresses(&set.members, fam == "ip4"))
+                    .col("addresses", addresses(members, fam == "ip4"))
                     .build(),
             );
         }
     }
-    for (key, by_port) in &model.named_ports {
+    for (key, by_port) in engine.named_ports() {
         for (port, members) in by_port {
             for fam in families.list() {
-                let npid = named_port_id(key, *port);
+                let npid = named_port_id(key, port);
                 d.add(
                     RowBuilder::new(cluster, ADDRESS_SET, format!("np:{npid}:{fam}"), "NamedPort", &npid)
                         .str("name", &format!("{}_{fam}", ident(cluster, "np", &npid)))
@@ -447,12 +445,12 @@ pub fn build(engine: &PolicyEngine, topo: &Topology) -> Desired {
     }
 
     // Policies: a port group each, holding its rules' ACLs.
-    let names = SetNames { cluster, families, named_ports: &model.named_ports };
+    let names = SetNames { cluster, families, engine };
     let mut rules_by_policy: BTreeMap<&ObjectKey, Vec<&Rule>> = BTreeMap::new();
-    for r in &model.rules {
+    for r in engine.rules() {
         rules_by_policy.entry(&r.policy).or_default().push(r);
     }
-    for (key, group) in &model.groups {
+    for (key, group) in engine.groups() {
         let pg = ident(cluster, "pg", &key.to_string());
         let mut acl_ids = Vec::new();
         for (i, rule) in rules_by_policy.get(key).into_iter().flatten().enumerate() {
@@ -472,14 +470,14 @@ pub fn build(engine: &PolicyEngine, topo: &Topology) -> Desired {
         d.add(
             RowBuilder::new(cluster, PORT_GROUP, format!("pg:{key}"), "NetworkPolicy", &key.to_string())
                 .str("name", &pg)
-                .refs("ports", port_ids(&group.members, &d))
+                .refs("ports", port_ids(group.members, &d))
                 .refs("acls", acl_ids)
                 .build(),
         );
     }
 
     // Default deny per namespace and direction: drop, but let ARP and ND through.
-    for ((ns, dir), members) in &model.default_deny {
+    for (ns, dir, members) in engine.default_deny() {
         let dname = match dir {
             Direction::Ingress => "ingress",
             Direction::Egress => "egress",
@@ -506,10 +504,10 @@ pub fn build(engine: &PolicyEngine, topo: &Topology) -> Desired {
                 RowBuilder::new(cluster, ACL, acl_id.clone(), "Namespace", ns)
                     .col("name", acl_name(&owner))
                     .col("priority", Datum::Atom(prio.into()))
-                    .str("direction", dir_str(*dir))
+                    .str("direction", dir_str(dir))
                     .str("match", &m)
                     .str("action", action)
-                    .col("options", acl_options(*dir))
+                    .col("options", acl_options(dir))
                     .build(),
             );
         }

@@ -111,6 +111,15 @@ impl Framer {
         if self.depth > 0 && self.scanned - self.start > self.max_message {
             return Err(FrameError(format!("message longer than {} bytes", self.max_message)));
         }
+        if self.start == self.buf.len() {
+            // Everything is consumed: a big message (a whole database) must not pin its size
+            // for the connection's life, even when nothing else arrives.
+            self.buf.clear();
+            (self.start, self.scanned) = (0, 0);
+            if self.buf.capacity() > (1 << 20) {
+                self.buf.shrink_to(256 << 10);
+            }
+        }
         Ok(None)
     }
 }

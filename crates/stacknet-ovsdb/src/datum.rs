@@ -17,19 +17,23 @@ pub use uuid::Uuid;
 
 use crate::schema::{AtomicType, BaseType, ColumnType};
 
+/// A string atom: short ones (most keys and values in an OVN database: `external_ids` keys,
+/// names, identities up to 24 bytes) are stored inline, without an allocation of their own.
+pub type Str = compact_str::CompactString;
+
 #[derive(Debug, Clone)]
 pub enum Atom {
     Integer(i64),
     Real(f64),
     Boolean(bool),
-    String(String),
+    String(Str),
     Uuid(Uuid),
     /// A row inserted earlier in the same transaction (`["named-uuid", name]`).
     NamedUuid(String),
 }
 
 impl Atom {
-    pub fn string(s: impl Into<String>) -> Atom {
+    pub fn string(s: impl Into<Str>) -> Atom {
         Atom::String(s.into())
     }
 
@@ -83,7 +87,7 @@ impl Atom {
             AtomicType::Integer => Atom::Integer(v.as_i64().ok_or_else(bad)?),
             AtomicType::Real => Atom::Real(v.as_f64().ok_or_else(bad)?),
             AtomicType::Boolean => Atom::Boolean(v.as_bool().ok_or_else(bad)?),
-            AtomicType::String => Atom::String(v.as_str().ok_or_else(bad)?.to_string()),
+            AtomicType::String => Atom::String(v.as_str().ok_or_else(bad)?.into()),
             AtomicType::Uuid => match v.as_array().map(Vec::as_slice) {
                 Some([tag, Value::String(s)]) if tag == "uuid" => {
                     Atom::Uuid(Uuid::parse_str(s).map_err(|_| format!("bad uuid {s:?}"))?)
@@ -98,7 +102,7 @@ impl Atom {
     pub fn from_json_untyped(v: &Value) -> Result<Atom, String> {
         match v {
             Value::Bool(b) => Ok(Atom::Boolean(*b)),
-            Value::String(s) => Ok(Atom::String(s.clone())),
+            Value::String(s) => Ok(Atom::String(s.as_str().into())),
             Value::Number(n) => match n.as_i64() {
                 Some(i) => Ok(Atom::Integer(i)),
                 None => n.as_f64().map(Atom::Real).ok_or_else(|| format!("bad number {n}")),
@@ -207,13 +211,13 @@ impl fmt::Display for Atom {
 
 impl From<&str> for Atom {
     fn from(s: &str) -> Atom {
-        Atom::String(s.to_string())
+        Atom::String(s.into())
     }
 }
 
 impl From<String> for Atom {
     fn from(s: String) -> Atom {
-        Atom::String(s)
+        Atom::String(s.into())
     }
 }
 
@@ -534,7 +538,7 @@ impl Datum {
             AtomicType::Integer => Atom::Integer(0),
             AtomicType::Real => Atom::Real(0.0),
             AtomicType::Boolean => Atom::Boolean(false),
-            AtomicType::String => Atom::String(String::new()),
+            AtomicType::String => Atom::String(Str::default()),
             AtomicType::Uuid => Atom::Uuid(Uuid::nil()),
         };
         if ty.is_scalar() { Datum::Atom(atom) } else { Datum::Set([atom].into()) }

@@ -2,10 +2,6 @@
 //! and prints. Exit status: 0 done, 2 bad input (the message names the file, object and field),
 //! 1 anything else.
 
-/// mimalloc: the OVSDB client and the engine allocate a lot of small objects.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 mod agent;
 mod controller;
 mod demo;
