@@ -6,9 +6,11 @@
 #![forbid(unsafe_code)]
 
 mod chassis;
+pub mod openstack;
 mod ovn;
 
 pub use chassis::{Chassis, Netns};
+pub use openstack::{OpenStack, OpenStackOptions};
 pub use ovn::{DbServer, Ovn, TraceVerdict, Workdir};
 
 use std::path::PathBuf;
