@@ -44,6 +44,43 @@ impl Cidr {
     pub fn covers(&self, other: &Cidr) -> bool {
         other.prefix >= self.prefix && self.contains(other.network)
     }
+
+    /// The two halves of this prefix (none for a single address).
+    pub fn halves(&self) -> Option<(Cidr, Cidr)> {
+        if self.prefix == max_prefix(self.network) {
+            return None;
+        }
+        let low = Cidr { network: self.network, prefix: self.prefix + 1 };
+        let bit = max_prefix(self.network) - self.prefix - 1;
+        let high = match self.network {
+            IpAddr::V4(a) => IpAddr::V4((u32::from(a) | (1u32 << bit)).into()),
+            IpAddr::V6(a) => IpAddr::V6((u128::from(a) | (1u128 << bit)).into()),
+        };
+        Some((low, Cidr { network: high, prefix: self.prefix + 1 }))
+    }
+
+    /// This prefix without the addresses of `except`: the fewest prefixes covering exactly
+    /// the rest, in address order (for dataplanes whose rules cannot say "except", such as
+    /// Neutron security group rules). Excepts of the other family are ignored.
+    pub fn minus(&self, except: &[Cidr]) -> Vec<Cidr> {
+        let mut out = Vec::new();
+        self.minus_into(except, &mut out);
+        out
+    }
+
+    fn minus_into(&self, except: &[Cidr], out: &mut Vec<Cidr>) {
+        if except.iter().any(|e| e.covers(self)) {
+            return;
+        }
+        let inside: Vec<Cidr> = except.iter().filter(|e| self.covers(e)).copied().collect();
+        match self.halves() {
+            Some((low, high)) if !inside.is_empty() => {
+                low.minus_into(&inside, out);
+                high.minus_into(&inside, out);
+            }
+            _ => out.push(*self),
+        }
+    }
 }
 
 fn max_prefix(addr: IpAddr) -> u8 {
@@ -119,6 +156,67 @@ mod tests {
         assert_eq!(v6.to_string(), "fd00::/64");
         assert!(v6.contains("fd00::ffff".parse().unwrap()));
         assert!(Cidr::host("10.0.0.1".parse().unwrap()).contains("10.0.0.1".parse().unwrap()));
+    }
+
+    fn cidrs(list: &[&str]) -> Vec<Cidr> {
+        list.iter().map(|c| c.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn minus_leaves_exactly_the_rest() {
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert_eq!(all.minus(&[]), cidrs(&["0.0.0.0/0"]));
+        assert_eq!(all.minus(&cidrs(&["0.0.0.0/0"])), vec![]);
+        assert_eq!(all.minus(&cidrs(&["128.0.0.0/1"])), cidrs(&["0.0.0.0/1"]));
+        let ten: Cidr = "10.0.0.0/8".parse().unwrap();
+        assert_eq!(
+            ten.minus(&cidrs(&["10.0.0.0/9", "10.192.0.0/10"])),
+            cidrs(&["10.128.0.0/10"]),
+            "two excepts: what neither covers"
+        );
+        // An except outside the block, or of the other family, changes nothing.
+        assert_eq!(ten.minus(&cidrs(&["11.0.0.0/8", "fd00::/8"])), vec![ten]);
+        // The kuryr-kubernetes case: several excepts, none of them may come back.
+        let rest = all.minus(&cidrs(&["10.0.0.0/8", "172.16.0.0/12", "192.168.7.0/24"]));
+        for probe in ["10.1.2.3", "172.20.0.1", "192.168.7.9"] {
+            let ip = probe.parse().unwrap();
+            assert!(!rest.iter().any(|c| c.contains(ip)), "{probe} is excepted but {rest:?} holds it");
+        }
+        for probe in ["9.255.255.255", "11.0.0.0", "172.32.0.0", "192.168.6.255", "192.168.8.0", "8.8.8.8"] {
+            let ip = probe.parse().unwrap();
+            assert_eq!(rest.iter().filter(|c| c.contains(ip)).count(), 1, "{probe} in exactly one of {rest:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// An address is in `block.minus(excepts)` iff it is in the block and in no except,
+        /// and then in exactly one of the prefixes.
+        #[test]
+        fn minus_is_exact(
+            block in (proptest::num::u32::ANY, 0u8..=32),
+            excepts in proptest::collection::vec((proptest::num::u32::ANY, 0u8..=32), 0..5),
+            probes in proptest::collection::vec(proptest::num::u32::ANY, 32),
+        ) {
+            let c = |(a, l): (u32, u8)| Cidr::new(IpAddr::V4(a.into()), l).unwrap();
+            let block = c(block);
+            // Excepts near the block, as a policy would have them.
+            let excepts: Vec<Cidr> = excepts.into_iter().map(|(a, l)| {
+                let mixed = u32::from_be_bytes(match block.network() { IpAddr::V4(n) => n.octets(), _ => unreachable!() })
+                    | (a >> block.prefix_len().min(31));
+                c((mixed, l.max(block.prefix_len())))
+            }).collect();
+            let rest = block.minus(&excepts);
+            let inner = |cidr: &Cidr| match cidr.network() { IpAddr::V4(n) => u32::from(n), _ => unreachable!() };
+            let mut samples: Vec<u32> = probes;
+            samples.extend(excepts.iter().map(inner));
+            samples.extend(rest.iter().map(inner));
+            for a in samples {
+                let ip = IpAddr::V4(a.into());
+                let want = block.contains(ip) && !excepts.iter().any(|e| e.contains(ip));
+                let hits = rest.iter().filter(|r| r.contains(ip)).count();
+                proptest::prop_assert_eq!(hits, usize::from(want), "{} in {:?}", ip, rest);
+            }
+        }
     }
 
     #[test]
