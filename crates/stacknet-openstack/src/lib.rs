@@ -9,4 +9,10 @@
 //! memberships out.
 #![forbid(unsafe_code)]
 
+pub mod backend;
+pub mod cloud;
+pub mod neutron;
 pub mod secgroups;
+
+pub use backend::{NeutronBackend, NeutronConfig, PodPort, Problem, Report};
+pub use cloud::{Call, Cloud, CloudSource, Error};

@@ -1,0 +1,558 @@
+//! The Neutron backend: the cluster's pods, policies and pod network made equal in Neutron.
+//!
+//! A reconcile reads what is ours (by tag; the first one also sweeps for objects carrying our
+//! description but no tags, left by a crash between create and tag), then changes only the
+//! difference, in an order that never leaves a port less protected than either its old or new
+//! state would: security groups are created and given their rules first, ports then move to
+//! their new groups, and only then do groups nobody uses go. Objects that are not ours are
+//! never changed or deleted. A failure on one object (an address taken, a quota) is reported
+//! against it and the rest goes on.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::StreamExt;
+use serde_json::json;
+use stacknet_engine::objects::{Direction, ObjectKey, Protocol};
+use stacknet_engine::{Cidr, PolicyEngine};
+
+use crate::cloud::{Cloud, Error};
+use crate::neutron::{self, NewPort, NewRule, Port, SecurityGroup};
+use crate::secgroups::{self, Family, Remote, SecurityPlan};
+
+/// Calls in flight at once.
+const CONCURRENCY: usize = 8;
+
+#[derive(Debug, Clone)]
+pub struct NeutronConfig {
+    /// Tags and descriptions name it; two clusters can share a project.
+    pub cluster: String,
+    /// The pod network's subnets (one per address family in use).
+    pub pod_cidrs: Vec<Cidr>,
+}
+
+impl NeutronConfig {
+    pub fn families(&self) -> Vec<Family> {
+        let mut f: Vec<Family> = self.pod_cidrs.iter().map(|c| Family::of(c.network())).collect();
+        f.sort();
+        f.dedup();
+        f
+    }
+
+    /// The tag on every object of ours.
+    pub fn tag(&self) -> String {
+        format!("stacknet.io/cluster={}", self.cluster)
+    }
+
+    /// Pods' ports carry it: they are found by it, tagged or not.
+    pub fn device_owner(&self) -> String {
+        format!("compute:stacknet-{}", self.cluster)
+    }
+
+    /// The description that makes an object ours (`stacknet:<cluster>:<id>`); identities too
+    /// long for Neutron's 255 characters end in a hash of the whole.
+    pub fn marker(&self, id: &str) -> String {
+        let full = format!("stacknet:{}:{id}", self.cluster);
+        if full.len() <= 255 {
+            return full;
+        }
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in full.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        let mut cut = 200;
+        while !full.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!("{}~{h:016x}", &full[..cut])
+    }
+
+    fn is_ours(&self, description: &str) -> bool {
+        description.starts_with(&format!("stacknet:{}:", self.cluster))
+    }
+
+    /// A readable name (Neutron does not need it unique).
+    fn name(&self, id: &str) -> String {
+        let n = format!("stacknet-{}-{id}", self.cluster);
+        let mut cut = n.len().min(255);
+        while !n.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        n[..cut].to_string()
+    }
+}
+
+/// A pod's port, as the node path and tracing need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodPort {
+    pub port_id: String,
+    /// The Neutron port's name (`ns/pod`): what OVN shows as the port's name (ovn-trace too).
+    pub name: String,
+    pub network_id: String,
+    pub mac: String,
+    pub ips: Vec<IpAddr>,
+}
+
+impl PodPort {
+    /// OVN's logical switch for the port's network (ML2/OVN's naming).
+    pub fn switch(&self) -> String {
+        format!("neutron-{}", self.network_id)
+    }
+}
+
+/// What could not be done for one object; the rest was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// `Pod ns/name`, `NetworkPolicy ns/name`, `Cluster c`.
+    pub object: String,
+    /// `AddressConflict`, `QuotaExceeded`, `NeutronRejected`, `NeutronUnreachable`.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub created: usize,
+    pub updated: usize,
+    pub deleted: usize,
+    /// Neutron calls sent by this reconcile.
+    pub calls: u64,
+    pub problems: Vec<Problem>,
+    /// Every pod with a port.
+    pub ports: BTreeMap<ObjectKey, PodPort>,
+    pub plan: SecurityPlan,
+}
+
+pub struct NeutronBackend {
+    cloud: Cloud,
+    config: NeutronConfig,
+    /// Whether the sweep for untagged objects of ours has been done.
+    swept: AtomicBool,
+}
+
+/// The network's identity, and each subnet's.
+const NETWORK_ID: &str = "network:pods";
+
+fn subnet_id(c: &Cidr) -> String {
+    format!("subnet:{c}")
+}
+
+fn problem_of(object: &str, e: &Error) -> Problem {
+    let reason = if e.is_quota() {
+        "QuotaExceeded"
+    } else if matches!(e.kind(), Some("IpAddressAlreadyAllocated" | "MacAddressInUse" | "IpAddressInUse")) {
+        "AddressConflict"
+    } else if e.is_transient() {
+        "NeutronUnreachable"
+    } else {
+        "NeutronRejected"
+    };
+    Problem { object: object.to_string(), reason, message: e.to_string() }
+}
+
+fn direction(d: Direction) -> &'static str {
+    match d {
+        Direction::Ingress => "ingress",
+        Direction::Egress => "egress",
+    }
+}
+
+fn protocol(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Sctp => "sctp",
+    }
+}
+
+impl NeutronBackend {
+    pub fn new(cloud: Cloud, config: NeutronConfig) -> NeutronBackend {
+        NeutronBackend { cloud, config, swept: AtomicBool::new(false) }
+    }
+
+    pub fn cloud(&self) -> &Cloud {
+        &self.cloud
+    }
+
+    pub fn config(&self) -> &NeutronConfig {
+        &self.config
+    }
+
+    /// Makes Neutron equal to what `engine` says. `Err` only when nothing could be read or
+    /// the pod network cannot be had; per-object failures are in the report's problems.
+    pub async fn reconcile(&self, engine: &PolicyEngine) -> Result<Report, Error> {
+        let start_calls = self.cloud.calls();
+        let mut report = Report { plan: secgroups::plan(engine, &self.config.families()), ..Report::default() };
+        if !self.swept.load(Ordering::Relaxed) {
+            self.sweep(&mut report).await?;
+            self.swept.store(true, Ordering::Relaxed);
+        }
+        let (network, subnets) = self.pod_network(&mut report).await?;
+        let groups = self.security_groups(&report.plan.clone(), &mut report).await?;
+        self.ports(engine, &network, &subnets, &groups, &mut report).await?;
+        // Groups nobody needs, now that no port of ours is in them and no rule names them.
+        drop(groups);
+        let existing = neutron::security_groups(&self.cloud, &self.config.tag()).await?;
+        let wanted: BTreeSet<String> = report.plan.groups.keys().map(|id| self.config.marker(id)).collect();
+        let doomed: Vec<SecurityGroup> = existing
+            .into_iter()
+            .filter(|g| self.config.is_ours(&g.description) && !wanted.contains(&g.description))
+            .collect();
+        // Rules in doomed groups may name other doomed groups: empty them all first.
+        for g in &doomed {
+            for r in &g.security_group_rules {
+                if let Err(e) = neutron::delete(&self.cloud, "security-group-rules", &r.id).await {
+                    report.problems.push(problem_of(&format!("SecurityGroup {}", g.name), &e));
+                }
+            }
+        }
+        for g in &doomed {
+            match neutron::delete(&self.cloud, "security-groups", &g.id).await {
+                Ok(()) => report.deleted += 1,
+                Err(e) => report.problems.push(problem_of(&format!("SecurityGroup {}", g.name), &e)),
+            }
+        }
+        report.calls = self.cloud.calls() - start_calls;
+        Ok(report)
+    }
+
+    /// Objects with our description but no tag (a crash between create and tag): tagged now;
+    /// whatever is not wanted any more goes in the normal course of the reconcile.
+    async fn sweep(&self, report: &mut Report) -> Result<(), Error> {
+        let tag = self.config.tag();
+        let tags = [tag.clone()];
+        for g in neutron::all_security_groups(&self.cloud).await? {
+            if self.config.is_ours(&g.description) && !g.tags.contains(&tag) {
+                tracing::info!(group = %g.name, "adopting an untagged security group of ours");
+                neutron::set_tags(&self.cloud, "security-groups", &g.id, &tags).await?;
+                report.updated += 1;
+            }
+        }
+        for n in neutron::all_networks(&self.cloud).await? {
+            if self.config.is_ours(&n.description) && !n.tags.contains(&tag) {
+                neutron::set_tags(&self.cloud, "networks", &n.id, &tags).await?;
+                report.updated += 1;
+            }
+        }
+        for s in neutron::all_subnets(&self.cloud).await? {
+            if self.config.is_ours(&s.description) && !s.tags.contains(&tag) {
+                neutron::set_tags(&self.cloud, "subnets", &s.id, &tags).await?;
+                report.updated += 1;
+            }
+        }
+        // Ports are found by device_owner in every reconcile, tagged or not.
+        Ok(())
+    }
+
+    /// The shared pod network and its subnets (made if missing).
+    async fn pod_network(
+        &self,
+        report: &mut Report,
+    ) -> Result<(neutron::Network, BTreeMap<Cidr, neutron::Subnet>), Error> {
+        let c = &self.config;
+        let tags = [c.tag()];
+        let marker = c.marker(NETWORK_ID);
+        let network =
+            match neutron::networks(&self.cloud, &c.tag()).await?.into_iter().find(|n| n.description == marker) {
+                Some(n) => n,
+                None => {
+                    let n = neutron::create_network(&self.cloud, &c.name("pods"), &marker).await?;
+                    neutron::set_tags(&self.cloud, "networks", &n.id, &tags).await?;
+                    report.created += 1;
+                    n
+                }
+            };
+        let existing = neutron::subnets(&self.cloud, &c.tag()).await?;
+        let mut subnets = BTreeMap::new();
+        for cidr in &c.pod_cidrs {
+            let marker = c.marker(&subnet_id(cidr));
+            let s = match existing.iter().find(|s| s.description == marker && s.network_id == network.id) {
+                Some(s) => s.clone(),
+                None => {
+                    let s = neutron::create_subnet(
+                        &self.cloud,
+                        &network.id,
+                        &c.name(&format!("pods-{cidr}")),
+                        &cidr.to_string(),
+                        &marker,
+                    )
+                    .await?;
+                    neutron::set_tags(&self.cloud, "subnets", &s.id, &tags).await?;
+                    report.created += 1;
+                    s
+                }
+            };
+            subnets.insert(*cidr, s);
+        }
+        Ok((network, subnets))
+    }
+
+    /// Every planned group exists with exactly its rules; returns Neutron's id for each.
+    async fn security_groups(
+        &self,
+        plan: &SecurityPlan,
+        report: &mut Report,
+    ) -> Result<BTreeMap<String, SecurityGroup>, Error> {
+        let c = &self.config;
+        let existing = neutron::security_groups(&self.cloud, &c.tag()).await?;
+        let by_marker: BTreeMap<&str, &SecurityGroup> =
+            existing.iter().filter(|g| c.is_ours(&g.description)).map(|g| (g.description.as_str(), g)).collect();
+        let mut groups: BTreeMap<String, SecurityGroup> = BTreeMap::new();
+        let mut missing = Vec::new();
+        for id in plan.groups.keys() {
+            match by_marker.get(c.marker(id).as_str()) {
+                Some(g) => {
+                    groups.insert(id.clone(), (*g).clone());
+                }
+                None => missing.push(id.clone()),
+            }
+        }
+        // New groups: made, stripped of Neutron's default egress rules, tagged.
+        let made: Vec<(String, Result<SecurityGroup, Error>)> = futures::stream::iter(missing)
+            .map(|id| async move {
+                let r = async {
+                    let g = neutron::create_security_group(&self.cloud, &c.name(&id), &c.marker(&id)).await?;
+                    for r in &g.security_group_rules {
+                        neutron::delete(&self.cloud, "security-group-rules", &r.id).await?;
+                    }
+                    neutron::set_tags(&self.cloud, "security-groups", &g.id, &[c.tag()]).await?;
+                    Ok(SecurityGroup { security_group_rules: Vec::new(), ..g })
+                }
+                .await;
+                (id, r)
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        for (id, r) in made {
+            match r {
+                Ok(g) => {
+                    report.created += 1;
+                    groups.insert(id, g);
+                }
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => report.problems.push(problem_of(&owner_of(plan, &id), &e)),
+            }
+        }
+        // Rules: what each group lacks is added in one call, what it has too much goes.
+        let mut work = Vec::new();
+        for (id, spec) in &plan.groups {
+            let Some(g) = groups.get(id) else { continue };
+            let mut want: Vec<(NewRule, String)> = Vec::new();
+            for r in &spec.rules {
+                let remote_group_id = match &r.remote {
+                    Remote::Group(other) => match groups.get(other) {
+                        Some(o) => Some(o.id.clone()),
+                        // Its group could not be made: the rule waits (it would allow more).
+                        None => continue,
+                    },
+                    _ => None,
+                };
+                let rule = NewRule {
+                    direction: direction(r.direction),
+                    ethertype: r.family.ethertype(),
+                    protocol: r.protocol.map(protocol),
+                    ports: r.ports.filter(|p| *p != (1, 65535)),
+                    remote_group_id,
+                    remote_ip_prefix: match &r.remote {
+                        Remote::Prefix(c) => Some(c.to_string()),
+                        _ => None,
+                    },
+                };
+                want.push((rule, r.to_string()));
+            }
+            let extra: Vec<String> = g
+                .security_group_rules
+                .iter()
+                .filter(|have| !want.iter().any(|(w, _)| w.matches(have)))
+                .map(|r| r.id.clone())
+                .collect();
+            let add: Vec<(NewRule, String)> =
+                want.into_iter().filter(|(w, _)| !g.security_group_rules.iter().any(|have| w.matches(have))).collect();
+            if !extra.is_empty() || !add.is_empty() {
+                work.push((id.clone(), g.id.clone(), add, extra));
+            }
+        }
+        // (group, rules added and removed)
+        type Done = (String, Result<(usize, usize), Error>);
+        let done: Vec<Done> = futures::stream::iter(work)
+            .map(|(id, gid, add, extra)| async move {
+                let r = async {
+                    // Additions first: a group is never narrower than both its old and new self.
+                    let added = neutron::create_rules(&self.cloud, &gid, &add).await?.len();
+                    for r in &extra {
+                        neutron::delete(&self.cloud, "security-group-rules", r).await?;
+                    }
+                    Ok((added, extra.len()))
+                }
+                .await;
+                (id, r)
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        for (id, r) in done {
+            match r {
+                Ok((added, removed)) => {
+                    report.created += added;
+                    report.deleted += removed;
+                }
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => report.problems.push(problem_of(&owner_of(plan, &id), &e)),
+            }
+        }
+        Ok(groups)
+    }
+
+    async fn ports(
+        &self,
+        engine: &PolicyEngine,
+        network: &neutron::Network,
+        subnets: &BTreeMap<Cidr, neutron::Subnet>,
+        groups: &BTreeMap<String, SecurityGroup>,
+        report: &mut Report,
+    ) -> Result<(), Error> {
+        let c = &self.config;
+        let owner = c.device_owner();
+        let existing = neutron::ports_owned_by(&self.cloud, &owner).await?;
+        let by_marker: BTreeMap<&str, &Port> = existing.iter().map(|p| (p.description.as_str(), p)).collect();
+        let index = engine.index();
+        let mut wanted: BTreeSet<String> = BTreeSet::new();
+        let mut creates = Vec::new();
+        let mut updates = Vec::new();
+        for (_, pod) in index.pods() {
+            if !pod.is_policy_subject() {
+                continue;
+            }
+            let marker = c.marker(&format!("pod:{}", pod.key));
+            wanted.insert(marker.clone());
+            let sgs: BTreeSet<String> = report
+                .plan
+                .ports
+                .get(&pod.key)
+                .into_iter()
+                .flatten()
+                .filter_map(|g| groups.get(g).map(|s| s.id.clone()))
+                .collect();
+            let host = pod.node.clone();
+            let uid = pod.uid.clone().unwrap_or_default();
+            match by_marker.get(marker.as_str()) {
+                Some(p) => {
+                    let have: BTreeSet<String> = p.security_groups.iter().cloned().collect();
+                    let mut changes = serde_json::Map::new();
+                    if have != sgs {
+                        changes.insert("security_groups".into(), json!(sgs));
+                    }
+                    if host.is_some() && p.host.as_deref() != host.as_deref() {
+                        changes.insert("binding:host_id".into(), json!(host));
+                    }
+                    if p.device_id != uid {
+                        changes.insert("device_id".into(), json!(uid));
+                    }
+                    if !changes.is_empty() {
+                        updates.push((pod.key.clone(), p.id.clone(), serde_json::Value::Object(changes)));
+                    }
+                    report.ports.insert(pod.key.clone(), pod_port(p));
+                }
+                None => {
+                    // An address the pod already has is kept, if one of our subnets holds it.
+                    let fixed = pod.ips.iter().find_map(|ip| {
+                        subnets.iter().find(|(cidr, _)| cidr.contains(*ip)).map(|(_, s)| (s.id.clone(), ip.to_string()))
+                    });
+                    creates.push((pod.key.clone(), marker, sgs, host, uid, fixed));
+                }
+            }
+        }
+        let made: Vec<(ObjectKey, Result<Port, Error>)> = futures::stream::iter(creates)
+            .map(|(key, marker, sgs, host, uid, fixed)| {
+                let owner = owner.clone();
+                async move {
+                    let name = key.to_string();
+                    let r = async {
+                        let p = neutron::create_port(
+                            &self.cloud,
+                            &NewPort {
+                                network_id: &network.id,
+                                name: &name,
+                                description: &marker,
+                                device_owner: &owner,
+                                device_id: &uid,
+                                host: host.as_deref(),
+                                security_groups: sgs.into_iter().collect(),
+                                fixed_ip: fixed.as_ref().map(|(s, ip)| (s.as_str(), ip.clone())),
+                            },
+                        )
+                        .await?;
+                        neutron::set_tags(&self.cloud, "ports", &p.id, &[c.tag()]).await?;
+                        Ok(p)
+                    }
+                    .await;
+                    (key, r)
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        for (key, r) in made {
+            match r {
+                Ok(p) => {
+                    report.created += 1;
+                    report.ports.insert(key, pod_port(&p));
+                }
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => report.problems.push(problem_of(&format!("Pod {key}"), &e)),
+            }
+        }
+        let changed: Vec<(ObjectKey, Result<Port, Error>)> = futures::stream::iter(updates)
+            .map(|(key, id, changes)| async move { (key, neutron::update_port(&self.cloud, &id, changes).await) })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        for (key, r) in changed {
+            match r {
+                Ok(p) => {
+                    report.updated += 1;
+                    report.ports.insert(key, pod_port(&p));
+                }
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => report.problems.push(problem_of(&format!("Pod {key}"), &e)),
+            }
+        }
+        // Ports of pods that are gone (ours only: found by our device_owner and marker).
+        let gone: Vec<&Port> =
+            existing.iter().filter(|p| c.is_ours(&p.description) && !wanted.contains(&p.description)).collect();
+        let deleted: Vec<(String, Result<(), Error>)> = futures::stream::iter(gone)
+            .map(|p| async move { (p.name.clone(), neutron::delete(&self.cloud, "ports", &p.id).await) })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        for (name, r) in deleted {
+            match r {
+                Ok(()) => report.deleted += 1,
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => report.problems.push(problem_of(&format!("Port {name}"), &e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn pod_port(p: &Port) -> PodPort {
+    PodPort {
+        port_id: p.id.clone(),
+        name: p.name.clone(),
+        network_id: p.network_id.clone(),
+        mac: p.mac_address.clone(),
+        ips: p.fixed_ips.iter().filter_map(|f| f.ip_address.parse().ok()).collect(),
+    }
+}
+
+/// The Kubernetes object a group stands for, for problems.
+fn owner_of(plan: &SecurityPlan, id: &str) -> String {
+    match plan.groups.get(id).map(|g| g.kind.owner()) {
+        Some((kind, name)) if !name.is_empty() => format!("{kind} {name}"),
+        _ => format!("SecurityGroup {id}"),
+    }
+}

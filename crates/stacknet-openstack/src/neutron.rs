@@ -1,0 +1,320 @@
+//! Neutron resources as stacknet reads and writes them, and the calls that do it.
+//!
+//! Neutron (Zed, as packaged here) takes no tags at creation: every object is created with
+//! our ownership marker in its `description` (atomic with the object), then tagged. Tags make
+//! our objects cheap to list; the description is what proves an object is ours, so one left
+//! untagged by a crash between the two calls is still found, adopted or removed.
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::cloud::{Call, Cloud, Error, Service};
+
+const N: Service = Service::Network;
+/// List page size.
+const PAGE: u32 = 500;
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Network {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub subnets: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Subnet {
+    pub id: String,
+    pub network_id: String,
+    pub cidr: String,
+    #[serde(default)]
+    pub gateway_ip: Option<String>,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct FixedIp {
+    pub subnet_id: String,
+    pub ip_address: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Port {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub network_id: String,
+    pub mac_address: String,
+    #[serde(default)]
+    pub fixed_ips: Vec<FixedIp>,
+    #[serde(default)]
+    pub security_groups: Vec<String>,
+    #[serde(default)]
+    pub device_id: String,
+    #[serde(default)]
+    pub device_owner: String,
+    #[serde(rename = "binding:host_id", default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Rule {
+    pub id: String,
+    pub security_group_id: String,
+    pub direction: String,
+    pub ethertype: String,
+    #[serde(default)]
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub port_range_min: Option<u16>,
+    #[serde(default)]
+    pub port_range_max: Option<u16>,
+    #[serde(default)]
+    pub remote_group_id: Option<String>,
+    #[serde(default)]
+    pub remote_ip_prefix: Option<String>,
+    #[serde(default)]
+    pub remote_address_group_id: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct SecurityGroup {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub security_group_rules: Vec<Rule>,
+}
+
+/// A rule to create (remote group already resolved to its Neutron id).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NewRule {
+    pub direction: &'static str,
+    pub ethertype: &'static str,
+    pub protocol: Option<&'static str>,
+    pub ports: Option<(u16, u16)>,
+    pub remote_group_id: Option<String>,
+    pub remote_ip_prefix: Option<String>,
+}
+
+impl NewRule {
+    fn body(&self, group: &str, description: &str) -> Value {
+        let mut r = json!({
+            "security_group_id": group,
+            "direction": self.direction,
+            "ethertype": self.ethertype,
+            "description": description,
+        });
+        if let Some(p) = self.protocol {
+            r["protocol"] = json!(p);
+        }
+        if let Some((a, b)) = self.ports {
+            r["port_range_min"] = json!(a);
+            r["port_range_max"] = json!(b);
+        }
+        if let Some(g) = &self.remote_group_id {
+            r["remote_group_id"] = json!(g);
+        }
+        if let Some(c) = &self.remote_ip_prefix {
+            r["remote_ip_prefix"] = json!(c);
+        }
+        r
+    }
+
+    /// The same rule as Neutron holds it (`protocol` may come back as a number; a prefix as
+    /// written or normalized).
+    pub fn matches(&self, r: &Rule) -> bool {
+        let proto = r.protocol.as_deref().map(|p| match p {
+            "6" => "tcp",
+            "17" => "udp",
+            "132" => "sctp",
+            other => other,
+        });
+        let ports = match (r.port_range_min, r.port_range_max) {
+            (Some(a), Some(b)) if (a, b) != (1, 65535) => Some((a, b)),
+            (Some(a), None) => Some((a, a)),
+            _ => None,
+        };
+        let prefix = r.remote_ip_prefix.as_deref().map(|p| {
+            let p = p.parse::<stacknet_engine::Cidr>().map(|c| c.to_string()).unwrap_or_else(|_| p.to_string());
+            // A rule for "anywhere" may be stored with 0.0.0.0/0 or ::/0 as its prefix.
+            if p == "0.0.0.0/0" || p == "::/0" { String::new() } else { p }
+        });
+        let prefix = prefix.filter(|p| !p.is_empty());
+        self.direction == r.direction
+            && self.ethertype == r.ethertype
+            && self.protocol == proto
+            && self.ports == ports
+            && self.remote_group_id == r.remote_group_id
+            && self.remote_ip_prefix == prefix
+            && r.remote_address_group_id.is_none()
+    }
+}
+
+/// Lists with a tag filter (all of them must be present).
+async fn list<T: serde::de::DeserializeOwned + Send + 'static>(
+    cloud: &Cloud,
+    path: &str,
+    key: &'static str,
+    filters: &[(&str, String)],
+) -> Result<Vec<T>, Error> {
+    let mut call = Call::get(N, path).answer(key);
+    for (k, v) in filters {
+        call = call.query(k, v);
+    }
+    cloud.list(call, PAGE).await
+}
+
+pub async fn networks(cloud: &Cloud, tag: &str) -> Result<Vec<Network>, Error> {
+    list(cloud, "networks", "networks", &[("tags", tag.to_string())]).await
+}
+
+pub async fn subnets(cloud: &Cloud, tag: &str) -> Result<Vec<Subnet>, Error> {
+    list(cloud, "subnets", "subnets", &[("tags", tag.to_string())]).await
+}
+
+pub async fn security_groups(cloud: &Cloud, tag: &str) -> Result<Vec<SecurityGroup>, Error> {
+    list(cloud, "security-groups", "security_groups", &[("tags", tag.to_string())]).await
+}
+
+/// Every security group the session sees (the sweep for ones left untagged).
+pub async fn all_security_groups(cloud: &Cloud) -> Result<Vec<SecurityGroup>, Error> {
+    list(cloud, "security-groups", "security_groups", &[]).await
+}
+
+pub async fn all_networks(cloud: &Cloud) -> Result<Vec<Network>, Error> {
+    list(cloud, "networks", "networks", &[]).await
+}
+
+pub async fn all_subnets(cloud: &Cloud) -> Result<Vec<Subnet>, Error> {
+    list(cloud, "subnets", "subnets", &[]).await
+}
+
+/// Ports by `device_owner` (ours carry our own): tagged or not.
+pub async fn ports_owned_by(cloud: &Cloud, device_owner: &str) -> Result<Vec<Port>, Error> {
+    list(cloud, "ports", "ports", &[("device_owner", device_owner.to_string())]).await
+}
+
+pub async fn set_tags(cloud: &Cloud, collection: &str, id: &str, tags: &[String]) -> Result<(), Error> {
+    let _: Value = cloud.call(Call::put(N, format!("{collection}/{id}/tags")).body("tags", json!(tags))).await?;
+    Ok(())
+}
+
+pub async fn create_network(cloud: &Cloud, name: &str, description: &str) -> Result<Network, Error> {
+    cloud
+        .call(
+            Call::post(N, "networks")
+                .body("network", json!({"name": name, "description": description, "port_security_enabled": true}))
+                .answer("network"),
+        )
+        .await
+}
+
+pub async fn create_subnet(
+    cloud: &Cloud,
+    network: &str,
+    name: &str,
+    cidr: &str,
+    description: &str,
+) -> Result<Subnet, Error> {
+    let version = if cidr.contains(':') { 6 } else { 4 };
+    cloud
+        .call(
+            Call::post(N, "subnets")
+                .body(
+                    "subnet",
+                    json!({"network_id": network, "name": name, "cidr": cidr, "ip_version": version,
+                           "description": description, "enable_dhcp": false}),
+                )
+                .answer("subnet"),
+        )
+        .await
+}
+
+pub async fn delete(cloud: &Cloud, collection: &str, id: &str) -> Result<(), Error> {
+    match cloud.call_empty(Call::delete(N, format!("{collection}/{id}"))).await {
+        // Already gone: what we wanted.
+        Err(e) if e.is_not_found() => Ok(()),
+        r => r,
+    }
+}
+
+pub async fn create_security_group(cloud: &Cloud, name: &str, description: &str) -> Result<SecurityGroup, Error> {
+    cloud
+        .call(
+            Call::post(N, "security-groups")
+                .body("security_group", json!({"name": name, "description": description, "stateful": true}))
+                .answer("security_group"),
+        )
+        .await
+}
+
+/// Creates rules in one atomic call.
+pub async fn create_rules(cloud: &Cloud, group: &str, rules: &[(NewRule, String)]) -> Result<Vec<Rule>, Error> {
+    if rules.is_empty() {
+        return Ok(Vec::new());
+    }
+    let bodies: Vec<Value> = rules.iter().map(|(r, d)| r.body(group, d)).collect();
+    cloud
+        .call(
+            Call::post(N, "security-group-rules")
+                .body("security_group_rules", json!(bodies))
+                .answer("security_group_rules"),
+        )
+        .await
+}
+
+/// What a new port is.
+#[derive(Debug, Clone)]
+pub struct NewPort<'a> {
+    pub network_id: &'a str,
+    pub name: &'a str,
+    pub description: &'a str,
+    pub device_owner: &'a str,
+    pub device_id: &'a str,
+    pub host: Option<&'a str>,
+    pub security_groups: Vec<String>,
+    /// An address the pod already has (kept), on `subnet`.
+    pub fixed_ip: Option<(&'a str, String)>,
+}
+
+pub async fn create_port(cloud: &Cloud, p: &NewPort<'_>) -> Result<Port, Error> {
+    let mut body = json!({
+        "network_id": p.network_id,
+        "name": p.name,
+        "description": p.description,
+        "device_owner": p.device_owner,
+        "device_id": p.device_id,
+        "security_groups": p.security_groups,
+        "port_security_enabled": true,
+    });
+    if let Some(h) = p.host {
+        body["binding:host_id"] = json!(h);
+    }
+    if let Some((subnet, ip)) = &p.fixed_ip {
+        body["fixed_ips"] = json!([{"subnet_id": subnet, "ip_address": ip}]);
+    }
+    cloud.call(Call::post(N, "ports").body("port", body).answer("port")).await
+}
+
+pub async fn update_port(cloud: &Cloud, id: &str, changes: Value) -> Result<Port, Error> {
+    cloud.call(Call::put(N, format!("ports/{id}")).body("port", changes).answer("port")).await
+}
