@@ -291,3 +291,11 @@ pub async fn annotate_pods(client: Client, mut rx: tokio::sync::mpsc::UnboundedR
         }
     }
 }
+
+/// Makes ring the process's TLS provider, before any Kubernetes client is built. The
+/// workspace links two providers (ring, ours; aws-lc-rs, through the OpenStack SDK's HTTP
+/// client), and rustls then refuses to guess: a client built without a default panics.
+/// Calling it again is harmless.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

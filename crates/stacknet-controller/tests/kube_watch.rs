@@ -404,6 +404,7 @@ async fn the_network_follows_the_watch_through_bookmarks_drops_and_410() {
     let config = ControllerConfig::new("k8s", vec![ovn.nb.remote().parse().unwrap()], None);
     let controller = Controller::new(config, &kube_source::sources()).unwrap();
     let observed = controller.observed();
+    stacknet_controller::kube_source::install_tls_provider();
     let client = kube::Client::try_from(kube::Config::new(api.url.parse().unwrap())).unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
     tokio::spawn(kube_source::run(client.clone(), tx, observed.events.clone()));
@@ -497,6 +498,7 @@ async fn against_a_real_cluster() {
         eprintln!("no KUBECONFIG: the real-cluster test does not run");
         return;
     }
+    stacknet_controller::kube_source::install_tls_provider();
     let client = kube::Client::try_default().await.expect("a client from KUBECONFIG");
     let (tx, mut rx) = tokio::sync::mpsc::channel(100_000);
     let events = Arc::new(stacknet_controller::events::Events::new());
@@ -537,6 +539,7 @@ async fn two_replicas_one_writes_and_the_standby_takes_over() {
     }
     let start = |identity: &str| {
         let config = ControllerConfig::new("k8s", vec![ovn.nb.remote().parse().unwrap()], None);
+        stacknet_controller::kube_source::install_tls_provider();
         let client = kube::Client::try_from(kube::Config::new(api.url.parse().unwrap())).unwrap();
         let mut cfg = LeaseConfig::new("stacknet-system", identity);
         cfg.duration = Duration::from_secs(2);

@@ -327,6 +327,11 @@ pub struct Service {
     pub cluster_ips: Vec<IpAddr>,
     pub selector: Option<Labels>,
     pub ports: Vec<ServicePort>,
+    /// Fields a load balancer may or may not honour, as set (absent: unset): backends report
+    /// the ones they cannot, never drop them silently.
+    pub session_affinity: Option<String>,
+    pub external_traffic_policy: Option<String>,
+    pub load_balancer_source_ranges: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -790,6 +795,9 @@ impl Service {
             cluster_ips,
             selector: spec.selector,
             ports,
+            session_affinity: spec.session_affinity.filter(|a| a != "None"),
+            external_traffic_policy: spec.external_traffic_policy.filter(|p| p != "Cluster"),
+            load_balancer_source_ranges: spec.load_balancer_source_ranges.unwrap_or_default(),
         })
     }
 }

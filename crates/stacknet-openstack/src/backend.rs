@@ -30,6 +30,10 @@ pub struct NeutronConfig {
     pub cluster: String,
     /// The pod network's subnets (one per address family in use).
     pub pod_cidrs: Vec<Cidr>,
+    /// The cluster's Service CIDR: a network of its own on the cluster router, where Octavia
+    /// puts the VIPs (the ClusterIPs). Its gateway is its last address: the first is usually
+    /// the `kubernetes` Service's.
+    pub service_cidr: Option<Cidr>,
 }
 
 impl NeutronConfig {
@@ -69,12 +73,12 @@ impl NeutronConfig {
         format!("{}~{h:016x}", &full[..cut])
     }
 
-    fn is_ours(&self, description: &str) -> bool {
+    pub(crate) fn is_ours(&self, description: &str) -> bool {
         description.starts_with(&format!("stacknet:{}:", self.cluster))
     }
 
     /// A readable name (Neutron does not need it unique).
-    fn name(&self, id: &str) -> String {
+    pub(crate) fn name(&self, id: &str) -> String {
         let n = format!("stacknet-{}-{id}", self.cluster);
         let mut cut = n.len().min(255);
         while !n.is_char_boundary(cut) {
@@ -120,9 +124,28 @@ pub struct Report {
     /// Neutron calls sent by this reconcile.
     pub calls: u64,
     pub problems: Vec<Problem>,
+    /// The networks, subnets and router the pods and VIPs are on.
+    pub topology: Option<Topology>,
     /// Every pod with a port.
     pub ports: BTreeMap<ObjectKey, PodPort>,
     pub plan: SecurityPlan,
+}
+
+/// The cluster's networks in Neutron.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub network: neutron::Network,
+    pub subnets: BTreeMap<Cidr, neutron::Subnet>,
+    pub router: neutron::Router,
+    /// The Service network's subnet (VIPs).
+    pub service_subnet: Option<neutron::Subnet>,
+}
+
+impl Topology {
+    /// The subnet of ours holding `ip`.
+    pub fn subnet_of(&self, ip: IpAddr) -> Option<&neutron::Subnet> {
+        self.subnets.iter().find(|(c, _)| c.contains(ip)).map(|(_, s)| s)
+    }
 }
 
 pub struct NeutronBackend {
@@ -132,14 +155,29 @@ pub struct NeutronBackend {
     swept: AtomicBool,
 }
 
-/// The network's identity, and each subnet's.
+/// The networks' and router's identities (each subnet's is its CIDR's).
 const NETWORK_ID: &str = "network:pods";
+const SERVICE_NETWORK_ID: &str = "network:services";
+const ROUTER_ID: &str = "router:cluster";
+
+/// The last address of a prefix (IPv4: the last before broadcast).
+fn last_address(c: &Cidr) -> Option<IpAddr> {
+    let (_, high) = c.halves()?;
+    let mut last = high;
+    while let Some((_, h)) = last.halves() {
+        last = h;
+    }
+    match last.network() {
+        IpAddr::V4(a) => Some(IpAddr::V4((u32::from(a) - 1).into())),
+        v6 => Some(v6),
+    }
+}
 
 fn subnet_id(c: &Cidr) -> String {
     format!("subnet:{c}")
 }
 
-fn problem_of(object: &str, e: &Error) -> Problem {
+pub(crate) fn problem_of(object: &str, e: &Error) -> Problem {
     let reason = if e.is_quota() {
         "QuotaExceeded"
     } else if matches!(e.kind(), Some("IpAddressAlreadyAllocated" | "MacAddressInUse" | "IpAddressInUse")) {
@@ -189,9 +227,10 @@ impl NeutronBackend {
             self.sweep(&mut report).await?;
             self.swept.store(true, Ordering::Relaxed);
         }
-        let (network, subnets) = self.pod_network(&mut report).await?;
+        let net = self.topology(&mut report).await?;
         let groups = self.security_groups(&report.plan.clone(), &mut report).await?;
-        self.ports(engine, &network, &subnets, &groups, &mut report).await?;
+        self.ports(engine, &net.network, &net.subnets, &groups, &mut report).await?;
+        report.topology = Some(net);
         // Groups nobody needs, now that no port of ours is in them and no rule names them.
         drop(groups);
         let existing = neutron::security_groups(&self.cloud, &self.config.tag()).await?;
@@ -236,6 +275,12 @@ impl NeutronBackend {
                 report.updated += 1;
             }
         }
+        for r in neutron::all_routers(&self.cloud).await? {
+            if self.config.is_ours(&r.description) && !r.tags.contains(&tag) {
+                neutron::set_tags(&self.cloud, "routers", &r.id, &tags).await?;
+                report.updated += 1;
+            }
+        }
         for s in neutron::all_subnets(&self.cloud).await? {
             if self.config.is_ours(&s.description) && !s.tags.contains(&tag) {
                 neutron::set_tags(&self.cloud, "subnets", &s.id, &tags).await?;
@@ -246,47 +291,85 @@ impl NeutronBackend {
         Ok(())
     }
 
-    /// The shared pod network and its subnets (made if missing).
-    async fn pod_network(
+    /// A network of ours by identity (made if missing, tagged).
+    async fn network(
         &self,
+        id: &str,
+        name: &str,
+        existing: &[neutron::Network],
         report: &mut Report,
-    ) -> Result<(neutron::Network, BTreeMap<Cidr, neutron::Subnet>), Error> {
+    ) -> Result<neutron::Network, Error> {
         let c = &self.config;
-        let tags = [c.tag()];
-        let marker = c.marker(NETWORK_ID);
-        let network =
-            match neutron::networks(&self.cloud, &c.tag()).await?.into_iter().find(|n| n.description == marker) {
-                Some(n) => n,
-                None => {
-                    let n = neutron::create_network(&self.cloud, &c.name("pods"), &marker).await?;
-                    neutron::set_tags(&self.cloud, "networks", &n.id, &tags).await?;
-                    report.created += 1;
-                    n
-                }
-            };
-        let existing = neutron::subnets(&self.cloud, &c.tag()).await?;
+        let marker = c.marker(id);
+        if let Some(n) = existing.iter().find(|n| n.description == marker) {
+            return Ok(n.clone());
+        }
+        let n = neutron::create_network(&self.cloud, &c.name(name), &marker).await?;
+        neutron::set_tags(&self.cloud, "networks", &n.id, &[c.tag()]).await?;
+        report.created += 1;
+        Ok(n)
+    }
+
+    /// A subnet of ours on `network` (made if missing, tagged).
+    async fn subnet(
+        &self,
+        network: &neutron::Network,
+        cidr: &Cidr,
+        gateway: Option<IpAddr>,
+        existing: &[neutron::Subnet],
+        report: &mut Report,
+    ) -> Result<neutron::Subnet, Error> {
+        let c = &self.config;
+        let marker = c.marker(&subnet_id(cidr));
+        if let Some(s) = existing.iter().find(|s| s.description == marker && s.network_id == network.id) {
+            return Ok(s.clone());
+        }
+        let gateway = gateway.map(|g| g.to_string());
+        let name = c.name(&format!("{}-{cidr}", network.name.rsplit('-').next().unwrap_or("net")));
+        let s = neutron::create_subnet(&self.cloud, &network.id, &name, &cidr.to_string(), gateway.as_deref(), &marker)
+            .await?;
+        neutron::set_tags(&self.cloud, "subnets", &s.id, &[c.tag()]).await?;
+        report.created += 1;
+        Ok(s)
+    }
+
+    /// The pod network and its subnets, the Service network, and the cluster router joining
+    /// them (each made if missing).
+    async fn topology(&self, report: &mut Report) -> Result<Topology, Error> {
+        let c = &self.config;
+        let tag = c.tag();
+        let networks = neutron::networks(&self.cloud, &tag).await?;
+        let existing = neutron::subnets(&self.cloud, &tag).await?;
+        let network = self.network(NETWORK_ID, "pods", &networks, report).await?;
         let mut subnets = BTreeMap::new();
         for cidr in &c.pod_cidrs {
-            let marker = c.marker(&subnet_id(cidr));
-            let s = match existing.iter().find(|s| s.description == marker && s.network_id == network.id) {
-                Some(s) => s.clone(),
-                None => {
-                    let s = neutron::create_subnet(
-                        &self.cloud,
-                        &network.id,
-                        &c.name(&format!("pods-{cidr}")),
-                        &cidr.to_string(),
-                        &marker,
-                    )
-                    .await?;
-                    neutron::set_tags(&self.cloud, "subnets", &s.id, &tags).await?;
-                    report.created += 1;
-                    s
-                }
-            };
-            subnets.insert(*cidr, s);
+            subnets.insert(*cidr, self.subnet(&network, cidr, None, &existing, report).await?);
         }
-        Ok((network, subnets))
+        let service_subnet = match &c.service_cidr {
+            Some(cidr) => {
+                let n = self.network(SERVICE_NETWORK_ID, "services", &networks, report).await?;
+                Some(self.subnet(&n, cidr, last_address(cidr), &existing, report).await?)
+            }
+            None => None,
+        };
+        let marker = c.marker(ROUTER_ID);
+        let router = match neutron::routers(&self.cloud, &tag).await?.into_iter().find(|r| r.description == marker) {
+            Some(r) => r,
+            None => {
+                let r = neutron::create_router(&self.cloud, &c.name("router"), &marker).await?;
+                neutron::set_tags(&self.cloud, "routers", &r.id, std::slice::from_ref(&tag)).await?;
+                report.created += 1;
+                r
+            }
+        };
+        let attached = neutron::router_subnets(&self.cloud, &router.id).await?;
+        for s in subnets.values().chain(service_subnet.iter()) {
+            if !attached.contains(&s.id) {
+                neutron::add_router_interface(&self.cloud, &router.id, &s.id).await?;
+                report.created += 1;
+            }
+        }
+        Ok(Topology { network, subnets, router, service_subnet })
     }
 
     /// Every planned group exists with exactly its rules; returns Neutron's id for each.

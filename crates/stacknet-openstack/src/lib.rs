@@ -12,6 +12,7 @@
 pub mod backend;
 pub mod cloud;
 pub mod neutron;
+pub mod octavia;
 pub mod secgroups;
 
 pub use backend::{NeutronBackend, NeutronConfig, PodPort, Problem, Report};

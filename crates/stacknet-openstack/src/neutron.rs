@@ -228,25 +228,62 @@ pub async fn create_network(cloud: &Cloud, name: &str, description: &str) -> Res
         .await
 }
 
+/// A subnet; `gateway`: the router's address on it (`None`: Neutron's default, the first).
 pub async fn create_subnet(
     cloud: &Cloud,
     network: &str,
     name: &str,
     cidr: &str,
+    gateway: Option<&str>,
     description: &str,
 ) -> Result<Subnet, Error> {
     let version = if cidr.contains(':') { 6 } else { 4 };
+    let mut body = json!({"network_id": network, "name": name, "cidr": cidr, "ip_version": version,
+                          "description": description, "enable_dhcp": false});
+    if let Some(g) = gateway {
+        body["gateway_ip"] = json!(g);
+    }
+    cloud.call(Call::post(N, "subnets").body("subnet", body).answer("subnet")).await
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Router {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+pub async fn routers(cloud: &Cloud, tag: &str) -> Result<Vec<Router>, Error> {
+    list(cloud, "routers", "routers", &[("tags", tag.to_string())]).await
+}
+
+pub async fn all_routers(cloud: &Cloud) -> Result<Vec<Router>, Error> {
+    list(cloud, "routers", "routers", &[]).await
+}
+
+pub async fn create_router(cloud: &Cloud, name: &str, description: &str) -> Result<Router, Error> {
     cloud
         .call(
-            Call::post(N, "subnets")
-                .body(
-                    "subnet",
-                    json!({"network_id": network, "name": name, "cidr": cidr, "ip_version": version,
-                           "description": description, "enable_dhcp": false}),
-                )
-                .answer("subnet"),
+            Call::post(N, "routers").body("router", json!({"name": name, "description": description})).answer("router"),
         )
         .await
+}
+
+/// The subnets a router has an interface on (its ports' fixed addresses).
+pub async fn router_subnets(cloud: &Cloud, router: &str) -> Result<Vec<String>, Error> {
+    let ports: Vec<Port> = list(cloud, "ports", "ports", &[("device_id", router.to_string())]).await?;
+    Ok(ports.iter().flat_map(|p| p.fixed_ips.iter().map(|f| f.subnet_id.clone())).collect())
+}
+
+pub async fn add_router_interface(cloud: &Cloud, router: &str, subnet: &str) -> Result<(), Error> {
+    let _: Value = cloud
+        .call(Call::put(N, format!("routers/{router}/add_router_interface")).body("subnet_id", json!(subnet)))
+        .await?;
+    Ok(())
 }
 
 pub async fn delete(cloud: &Cloud, collection: &str, id: &str) -> Result<(), Error> {

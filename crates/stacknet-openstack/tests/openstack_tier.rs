@@ -7,10 +7,13 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use serde_json::{Value, json};
+use stacknet_conformance::world::World;
 use stacknet_conformance::{Scenario, upstream};
-use stacknet_engine::PolicyEngine;
 use stacknet_engine::objects::{ObjectKey, Protocol};
+use stacknet_engine::{PolicyEngine, manifest};
 use stacknet_openstack::{Cloud, CloudSource, NeutronBackend, NeutronConfig, PodPort};
+use stacknet_sandbox::openstack::http;
 use stacknet_sandbox::{OpenStack, OpenStackOptions};
 use stacknet_verify::Probe;
 use stacknet_verify::conformance::{apply, expected_probes};
@@ -98,6 +101,259 @@ async fn conformance(cloud: &OpenStack, backend: &NeutronBackend, scenarios: &[S
     (traced, failures)
 }
 
+/// An admin's raw call to Neutron, for objects that are not ours.
+fn neutron(cloud: &OpenStack, method: &str, path: &str, body: Option<Value>) -> Value {
+    let token = cloud.admin_token().unwrap();
+    let body = body.map(|b| b.to_string());
+    let a = http(method, &format!("{}/v2.0/{path}", cloud.neutron_url), Some(&token), body.as_deref()).unwrap();
+    assert!(a.status < 300, "{method} {path}: HTTP {}: {}", a.status, a.body);
+    serde_json::from_str(&a.body).unwrap_or(Value::Null)
+}
+
+fn engine_of(world: &World, extra: &str) -> PolicyEngine {
+    let mut engine = PolicyEngine::new();
+    for e in world.creation_events() {
+        apply(&mut engine, &e);
+    }
+    if !extra.is_empty() {
+        for o in manifest::parse("extra.yaml", extra).unwrap().objects {
+            engine.apply(o);
+        }
+    }
+    engine
+}
+
+fn backend(session: &Cloud) -> NeutronBackend {
+    let config = NeutronConfig {
+        cluster: "t1".into(),
+        pod_cidrs: vec!["10.0.0.0/12".parse().unwrap()],
+        service_cidr: Some("10.96.0.0/12".parse().unwrap()),
+    };
+    NeutronBackend::new(session.clone(), config)
+}
+
+/// Several excepts in one ipBlock (kuryr-kubernetes re-allowed the excluded ranges with two or
+/// more): traced from inside each except and from outside them.
+async fn ip_block_excepts(cloud: &OpenStack, session: &Cloud) {
+    let policy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: blk, namespace: z}\n\
+                  spec: {podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/12, except: [10.1.0.0/24, 10.2.0.2/32, 10.3.0.3/32]}}]}]}\n";
+    let engine = engine_of(&World::full(), policy);
+    let report = backend(session).reconcile(&engine).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    cloud.ovn.sync_sb().unwrap();
+    let to = ObjectKey::new("z", "a");
+    for (from, want) in
+        [("x/a", false), ("x/b", false), ("y/b", false), ("z/c", false), ("y/a", true), ("y/c", true), ("z/b", true)]
+    {
+        let probe = Probe { from: from.parse().unwrap(), to: to.clone(), port: 80, protocol: Protocol::Tcp };
+        assert_eq!(
+            trace(cloud, &report.ports, &probe).unwrap(),
+            want,
+            "{from} -> z/a through the ipBlock with excepts"
+        );
+    }
+}
+
+/// A restart changes nothing; objects that are not ours are never touched; one left half-made
+/// (created, not tagged) is adopted, not duplicated; one no longer wanted goes.
+async fn ownership(cloud: &OpenStack, session: &Cloud) {
+    let engine = engine_of(&World::full(), "");
+    backend(session).reconcile(&engine).await.unwrap();
+    // A foreign group and port, on our very network.
+    let net = neutron(cloud, "GET", "networks?name=stacknet-t1-pods", None)["networks"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sg = neutron(
+        cloud,
+        "POST",
+        "security-groups",
+        Some(json!({"security_group": {"name": "operator-sg", "description": "mine"}})),
+    );
+    let sg = sg["security_group"]["id"].as_str().unwrap().to_string();
+    let port = neutron(
+        cloud,
+        "POST",
+        "ports",
+        Some(json!({"port": {"network_id": net, "name": "vm-port", "security_groups": [sg]}})),
+    );
+    let port = port["port"]["id"].as_str().unwrap().to_string();
+    // A crash between create and tag: a wanted group untagged, an unwanted one too.
+    let config = NeutronConfig { cluster: "t1".into(), pod_cidrs: vec![], service_cidr: None };
+    let wanted = config.marker("allow-egress");
+    let existing = neutron(cloud, "GET", &format!("security-groups?description={}", wanted), None);
+    let old = existing["security_groups"][0]["id"].as_str().unwrap().to_string();
+    neutron(cloud, "DELETE", &format!("security-groups/{old}/tags"), None);
+    let orphan = neutron(
+        cloud,
+        "POST",
+        "security-groups",
+        Some(
+            json!({"security_group": {"name": "stacknet-t1-peer:gone", "description": config.marker("peer:ps_gone")}}),
+        ),
+    );
+    let orphan = orphan["security_group"]["id"].as_str().unwrap().to_string();
+
+    // A fresh backend: a controller restarted after a crash.
+    let report = backend(session).reconcile(&engine).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!((report.created, report.deleted), (0, 1), "only the unwanted orphan goes");
+    let same = neutron(cloud, "GET", &format!("security-groups?description={}", wanted), None);
+    assert_eq!(same["security_groups"].as_array().unwrap().len(), 1, "adopted, not made again");
+    assert_eq!(same["security_groups"][0]["id"], json!(old));
+    assert!(same["security_groups"][0]["tags"].as_array().unwrap().contains(&json!("stacknet.io/cluster=t1")));
+    let a = http(
+        "GET",
+        &format!("{}/v2.0/security-groups/{orphan}", cloud.neutron_url),
+        Some(&cloud.admin_token().unwrap()),
+        None,
+    )
+    .unwrap();
+    assert_eq!(a.status, 404, "the orphan is gone");
+    // The operator's objects are as they were.
+    let p = neutron(cloud, "GET", &format!("ports/{port}"), None);
+    assert_eq!(p["port"]["security_groups"], json!([sg]));
+    assert_eq!(
+        neutron(cloud, "GET", &format!("security-groups/{sg}"), None)["security_group"]["name"],
+        json!("operator-sg")
+    );
+
+    // Nothing changed: a restart writes nothing.
+    let again = backend(session).reconcile(&engine).await.unwrap();
+    assert_eq!((again.created, again.updated, again.deleted), (0, 0, 0), "{again:?}");
+    neutron(cloud, "DELETE", &format!("ports/{port}"), None);
+    neutron(cloud, "DELETE", &format!("security-groups/{sg}"), None);
+}
+
+/// An address a pod wants that someone else's port holds: reported on that pod, every other
+/// pod still gets its port.
+async fn conflicts(cloud: &OpenStack, session: &Cloud) {
+    let mut engine = engine_of(&World::full(), "");
+    let net = neutron(cloud, "GET", "networks?name=stacknet-t1-pods", None)["networks"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let subnet = neutron(cloud, "GET", &format!("subnets?network_id={net}"), None)["subnets"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let squatter = neutron(
+        cloud,
+        "POST",
+        "ports",
+        Some(
+            json!({"port": {"network_id": net, "name": "squatter", "fixed_ips": [{"subnet_id": subnet, "ip_address": "10.3.0.9"}]}}),
+        ),
+    );
+    let squatter = squatter["port"]["id"].as_str().unwrap().to_string();
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: late, namespace: z, labels: {pod: late}}\n\
+               spec: {containers: [{name: c}]}\nstatus: {podIP: 10.3.0.9}\n";
+    for o in manifest::parse("pod.yaml", pod).unwrap().objects {
+        engine.apply(o);
+    }
+    let report = backend(session).reconcile(&engine).await.unwrap();
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert_eq!(report.problems[0].object, "Pod z/late");
+    assert_eq!(report.problems[0].reason, "AddressConflict", "{:?}", report.problems);
+    assert_eq!(report.ports.len(), 9, "every other pod has its port");
+    neutron(cloud, "DELETE", &format!("ports/{squatter}"), None);
+    let report = backend(session).reconcile(&engine).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.ports[&ObjectKey::new("z", "late")].ips, vec!["10.3.0.9".parse::<std::net::IpAddr>().unwrap()]);
+}
+
+const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: x}\n\
+spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 8080, targetPort: 80}, {name: dns, port: 5353, protocol: UDP, targetPort: 81}]}\n";
+
+fn slice(backends: &[&str]) -> String {
+    let eps: Vec<String> =
+        backends.iter().map(|ip| format!("{{addresses: [{ip}], conditions: {{ready: true}}}}")).collect();
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-1, namespace: x, labels: {{kubernetes.io/service-name: web}}}}\n\
+         addressType: IPv4\nendpoints: [{}]\nports: [{{name: http, port: 80, protocol: TCP}}, {{name: dns, port: 81, protocol: UDP}}]\n",
+        eps.join(", ")
+    )
+}
+
+/// The OVN Load_Balancer rows Octavia's provider wrote for load balancer `id`: protocol → vips.
+fn ovn_vips(cloud: &OpenStack, id: &str) -> BTreeMap<String, String> {
+    let out = cloud
+        .ovn
+        .nbctl(&["--bare", "--columns=protocol,vips", "find", "Load_Balancer", &format!("name={id}")])
+        .unwrap();
+    let mut rows = BTreeMap::new();
+    for block in out.split("\n\n").filter(|b| !b.trim().is_empty()) {
+        let mut lines = block.lines();
+        let proto = lines.next().unwrap_or_default().trim().to_string();
+        rows.insert(proto, lines.collect::<Vec<_>>().join(" ").trim().to_string());
+    }
+    rows
+}
+
+/// Services through Octavia: a load balancer per Service whose OVN rows trace to the backends;
+/// endpoints follow; what the provider cannot do is reported; a gone Service takes its load
+/// balancer with it; nothing changed writes nothing.
+async fn services(cloud: &OpenStack, session: &Cloud) {
+    use stacknet_openstack::octavia::OctaviaBackend;
+    let config = backend(session).config().clone();
+    let octavia = OctaviaBackend::new(session.clone(), config);
+    let engine = engine_of(&World::full(), &format!("{SERVICE}---\n{}", slice(&["10.1.0.1", "10.1.0.2"])));
+    let net = backend(session).reconcile(&engine).await.unwrap();
+    let topology = net.topology.expect("topology");
+    let started = Instant::now();
+    let report = octavia.reconcile(engine.index(), &topology).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let id = report.load_balancers[&ObjectKey::new("x", "web")].clone();
+    let vips = ovn_vips(cloud, &id);
+    eprintln!(
+        "Service -> Octavia load balancer ACTIVE and in the Northbound database in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(vips["tcp"].contains("10.96.0.10:8080=10.1.0.1:80,10.1.0.2:80"), "{vips:?}");
+    assert!(vips["udp"].contains("10.96.0.10:5353=10.1.0.1:81,10.1.0.2:81"), "{vips:?}");
+
+    // A client's packet to the VIP, through the cluster router, lands on the chosen backend.
+    cloud.ovn.sync_sb().unwrap();
+    let gw = cloud
+        .ovn
+        .nbctl(&["--bare", "--columns=mac", "find", "Logical_Router_Port", "networks=\"10.0.0.1/12\""])
+        .unwrap();
+    let client = &net.ports[&ObjectKey::new("z", "c")];
+    for (backend_ip, pod) in [("10.1.0.1", "x/a"), ("10.1.0.2", "x/b")] {
+        let flow = format!(
+            "inport == \"{}\" && eth.src == {} && eth.dst == {} && ip4.src == {} && ip4.dst == 10.96.0.10 && ip.ttl == 64 && tcp && tcp.src == 40000 && tcp.dst == 8080",
+            client.port_id,
+            client.mac,
+            gw.trim(),
+            client.ips[0]
+        );
+        let v = cloud.ovn.trace(&client.switch(), &flow, pod, 6, Some(&format!("{backend_ip}:80"))).unwrap();
+        assert!(v.delivered, "VIP -> {pod}:\n{}", v.output);
+    }
+
+    // Nothing changed: nothing written.
+    let again = octavia.reconcile(engine.index(), &topology).await.unwrap();
+    assert_eq!((again.created, again.updated, again.deleted), (0, 0, 0), "{again:?}");
+
+    // An endpoint goes; an unsupported field is reported.
+    let affinity = SERVICE.replace("spec: {", "spec: {sessionAffinity: ClientIP, ");
+    let engine = engine_of(&World::full(), &format!("{affinity}---\n{}", slice(&["10.1.0.1"])));
+    let report = octavia.reconcile(engine.index(), &topology).await.unwrap();
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert_eq!(report.problems[0].reason, "UnsupportedByLoadBalancer");
+    assert_eq!(ovn_vips(cloud, &id)["tcp"], "10.96.0.10:8080=10.1.0.1:80", "x/b left the endpoints");
+
+    // The Service goes, and its load balancer with it.
+    let engine = engine_of(&World::full(), "");
+    let report = octavia.reconcile(engine.index(), &topology).await.unwrap();
+    assert_eq!(report.deleted, 1);
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while !ovn_vips(cloud, &id).is_empty() {
+        assert!(Instant::now() < deadline, "the Load_Balancer rows stay after the Service went");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 #[test]
 fn openstack_tier() {
     if !require() {
@@ -109,12 +365,10 @@ fn openstack_tier() {
     runtime.block_on(async {
         let source = CloudSource::Named { cloud: "stacknet-test".into(), file: Some(cloud.clouds_yaml().unwrap()) };
         let session = Cloud::connect(&source).await.expect("password auth through clouds.yaml");
-        let config = NeutronConfig { cluster: "t1".into(), pod_cidrs: vec!["10.0.0.0/12".parse().unwrap()] };
-        let backend = NeutronBackend::new(session, config);
 
         let cases = upstream::load_all().unwrap();
         let started = Instant::now();
-        let (traced, failures) = conformance(&cloud, &backend, &cases).await;
+        let (traced, failures) = conformance(&cloud, &backend(&session), &cases).await;
         eprintln!("upstream cases through Neutron: {traced} probes in {:.1}s", started.elapsed().as_secs_f64());
         assert!(
             failures.is_empty(),
@@ -122,5 +376,10 @@ fn openstack_tier() {
             failures.len(),
             failures[..failures.len().min(30)].join("\n")
         );
+
+        ip_block_excepts(&cloud, &session).await;
+        ownership(&cloud, &session).await;
+        conflicts(&cloud, &session).await;
+        services(&cloud, &session).await;
     });
 }

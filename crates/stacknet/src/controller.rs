@@ -36,6 +36,7 @@ pub fn run(args: ControllerArgs) -> Result<(), crate::Failure> {
                     (controller, dir.display().to_string())
                 }
                 None => {
+                    stacknet_controller::kube_source::install_tls_provider();
                     let client = kube::Client::try_default()
                         .await
                         .context("connecting to the Kubernetes API (in-cluster, or KUBECONFIG); or pass --manifests DIR")?;
