@@ -8,6 +8,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod controller;
 mod generator;
 mod jsonline;
+mod openstack;
 mod ovsdb;
 mod podready;
 
@@ -87,6 +88,30 @@ enum Scenario {
         #[arg(long)]
         stacknet: Option<std::path::PathBuf>,
     },
+    /// Starts Keystone and Neutron (ML2/OVN) on loopback: pod starts through the OpenStack
+    /// backend with and without port pools (Neutron calls and time per pod), and the
+    /// security-group rules the policies take next to one rule per peer address.
+    Openstack {
+        #[arg(long, default_value_t = 200)]
+        pods: usize,
+        #[arg(long, default_value_t = 4)]
+        nodes: usize,
+        /// Free ports kept per node in the pooled run.
+        #[arg(long, default_value_t = 16)]
+        pool_size: usize,
+        /// Pods for the security-group rule count.
+        #[arg(long, default_value_t = 500)]
+        sg_pods: usize,
+        #[arg(long, default_value_t = 50)]
+        policies: usize,
+        #[arg(long, default_value_t = 5)]
+        namespaces: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// New Services made one at a time through Octavia (0: no Octavia).
+        #[arg(long, default_value_t = 5)]
+        services: usize,
+    },
     /// A real node: fire `pods` CNI ADDs at once; time each from ADD start to the first
     /// datagram a peer pod gets answered. Needs root and the `stacknet-cni` executable.
     PodReady {
@@ -110,6 +135,14 @@ fn main() -> anyhow::Result<()> {
         }
         Scenario::Controller { pods, policies, services, nodes, seed, stacknet } => {
             controller::run(controller::Args { pods, policies, services, nodes, seed, stacknet })
+        }
+        Scenario::Openstack { pods, nodes, pool_size, sg_pods, policies, namespaces, seed, services } => {
+            let args = openstack::Args { pods, nodes, pool_size, sg_pods, policies, namespaces, seed, services };
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?
+                .block_on(openstack::run(args))
         }
         Scenario::PodReady { pods, cni } => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use futures::StreamExt;
 use serde_json::json;
@@ -34,6 +35,28 @@ pub struct NeutronConfig {
     /// puts the VIPs (the ClusterIPs). Its gateway is its last address: the first is usually
     /// the `kubernetes` Service's.
     pub service_cidr: Option<Cidr>,
+    /// Free ports kept ready per node (and network), so that a pod start is one call: the
+    /// port is taken and given its name, owner and groups. 0: no pools.
+    pub pool_size: usize,
+    /// The external network (name or id) LoadBalancer Services take floating IPs from; the
+    /// cluster router's gateway is put on it.
+    pub external_network: Option<String>,
+    /// How long what the backend knows of Neutron is trusted before it is read again (it is
+    /// read again at once after any failure).
+    pub resync: std::time::Duration,
+}
+
+impl NeutronConfig {
+    pub fn new(cluster: impl Into<String>, pod_cidrs: Vec<Cidr>) -> NeutronConfig {
+        NeutronConfig {
+            cluster: cluster.into(),
+            pod_cidrs,
+            service_cidr: None,
+            pool_size: 0,
+            external_network: None,
+            resync: std::time::Duration::from_secs(300),
+        }
+    }
 }
 
 impl NeutronConfig {
@@ -139,6 +162,8 @@ pub struct Topology {
     pub router: neutron::Router,
     /// The Service network's subnet (VIPs).
     pub service_subnet: Option<neutron::Subnet>,
+    /// Where floating IPs come from (not ours: never changed).
+    pub external_network: Option<neutron::Network>,
 }
 
 impl Topology {
@@ -150,15 +175,51 @@ impl Topology {
 
 pub struct NeutronBackend {
     cloud: Cloud,
+    /// The pools' refills, counted apart from the reconciles' calls.
+    refill_cloud: Cloud,
     config: NeutronConfig,
     /// Whether the sweep for untagged objects of ours has been done.
     swept: AtomicBool,
+    /// What Neutron holds of ours, as last read and since written; `None`: read it again.
+    state: tokio::sync::Mutex<Option<State>>,
+}
+
+/// What the backend knows of its objects in Neutron: a reconcile starting from it sends only
+/// the writes (a pod start is one call), and updates it with what Neutron answered.
+#[derive(Debug, Clone)]
+struct State {
+    read_at: Instant,
+    topology: Topology,
+    /// Our security groups, with their rules, by marker.
+    groups: BTreeMap<String, SecurityGroup>,
+    /// Pods' ports by marker.
+    ports: BTreeMap<String, Port>,
+    /// Free ports by (host, network).
+    pool: BTreeMap<PoolKey, Vec<Port>>,
+}
+
+/// A pool: the node the ports are bound to (`None`: unbound) and their network.
+type PoolKey = (Option<String>, String);
+
+/// What a refill of the pools did.
+#[derive(Debug, Clone, Default)]
+pub struct PoolReport {
+    pub created: usize,
+    /// Neutron calls the refill sent.
+    pub calls: u64,
+    /// Free ports per node after the refill.
+    pub free: BTreeMap<String, usize>,
+    pub problems: Vec<Problem>,
 }
 
 /// The networks' and router's identities (each subnet's is its CIDR's).
 const NETWORK_ID: &str = "network:pods";
 const SERVICE_NETWORK_ID: &str = "network:services";
 const ROUTER_ID: &str = "router:cluster";
+/// Free ports' identity.
+const POOL_ID: &str = "pool";
+/// Ports created by one refill call, at most.
+const POOL_BATCH: usize = 32;
 
 /// The last address of a prefix (IPv4: the last before broadcast).
 fn last_address(c: &Cidr) -> Option<IpAddr> {
@@ -205,9 +266,19 @@ fn protocol(p: Protocol) -> &'static str {
     }
 }
 
+fn pool_key(p: &Port) -> PoolKey {
+    (p.host.clone().filter(|h| !h.is_empty()), p.network_id.clone())
+}
+
 impl NeutronBackend {
     pub fn new(cloud: Cloud, config: NeutronConfig) -> NeutronBackend {
-        NeutronBackend { cloud, config, swept: AtomicBool::new(false) }
+        NeutronBackend {
+            refill_cloud: cloud.counted_apart(),
+            cloud,
+            config,
+            swept: AtomicBool::new(false),
+            state: tokio::sync::Mutex::new(None),
+        }
     }
 
     pub fn cloud(&self) -> &Cloud {
@@ -218,27 +289,43 @@ impl NeutronBackend {
         &self.config
     }
 
+    /// Forgets what is known of Neutron: the next reconcile reads it all again.
+    pub async fn invalidate(&self) {
+        *self.state.lock().await = None;
+    }
+
     /// Makes Neutron equal to what `engine` says. `Err` only when nothing could be read or
     /// the pod network cannot be had; per-object failures are in the report's problems.
     pub async fn reconcile(&self, engine: &PolicyEngine) -> Result<Report, Error> {
         let start_calls = self.cloud.calls();
         let mut report = Report { plan: secgroups::plan(engine, &self.config.families()), ..Report::default() };
-        if !self.swept.load(Ordering::Relaxed) {
-            self.sweep(&mut report).await?;
-            self.swept.store(true, Ordering::Relaxed);
+        let mut guard = self.state.lock().await;
+        let mut state = match guard.take() {
+            Some(s) if s.read_at.elapsed() < self.config.resync => s,
+            _ => self.read(&mut report).await?,
+        };
+        let result = self.apply(engine, &mut state, &mut report).await;
+        report.calls = self.cloud.calls() - start_calls;
+        match result {
+            // After a failure, what Neutron holds is read again rather than guessed.
+            Ok(()) if report.problems.is_empty() => *guard = Some(state),
+            Ok(()) => {}
+            Err(e) => return Err(e),
         }
-        let net = self.topology(&mut report).await?;
-        let groups = self.security_groups(&report.plan.clone(), &mut report).await?;
-        self.ports(engine, &net.network, &net.subnets, &groups, &mut report).await?;
-        report.topology = Some(net);
+        Ok(report)
+    }
+
+    async fn apply(&self, engine: &PolicyEngine, state: &mut State, report: &mut Report) -> Result<(), Error> {
+        let plan = std::mem::take(&mut report.plan);
+        let groups = self.security_groups(&plan, state, report).await;
+        report.plan = plan;
+        let groups = groups?;
+        self.ports(engine, state, &groups, report).await?;
+        report.topology = Some(state.topology.clone());
         // Groups nobody needs, now that no port of ours is in them and no rule names them.
-        drop(groups);
-        let existing = neutron::security_groups(&self.cloud, &self.config.tag()).await?;
         let wanted: BTreeSet<String> = report.plan.groups.keys().map(|id| self.config.marker(id)).collect();
-        let doomed: Vec<SecurityGroup> = existing
-            .into_iter()
-            .filter(|g| self.config.is_ours(&g.description) && !wanted.contains(&g.description))
-            .collect();
+        let doomed: Vec<SecurityGroup> =
+            state.groups.iter().filter(|(m, _)| !wanted.contains(*m)).map(|(_, g)| g.clone()).collect();
         // Rules in doomed groups may name other doomed groups: empty them all first.
         for g in &doomed {
             for r in &g.security_group_rules {
@@ -249,12 +336,42 @@ impl NeutronBackend {
         }
         for g in &doomed {
             match neutron::delete(&self.cloud, "security-groups", &g.id).await {
-                Ok(()) => report.deleted += 1,
+                Ok(()) => {
+                    report.deleted += 1;
+                    state.groups.remove(&g.description);
+                }
                 Err(e) => report.problems.push(problem_of(&format!("SecurityGroup {}", g.name), &e)),
             }
         }
-        report.calls = self.cloud.calls() - start_calls;
-        Ok(report)
+        Ok(())
+    }
+
+    /// Reads everything of ours (sweeping for untagged objects the first time), making the
+    /// networks and router if missing.
+    async fn read(&self, report: &mut Report) -> Result<State, Error> {
+        if !self.swept.load(Ordering::Relaxed) {
+            self.sweep(report).await?;
+            self.swept.store(true, Ordering::Relaxed);
+        }
+        let c = &self.config;
+        let topology = self.topology(report).await?;
+        let groups = neutron::security_groups(&self.cloud, &c.tag())
+            .await?
+            .into_iter()
+            .filter(|g| c.is_ours(&g.description))
+            .map(|g| (g.description.clone(), g))
+            .collect();
+        let pool_marker = c.marker(POOL_ID);
+        let mut ports = BTreeMap::new();
+        let mut pool: BTreeMap<PoolKey, Vec<Port>> = BTreeMap::new();
+        for p in neutron::ports_owned_by(&self.cloud, &c.device_owner()).await? {
+            if p.description == pool_marker {
+                pool.entry(pool_key(&p)).or_default().push(p);
+            } else if c.is_ours(&p.description) {
+                ports.insert(p.description.clone(), p);
+            }
+        }
+        Ok(State { read_at: Instant::now(), topology, groups, ports, pool })
     }
 
     /// Objects with our description but no tag (a crash between create and tag): tagged now;
@@ -287,7 +404,7 @@ impl NeutronBackend {
                 report.updated += 1;
             }
         }
-        // Ports are found by device_owner in every reconcile, tagged or not.
+        // Ports are found by device_owner in every read, tagged or not.
         Ok(())
     }
 
@@ -362,6 +479,17 @@ impl NeutronBackend {
                 r
             }
         };
+        let external_network = match &c.external_network {
+            Some(name) => Some(neutron::find_network(&self.cloud, name).await?),
+            None => None,
+        };
+        let router = match &external_network {
+            Some(ext) if router.gateway_network() != Some(ext.id.as_str()) => {
+                report.updated += 1;
+                neutron::set_router_gateway(&self.cloud, &router.id, &ext.id).await?
+            }
+            _ => router,
+        };
         let attached = neutron::router_subnets(&self.cloud, &router.id).await?;
         for s in subnets.values().chain(service_subnet.iter()) {
             if !attached.contains(&s.id) {
@@ -369,25 +497,23 @@ impl NeutronBackend {
                 report.created += 1;
             }
         }
-        Ok(Topology { network, subnets, router, service_subnet })
+        Ok(Topology { network, subnets, router, service_subnet, external_network })
     }
 
-    /// Every planned group exists with exactly its rules; returns Neutron's id for each.
+    /// Every planned group exists with exactly its rules; returns each planned group's.
     async fn security_groups(
         &self,
         plan: &SecurityPlan,
+        state: &mut State,
         report: &mut Report,
     ) -> Result<BTreeMap<String, SecurityGroup>, Error> {
         let c = &self.config;
-        let existing = neutron::security_groups(&self.cloud, &c.tag()).await?;
-        let by_marker: BTreeMap<&str, &SecurityGroup> =
-            existing.iter().filter(|g| c.is_ours(&g.description)).map(|g| (g.description.as_str(), g)).collect();
         let mut groups: BTreeMap<String, SecurityGroup> = BTreeMap::new();
         let mut missing = Vec::new();
         for id in plan.groups.keys() {
-            match by_marker.get(c.marker(id).as_str()) {
+            match state.groups.get(&c.marker(id)) {
                 Some(g) => {
-                    groups.insert(id.clone(), (*g).clone());
+                    groups.insert(id.clone(), g.clone());
                 }
                 None => missing.push(id.clone()),
             }
@@ -401,7 +527,7 @@ impl NeutronBackend {
                         neutron::delete(&self.cloud, "security-group-rules", &r.id).await?;
                     }
                     neutron::set_tags(&self.cloud, "security-groups", &g.id, &[c.tag()]).await?;
-                    Ok(SecurityGroup { security_group_rules: Vec::new(), ..g })
+                    Ok(SecurityGroup { security_group_rules: Vec::new(), tags: vec![c.tag()], ..g })
                 }
                 .await;
                 (id, r)
@@ -413,6 +539,7 @@ impl NeutronBackend {
             match r {
                 Ok(g) => {
                     report.created += 1;
+                    state.groups.insert(g.description.clone(), g.clone());
                     groups.insert(id, g);
                 }
                 Err(e) if e.is_transient() => return Err(e),
@@ -455,32 +582,36 @@ impl NeutronBackend {
             let add: Vec<(NewRule, String)> =
                 want.into_iter().filter(|(w, _)| !g.security_group_rules.iter().any(|have| w.matches(have))).collect();
             if !extra.is_empty() || !add.is_empty() {
-                work.push((id.clone(), g.id.clone(), add, extra));
+                work.push((id.clone(), g.description.clone(), g.id.clone(), add, extra));
             }
         }
-        // (group, rules added and removed)
-        type Done = (String, Result<(usize, usize), Error>);
+        // (group, its marker, rules added, rules removed)
+        type Done = (String, String, Result<(Vec<neutron::Rule>, Vec<String>), Error>);
         let done: Vec<Done> = futures::stream::iter(work)
-            .map(|(id, gid, add, extra)| async move {
+            .map(|(id, marker, gid, add, extra)| async move {
                 let r = async {
                     // Additions first: a group is never narrower than both its old and new self.
-                    let added = neutron::create_rules(&self.cloud, &gid, &add).await?.len();
+                    let added = neutron::create_rules(&self.cloud, &gid, &add).await?;
                     for r in &extra {
                         neutron::delete(&self.cloud, "security-group-rules", r).await?;
                     }
-                    Ok((added, extra.len()))
+                    Ok((added, extra))
                 }
                 .await;
-                (id, r)
+                (id, marker, r)
             })
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
-        for (id, r) in done {
+        for (id, marker, r) in done {
             match r {
                 Ok((added, removed)) => {
-                    report.created += added;
-                    report.deleted += removed;
+                    report.created += added.len();
+                    report.deleted += removed.len();
+                    for g in state.groups.get_mut(&marker).into_iter().chain(groups.get_mut(&id)) {
+                        g.security_group_rules.retain(|r| !removed.contains(&r.id));
+                        g.security_group_rules.extend(added.iter().cloned());
+                    }
                 }
                 Err(e) if e.is_transient() => return Err(e),
                 Err(e) => report.problems.push(problem_of(&owner_of(plan, &id), &e)),
@@ -492,15 +623,14 @@ impl NeutronBackend {
     async fn ports(
         &self,
         engine: &PolicyEngine,
-        network: &neutron::Network,
-        subnets: &BTreeMap<Cidr, neutron::Subnet>,
+        state: &mut State,
         groups: &BTreeMap<String, SecurityGroup>,
         report: &mut Report,
     ) -> Result<(), Error> {
         let c = &self.config;
         let owner = c.device_owner();
-        let existing = neutron::ports_owned_by(&self.cloud, &owner).await?;
-        let by_marker: BTreeMap<&str, &Port> = existing.iter().map(|p| (p.description.as_str(), p)).collect();
+        let network = state.topology.network.clone();
+        let subnets = &state.topology.subnets;
         let index = engine.index();
         let mut wanted: BTreeSet<String> = BTreeSet::new();
         let mut creates = Vec::new();
@@ -521,7 +651,11 @@ impl NeutronBackend {
                 .collect();
             let host = pod.node.clone();
             let uid = pod.uid.clone().unwrap_or_default();
-            match by_marker.get(marker.as_str()) {
+            // An address the pod already has is kept, if one of our subnets holds it.
+            let fixed = pod.ips.iter().find_map(|ip| {
+                subnets.iter().find(|(cidr, _)| cidr.contains(*ip)).map(|(_, s)| (s.id.clone(), ip.to_string()))
+            });
+            match state.ports.get(&marker) {
                 Some(p) => {
                     let have: BTreeSet<String> = p.security_groups.iter().cloned().collect();
                     let mut changes = serde_json::Map::new();
@@ -540,14 +674,30 @@ impl NeutronBackend {
                     report.ports.insert(pod.key.clone(), pod_port(p));
                 }
                 None => {
-                    // An address the pod already has is kept, if one of our subnets holds it.
-                    let fixed = pod.ips.iter().find_map(|ip| {
-                        subnets.iter().find(|(cidr, _)| cidr.contains(*ip)).map(|(_, s)| (s.id.clone(), ip.to_string()))
-                    });
-                    creates.push((pod.key.clone(), marker, sgs, host, uid, fixed));
+                    // A free port of the pod's node, if the pool has one: one call makes it the
+                    // pod's (name, owner, groups, and the pod's address if it has one).
+                    let key = (host.clone(), network.id.clone());
+                    match state.pool.get_mut(&key).and_then(|free| free.pop()) {
+                        Some(free) => {
+                            let mut changes = json!({
+                                "name": pod.key.to_string(),
+                                "description": marker,
+                                "device_id": uid,
+                                "security_groups": sgs,
+                            });
+                            if let Some((subnet, ip)) = &fixed
+                                && !free.fixed_ips.iter().any(|f| &f.ip_address == ip)
+                            {
+                                changes["fixed_ips"] = json!([{"subnet_id": subnet, "ip_address": ip}]);
+                            }
+                            updates.push((pod.key.clone(), free.id.clone(), changes));
+                        }
+                        None => creates.push((pod.key.clone(), marker, sgs, host, uid, fixed)),
+                    }
                 }
             }
         }
+        let network = &network;
         let made: Vec<(ObjectKey, Result<Port, Error>)> = futures::stream::iter(creates)
             .map(|(key, marker, sgs, host, uid, fixed)| {
                 let owner = owner.clone();
@@ -569,7 +719,7 @@ impl NeutronBackend {
                         )
                         .await?;
                         neutron::set_tags(&self.cloud, "ports", &p.id, &[c.tag()]).await?;
-                        Ok(p)
+                        Ok(Port { tags: vec![c.tag()], ..p })
                     }
                     .await;
                     (key, r)
@@ -583,6 +733,7 @@ impl NeutronBackend {
                 Ok(p) => {
                     report.created += 1;
                     report.ports.insert(key, pod_port(&p));
+                    state.ports.insert(p.description.clone(), p);
                 }
                 Err(e) if e.is_transient() => return Err(e),
                 Err(e) => report.problems.push(problem_of(&format!("Pod {key}"), &e)),
@@ -598,27 +749,143 @@ impl NeutronBackend {
                 Ok(p) => {
                     report.updated += 1;
                     report.ports.insert(key, pod_port(&p));
+                    state.ports.insert(p.description.clone(), p);
                 }
                 Err(e) if e.is_transient() => return Err(e),
                 Err(e) => report.problems.push(problem_of(&format!("Pod {key}"), &e)),
             }
         }
         // Ports of pods that are gone (ours only: found by our device_owner and marker).
-        let gone: Vec<&Port> =
-            existing.iter().filter(|p| c.is_ours(&p.description) && !wanted.contains(&p.description)).collect();
-        let deleted: Vec<(String, Result<(), Error>)> = futures::stream::iter(gone)
-            .map(|p| async move { (p.name.clone(), neutron::delete(&self.cloud, "ports", &p.id).await) })
+        let gone: Vec<Port> =
+            state.ports.iter().filter(|(m, _)| !wanted.contains(*m)).map(|(_, p)| p.clone()).collect();
+        let deleted: Vec<(Port, Result<(), Error>)> = futures::stream::iter(gone)
+            .map(|p| async move {
+                let r = neutron::delete(&self.cloud, "ports", &p.id).await;
+                (p, r)
+            })
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
-        for (name, r) in deleted {
+        for (p, r) in deleted {
             match r {
-                Ok(()) => report.deleted += 1,
+                Ok(()) => {
+                    report.deleted += 1;
+                    state.ports.remove(&p.description);
+                }
                 Err(e) if e.is_transient() => return Err(e),
-                Err(e) => report.problems.push(problem_of(&format!("Port {name}"), &e)),
+                Err(e) => report.problems.push(problem_of(&format!("Port {}", p.name), &e)),
             }
         }
         Ok(())
+    }
+
+    /// Tops up every node's pool to `pool_size` free ports, in bulk, within the project's
+    /// port quota (a pool never takes the last ports a pod start would need: it stops at the
+    /// quota, and a pod takes a free port before making one). Meant to run in the background:
+    /// it holds the backend's state only to read and to add what it made.
+    pub async fn refill_pools(&self, engine: &PolicyEngine) -> Result<PoolReport, Error> {
+        let c = &self.config;
+        let cloud = &self.refill_cloud;
+        let start_calls = cloud.calls();
+        let mut report = PoolReport::default();
+        if c.pool_size == 0 {
+            return Ok(report);
+        }
+        let (network, wanted) = {
+            let mut guard = self.state.lock().await;
+            if guard.is_none() {
+                let mut r = Report::default();
+                *guard = Some(self.read(&mut r).await?);
+            }
+            let state = guard.as_ref().expect("state was just read");
+            let network = state.topology.network.id.clone();
+            let mut wanted: Vec<(String, usize)> = Vec::new();
+            for node in engine.index().nodes() {
+                let key = (Some(node.name.clone()), network.clone());
+                let free = state.pool.get(&key).map_or(0, Vec::len);
+                if free < c.pool_size {
+                    wanted.push((node.name.clone(), c.pool_size - free));
+                }
+            }
+            (network, wanted)
+        };
+        let mut headroom = match cloud.project_id() {
+            Some(project) => neutron::port_headroom(cloud, &project).await?,
+            None => None,
+        };
+        let owner = c.device_owner();
+        let marker = c.marker(POOL_ID);
+        let name = c.name(POOL_ID);
+        let mut made: Vec<Port> = Vec::new();
+        for (node, mut missing) in wanted {
+            if let Some(h) = headroom {
+                if h < missing as u64 {
+                    report.problems.push(Problem {
+                        object: format!("Node {node}"),
+                        reason: "QuotaExceeded",
+                        message: format!(
+                            "the port pool of node {node} wants {missing} more free ports; the project's port quota leaves {h}"
+                        ),
+                    });
+                }
+                missing = missing.min(h as usize);
+            }
+            while missing > 0 {
+                let n = missing.min(POOL_BATCH);
+                let new: Vec<NewPort> = (0..n)
+                    .map(|_| NewPort {
+                        network_id: &network,
+                        name: &name,
+                        description: &marker,
+                        device_owner: &owner,
+                        device_id: "",
+                        host: Some(&node),
+                        security_groups: Vec::new(),
+                        fixed_ip: None,
+                    })
+                    .collect();
+                match neutron::create_ports(cloud, &new).await {
+                    Ok(ports) => {
+                        missing -= n;
+                        headroom = headroom.map(|h| h.saturating_sub(n as u64));
+                        report.created += ports.len();
+                        made.extend(ports);
+                    }
+                    Err(e) => {
+                        report.problems.push(problem_of(&format!("Node {node}"), &e));
+                        break;
+                    }
+                }
+            }
+        }
+        // Tags are for listing; the pool's ports are found by owner and marker without them.
+        let tags = [c.tag()];
+        let ids: Vec<String> = made.iter().map(|p| p.id.clone()).collect();
+        let tags_ref = &tags;
+        let tagged: Vec<Result<(), Error>> = futures::stream::iter(ids)
+            .map(|id| async move { neutron::set_tags(cloud, "ports", &id, tags_ref).await })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        if let Some(Err(e)) = tagged.into_iter().find(Result::is_err) {
+            report.problems.push(problem_of("Pool", &e));
+        }
+        let mut guard = self.state.lock().await;
+        if let Some(state) = guard.as_mut() {
+            for p in made {
+                let free = state.pool.entry(pool_key(&p)).or_default();
+                if !free.iter().any(|f| f.id == p.id) {
+                    free.push(Port { tags: tags.to_vec(), ..p });
+                }
+            }
+            for ((host, _), free) in &state.pool {
+                if let Some(h) = host {
+                    report.free.insert(h.clone(), free.len());
+                }
+            }
+        }
+        report.calls = cloud.calls() - start_calls;
+        Ok(report)
     }
 }
 

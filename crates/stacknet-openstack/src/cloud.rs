@@ -264,6 +264,8 @@ impl Cloud {
     /// Authenticates and discovers the services (call within a tokio runtime).
     pub async fn connect(source: &CloudSource) -> Result<Cloud, Error> {
         let config = source.config()?;
+        // Application credentials' authenticator registers itself only when linked in.
+        std::hint::black_box(&openstack_sdk_auth_applicationcredential::ANCHOR);
         // Never a token cache on disk for a daemon.
         let session = AsyncOpenStack::builder(&config)
             .disable_auth_cache(true)
@@ -276,7 +278,17 @@ impl Cloud {
             .map_err(|e| Error::Config(format!("the catalog has no usable network (Neutron) endpoint: {e}")))?;
         let has_load_balancer = session.discover_service_endpoint(&ServiceType::LoadBalancer).await.is_ok();
         let renew = session.enable_auto_renew(chrono::TimeDelta::seconds(300));
+        tracing::info!(
+            auth_url = config.auth.as_ref().and_then(|a| a.auth_url.as_deref()).unwrap_or_default(),
+            load_balancer = has_load_balancer,
+            "authenticated to Keystone; Neutron endpoint found"
+        );
         Ok(Cloud { session, calls: Default::default(), _renew: std::sync::Arc::new(renew), has_load_balancer })
+    }
+
+    /// The same session with a call counter of its own (background work counted apart).
+    pub fn counted_apart(&self) -> Cloud {
+        Cloud { calls: Default::default(), ..self.clone() }
     }
 
     /// How many calls this session has sent (pages of a list count one each).

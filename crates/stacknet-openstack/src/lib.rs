@@ -15,5 +15,22 @@ pub mod neutron;
 pub mod octavia;
 pub mod secgroups;
 
-pub use backend::{NeutronBackend, NeutronConfig, PodPort, Problem, Report};
+/// Log directives every program using this crate adds to its filter, whatever the user asks
+/// for: below `warn`, the SDK and HTTP stack log request bodies and authentication state, and
+/// no credential may ever reach a log line.
+pub const QUIET_LOGS: &[&str] = &[
+    "openstack_sdk=warn",
+    "openstack_sdk_core=warn",
+    "openstack_sdk_auth_core=warn",
+    "openstack_sdk_auth_password=warn",
+    "openstack_sdk_auth_applicationcredential=warn",
+    "openstack_sdk_auth_token=warn",
+    "reqwest=warn",
+    "hyper=warn",
+    "hyper_util=warn",
+    "h2=warn",
+    "rustls=warn",
+];
+
+pub use backend::{NeutronBackend, NeutronConfig, PodPort, PoolReport, Problem, Report};
 pub use cloud::{Call, Cloud, CloudSource, Error};

@@ -255,6 +255,76 @@ pub struct Router {
     pub description: String,
     #[serde(default)]
     pub tags: Vec<String>,
+    #[serde(default)]
+    pub external_gateway_info: Option<Value>,
+}
+
+impl Router {
+    /// The external network the router's gateway is on.
+    pub fn gateway_network(&self) -> Option<&str> {
+        self.external_gateway_info.as_ref().and_then(|g| g["network_id"].as_str())
+    }
+}
+
+/// Puts the router's gateway on `network` (an external network).
+pub async fn set_router_gateway(cloud: &Cloud, router: &str, network: &str) -> Result<Router, Error> {
+    cloud
+        .call(
+            Call::put(N, format!("routers/{router}"))
+                .body("router", json!({"external_gateway_info": {"network_id": network}}))
+                .answer("router"),
+        )
+        .await
+}
+
+/// A network by id or, failing that, by name (exactly one).
+pub async fn find_network(cloud: &Cloud, name_or_id: &str) -> Result<Network, Error> {
+    match cloud.call(Call::get(N, format!("networks/{name_or_id}")).answer("network")).await {
+        Err(e) if e.is_not_found() => {}
+        r => return r,
+    }
+    let mut found: Vec<Network> = list(cloud, "networks", "networks", &[("name", name_or_id.to_string())]).await?;
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        n => Err(Error::Config(format!(
+            "external network {name_or_id:?}: {} networks have that name or id",
+            if n == 0 { "no".to_string() } else { n.to_string() }
+        ))),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct FloatingIp {
+    pub id: String,
+    pub floating_ip_address: String,
+    #[serde(default)]
+    pub port_id: Option<String>,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+pub async fn floating_ips(cloud: &Cloud, tag: &str) -> Result<Vec<FloatingIp>, Error> {
+    list(cloud, "floatingips", "floatingips", &[("tags", tag.to_string())]).await
+}
+
+pub async fn create_floating_ip(
+    cloud: &Cloud,
+    network: &str,
+    port: &str,
+    description: &str,
+) -> Result<FloatingIp, Error> {
+    let body = json!({"floating_network_id": network, "port_id": port, "description": description});
+    cloud.call(Call::post(N, "floatingips").body("floatingip", body).answer("floatingip")).await
+}
+
+pub async fn associate_floating_ip(cloud: &Cloud, id: &str, port: &str) -> Result<FloatingIp, Error> {
+    cloud
+        .call(
+            Call::put(N, format!("floatingips/{id}")).body("floatingip", json!({"port_id": port})).answer("floatingip"),
+        )
+        .await
 }
 
 pub async fn routers(cloud: &Cloud, tag: &str) -> Result<Vec<Router>, Error> {
@@ -333,7 +403,7 @@ pub struct NewPort<'a> {
     pub fixed_ip: Option<(&'a str, String)>,
 }
 
-pub async fn create_port(cloud: &Cloud, p: &NewPort<'_>) -> Result<Port, Error> {
+fn port_body(p: &NewPort<'_>) -> Value {
     let mut body = json!({
         "network_id": p.network_id,
         "name": p.name,
@@ -349,7 +419,32 @@ pub async fn create_port(cloud: &Cloud, p: &NewPort<'_>) -> Result<Port, Error> 
     if let Some((subnet, ip)) = &p.fixed_ip {
         body["fixed_ips"] = json!([{"subnet_id": subnet, "ip_address": ip}]);
     }
-    cloud.call(Call::post(N, "ports").body("port", body).answer("port")).await
+    body
+}
+
+pub async fn create_port(cloud: &Cloud, p: &NewPort<'_>) -> Result<Port, Error> {
+    cloud.call(Call::post(N, "ports").body("port", port_body(p)).answer("port")).await
+}
+
+/// Creates ports in one call (Neutron makes all or none).
+pub async fn create_ports(cloud: &Cloud, ports: &[NewPort<'_>]) -> Result<Vec<Port>, Error> {
+    if ports.is_empty() {
+        return Ok(Vec::new());
+    }
+    let bodies: Vec<Value> = ports.iter().map(port_body).collect();
+    cloud.call(Call::post(N, "ports").body("ports", json!(bodies)).answer("ports")).await
+}
+
+/// How many more ports the project may have (`None`: no limit).
+pub async fn port_headroom(cloud: &Cloud, project: &str) -> Result<Option<u64>, Error> {
+    let q: Value = cloud.call(Call::get(N, format!("quotas/{project}/details")).answer("quota")).await?;
+    let port = &q["port"];
+    let limit = port["limit"].as_i64().unwrap_or(-1);
+    if limit < 0 {
+        return Ok(None);
+    }
+    let used = port["used"].as_i64().unwrap_or(0) + port["reserved"].as_i64().unwrap_or(0);
+    Ok(Some((limit - used).max(0) as u64))
 }
 
 pub async fn update_port(cloud: &Cloud, id: &str, changes: Value) -> Result<Port, Error> {

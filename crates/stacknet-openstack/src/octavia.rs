@@ -25,6 +25,7 @@ use stacknet_engine::service;
 
 use crate::backend::{NeutronConfig, Problem, Topology};
 use crate::cloud::{Call, Cloud, Error, Service as Svc};
+use crate::neutron;
 
 const O: Svc = Svc::LoadBalancer;
 const CONCURRENCY: usize = 8;
@@ -40,6 +41,8 @@ pub struct LbSpec {
     pub vip: IpAddr,
     /// (protocol, port) → backends.
     pub listeners: BTreeMap<(Protocol, u16), BTreeSet<SocketAddr>>,
+    /// A LoadBalancer Service's IPv4 load balancer: a floating IP on its VIP.
+    pub floating: bool,
 }
 
 /// The load balancers the cluster's Services need, and what they ask for that the `ovn`
@@ -55,9 +58,14 @@ pub fn plan(index: &ClusterIndex) -> (Vec<LbSpec>, Vec<Problem>) {
                 service: lb.service.clone(),
                 vip: vip.ip(),
                 listeners: BTreeMap::new(),
+                floating: false,
             });
             spec.listeners.entry((lb.protocol, vip.port())).or_default().extend(backends);
         }
+    }
+    for spec in specs.values_mut() {
+        spec.floating =
+            spec.vip.is_ipv4() && index.services().any(|s| s.key == spec.service && s.service_type == "LoadBalancer");
     }
     let mut problems = Vec::new();
     for svc in index.services() {
@@ -134,10 +142,13 @@ pub struct LbReport {
     pub problems: Vec<Problem>,
     /// Each Service's load balancer id (as OVN names its Load_Balancer rows).
     pub load_balancers: BTreeMap<ObjectKey, String>,
+    /// LoadBalancer Services' floating IPs (the address for `status.loadBalancer.ingress`).
+    pub floating_ips: BTreeMap<ObjectKey, IpAddr>,
 }
 
-/// A load balancer made equal to its Service: its id and how many changes that took.
-type Ensured = Result<(String, usize), Error>;
+/// A load balancer made equal to its Service: its id, its VIP port and how many changes that
+/// took.
+type Ensured = Result<(String, Option<String>, usize), Error>;
 
 pub struct OctaviaBackend {
     cloud: Cloud,
@@ -172,6 +183,19 @@ impl OctaviaBackend {
         let by_marker: BTreeMap<&str, &LoadBalancer> =
             existing.iter().filter(|l| c.is_ours(&l.description)).map(|l| (l.description.as_str(), l)).collect();
         let wanted: BTreeSet<String> = specs.iter().map(|s| c.marker(&s.id)).collect();
+        // Floating IPs: ours, by marker; the ones no Service wants go before their load
+        // balancers do (a floating IP is never left behind on a port that is gone).
+        let fip_marker = |spec_id: &str| c.marker(&format!("fip:{spec_id}"));
+        let fips: Vec<neutron::FloatingIp> = neutron::floating_ips(&self.cloud, &c.tag()).await?;
+        let wanted_fips: BTreeSet<String> = specs.iter().filter(|s| s.floating).map(|s| fip_marker(&s.id)).collect();
+        for f in fips.iter().filter(|f| c.is_ours(&f.description) && !wanted_fips.contains(&f.description)) {
+            match neutron::delete(&self.cloud, "floatingips", &f.id).await {
+                Ok(()) => report.deleted += 1,
+                Err(e) => report
+                    .problems
+                    .push(crate::backend::problem_of(&format!("FloatingIP {}", f.floating_ip_address), &e)),
+            }
+        }
         // Load balancers of Services that are gone: cascade.
         for lb in existing.iter().filter(|l| c.is_ours(&l.description) && !wanted.contains(&l.description)) {
             match self.delete(&lb.id).await {
@@ -179,27 +203,81 @@ impl OctaviaBackend {
                 Err(e) => report.problems.push(crate::backend::problem_of(&format!("LoadBalancer {}", lb.name), &e)),
             }
         }
-        let results: Vec<(ObjectKey, Ensured)> = futures::stream::iter(specs)
+        let results: Vec<(LbSpec, Ensured)> = futures::stream::iter(specs)
             .map(|spec| {
                 let current = by_marker.get(c.marker(&spec.id).as_str()).map(|l| (*l).clone());
                 async move {
                     let r = self.ensure(&spec, current, &vip_subnet.id, topology).await;
-                    (spec.service, r)
+                    (spec, r)
                 }
             })
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
-        for (service, r) in results {
+        for (spec, r) in results {
             match r {
-                Ok((id, changes)) => {
+                Ok((id, vip_port, changes)) => {
                     report.updated += changes;
-                    report.load_balancers.insert(service, id);
+                    report.load_balancers.insert(spec.service.clone(), id);
+                    if spec.floating {
+                        let marker = fip_marker(&spec.id);
+                        let current = fips.iter().find(|f| f.description == marker);
+                        match self.floating_ip(&spec, current, vip_port.as_deref(), &marker, topology).await {
+                            Ok((ip, changed)) => {
+                                report.created += usize::from(changed);
+                                report.floating_ips.insert(spec.service.clone(), ip);
+                            }
+                            Err(p) => report.problems.push(p),
+                        }
+                    }
                 }
-                Err(e) => report.problems.push(crate::backend::problem_of(&format!("Service {service}"), &e)),
+                Err(e) => report.problems.push(crate::backend::problem_of(&format!("Service {}", spec.service), &e)),
             }
         }
         Ok(report)
+    }
+
+    /// The floating IP on a LoadBalancer Service's VIP; (its address, whether it was made or
+    /// moved).
+    async fn floating_ip(
+        &self,
+        spec: &LbSpec,
+        current: Option<&neutron::FloatingIp>,
+        vip_port: Option<&str>,
+        marker: &str,
+        topology: &Topology,
+    ) -> Result<(IpAddr, bool), Problem> {
+        let object = format!("Service {}", spec.service);
+        let Some(external) = topology.external_network.as_ref() else {
+            return Err(Problem {
+                object,
+                reason: "NoExternalNetwork",
+                message: "type LoadBalancer needs a floating IP and no external network is configured; the Service is reachable on its ClusterIP only".into(),
+            });
+        };
+        let Some(port) = vip_port else {
+            return Err(Problem {
+                object,
+                reason: "NeutronRejected",
+                message: "the load balancer has no VIP port".into(),
+            });
+        };
+        let fail = |e: Error| crate::backend::problem_of(&object, &e);
+        let (fip, changed) = match current {
+            Some(f) if f.port_id.as_deref() == Some(port) => (f.clone(), false),
+            Some(f) => (neutron::associate_floating_ip(&self.cloud, &f.id, port).await.map_err(fail)?, true),
+            None => {
+                let f = neutron::create_floating_ip(&self.cloud, &external.id, port, marker).await.map_err(fail)?;
+                neutron::set_tags(&self.cloud, "floatingips", &f.id, &[self.config.tag()]).await.map_err(fail)?;
+                (f, true)
+            }
+        };
+        let ip = fip.floating_ip_address.parse().map_err(|_| Problem {
+            object: format!("Service {}", spec.service),
+            reason: "NeutronRejected",
+            message: format!("floating IP {:?} is not an address", fip.floating_ip_address),
+        })?;
+        Ok((ip, changed))
     }
 
     async fn get(&self, id: &str) -> Result<LoadBalancer, Error> {
@@ -251,7 +329,7 @@ impl OctaviaBackend {
         current: Option<LoadBalancer>,
         vip_subnet: &str,
         topology: &Topology,
-    ) -> Result<(String, usize), Error> {
+    ) -> Ensured {
         let c = &self.config;
         let mut changes = 0;
         let lb = match current {
@@ -264,12 +342,12 @@ impl OctaviaBackend {
             }
             other => other,
         };
-        let id = match lb {
+        let (id, vip_port) = match lb {
             Some(lb) => {
                 if lb.provisioning_status != "ACTIVE" {
                     self.settle(&lb.id).await?;
                 }
-                lb.id
+                (lb.id, lb.vip_port_id)
             }
             None => {
                 let body = json!({
@@ -286,7 +364,7 @@ impl OctaviaBackend {
                     .await?;
                 changes += 1;
                 self.settle(&lb.id).await?;
-                lb.id
+                (lb.id, lb.vip_port_id)
             }
         };
         let listeners: Vec<Listener> = self
@@ -359,6 +437,6 @@ impl OctaviaBackend {
                 changes += 1;
             }
         }
-        Ok((id, changes))
+        Ok((id, vip_port, changes))
     }
 }

@@ -79,13 +79,15 @@ enum Dataplane {
 /// A failure and the exit status it maps to.
 /// Daemons log to stderr; `STACKNET_LOG` filters (default `info`).
 fn init_logging() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STACKNET_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("STACKNET_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Whatever STACKNET_LOG says: no request bodies or auth state from the OpenStack SDK.
+    for d in stacknet_openstack::QUIET_LOGS {
+        if let Ok(d) = d.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
 enum Failure {
