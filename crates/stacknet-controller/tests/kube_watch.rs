@@ -116,9 +116,14 @@ impl ApiServer {
         let _ = self.notices.send(Notice::Drop);
     }
 
-    /// Forgets history: watches from an older resourceVersion get 410 Gone.
-    fn compact(&self) {
+    /// Deletes an object without telling the open watches, and forgets history in the same
+    /// step: no watch can stream the deletion, every watch (open or resumed) from an older
+    /// resourceVersion gets 410 Gone, so only a relist can show the object gone.
+    fn delete_and_compact(&self, kind: &str, namespace: &str, name: &str) {
+        let resource = resource_of(kind).to_string();
         let mut st = self.store.lock().unwrap();
+        st.objects.remove(&(resource, format!("{namespace}/{name}"))).expect("exists");
+        st.rv += 1;
         st.compacted = st.rv;
     }
 
@@ -307,13 +312,22 @@ impl ApiServer {
         }
         let mut sent = from;
         loop {
-            let pending: Vec<(u64, Value)> = {
+            let pending: Option<Vec<(u64, Value)>> = {
                 let st = self.store.lock().unwrap();
-                st.log
-                    .iter()
-                    .filter(|(rv, r, _, _)| *rv > sent && r == resource)
-                    .map(|(rv, _, t, o)| (*rv, json!({"type": t, "object": o})))
-                    .collect()
+                (sent >= st.compacted).then(|| {
+                    st.log
+                        .iter()
+                        .filter(|(rv, r, _, _)| *rv > sent && r == resource)
+                        .map(|(rv, _, t, o)| (*rv, json!({"type": t, "object": o})))
+                        .collect()
+                })
+            };
+            let Some(pending) = pending else {
+                // Compacted under an open watch: it ends with 410 Gone.
+                let status = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410, "reason": "Expired", "message": format!("too old resource version: {sent}")}});
+                let _ = write.write_all(chunk(status).as_bytes()).await;
+                let _ = write.write_all(b"0\r\n\r\n").await;
+                return;
             };
             for (rv, ev) in pending {
                 if write.write_all(chunk(ev).as_bytes()).await.is_err() {
@@ -462,9 +476,8 @@ async fn the_network_follows_the_watch_through_bookmarks_drops_and_410() {
 
     // History compacted while the watch was down, and a pod deleted then: the watch gets
     // 410 Gone, the watcher relists, and the relist's absence of the pod deletes its port.
+    api.delete_and_compact("Pod", "shop", "a");
     api.drop_watches();
-    api.delete("Pod", "shop", "a");
-    api.compact();
     until("pod a gone after the relist", || pod_ports(&ovn) == ["k8s_shop_b", "k8s_shop_c", "k8s_shop_d"]).await;
     assert!(api.store.lock().unwrap().lists.len() > lists_before, "a relist happened");
 
