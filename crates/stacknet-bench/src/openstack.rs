@@ -81,19 +81,23 @@ fn naive_rules(plan: &SecurityPlan) -> usize {
         .sum()
 }
 
-/// Starts `pods` one at a time through `backend`; (Neutron calls per pod, ms per pod).
-async fn start_pods(backend: &NeutronBackend, engine: &mut PolicyEngine, pods: &[Pod]) -> anyhow::Result<(f64, f64)> {
-    let mut calls = 0;
+/// Starts `pods` one at a time through `backend`: each start's Neutron calls, and the total
+/// time in milliseconds.
+async fn start_pods(
+    backend: &NeutronBackend,
+    engine: &mut PolicyEngine,
+    pods: &[Pod],
+) -> anyhow::Result<(Vec<u64>, f64)> {
+    let mut calls = Vec::new();
     let started = Instant::now();
     for p in pods {
         engine.apply(ClusterObject::Pod(p.clone()));
         let report = backend.reconcile(engine).await?;
         anyhow::ensure!(report.problems.is_empty(), "starting {}: {:?}", p.key, report.problems);
         anyhow::ensure!(report.ports.contains_key(&p.key), "{} has no port", p.key);
-        calls += report.calls;
+        calls.push(report.calls);
     }
-    let n = pods.len().max(1) as f64;
-    Ok((calls as f64 / n, started.elapsed().as_secs_f64() * 1000.0 / n))
+    Ok((calls, started.elapsed().as_secs_f64() * 1000.0))
 }
 
 /// Security-group rules of ours as Neutron lists them.
@@ -116,12 +120,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
 
     let all = pods(&args, args.pods);
-    for pools in [false, true] {
-        let cluster = if pools { "bench-pools" } else { "bench-plain" };
-        let config = NeutronConfig {
-            pool_size: if pools { args.pool_size } else { 0 },
-            ..NeutronConfig::new(cluster, vec![pod_cidr()])
-        };
+    // No pools; pools kept full in the background while pods start (as the controller does);
+    // pools filled beforehand with a port for every pod (the cost of the start alone).
+    let prefilled = args.pods.div_ceil(args.nodes) + 1;
+    for (cluster, pool_size, background_refill) in
+        [("bench-plain", 0, false), ("bench-pools", args.pool_size, true), ("bench-prefilled", prefilled, false)]
+    {
+        let pools = pool_size > 0;
+        let config = NeutronConfig { pool_size, ..NeutronConfig::new(cluster, vec![pod_cidr()]) };
         let backend = std::sync::Arc::new(NeutronBackend::new(session.clone(), config));
         let mut engine = engine(&args);
         // The network, the policies' groups: there before any pod starts.
@@ -131,14 +137,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let background = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let mut refiller = None;
         if pools {
-            let r = backend.refill_pools(&engine).await?;
+            let r = backend.refill_pools(&NeutronBackend::nodes_of(&engine)).await?;
             anyhow::ensure!(r.problems.is_empty(), "{:?}", r.problems);
             refill = (r.calls, r.created);
-            // Topped up in the background while pods start, as the controller does.
+        }
+        if background_refill {
             let (b, e, counted) = (backend.clone(), engine.clone(), background.clone());
             refiller = Some(tokio::spawn(async move {
                 loop {
-                    match b.refill_pools(&e).await {
+                    match b.refill_pools(&NeutronBackend::nodes_of(&e)).await {
                         Ok(r) => {
                             counted.fetch_add(r.calls, std::sync::atomic::Ordering::Relaxed);
                         }
@@ -148,38 +155,52 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 }
             }));
         }
-        let (calls_per_pod, ms_per_pod) = start_pods(&backend, &mut engine, &all[..10.min(all.len())]).await?;
-        let at_10 = neutron_rules(&session, cluster).await?;
-        let (calls_rest, ms_rest) = start_pods(&backend, &mut engine, &all[10.min(all.len())..]).await?;
+        let (mut calls, ms) = start_pods(&backend, &mut engine, &all).await?;
         if let Some(r) = refiller {
             r.abort();
         }
-        let n = all.len() as f64;
-        let head = 10.min(all.len()) as f64;
-        let calls = (calls_per_pod * head + calls_rest * (n - head)) / n;
-        let ms = (ms_per_pod * head + ms_rest * (n - head)) / n;
-        let at_all = neutron_rules(&session, cluster).await?;
+        let in_neutron = neutron_rules(&session, cluster).await?;
+        let n = all.len().max(1) as f64;
+        let mean = calls.iter().sum::<u64>() as f64 / n;
+        // A pod whose labels or named ports are new to the cluster also makes groups for them.
+        let port_only = if pools { 1 } else { 2 };
+        let with_groups = calls.iter().filter(|c| **c > port_only).count();
+        calls.sort_unstable();
+        let median = calls.get(calls.len() / 2).copied().unwrap_or_default();
+        let null = serde_json::Value::Null;
         println!(
             "{}",
             line(&[
                 ("bench", json!("openstack")),
                 ("pods", json!(all.len())),
                 ("pools", json!(pools)),
-                ("neutron_calls_per_pod", json!(round(calls))),
-                ("ms_per_pod", json!(round(ms))),
-                ("pool_size_per_node", if pools { json!(args.pool_size) } else { serde_json::Value::Null }),
-                ("pool_fill_calls", if pools { json!(refill.0) } else { serde_json::Value::Null }),
-                ("pool_fill_ports", if pools { json!(refill.1) } else { serde_json::Value::Null }),
+                ("neutron_calls_per_pod", json!(round(mean))),
+                ("ms_per_pod", json!(round(ms / n))),
+                ("neutron_calls_per_pod_median", json!(median)),
+                ("neutron_calls_per_pod_max", json!(calls.last().copied().unwrap_or_default())),
+                ("pod_starts_making_new_groups", json!(with_groups)),
+                ("sg_rules_in_neutron", json!(in_neutron)),
+                ("pool_size_per_node", if pools { json!(pool_size) } else { null.clone() }),
+                (
+                    "refill",
+                    json!(if background_refill {
+                        "background"
+                    } else if pools {
+                        "before"
+                    } else {
+                        "none"
+                    })
+                ),
+                ("pool_fill_calls", if pools { json!(refill.0) } else { null.clone() }),
+                ("pool_fill_ports", if pools { json!(refill.1) } else { null.clone() }),
                 (
                     "background_refill_calls_per_pod",
-                    if pools {
+                    if background_refill {
                         json!(round(background.load(std::sync::atomic::Ordering::Relaxed) as f64 / n))
                     } else {
-                        serde_json::Value::Null
+                        null
                     },
                 ),
-                ("sg_rules_in_neutron_at_10_pods", json!(at_10)),
-                (&format!("sg_rules_in_neutron_at_{}_pods", all.len()), json!(at_all)),
             ])
         );
         // Leave the cloud clean for the next run: every pod goes, the pools stay (ours).
@@ -190,16 +211,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         services(&args, &cloud, &session).await?;
     }
 
-    // Rules at 10 and at `sg_pods` pods, same policies: from the plan the backend writes.
+    // Rules at 10, 200 and `sg_pods` pods, same policies, from the plan the backend writes.
+    // Named ports make a rule per number they resolve to: the first 10 generated pods are all
+    // web pods (fewer numbers); 10 pods spread over every tier and image generation resolve
+    // every number the 500 do.
     let families = [Family::V4];
-    let plan_at = |count: usize| {
+    let plan_of = |pods: Vec<Pod>| {
         let mut e = engine(&args);
-        for p in pods(&args, count) {
+        for p in pods {
             e.apply(ClusterObject::Pod(p));
         }
         secgroups::plan(&e, &families)
     };
-    let (small, big) = (plan_at(10), plan_at(args.sg_pods));
+    let big_pods = pods(&args, args.sg_pods);
+    let spread: Vec<Pod> = (0..10).filter_map(|k| big_pods.get(spread_index(k, args.namespaces)).cloned()).collect();
+    let (first10, spread10, mid, big) =
+        (plan_of(pods(&args, 10)), plan_of(spread), plan_of(pods(&args, 200)), plan_of(big_pods));
     println!(
         "{}",
         line(&[
@@ -207,9 +234,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             ("pods", json!(args.sg_pods)),
             ("policies", json!(args.policies)),
             ("sg_rules", json!(big.rule_count())),
-            ("sg_rules_at_10_pods", json!(small.rule_count())),
+            ("sg_rules_at_10_pods", json!(spread10.rule_count())),
+            ("sg_rules_at_first_10_pods", json!(first10.rule_count())),
+            ("sg_rules_at_200_pods", json!(mid.rule_count())),
             ("naive_sg_rules", json!(naive_rules(&big))),
-            ("naive_sg_rules_at_10_pods", json!(naive_rules(&small))),
+            ("naive_sg_rules_at_10_pods", json!(naive_rules(&spread10))),
+            ("naive_sg_rules_at_200_pods", json!(naive_rules(&mid))),
             ("security_groups", json!(big.groups.len())),
         ])
     );
@@ -275,6 +305,15 @@ async fn services(args: &Args, cloud: &OpenStack, session: &Cloud) -> anyhow::Re
     // Gone again.
     octavia.reconcile(self::engine(args).index(), &topology).await?;
     Ok(())
+}
+
+/// The k-th pod of a sample of 10 that takes both image generations (even and odd apps) of
+/// every tier: the generator puts pod i in app (i / namespaces) % 4 and tier
+/// (i / (namespaces * 4)) % 5.
+fn spread_index(k: usize, namespaces: usize) -> usize {
+    let tier = k / 2;
+    let app = k % 2;
+    tier * namespaces * 4 + app * namespaces
 }
 
 fn round(x: f64) -> f64 {

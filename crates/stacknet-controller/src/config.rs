@@ -54,6 +54,26 @@ pub struct ControllerArgs {
     /// This replica's name in the Lease (default: the host name and process id).
     #[arg(long, env = "STACKNET_IDENTITY")]
     pub identity: Option<String>,
+    /// Where the network is made: `ovn` (the Northbound database, default) or `openstack`
+    /// (Neutron and Octavia; the cloud from `--os-cloud`, else `OS_CLOUD` or the `OS_*`
+    /// variables).
+    #[arg(long, env = "STACKNET_BACKEND", value_name = "ovn|openstack")]
+    pub backend: Option<String>,
+    /// OpenStack: the cloud's name in clouds.yaml.
+    #[arg(long, env = "STACKNET_OS_CLOUD", value_name = "NAME")]
+    pub os_cloud: Option<String>,
+    /// OpenStack: a clouds.yaml besides the usual search path.
+    #[arg(long, env = "STACKNET_CLOUDS_YAML", value_name = "FILE")]
+    pub clouds_yaml: Option<PathBuf>,
+    /// OpenStack: the Service CIDR (the VIP subnet of Octavia's load balancers).
+    #[arg(long, env = "STACKNET_SERVICE_CIDR", value_name = "CIDR")]
+    pub service_cidr: Option<String>,
+    /// OpenStack: the external network LoadBalancer Services take floating IPs from.
+    #[arg(long, env = "STACKNET_EXTERNAL_NETWORK", value_name = "NAME|ID")]
+    pub external_network: Option<String>,
+    /// OpenStack: free ports kept per node (0: no pools; default 0).
+    #[arg(long, env = "STACKNET_POOL_SIZE", value_name = "N")]
+    pub pool_size: Option<usize>,
 }
 
 /// The same settings, as a TOML file holds them.
@@ -71,6 +91,23 @@ struct FileConfig {
     coalesce_ms: Option<u64>,
     leader_election: Option<bool>,
     lease_namespace: Option<String>,
+    backend: Option<String>,
+    os_cloud: Option<String>,
+    clouds_yaml: Option<PathBuf>,
+    service_cidr: Option<String>,
+    external_network: Option<String>,
+    pool_size: Option<usize>,
+}
+
+/// The OpenStack backend's settings (`--backend openstack`).
+#[derive(Debug, Clone)]
+pub struct OpenStackOptions {
+    /// `None`: `OS_CLOUD`, else the `OS_*` variables.
+    pub os_cloud: Option<String>,
+    pub clouds_yaml: Option<PathBuf>,
+    pub service_cidr: Option<Cidr>,
+    pub external_network: Option<String>,
+    pub pool_size: usize,
 }
 
 /// Checked configuration.
@@ -90,6 +127,8 @@ pub struct ControllerConfig {
     pub leader_election: bool,
     pub lease_namespace: String,
     pub identity: String,
+    /// `Some`: the network is made in OpenStack, not in `nb`.
+    pub openstack: Option<OpenStackOptions>,
 }
 
 fn default_identity() -> String {
@@ -113,6 +152,7 @@ impl ControllerConfig {
             leader_election: false,
             lease_namespace: "stacknet-system".into(),
             identity: default_identity(),
+            openstack: None,
         }
     }
 
@@ -129,9 +169,26 @@ impl ControllerConfig {
         if cluster.is_empty() || !cluster.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
             return Err(format!("cluster: {cluster:?} must be letters, digits, '-' or '_'"));
         }
+        let backend = args.backend.clone().or(file.backend).unwrap_or_else(|| "ovn".into());
+        let openstack = match backend.as_str() {
+            "ovn" => None,
+            "openstack" => Some(OpenStackOptions {
+                os_cloud: args.os_cloud.clone().or(file.os_cloud),
+                clouds_yaml: args.clouds_yaml.clone().or(file.clouds_yaml),
+                service_cidr: args
+                    .service_cidr
+                    .clone()
+                    .or(file.service_cidr)
+                    .map(|t| t.parse::<Cidr>().map_err(|e| format!("service-cidr: {t:?}: {e}")))
+                    .transpose()?,
+                external_network: args.external_network.clone().or(file.external_network),
+                pool_size: args.pool_size.or(file.pool_size).unwrap_or(0),
+            }),
+            other => return Err(format!("backend: {other:?} is neither \"ovn\" nor \"openstack\"")),
+        };
         let nb_flag = !args.nb.is_empty();
         let nb_texts = if nb_flag { args.nb.clone() } else { file.nb.unwrap_or_default() };
-        if nb_texts.is_empty() {
+        if nb_texts.is_empty() && openstack.is_none() {
             return Err("nb: the OVN Northbound database is required (--nb unix:PATH or tcp:HOST:PORT)".into());
         }
         let nb = nb_texts
@@ -174,6 +231,7 @@ impl ControllerConfig {
                 .or(file.lease_namespace)
                 .unwrap_or_else(|| "stacknet-system".into()),
             identity: args.identity.clone().unwrap_or_else(default_identity),
+            openstack,
         })
     }
 }
@@ -204,6 +262,22 @@ mod tests {
     }
 
     #[test]
+    fn the_openstack_backend_needs_no_northbound_database() {
+        let a = ControllerArgs {
+            backend: Some("openstack".into()),
+            os_cloud: Some("mine".into()),
+            service_cidr: Some("10.96.0.0/12".into()),
+            pool_size: Some(8),
+            ..ControllerArgs::default()
+        };
+        let c = ControllerConfig::from_args(&a).unwrap();
+        let o = c.openstack.expect("openstack settings");
+        assert_eq!((o.os_cloud.as_deref(), o.pool_size), (Some("mine"), 8));
+        assert_eq!(o.service_cidr.unwrap().to_string(), "10.96.0.0/12");
+        assert!(c.nb.is_empty());
+    }
+
+    #[test]
     fn bad_settings_are_named() {
         let err = |f: &dyn Fn(&mut ControllerArgs)| {
             let mut a = args();
@@ -216,6 +290,14 @@ mod tests {
         assert!(err(&|a| a.node_subnet_v4 = Some(8)).contains("node subnet size"));
         assert!(err(&|a| a.metrics_addr = Some("nowhere".into())).starts_with("metrics-addr"));
         assert!(err(&|a| a.cluster = Some("a b".into())).starts_with("cluster:"));
+        assert!(err(&|a| a.backend = Some("nsx".into())).starts_with("backend:"));
+        assert!(
+            err(&|a| {
+                a.backend = Some("openstack".into());
+                a.service_cidr = Some("10.96.0.0/40".into());
+            })
+            .starts_with("service-cidr:")
+        );
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
         std::fs::write(&file, "clusterr = \"typo\"\n").unwrap();

@@ -4,6 +4,7 @@
 //! - [`kube_source`]: the cluster from the Kubernetes API (watchers with bookmarks, relists);
 //! - [`controller`]: changes into the cluster index, coalesced reconciles (IPAM, engine,
 //!   desired rows, one minimal transaction), read-back of a previous run's allocation;
+//! - [`openstack`]: the same loop with the OpenStack backend (Neutron, Octavia, port pools);
 //! - [`leader`]: leader election with a coordination.k8s.io Lease (one replica writes);
 //! - [`config`]: flags, environment and a TOML file;
 //! - [`events`], [`metrics`], [`http`]: what users see: events on the objects concerned,
@@ -18,6 +19,7 @@ pub mod kube_source;
 pub mod leader;
 pub mod manifests;
 pub mod metrics;
+pub mod openstack;
 
-pub use config::{ControllerArgs, ControllerConfig};
+pub use config::{ControllerArgs, ControllerConfig, OpenStackOptions};
 pub use controller::{Change, Controller, Observed};

@@ -779,11 +779,16 @@ impl NeutronBackend {
         Ok(())
     }
 
+    /// The nodes whose pools [`Self::refill_pools`] keeps: the cluster's.
+    pub fn nodes_of(engine: &PolicyEngine) -> Vec<String> {
+        engine.index().nodes().map(|n| n.name.clone()).collect()
+    }
+
     /// Tops up every node's pool to `pool_size` free ports, in bulk, within the project's
     /// port quota (a pool never takes the last ports a pod start would need: it stops at the
     /// quota, and a pod takes a free port before making one). Meant to run in the background:
     /// it holds the backend's state only to read and to add what it made.
-    pub async fn refill_pools(&self, engine: &PolicyEngine) -> Result<PoolReport, Error> {
+    pub async fn refill_pools(&self, nodes: &[String]) -> Result<PoolReport, Error> {
         let c = &self.config;
         let cloud = &self.refill_cloud;
         let start_calls = cloud.calls();
@@ -800,11 +805,11 @@ impl NeutronBackend {
             let state = guard.as_ref().expect("state was just read");
             let network = state.topology.network.id.clone();
             let mut wanted: Vec<(String, usize)> = Vec::new();
-            for node in engine.index().nodes() {
-                let key = (Some(node.name.clone()), network.clone());
+            for node in nodes {
+                let key = (Some(node.clone()), network.clone());
                 let free = state.pool.get(&key).map_or(0, Vec::len);
                 if free < c.pool_size {
-                    wanted.push((node.name.clone(), c.pool_size - free));
+                    wanted.push((node.clone(), c.pool_size - free));
                 }
             }
             (network, wanted)

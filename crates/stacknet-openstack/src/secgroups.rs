@@ -531,4 +531,36 @@ items:
         assert_eq!(rules(&small), rules(&big));
         assert_eq!(big.ports.len(), small.ports.len() + 50);
     }
+
+    /// The issue's check: the same policies over 10 and over 500 pods (a named port among
+    /// them) take the same groups and rules; only memberships grow.
+    #[test]
+    fn rules_at_10_and_at_500_pods_are_the_same() {
+        let policies = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: db, namespace: x}\n\
+                        spec: {podSelector: {matchLabels: {app: srv}}, ingress: [{from: [{podSelector: {matchLabels: {app: client}}}], ports: [{port: http}]}]}\n\
+                        ---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: out, namespace: x}\n\
+                        spec: {podSelector: {matchLabels: {app: client}}, policyTypes: [Egress], egress: [{to: [{podSelector: {matchLabels: {app: srv}}}]}]}\n";
+        let with_pods = |n: usize| {
+            let mut e = engine(policies);
+            for i in 0..n {
+                let (app, port) =
+                    if i % 2 == 0 { ("client", "") } else { ("srv", ", ports: [{containerPort: 80, name: http}]") };
+                let pod = format!(
+                    "apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: x, labels: {{app: {app}}}}}\n\
+                     spec: {{containers: [{{name: c{port}}}]}}\nstatus: {{podIP: 10.2.{}.{}}}\n",
+                    i / 250,
+                    i % 250 + 1
+                );
+                for o in manifest::parse("pod.yaml", &pod).unwrap().objects {
+                    e.apply(o);
+                }
+            }
+            plan(&e, &[Family::V4])
+        };
+        let (small, big) = (with_pods(10), with_pods(500));
+        let rules = |p: &SecurityPlan| p.groups.iter().map(|(k, g)| (k.clone(), g.rules.clone())).collect::<Vec<_>>();
+        assert_eq!(small.rule_count(), big.rule_count());
+        assert_eq!(rules(&small), rules(&big));
+        assert_eq!(big.ports.len(), small.ports.len() + 490);
+    }
 }

@@ -270,13 +270,17 @@ async fn pools(cloud: &OpenStack, session: &Cloud) {
     let mut engine = engine_of(&World::full(), nodes);
     let pooled = NeutronBackend::new(session.clone(), config.clone());
     pooled.reconcile(&engine).await.unwrap();
-    let filled = pooled.refill_pools(&engine).await.unwrap();
+    let filled = pooled.refill_pools(&NeutronBackend::nodes_of(&engine)).await.unwrap();
     assert!(filled.problems.is_empty(), "{:?}", filled.problems);
     assert_eq!(filled.created, 6, "{filled:?}");
     assert_eq!(filled.free.get("n1"), Some(&3));
     // Two calls for six ports: one bulk create per node; the tags follow in the background.
     assert_eq!(filled.calls, 1 + 2 + 6, "quota, a bulk create per node, a tag per port: {filled:?}");
-    assert_eq!(pooled.refill_pools(&engine).await.unwrap().created, 0, "full pools stay as they are");
+    assert_eq!(
+        pooled.refill_pools(&NeutronBackend::nodes_of(&engine)).await.unwrap().created,
+        0,
+        "full pools stay as they are"
+    );
 
     // A pod starts on n1: one call.
     let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: new, namespace: x, labels: {pod: a}}\n\
@@ -304,14 +308,14 @@ async fn pools(cloud: &OpenStack, session: &Cloud) {
             Probe { from: from.parse().unwrap(), to: ObjectKey::new("x", "a"), port: 80, protocol: Protocol::Tcp };
         assert_eq!(trace(cloud, &ports, &to_twin).unwrap(), trace(cloud, &ports, &to_a).unwrap(), "{from} -> x/new");
     }
-    let refill = pooled.refill_pools(&engine).await.unwrap();
+    let refill = pooled.refill_pools(&NeutronBackend::nodes_of(&engine)).await.unwrap();
     assert_eq!((refill.created, refill.free.get("n1")), (1, Some(&3)), "{refill:?}");
 
     // A restart: the free ports are neither pods' ports to delete nor made again.
     let restarted = NeutronBackend::new(session.clone(), config.clone());
     let again = restarted.reconcile(&engine).await.unwrap();
     assert_eq!((again.created, again.updated, again.deleted), (0, 0, 0), "{again:?}");
-    assert_eq!(restarted.refill_pools(&engine).await.unwrap().created, 0);
+    assert_eq!(restarted.refill_pools(&NeutronBackend::nodes_of(&engine)).await.unwrap().created, 0);
 
     // The quota bounds the pools: a third node's pool gets what the quota leaves, and says so.
     let project = session.project_id().unwrap();
@@ -320,7 +324,7 @@ async fn pools(cloud: &OpenStack, session: &Cloud) {
     neutron(cloud, "PUT", &format!("quotas/{project}"), Some(json!({"quota": {"port": used + 2}})));
     let nodes3 = format!("{nodes}---\napiVersion: v1\nkind: Node\nmetadata: {{name: n3}}\n");
     let engine3 = engine_of(&World::full(), &nodes3);
-    let r = restarted.refill_pools(&engine3).await.unwrap();
+    let r = restarted.refill_pools(&NeutronBackend::nodes_of(&engine3)).await.unwrap();
     neutron(cloud, "PUT", &format!("quotas/{project}"), Some(json!({"quota": {"port": -1}})));
     assert_eq!(r.created, 2, "{r:?}");
     assert_eq!(r.problems.len(), 1, "{:?}", r.problems);

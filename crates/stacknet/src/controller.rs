@@ -22,6 +22,9 @@ pub fn run(args: ControllerArgs) -> Result<(), crate::Failure> {
         .enable_all()
         .build()
         .map_err(|e| crate::Failure::Other(e.into()))?;
+    if let Some(settings) = stacknet_controller::openstack::OpenStackSettings::from_config(&config) {
+        return runtime.block_on(openstack(config, settings)).map_err(crate::Failure::Other);
+    }
     runtime
         .block_on(async move {
             let (tx, rx) = tokio::sync::mpsc::channel(1024);
@@ -98,4 +101,64 @@ pub fn run(args: ControllerArgs) -> Result<(), crate::Failure> {
             anyhow::Ok(())
         })
         .map_err(crate::Failure::Other)
+}
+
+/// `--backend openstack`: the same sources, the network made in Neutron and Octavia.
+async fn openstack(
+    config: ControllerConfig,
+    settings: stacknet_controller::openstack::OpenStackSettings,
+) -> anyhow::Result<()> {
+    use stacknet_controller::openstack::OpenStackController;
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    let kube_sources = stacknet_controller::kube_source::sources();
+    let sources: Vec<String> = match &config.manifests {
+        Some(_) => vec![SOURCE.to_string()],
+        None => kube_sources.iter().map(|s| s.to_string()).collect(),
+    };
+    let controller = OpenStackController::connect(settings, &sources).await.map_err(|e| anyhow::anyhow!(e))?;
+    let from = match &config.manifests {
+        Some(dir) => {
+            let source = ManifestSource::new(dir, config.poll, controller.observed().events.clone())
+                .map_err(|e| anyhow::anyhow!(e))?;
+            tokio::spawn(source.run(tx));
+            dir.display().to_string()
+        }
+        None => {
+            stacknet_controller::kube_source::install_tls_provider();
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the Kubernetes API (in-cluster, or KUBECONFIG); or pass --manifests DIR")?;
+            tokio::spawn(stacknet_controller::kube_source::run(
+                client.clone(),
+                tx,
+                controller.observed().events.clone(),
+            ));
+            let (sink, events) = tokio::sync::mpsc::unbounded_channel();
+            controller.observed().events.set_sink(sink);
+            tokio::spawn(stacknet_controller::kube_source::publish_events(
+                client,
+                events,
+                config.identity.clone(),
+                None,
+            ));
+            "the Kubernetes API".to_string()
+        }
+    };
+    let o = controller.observed();
+    let addr = stacknet_controller::http::serve_thread(config.metrics_addr, o.health, o.metrics, o.events)
+        .with_context(|| format!("serving metrics on {}", config.metrics_addr))?;
+    eprintln!(
+        "stacknet controller: cluster {} from {from}, network in OpenStack (Neutron{}); http://{addr}/metrics /healthz /readyz /events",
+        config.cluster,
+        if controller.has_load_balancer() { ", Octavia" } else { "" },
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    controller.run(rx, shutdown).await;
+    Ok(())
 }

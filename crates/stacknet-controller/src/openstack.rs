@@ -1,0 +1,239 @@
+//! The controller with the OpenStack backend (`--backend openstack`): the same sources and
+//! cluster index; each coalesced burst of changes becomes one Neutron reconcile (security
+//! groups, pods' ports) and one Octavia reconcile (Services), every problem an Event on the
+//! object concerned. Port pools are topped up by a task of their own, so pod starts never wait
+//! for a refill. Level-based: a reconcile recomputes everything from the index, and one runs at
+//! least every `resync` even without changes, so drift in Neutron is repaired.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use stacknet_engine::PolicyEngine;
+use stacknet_openstack::octavia::OctaviaBackend;
+use stacknet_openstack::{Cloud, CloudSource, NeutronBackend, NeutronConfig, Problem};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::controller::{Change, Observed};
+use crate::events::Events;
+use crate::http::Health;
+use crate::metrics::Metrics;
+
+/// What the OpenStack backend needs beyond the controller's common settings.
+#[derive(Debug, Clone)]
+pub struct OpenStackSettings {
+    pub cloud: CloudSource,
+    pub neutron: NeutronConfig,
+    /// Quiet time that ends a burst of changes.
+    pub coalesce: Duration,
+    /// A reconcile at least this often.
+    pub resync: Duration,
+}
+
+impl OpenStackSettings {
+    /// From the controller's checked configuration (`None` with the OVN backend).
+    pub fn from_config(c: &crate::ControllerConfig) -> Option<OpenStackSettings> {
+        let o = c.openstack.as_ref()?;
+        let cloud = match (&o.os_cloud, CloudSource::from_env()) {
+            (Some(name), _) => CloudSource::Named { cloud: name.clone(), file: o.clouds_yaml.clone() },
+            (None, CloudSource::Named { cloud, .. }) => CloudSource::Named { cloud, file: o.clouds_yaml.clone() },
+            (None, env) => env,
+        };
+        let neutron = NeutronConfig {
+            service_cidr: o.service_cidr,
+            external_network: o.external_network.clone(),
+            pool_size: o.pool_size,
+            ..NeutronConfig::new(c.cluster.clone(), c.ipam.cluster.clone())
+        };
+        Some(OpenStackSettings { cloud, neutron, coalesce: c.coalesce, resync: Duration::from_secs(60) })
+    }
+}
+
+pub struct OpenStackController {
+    neutron: Arc<NeutronBackend>,
+    octavia: Option<OctaviaBackend>,
+    engine: PolicyEngine,
+    observed: Observed,
+    sources: BTreeSet<String>,
+    synced: BTreeSet<String>,
+    settings: OpenStackSettings,
+}
+
+fn report(events: &Events, problems: &[Problem]) {
+    for p in problems {
+        events.warn(&p.object, p.reason, &p.message);
+    }
+}
+
+impl OpenStackController {
+    /// Authenticates (an error names what is wrong with the cloud's configuration or
+    /// credentials, never the credentials themselves).
+    pub async fn connect(settings: OpenStackSettings, sources: &[impl AsRef<str>]) -> Result<Self, String> {
+        let cloud = Cloud::connect(&settings.cloud).await.map_err(|e| format!("OpenStack: {e}"))?;
+        let octavia = cloud.has_load_balancer.then(|| OctaviaBackend::new(cloud.clone(), settings.neutron.clone()));
+        Ok(OpenStackController {
+            neutron: Arc::new(NeutronBackend::new(cloud, settings.neutron.clone())),
+            octavia,
+            engine: PolicyEngine::new(),
+            observed: Observed {
+                events: Arc::new(Events::new()),
+                metrics: Arc::new(Metrics::default()),
+                health: Arc::new(Health::default()),
+            },
+            sources: sources.iter().map(|s| s.as_ref().to_string()).collect(),
+            synced: BTreeSet::new(),
+            settings,
+        })
+    }
+
+    pub fn observed(&self) -> Observed {
+        self.observed.clone()
+    }
+
+    /// Whether Services are made (the catalog has Octavia).
+    pub fn has_load_balancer(&self) -> bool {
+        self.octavia.is_some()
+    }
+
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::Apply(object) => {
+                self.engine.apply(object);
+            }
+            Change::Delete(kind, key) => {
+                self.engine.delete(kind, &key);
+            }
+            Change::Synced(source) => {
+                self.synced.insert(source);
+            }
+        }
+    }
+
+    async fn reconcile(&mut self) -> Result<(), String> {
+        let started = std::time::Instant::now();
+        let metrics = &self.observed.metrics;
+        let events = &self.observed.events;
+        let index = self.engine.index();
+        metrics.pods.store(index.pod_count() as i64, Ordering::Relaxed);
+        metrics.policies.store(index.policies().count() as i64, Ordering::Relaxed);
+        let cluster = format!("Cluster {}", self.settings.neutron.cluster);
+        let fail = |e: stacknet_openstack::Error, what: &str| {
+            let reason = if e.is_transient() { "OpenStackUnreachable" } else { "OpenStackRejected" };
+            let message = format!("{what}: {e}; retrying");
+            events.warn(&cluster, reason, &message);
+            metrics.reconciles_failed.fetch_add(1, Ordering::Relaxed);
+            message
+        };
+        let net = self.neutron.reconcile(&self.engine).await.map_err(|e| fail(e, "Neutron"))?;
+        report(events, &net.problems);
+        metrics.operations.fetch_add(net.calls, Ordering::Relaxed);
+        if let (Some(octavia), Some(topology)) = (&self.octavia, &net.topology) {
+            let lbs = octavia.reconcile(self.engine.index(), topology).await.map_err(|e| fail(e, "Octavia"))?;
+            report(events, &lbs.problems);
+        }
+        metrics.reconciles_ok.fetch_add(1, Ordering::Relaxed);
+        metrics.reconcile.observe(started.elapsed());
+        tracing::debug!(
+            calls = net.calls,
+            created = net.created,
+            updated = net.updated,
+            deleted = net.deleted,
+            problems = net.problems.len(),
+            "reconciled with Neutron"
+        );
+        Ok(())
+    }
+
+    /// Runs until `shutdown` completes (a reconcile under way is finished first) or every
+    /// source has gone.
+    pub async fn run(mut self, changes: mpsc::Receiver<Change>, shutdown: impl Future<Output = ()>) {
+        let health = self.observed.health.clone();
+        health.alive.store(true, Ordering::SeqCst);
+        health.set_ready(false, "waiting for the cluster's initial state");
+        // The pools' own task, fed the cluster's nodes after each reconcile.
+        let (nodes_tx, nodes_rx) = watch::channel(Vec::<String>::new());
+        let refiller = (self.settings.neutron.pool_size > 0)
+            .then(|| tokio::spawn(refill(self.neutron.clone(), nodes_rx, self.observed.events.clone())));
+        let mut changes = Some(changes);
+        let mut dirty: Option<(Instant, Instant)> = Some((Instant::now(), Instant::now()));
+        let mut retry_at: Option<Instant> = None;
+        let mut backoff = Duration::from_millis(500);
+        let coalesce = self.settings.coalesce;
+        let mut last_reconcile = Instant::now();
+        tokio::pin!(shutdown);
+        loop {
+            let can = self.sources.is_subset(&self.synced);
+            let deadline = match dirty {
+                Some((first, last)) if can => {
+                    let at = (last + coalesce).min(first + coalesce * 10);
+                    retry_at.map_or(at, |r| at.max(r))
+                }
+                _ => last_reconcile + self.settings.resync,
+            };
+            tokio::select! {
+                _ = &mut shutdown => break,
+                change = async { changes.as_mut().expect("guarded").recv().await }, if changes.is_some() => {
+                    match change {
+                        Some(c) => {
+                            let now = Instant::now();
+                            dirty = Some(dirty.map_or((now, now), |(first, _)| (first, now)));
+                            self.apply(c);
+                        }
+                        None => {
+                            changes = None;
+                            if !self.sources.is_subset(&self.synced) {
+                                tracing::error!("the cluster sources ended before delivering the cluster");
+                                break;
+                            }
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline), if can => {
+                    last_reconcile = Instant::now();
+                    match self.reconcile().await {
+                        Ok(()) => {
+                            dirty = None;
+                            retry_at = None;
+                            backoff = Duration::from_millis(500);
+                            health.set_ready(true, "");
+                            let _ = nodes_tx.send(NeutronBackend::nodes_of(&self.engine));
+                        }
+                        Err(message) => {
+                            health.set_ready(false, &message);
+                            let now = Instant::now();
+                            dirty = Some(dirty.unwrap_or((now, now)));
+                            retry_at = Some(now + backoff);
+                            backoff = (backoff * 2).min(Duration::from_secs(30));
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(r) = refiller {
+            r.abort();
+        }
+        health.alive.store(false, Ordering::SeqCst);
+        health.set_ready(false, "shutting down");
+    }
+}
+
+/// Keeps every node's pool full: after each change of the node list and every few seconds
+/// (pods take ports between reconciles' reports).
+async fn refill(neutron: Arc<NeutronBackend>, mut nodes: watch::Receiver<Vec<String>>, events: Arc<Events>) {
+    loop {
+        let list = nodes.borrow_and_update().clone();
+        if !list.is_empty() {
+            match neutron.refill_pools(&list).await {
+                Ok(r) => report(&events, &r.problems),
+                Err(e) => tracing::warn!(error = %e, "refilling the port pools"),
+            }
+        }
+        tokio::select! {
+            r = nodes.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! `stacknet controller --backend openstack`'s loop against a real Keystone, Neutron and
+//! Octavia on loopback: the cluster's changes become ports and security groups, pools are kept
+//! full, what Octavia's provider cannot do is an Event, a pod that goes takes its port, and a
+//! wrong password is an error that does not repeat it.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use stacknet_controller::Change;
+use stacknet_controller::openstack::{OpenStackController, OpenStackSettings};
+use stacknet_engine::index::Kind;
+use stacknet_engine::manifest;
+use stacknet_engine::objects::ObjectKey;
+use stacknet_openstack::{CloudSource, NeutronConfig};
+use stacknet_sandbox::openstack::http;
+use stacknet_sandbox::{OpenStack, OpenStackOptions};
+
+const CLUSTER: &str = "
+apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: Namespace, metadata: {name: shop, labels: {team: shop}}}
+- {apiVersion: v1, kind: Node, metadata: {name: n1}}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: db, namespace: shop, labels: {app: db}}
+  spec: {nodeName: n1, containers: [{name: c, ports: [{containerPort: 5432, name: pg}]}]}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: app, namespace: shop, labels: {app: app}}
+  spec: {nodeName: n1, containers: [{name: c}]}
+- apiVersion: networking.k8s.io/v1
+  kind: NetworkPolicy
+  metadata: {name: db, namespace: shop}
+  spec:
+    podSelector: {matchLabels: {app: db}}
+    ingress: [{from: [{podSelector: {matchLabels: {app: app}}}], ports: [{port: pg}]}]
+- apiVersion: v1
+  kind: Service
+  metadata: {name: db, namespace: shop}
+  spec: {clusterIP: 10.96.0.30, sessionAffinity: ClientIP, ports: [{port: 5432}]}
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: db-1, namespace: shop, labels: {kubernetes.io/service-name: db}}
+  addressType: IPv4
+  endpoints: [{addresses: [10.1.0.7], conditions: {ready: true}}]
+  ports: [{port: 5432, protocol: TCP}]
+";
+
+fn require() -> bool {
+    if OpenStack::installed() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("STACKNET_REQUIRE_OPENSTACK").is_none(),
+        "STACKNET_REQUIRE_OPENSTACK is set but the OpenStack packages are not installed"
+    );
+    eprintln!("skipped: the OpenStack packages are not installed (see .ci/run)");
+    false
+}
+
+fn ports(cloud: &OpenStack) -> Vec<Value> {
+    let token = cloud.admin_token().unwrap();
+    let a =
+        http("GET", &format!("{}/v2.0/ports?device_owner=compute:stacknet-ctl", cloud.neutron_url), Some(&token), None)
+            .unwrap();
+    let v: Value = serde_json::from_str(&a.body).unwrap();
+    v["ports"].as_array().cloned().unwrap_or_default()
+}
+
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not within 90 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[test]
+fn the_openstack_controller_follows_the_cluster() {
+    if !require() {
+        return;
+    }
+    let cloud = OpenStack::start(OpenStackOptions::default()).expect("the cloud starts");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        // A wrong password: refused, and not repeated in the error.
+        let bad = cloud.dir().join("bad-clouds.yaml");
+        let good = std::fs::read_to_string(cloud.clouds_yaml().unwrap()).unwrap();
+        std::fs::write(&bad, good.replace(stacknet_sandbox::openstack::ADMIN_PASSWORD, "wrong-horse-battery")).unwrap();
+        let settings = |file| OpenStackSettings {
+            cloud: CloudSource::Named { cloud: "stacknet-test".into(), file: Some(file) },
+            neutron: NeutronConfig {
+                service_cidr: Some("10.96.0.0/12".parse().unwrap()),
+                pool_size: 2,
+                ..NeutronConfig::new("ctl", vec!["10.0.0.0/12".parse().unwrap()])
+            },
+            coalesce: Duration::from_millis(50),
+            resync: Duration::from_secs(60),
+        };
+        let e =
+            OpenStackController::connect(settings(bad), &["test"]).await.err().expect("a wrong password is refused");
+        assert!(!e.contains("wrong-horse-battery"), "{e}");
+
+        let controller = OpenStackController::connect(settings(cloud.clouds_yaml().unwrap()), &["test"]).await.unwrap();
+        let observed = controller.observed();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(controller.run(rx, async move {
+            let _ = stopped.await;
+        }));
+        for o in manifest::parse("cluster.yaml", CLUSTER).unwrap().objects {
+            tx.send(Change::Apply(o)).await.unwrap();
+        }
+        tx.send(Change::Synced("test".into())).await.unwrap();
+
+        let named = |name: &str| ports(&cloud).iter().any(|p| p["name"] == name);
+        until("the pods' ports", || named("shop/db") && named("shop/app")).await;
+        let db = ports(&cloud).into_iter().find(|p| p["name"] == "shop/db").unwrap();
+        assert_eq!(db["binding:host_id"], "n1");
+        assert!(!db["security_groups"].as_array().unwrap().is_empty(), "{db}");
+        until("the Service's unsupported field as an Event", || {
+            observed.events.with_reason("UnsupportedByLoadBalancer").iter().any(|e| e.object == "Service shop/db")
+        })
+        .await;
+        until("node n1's pool full", || ports(&cloud).iter().filter(|p| p["name"] == "stacknet-ctl-pool").count() == 2)
+            .await;
+        assert!(observed.health.ready.load(std::sync::atomic::Ordering::SeqCst));
+
+        // The app pod goes: its port with it.
+        tx.send(Change::Delete(Kind::Pod, ObjectKey::new("shop", "app"))).await.unwrap();
+        until("the gone pod's port deleted", || !named("shop/app")).await;
+        assert!(named("shop/db"));
+        stop.send(()).unwrap();
+        run.await.unwrap();
+        assert!(!observed.health.alive.load(std::sync::atomic::Ordering::SeqCst));
+    });
+}
