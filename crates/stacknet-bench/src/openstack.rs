@@ -55,6 +55,7 @@ fn engine(args: &Args) -> PolicyEngine {
             labels: Default::default(),
             pod_cidrs: vec![],
             unschedulable: false,
+            provider_id: None,
         }));
     }
     for p in generator::policies(args.policies, args.namespaces, args.seed) {

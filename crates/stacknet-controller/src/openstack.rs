@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use stacknet_engine::PolicyEngine;
 use stacknet_openstack::octavia::OctaviaBackend;
-use stacknet_openstack::{Cloud, CloudSource, NeutronBackend, NeutronConfig, Problem};
+use stacknet_openstack::{Cloud, CloudSource, NeutronBackend, NeutronConfig, PoolNode, Problem};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -154,7 +154,7 @@ impl OpenStackController {
         health.alive.store(true, Ordering::SeqCst);
         health.set_ready(false, "waiting for the cluster's initial state");
         // The pools' own task, fed the cluster's nodes after each reconcile.
-        let (nodes_tx, nodes_rx) = watch::channel(Vec::<String>::new());
+        let (nodes_tx, nodes_rx) = watch::channel(Vec::<PoolNode>::new());
         let refiller = (self.settings.neutron.pool_size > 0)
             .then(|| tokio::spawn(refill(self.neutron.clone(), nodes_rx, self.observed.events.clone())));
         let mut changes = Some(changes);
@@ -222,7 +222,7 @@ impl OpenStackController {
 
 /// Keeps every node's pool full: after each change of the node list and every few seconds
 /// (pods take ports between reconciles' reports).
-async fn refill(neutron: Arc<NeutronBackend>, mut nodes: watch::Receiver<Vec<String>>, events: Arc<Events>) {
+async fn refill(neutron: Arc<NeutronBackend>, mut nodes: watch::Receiver<Vec<PoolNode>>, events: Arc<Events>) {
     loop {
         let list = nodes.borrow_and_update().clone();
         if !list.is_empty() {

@@ -369,6 +369,18 @@ pub struct Node {
     pub pod_cidrs: Vec<Cidr>,
     /// `spec.unschedulable` (cordoned).
     pub unschedulable: bool,
+    /// `spec.providerID`: for a Nova VM, `openstack:///<server id>` (the OpenStack backend
+    /// finds the VM's trunk by it).
+    pub provider_id: Option<String>,
+}
+
+impl Node {
+    /// The Nova server the node is, from an `openstack://[region]/<server id>` provider ID.
+    pub fn openstack_server(&self) -> Option<&str> {
+        let rest = self.provider_id.as_deref()?.strip_prefix("openstack://")?;
+        let id = rest.rsplit('/').next()?;
+        (!id.is_empty()).then_some(id)
+    }
 }
 
 /// An object of a kind the index holds.
@@ -544,6 +556,7 @@ impl Node {
             labels,
             pod_cidrs,
             unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
+            provider_id: spec.and_then(|s| s.provider_id.clone()).filter(|p| !p.is_empty()),
         })
     }
 }
@@ -843,5 +856,35 @@ impl EndpointSlice {
             endpoints,
             ports,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(provider_id: Option<&str>) -> Node {
+        Node {
+            name: "n".into(),
+            uid: None,
+            labels: Labels::default(),
+            pod_cidrs: Vec::new(),
+            unschedulable: false,
+            provider_id: provider_id.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn the_nova_server_of_a_node_comes_from_its_provider_id() {
+        assert_eq!(node(Some("openstack:///6f1c0b7e")).openstack_server(), Some("6f1c0b7e"));
+        assert_eq!(node(Some("openstack://RegionOne/6f1c0b7e")).openstack_server(), Some("6f1c0b7e"));
+        assert_eq!(node(Some("openstack:///")).openstack_server(), None);
+        assert_eq!(node(Some("aws:///eu-west-1a/i-0abc")).openstack_server(), None);
+        assert_eq!(node(None).openstack_server(), None);
+        let parsed: core::Node = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "n"}, "spec": {"providerID": "openstack:///abc"}}),
+        )
+        .unwrap();
+        assert_eq!(Node::from_k8s(&parsed).unwrap().openstack_server(), Some("abc"));
     }
 }

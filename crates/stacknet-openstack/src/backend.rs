@@ -120,6 +120,10 @@ pub struct PodPort {
     pub network_id: String,
     pub mac: String,
     pub ips: Vec<IpAddr>,
+    /// On a nested node (a Nova VM): the pod's VLAN on the VM's trunk, and the trunk's
+    /// parent port (the VM's own).
+    pub vlan: Option<u16>,
+    pub parent_port: Option<String>,
 }
 
 impl PodPort {
@@ -194,12 +198,41 @@ struct State {
     groups: BTreeMap<String, SecurityGroup>,
     /// Pods' ports by marker.
     ports: BTreeMap<String, Port>,
-    /// Free ports by (host, network).
+    /// Free ports by (where, network).
     pool: BTreeMap<PoolKey, Vec<Port>>,
+    /// The nested nodes' trunks, by the Nova server whose port is the trunk's parent.
+    trunks: BTreeMap<String, neutron::Trunk>,
 }
 
-/// A pool: the node the ports are bound to (`None`: unbound) and their network.
+impl State {
+    /// The trunk a port is a subport of.
+    fn trunk_holding(&self, port: &str) -> Option<&neutron::Trunk> {
+        self.trunks.values().find(|t| t.vlan_of(port).is_some())
+    }
+
+    /// A trunk as Neutron last answered.
+    fn replace_trunk(&mut self, trunk: neutron::Trunk) {
+        if let Some(t) = self.trunks.values_mut().find(|t| t.id == trunk.id) {
+            *t = trunk;
+        }
+    }
+}
+
+/// A pool: where its ports are (the host they are bound to, `trunk:<id>` for subports of a
+/// nested node's trunk, `None`: unbound) and their network.
 type PoolKey = (Option<String>, String);
+
+fn trunk_pool(trunk: &neutron::Trunk) -> String {
+    format!("trunk:{}", trunk.id)
+}
+
+/// A node whose pool [`NeutronBackend::refill_pools`] keeps full.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolNode {
+    pub name: String,
+    /// The Nova server it is, if it is one (its trunk gets the pool's ports as subports).
+    pub server: Option<String>,
+}
 
 /// What a refill of the pools did.
 #[derive(Debug, Clone, Default)]
@@ -266,8 +299,11 @@ fn protocol(p: Protocol) -> &'static str {
     }
 }
 
-fn pool_key(p: &Port) -> PoolKey {
-    (p.host.clone().filter(|h| !h.is_empty()), p.network_id.clone())
+fn pool_key(p: &Port, trunks: &BTreeMap<String, neutron::Trunk>) -> PoolKey {
+    match trunks.values().find(|t| t.vlan_of(&p.id).is_some()) {
+        Some(t) => (Some(trunk_pool(t)), p.network_id.clone()),
+        None => (p.host.clone().filter(|h| !h.is_empty()), p.network_id.clone()),
+    }
 }
 
 impl NeutronBackend {
@@ -361,17 +397,40 @@ impl NeutronBackend {
             .filter(|g| c.is_ours(&g.description))
             .map(|g| (g.description.clone(), g))
             .collect();
+        let trunks = self.trunks().await?;
         let pool_marker = c.marker(POOL_ID);
         let mut ports = BTreeMap::new();
         let mut pool: BTreeMap<PoolKey, Vec<Port>> = BTreeMap::new();
-        for p in neutron::ports_owned_by(&self.cloud, &c.device_owner()).await? {
+        // Ours: by our owner (tagged or not), and by tag (subports, whose owner Neutron's
+        // trunk driver rewrites; a port is tagged before it goes on a trunk).
+        let mut seen = BTreeSet::new();
+        let by_owner = neutron::ports_owned_by(&self.cloud, &c.device_owner()).await?;
+        let by_tag = neutron::tagged_ports(&self.cloud, &c.tag()).await?;
+        for p in by_owner.into_iter().chain(by_tag) {
+            if !seen.insert(p.id.clone()) {
+                continue;
+            }
             if p.description == pool_marker {
-                pool.entry(pool_key(&p)).or_default().push(p);
+                pool.entry(pool_key(&p, &trunks)).or_default().push(p);
             } else if c.is_ours(&p.description) {
                 ports.insert(p.description.clone(), p);
             }
         }
-        Ok(State { read_at: Instant::now(), topology, groups, ports, pool })
+        Ok(State { read_at: Instant::now(), topology, groups, ports, pool, trunks })
+    }
+
+    /// The trunks whose parent port is a Nova server's (the nested nodes'), by server; trunks
+    /// are never ours: only their subports are changed, and only ours.
+    async fn trunks(&self) -> Result<BTreeMap<String, neutron::Trunk>, Error> {
+        let trunks = neutron::trunks(&self.cloud).await?;
+        let parents: Vec<String> = trunks.iter().map(|t| t.port_id.clone()).collect();
+        let servers: BTreeMap<String, String> = neutron::ports_by_id(&self.cloud, &parents)
+            .await?
+            .into_iter()
+            .filter(|p| !p.device_id.is_empty())
+            .map(|p| (p.id, p.device_id))
+            .collect();
+        Ok(trunks.into_iter().filter_map(|t| servers.get(&t.port_id).map(|s| (s.clone(), t))).collect())
     }
 
     /// Objects with our description but no tag (a crash between create and tag): tagged now;
@@ -630,11 +689,20 @@ impl NeutronBackend {
         let c = &self.config;
         let owner = c.device_owner();
         let network = state.topology.network.clone();
-        let subnets = &state.topology.subnets;
+        let subnets = state.topology.subnets.clone();
         let index = engine.index();
+        // Nested nodes (Nova VMs with a trunk): their pods' ports go on the trunk.
+        let trunk_of_node: BTreeMap<String, neutron::Trunk> = index
+            .nodes()
+            .filter_map(|n| Some((n.name.clone(), state.trunks.get(n.openstack_server()?)?.clone())))
+            .collect();
         let mut wanted: BTreeSet<String> = BTreeSet::new();
         let mut creates = Vec::new();
         let mut updates = Vec::new();
+        // (trunk, port, pod): ports to put on their node's trunk. Neutron takes only a port
+        // with no device_id as a subport: the pod's UID is written once it is on the trunk.
+        let mut to_trunk: Vec<(String, String, ObjectKey)> = Vec::new();
+        let mut uids: BTreeMap<ObjectKey, String> = BTreeMap::new();
         for (_, pod) in index.pods() {
             if !pod.is_policy_subject() {
                 continue;
@@ -649,8 +717,12 @@ impl NeutronBackend {
                 .flatten()
                 .filter_map(|g| groups.get(g).map(|s| s.id.clone()))
                 .collect();
-            let host = pod.node.clone();
+            let trunk = pod.node.as_ref().and_then(|n| trunk_of_node.get(n));
+            // A subport is bound where its VM is, by Neutron: only bare-metal nodes' ports
+            // are bound to the node's host.
+            let host = if trunk.is_some() { None } else { pod.node.clone() };
             let uid = pod.uid.clone().unwrap_or_default();
+            uids.insert(pod.key.clone(), uid.clone());
             // An address the pod already has is kept, if one of our subnets holds it.
             let fixed = pod.ips.iter().find_map(|ip| {
                 subnets.iter().find(|(cidr, _)| cidr.contains(*ip)).map(|(_, s)| (s.id.clone(), ip.to_string()))
@@ -665,18 +737,27 @@ impl NeutronBackend {
                     if host.is_some() && p.host.as_deref() != host.as_deref() {
                         changes.insert("binding:host_id".into(), json!(host));
                     }
-                    if p.device_id != uid {
-                        changes.insert("device_id".into(), json!(uid));
+                    let attach = trunk.filter(|_| state.trunk_holding(&p.id).is_none());
+                    let device_id = if attach.is_some() { "" } else { uid.as_str() };
+                    if p.device_id != device_id {
+                        changes.insert("device_id".into(), json!(device_id));
                     }
                     if !changes.is_empty() {
                         updates.push((pod.key.clone(), p.id.clone(), serde_json::Value::Object(changes)));
+                    }
+                    if let Some(t) = attach {
+                        to_trunk.push((t.id.clone(), p.id.clone(), pod.key.clone()));
                     }
                     report.ports.insert(pod.key.clone(), pod_port(p));
                 }
                 None => {
                     // A free port of the pod's node, if the pool has one: one call makes it the
-                    // pod's (name, owner, groups, and the pod's address if it has one).
-                    let key = (host.clone(), network.id.clone());
+                    // pod's (name, owner, groups, and the pod's address if it has one). On a
+                    // nested node the free port is already on the node's trunk.
+                    let key = match trunk {
+                        Some(t) => (Some(trunk_pool(t)), network.id.clone()),
+                        None => (host.clone(), network.id.clone()),
+                    };
                     match state.pool.get_mut(&key).and_then(|free| free.pop()) {
                         Some(free) => {
                             let mut changes = json!({
@@ -692,14 +773,17 @@ impl NeutronBackend {
                             }
                             updates.push((pod.key.clone(), free.id.clone(), changes));
                         }
-                        None => creates.push((pod.key.clone(), marker, sgs, host, uid, fixed)),
+                        None => {
+                            creates.push((pod.key.clone(), marker, sgs, host, uid, fixed, trunk.map(|t| t.id.clone())))
+                        }
                     }
                 }
             }
         }
         let network = &network;
-        let made: Vec<(ObjectKey, Result<Port, Error>)> = futures::stream::iter(creates)
-            .map(|(key, marker, sgs, host, uid, fixed)| {
+        type Made = (ObjectKey, Option<String>, Result<Port, Error>);
+        let made: Vec<Made> = futures::stream::iter(creates)
+            .map(|(key, marker, sgs, host, uid, fixed, trunk)| {
                 let owner = owner.clone();
                 async move {
                     let name = key.to_string();
@@ -711,28 +795,32 @@ impl NeutronBackend {
                                 name: &name,
                                 description: &marker,
                                 device_owner: &owner,
-                                device_id: &uid,
+                                device_id: if trunk.is_some() { "" } else { &uid },
                                 host: host.as_deref(),
                                 security_groups: sgs.into_iter().collect(),
                                 fixed_ip: fixed.as_ref().map(|(s, ip)| (s.as_str(), ip.clone())),
                             },
                         )
                         .await?;
+                        // Tagged before it goes on a trunk (its owner is rewritten there).
                         neutron::set_tags(&self.cloud, "ports", &p.id, &[c.tag()]).await?;
                         Ok(Port { tags: vec![c.tag()], ..p })
                     }
                     .await;
-                    (key, r)
+                    (key, trunk, r)
                 }
             })
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
-        for (key, r) in made {
+        for (key, trunk, r) in made {
             match r {
                 Ok(p) => {
                     report.created += 1;
-                    report.ports.insert(key, pod_port(&p));
+                    report.ports.insert(key.clone(), pod_port(&p));
+                    if let Some(t) = trunk {
+                        to_trunk.push((t, p.id.clone(), key));
+                    }
                     state.ports.insert(p.description.clone(), p);
                 }
                 Err(e) if e.is_transient() => return Err(e),
@@ -755,9 +843,62 @@ impl NeutronBackend {
                 Err(e) => report.problems.push(problem_of(&format!("Pod {key}"), &e)),
             }
         }
-        // Ports of pods that are gone (ours only: found by our device_owner and marker).
+        let mut by_trunk: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        let mut attached = Vec::new();
+        for (trunk, port, key) in to_trunk {
+            by_trunk.entry(trunk).or_default().push((port.clone(), format!("Pod {key}")));
+            attached.push((key, port));
+        }
+        for (trunk, ports) in by_trunk {
+            self.attach(&self.cloud, state, &trunk, ports, &mut report.problems, &mut report.updated).await?;
+        }
+        // On the trunk now: the pod's UID as the port's device.
+        let owned: Vec<(ObjectKey, String, String)> = attached
+            .into_iter()
+            .filter(|(_, port)| state.trunk_holding(port).is_some())
+            .filter_map(|(key, port)| Some((uids.get(&key)?.clone(), key, port)))
+            .filter(|(uid, _, _)| !uid.is_empty())
+            .map(|(uid, key, port)| (key, port, uid))
+            .collect();
+        let changed: Vec<(ObjectKey, Result<Port, Error>)> = futures::stream::iter(owned)
+            .map(|(key, id, uid)| async move {
+                (key, neutron::update_port(&self.cloud, &id, json!({"device_id": uid})).await)
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        for (key, r) in changed {
+            match r {
+                Ok(p) => {
+                    report.ports.insert(key, pod_port(&p));
+                    state.ports.insert(p.description.clone(), p);
+                }
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => report.problems.push(problem_of(&format!("Pod {key}"), &e)),
+            }
+        }
+        // Ports of pods that are gone (ours only: found by our device_owner or tag, and
+        // marker); a subport comes off its trunk first (Neutron refuses to delete it before).
         let gone: Vec<Port> =
             state.ports.iter().filter(|(m, _)| !wanted.contains(*m)).map(|(_, p)| p.clone()).collect();
+        let mut off: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for p in &gone {
+            if let Some(t) = state.trunk_holding(&p.id) {
+                off.entry(t.id.clone()).or_default().push(p.id.clone());
+            }
+        }
+        let mut stuck: BTreeSet<String> = BTreeSet::new();
+        for (trunk, ports) in off {
+            match neutron::remove_subports(&self.cloud, &trunk, &ports).await {
+                Ok(t) => state.replace_trunk(t),
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => {
+                    report.problems.push(problem_of(&format!("Trunk {trunk}"), &e));
+                    stuck.extend(ports);
+                }
+            }
+        }
+        let gone: Vec<Port> = gone.into_iter().filter(|p| !stuck.contains(&p.id)).collect();
         let deleted: Vec<(Port, Result<(), Error>)> = futures::stream::iter(gone)
             .map(|p| async move {
                 let r = neutron::delete(&self.cloud, "ports", &p.id).await;
@@ -776,19 +917,87 @@ impl NeutronBackend {
                 Err(e) => report.problems.push(problem_of(&format!("Port {}", p.name), &e)),
             }
         }
+        for pp in report.ports.values_mut() {
+            if let Some(t) = state.trunk_holding(&pp.port_id) {
+                pp.vlan = t.vlan_of(&pp.port_id);
+                pp.parent_port = Some(t.port_id.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts `ports` (port, the object it is for) on `trunk`, each with the lowest VLAN id no
+    /// subport of the trunk has (anyone's), in one call. No free VLAN id, or one taken
+    /// meanwhile by someone else (Neutron refuses the call): a problem, and the next
+    /// reconcile reads the trunk again and tries again.
+    async fn attach(
+        &self,
+        cloud: &Cloud,
+        state: &mut State,
+        trunk: &str,
+        ports: Vec<(String, String)>,
+        problems: &mut Vec<Problem>,
+        updated: &mut usize,
+    ) -> Result<(), Error> {
+        let Some(t) = state.trunks.values().find(|t| t.id == trunk) else { return Ok(()) };
+        let mut taken = BTreeSet::new();
+        let mut subports = Vec::new();
+        let mut objects = Vec::new();
+        for (port, object) in ports {
+            match t.free_vlan(&taken) {
+                Some(v) => {
+                    taken.insert(v);
+                    subports.push((port, v));
+                    objects.push(object);
+                }
+                None => problems.push(Problem {
+                    object,
+                    reason: "VlanExhausted",
+                    message: format!(
+                        "trunk {trunk} (parent port {}) has every VLAN id from 1 to 4094 in use: no subport for the pod",
+                        t.port_id
+                    ),
+                }),
+            }
+        }
+        if subports.is_empty() {
+            return Ok(());
+        }
+        match neutron::add_subports(cloud, trunk, &subports).await {
+            Ok(t) => {
+                *updated += subports.len();
+                state.replace_trunk(t);
+            }
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => {
+                for object in objects {
+                    let mut p = problem_of(&object, &e);
+                    if e.kind() == Some("DuplicateSubPort") {
+                        p.reason = "VlanConflict";
+                    }
+                    problems.push(p);
+                }
+            }
+        }
         Ok(())
     }
 
     /// The nodes whose pools [`Self::refill_pools`] keeps: the cluster's.
-    pub fn nodes_of(engine: &PolicyEngine) -> Vec<String> {
-        engine.index().nodes().map(|n| n.name.clone()).collect()
+    pub fn nodes_of(engine: &PolicyEngine) -> Vec<PoolNode> {
+        engine
+            .index()
+            .nodes()
+            .map(|n| PoolNode { name: n.name.clone(), server: n.openstack_server().map(str::to_string) })
+            .collect()
     }
 
     /// Tops up every node's pool to `pool_size` free ports, in bulk, within the project's
     /// port quota (a pool never takes the last ports a pod start would need: it stops at the
-    /// quota, and a pod takes a free port before making one). Meant to run in the background:
-    /// it holds the backend's state only to read and to add what it made.
-    pub async fn refill_pools(&self, nodes: &[String]) -> Result<PoolReport, Error> {
+    /// quota, and a pod takes a free port before making one). A nested node's free ports are
+    /// put on its trunk, each with its VLAN, so that a pod start there is one call too.
+    /// Meant to run in the background: it holds the backend's state only to read, and to add
+    /// what it made (and put on trunks).
+    pub async fn refill_pools(&self, nodes: &[PoolNode]) -> Result<PoolReport, Error> {
         let c = &self.config;
         let cloud = &self.refill_cloud;
         let start_calls = cloud.calls();
@@ -796,6 +1005,7 @@ impl NeutronBackend {
         if c.pool_size == 0 {
             return Ok(report);
         }
+        // (node, where its free ports are, the trunk if nested, how many are missing)
         let (network, wanted) = {
             let mut guard = self.state.lock().await;
             if guard.is_none() {
@@ -804,12 +1014,25 @@ impl NeutronBackend {
             }
             let state = guard.as_ref().expect("state was just read");
             let network = state.topology.network.id.clone();
-            let mut wanted: Vec<(String, usize)> = Vec::new();
+            // Free ports that should have gone on a trunk and did not: used before new ones.
+            let mut loose = state.pool.get(&(None, network.clone())).map_or(0, Vec::len);
+            let mut wanted: Vec<(String, Option<String>, usize, usize)> = Vec::new();
             for node in nodes {
-                let key = (Some(node.clone()), network.clone());
+                let trunk = node.server.as_ref().and_then(|s| state.trunks.get(s));
+                let key = match trunk {
+                    Some(t) => (Some(trunk_pool(t)), network.clone()),
+                    None => (Some(node.name.clone()), network.clone()),
+                };
                 let free = state.pool.get(&key).map_or(0, Vec::len);
                 if free < c.pool_size {
-                    wanted.push((node.clone(), c.pool_size - free));
+                    let short = c.pool_size - free;
+                    let mut missing = short;
+                    if trunk.is_some() {
+                        let reused = loose.min(missing);
+                        loose -= reused;
+                        missing -= reused;
+                    }
+                    wanted.push((node.name.clone(), trunk.map(|t| t.id.clone()), missing, short));
                 }
             }
             (network, wanted)
@@ -822,7 +1045,9 @@ impl NeutronBackend {
         let marker = c.marker(POOL_ID);
         let name = c.name(POOL_ID);
         let mut made: Vec<Port> = Vec::new();
-        for (node, mut missing) in wanted {
+        // Nested nodes: (node, trunk, how many free ports it wants on the trunk).
+        let mut nested: Vec<(String, String, usize)> = Vec::new();
+        for (node, trunk, mut missing, short) in wanted {
             if let Some(h) = headroom {
                 if h < missing as u64 {
                     report.problems.push(Problem {
@@ -835,6 +1060,9 @@ impl NeutronBackend {
                 }
                 missing = missing.min(h as usize);
             }
+            if let Some(t) = &trunk {
+                nested.push((node.clone(), t.clone(), short));
+            }
             while missing > 0 {
                 let n = missing.min(POOL_BATCH);
                 let new: Vec<NewPort> = (0..n)
@@ -844,7 +1072,8 @@ impl NeutronBackend {
                         description: &marker,
                         device_owner: &owner,
                         device_id: "",
-                        host: Some(&node),
+                        // A subport is bound where its VM is, by Neutron.
+                        host: if trunk.is_some() { None } else { Some(&node) },
                         security_groups: Vec::new(),
                         fixed_ip: None,
                     })
@@ -863,7 +1092,8 @@ impl NeutronBackend {
                 }
             }
         }
-        // Tags are for listing; the pool's ports are found by owner and marker without them.
+        // Tags are for listing (and for finding subports, whose owner the trunk rewrites):
+        // set before any port goes on a trunk.
         let tags = [c.tag()];
         let ids: Vec<String> = made.iter().map(|p| p.id.clone()).collect();
         let tags_ref = &tags;
@@ -872,20 +1102,47 @@ impl NeutronBackend {
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
+        let all_tagged = tagged.iter().all(Result::is_ok);
         if let Some(Err(e)) = tagged.into_iter().find(Result::is_err) {
             report.problems.push(problem_of("Pool", &e));
         }
         let mut guard = self.state.lock().await;
         if let Some(state) = guard.as_mut() {
             for p in made {
-                let free = state.pool.entry(pool_key(&p)).or_default();
+                let free = state.pool.entry(pool_key(&p, &state.trunks)).or_default();
                 if !free.iter().any(|f| f.id == p.id) {
                     free.push(Port { tags: tags.to_vec(), ..p });
                 }
             }
-            for ((host, _), free) in &state.pool {
-                if let Some(h) = host {
-                    report.free.insert(h.clone(), free.len());
+            // Under the state's lock: VLAN ids are chosen by one writer at a time.
+            if all_tagged {
+                for (node, trunk, n) in nested {
+                    let loose = state.pool.entry((None, network.clone())).or_default();
+                    let take = n.min(loose.len());
+                    let ports: Vec<Port> = loose.split_off(loose.len() - take);
+                    let list = ports.iter().map(|p| (p.id.clone(), format!("Node {node}"))).collect();
+                    let mut updated = 0;
+                    if let Err(e) = self.attach(cloud, state, &trunk, list, &mut report.problems, &mut updated).await {
+                        report.problems.push(problem_of(&format!("Node {node}"), &e));
+                    }
+                    // Each where it now is: on the trunk, or loose for the next refill.
+                    for p in ports {
+                        let key = pool_key(&p, &state.trunks);
+                        state.pool.entry(key).or_default().push(p);
+                    }
+                }
+            }
+            for ((place, _), free) in &state.pool {
+                let Some(place) = place else { continue };
+                let node = match place.strip_prefix("trunk:") {
+                    Some(id) => nodes
+                        .iter()
+                        .find(|n| n.server.as_ref().and_then(|s| state.trunks.get(s)).is_some_and(|t| t.id == id))
+                        .map(|n| n.name.clone()),
+                    None => Some(place.clone()),
+                };
+                if let Some(node) = node {
+                    report.free.insert(node, free.len());
                 }
             }
         }
@@ -901,6 +1158,8 @@ fn pod_port(p: &Port) -> PodPort {
         network_id: p.network_id.clone(),
         mac: p.mac_address.clone(),
         ips: p.fixed_ips.iter().filter_map(|f| f.ip_address.parse().ok()).collect(),
+        vlan: None,
+        parent_port: None,
     }
 }
 

@@ -197,6 +197,67 @@ impl RestEndpoint for Call {
 /// Lists follow their `*_links` "next" pages.
 impl openstack_sdk::api::Pageable for Call {}
 
+/// An error with its causes (`connecting: TLS: invalid peer certificate: UnknownIssuer`): the
+/// SDK's own message alone often names only the step that failed.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Why the auth URL cannot be reached over TLS, if it cannot (the SDK's error names only the
+/// step that failed): the TCP connection, or the handshake against the CAs the session trusts
+/// (`cacert`, else the system's).
+async fn tls_problem(config: &CloudConfig) -> Option<String> {
+    use rustls_pki_types::pem::PemObject;
+    let auth_url = config.auth.as_ref()?.auth_url.clone()?;
+    let uri: http::Uri = auth_url.parse().ok()?;
+    if uri.scheme_str() != Some("https") || config.verify == Some(false) {
+        return None;
+    }
+    let host = uri.host()?.trim_start_matches('[').trim_end_matches(']').to_string();
+    let port = uri.port_u16().unwrap_or(443);
+    let (file, trusted) = match &config.cacert {
+        Some(c) => (c.clone(), format!("the CAs of cacert {c}")),
+        None => ("/etc/ssl/certs/ca-certificates.crt".to_string(), "the system's CAs (no cacert given)".to_string()),
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    match rustls_pki_types::CertificateDer::pem_file_iter(&file) {
+        Ok(certs) => {
+            for c in certs.flatten() {
+                let _ = roots.add(c);
+            }
+        }
+        Err(e) => return Some(format!("reading {file}: {e}")),
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from(host.clone()).ok()?;
+    let tcp = match tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect((host.as_str(), port)))
+        .await
+    {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return Some(format!("connecting to {host}:{port}: {e}")),
+        Err(_) => return Some(format!("connecting to {host}:{port}: no answer within 10 s")),
+    };
+    match tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls)).connect(name, tcp).await {
+        Ok(_) => None,
+        Err(e) => Some(format!("TLS with {host}:{port} fails against {trusted}: {e}")),
+    }
+}
+
 /// Where the cloud's configuration comes from.
 #[derive(Debug, Clone)]
 pub enum CloudSource {
@@ -267,11 +328,17 @@ impl Cloud {
         // Application credentials' authenticator registers itself only when linked in.
         std::hint::black_box(&openstack_sdk_auth_applicationcredential::ANCHOR);
         // Never a token cache on disk for a daemon.
-        let session = AsyncOpenStack::builder(&config)
-            .disable_auth_cache(true)
-            .connect()
-            .await
-            .map_err(|e| Error::Auth(e.to_string()))?;
+        let session = AsyncOpenStack::builder(&config).disable_auth_cache(true).connect().await;
+        let session = match session {
+            Ok(s) => s,
+            Err(e) => {
+                let mut message = with_causes(&e);
+                if let Some(why) = tls_problem(&config).await {
+                    message = format!("{message}\n{why}");
+                }
+                return Err(Error::Auth(message));
+            }
+        };
         session
             .discover_service_endpoint(&ServiceType::Network)
             .await

@@ -32,5 +32,5 @@ pub const QUIET_LOGS: &[&str] = &[
     "rustls=warn",
 ];
 
-pub use backend::{NeutronBackend, NeutronConfig, PodPort, PoolReport, Problem, Report};
+pub use backend::{NeutronBackend, NeutronConfig, PodPort, PoolNode, PoolReport, Problem, Report};
 pub use cloud::{Call, Cloud, CloudSource, Error};

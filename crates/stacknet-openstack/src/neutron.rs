@@ -450,3 +450,120 @@ pub async fn port_headroom(cloud: &Cloud, project: &str) -> Result<Option<u64>, 
 pub async fn update_port(cloud: &Cloud, id: &str, changes: Value) -> Result<Port, Error> {
     cloud.call(Call::put(N, format!("ports/{id}")).body("port", changes).answer("port")).await
 }
+
+/// Every port carrying our tag, whatever its owner: a pod's port on a trunk is
+/// `trunk:subport`-owned (Neutron's trunk driver rewrites the owner), and owner-less again
+/// once taken off the trunk.
+pub async fn tagged_ports(cloud: &Cloud, tag: &str) -> Result<Vec<Port>, Error> {
+    list(cloud, "ports", "ports", &[("tags", tag.to_string())]).await
+}
+
+/// Ports by id, in one call.
+pub async fn ports_by_id(cloud: &Cloud, ids: &[String]) -> Result<Vec<Port>, Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let filters: Vec<(&str, String)> = ids.iter().map(|id| ("id", id.clone())).collect();
+    list(cloud, "ports", "ports", &filters).await
+}
+
+/// Trunk subports carry VLAN ids: 1 to 4094.
+pub const VLAN_IDS: std::ops::RangeInclusive<u16> = 1..=4094;
+
+/// A port on a trunk: its VLAN on the trunk's parent port.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct SubPort {
+    pub port_id: String,
+    pub segmentation_id: u16,
+    #[serde(default)]
+    pub segmentation_type: String,
+}
+
+/// A VM's trunk (Neutron's trunk extension; `openstack_sdk` has no trunk calls, so these
+/// are our own endpoint definitions like every other call here).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Trunk {
+    pub id: String,
+    /// The parent port: the VM's own port.
+    pub port_id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub sub_ports: Vec<SubPort>,
+}
+
+impl Trunk {
+    /// The VLAN of `port` on this trunk.
+    pub fn vlan_of(&self, port: &str) -> Option<u16> {
+        self.sub_ports.iter().find(|s| s.port_id == port).map(|s| s.segmentation_id)
+    }
+
+    /// The lowest VLAN id no subport of the trunk has (anyone's), nor `taken`.
+    pub fn free_vlan(&self, taken: &std::collections::BTreeSet<u16>) -> Option<u16> {
+        let used: std::collections::BTreeSet<u16> = self.sub_ports.iter().map(|s| s.segmentation_id).collect();
+        VLAN_IDS.into_iter().find(|v| !used.contains(v) && !taken.contains(v))
+    }
+}
+
+/// Every trunk the session sees.
+pub async fn trunks(cloud: &Cloud) -> Result<Vec<Trunk>, Error> {
+    match list(cloud, "trunks", "trunks", &[]).await {
+        // No trunk extension: no nested nodes.
+        Err(e) if e.is_not_found() => Ok(Vec::new()),
+        r => r,
+    }
+}
+
+/// The trunk as Neutron answers `add_subports`/`remove_subports`: the trunk itself, not
+/// wrapped in a `trunk` key.
+async fn trunk_call(cloud: &Cloud, trunk: &str, action: &str, sub_ports: Value) -> Result<Trunk, Error> {
+    let what = format!("{action} on trunk {trunk}");
+    let v: Value = cloud.call(Call::put(N, format!("trunks/{trunk}/{action}")).body("sub_ports", sub_ports)).await?;
+    let v = if v.get("trunk").is_some() { v["trunk"].clone() } else { v };
+    serde_json::from_value(v).map_err(|e| Error::Decode { what, message: e.to_string() })
+}
+
+/// Puts ports on a trunk, each with its VLAN id, in one call (all or none).
+pub async fn add_subports(cloud: &Cloud, trunk: &str, ports: &[(String, u16)]) -> Result<Trunk, Error> {
+    let subs: Vec<Value> =
+        ports.iter().map(|(p, v)| json!({"port_id": p, "segmentation_type": "vlan", "segmentation_id": v})).collect();
+    trunk_call(cloud, trunk, "add_subports", json!(subs)).await
+}
+
+/// Takes ports off a trunk, in one call.
+pub async fn remove_subports(cloud: &Cloud, trunk: &str, ports: &[String]) -> Result<Trunk, Error> {
+    let subs: Vec<Value> = ports.iter().map(|p| json!({"port_id": p})).collect();
+    trunk_call(cloud, trunk, "remove_subports", json!(subs)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trunk(vlans: &[u16]) -> Trunk {
+        Trunk {
+            id: "t".into(),
+            port_id: "parent".into(),
+            name: String::new(),
+            sub_ports: vlans
+                .iter()
+                .map(|v| SubPort { port_id: format!("p{v}"), segmentation_id: *v, segmentation_type: "vlan".into() })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_free_vlan_is_one_no_subport_has_up_to_4094() {
+        let none = std::collections::BTreeSet::new();
+        assert_eq!(trunk(&[]).free_vlan(&none), Some(1));
+        assert_eq!(trunk(&[1, 2, 4]).free_vlan(&none), Some(3));
+        assert_eq!(trunk(&[1, 2, 4]).free_vlan(&[3].into_iter().collect()), Some(5));
+        let full: Vec<u16> = VLAN_IDS.collect();
+        assert_eq!(trunk(&full).free_vlan(&none), None);
+        let mut almost = full.clone();
+        almost.retain(|v| *v != 4094);
+        assert_eq!(trunk(&almost).free_vlan(&none), Some(4094));
+        assert_eq!(trunk(&[7]).vlan_of("p7"), Some(7));
+        assert_eq!(trunk(&[7]).vlan_of("p8"), None);
+    }
+}

@@ -12,7 +12,7 @@ use stacknet_conformance::world::World;
 use stacknet_conformance::{Scenario, upstream};
 use stacknet_engine::objects::{ObjectKey, Protocol};
 use stacknet_engine::{PolicyEngine, manifest};
-use stacknet_openstack::{Cloud, CloudSource, NeutronBackend, NeutronConfig, PodPort};
+use stacknet_openstack::{Cloud, CloudSource, NeutronBackend, NeutronConfig, PodPort, neutron};
 use stacknet_sandbox::openstack::http;
 use stacknet_sandbox::{OpenStack, OpenStackOptions};
 use stacknet_verify::Probe;
@@ -331,6 +331,267 @@ async fn pools(cloud: &OpenStack, session: &Cloud) {
     assert_eq!((r.problems[0].object.as_str(), r.problems[0].reason), ("Node n3", "QuotaExceeded"));
 }
 
+/// Nested nodes: a node that is a Nova VM (its providerID names the server whose port is a
+/// trunk's parent) gets its pods' ports as subports of that trunk, each on a VLAN id nobody
+/// else's subport has; the VLANs are Neutron's (a restart keeps them), a VLAN taken behind our
+/// back is a conflict reported and resolved on the next reconcile, policies hold on the
+/// subports as ovn-trace sees them, and a pod that goes leaves the trunk.
+async fn nested(cloud: &OpenStack, session: &Cloud) {
+    // The operator's side: a node network, the VM's port as a trunk's parent, and a subport
+    // of someone else's on VLAN 1.
+    let net = neutron(cloud, "POST", "networks", Some(json!({"network": {"name": "nodes"}})))["network"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    neutron(
+        cloud,
+        "POST",
+        "subnets",
+        Some(json!({"subnet": {"network_id": net, "cidr": "192.168.50.0/24", "ip_version": 4, "enable_dhcp": false}})),
+    );
+    let port = |name: &str| {
+        neutron(cloud, "POST", "ports", Some(json!({"port": {"network_id": net, "name": name}})))["port"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let parent = port("vm1");
+    let trunk = neutron(cloud, "POST", "trunks", Some(json!({"trunk": {"port_id": parent, "name": "vm1-trunk"}})));
+    let trunk = trunk["trunk"]["id"].as_str().unwrap().to_string();
+    let server = "5f0c6a1e-0000-4000-8000-00000000a001";
+    neutron(
+        cloud,
+        "PUT",
+        &format!("ports/{parent}"),
+        Some(json!({"port": {"device_id": server, "device_owner": "compute:nova"}})),
+    );
+    let foreign = port("someone-elses");
+    let add = |p: &str, vlan: u16| {
+        neutron(
+            cloud,
+            "PUT",
+            &format!("trunks/{trunk}/add_subports"),
+            Some(json!({"sub_ports": [{"port_id": p, "segmentation_type": "vlan", "segmentation_id": vlan}]})),
+        )
+    };
+    add(&foreign, 1);
+    let subports = || -> BTreeMap<String, u16> {
+        neutron(cloud, "GET", &format!("trunks/{trunk}"), None)["trunk"]["sub_ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["port_id"].as_str().unwrap().to_string(), s["segmentation_id"].as_u64().unwrap() as u16))
+            .collect()
+    };
+
+    let cluster = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: nest}}\n---\n\
+         apiVersion: v1\nkind: Node\nmetadata: {{name: vm1}}\nspec: {{providerID: 'openstack:///{server}'}}\n---\n\
+         apiVersion: v1\nkind: Node\nmetadata: {{name: bm1}}\n---\n\
+         apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: db, namespace: nest}}\n\
+         spec: {{podSelector: {{matchLabels: {{app: db}}}}, ingress: [{{from: [{{podSelector: {{matchLabels: {{app: web}}}}}}], ports: [{{port: 5432}}]}}]}}\n"
+    );
+    let pod = |name: &str, app: &str, node: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: nest, uid: uid-{name}, labels: {{app: {app}}}}}\n\
+             spec: {{nodeName: {node}, containers: [{{name: c}}]}}\n"
+        )
+    };
+    let manifests = |pods: &[(&str, &str, &str)]| {
+        let mut m = cluster.clone();
+        for (n, a, node) in pods {
+            m.push_str(&pod(n, a, node));
+        }
+        let mut engine = PolicyEngine::new();
+        for o in manifest::parse("nest.yaml", &m).unwrap().objects {
+            engine.apply(o);
+        }
+        engine
+    };
+    let config = NeutronConfig { pool_size: 2, ..NeutronConfig::new("nest", vec!["10.32.0.0/16".parse().unwrap()]) };
+    let b = NeutronBackend::new(session.clone(), config.clone());
+    let mut pods =
+        vec![("web1", "web", "vm1"), ("web2", "web", "vm1"), ("db", "db", "vm1"), ("client", "client", "bm1")];
+    let engine = manifests(&pods);
+    let report = b.reconcile(&engine).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let on_trunk = subports();
+    assert_eq!(on_trunk.get(&foreign), Some(&1), "someone else's subport is as it was");
+    let mut vlans = BTreeMap::new();
+    for name in ["web1", "web2", "db"] {
+        let pp = &report.ports[&ObjectKey::new("nest", name)];
+        let vlan = on_trunk.get(&pp.port_id).copied().unwrap_or_else(|| panic!("{name}'s port is not on the trunk"));
+        assert_eq!(pp.vlan, Some(vlan));
+        assert_eq!(pp.parent_port.as_deref(), Some(parent.as_str()));
+        assert!((2..=4094).contains(&vlan), "{name}: VLAN {vlan}");
+        // ML2/OVN's row: a container port on the VM's port, with the VLAN as its tag.
+        let row = cloud
+            .ovn
+            .nbctl(&[
+                "--bare",
+                "--columns=parent_name,tag",
+                "find",
+                "Logical_Switch_Port",
+                &format!("name={}", pp.port_id),
+            ])
+            .unwrap();
+        let row: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(row, [parent.as_str(), &vlan.to_string()], "{name}'s OVN row");
+        vlans.insert(name, vlan);
+    }
+    assert_eq!(vlans.values().collect::<std::collections::BTreeSet<_>>().len(), 3, "distinct VLANs: {vlans:?}");
+    let client = &report.ports[&ObjectKey::new("nest", "client")];
+    assert_eq!(client.vlan, None);
+    let p = neutron(cloud, "GET", &format!("ports/{}", client.port_id), None)["port"].clone();
+    assert_eq!(p["binding:host_id"], json!("bm1"), "a bare-metal node's pod port is bound to it");
+
+    // The policy holds on the subports: web reaches db on 5432, the client does not.
+    cloud.ovn.sync_sb().unwrap();
+    let probe = |from: &str, to: &str| Probe {
+        from: ObjectKey::new("nest", from),
+        to: ObjectKey::new("nest", to),
+        port: 5432,
+        protocol: Protocol::Tcp,
+    };
+    assert!(trace(cloud, &report.ports, &probe("web1", "db")).unwrap(), "web1 -> db");
+    assert!(!trace(cloud, &report.ports, &probe("client", "db")).unwrap(), "client -> db");
+    assert!(trace(cloud, &report.ports, &probe("db", "web2")).unwrap(), "db -> web2 (web is not isolated)");
+
+    // The pools: vm1's free ports wait on the trunk with their VLANs; a pod start there is
+    // one call.
+    let filled = b.refill_pools(&NeutronBackend::nodes_of(&engine)).await.unwrap();
+    assert!(filled.problems.is_empty(), "{:?}", filled.problems);
+    assert_eq!((filled.free.get("vm1"), filled.free.get("bm1")), (Some(&2), Some(&2)), "{filled:?}");
+    assert_eq!(filled.calls, 1 + 2 + 4 + 1, "quota, a bulk create per node, tags, one add_subports: {filled:?}");
+    assert_eq!(subports().len(), 1 + 3 + 2);
+    pods.push(("web3", "web", "vm1"));
+    let engine = manifests(&pods);
+    let report = b.reconcile(&engine).await.unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(report.calls, 1, "a pod start on a nested node, from the pool: {report:?}");
+    let web3 = &report.ports[&ObjectKey::new("nest", "web3")];
+    assert_eq!(subports().get(&web3.port_id).copied(), web3.vlan);
+    assert!(web3.vlan.is_some());
+    cloud.ovn.sync_sb().unwrap();
+    assert!(trace(cloud, &report.ports, &probe("web3", "db")).unwrap(), "web3 -> db");
+
+    // A restart: VLANs are Neutron's, nothing is written.
+    let restarted = NeutronBackend::new(session.clone(), config.clone());
+    let again = restarted.reconcile(&engine).await.unwrap();
+    assert_eq!((again.created, again.updated, again.deleted, again.problems.len()), (0, 0, 0, 0), "{again:?}");
+    for (name, vlan) in &vlans {
+        assert_eq!(again.ports[&ObjectKey::new("nest", *name)].vlan, Some(*vlan), "{name} kept its VLAN");
+    }
+
+    // A VLAN taken behind the backend's back: its next subport conflicts, is reported on the
+    // pod, and the reconcile after (reading the trunk again) picks another; one port only.
+    let unpooled = NeutronBackend::new(session.clone(), NeutronConfig { pool_size: 0, ..config.clone() });
+    unpooled.reconcile(&engine).await.unwrap();
+    // (The last free port of vm1's pool goes to a pod first.)
+    pods.push(("filler", "web", "vm1"));
+    let r = unpooled.reconcile(&manifests(&pods)).await.unwrap();
+    assert_eq!((r.calls, r.problems.len()), (1, 0), "{r:?}");
+    let used: std::collections::BTreeSet<u16> = subports().values().copied().collect();
+    let next = (1..=4094).find(|v| !used.contains(v)).unwrap();
+    let squatter = port("squatter");
+    add(&squatter, next);
+    pods.push(("late", "web", "vm1"));
+    let engine = manifests(&pods);
+    let r = unpooled.reconcile(&engine).await.unwrap();
+    assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+    assert_eq!((r.problems[0].object.as_str(), r.problems[0].reason), ("Pod nest/late", "VlanConflict"));
+    let r = unpooled.reconcile(&engine).await.unwrap();
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    let late = &r.ports[&ObjectKey::new("nest", "late")];
+    let vlan = subports().get(&late.port_id).copied().expect("late's port on the trunk");
+    assert_ne!(vlan, next);
+    assert_eq!(subports().get(&squatter), Some(&next));
+    let named = neutron(cloud, "GET", "ports?name=nest/late", None)["ports"].as_array().unwrap().len();
+    assert_eq!(named, 1, "the port made before the conflict is the one on the trunk");
+
+    // A pod goes: off the trunk, and deleted.
+    pods.retain(|p| p.0 != "web2");
+    let engine = manifests(&pods);
+    let r = unpooled.reconcile(&engine).await.unwrap();
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    assert_eq!(r.deleted, 1);
+    let gone = &report.ports[&ObjectKey::new("nest", "web2")].port_id;
+    assert!(!subports().contains_key(gone));
+    let a = http("GET", &format!("{}/v2.0/ports/{gone}", cloud.neutron_url), Some(&cloud.admin_token().unwrap()), None)
+        .unwrap();
+    assert_eq!(a.status, 404, "web2's port is deleted");
+    assert_eq!(subports().get(&foreign), Some(&1));
+}
+
+/// Keystone behind TLS whose certificate a private CA signed (a proxy of the test's own in
+/// front of the cloud's Keystone): with the CA as `cacert` in clouds.yaml the session
+/// authenticates over TLS; with another CA, or none, it is refused with an error that says why.
+async fn custom_ca(cloud: &OpenStack) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    use rustls_pki_types::pem::PemObject;
+    let dir = cloud.dir().join("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = |name: &str| {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+    };
+    let ours = ca("stacknet test CA");
+    let other = ca("someone else's CA");
+    std::fs::write(dir.join("ca.pem"), ours.pem()).unwrap();
+    std::fs::write(dir.join("other-ca.pem"), other.pem()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    params.distinguished_name.push(DnType::CommonName, "keystone");
+    let cert = params.signed_by(&key, &ours).unwrap();
+    let certs = vec![rustls_pki_types::CertificateDer::from_pem_slice(cert.pem().as_bytes()).unwrap()];
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap();
+    let config =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap();
+    let keystone = cloud.keystone_url.trim_start_matches("http://").split('/').next().unwrap().to_string();
+    let server = tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            let (acceptor, keystone) = (acceptor.clone(), keystone.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(conn).await else { return };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(&keystone).await else { return };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    let plain = std::fs::read_to_string(cloud.clouds_yaml().unwrap()).unwrap();
+    let https = format!("https://{proxy}/v3");
+    assert!(plain.contains(&cloud.keystone_url), "{plain}");
+    let clouds = |cacert: Option<&str>| {
+        let mut text = plain.replace(&cloud.keystone_url, &https);
+        if let Some(ca) = cacert {
+            text.push_str(&format!("    cacert: {}\n", dir.join(ca).display()));
+        }
+        let path = dir.join(format!("clouds-{}.yaml", cacert.unwrap_or("none")));
+        std::fs::write(&path, text).unwrap();
+        CloudSource::Named { cloud: "stacknet-test".into(), file: Some(path) }
+    };
+    let session = Cloud::connect(&clouds(Some("ca.pem"))).await.expect("password auth over TLS with the custom CA");
+    assert!(neutron::trunks(&session).await.is_ok(), "the session works");
+    for (cacert, what) in [(Some("other-ca.pem"), "another CA"), (None, "no CA")] {
+        let e = Cloud::connect(&clouds(cacert)).await.err().unwrap_or_else(|| panic!("{what}: accepted"));
+        let text = e.to_string();
+        eprintln!("{what}: {text}");
+        assert!(text.contains("invalid peer certificate"), "{what}: {text}");
+        assert!(!text.contains(stacknet_sandbox::openstack::ADMIN_PASSWORD), "{text}");
+    }
+    server.abort();
+}
+
 const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: x}\n\
 spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 8080, targetPort: 80}, {name: dns, port: 5353, protocol: UDP, targetPort: 81}]}\n";
 
@@ -582,6 +843,8 @@ fn openstack_tier() {
         ownership(&cloud, &session).await;
         conflicts(&cloud, &session).await;
         pools(&cloud, &session).await;
+        nested(&cloud, &session).await;
+        custom_ca(&cloud).await;
         let secret = application_credential(&cloud).await;
         services(&cloud, &session).await;
         secret

@@ -568,16 +568,21 @@ impl<'a> Session<'a> {
                 });
             }
         }
+        // The replica appears only once the monitor's first answer is in it: before that,
+        // readers see `None` (not an empty database).
+        let indexed = self.config.indexed_external_ids.clone();
+        let fresh = || Replica::new(schema.clone()).with_indexed_keys(indexed.clone());
         let last_txn = {
             let mut guard = self.shared.replica.write().unwrap_or_else(|e| e.into_inner());
-            let indexed = self.config.indexed_external_ids.clone();
-            let replica = guard.get_or_insert_with(|| Replica::new(schema.clone()).with_indexed_keys(indexed));
-            replica.set_schema(schema.clone());
-            replica.last_txn_id.clone()
+            if tables.is_empty() {
+                guard.get_or_insert_with(fresh).set_schema(schema.clone());
+                return Ok(());
+            }
+            guard.as_mut().and_then(|replica| {
+                replica.set_schema(schema.clone());
+                replica.last_txn_id.clone()
+            })
         };
-        if tables.is_empty() {
-            return Ok(());
-        }
         let requests: serde_json::Map<String, Value> = tables
             .iter()
             .map(|t| match self.config.columns.get(t) {
@@ -596,7 +601,7 @@ impl<'a> Session<'a> {
                     self.shared.status.send_modify(|s| s.incremental_resyncs += 1);
                 }
                 let mut guard = self.shared.replica.write().unwrap_or_else(|e| e.into_inner());
-                let replica = guard.as_mut().expect("created above");
+                let replica = guard.get_or_insert_with(fresh);
                 if !found {
                     replica.clear();
                 }
@@ -618,7 +623,7 @@ impl<'a> Session<'a> {
                     Err(e) => return Err(e),
                 };
                 let mut guard = self.shared.replica.write().unwrap_or_else(|e| e.into_inner());
-                let replica = guard.as_mut().expect("created above");
+                let replica = guard.get_or_insert_with(fresh);
                 replica.clear();
                 if self.monitor_version == 2 {
                     replica.apply_update2_json(&result)?;
