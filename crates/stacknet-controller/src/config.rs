@@ -74,6 +74,13 @@ pub struct ControllerArgs {
     /// OpenStack: free ports kept per node (0: no pools; default 0).
     #[arg(long, env = "STACKNET_POOL_SIZE", value_name = "N")]
     pub pool_size: Option<usize>,
+    /// OpenStack: a network per namespace (subnets cut from a subnet pool of the cluster CIDR)
+    /// instead of one shared pod network.
+    #[arg(long, env = "STACKNET_NETWORK_PER_NAMESPACE")]
+    pub network_per_namespace: bool,
+    /// OpenStack: the IPv4 prefix length of a namespace's subnet (default 24; IPv6: 64).
+    #[arg(long, env = "STACKNET_NAMESPACE_PREFIX_LEN", value_name = "BITS")]
+    pub namespace_prefix_len: Option<u8>,
 }
 
 /// The same settings, as a TOML file holds them.
@@ -97,6 +104,8 @@ struct FileConfig {
     service_cidr: Option<String>,
     external_network: Option<String>,
     pool_size: Option<usize>,
+    network_per_namespace: Option<bool>,
+    namespace_prefix_len: Option<u8>,
 }
 
 /// The OpenStack backend's settings (`--backend openstack`).
@@ -108,6 +117,8 @@ pub struct OpenStackOptions {
     pub service_cidr: Option<Cidr>,
     pub external_network: Option<String>,
     pub pool_size: usize,
+    pub network_per_namespace: bool,
+    pub namespace_prefix_len: u8,
 }
 
 /// Checked configuration.
@@ -183,6 +194,11 @@ impl ControllerConfig {
                     .transpose()?,
                 external_network: args.external_network.clone().or(file.external_network),
                 pool_size: args.pool_size.or(file.pool_size).unwrap_or(0),
+                network_per_namespace: args.network_per_namespace || file.network_per_namespace.unwrap_or(false),
+                namespace_prefix_len: match args.namespace_prefix_len.or(file.namespace_prefix_len).unwrap_or(24) {
+                    n @ 8..=30 => n,
+                    n => return Err(format!("namespace-prefix-len: {n} is not between 8 and 30")),
+                },
             }),
             other => return Err(format!("backend: {other:?} is neither \"ovn\" nor \"openstack\"")),
         };
@@ -275,6 +291,13 @@ mod tests {
         assert_eq!((o.os_cloud.as_deref(), o.pool_size), (Some("mine"), 8));
         assert_eq!(o.service_cidr.unwrap().to_string(), "10.96.0.0/12");
         assert!(c.nb.is_empty());
+        assert_eq!((o.network_per_namespace, o.namespace_prefix_len), (false, 24));
+        let per_ns = ControllerArgs { network_per_namespace: true, namespace_prefix_len: Some(26), ..a.clone() };
+        let o = ControllerConfig::from_args(&per_ns).unwrap().openstack.unwrap();
+        assert_eq!((o.network_per_namespace, o.namespace_prefix_len), (true, 26));
+        let bad = ControllerArgs { namespace_prefix_len: Some(31), ..a };
+        let e = ControllerConfig::from_args(&bad).unwrap_err();
+        assert!(e.starts_with("namespace-prefix-len: 31"), "{e}");
     }
 
     #[test]

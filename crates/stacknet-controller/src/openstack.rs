@@ -46,6 +46,8 @@ impl OpenStackSettings {
             service_cidr: o.service_cidr,
             external_network: o.external_network.clone(),
             pool_size: o.pool_size,
+            network_per_namespace: o.network_per_namespace,
+            namespace_prefix_len: o.namespace_prefix_len,
             ..NeutronConfig::new(c.cluster.clone(), c.ipam.cluster.clone())
         };
         Some(OpenStackSettings { cloud, neutron, coalesce: c.coalesce, resync: Duration::from_secs(60) })

@@ -44,6 +44,11 @@ pub struct NeutronConfig {
     /// How long what the backend knows of Neutron is trusted before it is read again (it is
     /// read again at once after any failure).
     pub resync: std::time::Duration,
+    /// A network per namespace (its subnets cut by Neutron from subnet pools of the pod
+    /// CIDRs, all on the cluster router) instead of one shared pod network.
+    pub network_per_namespace: bool,
+    /// The IPv4 prefix length of a namespace's subnet (IPv6: /64).
+    pub namespace_prefix_len: u8,
 }
 
 impl NeutronConfig {
@@ -55,6 +60,8 @@ impl NeutronConfig {
             pool_size: 0,
             external_network: None,
             resync: std::time::Duration::from_secs(300),
+            network_per_namespace: false,
+            namespace_prefix_len: 24,
         }
     }
 }
@@ -161,8 +168,13 @@ pub struct Report {
 /// The cluster's networks in Neutron.
 #[derive(Debug, Clone)]
 pub struct Topology {
+    /// The shared pod network (with no subnets when every namespace has its own).
     pub network: neutron::Network,
     pub subnets: BTreeMap<Cidr, neutron::Subnet>,
+    /// Network per namespace: the subnet pools (one per pod CIDR), and each namespace's
+    /// network and subnets.
+    pub pools: BTreeMap<Cidr, neutron::SubnetPool>,
+    pub namespaces: BTreeMap<String, NamespaceNetwork>,
     pub router: neutron::Router,
     /// The Service network's subnet (VIPs).
     pub service_subnet: Option<neutron::Subnet>,
@@ -170,10 +182,33 @@ pub struct Topology {
     pub external_network: Option<neutron::Network>,
 }
 
+/// A namespace's own network.
+#[derive(Debug, Clone)]
+pub struct NamespaceNetwork {
+    pub network: neutron::Network,
+    pub subnets: Vec<neutron::Subnet>,
+}
+
 impl Topology {
     /// The subnet of ours holding `ip`.
     pub fn subnet_of(&self, ip: IpAddr) -> Option<&neutron::Subnet> {
-        self.subnets.iter().find(|(c, _)| c.contains(ip)).map(|(_, s)| s)
+        self.subnets.iter().find(|(c, _)| c.contains(ip)).map(|(_, s)| s).or_else(|| {
+            self.namespaces
+                .values()
+                .flat_map(|n| n.subnets.iter())
+                .find(|s| s.cidr.parse::<Cidr>().is_ok_and(|c| c.contains(ip)))
+        })
+    }
+
+    /// The network a pod of `namespace` gets its port on, with its subnets by prefix
+    /// (`None`: its namespace's network is not there).
+    fn pod_network(&self, per_namespace: bool, namespace: &str) -> Option<(String, Vec<(Cidr, String)>)> {
+        if !per_namespace {
+            return Some((self.network.id.clone(), self.subnets.iter().map(|(c, s)| (*c, s.id.clone())).collect()));
+        }
+        let n = self.namespaces.get(namespace)?;
+        let subnets = n.subnets.iter().filter_map(|s| Some((s.cidr.parse::<Cidr>().ok()?, s.id.clone()))).collect();
+        Some((n.network.id.clone(), subnets))
     }
 }
 
@@ -232,6 +267,9 @@ pub struct PoolNode {
     pub name: String,
     /// The Nova server it is, if it is one (its trunk gets the pool's ports as subports).
     pub server: Option<String>,
+    /// The namespaces with pods on it: with a network per namespace, a pool per namespace
+    /// network the node has pods of.
+    pub namespaces: BTreeSet<String>,
 }
 
 /// What a refill of the pools did.
@@ -248,6 +286,9 @@ pub struct PoolReport {
 /// The networks' and router's identities (each subnet's is its CIDR's).
 const NETWORK_ID: &str = "network:pods";
 const SERVICE_NETWORK_ID: &str = "network:services";
+/// A namespace's network (`network:ns:<name>`), and the subnet pools (`subnetpool:<cidr>`).
+const NAMESPACE_NETWORK_PREFIX: &str = "network:ns:";
+const SUBNET_POOL_PREFIX: &str = "subnetpool:";
 const ROUTER_ID: &str = "router:cluster";
 /// Free ports' identity.
 const POOL_ID: &str = "pool";
@@ -276,6 +317,9 @@ pub(crate) fn problem_of(object: &str, e: &Error) -> Problem {
         "QuotaExceeded"
     } else if matches!(e.kind(), Some("IpAddressAlreadyAllocated" | "MacAddressInUse" | "IpAddressInUse")) {
         "AddressConflict"
+    } else if matches!(e.kind(), Some("SubnetAllocationError")) {
+        // A subnet pool (the cluster CIDR, network per namespace) has no prefix left.
+        "NamespaceSubnetExhausted"
     } else if e.is_transient() {
         "NeutronUnreachable"
     } else {
@@ -356,7 +400,13 @@ impl NeutronBackend {
         let groups = self.security_groups(&plan, state, report).await;
         report.plan = plan;
         let groups = groups?;
+        if self.config.network_per_namespace {
+            self.namespace_networks(engine, state, report).await?;
+        }
         self.ports(engine, state, &groups, report).await?;
+        if self.config.network_per_namespace {
+            self.gone_namespace_networks(engine, state, report).await?;
+        }
         report.topology = Some(state.topology.clone());
         // Groups nobody needs, now that no port of ours is in them and no rule names them.
         let wanted: BTreeSet<String> = report.plan.groups.keys().map(|id| self.config.marker(id)).collect();
@@ -463,6 +513,14 @@ impl NeutronBackend {
                 report.updated += 1;
             }
         }
+        if self.config.network_per_namespace {
+            for p in neutron::all_subnet_pools(&self.cloud).await? {
+                if self.config.is_ours(&p.description) && !p.tags.contains(&tag) {
+                    neutron::set_tags(&self.cloud, "subnetpools", &p.id, &tags).await?;
+                    report.updated += 1;
+                }
+            }
+        }
         // Ports are found by device_owner in every read, tagged or not.
         Ok(())
     }
@@ -518,8 +576,36 @@ impl NeutronBackend {
         let existing = neutron::subnets(&self.cloud, &tag).await?;
         let network = self.network(NETWORK_ID, "pods", &networks, report).await?;
         let mut subnets = BTreeMap::new();
-        for cidr in &c.pod_cidrs {
-            subnets.insert(*cidr, self.subnet(&network, cidr, None, &existing, report).await?);
+        let mut pools = BTreeMap::new();
+        let mut namespaces = BTreeMap::new();
+        if c.network_per_namespace {
+            let have = neutron::subnet_pools(&self.cloud, &tag).await?;
+            for cidr in &c.pod_cidrs {
+                let marker = c.marker(&format!("{SUBNET_POOL_PREFIX}{cidr}"));
+                let pool = match have.iter().find(|p| p.description == marker) {
+                    Some(p) => p.clone(),
+                    None => {
+                        let len = if cidr.network().is_ipv4() { c.namespace_prefix_len } else { 64 };
+                        let name = c.name(&format!("pods-{cidr}"));
+                        let p =
+                            neutron::create_subnet_pool(&self.cloud, &name, &cidr.to_string(), len, &marker).await?;
+                        neutron::set_tags(&self.cloud, "subnetpools", &p.id, std::slice::from_ref(&tag)).await?;
+                        report.created += 1;
+                        p
+                    }
+                };
+                pools.insert(*cidr, pool);
+            }
+            let prefix = c.marker(NAMESPACE_NETWORK_PREFIX);
+            for n in networks.iter().filter(|n| n.description.starts_with(&prefix)) {
+                let ns = n.description[prefix.len()..].to_string();
+                let subnets = existing.iter().filter(|s| s.network_id == n.id).cloned().collect();
+                namespaces.insert(ns, NamespaceNetwork { network: n.clone(), subnets });
+            }
+        } else {
+            for cidr in &c.pod_cidrs {
+                subnets.insert(*cidr, self.subnet(&network, cidr, None, &existing, report).await?);
+            }
         }
         let service_subnet = match &c.service_cidr {
             Some(cidr) => {
@@ -550,13 +636,14 @@ impl NeutronBackend {
             _ => router,
         };
         let attached = neutron::router_subnets(&self.cloud, &router.id).await?;
-        for s in subnets.values().chain(service_subnet.iter()) {
+        let ns_subnets = namespaces.values().flat_map(|n: &NamespaceNetwork| n.subnets.iter());
+        for s in subnets.values().chain(service_subnet.iter()).chain(ns_subnets) {
             if !attached.contains(&s.id) {
                 neutron::add_router_interface(&self.cloud, &router.id, &s.id).await?;
                 report.created += 1;
             }
         }
-        Ok(Topology { network, subnets, router, service_subnet, external_network })
+        Ok(Topology { network, subnets, pools, namespaces, router, service_subnet, external_network })
     }
 
     /// Every planned group exists with exactly its rules; returns each planned group's.
@@ -679,6 +766,160 @@ impl NeutronBackend {
         Ok(groups)
     }
 
+    /// Every namespace has its network, a subnet from each pool, on the cluster router.
+    async fn namespace_networks(
+        &self,
+        engine: &PolicyEngine,
+        state: &mut State,
+        report: &mut Report,
+    ) -> Result<(), Error> {
+        let c = &self.config;
+        let tag = c.tag();
+        let names: Vec<String> = engine.index().namespaces().map(|(n, _)| n.to_string()).collect();
+        for ns in names {
+            let have = state.topology.namespaces.get(&ns).cloned();
+            let missing: Vec<(Cidr, neutron::SubnetPool)> = state
+                .topology
+                .pools
+                .iter()
+                .filter(|(cidr, _)| {
+                    let marker = c.marker(&format!("subnet:ns:{ns}:{cidr}"));
+                    !have.as_ref().is_some_and(|h| h.subnets.iter().any(|s| s.description == marker))
+                })
+                .map(|(cidr, p)| (*cidr, p.clone()))
+                .collect();
+            if have.is_some() && missing.is_empty() {
+                continue;
+            }
+            let mut net = match have {
+                Some(h) => h,
+                None => {
+                    let marker = c.marker(&format!("{NAMESPACE_NETWORK_PREFIX}{ns}"));
+                    let made = async {
+                        let n = neutron::create_network(&self.cloud, &c.name(&format!("ns-{ns}")), &marker).await?;
+                        neutron::set_tags(&self.cloud, "networks", &n.id, std::slice::from_ref(&tag)).await?;
+                        Ok::<_, Error>(n)
+                    }
+                    .await;
+                    match made {
+                        Ok(n) => {
+                            report.created += 1;
+                            NamespaceNetwork { network: n, subnets: Vec::new() }
+                        }
+                        Err(e) if e.is_transient() => return Err(e),
+                        Err(e) => {
+                            report.problems.push(problem_of(&format!("Namespace {ns}"), &e));
+                            continue;
+                        }
+                    }
+                }
+            };
+            // What was made is kept in the state even when a later step fails, so the next
+            // reconcile finishes this network rather than making a second one.
+            let mut failed = None;
+            for (cidr, pool) in missing {
+                let (len, version) = if cidr.network().is_ipv4() { (c.namespace_prefix_len, 4) } else { (64, 6) };
+                let marker = c.marker(&format!("subnet:ns:{ns}:{cidr}"));
+                let name = c.name(&format!("ns-{ns}-v{version}"));
+                let made = async {
+                    let s = neutron::create_subnet_from_pool(
+                        &self.cloud,
+                        &net.network.id,
+                        &name,
+                        &pool.id,
+                        len,
+                        version,
+                        &marker,
+                    )
+                    .await?;
+                    let finished = async {
+                        neutron::set_tags(&self.cloud, "subnets", &s.id, std::slice::from_ref(&tag)).await?;
+                        neutron::add_router_interface(&self.cloud, &state.topology.router.id, &s.id).await
+                    }
+                    .await;
+                    if let Err(e) = finished {
+                        // A subnet off the router would look done to the next reconcile: it goes.
+                        if let Err(d) = neutron::delete(&self.cloud, "subnets", &s.id).await {
+                            tracing::warn!(subnet = %s.id, error = %d, "could not delete a half-made subnet");
+                        }
+                        return Err(e);
+                    }
+                    Ok::<_, Error>(s)
+                }
+                .await;
+                match made {
+                    Ok(s) => {
+                        report.created += 1;
+                        net.subnets.push(s);
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            state.topology.namespaces.insert(ns.clone(), net);
+            match failed {
+                None => {}
+                Some(e) if e.is_transient() => return Err(e),
+                // Its pods get no port until it can be made.
+                Some(e) => report.problems.push(problem_of(&format!("Namespace {ns}"), &e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The networks of namespaces that are gone (their pods' ports went before): off the
+    /// router, then deleted with their subnets.
+    async fn gone_namespace_networks(
+        &self,
+        engine: &PolicyEngine,
+        state: &mut State,
+        report: &mut Report,
+    ) -> Result<(), Error> {
+        let names: BTreeSet<String> = engine.index().namespaces().map(|(n, _)| n.to_string()).collect();
+        let gone: Vec<(String, NamespaceNetwork)> = state
+            .topology
+            .namespaces
+            .iter()
+            .filter(|(ns, _)| !names.contains(*ns))
+            .map(|(ns, n)| (ns.clone(), n.clone()))
+            .collect();
+        for (ns, net) in gone {
+            // Free ports of the pools on it go with it.
+            let free: Vec<Port> = state
+                .pool
+                .iter_mut()
+                .filter(|((_, n), _)| *n == net.network.id)
+                .flat_map(|(_, f)| std::mem::take(f))
+                .collect();
+            for p in free {
+                if let Some(t) = state.trunk_holding(&p.id).map(|t| t.id.clone()) {
+                    let t = neutron::remove_subports(&self.cloud, &t, std::slice::from_ref(&p.id)).await?;
+                    state.replace_trunk(t);
+                }
+                neutron::delete(&self.cloud, "ports", &p.id).await?;
+                report.deleted += 1;
+            }
+            let r: Result<(), Error> = async {
+                for s in &net.subnets {
+                    neutron::remove_router_interface(&self.cloud, &state.topology.router.id, &s.id).await?;
+                }
+                neutron::delete(&self.cloud, "networks", &net.network.id).await
+            }
+            .await;
+            match r {
+                Ok(()) => {
+                    report.deleted += 1;
+                    state.topology.namespaces.remove(&ns);
+                }
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => report.problems.push(problem_of(&format!("Namespace {ns}"), &e)),
+            }
+        }
+        Ok(())
+    }
+
     async fn ports(
         &self,
         engine: &PolicyEngine,
@@ -688,8 +929,6 @@ impl NeutronBackend {
     ) -> Result<(), Error> {
         let c = &self.config;
         let owner = c.device_owner();
-        let network = state.topology.network.clone();
-        let subnets = state.topology.subnets.clone();
         let index = engine.index();
         // Nested nodes (Nova VMs with a trunk): their pods' ports go on the trunk.
         let trunk_of_node: BTreeMap<String, neutron::Trunk> = index
@@ -709,6 +948,11 @@ impl NeutronBackend {
             }
             let marker = c.marker(&format!("pod:{}", pod.key));
             wanted.insert(marker.clone());
+            // Its namespace's network could not be made: reported on the namespace.
+            let Some((network, subnets)) = state.topology.pod_network(c.network_per_namespace, &pod.key.namespace)
+            else {
+                continue;
+            };
             let sgs: BTreeSet<String> = report
                 .plan
                 .ports
@@ -725,7 +969,7 @@ impl NeutronBackend {
             uids.insert(pod.key.clone(), uid.clone());
             // An address the pod already has is kept, if one of our subnets holds it.
             let fixed = pod.ips.iter().find_map(|ip| {
-                subnets.iter().find(|(cidr, _)| cidr.contains(*ip)).map(|(_, s)| (s.id.clone(), ip.to_string()))
+                subnets.iter().find(|(cidr, _)| cidr.contains(*ip)).map(|(_, s)| (s.clone(), ip.to_string()))
             });
             match state.ports.get(&marker) {
                 Some(p) => {
@@ -755,8 +999,8 @@ impl NeutronBackend {
                     // pod's (name, owner, groups, and the pod's address if it has one). On a
                     // nested node the free port is already on the node's trunk.
                     let key = match trunk {
-                        Some(t) => (Some(trunk_pool(t)), network.id.clone()),
-                        None => (host.clone(), network.id.clone()),
+                        Some(t) => (Some(trunk_pool(t)), network.clone()),
+                        None => (host.clone(), network.clone()),
                     };
                     match state.pool.get_mut(&key).and_then(|free| free.pop()) {
                         Some(free) => {
@@ -773,17 +1017,23 @@ impl NeutronBackend {
                             }
                             updates.push((pod.key.clone(), free.id.clone(), changes));
                         }
-                        None => {
-                            creates.push((pod.key.clone(), marker, sgs, host, uid, fixed, trunk.map(|t| t.id.clone())))
-                        }
+                        None => creates.push((
+                            pod.key.clone(),
+                            network,
+                            marker,
+                            sgs,
+                            host,
+                            uid,
+                            fixed,
+                            trunk.map(|t| t.id.clone()),
+                        )),
                     }
                 }
             }
         }
-        let network = &network;
         type Made = (ObjectKey, Option<String>, Result<Port, Error>);
         let made: Vec<Made> = futures::stream::iter(creates)
-            .map(|(key, marker, sgs, host, uid, fixed, trunk)| {
+            .map(|(key, network, marker, sgs, host, uid, fixed, trunk)| {
                 let owner = owner.clone();
                 async move {
                     let name = key.to_string();
@@ -791,7 +1041,7 @@ impl NeutronBackend {
                         let p = neutron::create_port(
                             &self.cloud,
                             &NewPort {
-                                network_id: &network.id,
+                                network_id: &network,
                                 name: &name,
                                 description: &marker,
                                 device_owner: &owner,
@@ -984,10 +1234,20 @@ impl NeutronBackend {
 
     /// The nodes whose pools [`Self::refill_pools`] keeps: the cluster's.
     pub fn nodes_of(engine: &PolicyEngine) -> Vec<PoolNode> {
-        engine
-            .index()
+        let index = engine.index();
+        let mut namespaces: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+        for (_, p) in index.pods() {
+            if let Some(n) = &p.node {
+                namespaces.entry(n.as_str()).or_default().insert(p.key.namespace.clone());
+            }
+        }
+        index
             .nodes()
-            .map(|n| PoolNode { name: n.name.clone(), server: n.openstack_server().map(str::to_string) })
+            .map(|n| PoolNode {
+                name: n.name.clone(),
+                server: n.openstack_server().map(str::to_string),
+                namespaces: namespaces.get(n.name.as_str()).cloned().unwrap_or_default(),
+            })
             .collect()
     }
 
@@ -1005,37 +1265,52 @@ impl NeutronBackend {
         if c.pool_size == 0 {
             return Ok(report);
         }
-        // (node, where its free ports are, the trunk if nested, how many are missing)
-        let (network, wanted) = {
+        // (node, network, the trunk if nested, how many to make, how many it is short)
+        let wanted = {
             let mut guard = self.state.lock().await;
             if guard.is_none() {
                 let mut r = Report::default();
                 *guard = Some(self.read(&mut r).await?);
             }
             let state = guard.as_ref().expect("state was just read");
-            let network = state.topology.network.id.clone();
             // Free ports that should have gone on a trunk and did not: used before new ones.
-            let mut loose = state.pool.get(&(None, network.clone())).map_or(0, Vec::len);
-            let mut wanted: Vec<(String, Option<String>, usize, usize)> = Vec::new();
+            let mut loose: BTreeMap<String, usize> = state
+                .pool
+                .iter()
+                .filter(|((place, _), _)| place.is_none())
+                .map(|((_, n), free)| (n.clone(), free.len()))
+                .collect();
+            let mut wanted: Vec<(String, String, Option<String>, usize, usize)> = Vec::new();
             for node in nodes {
-                let trunk = node.server.as_ref().and_then(|s| state.trunks.get(s));
-                let key = match trunk {
-                    Some(t) => (Some(trunk_pool(t)), network.clone()),
-                    None => (Some(node.name.clone()), network.clone()),
+                let networks: Vec<String> = if c.network_per_namespace {
+                    node.namespaces
+                        .iter()
+                        .filter_map(|ns| state.topology.namespaces.get(ns).map(|n| n.network.id.clone()))
+                        .collect()
+                } else {
+                    vec![state.topology.network.id.clone()]
                 };
-                let free = state.pool.get(&key).map_or(0, Vec::len);
-                if free < c.pool_size {
-                    let short = c.pool_size - free;
-                    let mut missing = short;
-                    if trunk.is_some() {
-                        let reused = loose.min(missing);
-                        loose -= reused;
-                        missing -= reused;
+                let trunk = node.server.as_ref().and_then(|s| state.trunks.get(s));
+                for network in networks {
+                    let key = match trunk {
+                        Some(t) => (Some(trunk_pool(t)), network.clone()),
+                        None => (Some(node.name.clone()), network.clone()),
+                    };
+                    let free = state.pool.get(&key).map_or(0, Vec::len);
+                    if free < c.pool_size {
+                        let short = c.pool_size - free;
+                        let mut missing = short;
+                        if trunk.is_some() {
+                            let l = loose.entry(network.clone()).or_default();
+                            let reused = (*l).min(missing);
+                            *l -= reused;
+                            missing -= reused;
+                        }
+                        wanted.push((node.name.clone(), network, trunk.map(|t| t.id.clone()), missing, short));
                     }
-                    wanted.push((node.name.clone(), trunk.map(|t| t.id.clone()), missing, short));
                 }
             }
-            (network, wanted)
+            wanted
         };
         let mut headroom = match cloud.project_id() {
             Some(project) => neutron::port_headroom(cloud, &project).await?,
@@ -1045,9 +1320,9 @@ impl NeutronBackend {
         let marker = c.marker(POOL_ID);
         let name = c.name(POOL_ID);
         let mut made: Vec<Port> = Vec::new();
-        // Nested nodes: (node, trunk, how many free ports it wants on the trunk).
-        let mut nested: Vec<(String, String, usize)> = Vec::new();
-        for (node, trunk, mut missing, short) in wanted {
+        // Nested nodes: (node, trunk, network, how many free ports it wants on the trunk).
+        let mut nested: Vec<(String, String, String, usize)> = Vec::new();
+        for (node, network, trunk, mut missing, short) in wanted {
             if let Some(h) = headroom {
                 if h < missing as u64 {
                     report.problems.push(Problem {
@@ -1061,7 +1336,7 @@ impl NeutronBackend {
                 missing = missing.min(h as usize);
             }
             if let Some(t) = &trunk {
-                nested.push((node.clone(), t.clone(), short));
+                nested.push((node.clone(), t.clone(), network.clone(), short));
             }
             while missing > 0 {
                 let n = missing.min(POOL_BATCH);
@@ -1116,7 +1391,7 @@ impl NeutronBackend {
             }
             // Under the state's lock: VLAN ids are chosen by one writer at a time.
             if all_tagged {
-                for (node, trunk, n) in nested {
+                for (node, trunk, network, n) in nested {
                     let loose = state.pool.entry((None, network.clone())).or_default();
                     let take = n.min(loose.len());
                     let ports: Vec<Port> = loose.split_off(loose.len() - take);

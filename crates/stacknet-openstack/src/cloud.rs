@@ -74,11 +74,17 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Transport { .. } => true,
+            // Neutron answers some refusals with a 500 whose kind says that asking again
+            // cannot help (a subnet pool without room).
+            Error::Api { kind: Some(k), .. } if PERMANENT_KINDS.contains(&k.as_str()) => false,
             Error::Api { status, .. } => matches!(status, 500 | 502 | 503 | 504),
             _ => false,
         }
     }
 }
+
+/// Neutron exception names that come with a 5xx status but are answers, not outages.
+const PERMANENT_KINDS: &[&str] = &["SubnetAllocationError"];
 
 /// Which service a call goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -495,5 +501,13 @@ mod tests {
         let q = Error::Api { what: "x".into(), status: 409, kind: Some("OverQuota".into()), message: String::new() };
         assert!(q.is_quota());
         assert!(Error::Transport { what: "x".into(), message: "refused".into() }.is_transient());
+        let api = |status, kind: Option<&str>| Error::Api {
+            what: "POST network subnets".into(),
+            status,
+            kind: kind.map(str::to_string),
+            message: String::new(),
+        };
+        assert!(api(503, None).is_transient() && api(500, Some("DBConnectionError")).is_transient());
+        assert!(!api(500, Some("SubnetAllocationError")).is_transient(), "a full subnet pool is an answer");
     }
 }

@@ -451,6 +451,68 @@ pub async fn update_port(cloud: &Cloud, id: &str, changes: Value) -> Result<Port
     cloud.call(Call::put(N, format!("ports/{id}")).body("port", changes).answer("port")).await
 }
 
+/// A subnet pool: where per-namespace subnets are cut from (Neutron picks a free prefix).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct SubnetPool {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub prefixes: Vec<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+pub async fn subnet_pools(cloud: &Cloud, tag: &str) -> Result<Vec<SubnetPool>, Error> {
+    list(cloud, "subnetpools", "subnetpools", &[("tags", tag.to_string())]).await
+}
+
+pub async fn all_subnet_pools(cloud: &Cloud) -> Result<Vec<SubnetPool>, Error> {
+    list(cloud, "subnetpools", "subnetpools", &[]).await
+}
+
+pub async fn create_subnet_pool(
+    cloud: &Cloud,
+    name: &str,
+    prefix: &str,
+    default_prefixlen: u8,
+    description: &str,
+) -> Result<SubnetPool, Error> {
+    let body = json!({"name": name, "prefixes": [prefix], "default_prefixlen": default_prefixlen,
+                      "description": description});
+    cloud.call(Call::post(N, "subnetpools").body("subnetpool", body).answer("subnetpool")).await
+}
+
+/// A subnet whose prefix Neutron cuts from `pool` (the first free one of `prefixlen`).
+pub async fn create_subnet_from_pool(
+    cloud: &Cloud,
+    network: &str,
+    name: &str,
+    pool: &str,
+    prefixlen: u8,
+    ip_version: u8,
+    description: &str,
+) -> Result<Subnet, Error> {
+    let body = json!({"network_id": network, "name": name, "subnetpool_id": pool, "prefixlen": prefixlen,
+                      "ip_version": ip_version, "description": description, "enable_dhcp": false});
+    cloud.call(Call::post(N, "subnets").body("subnet", body).answer("subnet")).await
+}
+
+pub async fn remove_router_interface(cloud: &Cloud, router: &str, subnet: &str) -> Result<(), Error> {
+    match cloud
+        .call::<Value>(
+            Call::put(N, format!("routers/{router}/remove_router_interface")).body("subnet_id", json!(subnet)),
+        )
+        .await
+    {
+        // Not (or no longer) attached: what we wanted.
+        Err(e) if e.is_not_found() => Ok(()),
+        r => r.map(|_| ()),
+    }
+}
+
 /// Every port carrying our tag, whatever its owner: a pod's port on a trunk is
 /// `trunk:subport`-owned (Neutron's trunk driver rewrites the owner), and owner-less again
 /// once taken off the trunk.

@@ -592,6 +592,137 @@ async fn custom_ca(cloud: &OpenStack) {
     server.abort();
 }
 
+/// ovn-trace's verdict on a probe between pods on different networks: the packet goes to the
+/// cluster router's MAC on the source's network and is routed to the destination's.
+fn routed_trace(cloud: &OpenStack, ports: &BTreeMap<ObjectKey, PodPort>, router: &str, p: &Probe) -> bool {
+    let src = &ports[&p.from];
+    let dst = &ports[&p.to];
+    let gw = neutron(cloud, "GET", &format!("ports?device_id={router}&network_id={}", src.network_id), None);
+    let gw_mac = gw["ports"][0]["mac_address"].as_str().expect("the router's port on the source network");
+    let flow = format!(
+        "inport == \"{}\" && eth.src == {} && eth.dst == {gw_mac} && ip4.src == {} && ip4.dst == {} && ip.ttl == 64 && tcp && tcp.src == 40000 && tcp.dst == {}",
+        src.port_id, src.mac, src.ips[0], dst.ips[0], p.port
+    );
+    let v = cloud.ovn.trace(&src.switch(), &flow, &dst.name, 6, None).unwrap();
+    if std::env::var_os("STACKNET_TRACE_DEBUG").is_some() {
+        eprintln!("TRACE {flow}\n{}", v.output);
+    }
+    v.delivered
+}
+
+/// A network per namespace: each namespace's subnet is cut by Neutron from the pod CIDR's
+/// subnet pool, every one is on the cluster router; policies hold across networks (traced
+/// through the router); a restart writes nothing; a namespace that goes takes its network.
+async fn per_namespace(cloud: &OpenStack, session: &Cloud) {
+    let cluster = |with_b: bool| {
+        let mut m = String::from(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: pa}\n---\n\
+             apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: pa, labels: {app: web}}\nspec: {nodeName: n1, containers: [{name: c}]}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {name: db, namespace: pa, labels: {app: db}}\nspec: {nodeName: n1, containers: [{name: c}]}\n---\n\
+             apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: db, namespace: pa}\n\
+             spec: {podSelector: {matchLabels: {app: db}}, ingress: [{from: [{podSelector: {matchLabels: {app: web}}}], ports: [{port: 5432}]}]}\n",
+        );
+        if with_b {
+            m.push_str(
+                "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: pb}\n---\n\
+                 apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: pb, labels: {app: client}}\nspec: {nodeName: n1, containers: [{name: c}]}\n",
+            );
+        }
+        let mut engine = PolicyEngine::new();
+        for o in manifest::parse("pns.yaml", &m).unwrap().objects {
+            engine.apply(o);
+        }
+        engine
+    };
+    let config = NeutronConfig {
+        network_per_namespace: true,
+        ..NeutronConfig::new("pns", vec!["10.48.0.0/16".parse().unwrap()])
+    };
+    let b = NeutronBackend::new(session.clone(), config.clone());
+    let r = b.reconcile(&cluster(true)).await.unwrap();
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    let topology = r.topology.clone().unwrap();
+    assert_eq!(topology.namespaces.keys().collect::<Vec<_>>(), ["pa", "pb"]);
+    let pool: stacknet_engine::Cidr = "10.48.0.0/16".parse().unwrap();
+    let mut cidrs = Vec::new();
+    for (ns, net) in &topology.namespaces {
+        assert_eq!(net.subnets.len(), 1, "{ns}");
+        let cidr: stacknet_engine::Cidr = net.subnets[0].cidr.parse().unwrap();
+        assert_eq!(cidr.prefix_len(), 24, "{ns}: {cidr}");
+        assert!(pool.contains(cidr.network()), "{ns}: {cidr} from the pool");
+        cidrs.push(cidr);
+    }
+    assert_ne!(cidrs[0], cidrs[1]);
+    let router = topology.router.id.clone();
+    let attached: Vec<String> = neutron(cloud, "GET", &format!("ports?device_id={router}"), None)["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["fixed_ips"].as_array().unwrap().iter().map(|f| f["subnet_id"].as_str().unwrap().to_string()))
+        .collect();
+    for net in topology.namespaces.values() {
+        assert!(attached.contains(&net.subnets[0].id), "{} on the router", net.network.name);
+    }
+    let key = |s: &str| -> ObjectKey { s.parse().unwrap() };
+    for (pod, ns) in [("pa/web", "pa"), ("pa/db", "pa"), ("pb/client", "pb")] {
+        let p = &r.ports[&key(pod)];
+        assert_eq!(p.network_id, topology.namespaces[ns].network.id, "{pod}");
+        let cidr: stacknet_engine::Cidr = topology.namespaces[ns].subnets[0].cidr.parse().unwrap();
+        assert!(cidr.contains(p.ips[0]), "{pod}: {} in {cidr}", p.ips[0]);
+    }
+    cloud.ovn.sync_sb().unwrap();
+    let probe = |from: &str, to: &str| Probe { from: key(from), to: key(to), port: 5432, protocol: Protocol::Tcp };
+    assert!(trace(cloud, &r.ports, &probe("pa/web", "pa/db")).unwrap(), "web -> db, one network");
+    assert!(routed_trace(cloud, &r.ports, &router, &probe("pb/client", "pa/web")), "client -> web, routed");
+    assert!(routed_trace(cloud, &r.ports, &router, &probe("pa/db", "pb/client")), "db -> client, routed");
+    assert!(!routed_trace(cloud, &r.ports, &router, &probe("pb/client", "pa/db")), "client -> db: the policy");
+
+    let again = NeutronBackend::new(session.clone(), config.clone()).reconcile(&cluster(true)).await.unwrap();
+    assert_eq!((again.created, again.updated, again.deleted, again.problems.len()), (0, 0, 0, 0), "{again:?}");
+
+    // Namespace pb goes, with its pod: its port, then its network.
+    let gone = topology.namespaces["pb"].network.id.clone();
+    let r = b.reconcile(&cluster(false)).await.unwrap();
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    assert_eq!(r.deleted, 2, "the pod's port and the namespace's network: {r:?}");
+    let a =
+        http("GET", &format!("{}/v2.0/networks/{gone}", cloud.neutron_url), Some(&cloud.admin_token().unwrap()), None)
+            .unwrap();
+    assert_eq!(a.status, 404, "pb's network is deleted");
+    assert_eq!(r.topology.unwrap().namespaces.keys().collect::<Vec<_>>(), ["pa"]);
+
+    // A pool with room for two /17s and three namespaces: the third is reported, its network
+    // (made before the pool said no) is kept and finished later, never made twice.
+    let three = || {
+        let mut engine = PolicyEngine::new();
+        let m = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n\
+                 apiVersion: v1\nkind: Namespace\nmetadata: {name: b}\n---\n\
+                 apiVersion: v1\nkind: Namespace\nmetadata: {name: c}\n";
+        for o in manifest::parse("pnx.yaml", m).unwrap().objects {
+            engine.apply(o);
+        }
+        engine
+    };
+    let small = NeutronConfig {
+        network_per_namespace: true,
+        namespace_prefix_len: 17,
+        ..NeutronConfig::new("pnx", vec!["10.49.0.0/16".parse().unwrap()])
+    };
+    for round in 0..2 {
+        let r = NeutronBackend::new(session.clone(), small.clone()).reconcile(&three()).await.unwrap();
+        assert_eq!(r.problems.len(), 1, "round {round}: {:?}", r.problems);
+        let p = &r.problems[0];
+        assert_eq!(p.object, "Namespace c", "round {round}: {p:?}");
+        assert_eq!(p.reason, "NamespaceSubnetExhausted", "round {round}: {p:?}");
+        let nets = neutron(cloud, "GET", "networks?name=stacknet-pnx-ns-c", None);
+        assert_eq!(nets["networks"].as_array().unwrap().len(), 1, "round {round}: one network for c");
+        if round == 0 {
+            eprintln!("namespace c, pool full: {}: {}", p.reason, p.message);
+        }
+    }
+}
+
 const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: x}\n\
 spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 8080, targetPort: 80}, {name: dns, port: 5353, protocol: UDP, targetPort: 81}]}\n";
 
@@ -845,6 +976,7 @@ fn openstack_tier() {
         pools(&cloud, &session).await;
         nested(&cloud, &session).await;
         custom_ca(&cloud).await;
+        per_namespace(&cloud, &session).await;
         let secret = application_credential(&cloud).await;
         services(&cloud, &session).await;
         secret
