@@ -225,6 +225,18 @@ impl ControllerConfig {
         ipam.node_prefix_v4 = args.node_subnet_v4.or(file.node_subnet_v4).unwrap_or(24);
         ipam.node_prefix_v6 = args.node_subnet_v6.or(file.node_subnet_v6).unwrap_or(64);
         ipam.validate()?;
+        if let Some(o) = openstack.as_ref().filter(|o| o.network_per_namespace) {
+            // Each namespace's subnet is cut from a cluster CIDR: it must be smaller than it.
+            let too_big =
+                ipam.cluster.iter().find(|c| c.network().is_ipv4() && c.prefix_len() >= o.namespace_prefix_len);
+            if let Some(c) = too_big {
+                return Err(format!(
+                    "namespace-prefix-len: /{} does not fit in cluster-cidr {c} (it must be longer than /{})",
+                    o.namespace_prefix_len,
+                    c.prefix_len()
+                ));
+            }
+        }
         let addr_text = args.metrics_addr.clone().or(file.metrics_addr).unwrap_or_else(|| "127.0.0.1:9478".into());
         let metrics_addr = addr_text
             .parse()
@@ -295,9 +307,22 @@ mod tests {
         let per_ns = ControllerArgs { network_per_namespace: true, namespace_prefix_len: Some(26), ..a.clone() };
         let o = ControllerConfig::from_args(&per_ns).unwrap().openstack.unwrap();
         assert_eq!((o.network_per_namespace, o.namespace_prefix_len), (true, 26));
-        let bad = ControllerArgs { namespace_prefix_len: Some(31), ..a };
+        let bad = ControllerArgs { namespace_prefix_len: Some(31), ..a.clone() };
         let e = ControllerConfig::from_args(&bad).unwrap_err();
         assert!(e.starts_with("namespace-prefix-len: 31"), "{e}");
+        let wide = ControllerArgs {
+            network_per_namespace: true,
+            namespace_prefix_len: Some(16),
+            cluster_cidr: vec!["10.48.0.0/16".into()],
+            ..a.clone()
+        };
+        let e = ControllerConfig::from_args(&wide).unwrap_err();
+        assert_eq!(
+            e,
+            "namespace-prefix-len: /16 does not fit in cluster-cidr 10.48.0.0/16 (it must be longer than /16)"
+        );
+        // Without networks per namespace the length is not used, so it is not checked.
+        assert!(ControllerConfig::from_args(&ControllerArgs { network_per_namespace: false, ..wide }).is_ok());
     }
 
     #[test]
