@@ -108,6 +108,11 @@ impl NeutronConfig {
     }
 
     /// A readable name (Neutron does not need it unique).
+    /// The identity of namespace `ns`'s subnet cut from the pool of `cidr`.
+    fn namespace_subnet_marker(&self, ns: &str, cidr: &Cidr) -> String {
+        self.marker(&format!("subnet:ns:{ns}:{cidr}"))
+    }
+
     pub(crate) fn name(&self, id: &str) -> String {
         let n = format!("stacknet-{}-{id}", self.cluster);
         let mut cut = n.len().min(255);
@@ -783,7 +788,7 @@ impl NeutronBackend {
                 .pools
                 .iter()
                 .filter(|(cidr, _)| {
-                    let marker = c.marker(&format!("subnet:ns:{ns}:{cidr}"));
+                    let marker = c.namespace_subnet_marker(&ns, cidr);
                     !have.as_ref().is_some_and(|h| h.subnets.iter().any(|s| s.description == marker))
                 })
                 .map(|(cidr, p)| (*cidr, p.clone()))
@@ -791,19 +796,20 @@ impl NeutronBackend {
             if have.is_some() && missing.is_empty() {
                 continue;
             }
+            // What was made is kept in the state even when a later step fails, so the next
+            // reconcile finishes this network rather than making a second one (an untagged one
+            // is adopted by its marker when Neutron is read again).
+            let mut failed = None;
             let mut net = match have {
                 Some(h) => h,
                 None => {
                     let marker = c.marker(&format!("{NAMESPACE_NETWORK_PREFIX}{ns}"));
-                    let made = async {
-                        let n = neutron::create_network(&self.cloud, &c.name(&format!("ns-{ns}")), &marker).await?;
-                        neutron::set_tags(&self.cloud, "networks", &n.id, std::slice::from_ref(&tag)).await?;
-                        Ok::<_, Error>(n)
-                    }
-                    .await;
-                    match made {
+                    match neutron::create_network(&self.cloud, &c.name(&format!("ns-{ns}")), &marker).await {
                         Ok(n) => {
                             report.created += 1;
+                            failed = neutron::set_tags(&self.cloud, "networks", &n.id, std::slice::from_ref(&tag))
+                                .await
+                                .err();
                             NamespaceNetwork { network: n, subnets: Vec::new() }
                         }
                         Err(e) if e.is_transient() => return Err(e),
@@ -814,48 +820,16 @@ impl NeutronBackend {
                     }
                 }
             };
-            // What was made is kept in the state even when a later step fails, so the next
-            // reconcile finishes this network rather than making a second one.
-            let mut failed = None;
             for (cidr, pool) in missing {
-                let (len, version) = if cidr.network().is_ipv4() { (c.namespace_prefix_len, 4) } else { (64, 6) };
-                let marker = c.marker(&format!("subnet:ns:{ns}:{cidr}"));
-                let name = c.name(&format!("ns-{ns}-v{version}"));
-                let made = async {
-                    let s = neutron::create_subnet_from_pool(
-                        &self.cloud,
-                        &net.network.id,
-                        &name,
-                        &pool.id,
-                        len,
-                        version,
-                        &marker,
-                    )
-                    .await?;
-                    let finished = async {
-                        neutron::set_tags(&self.cloud, "subnets", &s.id, std::slice::from_ref(&tag)).await?;
-                        neutron::add_router_interface(&self.cloud, &state.topology.router.id, &s.id).await
-                    }
-                    .await;
-                    if let Err(e) = finished {
-                        // A subnet off the router would look done to the next reconcile: it goes.
-                        if let Err(d) = neutron::delete(&self.cloud, "subnets", &s.id).await {
-                            tracing::warn!(subnet = %s.id, error = %d, "could not delete a half-made subnet");
-                        }
-                        return Err(e);
-                    }
-                    Ok::<_, Error>(s)
+                if failed.is_some() {
+                    break;
                 }
-                .await;
-                match made {
+                match self.namespace_subnet(&net.network.id, &state.topology.router.id, &ns, cidr, &pool).await {
                     Ok(s) => {
                         report.created += 1;
                         net.subnets.push(s);
                     }
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
+                    Err(e) => failed = Some(e),
                 }
             }
             state.topology.namespaces.insert(ns.clone(), net);
@@ -867,6 +841,36 @@ impl NeutronBackend {
             }
         }
         Ok(())
+    }
+
+    /// A subnet cut from `pool` for namespace `ns`'s network, tagged and on the router; if it
+    /// cannot be finished it is deleted (a subnet off the router would look done to the next
+    /// reconcile).
+    async fn namespace_subnet(
+        &self,
+        network: &str,
+        router: &str,
+        ns: &str,
+        cidr: Cidr,
+        pool: &neutron::SubnetPool,
+    ) -> Result<neutron::Subnet, Error> {
+        let c = &self.config;
+        let (len, version) = if cidr.network().is_ipv4() { (c.namespace_prefix_len, 4) } else { (64, 6) };
+        let marker = c.namespace_subnet_marker(ns, &cidr);
+        let name = c.name(&format!("ns-{ns}-v{version}"));
+        let s = neutron::create_subnet_from_pool(&self.cloud, network, &name, &pool.id, len, version, &marker).await?;
+        let finished = async {
+            neutron::set_tags(&self.cloud, "subnets", &s.id, std::slice::from_ref(&c.tag())).await?;
+            neutron::add_router_interface(&self.cloud, router, &s.id).await
+        }
+        .await;
+        if let Err(e) = finished {
+            if let Err(d) = neutron::delete(&self.cloud, "subnets", &s.id).await {
+                tracing::warn!(subnet = %s.id, error = %d, "could not delete a half-made subnet");
+            }
+            return Err(e);
+        }
+        Ok(s)
     }
 
     /// The networks of namespaces that are gone (their pods' ports went before): off the

@@ -460,8 +460,6 @@ pub struct SubnetPool {
     #[serde(default)]
     pub description: String,
     #[serde(default)]
-    pub prefixes: Vec<String>,
-    #[serde(default)]
     pub tags: Vec<String>,
 }
 
