@@ -67,7 +67,7 @@ pub fn namespaces(count: usize) -> Vec<Namespace> {
             let name = namespace_name(i);
             let mut l = labels(&[("team", &team(i)), ("env", ENVS[i % 3])]);
             l.insert("kubernetes.io/metadata.name".into(), name.clone());
-            Namespace { name, labels: l }
+            Namespace { name, labels: l, project: None }
         })
         .collect()
 }

@@ -27,6 +27,9 @@ use crate::http::Health;
 use crate::metrics::Metrics;
 
 /// What a source tells the controller.
+// Nearly every change is an Apply: boxing it would cost an allocation per change for the
+// rare small variants' sake.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     Apply(ClusterObject),

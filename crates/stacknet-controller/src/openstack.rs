@@ -229,7 +229,12 @@ async fn refill(neutron: Arc<NeutronBackend>, mut nodes: watch::Receiver<Vec<Poo
         let list = nodes.borrow_and_update().clone();
         if !list.is_empty() {
             match neutron.refill_pools(&list).await {
-                Ok(r) => report(&events, &r.problems),
+                Ok(r) => {
+                    if r.created + r.deleted > 0 {
+                        tracing::info!(made = r.created, reclaimed = r.deleted, "port pools refilled");
+                    }
+                    report(&events, &r.problems)
+                }
                 Err(e) => tracing::warn!(error = %e, "refilling the port pools"),
             }
         }

@@ -106,12 +106,19 @@ pub struct Namespace {
     pub name: String,
     /// Always holds `kubernetes.io/metadata.name: <name>`.
     pub labels: Labels,
+    /// The `stacknet.io/openstack-project` annotation: the Keystone project (name or id) the
+    /// namespace's ports and network are made in (OpenStack mode).
+    pub project: Option<String>,
 }
 
 impl Namespace {
     /// A namespace known only by name (no Namespace object): it carries the name label alone.
     pub fn implied(name: &str) -> Namespace {
-        Namespace { name: name.to_string(), labels: Labels::from([(NAMESPACE_NAME_LABEL.into(), name.into())]) }
+        Namespace {
+            name: name.to_string(),
+            labels: Labels::from([(NAMESPACE_NAME_LABEL.into(), name.into())]),
+            project: None,
+        }
     }
 }
 
@@ -145,6 +152,11 @@ pub struct Pod {
 
 /// The annotation the controller writes the pod's network into.
 pub const NETWORK_ANNOTATION: &str = "stacknet.io/network";
+/// A namespace's Keystone project (OpenStack mode).
+pub const PROJECT_ANNOTATION: &str = "stacknet.io/openstack-project";
+/// A Service's load balancer health monitor (OpenStack mode): `true`, or
+/// `delay=5,timeout=3,retries=3,retries-down=3` (any of them; seconds and counts).
+pub const HEALTH_MONITOR_ANNOTATION: &str = "stacknet.io/health-monitor";
 
 impl Pod {
     /// Whether NetworkPolicy applies to the pod at all: hostNetwork pods are never selected
@@ -332,6 +344,9 @@ pub struct Service {
     pub session_affinity: Option<String>,
     pub external_traffic_policy: Option<String>,
     pub load_balancer_source_ranges: Vec<String>,
+    /// The `stacknet.io/health-monitor` annotation, as written (the backend that honours it
+    /// parses it, and reports a bad one on the Service).
+    pub health_monitor: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -507,6 +522,10 @@ pub fn validate_port_name(s: &str) -> Result<(), String> {
     }
 }
 
+fn annotation(meta: &ObjectMeta, key: &str) -> Option<String> {
+    meta.annotations.as_ref().and_then(|a| a.get(key)).map(|v| v.trim().to_string())
+}
+
 fn parse_ip(s: &str, object: &str, field: &str) -> Result<IpAddr, Invalid> {
     s.parse().map_err(|_| Invalid::new(object, field, format!("{s:?} is not an IP address")))
 }
@@ -522,7 +541,17 @@ impl Namespace {
         let mut labels = labels_of(&ns.metadata, &object)?;
         // The API server sets this label on every namespace and keeps it equal to the name.
         labels.insert(NAMESPACE_NAME_LABEL.into(), name.clone());
-        Ok(Namespace { name, labels })
+        let project = annotation(&ns.metadata, PROJECT_ANNOTATION);
+        if let Some(p) = &project
+            && (p.is_empty() || p.len() > 64)
+        {
+            return Err(Invalid::new(
+                &object,
+                format!("metadata.annotations[\"{PROJECT_ANNOTATION}\"]"),
+                format!("{p:?} is not a Keystone project name or id (1 to 64 characters)"),
+            ));
+        }
+        Ok(Namespace { name, labels, project })
     }
 }
 
@@ -811,6 +840,7 @@ impl Service {
             session_affinity: spec.session_affinity.filter(|a| a != "None"),
             external_traffic_policy: spec.external_traffic_policy.filter(|p| p != "Cluster"),
             load_balancer_source_ranges: spec.load_balancer_source_ranges.unwrap_or_default(),
+            health_monitor: annotation(&svc.metadata, HEALTH_MONITOR_ANNOTATION),
         })
     }
 }
@@ -886,5 +916,28 @@ mod tests {
         )
         .unwrap();
         assert_eq!(Node::from_k8s(&parsed).unwrap().openstack_server(), Some("abc"));
+    }
+
+    #[test]
+    fn annotations_for_openstack_mode() {
+        let ns = |annotations: serde_json::Value| -> Result<Namespace, Invalid> {
+            let k: core::Namespace =
+                serde_json::from_value(serde_json::json!({"metadata": {"name": "ta", "annotations": annotations}}))
+                    .unwrap();
+            Namespace::from_k8s(&k)
+        };
+        assert_eq!(ns(serde_json::json!({})).unwrap().project, None);
+        assert_eq!(ns(serde_json::json!({PROJECT_ANNOTATION: " team-a "})).unwrap().project.as_deref(), Some("team-a"));
+        let e = ns(serde_json::json!({PROJECT_ANNOTATION: ""})).unwrap_err().to_string();
+        assert!(e.contains("Namespace ta"), "{e}");
+        assert!(e.contains("metadata.annotations[\"stacknet.io/openstack-project\"]"), "{e}");
+        let long = "p".repeat(65);
+        assert!(ns(serde_json::json!({PROJECT_ANNOTATION: long})).is_err());
+        let svc: core::Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "x", "annotations": {HEALTH_MONITOR_ANNOTATION: "delay=3"}},
+            "spec": {"ports": [{"port": 80}]}
+        }))
+        .unwrap();
+        assert_eq!(Service::from_k8s(&svc).unwrap().health_monitor.as_deref(), Some("delay=3"));
     }
 }

@@ -19,6 +19,7 @@ use stacknet_engine::objects::{Direction, ObjectKey, Protocol};
 use stacknet_engine::{Cidr, PolicyEngine};
 
 use crate::cloud::{Cloud, Error};
+use crate::keystone::{self, Lookup};
 use crate::neutron::{self, NewPort, NewRule, Port, SecurityGroup};
 use crate::secgroups::{self, Family, Remote, SecurityPlan};
 
@@ -107,12 +108,12 @@ impl NeutronConfig {
         description.starts_with(&format!("stacknet:{}:", self.cluster))
     }
 
-    /// A readable name (Neutron does not need it unique).
     /// The identity of namespace `ns`'s subnet cut from the pool of `cidr`.
     fn namespace_subnet_marker(&self, ns: &str, cidr: &Cidr) -> String {
         self.marker(&format!("subnet:ns:{ns}:{cidr}"))
     }
 
+    /// A readable name (Neutron does not need it unique).
     pub(crate) fn name(&self, id: &str) -> String {
         let n = format!("stacknet-{}-{id}", self.cluster);
         let mut cut = n.len().min(255);
@@ -226,6 +227,9 @@ pub struct NeutronBackend {
     swept: AtomicBool,
     /// What Neutron holds of ours, as last read and since written; `None`: read it again.
     state: tokio::sync::Mutex<Option<State>>,
+    /// Keystone projects as namespaces' annotations name them (name or id → id, and when it
+    /// was looked up: trusted as long as the state is).
+    projects: std::sync::Mutex<BTreeMap<String, (String, Instant)>>,
 }
 
 /// What the backend knows of its objects in Neutron: a reconcile starting from it sends only
@@ -259,8 +263,14 @@ impl State {
 }
 
 /// A pool: where its ports are (the host they are bound to, `trunk:<id>` for subports of a
-/// nested node's trunk, `None`: unbound) and their network.
-type PoolKey = (Option<String>, String);
+/// nested node's trunk, `None`: unbound), their network, and their Keystone project (`None`:
+/// the session's own).
+type PoolKey = (Option<String>, String, Option<String>);
+
+/// Each namespace's Keystone project: `None` the session's own, `Some` the one its annotation
+/// names. A namespace whose annotation names no usable project is absent: its pods get no
+/// port until it does (never one in the wrong project).
+type Projects = BTreeMap<String, Option<String>>;
 
 fn trunk_pool(trunk: &neutron::Trunk) -> String {
     format!("trunk:{}", trunk.id)
@@ -272,15 +282,17 @@ pub struct PoolNode {
     pub name: String,
     /// The Nova server it is, if it is one (its trunk gets the pool's ports as subports).
     pub server: Option<String>,
-    /// The namespaces with pods on it: with a network per namespace, a pool per namespace
-    /// network the node has pods of.
-    pub namespaces: BTreeSet<String>,
+    /// The namespaces with pods on it, with their `stacknet.io/openstack-project`
+    /// annotation: a pool per network and project the node has pods of.
+    pub namespaces: BTreeMap<String, Option<String>>,
 }
 
 /// What a refill of the pools did.
 #[derive(Debug, Clone, Default)]
 pub struct PoolReport {
     pub created: usize,
+    /// Free ports of nodes that are gone, deleted.
+    pub deleted: usize,
     /// Neutron calls the refill sent.
     pub calls: u64,
     /// Free ports per node after the refill.
@@ -348,10 +360,12 @@ fn protocol(p: Protocol) -> &'static str {
     }
 }
 
-fn pool_key(p: &Port, trunks: &BTreeMap<String, neutron::Trunk>) -> PoolKey {
+/// The pool a free port is in; `own`: the session's project.
+fn pool_key(p: &Port, trunks: &BTreeMap<String, neutron::Trunk>, own: Option<&str>) -> PoolKey {
+    let project = Some(p.project_id.clone()).filter(|id| !id.is_empty() && Some(id.as_str()) != own);
     match trunks.values().find(|t| t.vlan_of(&p.id).is_some()) {
-        Some(t) => (Some(trunk_pool(t)), p.network_id.clone()),
-        None => (p.host.clone().filter(|h| !h.is_empty()), p.network_id.clone()),
+        Some(t) => (Some(trunk_pool(t)), p.network_id.clone(), project),
+        None => (p.host.clone().filter(|h| !h.is_empty()), p.network_id.clone(), project),
     }
 }
 
@@ -363,6 +377,7 @@ impl NeutronBackend {
             config,
             swept: AtomicBool::new(false),
             state: tokio::sync::Mutex::new(None),
+            projects: Default::default(),
         }
     }
 
@@ -377,6 +392,13 @@ impl NeutronBackend {
     /// Forgets what is known of Neutron: the next reconcile reads it all again.
     pub async fn invalidate(&self) {
         *self.state.lock().await = None;
+        self.projects.lock().expect("not poisoned").clear();
+    }
+
+    /// The id of the project an annotation names, if it was looked up lately.
+    fn known_project(&self, annotation: &str) -> Option<String> {
+        let known = self.projects.lock().expect("not poisoned");
+        known.get(annotation).filter(|(_, at)| at.elapsed() < self.config.resync).map(|(id, _)| id.clone())
     }
 
     /// Makes Neutron equal to what `engine` says. `Err` only when nothing could be read or
@@ -405,10 +427,11 @@ impl NeutronBackend {
         let groups = self.security_groups(&plan, state, report).await;
         report.plan = plan;
         let groups = groups?;
+        let projects = self.projects(engine, report).await?;
         if self.config.network_per_namespace {
-            self.namespace_networks(engine, state, report).await?;
+            self.namespace_networks(engine, &projects, state, report).await?;
         }
-        self.ports(engine, state, &groups, report).await?;
+        self.ports(engine, &projects, state, &groups, report).await?;
         if self.config.network_per_namespace {
             self.gone_namespace_networks(engine, state, report).await?;
         }
@@ -456,6 +479,7 @@ impl NeutronBackend {
         let pool_marker = c.marker(POOL_ID);
         let mut ports = BTreeMap::new();
         let mut pool: BTreeMap<PoolKey, Vec<Port>> = BTreeMap::new();
+        let own = self.cloud.project_id();
         // Ours: by our owner (tagged or not), and by tag (subports, whose owner Neutron's
         // trunk driver rewrites; a port is tagged before it goes on a trunk).
         let mut seen = BTreeSet::new();
@@ -466,7 +490,7 @@ impl NeutronBackend {
                 continue;
             }
             if p.description == pool_marker {
-                pool.entry(pool_key(&p, &trunks)).or_default().push(p);
+                pool.entry(pool_key(&p, &trunks, own.as_deref())).or_default().push(p);
             } else if c.is_ours(&p.description) {
                 ports.insert(p.description.clone(), p);
             }
@@ -543,7 +567,7 @@ impl NeutronBackend {
         if let Some(n) = existing.iter().find(|n| n.description == marker) {
             return Ok(n.clone());
         }
-        let n = neutron::create_network(&self.cloud, &c.name(name), &marker).await?;
+        let n = neutron::create_network(&self.cloud, &c.name(name), &marker, None).await?;
         neutron::set_tags(&self.cloud, "networks", &n.id, &[c.tag()]).await?;
         report.created += 1;
         Ok(n)
@@ -649,6 +673,61 @@ impl NeutronBackend {
             }
         }
         Ok(Topology { network, subnets, pools, namespaces, router, service_subnet, external_network })
+    }
+
+    /// Each namespace's Keystone project, as its `stacknet.io/openstack-project` annotation
+    /// names it (looked up once per read of Neutron). A project that cannot be found, or a
+    /// name several domains have, is a problem on the namespace, which is then left out.
+    async fn projects(&self, engine: &PolicyEngine, report: &mut Report) -> Result<Projects, Error> {
+        let index = engine.index();
+        let mut projects = Projects::new();
+        for (ns, _) in index.namespaces() {
+            let Some(wanted) = index.namespace_object(ns).and_then(|n| n.project.clone()) else {
+                projects.insert(ns.to_string(), None);
+                continue;
+            };
+            // The session's own project is no project of its own (its pools are the default's).
+            let own = self.cloud.project_id();
+            let of = |id: &String| Some(id.clone()).filter(|id| Some(id) != own.as_ref());
+            if let Some(id) = self.known_project(&wanted) {
+                projects.insert(ns.to_string(), of(&id));
+                continue;
+            }
+            let object = format!("Namespace {ns}");
+            let annotation = stacknet_engine::objects::PROJECT_ANNOTATION;
+            match keystone::project(&self.cloud, &wanted).await {
+                Ok(Lookup::Found(p)) => {
+                    projects.insert(ns.to_string(), of(&p.id));
+                    self.projects.lock().expect("not poisoned").insert(wanted, (p.id, Instant::now()));
+                }
+                Ok(Lookup::Missing) => report.problems.push(Problem {
+                    object,
+                    reason: "ProjectNotFound",
+                    message: format!(
+                        "annotation {annotation}: Keystone has no project with id or name {wanted:?}; the namespace's pods get no port until it has"
+                    ),
+                }),
+                Ok(Lookup::Ambiguous(found)) => {
+                    let domains: Vec<String> = found.iter().map(|p| format!("{} (domain {})", p.id, p.domain_id)).collect();
+                    report.problems.push(Problem {
+                        object,
+                        reason: "ProjectAmbiguous",
+                        message: format!(
+                            "annotation {annotation}: {} projects are named {wanted:?}: {}; name one by its id",
+                            found.len(),
+                            domains.join(", ")
+                        ),
+                    });
+                }
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => report.problems.push(Problem {
+                    object,
+                    reason: "KeystoneRejected",
+                    message: format!("annotation {annotation}: looking up project {wanted:?}: {e}"),
+                }),
+            }
+        }
+        Ok(projects)
     }
 
     /// Every planned group exists with exactly its rules; returns each planned group's.
@@ -775,6 +854,7 @@ impl NeutronBackend {
     async fn namespace_networks(
         &self,
         engine: &PolicyEngine,
+        projects: &Projects,
         state: &mut State,
         report: &mut Report,
     ) -> Result<(), Error> {
@@ -782,6 +862,8 @@ impl NeutronBackend {
         let tag = c.tag();
         let names: Vec<String> = engine.index().namespaces().map(|(n, _)| n.to_string()).collect();
         for ns in names {
+            // Its project cannot be had: reported on the namespace.
+            let Some(project) = projects.get(&ns) else { continue };
             let have = state.topology.namespaces.get(&ns).cloned();
             let missing: Vec<(Cidr, neutron::SubnetPool)> = state
                 .topology
@@ -804,7 +886,8 @@ impl NeutronBackend {
                 Some(h) => h,
                 None => {
                     let marker = c.marker(&format!("{NAMESPACE_NETWORK_PREFIX}{ns}"));
-                    match neutron::create_network(&self.cloud, &c.name(&format!("ns-{ns}")), &marker).await {
+                    let name = c.name(&format!("ns-{ns}"));
+                    match neutron::create_network(&self.cloud, &name, &marker, project.as_deref()).await {
                         Ok(n) => {
                             report.created += 1;
                             failed = neutron::set_tags(&self.cloud, "networks", &n.id, std::slice::from_ref(&tag))
@@ -824,7 +907,7 @@ impl NeutronBackend {
                 if failed.is_some() {
                     break;
                 }
-                match self.namespace_subnet(&net.network.id, &state.topology.router.id, &ns, cidr, &pool).await {
+                match self.namespace_subnet(&net.network, &state.topology.router.id, &ns, cidr, &pool).await {
                     Ok(s) => {
                         report.created += 1;
                         net.subnets.push(s);
@@ -848,7 +931,7 @@ impl NeutronBackend {
     /// reconcile).
     async fn namespace_subnet(
         &self,
-        network: &str,
+        network: &neutron::Network,
         router: &str,
         ns: &str,
         cidr: Cidr,
@@ -894,7 +977,7 @@ impl NeutronBackend {
             let free: Vec<Port> = state
                 .pool
                 .iter_mut()
-                .filter(|((_, n), _)| *n == net.network.id)
+                .filter(|((_, n, _), _)| *n == net.network.id)
                 .flat_map(|(_, f)| std::mem::take(f))
                 .collect();
             for p in free {
@@ -927,6 +1010,7 @@ impl NeutronBackend {
     async fn ports(
         &self,
         engine: &PolicyEngine,
+        projects: &Projects,
         state: &mut State,
         groups: &BTreeMap<String, SecurityGroup>,
         report: &mut Report,
@@ -957,6 +1041,9 @@ impl NeutronBackend {
             else {
                 continue;
             };
+            // Its namespace's project cannot be had: reported on the namespace. (A pod that
+            // has a port keeps it, in the project it was made in: Neutron cannot move a port.)
+            let Some(project) = projects.get(&pod.key.namespace).cloned() else { continue };
             let sgs: BTreeSet<String> = report
                 .plan
                 .ports
@@ -1003,8 +1090,8 @@ impl NeutronBackend {
                     // pod's (name, owner, groups, and the pod's address if it has one). On a
                     // nested node the free port is already on the node's trunk.
                     let key = match trunk {
-                        Some(t) => (Some(trunk_pool(t)), network.clone()),
-                        None => (host.clone(), network.clone()),
+                        Some(t) => (Some(trunk_pool(t)), network.clone(), project.clone()),
+                        None => (host.clone(), network.clone(), project.clone()),
                     };
                     match state.pool.get_mut(&key).and_then(|free| free.pop()) {
                         Some(free) => {
@@ -1030,6 +1117,7 @@ impl NeutronBackend {
                             uid,
                             fixed,
                             trunk.map(|t| t.id.clone()),
+                            project,
                         )),
                     }
                 }
@@ -1037,7 +1125,7 @@ impl NeutronBackend {
         }
         type Made = (ObjectKey, Option<String>, Result<Port, Error>);
         let made: Vec<Made> = futures::stream::iter(creates)
-            .map(|(key, network, marker, sgs, host, uid, fixed, trunk)| {
+            .map(|(key, network, marker, sgs, host, uid, fixed, trunk, project)| {
                 let owner = owner.clone();
                 async move {
                     let name = key.to_string();
@@ -1053,6 +1141,7 @@ impl NeutronBackend {
                                 host: host.as_deref(),
                                 security_groups: sgs.into_iter().collect(),
                                 fixed_ip: fixed.as_ref().map(|(s, ip)| (s.as_str(), ip.clone())),
+                                project_id: project.as_deref(),
                             },
                         )
                         .await?;
@@ -1239,10 +1328,12 @@ impl NeutronBackend {
     /// The nodes whose pools [`Self::refill_pools`] keeps: the cluster's.
     pub fn nodes_of(engine: &PolicyEngine) -> Vec<PoolNode> {
         let index = engine.index();
-        let mut namespaces: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+        let mut namespaces: BTreeMap<&str, BTreeMap<String, Option<String>>> = BTreeMap::new();
         for (_, p) in index.pods() {
             if let Some(n) = &p.node {
-                namespaces.entry(n.as_str()).or_default().insert(p.key.namespace.clone());
+                let ns = &p.key.namespace;
+                let project = index.namespace_object(ns).and_then(|o| o.project.clone());
+                namespaces.entry(n.as_str()).or_default().insert(ns.clone(), project);
             }
         }
         index
@@ -1255,12 +1346,14 @@ impl NeutronBackend {
             .collect()
     }
 
-    /// Tops up every node's pool to `pool_size` free ports, in bulk, within the project's
-    /// port quota (a pool never takes the last ports a pod start would need: it stops at the
-    /// quota, and a pod takes a free port before making one). A nested node's free ports are
-    /// put on its trunk, each with its VLAN, so that a pod start there is one call too.
-    /// Meant to run in the background: it holds the backend's state only to read, and to add
-    /// what it made (and put on trunks).
+    /// Tops up every node's pools (one per network and Keystone project it has pods of) to
+    /// `pool_size` free ports, in bulk, within each project's port quota (a pool never takes
+    /// the last ports a pod start would need: it stops at the quota, and a pod takes a free
+    /// port before making one). A nested node's free ports are put on its trunk, each with its
+    /// VLAN, so that a pod start there is one call too. The free ports of nodes that are no
+    /// longer in `nodes` (the cluster's every node) are deleted. Meant to run in the
+    /// background: it holds the backend's state only to read, to take out what it deletes and
+    /// to add what it made (and put on trunks).
     pub async fn refill_pools(&self, nodes: &[PoolNode]) -> Result<PoolReport, Error> {
         let c = &self.config;
         let cloud = &self.refill_cloud;
@@ -1269,78 +1362,132 @@ impl NeutronBackend {
         if c.pool_size == 0 {
             return Ok(report);
         }
-        // (node, network, the trunk if nested, how many to make, how many it is short)
-        let wanted = {
+        let own = cloud.project_id();
+        let (wanted, reclaim) = {
             let mut guard = self.state.lock().await;
             if guard.is_none() {
                 let mut r = Report::default();
                 *guard = Some(self.read(&mut r).await?);
             }
-            let state = guard.as_ref().expect("state was just read");
+            let state = guard.as_mut().expect("state was just read");
+            // Pools of nodes that are gone: taken out, their ports deleted below.
+            let places: BTreeSet<String> = nodes
+                .iter()
+                .flat_map(|n| {
+                    let trunk = n.server.as_ref().and_then(|s| state.trunks.get(s)).map(trunk_pool);
+                    std::iter::once(n.name.clone()).chain(trunk)
+                })
+                .collect();
+            let gone: Vec<PoolKey> = state
+                .pool
+                .keys()
+                .filter(|(place, _, _)| place.as_ref().is_some_and(|p| !places.contains(p)))
+                .cloned()
+                .collect();
+            let taken: Vec<Port> = gone.iter().flat_map(|k| state.pool.remove(k).unwrap_or_default()).collect();
+            let reclaim: Vec<(Port, Option<String>)> = taken
+                .into_iter()
+                .map(|p| {
+                    let trunk = state.trunk_holding(&p.id).map(|t| t.id.clone());
+                    (p, trunk)
+                })
+                .collect();
             // Free ports that should have gone on a trunk and did not: used before new ones.
-            let mut loose: BTreeMap<String, usize> = state
+            let mut loose: BTreeMap<(String, Option<String>), usize> = state
                 .pool
                 .iter()
-                .filter(|((place, _), _)| place.is_none())
-                .map(|((_, n), free)| (n.clone(), free.len()))
+                .filter(|((place, _, _), _)| place.is_none())
+                .map(|((_, n, p), free)| ((n.clone(), p.clone()), free.len()))
                 .collect();
-            let mut wanted: Vec<(String, String, Option<String>, usize, usize)> = Vec::new();
+            let mut wanted: Vec<Wanted> = Vec::new();
             for node in nodes {
-                let networks: Vec<String> = if c.network_per_namespace {
-                    node.namespaces
-                        .iter()
-                        .filter_map(|ns| state.topology.namespaces.get(ns).map(|n| n.network.id.clone()))
-                        .collect()
-                } else {
-                    vec![state.topology.network.id.clone()]
-                };
-                let trunk = node.server.as_ref().and_then(|s| state.trunks.get(s));
-                for network in networks {
-                    let key = match trunk {
-                        Some(t) => (Some(trunk_pool(t)), network.clone()),
-                        None => (Some(node.name.clone()), network.clone()),
+                // (network, project) of the node's pods, as far as they are known.
+                let mut pools: BTreeSet<(String, Option<String>)> = BTreeSet::new();
+                for (ns, annotation) in &node.namespaces {
+                    let project = match annotation {
+                        None => None,
+                        Some(a) => match self.known_project(a) {
+                            Some(id) => Some(id).filter(|id| Some(id) != own.as_ref()),
+                            // Not looked up yet, or not found: the reconcile sees to it.
+                            None => continue,
+                        },
                     };
-                    let free = state.pool.get(&key).map_or(0, Vec::len);
+                    let network = if c.network_per_namespace {
+                        match state.topology.namespaces.get(ns) {
+                            Some(n) => n.network.id.clone(),
+                            None => continue,
+                        }
+                    } else {
+                        state.topology.network.id.clone()
+                    };
+                    pools.insert((network, project));
+                }
+                if !c.network_per_namespace {
+                    pools.insert((state.topology.network.id.clone(), None));
+                }
+                let trunk = node.server.as_ref().and_then(|s| state.trunks.get(s));
+                for (network, project) in pools {
+                    let place = match trunk {
+                        Some(t) => trunk_pool(t),
+                        None => node.name.clone(),
+                    };
+                    let free = state.pool.get(&(Some(place), network.clone(), project.clone())).map_or(0, Vec::len);
                     if free < c.pool_size {
                         let short = c.pool_size - free;
                         let mut missing = short;
                         if trunk.is_some() {
-                            let l = loose.entry(network.clone()).or_default();
+                            let l = loose.entry((network.clone(), project.clone())).or_default();
                             let reused = (*l).min(missing);
                             *l -= reused;
                             missing -= reused;
                         }
-                        wanted.push((node.name.clone(), network, trunk.map(|t| t.id.clone()), missing, short));
+                        wanted.push(Wanted {
+                            node: node.name.clone(),
+                            network,
+                            project,
+                            trunk: trunk.map(|t| t.id.clone()),
+                            missing,
+                            short,
+                        });
                     }
                 }
             }
-            wanted
+            (wanted, reclaim)
         };
-        let mut headroom = match cloud.project_id() {
-            Some(project) => neutron::port_headroom(cloud, &project).await?,
-            None => None,
-        };
+        self.reclaim(cloud, reclaim, &mut report).await;
+        // Each project's quota headroom, asked once.
+        let mut headroom: BTreeMap<Option<String>, Option<u64>> = BTreeMap::new();
         let owner = c.device_owner();
         let marker = c.marker(POOL_ID);
         let name = c.name(POOL_ID);
         let mut made: Vec<Port> = Vec::new();
-        // Nested nodes: (node, trunk, network, how many free ports it wants on the trunk).
-        let mut nested: Vec<(String, String, String, usize)> = Vec::new();
-        for (node, network, trunk, mut missing, short) in wanted {
-            if let Some(h) = headroom {
+        // Nested nodes: (node, trunk, network, project, how many free ports it wants on the trunk).
+        let mut nested: Vec<(String, String, String, Option<String>, usize)> = Vec::new();
+        for w in wanted {
+            let Wanted { node, network, project, trunk, mut missing, short } = w;
+            if !headroom.contains_key(&project) {
+                let h = match project.as_ref().or(own.as_ref()) {
+                    Some(p) => neutron::port_headroom(cloud, p).await?,
+                    None => None,
+                };
+                headroom.insert(project.clone(), h);
+            }
+            let room = headroom.get_mut(&project).expect("just inserted");
+            if let Some(h) = *room {
                 if h < missing as u64 {
+                    let of = project.as_ref().map_or("the project".to_string(), |p| format!("project {p}"));
                     report.problems.push(Problem {
                         object: format!("Node {node}"),
                         reason: "QuotaExceeded",
                         message: format!(
-                            "the port pool of node {node} wants {missing} more free ports; the project's port quota leaves {h}"
+                            "the port pool of node {node} wants {missing} more free ports; the port quota of {of} leaves {h}"
                         ),
                     });
                 }
                 missing = missing.min(h as usize);
             }
             if let Some(t) = &trunk {
-                nested.push((node.clone(), t.clone(), network.clone(), short));
+                nested.push((node.clone(), t.clone(), network.clone(), project.clone(), short));
             }
             while missing > 0 {
                 let n = missing.min(POOL_BATCH);
@@ -1355,12 +1502,13 @@ impl NeutronBackend {
                         host: if trunk.is_some() { None } else { Some(&node) },
                         security_groups: Vec::new(),
                         fixed_ip: None,
+                        project_id: project.as_deref(),
                     })
                     .collect();
                 match neutron::create_ports(cloud, &new).await {
                     Ok(ports) => {
                         missing -= n;
-                        headroom = headroom.map(|h| h.saturating_sub(n as u64));
+                        *room = room.map(|h| h.saturating_sub(n as u64));
                         report.created += ports.len();
                         made.extend(ports);
                     }
@@ -1388,15 +1536,15 @@ impl NeutronBackend {
         let mut guard = self.state.lock().await;
         if let Some(state) = guard.as_mut() {
             for p in made {
-                let free = state.pool.entry(pool_key(&p, &state.trunks)).or_default();
+                let free = state.pool.entry(pool_key(&p, &state.trunks, own.as_deref())).or_default();
                 if !free.iter().any(|f| f.id == p.id) {
                     free.push(Port { tags: tags.to_vec(), ..p });
                 }
             }
             // Under the state's lock: VLAN ids are chosen by one writer at a time.
             if all_tagged {
-                for (node, trunk, network, n) in nested {
-                    let loose = state.pool.entry((None, network.clone())).or_default();
+                for (node, trunk, network, project, n) in nested {
+                    let loose = state.pool.entry((None, network.clone(), project)).or_default();
                     let take = n.min(loose.len());
                     let ports: Vec<Port> = loose.split_off(loose.len() - take);
                     let list = ports.iter().map(|p| (p.id.clone(), format!("Node {node}"))).collect();
@@ -1406,12 +1554,12 @@ impl NeutronBackend {
                     }
                     // Each where it now is: on the trunk, or loose for the next refill.
                     for p in ports {
-                        let key = pool_key(&p, &state.trunks);
+                        let key = pool_key(&p, &state.trunks, own.as_deref());
                         state.pool.entry(key).or_default().push(p);
                     }
                 }
             }
-            for ((place, _), free) in &state.pool {
+            for ((place, _, _), free) in &state.pool {
                 let Some(place) = place else { continue };
                 let node = match place.strip_prefix("trunk:") {
                     Some(id) => nodes
@@ -1421,13 +1569,65 @@ impl NeutronBackend {
                     None => Some(place.clone()),
                 };
                 if let Some(node) = node {
-                    report.free.insert(node, free.len());
+                    *report.free.entry(node).or_default() += free.len();
                 }
             }
         }
         report.calls = cloud.calls() - start_calls;
         Ok(report)
     }
+
+    /// Deletes free ports of nodes that are gone (off their trunk first). One that cannot
+    /// be deleted is a problem; the next read of Neutron finds it in its pool again, and the
+    /// next refill tries again.
+    async fn reclaim(&self, cloud: &Cloud, ports: Vec<(Port, Option<String>)>, report: &mut PoolReport) {
+        let mut off: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (p, trunk) in &ports {
+            if let Some(t) = trunk {
+                off.entry(t.clone()).or_default().push(p.id.clone());
+            }
+        }
+        let mut stuck = BTreeSet::new();
+        for (trunk, ids) in off {
+            if let Err(e) = neutron::remove_subports(cloud, &trunk, &ids).await
+                && !e.is_not_found()
+            {
+                report.problems.push(problem_of(&format!("Trunk {trunk}"), &e));
+                stuck.extend(ids);
+            }
+        }
+        let doomed = ports.into_iter().map(|(p, _)| p).filter(|p| !stuck.contains(&p.id));
+        let deleted: Vec<(Port, Result<(), Error>)> = futures::stream::iter(doomed)
+            .map(|p| async move {
+                let r = neutron::delete(cloud, "ports", &p.id).await;
+                (p, r)
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        for (p, r) in deleted {
+            match r {
+                Ok(()) => report.deleted += 1,
+                Err(e) => {
+                    let node = p.host.clone().unwrap_or_default();
+                    report.problems.push(problem_of(&format!("Node {node}"), &e));
+                }
+            }
+        }
+    }
+}
+
+/// A pool short of free ports.
+struct Wanted {
+    node: String,
+    network: String,
+    project: Option<String>,
+    /// The node's trunk, if it is nested.
+    trunk: Option<String>,
+    /// Ports to make.
+    missing: usize,
+    /// Free ports it lacks (a nested node's may come from loose ones).
+    short: usize,
 }
 
 fn pod_port(p: &Port) -> PodPort {

@@ -91,6 +91,7 @@ const PERMANENT_KINDS: &[&str] = &["SubnetAllocationError"];
 pub enum Service {
     Network,
     LoadBalancer,
+    Identity,
 }
 
 impl Service {
@@ -98,6 +99,7 @@ impl Service {
         match self {
             Service::Network => ServiceType::Network,
             Service::LoadBalancer => ServiceType::LoadBalancer,
+            Service::Identity => ServiceType::Identity,
         }
     }
 
@@ -105,6 +107,7 @@ impl Service {
         match self {
             Service::Network => "network",
             Service::LoadBalancer => "load-balancer",
+            Service::Identity => "identity",
         }
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod backend;
 pub mod cloud;
+pub mod keystone;
 pub mod neutron;
 pub mod octavia;
 pub mod secgroups;

@@ -25,6 +25,8 @@ pub struct Network {
     pub tags: Vec<String>,
     #[serde(default)]
     pub subnets: Vec<String>,
+    #[serde(default)]
+    pub project_id: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -67,6 +69,9 @@ pub struct Port {
     pub host: Option<String>,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// The Keystone project it counts against.
+    #[serde(default)]
+    pub project_id: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -218,14 +223,18 @@ pub async fn set_tags(cloud: &Cloud, collection: &str, id: &str, tags: &[String]
     Ok(())
 }
 
-pub async fn create_network(cloud: &Cloud, name: &str, description: &str) -> Result<Network, Error> {
-    cloud
-        .call(
-            Call::post(N, "networks")
-                .body("network", json!({"name": name, "description": description, "port_security_enabled": true}))
-                .answer("network"),
-        )
-        .await
+/// A network; `project`: the Keystone project it is made in (`None`: the session's).
+pub async fn create_network(
+    cloud: &Cloud,
+    name: &str,
+    description: &str,
+    project: Option<&str>,
+) -> Result<Network, Error> {
+    let mut body = json!({"name": name, "description": description, "port_security_enabled": true});
+    if let Some(p) = project {
+        body["project_id"] = json!(p);
+    }
+    cloud.call(Call::post(N, "networks").body("network", body).answer("network")).await
 }
 
 /// A subnet; `gateway`: the router's address on it (`None`: Neutron's default, the first).
@@ -401,6 +410,8 @@ pub struct NewPort<'a> {
     pub security_groups: Vec<String>,
     /// An address the pod already has (kept), on `subnet`.
     pub fixed_ip: Option<(&'a str, String)>,
+    /// The Keystone project it is made in (`None`: the session's).
+    pub project_id: Option<&'a str>,
 }
 
 fn port_body(p: &NewPort<'_>) -> Value {
@@ -418,6 +429,9 @@ fn port_body(p: &NewPort<'_>) -> Value {
     }
     if let Some((subnet, ip)) = &p.fixed_ip {
         body["fixed_ips"] = json!([{"subnet_id": subnet, "ip_address": ip}]);
+    }
+    if let Some(project) = p.project_id {
+        body["project_id"] = json!(project);
     }
     body
 }
@@ -483,18 +497,22 @@ pub async fn create_subnet_pool(
     cloud.call(Call::post(N, "subnetpools").body("subnetpool", body).answer("subnetpool")).await
 }
 
-/// A subnet whose prefix Neutron cuts from `pool` (the first free one of `prefixlen`).
+/// A subnet whose prefix Neutron cuts from `pool` (the first free one of `prefixlen`), in
+/// its network's project.
 pub async fn create_subnet_from_pool(
     cloud: &Cloud,
-    network: &str,
+    network: &Network,
     name: &str,
     pool: &str,
     prefixlen: u8,
     ip_version: u8,
     description: &str,
 ) -> Result<Subnet, Error> {
-    let body = json!({"network_id": network, "name": name, "subnetpool_id": pool, "prefixlen": prefixlen,
-                      "ip_version": ip_version, "description": description, "enable_dhcp": false});
+    let mut body = json!({"network_id": network.id, "name": name, "subnetpool_id": pool, "prefixlen": prefixlen,
+                          "ip_version": ip_version, "description": description, "enable_dhcp": false});
+    if !network.project_id.is_empty() {
+        body["project_id"] = json!(network.project_id);
+    }
     cloud.call(Call::post(N, "subnets").body("subnet", body).answer("subnet")).await
 }
 

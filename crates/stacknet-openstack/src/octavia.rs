@@ -6,7 +6,16 @@
 //!
 //! What the provider cannot honour is reported on the Service, never dropped silently:
 //! `sessionAffinity: ClientIP` (Octavia accepts session persistence and the provider ignores
-//! it), `loadBalancerSourceRanges` (refused), `externalTrafficPolicy: Local`.
+//! it), `loadBalancerSourceRanges` (refused), `externalTrafficPolicy: Local`, a health
+//! monitor on an SCTP port.
+//!
+//! Health monitors: a Service has no health check of its own (Kubernetes takes unready pods
+//! out of the endpoints), so one is asked for with the `stacknet.io/health-monitor`
+//! annotation: `true` (checks every 5 s, 3 s timeout, 3 successes up, 3 failures down) or any
+//! of `delay=S,timeout=S,retries=N,retries-down=N`. Each pool gets a monitor of its
+//! listener's protocol (`TCP`, `UDP-CONNECT`: the provider's two), which the provider
+//! writes as OVN Load_Balancer_Health_Check rows; a backend that fails it stops getting new
+//! connections before Kubernetes notices.
 //!
 //! Octavia refuses any change to a load balancer while it is `PENDING_*`: changes to one load
 //! balancer are made one at a time, each awaited until it is `ACTIVE` again (with backoff);
@@ -43,6 +52,77 @@ pub struct LbSpec {
     pub listeners: BTreeMap<(Protocol, u16), BTreeSet<SocketAddr>>,
     /// A LoadBalancer Service's IPv4 load balancer: a floating IP on its VIP.
     pub floating: bool,
+    /// A health monitor on each TCP and UDP pool.
+    pub health: Option<HealthMonitor>,
+}
+
+/// A pool's health monitor, as the annotation asks for it (seconds and counts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthMonitor {
+    pub delay: u32,
+    pub timeout: u32,
+    /// Successes that bring a member up.
+    pub retries: u32,
+    /// Failures that take it down.
+    pub retries_down: u32,
+}
+
+impl Default for HealthMonitor {
+    fn default() -> HealthMonitor {
+        HealthMonitor { delay: 5, timeout: 3, retries: 3, retries_down: 3 }
+    }
+}
+
+impl HealthMonitor {
+    /// The `stacknet.io/health-monitor` annotation: `None` for `false`; an error names the
+    /// part that is wrong.
+    pub fn parse(text: &str) -> Result<Option<HealthMonitor>, String> {
+        let text = text.trim();
+        match text.to_ascii_lowercase().as_str() {
+            "" | "true" | "on" | "yes" => return Ok(Some(HealthMonitor::default())),
+            "false" | "off" | "no" => return Ok(None),
+            _ => {}
+        }
+        let mut hm = HealthMonitor::default();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((key, value)) = part.split_once('=') else {
+                return Err(format!("{part:?} is not key=value (keys: delay, timeout, retries, retries-down)"));
+            };
+            let (key, value) = (key.trim(), value.trim());
+            let (field, low, high) = match key {
+                "delay" => (&mut hm.delay, 1, 86_400),
+                "timeout" => (&mut hm.timeout, 1, 86_400),
+                "retries" => (&mut hm.retries, 1, 10),
+                "retries-down" => (&mut hm.retries_down, 1, 10),
+                other => {
+                    return Err(format!("unknown key {other:?} (keys: delay, timeout, retries, retries-down)"));
+                }
+            };
+            let unit = if key.starts_with("retries") { "" } else { " seconds" };
+            *field = value
+                .trim_end_matches('s')
+                .parse::<u32>()
+                .ok()
+                .filter(|v| (low..=high).contains(v))
+                .ok_or_else(|| format!("{key}={value}: must be a whole number from {low} to {high}{unit}"))?;
+        }
+        if hm.timeout > hm.delay {
+            return Err(format!(
+                "timeout={} is longer than delay={} (a check must end before the next starts)",
+                hm.timeout, hm.delay
+            ));
+        }
+        Ok(Some(hm))
+    }
+
+    /// Octavia's monitor type for a listener's protocol (`None`: the provider has none).
+    fn kind(p: Protocol) -> Option<&'static str> {
+        match p {
+            Protocol::Tcp => Some("TCP"),
+            Protocol::Udp => Some("UDP-CONNECT"),
+            Protocol::Sctp => None,
+        }
+    }
 }
 
 /// The load balancers the cluster's Services need, and what they ask for that the `ovn`
@@ -59,17 +139,50 @@ pub fn plan(index: &ClusterIndex) -> (Vec<LbSpec>, Vec<Problem>) {
                 vip: vip.ip(),
                 listeners: BTreeMap::new(),
                 floating: false,
+                health: None,
             });
             spec.listeners.entry((lb.protocol, vip.port())).or_default().extend(backends);
+        }
+    }
+    let mut problems = Vec::new();
+    let mut health: BTreeMap<&ObjectKey, HealthMonitor> = BTreeMap::new();
+    for svc in index.services() {
+        let Some(text) = &svc.health_monitor else { continue };
+        match HealthMonitor::parse(text) {
+            Ok(Some(hm)) => {
+                health.insert(&svc.key, hm);
+            }
+            Ok(None) => {}
+            Err(why) => problems.push(Problem {
+                object: format!("Service {}", svc.key),
+                reason: "InvalidAnnotation",
+                message: format!(
+                    "annotation {}: {why}; the Service is load-balanced without a health monitor",
+                    stacknet_engine::objects::HEALTH_MONITOR_ANNOTATION
+                ),
+            }),
         }
     }
     for spec in specs.values_mut() {
         spec.floating =
             spec.vip.is_ipv4() && index.services().any(|s| s.key == spec.service && s.service_type == "LoadBalancer");
+        spec.health = health.get(&spec.service).copied();
     }
-    let mut problems = Vec::new();
     for svc in index.services() {
         let object = format!("Service {}", svc.key);
+        if health.contains_key(&svc.key) {
+            for p in svc.ports.iter().filter(|p| HealthMonitor::kind(p.protocol).is_none()) {
+                problems.push(Problem {
+                    object: object.clone(),
+                    reason: "UnsupportedByLoadBalancer",
+                    message: format!(
+                        "health monitor on {}/{}: the ovn provider checks TCP and UDP only; the port is load-balanced without one",
+                        p.port,
+                        protocol(p.protocol)
+                    ),
+                });
+            }
+        }
         let mut unsupported = |field: &str, why: &str| {
             problems.push(Problem {
                 object: object.clone(),
@@ -119,6 +232,24 @@ pub struct Listener {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+pub struct Pool {
+    pub id: String,
+    #[serde(default)]
+    pub healthmonitor_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Monitor {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub delay: u32,
+    pub timeout: u32,
+    pub max_retries: u32,
+    pub max_retries_down: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
 pub struct Member {
     pub id: String,
     pub address: String,
@@ -146,9 +277,9 @@ pub struct LbReport {
     pub floating_ips: BTreeMap<ObjectKey, IpAddr>,
 }
 
-/// A load balancer made equal to its Service: its id, its VIP port and how many changes that
-/// took.
-type Ensured = Result<(String, Option<String>, usize), Error>;
+/// A load balancer made equal to its Service: its id, its VIP port, how many changes that
+/// took, and what Octavia refused of it (the rest was done).
+type Ensured = Result<(String, Option<String>, usize, Vec<Problem>), Error>;
 
 pub struct OctaviaBackend {
     cloud: Cloud,
@@ -216,8 +347,9 @@ impl OctaviaBackend {
             .await;
         for (spec, r) in results {
             match r {
-                Ok((id, vip_port, changes)) => {
+                Ok((id, vip_port, changes, refused)) => {
                     report.updated += changes;
+                    report.problems.extend(refused);
                     report.load_balancers.insert(spec.service.clone(), id);
                     if spec.floating {
                         let marker = fip_marker(&spec.id);
@@ -322,6 +454,59 @@ impl OctaviaBackend {
         }
     }
 
+    /// Pool `pool`'s health monitor made equal to `want`; the changes made (0 or 1).
+    async fn monitor(
+        &self,
+        lb: &str,
+        pool: &str,
+        want: Option<HealthMonitor>,
+        proto: Protocol,
+    ) -> Result<usize, Error> {
+        let have: Pool = self.cloud.call(Call::get(O, format!("lbaas/pools/{pool}")).answer("pool")).await?;
+        let current: Option<Monitor> = match &have.healthmonitor_id {
+            Some(id) if !id.is_empty() => {
+                Some(self.cloud.call(Call::get(O, format!("lbaas/healthmonitors/{id}")).answer("healthmonitor")).await?)
+            }
+            _ => None,
+        };
+        let fields = |hm: &HealthMonitor| {
+            json!({"delay": hm.delay, "timeout": hm.timeout, "max_retries": hm.retries,
+                   "max_retries_down": hm.retries_down})
+        };
+        match (want, current) {
+            (None, None) => return Ok(0),
+            (Some(hm), Some(m))
+                if HealthMonitor::kind(proto) == Some(m.kind.as_str())
+                    && (m.delay, m.timeout, m.max_retries, m.max_retries_down)
+                        == (hm.delay, hm.timeout, hm.retries, hm.retries_down) =>
+            {
+                return Ok(0);
+            }
+            (Some(hm), Some(m)) if HealthMonitor::kind(proto) == Some(m.kind.as_str()) => {
+                self.cloud
+                    .call_empty(
+                        Call::put(O, format!("lbaas/healthmonitors/{}", m.id)).body("healthmonitor", fields(&hm)),
+                    )
+                    .await?;
+            }
+            (want, current) => {
+                if let Some(m) = current {
+                    self.cloud.call_empty(Call::delete(O, format!("lbaas/healthmonitors/{}", m.id))).await?;
+                    self.settle(lb).await?;
+                }
+                if let (Some(hm), Some(kind)) = (want, HealthMonitor::kind(proto)) {
+                    let mut body = fields(&hm);
+                    body["pool_id"] = json!(pool);
+                    body["type"] = json!(kind);
+                    body["tags"] = json!([self.config.tag()]);
+                    self.cloud.call_empty(Call::post(O, "lbaas/healthmonitors").body("healthmonitor", body)).await?;
+                }
+            }
+        }
+        self.settle(lb).await?;
+        Ok(1)
+    }
+
     /// One Service's load balancer made equal to `spec`; (its id, changes made).
     async fn ensure(
         &self,
@@ -332,6 +517,7 @@ impl OctaviaBackend {
     ) -> Ensured {
         let c = &self.config;
         let mut changes = 0;
+        let mut refused = Vec::new();
         let lb = match current {
             // ERROR (or a VIP that moved): made again.
             Some(lb)
@@ -436,7 +622,50 @@ impl OctaviaBackend {
                 self.settle(&id).await?;
                 changes += 1;
             }
+            // A monitor Octavia refuses (its own limits, such as UDP checks no more often than
+            // every few seconds) is reported; the port is load-balanced without it.
+            match self.monitor(&id, &pool, HealthMonitor::kind(*proto).and(spec.health), *proto).await {
+                Ok(n) => changes += n,
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => refused.push(Problem {
+                    object: format!("Service {}", spec.service),
+                    reason: "UnsupportedByLoadBalancer",
+                    message: format!(
+                        "health monitor on {port}/{}: {}; the port is load-balanced without one",
+                        protocol(*proto),
+                        e.to_string().trim_end_matches('.')
+                    ),
+                }),
+            }
         }
-        Ok((id, vip_port, changes))
+        Ok((id, vip_port, changes, refused))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_monitor_annotation() {
+        let d = HealthMonitor::default();
+        assert_eq!(HealthMonitor::parse("true"), Ok(Some(d)));
+        assert_eq!(HealthMonitor::parse(" "), Ok(Some(d)));
+        assert_eq!(HealthMonitor::parse("off"), Ok(None));
+        assert_eq!(
+            HealthMonitor::parse("delay=10, timeout=4s,retries-down=2"),
+            Ok(Some(HealthMonitor { delay: 10, timeout: 4, retries: 3, retries_down: 2 }))
+        );
+        let err = |t: &str| HealthMonitor::parse(t).unwrap_err();
+        assert!(
+            err("delay=0").contains("delay=0: must be a whole number from 1 to 86400 seconds"),
+            "{}",
+            err("delay=0")
+        );
+        assert!(err("retries=11").contains("from 1 to 10"));
+        assert!(err("interval=5").contains("unknown key \"interval\""));
+        assert!(err("delay").contains("is not key=value"));
+        assert!(err("delay=2,timeout=3").contains("timeout=3 is longer than delay=2"));
+        assert!(err("delay=-1").contains("delay=-1"));
     }
 }

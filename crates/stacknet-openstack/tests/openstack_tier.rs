@@ -723,6 +723,113 @@ async fn per_namespace(cloud: &OpenStack, session: &Cloud) {
     }
 }
 
+/// A Keystone project per namespace (annotation): the namespace's network and ports are made
+/// in it, and its pools too, bounded by its own port quota; a project that does not exist is
+/// reported on the namespace, whose pods then get no port (rather than one in the wrong
+/// project); a node that goes takes its pools' free ports with it.
+async fn projects(cloud: &OpenStack, session: &Cloud) {
+    // The operator makes the project: stacknet only ever reads Keystone.
+    let token = cloud.admin_token().unwrap();
+    let body = r#"{"project": {"name": "team-a", "domain_id": "default"}}"#;
+    let a = http("POST", &format!("{}/projects", cloud.keystone_url), Some(&token), Some(body)).unwrap();
+    assert!(a.status < 300, "HTTP {}: {}", a.status, a.body);
+    let team = serde_json::from_str::<Value>(&a.body).unwrap()["project"]["id"].as_str().unwrap().to_string();
+    let own = session.project_id().unwrap();
+    let cluster = |nodes: &[&str]| {
+        let mut m = String::from(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: ta, annotations: {stacknet.io/openstack-project: team-a}}\n---\n\
+             apiVersion: v1\nkind: Namespace\nmetadata: {name: tb, annotations: {stacknet.io/openstack-project: nope}}\n---\n\
+             apiVersion: v1\nkind: Namespace\nmetadata: {name: tc}\n",
+        );
+        for (ns, pod) in [("ta", "web"), ("tb", "x"), ("tc", "y")] {
+            m.push_str(&format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: {ns}}}\nspec: {{nodeName: n1, containers: [{{name: c}}]}}\n"
+            ));
+        }
+        for n in nodes {
+            m.push_str(&format!("---\napiVersion: v1\nkind: Node\nmetadata: {{name: {n}}}\n"));
+        }
+        let mut engine = PolicyEngine::new();
+        for o in manifest::parse("prj.yaml", &m).unwrap().objects {
+            engine.apply(o);
+        }
+        engine
+    };
+    let key = |s: &str| -> ObjectKey { s.parse().unwrap() };
+    let port_project = |id: &str| neutron(cloud, "GET", &format!("ports/{id}"), None)["port"]["project_id"].clone();
+
+    // One shared pod network: the port is the project's.
+    let shared = NeutronBackend::new(session.clone(), NeutronConfig::new("prs", vec!["10.53.0.0/16".parse().unwrap()]));
+    let r = shared.reconcile(&cluster(&["n1"])).await.unwrap();
+    assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+    assert_eq!((r.problems[0].object.as_str(), r.problems[0].reason), ("Namespace tb", "ProjectNotFound"));
+    eprintln!("namespace tb: {}: {}", r.problems[0].reason, r.problems[0].message);
+    assert!(!r.ports.contains_key(&key("tb/x")), "no port in the wrong project");
+    assert_eq!(port_project(&r.ports[&key("ta/web")].port_id), json!(team));
+    assert_eq!(port_project(&r.ports[&key("tc/y")].port_id), json!(own));
+
+    // A network per namespace, with pools: ta's network and its pool are team-a's, within
+    // team-a's quota (which leaves one port).
+    let config = NeutronConfig {
+        network_per_namespace: true,
+        pool_size: 2,
+        ..NeutronConfig::new("prj", vec!["10.52.0.0/16".parse().unwrap()])
+    };
+    let b = NeutronBackend::new(session.clone(), config.clone());
+    let engine = cluster(&["n1", "n2"]);
+    let r = b.reconcile(&engine).await.unwrap();
+    assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+    assert_eq!((r.problems[0].object.as_str(), r.problems[0].reason), ("Namespace tb", "ProjectNotFound"));
+    let topology = r.topology.clone().unwrap();
+    assert!(!topology.namespaces.contains_key("tb"), "no network for tb");
+    assert_eq!(topology.namespaces["ta"].network.project_id, team);
+    assert_eq!(topology.namespaces["tc"].network.project_id, own);
+    assert_eq!(port_project(&r.ports[&key("ta/web")].port_id), json!(team));
+    let used =
+        neutron(cloud, "GET", &format!("quotas/{team}/details"), None)["quota"]["port"]["used"].as_i64().unwrap();
+    neutron(cloud, "PUT", &format!("quotas/{team}"), Some(json!({"quota": {"port": used + 1}})));
+    let filled = b.refill_pools(&NeutronBackend::nodes_of(&engine)).await.unwrap();
+    neutron(cloud, "PUT", &format!("quotas/{team}"), Some(json!({"quota": {"port": -1}})));
+    assert_eq!(filled.created, 3, "team-a's one, tc's two: {filled:?}");
+    assert_eq!(filled.problems.len(), 1, "{:?}", filled.problems);
+    let p = &filled.problems[0];
+    assert_eq!((p.object.as_str(), p.reason), ("Node n1", "QuotaExceeded"), "{p:?}");
+    assert!(p.message.contains(&team), "{}", p.message);
+    let free = |host: &str| -> Vec<Value> {
+        let marker = config.marker("pool");
+        neutron(cloud, "GET", &format!("ports?binding:host_id={host}&device_owner={}", config.device_owner()), None)
+            ["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["description"] == json!(marker))
+            .cloned()
+            .collect()
+    };
+    let on_n1 = free("n1");
+    assert_eq!(on_n1.len(), 3);
+    let ta_net = &topology.namespaces["ta"].network.id;
+    let team_free: Vec<&Value> = on_n1.iter().filter(|p| p["network_id"] == json!(ta_net)).collect();
+    assert_eq!(team_free.len(), 1);
+    assert_eq!(team_free[0]["project_id"], json!(team));
+
+    // A pod of ta starts: the free port of team-a's pool, one call.
+    let mut engine = cluster(&["n1", "n2"]);
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: api, namespace: ta}\nspec: {nodeName: n1, containers: [{name: c}]}\n";
+    for o in manifest::parse("pod.yaml", pod).unwrap().objects {
+        engine.apply(o);
+    }
+    let r = b.reconcile(&engine).await.unwrap();
+    assert_eq!(r.ports[&key("ta/api")].port_id, team_free[0]["id"].as_str().unwrap(), "{r:?}");
+
+    // Node n1 goes: the free ports of its pools are deleted, none other.
+    let before_n2 = free("n2").len();
+    let gone = b.refill_pools(&NeutronBackend::nodes_of(&cluster(&["n2"]))).await.unwrap();
+    assert_eq!(gone.deleted, 2, "{gone:?}");
+    assert!(free("n1").is_empty(), "free ports of a gone node stay: {:?}", free("n1"));
+    assert_eq!(free("n2").len(), before_n2);
+}
+
 const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: x}\n\
 spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 8080, targetPort: 80}, {name: dns, port: 5353, protocol: UDP, targetPort: 81}]}\n";
 
@@ -752,6 +859,18 @@ fn ovn_vips(cloud: &OpenStack, id: &str) -> BTreeMap<String, String> {
         let mut lines = block.lines();
         let proto = lines.next().unwrap_or_default().trim().to_string();
         rows.insert(proto, lines.collect::<Vec<_>>().join(" ").trim().to_string());
+    }
+    rows
+}
+
+/// The OVN health checks (Octavia's health monitors, as the provider writes them): vip → options.
+fn health_checks(cloud: &OpenStack) -> BTreeMap<String, String> {
+    let out = cloud.ovn.nbctl(&["--bare", "--columns=vip,options", "find", "Load_Balancer_Health_Check"]).unwrap();
+    let mut rows = BTreeMap::new();
+    for block in out.split("\n\n").filter(|b| !b.trim().is_empty()) {
+        let mut lines = block.lines();
+        let vip = lines.next().unwrap_or_default().trim().to_string();
+        rows.insert(vip, lines.collect::<Vec<_>>().join(" ").trim().to_string());
     }
     rows
 }
@@ -793,10 +912,34 @@ async fn services(cloud: &OpenStack, session: &Cloud) {
         "Service -> Octavia load balancer ACTIVE and in the Northbound database in {:.1}s",
         started.elapsed().as_secs_f64()
     );
-    let engine =
-        engine_of(&World::full(), &format!("{SERVICE}---\n{}---\n{LB_SERVICE}", slice(&["10.1.0.1", "10.1.0.2"])));
+    // It asks for a health monitor: one per pool, as OVN health checks of its VIPs. Octavia
+    // checks UDP no more often than every 3 s: the UDP port's is refused and reported, the
+    // TCP port's is made.
+    let monitored = |hm: &str| {
+        let svc = SERVICE.replace(
+            "metadata: {name: web, namespace: x}",
+            &format!("metadata: {{name: web, namespace: x, annotations: {{stacknet.io/health-monitor: '{hm}'}}}}"),
+        );
+        engine_of(&World::full(), &format!("{svc}---\n{}---\n{LB_SERVICE}", slice(&["10.1.0.1", "10.1.0.2"])))
+    };
+    let report = octavia.reconcile(monitored("delay=2,timeout=1").index(), &topology).await.unwrap();
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    let p = &report.problems[0];
+    assert_eq!((p.object.as_str(), p.reason), ("Service x/web", "UnsupportedByLoadBalancer"), "{p:?}");
+    assert!(p.message.starts_with("health monitor on 5353/UDP: "), "{}", p.message);
+    eprintln!("{}: {}", p.reason, p.message);
+    let checks = health_checks(cloud);
+    assert!(checks.contains_key("10.96.0.10:8080"), "{checks:?}");
+    assert!(!checks.contains_key("10.96.0.10:5353"), "{checks:?}");
+    let engine = monitored("delay=3,timeout=1");
     let report = octavia.reconcile(engine.index(), &topology).await.unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let checks = health_checks(cloud);
+    for vip in ["10.96.0.10:8080", "10.96.0.10:5353"] {
+        let c = checks.get(vip).unwrap_or_else(|| panic!("no OVN health check of {vip}: {checks:?}"));
+        assert!(c.contains("interval=\"3\"") || c.contains("interval=3"), "{vip}: {c}");
+        assert!(c.contains("timeout=\"1\"") || c.contains("timeout=1"), "{vip}: {c}");
+    }
     assert!(vips["tcp"].contains("10.96.0.10:8080=10.1.0.1:80,10.1.0.2:80"), "{vips:?}");
     assert!(vips["udp"].contains("10.96.0.10:5353=10.1.0.1:81,10.1.0.2:81"), "{vips:?}");
 
@@ -839,17 +982,27 @@ async fn services(cloud: &OpenStack, session: &Cloud) {
     let again = octavia.reconcile(engine.index(), &topology).await.unwrap();
     assert_eq!((again.created, again.updated, again.deleted), (0, 0, 0), "{again:?}");
 
-    // An endpoint goes; an unsupported field is reported.
-    let affinity = SERVICE.replace("spec: {", "spec: {sessionAffinity: ClientIP, ");
+    // An endpoint goes; an unsupported field is reported, and a bad health monitor annotation
+    // (the monitors go).
+    let affinity = SERVICE.replace("spec: {", "spec: {sessionAffinity: ClientIP, ").replace(
+        "metadata: {name: web, namespace: x}",
+        "metadata: {name: web, namespace: x, annotations: {stacknet.io/health-monitor: 'delay=1,timeout=2'}}",
+    );
     let engine = engine_of(&World::full(), &format!("{affinity}---\n{}", slice(&["10.1.0.1"])));
     let report = octavia.reconcile(engine.index(), &topology).await.unwrap();
     // x/front is gone: its floating IP with it, then its load balancer.
     assert_eq!(report.deleted, 2, "{report:?}");
     let left = neutron(cloud, "GET", &format!("floatingips?tags={}", config.tag()), None);
     assert_eq!(left["floatingips"], json!([]), "the floating IP of a gone Service stays");
-    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
-    assert_eq!(report.problems[0].reason, "UnsupportedByLoadBalancer");
+    let mut reasons: Vec<&str> = report.problems.iter().map(|p| p.reason).collect();
+    reasons.sort();
+    assert_eq!(reasons, ["InvalidAnnotation", "UnsupportedByLoadBalancer"], "{:?}", report.problems);
+    let bad = report.problems.iter().find(|p| p.reason == "InvalidAnnotation").unwrap();
+    assert_eq!(bad.object, "Service x/web");
+    assert!(bad.message.contains("timeout=2 is longer than delay=1"), "{}", bad.message);
     assert_eq!(ovn_vips(cloud, &id)["tcp"], "10.96.0.10:8080=10.1.0.1:80", "x/b left the endpoints");
+    let checks = health_checks(cloud);
+    assert!(!checks.keys().any(|v| v.starts_with("10.96.0.10:")), "the monitors stay: {checks:?}");
 
     // The Service goes, and its load balancer with it.
     let engine = engine_of(&World::full(), "");
@@ -977,6 +1130,7 @@ fn openstack_tier() {
         nested(&cloud, &session).await;
         custom_ca(&cloud).await;
         per_namespace(&cloud, &session).await;
+        projects(&cloud, &session).await;
         let secret = application_credential(&cloud).await;
         services(&cloud, &session).await;
         secret
