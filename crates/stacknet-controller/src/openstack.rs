@@ -5,13 +5,14 @@
 //! for a refill. Level-based: a reconcile recomputes everything from the index, and one runs at
 //! least every `resync` even without changes, so drift in Neutron is repaired.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use stacknet_engine::PolicyEngine;
+use stacknet_engine::objects::ObjectKey;
 use stacknet_openstack::octavia::OctaviaBackend;
 use stacknet_openstack::{Cloud, CloudSource, NeutronBackend, NeutronConfig, PoolNode, Problem};
 use tokio::sync::{mpsc, watch};
@@ -62,6 +63,12 @@ pub struct OpenStackController {
     sources: BTreeSet<String>,
     synced: BTreeSet<String>,
     settings: OpenStackSettings,
+    /// Whether this replica leads (`None`: it is the only one).
+    leading: Option<watch::Receiver<bool>>,
+    /// Where pods' network annotations go to be written back (with the Kubernetes API).
+    annotate: Option<mpsc::UnboundedSender<(ObjectKey, String)>>,
+    /// What was last sent per pod and has not shown up on the pod yet.
+    annotated: HashMap<ObjectKey, String>,
 }
 
 fn report(events: &Events, problems: &[Problem]) {
@@ -88,7 +95,72 @@ impl OpenStackController {
             sources: sources.iter().map(|s| s.as_ref().to_string()).collect(),
             synced: BTreeSet::new(),
             settings,
+            leading: None,
+            annotate: None,
+            annotated: HashMap::new(),
         })
+    }
+
+    /// Writes only while `leading` says so (see [`crate::leader`]): a follower keeps the
+    /// cluster's index and is ready, and neither reconciles nor fills pools. A replica that
+    /// takes over reads Neutron afresh (the previous leader wrote since) before its first
+    /// reconcile.
+    pub fn with_leader(mut self, leading: watch::Receiver<bool>) -> Self {
+        self.leading = Some(leading);
+        self
+    }
+
+    fn is_leader(&self) -> bool {
+        self.leading.as_ref().is_none_or(|l| *l.borrow())
+    }
+
+    /// Writes each pod's network back as its `stacknet.io/network` annotation through
+    /// `annotate` (its Neutron port's addresses with their prefix lengths, MAC, gateways, port
+    /// and network, and on a nested node the VLAN and the trunk's parent port), as JSON.
+    pub fn with_annotations(mut self, annotate: mpsc::UnboundedSender<(ObjectKey, String)>) -> Self {
+        self.annotate = Some(annotate);
+        self
+    }
+
+    /// Sends the annotations that differ from what the pods carry.
+    fn annotate(&mut self, report: &stacknet_openstack::Report) {
+        let Some(tx) = &self.annotate else { return };
+        let Some(topology) = &report.topology else { return };
+        self.annotated.retain(|k, _| report.ports.contains_key(k));
+        for (key, port) in &report.ports {
+            let mut ips = Vec::new();
+            let mut gateways = Vec::new();
+            for ip in &port.ips {
+                let Some(subnet) = topology.subnet_of(*ip) else { continue };
+                let Some(len) = subnet.cidr.split_once('/').map(|(_, l)| l) else { continue };
+                ips.push(format!("{ip}/{len}"));
+                gateways.extend(subnet.gateway_ip.clone());
+            }
+            let mut value = serde_json::json!({
+                "ips": ips,
+                "mac": port.mac,
+                "gateways": gateways,
+                "portId": port.port_id,
+                "networkId": port.network_id,
+            });
+            if let (Some(vlan), Some(parent)) = (port.vlan, &port.parent_port) {
+                value["vlan"] = serde_json::json!(vlan);
+                value["parentPort"] = serde_json::json!(parent);
+            }
+            let value = value.to_string();
+            let index = self.engine.index();
+            let current = index.pod_id(key).and_then(|id| index.pod(id)).and_then(|p| p.network_annotation.clone());
+            if current.as_deref() == Some(value.as_str()) {
+                self.annotated.remove(key);
+                continue;
+            }
+            if self.annotated.get(key) == Some(&value) {
+                continue;
+            }
+            if tx.send((key.clone(), value.clone())).is_ok() {
+                self.annotated.insert(key.clone(), value);
+            }
+        }
     }
 
     pub fn observed(&self) -> Observed {
@@ -116,8 +188,8 @@ impl OpenStackController {
 
     async fn reconcile(&mut self) -> Result<(), String> {
         let started = std::time::Instant::now();
-        let metrics = &self.observed.metrics;
-        let events = &self.observed.events;
+        let metrics = &self.observed.metrics.clone();
+        let events = &self.observed.events.clone();
         let index = self.engine.index();
         metrics.pods.store(index.pod_count() as i64, Ordering::Relaxed);
         metrics.policies.store(index.policies().count() as i64, Ordering::Relaxed);
@@ -131,6 +203,7 @@ impl OpenStackController {
         };
         let net = self.neutron.reconcile(&self.engine).await.map_err(|e| fail(e, "Neutron"))?;
         report(events, &net.problems);
+        self.annotate(&net);
         metrics.operations.fetch_add(net.calls, Ordering::Relaxed);
         if let (Some(octavia), Some(topology)) = (&self.octavia, &net.topology) {
             let lbs = octavia.reconcile(self.engine.index(), topology).await.map_err(|e| fail(e, "Octavia"))?;
@@ -157,17 +230,35 @@ impl OpenStackController {
         health.set_ready(false, "waiting for the cluster's initial state");
         // The pools' own task, fed the cluster's nodes after each reconcile.
         let (nodes_tx, nodes_rx) = watch::channel(Vec::<PoolNode>::new());
-        let refiller = (self.settings.neutron.pool_size > 0)
-            .then(|| tokio::spawn(refill(self.neutron.clone(), nodes_rx, self.observed.events.clone())));
+        let refiller = (self.settings.neutron.pool_size > 0).then(|| {
+            tokio::spawn(refill(self.neutron.clone(), nodes_rx, self.observed.events.clone(), self.leading.clone()))
+        });
         let mut changes = Some(changes);
         let mut dirty: Option<(Instant, Instant)> = Some((Instant::now(), Instant::now()));
         let mut retry_at: Option<Instant> = None;
         let mut backoff = Duration::from_millis(500);
         let coalesce = self.settings.coalesce;
         let mut last_reconcile = Instant::now();
+        let mut leading = self.leading.clone();
+        let mut was_leader = self.is_leader();
         tokio::pin!(shutdown);
         loop {
-            let can = self.sources.is_subset(&self.synced);
+            let leader = self.is_leader();
+            self.observed.metrics.leader.store(i64::from(leader), Ordering::Relaxed);
+            if leader && !was_leader {
+                // Taking over: what the previous leader wrote is read, then a full reconcile.
+                self.neutron.invalidate().await;
+                self.annotated.clear();
+                let now = Instant::now();
+                dirty = Some(dirty.map_or((now, now), |(first, _)| (first, now)));
+            }
+            was_leader = leader;
+            let synced = self.sources.is_subset(&self.synced);
+            if !leader && synced && !health.ready.load(Ordering::SeqCst) {
+                // A follower is ready once it holds the cluster: it can take over at once.
+                health.set_ready(true, "");
+            }
+            let can = synced && leader;
             let deadline = match dirty {
                 Some((first, last)) if can => {
                     let at = (last + coalesce).min(first + coalesce * 10);
@@ -191,6 +282,11 @@ impl OpenStackController {
                                 break;
                             }
                         }
+                    }
+                }
+                r = async { leading.as_mut().expect("guarded").changed().await }, if leading.is_some() => {
+                    if r.is_err() {
+                        leading = None;
                     }
                 }
                 _ = tokio::time::sleep_until(deadline), if can => {
@@ -224,10 +320,16 @@ impl OpenStackController {
 
 /// Keeps every node's pool full: after each change of the node list and every few seconds
 /// (pods take ports between reconciles' reports).
-async fn refill(neutron: Arc<NeutronBackend>, mut nodes: watch::Receiver<Vec<PoolNode>>, events: Arc<Events>) {
+async fn refill(
+    neutron: Arc<NeutronBackend>,
+    mut nodes: watch::Receiver<Vec<PoolNode>>,
+    events: Arc<Events>,
+    leading: Option<watch::Receiver<bool>>,
+) {
     loop {
         let list = nodes.borrow_and_update().clone();
-        if !list.is_empty() {
+        let leader = leading.as_ref().is_none_or(|l| *l.borrow());
+        if leader && !list.is_empty() {
             match neutron.refill_pools(&list).await {
                 Ok(r) => {
                     if r.created + r.deleted > 0 {

@@ -1,7 +1,8 @@
 //! `stacknet controller --backend openstack`'s loop against a real Keystone, Neutron and
-//! Octavia on loopback: the cluster's changes become ports and security groups, pools are kept
-//! full, what Octavia's provider cannot do is an Event, a pod that goes takes its port, and a
-//! wrong password is an error that does not repeat it.
+//! Octavia on loopback: a follower writes nothing until it leads; the cluster's changes become
+//! ports and security groups, each pod's port is written back as its network annotation,
+//! pools are kept full, what Octavia's provider cannot do is an Event, a pod that goes takes
+//! its port, and a wrong password is an error that does not repeat it.
 
 use std::time::{Duration, Instant};
 
@@ -102,7 +103,13 @@ fn the_openstack_controller_follows_the_cluster() {
             OpenStackController::connect(settings(bad), &["test"]).await.err().expect("a wrong password is refused");
         assert!(!e.contains("wrong-horse-battery"), "{e}");
 
-        let controller = OpenStackController::connect(settings(cloud.clouds_yaml().unwrap()), &["test"]).await.unwrap();
+        let (lead, leading) = tokio::sync::watch::channel(false);
+        let (annotate, mut annotations) = tokio::sync::mpsc::unbounded_channel();
+        let controller = OpenStackController::connect(settings(cloud.clouds_yaml().unwrap()), &["test"])
+            .await
+            .unwrap()
+            .with_leader(leading)
+            .with_annotations(annotate);
         let observed = controller.observed();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -114,10 +121,35 @@ fn the_openstack_controller_follows_the_cluster() {
         }
         tx.send(Change::Synced("test".into())).await.unwrap();
 
+        // A follower: ready (it holds the cluster), and writes nothing. A leader would have
+        // started its reconcile 50 ms after the cluster was synced; a second is the window.
+        until("the follower ready", || observed.health.ready.load(std::sync::atomic::Ordering::SeqCst)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(ports(&cloud).is_empty(), "a follower wrote to Neutron");
+        assert_eq!(observed.metrics.leader.load(std::sync::atomic::Ordering::Relaxed), 0);
+        lead.send(true).unwrap();
+
         let named = |name: &str| ports(&cloud).iter().any(|p| p["name"] == name);
         until("the pods' ports", || named("shop/db") && named("shop/app")).await;
         let db = ports(&cloud).into_iter().find(|p| p["name"] == "shop/db").unwrap();
         assert_eq!(db["binding:host_id"], "n1");
+        assert_eq!(observed.metrics.leader.load(std::sync::atomic::Ordering::Relaxed), 1);
+        // The pod's network annotation: its Neutron port's address (with the subnet's prefix
+        // length), MAC, gateway and port.
+        let mut written = std::collections::BTreeMap::new();
+        until("shop/db's network annotation", || {
+            while let Ok((key, value)) = annotations.try_recv() {
+                written.insert(key, value);
+            }
+            written.contains_key(&ObjectKey::new("shop", "db"))
+        })
+        .await;
+        let a: Value = serde_json::from_str(&written[&ObjectKey::new("shop", "db")]).unwrap();
+        let ip = db["fixed_ips"][0]["ip_address"].as_str().unwrap();
+        assert_eq!(a["ips"], serde_json::json!([format!("{ip}/12")]), "{a}");
+        assert_eq!(a["mac"], db["mac_address"], "{a}");
+        assert_eq!(a["portId"], db["id"], "{a}");
+        assert_eq!(a["gateways"], serde_json::json!(["10.0.0.1"]), "{a}");
         assert!(!db["security_groups"].as_array().unwrap().is_empty(), "{db}");
         until("the Service's unsupported field as an Event", || {
             observed.events.with_reason("UnsupportedByLoadBalancer").iter().any(|e| e.object == "Service shop/db")

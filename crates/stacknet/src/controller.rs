@@ -115,7 +115,8 @@ async fn openstack(
         Some(_) => vec![SOURCE.to_string()],
         None => kube_sources.iter().map(|s| s.to_string()).collect(),
     };
-    let controller = OpenStackController::connect(settings, &sources).await.map_err(|e| anyhow::anyhow!(e))?;
+    let mut controller = OpenStackController::connect(settings, &sources).await.map_err(|e| anyhow::anyhow!(e))?;
+    let mut lease = None;
     let from = match &config.manifests {
         Some(dir) => {
             let source = ManifestSource::new(dir, config.poll, controller.observed().events.clone())
@@ -133,14 +134,26 @@ async fn openstack(
                 tx,
                 controller.observed().events.clone(),
             ));
+            let (annotate, annotations) = tokio::sync::mpsc::unbounded_channel();
+            controller = controller.with_annotations(annotate);
+            tokio::spawn(stacknet_controller::kube_source::annotate_pods(client.clone(), annotations));
             let (sink, events) = tokio::sync::mpsc::unbounded_channel();
             controller.observed().events.set_sink(sink);
+            let own_pod = std::env::var_os("STACKNET_IDENTITY")
+                .map(|_| (config.lease_namespace.clone(), config.identity.clone()));
             tokio::spawn(stacknet_controller::kube_source::publish_events(
-                client,
+                client.clone(),
                 events,
                 config.identity.clone(),
-                None,
+                own_pod,
             ));
+            if config.leader_election {
+                let cfg = LeaseConfig::new(&config.lease_namespace, &config.identity);
+                let (leading, rx) = tokio::sync::watch::channel(false);
+                tokio::spawn(leader::run(client.clone(), cfg.clone(), leading));
+                controller = controller.with_leader(rx);
+                lease = Some((client, cfg));
+            }
             "the Kubernetes API".to_string()
         }
     };
@@ -160,5 +173,11 @@ async fn openstack(
         }
     };
     controller.run(rx, shutdown).await;
+    if let Some((client, cfg)) = lease {
+        // A graceful stop hands over at once instead of after the lease runs out.
+        if let Err(e) = leader::release(client, &cfg).await {
+            eprintln!("stacknet controller: releasing the lease: {e}");
+        }
+    }
     Ok(())
 }
