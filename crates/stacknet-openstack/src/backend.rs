@@ -174,8 +174,8 @@ pub struct Report {
 /// The cluster's networks in Neutron.
 #[derive(Debug, Clone)]
 pub struct Topology {
-    /// The shared pod network (with no subnets when every namespace has its own).
-    pub network: neutron::Network,
+    /// The shared pod network (`None` when every namespace has its own).
+    pub network: Option<neutron::Network>,
     pub subnets: BTreeMap<Cidr, neutron::Subnet>,
     /// Network per namespace: the subnet pools (one per pod CIDR), and each namespace's
     /// network and subnets.
@@ -210,7 +210,8 @@ impl Topology {
     /// (`None`: its namespace's network is not there).
     fn pod_network(&self, per_namespace: bool, namespace: &str) -> Option<(String, Vec<(Cidr, String)>)> {
         if !per_namespace {
-            return Some((self.network.id.clone(), self.subnets.iter().map(|(c, s)| (*c, s.id.clone())).collect()));
+            let n = self.network.as_ref()?;
+            return Some((n.id.clone(), self.subnets.iter().map(|(c, s)| (*c, s.id.clone())).collect()));
         }
         let n = self.namespaces.get(namespace)?;
         let subnets = n.subnets.iter().filter_map(|s| Some((s.cidr.parse::<Cidr>().ok()?, s.id.clone()))).collect();
@@ -603,7 +604,7 @@ impl NeutronBackend {
         let tag = c.tag();
         let networks = neutron::networks(&self.cloud, &tag).await?;
         let existing = neutron::subnets(&self.cloud, &tag).await?;
-        let network = self.network(NETWORK_ID, "pods", &networks, report).await?;
+        let mut network = None;
         let mut subnets = BTreeMap::new();
         let mut pools = BTreeMap::new();
         let mut namespaces = BTreeMap::new();
@@ -632,9 +633,11 @@ impl NeutronBackend {
                 namespaces.insert(ns, NamespaceNetwork { network: n.clone(), subnets });
             }
         } else {
+            let n = self.network(NETWORK_ID, "pods", &networks, report).await?;
             for cidr in &c.pod_cidrs {
-                subnets.insert(*cidr, self.subnet(&network, cidr, None, &existing, report).await?);
+                subnets.insert(*cidr, self.subnet(&n, cidr, None, &existing, report).await?);
             }
+            network = Some(n);
         }
         let service_subnet = match &c.service_cidr {
             Some(cidr) => {
@@ -1418,12 +1421,15 @@ impl NeutronBackend {
                             None => continue,
                         }
                     } else {
-                        state.topology.network.id.clone()
+                        match &state.topology.network {
+                            Some(n) => n.id.clone(),
+                            None => continue,
+                        }
                     };
                     pools.insert((network, project));
                 }
-                if !c.network_per_namespace {
-                    pools.insert((state.topology.network.id.clone(), None));
+                if let Some(n) = state.topology.network.as_ref().filter(|_| !c.network_per_namespace) {
+                    pools.insert((n.id.clone(), None));
                 }
                 let trunk = node.server.as_ref().and_then(|s| state.trunks.get(s));
                 for (network, project) in pools {

@@ -644,6 +644,9 @@ async fn per_namespace(cloud: &OpenStack, session: &Cloud) {
     assert!(r.problems.is_empty(), "{:?}", r.problems);
     let topology = r.topology.clone().unwrap();
     assert_eq!(topology.namespaces.keys().collect::<Vec<_>>(), ["pa", "pb"]);
+    assert!(topology.network.is_none());
+    let shared = neutron(cloud, "GET", "networks?name=stacknet-pns-pods", None);
+    assert_eq!(shared["networks"], json!([]), "no shared pod network when each namespace has its own");
     let pool: stacknet_engine::Cidr = "10.48.0.0/16".parse().unwrap();
     let mut cidrs = Vec::new();
     for (ns, net) in &topology.namespaces {
