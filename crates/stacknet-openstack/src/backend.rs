@@ -418,7 +418,12 @@ impl NeutronBackend {
             // After a failure, what Neutron holds is read again rather than guessed.
             Ok(()) if report.problems.is_empty() => *guard = Some(state),
             Ok(()) => {}
-            Err(e) => return Err(e),
+            Err(e) => {
+                // A create whose answer never came may still be carried out: the next read
+                // sweeps for untagged objects of ours again.
+                self.swept.store(false, Ordering::Relaxed);
+                return Err(e);
+            }
         }
         Ok(report)
     }
@@ -486,9 +491,17 @@ impl NeutronBackend {
         let mut seen = BTreeSet::new();
         let by_owner = neutron::ports_owned_by(&self.cloud, &c.device_owner()).await?;
         let by_tag = neutron::tagged_ports(&self.cloud, &c.tag()).await?;
-        for p in by_owner.into_iter().chain(by_tag) {
+        let tag = c.tag();
+        for mut p in by_owner.into_iter().chain(by_tag) {
             if !seen.insert(p.id.clone()) {
                 continue;
+            }
+            let ours = p.description == pool_marker || c.is_ours(&p.description);
+            if ours && !p.tags.contains(&tag) {
+                // Made by a call whose answer never came, or before a crash.
+                neutron::set_tags(&self.cloud, "ports", &p.id, std::slice::from_ref(&tag)).await?;
+                p.tags.push(tag.clone());
+                report.updated += 1;
             }
             if p.description == pool_marker {
                 pool.entry(pool_key(&p, &trunks, own.as_deref())).or_default().push(p);
@@ -543,6 +556,12 @@ impl NeutronBackend {
                 report.updated += 1;
             }
         }
+        for f in neutron::all_floating_ips(&self.cloud).await? {
+            if self.config.is_ours(&f.description) && !f.tags.contains(&tag) {
+                neutron::set_tags(&self.cloud, "floatingips", &f.id, &tags).await?;
+                report.updated += 1;
+            }
+        }
         if self.config.network_per_namespace {
             for p in neutron::all_subnet_pools(&self.cloud).await? {
                 if self.config.is_ours(&p.description) && !p.tags.contains(&tag) {
@@ -551,7 +570,7 @@ impl NeutronBackend {
                 }
             }
         }
-        // Ports are found by device_owner in every read, tagged or not.
+        // Ports are found by device_owner in every read, and tagged there.
         Ok(())
     }
 

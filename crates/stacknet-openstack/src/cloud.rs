@@ -322,7 +322,13 @@ pub struct Cloud {
     /// Renews the token ahead of expiry for as long as the session lives.
     _renew: std::sync::Arc<RenewHandle>,
     pub has_load_balancer: bool,
+    /// How long a call may wait for its answer: a hung service is an outage (a transient
+    /// error, retried by the next reconcile), never a reconcile stuck forever.
+    timeout: Duration,
 }
+
+/// [`Cloud`]'s default answer timeout (a bulk create of a pool's ports takes seconds).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for Cloud {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -359,7 +365,29 @@ impl Cloud {
             load_balancer = has_load_balancer,
             "authenticated to Keystone; Neutron endpoint found"
         );
-        Ok(Cloud { session, calls: Default::default(), _renew: std::sync::Arc::new(renew), has_load_balancer })
+        Ok(Cloud {
+            session,
+            calls: Default::default(),
+            _renew: std::sync::Arc::new(renew),
+            has_load_balancer,
+            timeout: CALL_TIMEOUT,
+        })
+    }
+
+    /// The same session with another answer timeout.
+    pub fn with_timeout(&self, timeout: Duration) -> Cloud {
+        Cloud { timeout, ..self.clone() }
+    }
+
+    /// `f`'s answer, or a transient error naming the call when none comes in time.
+    async fn timed<T>(&self, what: &str, f: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Transport {
+                what: what.to_string(),
+                message: format!("no answer within {} s", self.timeout.as_secs_f64()),
+            }),
+        }
     }
 
     /// The same session with a call counter of its own (background work counted apart).
@@ -380,7 +408,8 @@ impl Cloud {
     pub async fn call<T: DeserializeOwned + Send + 'static>(&self, call: Call) -> Result<T, Error> {
         self.count();
         let what = call.describe();
-        let value: Value = call.query_async(&self.session).await.map_err(|e| api_error(&what, e))?;
+        let value: Value =
+            self.timed(&what, async { call.query_async(&self.session).await.map_err(|e| api_error(&what, e)) }).await?;
         serde_json::from_value(value).map_err(|e| Error::Decode { what, message: e.to_string() })
     }
 
@@ -388,17 +417,22 @@ impl Cloud {
     pub async fn call_empty(&self, call: Call) -> Result<(), Error> {
         self.count();
         let what = call.describe();
-        ignore(call).query_async(&self.session).await.map_err(|e| api_error(&what, e))
+        self.timed(&what, async { ignore(call).query_async(&self.session).await.map_err(|e| api_error(&what, e)) })
+            .await
     }
 
     /// All items of a list call, page by page (`limit` per page).
     pub async fn list<T: DeserializeOwned + Send + 'static>(&self, call: Call, limit: u32) -> Result<Vec<T>, Error> {
         self.count();
         let what = call.describe();
-        let values: Vec<Value> = paged(call.query("limit", limit), Pagination::All)
-            .query_async(&self.session)
-            .await
-            .map_err(|e| api_error(&what, e))?;
+        let values: Vec<Value> = self
+            .timed(&what, async {
+                paged(call.query("limit", limit), Pagination::All)
+                    .query_async(&self.session)
+                    .await
+                    .map_err(|e| api_error(&what, e))
+            })
+            .await?;
         values
             .into_iter()
             .map(|v| {

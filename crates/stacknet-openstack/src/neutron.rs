@@ -318,6 +318,10 @@ pub async fn floating_ips(cloud: &Cloud, tag: &str) -> Result<Vec<FloatingIp>, E
     list(cloud, "floatingips", "floatingips", &[("tags", tag.to_string())]).await
 }
 
+pub async fn all_floating_ips(cloud: &Cloud) -> Result<Vec<FloatingIp>, Error> {
+    list(cloud, "floatingips", "floatingips", &[]).await
+}
+
 pub async fn create_floating_ip(
     cloud: &Cloud,
     network: &str,

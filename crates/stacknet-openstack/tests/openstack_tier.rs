@@ -726,6 +726,60 @@ async fn per_namespace(cloud: &OpenStack, session: &Cloud) {
     }
 }
 
+/// Neutron hung (frozen: it takes connections and never answers): a reconcile gives up after
+/// the call timeout with a transient error naming the call, instead of waiting forever; once
+/// Neutron answers again a reconcile finishes the work, and the port whose create was sent
+/// while Neutron hung (and carried out when it woke) is adopted and tagged, never made twice.
+async fn outage(cloud: &OpenStack, session: &Cloud) {
+    use std::time::Duration;
+    let config = NeutronConfig::new("out", vec!["10.54.0.0/16".parse().unwrap()]);
+    let b = NeutronBackend::new(session.with_timeout(Duration::from_secs(3)), config.clone());
+    let pod = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: o}}\nspec: {{nodeName: n1, containers: [{{name: c}}]}}\n"
+        )
+    };
+    let mut engine = PolicyEngine::new();
+    for o in manifest::parse("out.yaml", &pod("a")).unwrap().objects {
+        engine.apply(o);
+    }
+    let r = b.reconcile(&engine).await.unwrap();
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    for o in manifest::parse("late.yaml", &pod("late")).unwrap().objects {
+        engine.apply(o);
+    }
+    cloud.freeze("neutron-server", true).unwrap();
+    let started = Instant::now();
+    let failed = b.reconcile(&engine).await;
+    let took = started.elapsed();
+    cloud.freeze("neutron-server", false).unwrap();
+    let e = failed.expect_err("a reconcile against a hung Neutron fails");
+    assert!(e.is_transient(), "{e}");
+    assert!(e.to_string().contains("no answer within 3 s"), "{e}");
+    assert!(took < Duration::from_secs(20), "gave up after {took:?}");
+    eprintln!("Neutron hung: {e} (after {:.1}s)", took.as_secs_f64());
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let r = loop {
+        match b.reconcile(&engine).await {
+            Ok(r) => break r,
+            Err(e) if e.is_transient() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("Neutron did not come back: {e}"),
+        }
+    };
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    assert!(r.ports.contains_key(&ObjectKey::new("o", "late")), "{r:?}");
+    // Made by the create Neutron woke up to (adopted, tagged: updated) or by this reconcile.
+    eprintln!("Neutron back: +{} ~{} -{}", r.created, r.updated, r.deleted);
+    let ours = neutron(cloud, "GET", &format!("ports?device_owner={}", config.device_owner()), None);
+    let ours = ours["ports"].as_array().unwrap();
+    assert_eq!(ours.iter().filter(|p| p["name"] == json!("o/late")).count(), 1, "one port for o/late: {ours:?}");
+    for p in ours {
+        assert!(p["tags"].as_array().unwrap().contains(&json!(config.tag())), "an untagged port of ours: {p}");
+    }
+}
+
 /// A Keystone project per namespace (annotation): the namespace's network and ports are made
 /// in it, and its pools too, bounded by its own port quota; a project that does not exist is
 /// reported on the namespace, whose pods then get no port (rather than one in the wrong
@@ -1134,6 +1188,7 @@ fn openstack_tier() {
         custom_ca(&cloud).await;
         per_namespace(&cloud, &session).await;
         projects(&cloud, &session).await;
+        outage(&cloud, &session).await;
         let secret = application_credential(&cloud).await;
         services(&cloud, &session).await;
         secret

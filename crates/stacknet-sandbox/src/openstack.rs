@@ -91,6 +91,8 @@ impl Daemon {
     /// SIGTERM to the whole group (API workers are its children).
     fn terminate(&self) {
         let _ = nix::sys::signal::killpg(self.group(), nix::sys::signal::Signal::SIGTERM);
+        // A frozen daemon (see `OpenStack::freeze`) acts on it once it runs again.
+        let _ = nix::sys::signal::killpg(self.group(), nix::sys::signal::Signal::SIGCONT);
     }
 
     /// Waits for the leader until `deadline`, then SIGKILLs whatever is left of the group
@@ -341,6 +343,19 @@ impl OpenStack {
             what: "keystone password auth".into(),
             message: format!("HTTP {}: {}", a.status, a.body),
         })
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) a daemon's whole process group, by the name
+    /// [`Self::daemons`] gives it: a frozen service accepts connections and never answers,
+    /// as a hung one does.
+    pub fn freeze(&self, daemon: &str, frozen: bool) -> Result<()> {
+        let d = self.daemons.iter().find(|d| d.name == daemon).ok_or_else(|| Error::Io {
+            what: format!("freezing {daemon}"),
+            message: "no such daemon in this cloud".into(),
+        })?;
+        let signal = if frozen { nix::sys::signal::Signal::SIGSTOP } else { nix::sys::signal::Signal::SIGCONT };
+        nix::sys::signal::killpg(d.group(), signal)
+            .map_err(|e| Error::Io { what: format!("{signal} to {daemon}"), message: e.to_string() })
     }
 
     /// The daemons and their process groups, in the order they are stopped.
