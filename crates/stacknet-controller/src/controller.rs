@@ -63,10 +63,48 @@ pub struct Controller {
     ports: BTreeMap<ObjectKey, String>,
     /// Whether this replica may write (`None`: no election, always).
     leading: Option<tokio::sync::watch::Receiver<bool>>,
-    /// Where pods' network annotations go to be written back (with the Kubernetes API).
-    annotate: Option<mpsc::UnboundedSender<(ObjectKey, String)>>,
-    /// Annotations sent and not yet seen back from the API server.
-    annotated: HashMap<ObjectKey, String>,
+    /// Pods' network annotations, written back with the Kubernetes API.
+    annotations: Option<Annotations>,
+}
+
+/// Pods' `stacknet.io/network` annotations on their way to the API server: each sent once
+/// per value, until the pod is seen carrying it.
+#[derive(Debug)]
+pub(crate) struct Annotations {
+    tx: mpsc::UnboundedSender<(ObjectKey, String)>,
+    /// Sent and not yet seen back on the pod.
+    sent: HashMap<ObjectKey, String>,
+}
+
+impl Annotations {
+    pub(crate) fn new(tx: mpsc::UnboundedSender<(ObjectKey, String)>) -> Annotations {
+        Annotations { tx, sent: HashMap::new() }
+    }
+
+    /// Forgets pods `keep` says no to.
+    pub(crate) fn retain(&mut self, keep: impl Fn(&ObjectKey) -> bool) {
+        self.sent.retain(|k, _| keep(k));
+    }
+
+    /// Forgets everything sent (a new leader sends what differs again).
+    pub(crate) fn clear(&mut self) {
+        self.sent.clear();
+    }
+
+    /// Sends `value` for pod `key` unless the pod carries it already or it was sent.
+    pub(crate) fn offer(&mut self, index: &stacknet_engine::ClusterIndex, key: &ObjectKey, value: String) {
+        let current = index.pod_id(key).and_then(|id| index.pod(id)).and_then(|p| p.network_annotation.as_deref());
+        if current == Some(value.as_str()) {
+            self.sent.remove(key);
+            return;
+        }
+        if self.sent.get(key) == Some(&value) {
+            return;
+        }
+        if self.tx.send((key.clone(), value.clone())).is_ok() {
+            self.sent.insert(key.clone(), value);
+        }
+    }
 }
 
 impl Controller {
@@ -90,23 +128,22 @@ impl Controller {
             pending_up: HashMap::new(),
             ports: BTreeMap::new(),
             leading: None,
-            annotate: None,
-            annotated: HashMap::new(),
+            annotations: None,
         })
     }
 
     /// Writes each pod's network back as its `stacknet.io/network` annotation through
     /// `annotate` (a pod's address, MAC, gateways and logical port, as JSON).
     pub fn with_annotations(mut self, annotate: mpsc::UnboundedSender<(ObjectKey, String)>) -> Controller {
-        self.annotate = Some(annotate);
+        self.annotations = Some(Annotations::new(annotate));
         self
     }
 
     /// Sends the annotations that differ from what the pods carry (after a reconcile); a
     /// pod's prefix lengths and gateways are those of its node's subnets in `nodes`.
     fn annotate(&mut self, desired: &stacknet_ovn::Desired, nodes: &BTreeMap<String, Vec<(Cidr, IpAddr)>>) {
-        let Some(tx) = &self.annotate else { return };
-        self.annotated.retain(|k, _| desired.ports.contains_key(k));
+        let Some(annotations) = self.annotations.as_mut() else { return };
+        annotations.retain(|k| desired.ports.contains_key(k));
         for (key, port) in &desired.ports {
             let Some(subnets) = nodes.get(&port.node) else { continue };
             let ips = port.ips.iter().filter_map(|ip| {
@@ -120,18 +157,7 @@ impl Controller {
                 "node": port.node,
             })
             .to_string();
-            let index = self.engine.index();
-            let current = index.pod_id(key).and_then(|id| index.pod(id)).and_then(|p| p.network_annotation.clone());
-            if current.as_deref() == Some(value.as_str()) {
-                self.annotated.remove(key);
-                continue;
-            }
-            if self.annotated.get(key) == Some(&value) {
-                continue;
-            }
-            if tx.send((key.clone(), value.clone())).is_ok() {
-                self.annotated.insert(key.clone(), value);
-            }
+            annotations.offer(self.engine.index(), key, value);
         }
     }
 

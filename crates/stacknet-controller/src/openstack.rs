@@ -5,7 +5,7 @@
 //! for a refill. Level-based: a reconcile recomputes everything from the index, and one runs at
 //! least every `resync` even without changes, so drift in Neutron is repaired.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -18,7 +18,7 @@ use stacknet_openstack::{Cloud, CloudSource, NeutronBackend, NeutronConfig, Pool
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::controller::{Change, Observed};
+use crate::controller::{Annotations, Change, Observed};
 use crate::events::Events;
 use crate::http::Health;
 use crate::metrics::Metrics;
@@ -65,10 +65,8 @@ pub struct OpenStackController {
     settings: OpenStackSettings,
     /// Whether this replica leads (`None`: it is the only one).
     leading: Option<watch::Receiver<bool>>,
-    /// Where pods' network annotations go to be written back (with the Kubernetes API).
-    annotate: Option<mpsc::UnboundedSender<(ObjectKey, String)>>,
-    /// What was last sent per pod and has not shown up on the pod yet.
-    annotated: HashMap<ObjectKey, String>,
+    /// Pods' network annotations, written back with the Kubernetes API.
+    annotations: Option<Annotations>,
 }
 
 fn report(events: &Events, problems: &[Problem]) {
@@ -96,8 +94,7 @@ impl OpenStackController {
             synced: BTreeSet::new(),
             settings,
             leading: None,
-            annotate: None,
-            annotated: HashMap::new(),
+            annotations: None,
         })
     }
 
@@ -118,15 +115,15 @@ impl OpenStackController {
     /// `annotate` (its Neutron port's addresses with their prefix lengths, MAC, gateways, port
     /// and network, and on a nested node the VLAN and the trunk's parent port), as JSON.
     pub fn with_annotations(mut self, annotate: mpsc::UnboundedSender<(ObjectKey, String)>) -> Self {
-        self.annotate = Some(annotate);
+        self.annotations = Some(Annotations::new(annotate));
         self
     }
 
     /// Sends the annotations that differ from what the pods carry.
     fn annotate(&mut self, report: &stacknet_openstack::Report) {
-        let Some(tx) = &self.annotate else { return };
+        let Some(annotations) = self.annotations.as_mut() else { return };
         let Some(topology) = &report.topology else { return };
-        self.annotated.retain(|k, _| report.ports.contains_key(k));
+        annotations.retain(|k| report.ports.contains_key(k));
         for (key, port) in &report.ports {
             let mut ips = Vec::new();
             let mut gateways = Vec::new();
@@ -147,19 +144,7 @@ impl OpenStackController {
                 value["vlan"] = serde_json::json!(vlan);
                 value["parentPort"] = serde_json::json!(parent);
             }
-            let value = value.to_string();
-            let index = self.engine.index();
-            let current = index.pod_id(key).and_then(|id| index.pod(id)).and_then(|p| p.network_annotation.clone());
-            if current.as_deref() == Some(value.as_str()) {
-                self.annotated.remove(key);
-                continue;
-            }
-            if self.annotated.get(key) == Some(&value) {
-                continue;
-            }
-            if tx.send((key.clone(), value.clone())).is_ok() {
-                self.annotated.insert(key.clone(), value);
-            }
+            annotations.offer(self.engine.index(), key, value.to_string());
         }
     }
 
@@ -248,7 +233,9 @@ impl OpenStackController {
             if leader && !was_leader {
                 // Taking over: what the previous leader wrote is read, then a full reconcile.
                 self.neutron.invalidate().await;
-                self.annotated.clear();
+                if let Some(a) = self.annotations.as_mut() {
+                    a.clear();
+                }
                 let now = Instant::now();
                 dirty = Some(dirty.map_or((now, now), |(first, _)| (first, now)));
             }

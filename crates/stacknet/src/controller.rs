@@ -6,6 +6,7 @@ use anyhow::Context;
 use stacknet_controller::leader::{self, LeaseConfig};
 use stacknet_controller::manifests::{ManifestSource, SOURCE};
 use stacknet_controller::{ControllerArgs, ControllerConfig};
+use stacknet_engine::objects::ObjectKey;
 
 /// Runs until SIGTERM or SIGINT. Bad configuration: `Err` with a message naming the setting.
 pub fn run(args: ControllerArgs) -> Result<(), crate::Failure> {
@@ -39,39 +40,15 @@ pub fn run(args: ControllerArgs) -> Result<(), crate::Failure> {
                     (controller, dir.display().to_string())
                 }
                 None => {
-                    stacknet_controller::kube_source::install_tls_provider();
-                    let client = kube::Client::try_default()
-                        .await
-                        .context("connecting to the Kubernetes API (in-cluster, or KUBECONFIG); or pass --manifests DIR")?;
                     let mut controller =
                         stacknet_controller::Controller::new(config.clone(), &stacknet_controller::kube_source::sources())
                             .map_err(|e| anyhow::anyhow!(e))?;
-                    tokio::spawn(stacknet_controller::kube_source::run(
-                        client.clone(),
-                        tx,
-                        controller.observed().events.clone(),
-                    ));
-                    let (annotate, annotations) = tokio::sync::mpsc::unbounded_channel();
-                    controller = controller.with_annotations(annotate);
-                    tokio::spawn(stacknet_controller::kube_source::annotate_pods(client.clone(), annotations));
-                    let (sink, events) = tokio::sync::mpsc::unbounded_channel();
-                    controller.observed().events.set_sink(sink);
-                    // In the Deployment, the identity is the pod's name, in the lease's namespace.
-                    let own_pod = std::env::var_os("STACKNET_IDENTITY")
-                        .map(|_| (config.lease_namespace.clone(), config.identity.clone()));
-                    tokio::spawn(stacknet_controller::kube_source::publish_events(
-                        client.clone(),
-                        events,
-                        config.identity.clone(),
-                        own_pod,
-                    ));
-                    if config.leader_election {
-                        let cfg = LeaseConfig::new(&config.lease_namespace, &config.identity);
-                        let (leading, rx) = tokio::sync::watch::channel(false);
-                        tokio::spawn(leader::run(client.clone(), cfg.clone(), leading));
+                    let k = with_kube(&config, tx, controller.observed().events).await?;
+                    controller = controller.with_annotations(k.annotate);
+                    if let Some(rx) = k.leading {
                         controller = controller.with_leader(rx);
-                        lease = Some((client, cfg));
                     }
+                    lease = k.lease;
                     (controller, "the Kubernetes API".to_string())
                 }
             };
@@ -92,12 +69,7 @@ pub fn run(args: ControllerArgs) -> Result<(), crate::Failure> {
                 }
             };
             controller.run(rx, shutdown).await;
-            if let Some((client, cfg)) = lease {
-                // A graceful stop hands over at once instead of after the lease runs out.
-                if let Err(e) = leader::release(client, &cfg).await {
-                    eprintln!("stacknet controller: releasing the lease: {e}");
-                }
-            }
+            release(lease).await;
             anyhow::Ok(())
         })
         .map_err(crate::Failure::Other)
@@ -125,35 +97,12 @@ async fn openstack(
             dir.display().to_string()
         }
         None => {
-            stacknet_controller::kube_source::install_tls_provider();
-            let client = kube::Client::try_default()
-                .await
-                .context("connecting to the Kubernetes API (in-cluster, or KUBECONFIG); or pass --manifests DIR")?;
-            tokio::spawn(stacknet_controller::kube_source::run(
-                client.clone(),
-                tx,
-                controller.observed().events.clone(),
-            ));
-            let (annotate, annotations) = tokio::sync::mpsc::unbounded_channel();
-            controller = controller.with_annotations(annotate);
-            tokio::spawn(stacknet_controller::kube_source::annotate_pods(client.clone(), annotations));
-            let (sink, events) = tokio::sync::mpsc::unbounded_channel();
-            controller.observed().events.set_sink(sink);
-            let own_pod = std::env::var_os("STACKNET_IDENTITY")
-                .map(|_| (config.lease_namespace.clone(), config.identity.clone()));
-            tokio::spawn(stacknet_controller::kube_source::publish_events(
-                client.clone(),
-                events,
-                config.identity.clone(),
-                own_pod,
-            ));
-            if config.leader_election {
-                let cfg = LeaseConfig::new(&config.lease_namespace, &config.identity);
-                let (leading, rx) = tokio::sync::watch::channel(false);
-                tokio::spawn(leader::run(client.clone(), cfg.clone(), leading));
+            let k = with_kube(&config, tx, controller.observed().events).await?;
+            controller = controller.with_annotations(k.annotate);
+            if let Some(rx) = k.leading {
                 controller = controller.with_leader(rx);
-                lease = Some((client, cfg));
             }
+            lease = k.lease;
             "the Kubernetes API".to_string()
         }
     };
@@ -173,11 +122,61 @@ async fn openstack(
         }
     };
     controller.run(rx, shutdown).await;
-    if let Some((client, cfg)) = lease {
-        // A graceful stop hands over at once instead of after the lease runs out.
-        if let Err(e) = leader::release(client, &cfg).await {
-            eprintln!("stacknet controller: releasing the lease: {e}");
-        }
-    }
+    release(lease).await;
     Ok(())
+}
+
+/// What a controller gets from the Kubernetes API besides the cluster itself.
+struct Kube {
+    /// Pods' network annotations to write.
+    annotate: tokio::sync::mpsc::UnboundedSender<(ObjectKey, String)>,
+    /// Whether this replica leads (with leader election).
+    leading: Option<tokio::sync::watch::Receiver<bool>>,
+    /// The Lease to release on a graceful stop.
+    lease: Option<(kube::Client, LeaseConfig)>,
+}
+
+/// With the Kubernetes API, whatever the backend: the cluster watched into `tx`, the Events
+/// published, pods' annotations written, and with leader election the Lease kept.
+async fn with_kube(
+    config: &ControllerConfig,
+    tx: tokio::sync::mpsc::Sender<stacknet_controller::Change>,
+    events: std::sync::Arc<stacknet_controller::events::Events>,
+) -> anyhow::Result<Kube> {
+    stacknet_controller::kube_source::install_tls_provider();
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster, or KUBECONFIG); or pass --manifests DIR")?;
+    tokio::spawn(stacknet_controller::kube_source::run(client.clone(), tx, events.clone()));
+    let (annotate, annotations) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(stacknet_controller::kube_source::annotate_pods(client.clone(), annotations));
+    let (sink, published) = tokio::sync::mpsc::unbounded_channel();
+    events.set_sink(sink);
+    // In the Deployment, the identity is the pod's name, in the lease's namespace.
+    let own_pod =
+        std::env::var_os("STACKNET_IDENTITY").map(|_| (config.lease_namespace.clone(), config.identity.clone()));
+    tokio::spawn(stacknet_controller::kube_source::publish_events(
+        client.clone(),
+        published,
+        config.identity.clone(),
+        own_pod,
+    ));
+    let (mut leading, mut lease) = (None, None);
+    if config.leader_election {
+        let cfg = LeaseConfig::new(&config.lease_namespace, &config.identity);
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(leader::run(client.clone(), cfg.clone(), tx));
+        leading = Some(rx);
+        lease = Some((client, cfg));
+    }
+    Ok(Kube { annotate, leading, lease })
+}
+
+/// A graceful stop hands over at once instead of after the lease runs out.
+async fn release(lease: Option<(kube::Client, LeaseConfig)>) {
+    if let Some((client, cfg)) = lease
+        && let Err(e) = leader::release(client, &cfg).await
+    {
+        eprintln!("stacknet controller: releasing the lease: {e}");
+    }
 }
