@@ -698,19 +698,19 @@ impl NeutronBackend {
     }
 
     /// Each namespace's Keystone project, as its `stacknet.io/openstack-project` annotation
-    /// names it (looked up once per read of Neutron). A project that cannot be found, or a
+    /// names it (looked up again after `resync`). A project that cannot be found, or a
     /// name several domains have, is a problem on the namespace, which is then left out.
     async fn projects(&self, engine: &PolicyEngine, report: &mut Report) -> Result<Projects, Error> {
         let index = engine.index();
         let mut projects = Projects::new();
+        // The session's own project is no project of its own (its pools are the default's).
+        let own = self.cloud.project_id();
+        let of = |id: &String| Some(id.clone()).filter(|id| Some(id) != own.as_ref());
         for (ns, _) in index.namespaces() {
             let Some(wanted) = index.namespace_object(ns).and_then(|n| n.project.clone()) else {
                 projects.insert(ns.to_string(), None);
                 continue;
             };
-            // The session's own project is no project of its own (its pools are the default's).
-            let own = self.cloud.project_id();
-            let of = |id: &String| Some(id.clone()).filter(|id| Some(id) != own.as_ref());
             if let Some(id) = self.known_project(&wanted) {
                 projects.insert(ns.to_string(), of(&id));
                 continue;

@@ -14,12 +14,6 @@ pub struct Project {
     pub name: String,
     #[serde(default)]
     pub domain_id: String,
-    #[serde(default = "enabled")]
-    pub enabled: bool,
-}
-
-fn enabled() -> bool {
-    true
 }
 
 /// What a project reference comes to.
