@@ -415,9 +415,14 @@ impl NeutronBackend {
         let result = self.apply(engine, &mut state, &mut report).await;
         report.calls = self.cloud.calls() - start_calls;
         match result {
-            // After a failure, what Neutron holds is read again rather than guessed.
-            Ok(()) if report.problems.is_empty() => *guard = Some(state),
-            Ok(()) => {}
+            // After a failure, what Neutron holds is read again rather than guessed (a project
+            // Keystone has not is no sign of that).
+            Ok(lookups) => {
+                if report.problems.is_empty() {
+                    *guard = Some(state);
+                }
+                report.problems.extend(lookups);
+            }
             Err(e) => {
                 // A create whose answer never came may still be carried out: the next read
                 // sweeps for untagged objects of ours again.
@@ -428,12 +433,18 @@ impl NeutronBackend {
         Ok(report)
     }
 
-    async fn apply(&self, engine: &PolicyEngine, state: &mut State, report: &mut Report) -> Result<(), Error> {
+    /// Neutron's problems go in the report; Keystone's are returned.
+    async fn apply(
+        &self,
+        engine: &PolicyEngine,
+        state: &mut State,
+        report: &mut Report,
+    ) -> Result<Vec<Problem>, Error> {
         let plan = std::mem::take(&mut report.plan);
         let groups = self.security_groups(&plan, state, report).await;
         report.plan = plan;
         let groups = groups?;
-        let projects = self.projects(engine, report).await?;
+        let (projects, lookups) = self.projects(engine).await?;
         if self.config.network_per_namespace {
             self.namespace_networks(engine, &projects, state, report).await?;
         }
@@ -463,7 +474,7 @@ impl NeutronBackend {
                 Err(e) => report.problems.push(problem_of(&format!("SecurityGroup {}", g.name), &e)),
             }
         }
-        Ok(())
+        Ok(lookups)
     }
 
     /// Reads everything of ours (sweeping for untagged objects the first time), making the
@@ -526,51 +537,21 @@ impl NeutronBackend {
         Ok(trunks.into_iter().filter_map(|t| servers.get(&t.port_id).map(|s| (s.clone(), t))).collect())
     }
 
-    /// Objects with our description but no tag (a crash between create and tag): tagged now;
-    /// whatever is not wanted any more goes in the normal course of the reconcile.
+    /// Objects with our description but no tag (a crash between create and tag, or a create
+    /// carried out after its answer was given up on): tagged now; whatever is not wanted any
+    /// more goes in the normal course of the reconcile. Ports are found by owner in every read,
+    /// and tagged there.
     async fn sweep(&self, report: &mut Report) -> Result<(), Error> {
-        let tag = self.config.tag();
-        let tags = [tag.clone()];
-        for g in neutron::all_security_groups(&self.cloud).await? {
-            if self.config.is_ours(&g.description) && !g.tags.contains(&tag) {
-                tracing::info!(group = %g.name, "adopting an untagged security group of ours");
-                neutron::set_tags(&self.cloud, "security-groups", &g.id, &tags).await?;
-                report.updated += 1;
-            }
-        }
-        for n in neutron::all_networks(&self.cloud).await? {
-            if self.config.is_ours(&n.description) && !n.tags.contains(&tag) {
-                neutron::set_tags(&self.cloud, "networks", &n.id, &tags).await?;
-                report.updated += 1;
-            }
-        }
-        for r in neutron::all_routers(&self.cloud).await? {
-            if self.config.is_ours(&r.description) && !r.tags.contains(&tag) {
-                neutron::set_tags(&self.cloud, "routers", &r.id, &tags).await?;
-                report.updated += 1;
-            }
-        }
-        for s in neutron::all_subnets(&self.cloud).await? {
-            if self.config.is_ours(&s.description) && !s.tags.contains(&tag) {
-                neutron::set_tags(&self.cloud, "subnets", &s.id, &tags).await?;
-                report.updated += 1;
-            }
-        }
-        for f in neutron::all_floating_ips(&self.cloud).await? {
-            if self.config.is_ours(&f.description) && !f.tags.contains(&tag) {
-                neutron::set_tags(&self.cloud, "floatingips", &f.id, &tags).await?;
-                report.updated += 1;
-            }
-        }
-        if self.config.network_per_namespace {
-            for p in neutron::all_subnet_pools(&self.cloud).await? {
-                if self.config.is_ours(&p.description) && !p.tags.contains(&tag) {
-                    neutron::set_tags(&self.cloud, "subnetpools", &p.id, &tags).await?;
+        let tags = [self.config.tag()];
+        for (collection, key) in neutron::TAGGED_COLLECTIONS {
+            for o in neutron::untagged(&self.cloud, collection, key, &tags[0]).await? {
+                if self.config.is_ours(&o.description) {
+                    tracing::info!(collection, id = %o.id, "adopting an untagged object of ours");
+                    neutron::set_tags(&self.cloud, collection, &o.id, &tags).await?;
                     report.updated += 1;
                 }
             }
         }
-        // Ports are found by device_owner in every read, and tagged there.
         Ok(())
     }
 
@@ -700,9 +681,10 @@ impl NeutronBackend {
     /// Each namespace's Keystone project, as its `stacknet.io/openstack-project` annotation
     /// names it (looked up again after `resync`). A project that cannot be found, or a
     /// name several domains have, is a problem on the namespace, which is then left out.
-    async fn projects(&self, engine: &PolicyEngine, report: &mut Report) -> Result<Projects, Error> {
+    async fn projects(&self, engine: &PolicyEngine) -> Result<(Projects, Vec<Problem>), Error> {
         let index = engine.index();
         let mut projects = Projects::new();
+        let mut problems = Vec::new();
         // The session's own project is no project of its own (its pools are the default's).
         let own = self.cloud.project_id();
         let of = |id: &String| Some(id.clone()).filter(|id| Some(id) != own.as_ref());
@@ -722,7 +704,7 @@ impl NeutronBackend {
                     projects.insert(ns.to_string(), of(&p.id));
                     self.projects.lock().expect("not poisoned").insert(wanted, (p.id, Instant::now()));
                 }
-                Ok(Lookup::Missing) => report.problems.push(Problem {
+                Ok(Lookup::Missing) => problems.push(Problem {
                     object,
                     reason: "ProjectNotFound",
                     message: format!(
@@ -731,7 +713,7 @@ impl NeutronBackend {
                 }),
                 Ok(Lookup::Ambiguous(found)) => {
                     let domains: Vec<String> = found.iter().map(|p| format!("{} (domain {})", p.id, p.domain_id)).collect();
-                    report.problems.push(Problem {
+                    problems.push(Problem {
                         object,
                         reason: "ProjectAmbiguous",
                         message: format!(
@@ -742,14 +724,14 @@ impl NeutronBackend {
                     });
                 }
                 Err(e) if e.is_transient() => return Err(e),
-                Err(e) => report.problems.push(Problem {
+                Err(e) => problems.push(Problem {
                     object,
                     reason: "KeystoneRejected",
                     message: format!("annotation {annotation}: looking up project {wanted:?}: {e}"),
                 }),
             }
         }
-        Ok(projects)
+        Ok((projects, problems))
     }
 
     /// Every planned group exists with exactly its rules; returns each planned group's.
@@ -1002,12 +984,8 @@ impl NeutronBackend {
                 .filter(|((_, n, _), _)| *n == net.network.id)
                 .flat_map(|(_, f)| std::mem::take(f))
                 .collect();
-            for p in free {
-                if let Some(t) = state.trunk_holding(&p.id).map(|t| t.id.clone()) {
-                    let t = neutron::remove_subports(&self.cloud, &t, std::slice::from_ref(&p.id)).await?;
-                    state.replace_trunk(t);
-                }
-                neutron::delete(&self.cloud, "ports", &p.id).await?;
+            for (_, r) in self.delete_ports(&self.cloud, state, free).await {
+                r?;
                 report.deleted += 1;
             }
             let r: Result<(), Error> = async {
@@ -1246,33 +1224,7 @@ impl NeutronBackend {
         // marker); a subport comes off its trunk first (Neutron refuses to delete it before).
         let gone: Vec<Port> =
             state.ports.iter().filter(|(m, _)| !wanted.contains(*m)).map(|(_, p)| p.clone()).collect();
-        let mut off: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for p in &gone {
-            if let Some(t) = state.trunk_holding(&p.id) {
-                off.entry(t.id.clone()).or_default().push(p.id.clone());
-            }
-        }
-        let mut stuck: BTreeSet<String> = BTreeSet::new();
-        for (trunk, ports) in off {
-            match neutron::remove_subports(&self.cloud, &trunk, &ports).await {
-                Ok(t) => state.replace_trunk(t),
-                Err(e) if e.is_transient() => return Err(e),
-                Err(e) => {
-                    report.problems.push(problem_of(&format!("Trunk {trunk}"), &e));
-                    stuck.extend(ports);
-                }
-            }
-        }
-        let gone: Vec<Port> = gone.into_iter().filter(|p| !stuck.contains(&p.id)).collect();
-        let deleted: Vec<(Port, Result<(), Error>)> = futures::stream::iter(gone)
-            .map(|p| async move {
-                let r = neutron::delete(&self.cloud, "ports", &p.id).await;
-                (p, r)
-            })
-            .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
-        for (p, r) in deleted {
+        for (p, r) in self.delete_ports(&self.cloud, state, gone).await {
             match r {
                 Ok(()) => {
                     report.deleted += 1;
@@ -1374,8 +1326,8 @@ impl NeutronBackend {
     /// port before making one). A nested node's free ports are put on its trunk, each with its
     /// VLAN, so that a pod start there is one call too. The free ports of nodes that are no
     /// longer in `nodes` (the cluster's every node) are deleted. Meant to run in the
-    /// background: it holds the backend's state only to read, to take out what it deletes and
-    /// to add what it made (and put on trunks).
+    /// background: it holds the backend's state only to read it (and delete those), and to add
+    /// what it made (and put on trunks).
     pub async fn refill_pools(&self, nodes: &[PoolNode]) -> Result<PoolReport, Error> {
         let c = &self.config;
         let cloud = &self.refill_cloud;
@@ -1385,14 +1337,15 @@ impl NeutronBackend {
             return Ok(report);
         }
         let own = cloud.project_id();
-        let (wanted, reclaim) = {
+        let wanted = {
             let mut guard = self.state.lock().await;
             if guard.is_none() {
                 let mut r = Report::default();
                 *guard = Some(self.read(&mut r).await?);
             }
             let state = guard.as_mut().expect("state was just read");
-            // Pools of nodes that are gone: taken out, their ports deleted below.
+            // Pools of nodes that are gone: their free ports deleted (one that cannot be is
+            // found in its pool again by the next read of Neutron, and tried again).
             let places: BTreeSet<String> = nodes
                 .iter()
                 .flat_map(|n| {
@@ -1407,13 +1360,12 @@ impl NeutronBackend {
                 .cloned()
                 .collect();
             let taken: Vec<Port> = gone.iter().flat_map(|k| state.pool.remove(k).unwrap_or_default()).collect();
-            let reclaim: Vec<(Port, Option<String>)> = taken
-                .into_iter()
-                .map(|p| {
-                    let trunk = state.trunk_holding(&p.id).map(|t| t.id.clone());
-                    (p, trunk)
-                })
-                .collect();
+            for (p, r) in self.delete_ports(cloud, state, taken).await {
+                match r {
+                    Ok(()) => report.deleted += 1,
+                    Err(e) => report.problems.push(problem_of(&format!("Port {}", p.id), &e)),
+                }
+            }
             // Free ports that should have gone on a trunk and did not: used before new ones.
             let mut loose: BTreeMap<(String, Option<String>), usize> = state
                 .pool
@@ -1477,9 +1429,8 @@ impl NeutronBackend {
                     }
                 }
             }
-            (wanted, reclaim)
+            wanted
         };
-        self.reclaim(cloud, reclaim, &mut report).await;
         // Each project's quota headroom, asked once.
         let mut headroom: BTreeMap<Option<String>, Option<u64>> = BTreeMap::new();
         let owner = c.device_owner();
@@ -1602,26 +1553,30 @@ impl NeutronBackend {
         Ok(report)
     }
 
-    /// Deletes free ports of nodes that are gone (off their trunk first). One that cannot
-    /// be deleted is a problem; the next read of Neutron finds it in its pool again, and the
-    /// next refill tries again.
-    async fn reclaim(&self, cloud: &Cloud, ports: Vec<(Port, Option<String>)>, report: &mut PoolReport) {
+    /// Deletes `ports` of ours, concurrently, each off its trunk first (Neutron refuses to
+    /// delete a subport); each port's outcome (a trunk that refuses is its ports' failure).
+    async fn delete_ports(&self, cloud: &Cloud, state: &mut State, ports: Vec<Port>) -> Vec<(Port, Result<(), Error>)> {
         let mut off: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (p, trunk) in &ports {
-            if let Some(t) = trunk {
-                off.entry(t.clone()).or_default().push(p.id.clone());
+        for p in &ports {
+            if let Some(t) = state.trunk_holding(&p.id) {
+                off.entry(t.id.clone()).or_default().push(p.id.clone());
             }
         }
-        let mut stuck = BTreeSet::new();
+        let mut stuck: BTreeMap<String, Error> = BTreeMap::new();
         for (trunk, ids) in off {
-            if let Err(e) = neutron::remove_subports(cloud, &trunk, &ids).await
-                && !e.is_not_found()
-            {
-                report.problems.push(problem_of(&format!("Trunk {trunk}"), &e));
-                stuck.extend(ids);
+            match neutron::remove_subports(cloud, &trunk, &ids).await {
+                Ok(t) => state.replace_trunk(t),
+                Err(e) => stuck.extend(ids.into_iter().map(|id| (id, e.clone()))),
             }
         }
-        let doomed = ports.into_iter().map(|(p, _)| p).filter(|p| !stuck.contains(&p.id));
+        let (failed, doomed): (Vec<Port>, Vec<Port>) = ports.into_iter().partition(|p| stuck.contains_key(&p.id));
+        let mut outcome: Vec<(Port, Result<(), Error>)> = failed
+            .into_iter()
+            .map(|p| {
+                let e = stuck[&p.id].clone();
+                (p, Err(e))
+            })
+            .collect();
         let deleted: Vec<(Port, Result<(), Error>)> = futures::stream::iter(doomed)
             .map(|p| async move {
                 let r = neutron::delete(cloud, "ports", &p.id).await;
@@ -1630,15 +1585,8 @@ impl NeutronBackend {
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
-        for (p, r) in deleted {
-            match r {
-                Ok(()) => report.deleted += 1,
-                Err(e) => {
-                    let node = p.host.clone().unwrap_or_default();
-                    report.problems.push(problem_of(&format!("Node {node}"), &e));
-                }
-            }
-        }
+        outcome.extend(deleted);
+        outcome
     }
 }
 

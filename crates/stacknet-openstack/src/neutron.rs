@@ -188,6 +188,31 @@ async fn list<T: serde::de::DeserializeOwned + Send + 'static>(
     cloud.list(call, PAGE).await
 }
 
+/// Any object, as far as its ownership goes.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Object {
+    pub id: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// The collections whose objects carry our marker and tag (ports are found by owner), with
+/// the key their lists answer under.
+pub const TAGGED_COLLECTIONS: &[(&str, &str)] = &[
+    ("security-groups", "security_groups"),
+    ("networks", "networks"),
+    ("subnets", "subnets"),
+    ("routers", "routers"),
+    ("subnetpools", "subnetpools"),
+    ("floatingips", "floatingips"),
+];
+
+/// The objects of a collection that lack `tag` (Neutron filters: ours, tagged, are not sent).
+pub async fn untagged(cloud: &Cloud, collection: &str, key: &'static str, tag: &str) -> Result<Vec<Object>, Error> {
+    let filters = [("not-tags", tag.to_string()), ("fields", "id".into()), ("fields", "description".into())];
+    list(cloud, collection, key, &filters).await
+}
+
 pub async fn networks(cloud: &Cloud, tag: &str) -> Result<Vec<Network>, Error> {
     list(cloud, "networks", "networks", &[("tags", tag.to_string())]).await
 }
@@ -198,19 +223,6 @@ pub async fn subnets(cloud: &Cloud, tag: &str) -> Result<Vec<Subnet>, Error> {
 
 pub async fn security_groups(cloud: &Cloud, tag: &str) -> Result<Vec<SecurityGroup>, Error> {
     list(cloud, "security-groups", "security_groups", &[("tags", tag.to_string())]).await
-}
-
-/// Every security group the session sees (the sweep for ones left untagged).
-pub async fn all_security_groups(cloud: &Cloud) -> Result<Vec<SecurityGroup>, Error> {
-    list(cloud, "security-groups", "security_groups", &[]).await
-}
-
-pub async fn all_networks(cloud: &Cloud) -> Result<Vec<Network>, Error> {
-    list(cloud, "networks", "networks", &[]).await
-}
-
-pub async fn all_subnets(cloud: &Cloud) -> Result<Vec<Subnet>, Error> {
-    list(cloud, "subnets", "subnets", &[]).await
 }
 
 /// Ports by `device_owner` (ours carry our own): tagged or not.
@@ -318,10 +330,6 @@ pub async fn floating_ips(cloud: &Cloud, tag: &str) -> Result<Vec<FloatingIp>, E
     list(cloud, "floatingips", "floatingips", &[("tags", tag.to_string())]).await
 }
 
-pub async fn all_floating_ips(cloud: &Cloud) -> Result<Vec<FloatingIp>, Error> {
-    list(cloud, "floatingips", "floatingips", &[]).await
-}
-
 pub async fn create_floating_ip(
     cloud: &Cloud,
     network: &str,
@@ -342,10 +350,6 @@ pub async fn associate_floating_ip(cloud: &Cloud, id: &str, port: &str) -> Resul
 
 pub async fn routers(cloud: &Cloud, tag: &str) -> Result<Vec<Router>, Error> {
     list(cloud, "routers", "routers", &[("tags", tag.to_string())]).await
-}
-
-pub async fn all_routers(cloud: &Cloud) -> Result<Vec<Router>, Error> {
-    list(cloud, "routers", "routers", &[]).await
 }
 
 pub async fn create_router(cloud: &Cloud, name: &str, description: &str) -> Result<Router, Error> {
@@ -483,10 +487,6 @@ pub struct SubnetPool {
 
 pub async fn subnet_pools(cloud: &Cloud, tag: &str) -> Result<Vec<SubnetPool>, Error> {
     list(cloud, "subnetpools", "subnetpools", &[("tags", tag.to_string())]).await
-}
-
-pub async fn all_subnet_pools(cloud: &Cloud) -> Result<Vec<SubnetPool>, Error> {
-    list(cloud, "subnetpools", "subnetpools", &[]).await
 }
 
 pub async fn create_subnet_pool(

@@ -798,9 +798,9 @@ async fn projects(cloud: &OpenStack, session: &Cloud) {
              apiVersion: v1\nkind: Namespace\nmetadata: {name: tb, annotations: {stacknet.io/openstack-project: nope}}\n---\n\
              apiVersion: v1\nkind: Namespace\nmetadata: {name: tc}\n",
         );
-        for (ns, pod) in [("ta", "web"), ("tb", "x"), ("tc", "y")] {
+        for (ns, pod, node) in [("ta", "web", "n1"), ("tb", "x", "n1"), ("tc", "y", "n1"), ("tc", "z", "n2")] {
             m.push_str(&format!(
-                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: {ns}}}\nspec: {{nodeName: n1, containers: [{{name: c}}]}}\n"
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: {ns}}}\nspec: {{nodeName: {node}, containers: [{{name: c}}]}}\n"
             ));
         }
         for n in nodes {
@@ -847,7 +847,7 @@ async fn projects(cloud: &OpenStack, session: &Cloud) {
     neutron(cloud, "PUT", &format!("quotas/{team}"), Some(json!({"quota": {"port": used + 1}})));
     let filled = b.refill_pools(&NeutronBackend::nodes_of(&engine)).await.unwrap();
     neutron(cloud, "PUT", &format!("quotas/{team}"), Some(json!({"quota": {"port": -1}})));
-    assert_eq!(filled.created, 3, "team-a's one, tc's two: {filled:?}");
+    assert_eq!(filled.created, 5, "n1: team-a's one and tc's two; n2: tc's two: {filled:?}");
     assert_eq!(filled.problems.len(), 1, "{:?}", filled.problems);
     let p = &filled.problems[0];
     assert_eq!((p.object.as_str(), p.reason), ("Node n1", "QuotaExceeded"), "{p:?}");
@@ -880,11 +880,11 @@ async fn projects(cloud: &OpenStack, session: &Cloud) {
     assert_eq!(r.ports[&key("ta/api")].port_id, team_free[0]["id"].as_str().unwrap(), "{r:?}");
 
     // Node n1 goes: the free ports of its pools are deleted, none other.
-    let before_n2 = free("n2").len();
+    assert_eq!(free("n2").len(), 2);
     let gone = b.refill_pools(&NeutronBackend::nodes_of(&cluster(&["n2"]))).await.unwrap();
     assert_eq!(gone.deleted, 2, "{gone:?}");
     assert!(free("n1").is_empty(), "free ports of a gone node stay: {:?}", free("n1"));
-    assert_eq!(free("n2").len(), before_n2);
+    assert_eq!(free("n2").len(), 2, "n2's pool stays");
 }
 
 const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: x}\n\
@@ -905,31 +905,29 @@ fn slice(backends: &[&str]) -> String {
     )
 }
 
-/// The OVN Load_Balancer rows Octavia's provider wrote for load balancer `id`: protocol → vips.
-fn ovn_vips(cloud: &OpenStack, id: &str) -> BTreeMap<String, String> {
-    let out = cloud
-        .ovn
-        .nbctl(&["--bare", "--columns=protocol,vips", "find", "Load_Balancer", &format!("name={id}")])
-        .unwrap();
+/// Northbound rows found by `find` (`columns`: two, the first a key), as key → the second.
+fn nb_rows(cloud: &OpenStack, columns: &str, table: &str, condition: Option<&str>) -> BTreeMap<String, String> {
+    let columns = format!("--columns={columns}");
+    let mut args = vec!["--bare", columns.as_str(), "find", table];
+    args.extend(condition);
+    let out = cloud.ovn.nbctl(&args).unwrap();
     let mut rows = BTreeMap::new();
     for block in out.split("\n\n").filter(|b| !b.trim().is_empty()) {
         let mut lines = block.lines();
-        let proto = lines.next().unwrap_or_default().trim().to_string();
-        rows.insert(proto, lines.collect::<Vec<_>>().join(" ").trim().to_string());
+        let key = lines.next().unwrap_or_default().trim().to_string();
+        rows.insert(key, lines.collect::<Vec<_>>().join(" ").trim().to_string());
     }
     rows
 }
 
+/// The OVN Load_Balancer rows Octavia's provider wrote for load balancer `id`: protocol → vips.
+fn ovn_vips(cloud: &OpenStack, id: &str) -> BTreeMap<String, String> {
+    nb_rows(cloud, "protocol,vips", "Load_Balancer", Some(&format!("name={id}")))
+}
+
 /// The OVN health checks (Octavia's health monitors, as the provider writes them): vip → options.
 fn health_checks(cloud: &OpenStack) -> BTreeMap<String, String> {
-    let out = cloud.ovn.nbctl(&["--bare", "--columns=vip,options", "find", "Load_Balancer_Health_Check"]).unwrap();
-    let mut rows = BTreeMap::new();
-    for block in out.split("\n\n").filter(|b| !b.trim().is_empty()) {
-        let mut lines = block.lines();
-        let vip = lines.next().unwrap_or_default().trim().to_string();
-        rows.insert(vip, lines.collect::<Vec<_>>().join(" ").trim().to_string());
-    }
-    rows
+    nb_rows(cloud, "vip,options", "Load_Balancer_Health_Check", None)
 }
 
 /// Services through Octavia: a load balancer per Service whose OVN rows trace to the backends;
