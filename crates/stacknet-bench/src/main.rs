@@ -16,8 +16,8 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
-use stacknet_engine::index::Kind;
 use stacknet_engine::objects::ClusterObject;
+use stacknet_engine::objects::Kind;
 use stacknet_engine::{ClusterIndex, PolicyEngine};
 
 #[derive(Parser)]

@@ -11,6 +11,8 @@ use stacknet_engine::Cidr;
 use stacknet_engine::ipam::IpamConfig;
 use stacknet_ovsdb::Remote;
 
+use crate::error::Error;
+
 /// `stacknet controller` flags (each also from the environment variable shown).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ControllerArgs {
@@ -129,17 +131,42 @@ pub struct ControllerConfig {
     pub manifests: Option<PathBuf>,
     pub ipam: IpamConfig,
     pub metrics_addr: SocketAddr,
+    /// How often the manifest folder is rescanned.
     pub poll: Duration,
-    /// Quiet time that ends a burst of changes.
-    pub coalesce: Duration,
-    /// The longest a burst may delay a reconcile.
-    pub coalesce_max: Duration,
+    pub pace: Pace,
     /// With the Kubernetes API: elect a leader through a Lease in `lease_namespace`.
     pub leader_election: bool,
     pub lease_namespace: String,
     pub identity: String,
     /// `Some`: the network is made in OpenStack, not in `nb`.
     pub openstack: Option<OpenStackOptions>,
+}
+
+/// How the reconcile loop paces itself; one set for every backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pace {
+    /// Quiet time that ends a burst of changes (`--coalesce-ms`, default 20 ms): a burst of
+    /// events becomes one reconcile.
+    pub coalesce: Duration,
+    /// The longest a burst may delay its reconcile (ten times `coalesce`, at least 100 ms).
+    pub coalesce_max: Duration,
+    /// After a failed reconcile the next waits this long, doubling up to `retry_max`.
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    /// A reconcile at least this often, changes or not: drift is repaired.
+    pub resync: Duration,
+}
+
+impl Pace {
+    pub fn new(coalesce: Duration) -> Pace {
+        Pace {
+            coalesce,
+            coalesce_max: (coalesce * 10).max(Duration::from_millis(100)),
+            retry_min: Duration::from_millis(200),
+            retry_max: Duration::from_secs(30),
+            resync: Duration::from_secs(60),
+        }
+    }
 }
 
 fn default_identity() -> String {
@@ -158,8 +185,7 @@ impl ControllerConfig {
             ipam: IpamConfig::new(vec!["10.244.0.0/16".parse().expect("valid")]),
             metrics_addr: "127.0.0.1:0".parse().expect("valid"),
             poll: Duration::from_millis(100),
-            coalesce: Duration::from_millis(20),
-            coalesce_max: Duration::from_millis(250),
+            pace: Pace::new(Duration::from_millis(20)),
             leader_election: false,
             lease_namespace: "stacknet-system".into(),
             identity: default_identity(),
@@ -167,18 +193,19 @@ impl ControllerConfig {
         }
     }
 
-    pub fn from_args(args: &ControllerArgs) -> Result<ControllerConfig, String> {
+    pub fn from_args(args: &ControllerArgs) -> Result<ControllerConfig, Error> {
         let file = match &args.config {
             None => FileConfig::default(),
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| format!("config file {}: {e}", path.display()))?;
-                toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))?
+                let bad = |message: String| Error::ConfigFile { path: path.clone(), message };
+                let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+                toml::from_str(&text).map_err(|e| bad(e.to_string()))?
             }
         };
         let from = |flag: bool| if flag { "flag or environment" } else { "config file" };
         let cluster = args.cluster.clone().or(file.cluster).unwrap_or_else(|| "stacknet".into());
         if cluster.is_empty() || !cluster.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(format!("cluster: {cluster:?} must be letters, digits, '-' or '_'"));
+            return Err(Error::setting("cluster", format!("{cluster:?} must be letters, digits, '-' or '_'")));
         }
         let backend = args.backend.clone().or(file.backend).unwrap_or_else(|| "ovn".into());
         let openstack = match backend.as_str() {
@@ -190,26 +217,31 @@ impl ControllerConfig {
                     .service_cidr
                     .clone()
                     .or(file.service_cidr)
-                    .map(|t| t.parse::<Cidr>().map_err(|e| format!("service-cidr: {t:?}: {e}")))
+                    .map(|t| t.parse::<Cidr>().map_err(|e| Error::setting("service-cidr", format!("{t:?}: {e}"))))
                     .transpose()?,
                 external_network: args.external_network.clone().or(file.external_network),
                 pool_size: args.pool_size.or(file.pool_size).unwrap_or(0),
                 network_per_namespace: args.network_per_namespace || file.network_per_namespace.unwrap_or(false),
                 namespace_prefix_len: match args.namespace_prefix_len.or(file.namespace_prefix_len).unwrap_or(24) {
                     n @ 8..=30 => n,
-                    n => return Err(format!("namespace-prefix-len: {n} is not between 8 and 30")),
+                    n => return Err(Error::setting("namespace-prefix-len", format!("{n} is not between 8 and 30"))),
                 },
             }),
-            other => return Err(format!("backend: {other:?} is neither \"ovn\" nor \"openstack\"")),
+            other => {
+                return Err(Error::setting("backend", format!("{other:?} is neither \"ovn\" nor \"openstack\"")));
+            }
         };
         let nb_flag = !args.nb.is_empty();
         let nb_texts = if nb_flag { args.nb.clone() } else { file.nb.unwrap_or_default() };
         if nb_texts.is_empty() && openstack.is_none() {
-            return Err("nb: the OVN Northbound database is required (--nb unix:PATH or tcp:HOST:PORT)".into());
+            return Err(Error::setting(
+                "nb",
+                "the OVN Northbound database is required (--nb unix:PATH or tcp:HOST:PORT)",
+            ));
         }
         let nb = nb_texts
             .iter()
-            .map(|t| t.parse::<Remote>().map_err(|e| format!("nb ({}): {e}", from(nb_flag))))
+            .map(|t| t.parse::<Remote>().map_err(|e| Error::setting(format!("nb ({})", from(nb_flag)), e.to_string())))
             .collect::<Result<Vec<_>, _>>()?;
         let cidr_flag = !args.cluster_cidr.is_empty();
         let cidr_texts = if cidr_flag {
@@ -219,28 +251,34 @@ impl ControllerConfig {
         };
         let cidrs = cidr_texts
             .iter()
-            .map(|t| t.parse::<Cidr>().map_err(|e| format!("cluster-cidr ({}): {t:?}: {e}", from(cidr_flag))))
+            .map(|t| {
+                t.parse::<Cidr>()
+                    .map_err(|e| Error::setting(format!("cluster-cidr ({})", from(cidr_flag)), format!("{t:?}: {e}")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let mut ipam = IpamConfig::new(cidrs);
         ipam.node_prefix_v4 = args.node_subnet_v4.or(file.node_subnet_v4).unwrap_or(24);
         ipam.node_prefix_v6 = args.node_subnet_v6.or(file.node_subnet_v6).unwrap_or(64);
-        ipam.validate()?;
+        ipam.validate().map_err(|e| Error::setting(e.setting, e.message))?;
         if let Some(o) = openstack.as_ref().filter(|o| o.network_per_namespace) {
             // Each namespace's subnet is cut from a cluster CIDR: it must be smaller than it.
             let too_big =
                 ipam.cluster.iter().find(|c| c.network().is_ipv4() && c.prefix_len() >= o.namespace_prefix_len);
             if let Some(c) = too_big {
-                return Err(format!(
-                    "namespace-prefix-len: /{} does not fit in cluster-cidr {c} (it must be longer than /{})",
-                    o.namespace_prefix_len,
-                    c.prefix_len()
+                return Err(Error::setting(
+                    "namespace-prefix-len",
+                    format!(
+                        "/{} does not fit in cluster-cidr {c} (it must be longer than /{})",
+                        o.namespace_prefix_len,
+                        c.prefix_len()
+                    ),
                 ));
             }
         }
         let addr_text = args.metrics_addr.clone().or(file.metrics_addr).unwrap_or_else(|| "127.0.0.1:9478".into());
-        let metrics_addr = addr_text
-            .parse()
-            .map_err(|_| format!("metrics-addr: {addr_text:?} is not an address:port (e.g. 127.0.0.1:9478)"))?;
+        let metrics_addr = addr_text.parse().map_err(|_| {
+            Error::setting("metrics-addr", format!("{addr_text:?} is not an address:port (e.g. 127.0.0.1:9478)"))
+        })?;
         let poll = Duration::from_millis(args.poll_ms.or(file.poll_ms).unwrap_or(250).clamp(10, 60_000));
         let coalesce = Duration::from_millis(args.coalesce_ms.or(file.coalesce_ms).unwrap_or(20).min(10_000));
         Ok(ControllerConfig {
@@ -250,8 +288,7 @@ impl ControllerConfig {
             ipam,
             metrics_addr,
             poll,
-            coalesce,
-            coalesce_max: (coalesce * 10).max(Duration::from_millis(100)),
+            pace: Pace::new(coalesce),
             leader_election: args.leader_election.or(file.leader_election).unwrap_or(true),
             lease_namespace: args
                 .lease_namespace
@@ -308,7 +345,7 @@ mod tests {
         let o = ControllerConfig::from_args(&per_ns).unwrap().openstack.unwrap();
         assert_eq!((o.network_per_namespace, o.namespace_prefix_len), (true, 26));
         let bad = ControllerArgs { namespace_prefix_len: Some(31), ..a.clone() };
-        let e = ControllerConfig::from_args(&bad).unwrap_err();
+        let e = ControllerConfig::from_args(&bad).unwrap_err().to_string();
         assert!(e.starts_with("namespace-prefix-len: 31"), "{e}");
         let wide = ControllerArgs {
             network_per_namespace: true,
@@ -316,7 +353,7 @@ mod tests {
             cluster_cidr: vec!["10.48.0.0/16".into()],
             ..a.clone()
         };
-        let e = ControllerConfig::from_args(&wide).unwrap_err();
+        let e = ControllerConfig::from_args(&wide).unwrap_err().to_string();
         assert_eq!(
             e,
             "namespace-prefix-len: /16 does not fit in cluster-cidr 10.48.0.0/16 (it must be longer than /16)"
@@ -330,7 +367,7 @@ mod tests {
         let err = |f: &dyn Fn(&mut ControllerArgs)| {
             let mut a = args();
             f(&mut a);
-            ControllerConfig::from_args(&a).unwrap_err()
+            ControllerConfig::from_args(&a).unwrap_err().to_string()
         };
         assert!(err(&|a| a.nb.clear()).starts_with("nb:"));
         assert!(err(&|a| a.nb = vec!["http://x".into()]).starts_with("nb (flag or environment)"));

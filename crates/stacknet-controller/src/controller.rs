@@ -1,27 +1,26 @@
-//! The reconcile loop: changes from the sources go into the cluster index; once every source
-//! has delivered its initial state (never before: an empty index would mean "delete
-//! everything") and the allocation a previous run left in the Northbound database has been
-//! read back, bursts of changes are coalesced and each burst becomes one reconcile: IPAM, the
-//! engine, the desired rows, one minimal transaction. Level-based: a reconcile recomputes
-//! everything from the index, so a missed or repeated change cannot leave the network wrong.
+//! The reconcile loop, one for every backend. Changes from the sources go into the cluster
+//! index (the engine); once every source has delivered its initial state (never before: an
+//! empty index would mean "delete everything"), bursts of changes are coalesced and each burst
+//! becomes one reconcile by the [`Backend`]. Level-based: a reconcile recomputes everything
+//! from the index, and one runs at least every [`Pace::resync`], so a missed or repeated change
+//! cannot leave the network wrong. A failed reconcile is retried with backoff; only the
+//! replica that leads writes; readiness says which of these states the loop is in.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use stacknet_engine::index::Kind;
-use stacknet_engine::ipam::Ipam;
-use stacknet_engine::objects::{ClusterObject, ObjectKey};
-use stacknet_engine::{Cidr, PolicyEngine};
-use stacknet_ovn::{NodeNet, OvnBackend, Topology};
-use stacknet_ovsdb::nb;
-use tokio::sync::mpsc;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use stacknet_engine::objects::{ClusterObject, Kind, ObjectKey};
+use stacknet_engine::{ClusterIndex, ObjectRef, PolicyEngine, Problem, Reason};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::config::ControllerConfig;
+use crate::config::{ControllerConfig, Pace};
 use crate::events::Events;
 use crate::http::Health;
 use crate::metrics::Metrics;
@@ -38,6 +37,83 @@ pub enum Change {
     Synced(String),
 }
 
+/// Where the network is made: what the loop needs of a backend.
+pub trait Backend: Send {
+    /// Where the network is made, for logs and readiness (`the OVN Northbound database (...)`).
+    fn describe(&self) -> String;
+
+    /// A change from the sources, just before it goes into the engine.
+    fn observe(&mut self, _change: &Change, _index: &ClusterIndex) {}
+
+    /// Whether a reconcile may start; `Err`: why not yet (reported once it has lasted
+    /// [`NOT_PREPARED_REPORT`]).
+    fn prepare(&mut self) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    /// Makes the network equal to the cluster in `engine` (the backend may give pods their
+    /// addresses there). `annotate`: return each pod's `stacknet.io/network` annotation.
+    fn reconcile(
+        &mut self,
+        engine: &mut PolicyEngine,
+        annotate: bool,
+    ) -> impl Future<Output = Result<Reconciled, Failure>> + Send;
+
+    /// Whether this replica writes. Called at start and on every change; a replica that takes
+    /// over forgets what it knew of the network (the previous leader wrote since).
+    fn lead(&mut self, leading: bool) -> impl Future<Output = ()> + Send;
+
+    /// What the backend learns by itself between reconciles (taken once, when the loop
+    /// starts).
+    fn news(&mut self) -> Option<BoxStream<'static, News>> {
+        None
+    }
+
+    /// How long each pod whose port came up since the last call took, from first sight.
+    fn ports_up(&mut self) -> Vec<Duration> {
+        Vec::new()
+    }
+}
+
+/// A reconcile that was carried out (problems with single objects included).
+#[derive(Debug, Default)]
+pub struct Reconciled {
+    /// Objects the network could not be made for; the rest was.
+    pub problems: Vec<Problem>,
+    /// Each pod's `stacknet.io/network` annotation (when asked for).
+    pub annotations: Vec<(ObjectKey, String)>,
+    /// Transactions (or API calls) sent, and the operations in them.
+    pub transactions: u64,
+    pub operations: u64,
+}
+
+/// A reconcile that could not be carried out: an Event on the cluster, and a retry.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub reason: Reason,
+    pub message: String,
+    /// OVSDB transactions that failed on the way.
+    pub failed_transactions: u64,
+}
+
+impl Failure {
+    pub fn new(reason: Reason, message: impl Into<String>) -> Failure {
+        Failure { reason, message: message.into(), failed_transactions: 0 }
+    }
+}
+
+/// Something the backend learnt between reconciles.
+#[derive(Debug, Default)]
+pub struct News {
+    /// The network may have changed behind our back (a reconnect): reconcile.
+    pub reconcile: bool,
+    /// Found by the backend's own tasks (pools).
+    pub problems: Vec<Problem>,
+}
+
+/// How long a backend may be unprepared before it is reported.
+pub const NOT_PREPARED_REPORT: Duration = Duration::from_secs(10);
+
 /// What can be watched from outside while the controller runs.
 #[derive(Clone)]
 pub struct Observed {
@@ -46,77 +122,71 @@ pub struct Observed {
     pub health: Arc<Health>,
 }
 
-pub struct Controller {
-    config: ControllerConfig,
-    backend: OvnBackend,
-    ipam: Ipam,
-    /// The cluster index with the compiled policy model, kept up to date change by change
-    /// (never rebuilt): pods carry the addresses IPAM gave them.
-    engine: PolicyEngine,
-    observed: Observed,
-    sources: BTreeSet<String>,
-    synced: BTreeSet<String>,
-    restored: bool,
-    /// Pods seen and not yet reported up by OVN: since when.
-    pending_up: HashMap<ObjectKey, Instant>,
-    /// Each pod's logical port, as last programmed.
-    ports: BTreeMap<ObjectKey, String>,
-    /// Whether this replica may write (`None`: no election, always).
-    leading: Option<tokio::sync::watch::Receiver<bool>>,
-    /// Pods' network annotations, written back with the Kubernetes API.
-    annotations: Option<Annotations>,
-}
-
 /// Pods' `stacknet.io/network` annotations on their way to the API server: each sent once
 /// per value, until the pod is seen carrying it.
 #[derive(Debug)]
-pub(crate) struct Annotations {
+struct Annotations {
     tx: mpsc::UnboundedSender<(ObjectKey, String)>,
     /// Sent and not yet seen back on the pod.
     sent: HashMap<ObjectKey, String>,
 }
 
 impl Annotations {
-    pub(crate) fn new(tx: mpsc::UnboundedSender<(ObjectKey, String)>) -> Annotations {
-        Annotations { tx, sent: HashMap::new() }
-    }
-
-    /// Forgets pods `keep` says no to.
-    pub(crate) fn retain(&mut self, keep: impl Fn(&ObjectKey) -> bool) {
-        self.sent.retain(|k, _| keep(k));
-    }
-
-    /// Forgets everything sent (a new leader sends what differs again).
-    pub(crate) fn clear(&mut self) {
-        self.sent.clear();
-    }
-
-    /// Sends `value` for pod `key` unless the pod carries it already or it was sent.
-    pub(crate) fn offer(&mut self, index: &stacknet_engine::ClusterIndex, key: &ObjectKey, value: String) {
-        let current = index.pod_id(key).and_then(|id| index.pod(id)).and_then(|p| p.network_annotation.as_deref());
-        if current == Some(value.as_str()) {
-            self.sent.remove(key);
-            return;
-        }
-        if self.sent.get(key) == Some(&value) {
-            return;
-        }
-        if self.tx.send((key.clone(), value.clone())).is_ok() {
-            self.sent.insert(key.clone(), value);
+    /// Sends each value unless its pod carries it already or it was sent; forgets pods that
+    /// have none any more.
+    fn offer(&mut self, index: &ClusterIndex, values: Vec<(ObjectKey, String)>) {
+        let keys: BTreeSet<&ObjectKey> = values.iter().map(|(k, _)| k).collect();
+        self.sent.retain(|k, _| keys.contains(k));
+        for (key, value) in values {
+            let current = index.pod_id(&key).and_then(|id| index.pod(id)).and_then(|p| p.network_annotation.as_deref());
+            if current == Some(value.as_str()) {
+                self.sent.remove(&key);
+            } else if self.sent.get(&key) != Some(&value) && self.tx.send((key.clone(), value.clone())).is_ok() {
+                self.sent.insert(key, value);
+            }
         }
     }
 }
 
-impl Controller {
-    /// A controller fed by the named `sources` (each must send [`Change::Synced`]).
-    pub fn new(config: ControllerConfig, sources: &[impl AsRef<str>]) -> Result<Controller, String> {
-        let ipam = Ipam::new(config.ipam.clone())?;
-        let backend = OvnBackend::connect(config.nb.clone());
-        Ok(Controller {
-            config,
+/// A burst of changes: its first and last change.
+#[derive(Debug, Clone, Copy)]
+struct Burst {
+    first: Instant,
+    last: Instant,
+}
+
+fn extend(burst: Option<Burst>) -> Option<Burst> {
+    let now = Instant::now();
+    Some(burst.map_or(Burst { first: now, last: now }, |b| Burst { last: now, ..b }))
+}
+
+pub struct Controller<B: Backend> {
+    backend: B,
+    /// The cluster index with the compiled policy model, kept up to date change by change
+    /// (never rebuilt).
+    engine: PolicyEngine,
+    cluster: ObjectRef,
+    pace: Pace,
+    metrics_addr: SocketAddr,
+    observed: Observed,
+    sources: BTreeSet<String>,
+    synced: BTreeSet<String>,
+    /// Whether this replica may write (`None`: no election, always).
+    leading: Option<watch::Receiver<bool>>,
+    /// Pods' network annotations, written back with the Kubernetes API.
+    annotations: Option<Annotations>,
+}
+
+impl<B: Backend> Controller<B> {
+    /// A controller making the network in `backend`, fed by the named `sources` (each must
+    /// send [`Change::Synced`]).
+    pub fn new(config: &ControllerConfig, backend: B, sources: &[impl AsRef<str>]) -> Controller<B> {
+        Controller {
             backend,
-            ipam,
             engine: PolicyEngine::new(),
+            cluster: ObjectRef::Cluster(config.cluster.clone()),
+            pace: config.pace,
+            metrics_addr: config.metrics_addr,
             observed: Observed {
                 events: Arc::new(Events::new()),
                 metrics: Arc::new(Metrics::default()),
@@ -124,52 +194,27 @@ impl Controller {
             },
             sources: sources.iter().map(|s| s.as_ref().to_string()).collect(),
             synced: BTreeSet::new(),
-            restored: false,
-            pending_up: HashMap::new(),
-            ports: BTreeMap::new(),
             leading: None,
             annotations: None,
-        })
-    }
-
-    /// Writes each pod's network back as its `stacknet.io/network` annotation through
-    /// `annotate` (a pod's address, MAC, gateways and logical port, as JSON).
-    pub fn with_annotations(mut self, annotate: mpsc::UnboundedSender<(ObjectKey, String)>) -> Controller {
-        self.annotations = Some(Annotations::new(annotate));
-        self
-    }
-
-    /// Sends the annotations that differ from what the pods carry (after a reconcile); a
-    /// pod's prefix lengths and gateways are those of its node's subnets in `nodes`.
-    fn annotate(&mut self, desired: &stacknet_ovn::Desired, nodes: &BTreeMap<String, Vec<(Cidr, IpAddr)>>) {
-        let Some(annotations) = self.annotations.as_mut() else { return };
-        annotations.retain(|k| desired.ports.contains_key(k));
-        for (key, port) in &desired.ports {
-            let Some(subnets) = nodes.get(&port.node) else { continue };
-            let ips = port.ips.iter().filter_map(|ip| {
-                subnets.iter().find(|(c, _)| c.contains(*ip)).map(|(c, _)| format!("{ip}/{}", c.prefix_len()))
-            });
-            let value = serde_json::json!({
-                "ips": ips.collect::<Vec<_>>(),
-                "mac": port.mac,
-                "gateways": subnets.iter().map(|(_, g)| g.to_string()).collect::<Vec<_>>(),
-                "logicalPort": port.lsp,
-                "node": port.node,
-            })
-            .to_string();
-            annotations.offer(self.engine.index(), key, value);
         }
     }
 
-    /// Writes only while `leading` says so (see [`crate::leader`]); a replica that becomes
-    /// leader re-reads the allocation from the Northbound database before its first write.
-    pub fn with_leader(mut self, leading: tokio::sync::watch::Receiver<bool>) -> Controller {
+    /// Writes each pod's network back as its `stacknet.io/network` annotation through
+    /// `annotate` (what the backend says of the pod's port, as JSON).
+    pub fn with_annotations(mut self, annotate: mpsc::UnboundedSender<(ObjectKey, String)>) -> Self {
+        self.annotations = Some(Annotations { tx: annotate, sent: HashMap::new() });
+        self
+    }
+
+    /// Writes only while `leading` says so (see [`crate::leader`]): a follower keeps the
+    /// cluster's index and is ready, and writes nothing.
+    pub fn with_leader(mut self, leading: watch::Receiver<bool>) -> Self {
         self.leading = Some(leading);
         self
     }
 
-    fn is_leader(&self) -> bool {
-        self.leading.as_ref().is_none_or(|l| *l.borrow())
+    pub fn backend(&self) -> &B {
+        &self.backend
     }
 
     pub fn observed(&self) -> Observed {
@@ -180,33 +225,30 @@ impl Controller {
     /// a thread of its own (see [`crate::http::serve_thread`]).
     pub fn serve_http_thread(&self) -> std::io::Result<SocketAddr> {
         let o = &self.observed;
-        crate::http::serve_thread(self.config.metrics_addr, o.health.clone(), o.metrics.clone(), o.events.clone())
+        crate::http::serve_thread(self.metrics_addr, o.health.clone(), o.metrics.clone(), o.events.clone())
     }
 
     /// Serves `/metrics`, `/healthz`, `/readyz` and `/events` on the configured address.
     pub async fn serve_http(&self) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
         let o = &self.observed;
-        crate::http::serve(self.config.metrics_addr, o.health.clone(), o.metrics.clone(), o.events.clone()).await
+        crate::http::serve(self.metrics_addr, o.health.clone(), o.metrics.clone(), o.events.clone()).await
     }
 
-    fn cluster_object(&self) -> String {
-        format!("Cluster {}", self.config.cluster)
+    fn is_leader(&self) -> bool {
+        self.leading.as_ref().is_none_or(|l| *l.borrow())
+    }
+
+    fn synced(&self) -> bool {
+        self.sources.is_subset(&self.synced)
     }
 
     fn apply(&mut self, change: Change) {
+        self.backend.observe(&change, self.engine.index());
         match change {
             Change::Apply(object) => {
-                if let ClusterObject::Pod(p) = &object
-                    && self.engine.index().pod_id(&p.key).is_none()
-                {
-                    self.pending_up.insert(p.key.clone(), Instant::now());
-                }
                 self.engine.apply(object);
             }
             Change::Delete(kind, key) => {
-                if kind == Kind::Pod {
-                    self.pending_up.remove(&key);
-                }
                 self.engine.delete(kind, &key);
             }
             Change::Synced(source) => {
@@ -215,187 +257,117 @@ impl Controller {
         }
     }
 
-    fn synced(&self) -> bool {
-        self.sources.is_subset(&self.synced)
+    fn record_ports_up(&mut self) {
+        for took in self.backend.ports_up() {
+            self.observed.metrics.programming.observe(took);
+        }
     }
 
-    /// Reads back what a previous run allocated, once the Northbound replica is there.
-    fn restore(&mut self) -> bool {
-        let guard = self.backend.client().replica();
-        let Some(replica) = guard.as_ref() else { return false };
-        let a = stacknet_ovn::lookup::allocated(replica, &self.config.cluster);
-        for (node, subnet) in &a.nodes {
-            self.ipam.restore_node(node, *subnet);
-        }
-        for (pod, node, ips) in a.pods {
-            self.ipam.restore_pod(pod, &node, ips);
-        }
-        true
-    }
-
-    /// Records the programming latency of pods whose ports OVN now reports up.
-    fn check_up(&mut self) {
-        if self.pending_up.is_empty() {
-            return;
-        }
-        let guard = self.backend.client().replica();
-        let Some(replica) = guard.as_ref() else { return };
-        let lsps = replica.table(nb::LOGICAL_SWITCH_PORT);
-        let metrics = &self.observed.metrics;
-        let ports = &self.ports;
-        self.pending_up.retain(|key, since| {
-            let up = ports.get(key).is_some_and(|name| {
-                lsps.by_name(name).any(|(_, r)| {
-                    r.get("up").is_some_and(|d| d.elements().first().and_then(|a| a.as_bool()) == Some(true))
-                })
-            });
-            if up {
-                metrics.programming.observe(since.elapsed());
-            }
-            !up
-        });
-    }
-
+    /// One reconcile, its outcome reported (problems as Events, figures as metrics);
+    /// `Err`: why it failed.
     async fn reconcile(&mut self) -> Result<(), String> {
         let started = Instant::now();
         let metrics = self.observed.metrics.clone();
-        let reserved = self
-            .backend
-            .client()
-            .replica()
-            .as_ref()
-            .map(|r| stacknet_ovn::lookup::foreign_addresses(r, &self.config.cluster))
-            .unwrap_or_default();
-        self.ipam.set_reserved(reserved);
-        let assignment = self.ipam.sync(self.engine.index());
-        for p in &assignment.problems {
-            self.observed.events.warn(&p.object, p.reason, &p.message);
-        }
-        // The engine sees each pod with the addresses the network gives it (none: no port yet);
-        // only pods whose addresses differ are touched, one at a time (after a restart that is
-        // every pod: no second copy of them all).
-        let index = self.engine.index();
-        let moved: Vec<_> = index
-            .pods()
-            .filter(|(_, p)| p.ips != assignment.pods.get(&p.key).map(|(_, ips)| ips.as_slice()).unwrap_or_default())
-            .map(|(id, _)| id)
-            .collect();
-        for id in moved {
-            let Some(mut pod) = self.engine.index().pod(id).cloned() else { continue };
-            pod.ips = assignment.pods.get(&pod.key).map(|(_, ips)| ips.clone()).unwrap_or_default();
-            self.engine.apply_pod(pod);
-        }
         let index = self.engine.index();
         metrics.pods.store(index.pod_count() as i64, Ordering::Relaxed);
         metrics.policies.store(index.policies().count() as i64, Ordering::Relaxed);
-        let engine = &self.engine;
-        let topology = Topology {
-            cluster: self.config.cluster.clone(),
-            nodes: assignment
-                .nodes
-                .iter()
-                .map(|(name, subnets)| NodeNet { name: name.clone(), subnets: subnets.clone() })
-                .collect(),
-            nested: BTreeMap::new(),
-        };
-        let desired = stacknet_ovn::build(engine, &topology);
-        for w in &desired.warnings {
-            tracing::debug!("{w}");
-        }
-        match self.backend.reconcile(&desired).await {
-            Ok(report) => {
+        match self.backend.reconcile(&mut self.engine, self.annotations.is_some()).await {
+            Ok(done) => {
+                self.observed.events.report(&done.problems);
+                if let Some(a) = self.annotations.as_mut() {
+                    a.offer(self.engine.index(), done.annotations);
+                }
                 metrics.reconciles_ok.fetch_add(1, Ordering::Relaxed);
-                metrics.transactions.fetch_add(report.transactions as u64, Ordering::Relaxed);
-                metrics.operations.fetch_add(report.operations as u64, Ordering::Relaxed);
+                metrics.transactions.fetch_add(done.transactions, Ordering::Relaxed);
+                metrics.operations.fetch_add(done.operations, Ordering::Relaxed);
                 metrics.reconcile.observe(started.elapsed());
-                self.ports = desired.ports.iter().map(|(k, p)| (k.clone(), p.lsp.clone())).collect();
-                self.annotate(&desired, &assignment.nodes);
                 tracing::debug!(
-                    transactions = report.transactions,
-                    operations = report.operations,
+                    transactions = done.transactions,
+                    operations = done.operations,
+                    problems = done.problems.len(),
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "reconciled"
                 );
                 Ok(())
             }
-            Err(e) => {
+            Err(failure) => {
                 metrics.reconciles_failed.fetch_add(1, Ordering::Relaxed);
-                metrics.transaction_errors.fetch_add(1, Ordering::Relaxed);
-                let remotes = self.config.nb.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ");
-                let (reason, message) = if e.is_transient() {
-                    ("OvnUnreachable", format!("the OVN Northbound database ({remotes}) is unreachable: {e}; retrying"))
-                } else {
-                    (
-                        "OvnRejected",
-                        format!("the OVN Northbound database ({remotes}) refused the change: {e}; retrying"),
-                    )
-                };
-                self.observed.events.warn(&self.cluster_object(), reason, &message);
-                Err(message)
+                metrics.transaction_errors.fetch_add(failure.failed_transactions, Ordering::Relaxed);
+                self.observed.events.warn(&self.cluster, failure.reason, &failure.message);
+                Err(failure.message)
             }
         }
     }
 
     /// Runs until `shutdown` completes (a reconcile under way is finished first) or every
-    /// source has gone.
+    /// source has gone before delivering the cluster.
     pub async fn run(mut self, changes: mpsc::Receiver<Change>, shutdown: impl Future<Output = ()>) {
         let health = self.observed.health.clone();
+        let metrics = self.observed.metrics.clone();
         health.alive.store(true, Ordering::SeqCst);
-        health.set_ready(false, "waiting for the cluster's initial state and the Northbound database");
+        let waiting = format!("waiting for the cluster's initial state and {}", self.backend.describe());
+        health.set_ready(false, &waiting);
+        let pace = self.pace;
         let mut changes = Some(changes);
-        let mut status = self.backend.client().status();
-        // (first change, last change). A first reconcile is due even with no change at all:
-        // it garbage-collects what the cluster no longer has.
-        let mut dirty: Option<(Instant, Instant)> = Some((Instant::now(), Instant::now()));
+        let mut news = self.backend.news();
+        // A first reconcile is due even with no change at all: it garbage-collects what the
+        // cluster no longer has.
+        let mut burst = extend(None);
         let mut retry_at: Option<Instant> = None;
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = pace.retry_min;
         let started = Instant::now();
-        let mut unreachable_reported = false;
-        let mut sessions = status.borrow().sessions;
+        let mut last_reconcile = Instant::now();
+        let mut unprepared_reported = false;
         let mut leading = self.leading.clone();
-        let mut was_leader = self.is_leader();
+        let mut was_leader = None;
         tokio::pin!(shutdown);
         loop {
-            if !self.restored && status.borrow().connected.is_some() {
-                self.restored = self.restore();
-            }
-            if !self.restored && !unreachable_reported && started.elapsed() > Duration::from_secs(10) {
-                let remotes = self.config.nb.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ");
-                self.observed.events.warn(
-                    &self.cluster_object(),
-                    "OvnUnreachable",
-                    &format!("no connection to the OVN Northbound database ({remotes}) yet; still trying"),
-                );
-                unreachable_reported = true;
-            }
             let leader = self.is_leader();
-            self.observed.metrics.leader.store(i64::from(leader), Ordering::Relaxed);
-            if leader && !was_leader {
-                // Taking over: the previous leader's allocation is read back, then a full reconcile.
-                self.restored = false;
-                if status.borrow().connected.is_some() {
-                    self.restored = self.restore();
+            metrics.leader.store(i64::from(leader), Ordering::Relaxed);
+            if was_leader != Some(leader) {
+                self.backend.lead(leader).await;
+                if leader && was_leader.is_some() {
+                    // Taking over: everything is reconciled against what the previous leader
+                    // left, and annotations that differ are sent again.
+                    if let Some(a) = self.annotations.as_mut() {
+                        a.sent.clear();
+                    }
+                    burst = extend(burst);
                 }
-                let now = Instant::now();
-                dirty = Some(dirty.map_or((now, now), |(first, _)| (first, now)));
+                was_leader = Some(leader);
             }
-            was_leader = leader;
-            let can = self.synced() && self.restored && leader;
-            let deadline = match dirty {
-                Some((first, last)) if can => {
-                    let at = (last + self.config.coalesce).min(first + self.config.coalesce_max);
+            let prepared = match self.backend.prepare() {
+                Ok(()) => true,
+                Err(f) => {
+                    if !unprepared_reported && started.elapsed() > NOT_PREPARED_REPORT {
+                        self.observed.events.warn(&self.cluster, f.reason, &f.message);
+                        unprepared_reported = true;
+                    }
+                    false
+                }
+            };
+            let synced = self.synced();
+            if !leader && synced && !health.ready.load(Ordering::SeqCst) {
+                // A follower is ready once it holds the cluster: it can take over at once.
+                health.set_ready(true, "");
+            }
+            let can = synced && prepared && leader;
+            let deadline = match burst {
+                _ if !can && !prepared && !unprepared_reported => started + NOT_PREPARED_REPORT,
+                _ if !can => Instant::now() + Duration::from_secs(3600),
+                Some(b) => {
+                    let at = (b.last + pace.coalesce).min(b.first + pace.coalesce_max);
                     retry_at.map_or(at, |r| at.max(r))
                 }
-                _ => Instant::now() + Duration::from_secs(3600),
+                None => last_reconcile + pace.resync,
             };
             tokio::select! {
                 _ = &mut shutdown => break,
                 change = async { changes.as_mut().expect("guarded").recv().await }, if changes.is_some() => {
                     match change {
                         Some(c) => {
-                            let now = Instant::now();
-                            dirty = Some(dirty.map_or((now, now), |(first, _)| (first, now)));
-                            self.observed.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
+                            burst = extend(burst);
+                            metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
                             self.apply(c);
                         }
                         None => {
@@ -412,39 +384,39 @@ impl Controller {
                         leading = None;
                     }
                 }
-                r = status.changed() => {
-                    if r.is_err() {
-                        break;
+                n = async { news.as_mut().expect("guarded").next().await }, if news.is_some() => {
+                    let Some(n) = n else {
+                        news = None;
+                        continue;
+                    };
+                    self.observed.events.report(&n.problems);
+                    if n.reconcile {
+                        burst = extend(burst);
                     }
-                    self.check_up();
-                    let now_sessions = status.borrow_and_update().sessions;
-                    if now_sessions > sessions && sessions > 0 && self.restored {
-                        // A reconnect: the database may have changed behind our back.
-                        let now = Instant::now();
-                        dirty = Some(dirty.map_or((now, now), |(first, _)| (first, now)));
-                    }
-                    sessions = now_sessions;
+                    self.record_ports_up();
                 }
-                _ = tokio::time::sleep_until(deadline), if can && dirty.is_some() => {
-                    self.observed.metrics.queue_depth.store(0, Ordering::Relaxed);
+                _ = tokio::time::sleep_until(deadline) => {
+                    if !can {
+                        continue;
+                    }
+                    metrics.queue_depth.store(0, Ordering::Relaxed);
+                    last_reconcile = Instant::now();
                     match self.reconcile().await {
                         Ok(()) => {
-                            dirty = None;
+                            burst = None;
                             retry_at = None;
-                            backoff = Duration::from_millis(200);
+                            backoff = pace.retry_min;
                             health.set_ready(true, "");
-                            self.check_up();
+                            self.record_ports_up();
                         }
                         Err(message) => {
                             health.set_ready(false, &message);
+                            burst = burst.or_else(|| extend(None));
                             retry_at = Some(Instant::now() + backoff);
-                            backoff = (backoff * 2).min(Duration::from_secs(30));
+                            backoff = (backoff * 2).min(pace.retry_max);
                         }
                     }
                 }
-            }
-            if !leader && self.synced() && !health.ready.load(Ordering::SeqCst) {
-                health.set_ready(true, "");
             }
         }
         health.alive.store(false, Ordering::SeqCst);

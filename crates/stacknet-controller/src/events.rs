@@ -7,21 +7,20 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::SystemTime;
 
+use stacknet_engine::{ObjectRef, Problem, Reason};
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
-    /// `Pod ns/name`, `NetworkPolicy ns/name`, `Node name`, `file path`, `Cluster id`.
-    pub object: String,
-    /// CamelCase, as Kubernetes Events carry (`SubnetExhausted`, `InvalidManifest`, ...).
-    pub reason: String,
+    pub object: ObjectRef,
+    pub reason: Reason,
     pub message: String,
-    pub warning: bool,
     pub count: u64,
     pub last: SystemTime,
 }
 
 #[derive(Debug, Default)]
 pub struct Events {
-    seen: Mutex<BTreeMap<(String, String, String), Event>>,
+    seen: Mutex<BTreeMap<(ObjectRef, Reason, String), Event>>,
     /// Where new events also go (the Kubernetes API publisher).
     sink: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Event>>>,
 }
@@ -31,48 +30,33 @@ impl Events {
         Events::default()
     }
 
-    /// Records a warning on `object` (logged the first time it is seen).
-    pub fn warn(&self, object: &str, reason: &str, message: &str) {
-        self.record(object, reason, message, true);
-    }
-
     /// Sends every new event to `sink` too (repeats are counted here, not sent again).
     pub fn set_sink(&self, sink: tokio::sync::mpsc::UnboundedSender<Event>) {
         *self.sink.lock().unwrap_or_else(|e| e.into_inner()) = Some(sink);
     }
 
-    pub fn normal(&self, object: &str, reason: &str, message: &str) {
-        self.record(object, reason, message, false);
+    /// Records a warning on `object` (logged the first time it is seen).
+    pub fn warn(&self, object: &ObjectRef, reason: Reason, message: &str) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (object.clone(), reason, message.to_string());
+        let now = SystemTime::now();
+        if let Some(e) = seen.get_mut(&key) {
+            e.count += 1;
+            e.last = now;
+            return;
+        }
+        tracing::warn!(object = %object, reason = reason.as_str(), "{message}");
+        let event = Event { object: object.clone(), reason, message: message.into(), count: 1, last: now };
+        if let Some(sink) = self.sink.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            let _ = sink.send(event.clone());
+        }
+        seen.insert(key, event);
     }
 
-    fn record(&self, object: &str, reason: &str, message: &str, warning: bool) {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (object.to_string(), reason.to_string(), message.to_string());
-        let now = SystemTime::now();
-        match seen.get_mut(&key) {
-            Some(e) => {
-                e.count += 1;
-                e.last = now;
-            }
-            None => {
-                if warning {
-                    tracing::warn!(object, reason, "{message}");
-                } else {
-                    tracing::info!(object, reason, "{message}");
-                }
-                let event = Event {
-                    object: object.into(),
-                    reason: reason.into(),
-                    message: message.into(),
-                    warning,
-                    count: 1,
-                    last: now,
-                };
-                if let Some(sink) = self.sink.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-                    let _ = sink.send(event.clone());
-                }
-                seen.insert(key, event);
-            }
+    /// Records each problem as a warning on its object.
+    pub fn report(&self, problems: &[Problem]) {
+        for p in problems {
+            self.warn(&p.object, p.reason, &p.message);
         }
     }
 
@@ -84,7 +68,7 @@ impl Events {
     }
 
     /// Events with this reason.
-    pub fn with_reason(&self, reason: &str) -> Vec<Event> {
+    pub fn with_reason(&self, reason: Reason) -> Vec<Event> {
         self.all().into_iter().filter(|e| e.reason == reason).collect()
     }
 }

@@ -132,16 +132,7 @@ fn respond(
             let body = events
                 .all()
                 .iter()
-                .map(|e| {
-                    format!(
-                        "{} {} {}: {} (x{})\n",
-                        if e.warning { "Warning" } else { "Normal" },
-                        e.reason,
-                        e.object,
-                        e.message,
-                        e.count
-                    )
-                })
+                .map(|e| format!("Warning {} {}: {} (x{})\n", e.reason, e.object, e.message, e.count))
                 .collect();
             ("200 OK", TEXT, body)
         }

@@ -15,8 +15,10 @@ use k8s_openapi::api::networking::v1 as networking;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
-use stacknet_engine::index::Kind;
-use stacknet_engine::objects::{ClusterObject, EndpointSlice, Namespace, NetworkPolicy, Node, ObjectKey, Pod, Service};
+use stacknet_engine::objects::{
+    ClusterObject, EndpointSlice, Kind, Namespace, NetworkPolicy, Node, ObjectKey, Pod, Service,
+};
+use stacknet_engine::{ObjectRef, Reason};
 use tokio::sync::mpsc;
 
 use crate::Change;
@@ -46,12 +48,9 @@ pub fn sources() -> Vec<String> {
     KINDS.iter().map(|k| source(*k)).collect()
 }
 
-/// `Kind ns/name`, or `Kind name` for cluster-scoped objects.
-fn describe<K: Resource>(kind: Kind, o: &K) -> String {
-    match o.namespace() {
-        Some(ns) => format!("{} {ns}/{}", kind.name(), o.name_any()),
-        None => format!("{} {}", kind.name(), o.name_any()),
-    }
+/// The object `o` of kind `kind`.
+fn reference_of<K: Resource>(kind: Kind, o: &K) -> ObjectRef {
+    ObjectRef::Object(kind, key_of(o, kind))
 }
 
 /// Converts an API object; an invalid one becomes an event on it and is ignored.
@@ -65,30 +64,30 @@ fn convert<K: Resource, T>(
     match from(o) {
         Ok(x) => Some(wrap(x)),
         Err(e) => {
-            events.warn(&describe(kind, o), "InvalidObject", &format!("{e}; the object is ignored"));
+            events.warn(&reference_of(kind, o), Reason::InvalidObject, &format!("{e}; the object is ignored"));
             None
         }
     }
 }
 
 fn network_policy(o: &networking::NetworkPolicy, ev: &Events) -> Option<ClusterObject> {
-    let what = describe(Kind::NetworkPolicy, o);
+    let what = reference_of(Kind::NetworkPolicy, o);
     let mut warnings = Vec::new();
     let r = NetworkPolicy::from_k8s(o, &mut warnings);
     for w in warnings {
-        ev.warn(&what, "PolicyWarning", &w);
+        ev.warn(&what, Reason::PolicyWarning, &w);
     }
     match r {
         Ok(p) => Some(ClusterObject::NetworkPolicy(p)),
         Err(e) => {
-            ev.warn(&what, "InvalidNetworkPolicy", &format!("{e}; the policy is not enforced"));
+            ev.warn(&what, Reason::InvalidNetworkPolicy, &format!("{e}; the policy is not enforced"));
             None
         }
     }
 }
 
-fn key_of<K: Resource>(o: &K, cluster_scoped: bool) -> ObjectKey {
-    if cluster_scoped {
+fn key_of<K: Resource>(o: &K, kind: Kind) -> ObjectKey {
+    if kind.is_cluster_scoped() {
         ObjectKey::new("", o.name_any())
     } else {
         ObjectKey::new(o.namespace().unwrap_or_else(|| "default".into()), o.name_any())
@@ -102,7 +101,6 @@ where
     K::DynamicType: Default,
     F: Fn(&K, &Events) -> Option<ClusterObject>,
 {
-    let cluster_scoped = matches!(kind, Kind::Namespace | Kind::Node);
     let mut stream = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
     // What this kind has sent (applied and not deleted since).
     let mut known: BTreeSet<ObjectKey> = BTreeSet::new();
@@ -122,7 +120,7 @@ where
         match event {
             Event::Init => listing.clear(),
             Event::InitApply(o) => {
-                let key = key_of(&o, cluster_scoped);
+                let key = key_of(&o, kind);
                 listing.insert(key.clone());
                 if let Some(obj) = convert(&o, &events) {
                     known.insert(key);
@@ -142,12 +140,12 @@ where
             }
             Event::Apply(o) => {
                 if let Some(obj) = convert(&o, &events) {
-                    known.insert(key_of(&o, cluster_scoped));
+                    known.insert(key_of(&o, kind));
                     out.push(Change::Apply(obj));
                 }
             }
             Event::Delete(o) => {
-                let key = key_of(&o, cluster_scoped);
+                let key = key_of(&o, kind);
                 known.remove(&key);
                 out.push(Change::Delete(kind, key));
             }
@@ -214,25 +212,15 @@ pub async fn run(client: Client, tx: mpsc::Sender<Change>, events: Arc<Events>) 
     }
 }
 
-/// The API group/version and namespace of an event's object (`Pod ns/name`, `Node name`, ...);
-/// `None` for what is not a Kubernetes object (a manifest file, the cluster as a whole).
-fn reference(object: &str) -> Option<k8s_openapi::api::core::v1::ObjectReference> {
-    let (kind, rest) = object.split_once(' ')?;
-    let api_version = match kind {
-        "Pod" | "Service" | "Namespace" | "Node" => "v1",
-        "NetworkPolicy" => "networking.k8s.io/v1",
-        "EndpointSlice" => "discovery.k8s.io/v1",
-        _ => return None,
-    };
-    let (namespace, name) = match rest.split_once('/') {
-        Some((ns, n)) => (Some(ns.to_string()), n.to_string()),
-        None => (None, rest.to_string()),
-    };
-    Some(k8s_openapi::api::core::v1::ObjectReference {
-        api_version: Some(api_version.into()),
-        kind: Some(kind.into()),
-        namespace,
-        name: Some(name),
+/// The Kubernetes object an event is about; `None` for what is not one (a manifest file, the
+/// cluster as a whole, an OpenStack object of ours).
+fn reference(object: &ObjectRef) -> Option<core::ObjectReference> {
+    let (kind, key) = object.as_object()?;
+    Some(core::ObjectReference {
+        api_version: Some(kind.api_version().into()),
+        kind: Some(kind.name().into()),
+        namespace: (!kind.is_cluster_scoped()).then(|| key.namespace.clone()),
+        name: Some(key.name.clone()),
         ..Default::default()
     })
 }
@@ -251,8 +239,8 @@ pub async fn publish_events(
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
     let mut serial: u64 = 0;
     while let Some(e) = events.recv().await {
-        let own = own_pod.as_ref().map(|(ns, name)| format!("Pod {ns}/{name}"));
-        let Some(regarding) = reference(&e.object).or_else(|| own.as_deref().and_then(reference)) else { continue };
+        let own = own_pod.as_ref().map(|(ns, name)| ObjectRef::pod(&ObjectKey::new(ns, name)));
+        let Some(regarding) = reference(&e.object).or_else(|| own.as_ref().and_then(reference)) else { continue };
         let namespace = regarding.namespace.clone().unwrap_or_else(|| "default".into());
         serial += 1;
         let now = k8s_openapi::jiff::Timestamp::now();
@@ -261,17 +249,17 @@ pub async fn publish_events(
             metadata: ObjectMeta { name: Some(name), namespace: Some(namespace.clone()), ..ObjectMeta::default() },
             event_time: Some(MicroTime(now)),
             action: Some("Reconcile".into()),
-            reason: Some(e.reason.clone()),
+            reason: Some(e.reason.as_str().into()),
             note: Some(e.message.chars().take(1024).collect()),
             regarding: Some(regarding),
             reporting_controller: Some("stacknet.io/controller".into()),
             reporting_instance: Some(instance.clone()),
-            type_: Some(if e.warning { "Warning" } else { "Normal" }.into()),
+            type_: Some("Warning".into()),
             ..KubeEvent::default()
         };
         let api: Api<KubeEvent> = Api::namespaced(client.clone(), &namespace);
         if let Err(err) = api.create(&kube::api::PostParams::default(), &event).await {
-            tracing::warn!(error = %err, object = %e.object, reason = %e.reason, "posting an event failed");
+            tracing::warn!(error = %err, object = %e.object, reason = e.reason.as_str(), "posting an event failed");
         }
     }
 }

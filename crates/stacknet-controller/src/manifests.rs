@@ -11,12 +11,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use stacknet_engine::index::Kind;
 use stacknet_engine::manifest;
-use stacknet_engine::objects::{ClusterObject, ObjectKey};
+use stacknet_engine::objects::{ClusterObject, Kind, ObjectKey};
+use stacknet_engine::{ObjectRef, Reason};
 use tokio::sync::mpsc;
 
 use crate::Change;
+use crate::error::Error;
 use crate::events::Events;
 
 /// The source's name in [`Change::Synced`].
@@ -80,10 +81,11 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 
 impl ManifestSource {
     /// A source for `dir`, rescanned every `poll`. The folder must exist.
-    pub fn new(dir: &Path, poll: Duration, events: Arc<Events>) -> Result<ManifestSource, String> {
-        let meta = std::fs::metadata(dir).map_err(|e| format!("manifest folder {}: {e}", dir.display()))?;
+    pub fn new(dir: &Path, poll: Duration, events: Arc<Events>) -> Result<ManifestSource, Error> {
+        let bad = |message: String| Error::ManifestFolder { path: dir.to_path_buf(), message };
+        let meta = std::fs::metadata(dir).map_err(|e| bad(e.to_string()))?;
         if !meta.is_dir() {
-            return Err(format!("manifest folder {}: not a directory", dir.display()));
+            return Err(bad("not a directory".into()));
         }
         Ok(ManifestSource { dir: dir.into(), poll, files: BTreeMap::new(), sent: BTreeMap::new(), events })
     }
@@ -94,8 +96,8 @@ impl ManifestSource {
         if let Err(e) = walk(&self.dir, &mut paths) {
             // An unreadable folder changes nothing (the network stays as it is).
             self.events.warn(
-                &format!("folder {}", self.dir.display()),
-                "ManifestFolderUnreadable",
+                &ObjectRef::Folder(self.dir.display().to_string()),
+                Reason::ManifestFolderUnreadable,
                 &format!("cannot read the manifest folder: {e}; the network stays as it was"),
             );
             return Vec::new();
@@ -128,7 +130,7 @@ impl ManifestSource {
                         "nothing from it is applied"
                     };
                     let name = self.name(path);
-                    self.events.warn(&format!("file {name}"), "InvalidManifest", &format!("{e}; {keeps}"));
+                    self.events.warn(&ObjectRef::File(name), Reason::InvalidManifest, &format!("{e}; {keeps}"));
                     // Remember the bad content (so it is reported once), keep the objects.
                     let objects = self.files.remove(path).map(|f| f.objects).unwrap_or_default();
                     self.files.insert(path.clone(), FileState { stamp: now, content, objects });
@@ -247,7 +249,7 @@ mod tests {
         // A file that does not parse keeps its previous content in force.
         write(&f, "apiVersion: v1\nkind: Pod\nmetadata: {name: [\n");
         assert!(source.scan().is_empty());
-        assert!(events.all().iter().any(|e| e.reason == "InvalidManifest"), "{:?}", events.all());
+        assert!(!events.with_reason(Reason::InvalidManifest).is_empty(), "{:?}", events.all());
         write(&f, &pod("a", "web"));
         assert_eq!(summary(&source.scan()), ["-x/b", "-x/c"]);
         std::fs::remove_file(&f).unwrap();

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use stacknet_controller::{Controller, ControllerConfig, kube_source};
+use stacknet_engine::Reason;
 use stacknet_sandbox::Ovn;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
@@ -416,7 +417,7 @@ async fn the_network_follows_the_watch_through_bookmarks_drops_and_410() {
 
     let ovn = Ovn::nb_only().unwrap();
     let config = ControllerConfig::new("k8s", vec![ovn.nb.remote().parse().unwrap()], None);
-    let controller = Controller::new(config, &kube_source::sources()).unwrap();
+    let controller = Controller::ovn(&config, &kube_source::sources()).unwrap();
     let observed = controller.observed();
     stacknet_controller::kube_source::install_tls_provider();
     let client = kube::Client::try_from(kube::Config::new(api.url.parse().unwrap())).unwrap();
@@ -487,9 +488,9 @@ async fn the_network_follows_the_watch_through_bookmarks_drops_and_410() {
     let mut bad = pod("e", "web");
     bad["metadata"]["labels"] = json!({"tier": "not a valid label value!"});
     api.apply(bad);
-    until("an InvalidObject event", || !observed.events.with_reason("InvalidObject").is_empty()).await;
-    let e = &observed.events.with_reason("InvalidObject")[0];
-    assert_eq!(e.object, "Pod shop/e");
+    until("an InvalidObject event", || !observed.events.with_reason(Reason::InvalidObject).is_empty()).await;
+    let e = &observed.events.with_reason(Reason::InvalidObject)[0];
+    assert_eq!(e.object.to_string(), "Pod shop/e");
     assert!(e.message.contains("metadata.labels.tier"), "{}", e.message);
     // ... posted to the API server as an Event on that pod.
     until("the Event posted", || !api.store.lock().unwrap().events.is_empty()).await;
@@ -558,7 +559,7 @@ async fn two_replicas_one_writes_and_the_standby_takes_over() {
         cfg.duration = Duration::from_secs(2);
         cfg.renew = Duration::from_millis(200);
         let (leading, rx) = tokio::sync::watch::channel(false);
-        let controller = Controller::new(config, &kube_source::sources()).unwrap().with_leader(rx);
+        let controller = Controller::ovn(&config, &kube_source::sources()).unwrap().with_leader(rx);
         let observed = controller.observed();
         let (tx, changes) = tokio::sync::mpsc::channel(1024);
         let tasks = vec![

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use stacknet_controller::manifests::{ManifestSource, SOURCE};
 use stacknet_controller::{Controller, ControllerConfig, Observed};
+use stacknet_engine::{ObjectRef, Reason};
 use stacknet_sandbox::Ovn;
 use tokio::sync::oneshot;
 
@@ -57,7 +58,7 @@ impl Running {
 
 async fn start(ovn: &Ovn, dir: &Path) -> Running {
     let config = ControllerConfig::new("t1", vec![ovn.nb.remote().parse().unwrap()], Some(dir));
-    let controller = Controller::new(config.clone(), &[SOURCE]).unwrap();
+    let controller = Controller::ovn(&config, &[SOURCE]).unwrap();
     let observed = controller.observed();
     let (addr, _http) = controller.serve_http().await.unwrap();
     let source = ManifestSource::new(dir, Duration::from_millis(50), observed.events.clone()).unwrap();
@@ -203,9 +204,10 @@ async fn a_bad_file_is_reported_and_changes_nothing() {
         "apiVersion: v1\nkind: Pod\nmetadata: {name: Bad_Name, namespace: shop}\n",
     )
     .unwrap();
-    until("two InvalidManifest events", || c.observed.events.with_reason("InvalidManifest").len() == 2).await;
-    let ev = c.observed.events.with_reason("InvalidManifest");
-    let cluster = ev.iter().find(|e| e.object == "file cluster.yaml").expect("event on cluster.yaml");
+    until("two InvalidManifest events", || c.observed.events.with_reason(Reason::InvalidManifest).len() == 2).await;
+    let ev = c.observed.events.with_reason(Reason::InvalidManifest);
+    let cluster =
+        ev.iter().find(|e| e.object == ObjectRef::File("cluster.yaml".into())).expect("event on cluster.yaml");
     assert!(
         cluster.message.contains("metadata.name") && cluster.message.contains("previous content stays"),
         "{}",
@@ -236,7 +238,7 @@ async fn bursts_coalesce_and_exhaustion_is_an_event() {
     let txns = c.observed.metrics.transactions.load(Ordering::Relaxed);
     assert!((1..=3).contains(&txns), "{txns} transactions for a burst of 1,000 pods");
     // 500 pods per node do not fit a /24: the rest are reported, not mis-addressed.
-    let ev = c.observed.events.with_reason("SubnetExhausted");
+    let ev = c.observed.events.with_reason(Reason::SubnetExhausted);
     assert!(!ev.is_empty());
     assert!(ev[0].message.contains("10.244."), "{}", ev[0].message);
     assert_eq!(pod_addresses(&ovn).len(), 2 * 253);
@@ -247,7 +249,7 @@ async fn bursts_coalesce_and_exhaustion_is_an_event() {
     std::fs::write(dir2.path().join("cluster.yaml"), nodes_and_pods(2)).unwrap();
     let mut config = ControllerConfig::new("t1", vec!["unix:/nonexistent/nb.sock".parse().unwrap()], Some(dir2.path()));
     config.metrics_addr = "127.0.0.1:0".parse().unwrap();
-    let controller = Controller::new(config, &[SOURCE]).unwrap();
+    let controller = Controller::ovn(&config, &[SOURCE]).unwrap();
     let observed = controller.observed();
     let (addr, _http) = controller.serve_http().await.unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(16);

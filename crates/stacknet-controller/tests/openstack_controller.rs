@@ -7,10 +7,11 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use stacknet_controller::Change;
-use stacknet_controller::openstack::{OpenStackController, OpenStackSettings};
-use stacknet_engine::index::Kind;
+use stacknet_controller::openstack::OpenStackSettings;
+use stacknet_controller::{Change, Controller, ControllerConfig, Pace};
+use stacknet_engine::Reason;
 use stacknet_engine::manifest;
+use stacknet_engine::objects::Kind;
 use stacknet_engine::objects::ObjectKey;
 use stacknet_openstack::{CloudSource, NeutronConfig};
 use stacknet_sandbox::openstack::http;
@@ -96,16 +97,16 @@ fn the_openstack_controller_follows_the_cluster() {
                 pool_size: 2,
                 ..NeutronConfig::new("ctl", vec!["10.0.0.0/12".parse().unwrap()])
             },
-            coalesce: Duration::from_millis(50),
-            resync: Duration::from_secs(60),
         };
+        let mut config = ControllerConfig::new("ctl", Vec::new(), None);
+        config.pace = Pace::new(Duration::from_millis(50));
         let e =
-            OpenStackController::connect(settings(bad), &["test"]).await.err().expect("a wrong password is refused");
-        assert!(!e.contains("wrong-horse-battery"), "{e}");
+            Controller::openstack(&config, settings(bad), &["test"]).await.err().expect("a wrong password is refused");
+        assert!(!e.to_string().contains("wrong-horse-battery"), "{e}");
 
         let (lead, leading) = tokio::sync::watch::channel(false);
         let (annotate, mut annotations) = tokio::sync::mpsc::unbounded_channel();
-        let controller = OpenStackController::connect(settings(cloud.clouds_yaml().unwrap()), &["test"])
+        let controller = Controller::openstack(&config, settings(cloud.clouds_yaml().unwrap()), &["test"])
             .await
             .unwrap()
             .with_leader(leading)
@@ -136,7 +137,7 @@ fn the_openstack_controller_follows_the_cluster() {
         assert_eq!(observed.metrics.leader.load(std::sync::atomic::Ordering::Relaxed), 1);
         // The pod's network annotation: its Neutron port's address (with the subnet's prefix
         // length), MAC, gateway and port.
-        let mut written = std::collections::BTreeMap::new();
+        let mut written: std::collections::BTreeMap<ObjectKey, String> = std::collections::BTreeMap::new();
         until("shop/db's network annotation", || {
             while let Ok((key, value)) = annotations.try_recv() {
                 written.insert(key, value);
@@ -152,7 +153,8 @@ fn the_openstack_controller_follows_the_cluster() {
         assert_eq!(a["gateways"], serde_json::json!(["10.0.0.1"]), "{a}");
         assert!(!db["security_groups"].as_array().unwrap().is_empty(), "{db}");
         until("the Service's unsupported field as an Event", || {
-            observed.events.with_reason("UnsupportedByLoadBalancer").iter().any(|e| e.object == "Service shop/db")
+            let db = stacknet_engine::ObjectRef::service(&ObjectKey::new("shop", "db"));
+            observed.events.with_reason(Reason::UnsupportedByLoadBalancer).iter().any(|e| e.object == db)
         })
         .await;
         until("node n1's pool full", || ports(&cloud).iter().filter(|p| p["name"] == "stacknet-ctl-pool").count() == 2)

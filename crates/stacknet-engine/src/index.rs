@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use crate::labels::Labels;
-use crate::objects::{ClusterObject, EndpointSlice, Namespace, NetworkPolicy, Node, ObjectKey, Pod, Service};
+use crate::objects::{ClusterObject, EndpointSlice, Kind, Namespace, NetworkPolicy, Node, ObjectKey, Pod, Service};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PodId(pub u32);
@@ -32,31 +32,6 @@ pub struct ClusterIndex {
     services: BTreeMap<ObjectKey, Service>,
     endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
     nodes: BTreeMap<String, Node>,
-}
-
-/// What kind of object a delete names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Kind {
-    Namespace,
-    Node,
-    Pod,
-    NetworkPolicy,
-    Service,
-    EndpointSlice,
-}
-
-impl Kind {
-    /// The Kubernetes kind's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Namespace => "Namespace",
-            Kind::Node => "Node",
-            Kind::Pod => "Pod",
-            Kind::NetworkPolicy => "NetworkPolicy",
-            Kind::Service => "Service",
-            Kind::EndpointSlice => "EndpointSlice",
-        }
-    }
 }
 
 impl ClusterIndex {

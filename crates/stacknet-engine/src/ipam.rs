@@ -14,6 +14,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use crate::ClusterIndex;
 use crate::net::Cidr;
 use crate::objects::{ObjectKey, Pod};
+pub use crate::problem::Problem;
+use crate::problem::{ObjectRef, Reason};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IpamConfig {
@@ -31,22 +33,23 @@ impl IpamConfig {
     }
 
     /// Checks the configuration; the error names the setting.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let cidr = |message: String| ConfigError { setting: "cluster CIDR", message };
         if self.cluster.is_empty() {
-            return Err("cluster CIDR: at least one is required".into());
+            return Err(cidr("at least one is required".into()));
         }
         for family in [true, false] {
             let of: Vec<&Cidr> = self.cluster.iter().filter(|c| c.is_ipv4() == family).collect();
             if of.len() > 1 {
-                return Err(format!("cluster CIDR: at most one per IP family ({} and {})", of[0], of[1]));
+                return Err(cidr(format!("at most one per IP family ({} and {})", of[0], of[1])));
             }
             let Some(c) = of.first() else { continue };
             let (node, max) = if family { (self.node_prefix_v4, 30) } else { (self.node_prefix_v6, 126) };
             if node < c.prefix_len() || node > max {
-                return Err(format!(
-                    "node subnet size /{node}: must lie between the cluster CIDR's /{} and /{max}",
-                    c.prefix_len()
-                ));
+                return Err(ConfigError {
+                    setting: "node subnet size",
+                    message: format!("/{node} must lie between the cluster CIDR's /{} and /{max}", c.prefix_len()),
+                });
             }
         }
         Ok(())
@@ -57,13 +60,11 @@ impl IpamConfig {
     }
 }
 
-/// Something the allocation could not do, for an Event on the object.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// `Pod ns/name` or `Node name`.
-    pub object: String,
-    /// A CamelCase reason, as Kubernetes Events carry.
-    pub reason: &'static str,
+/// A configuration that cannot work: the setting, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}: {message}")]
+pub struct ConfigError {
+    pub setting: &'static str,
     pub message: String,
 }
 
@@ -117,7 +118,7 @@ fn overlaps(a: &Cidr, b: &Cidr) -> bool {
 }
 
 impl Ipam {
-    pub fn new(config: IpamConfig) -> Result<Ipam, String> {
+    pub fn new(config: IpamConfig) -> Result<Ipam, ConfigError> {
         config.validate()?;
         Ok(Ipam { config: Some(config), ..Ipam::default() })
     }
@@ -180,8 +181,8 @@ impl Ipam {
                         taken.push((node.name.clone(), s));
                     }
                     None => out.problems.push(Problem {
-                        object: format!("Node {}", node.name),
-                        reason: "ClusterCIDRExhausted",
+                        object: ObjectRef::node(&node.name),
+                        reason: Reason::ClusterCIDRExhausted,
                         message: format!(
                             "no free /{} left in cluster CIDR {c} for node {}: pods on it get no network; enlarge the cluster CIDR or shrink the node subnet size",
                             self.config.as_ref().map_or(0, |k| k.node_prefix(c.is_ipv4())),
@@ -231,8 +232,8 @@ impl Ipam {
                 Some(n) => pods.push((&p.key, p, n)),
                 // Scheduled on a node we have no subnet for (unknown, or its subnet exhausted).
                 None if p.node.as_ref().is_some_and(|n| index.node(n).is_none()) => out.problems.push(Problem {
-                    object: format!("Pod {}", p.key),
-                    reason: "NodeUnknown",
+                    object: ObjectRef::pod(&p.key),
+                    reason: Reason::NodeUnknown,
                     message: format!(
                         "spec.nodeName {:?} names no Node the controller knows: the pod gets no network until the Node exists",
                         p.node.as_deref().unwrap_or_default()
@@ -240,8 +241,8 @@ impl Ipam {
                 }),
                 // Not scheduled, but showing an address no node's subnet holds (manifests).
                 None if p.node.is_none() && !p.status_ips.is_empty() => out.problems.push(Problem {
-                    object: format!("Pod {}", p.key),
-                    reason: "NoNodeForAddress",
+                    object: ObjectRef::pod(&p.key),
+                    reason: Reason::NoNodeForAddress,
                     message: format!(
                         "no spec.nodeName, and no Node's subnet holds its address {}: give the pod a nodeName, or add the Node whose podCIDR holds it",
                         p.status_ips[0]
@@ -277,8 +278,8 @@ impl Ipam {
             for ip in ips {
                 if let Some(user) = self.reserved.get(ip) {
                     out.problems.push(Problem {
-                        object: format!("Pod {key}"),
-                        reason: "AddressConflict",
+                        object: ObjectRef::pod(key),
+                        reason: Reason::AddressConflict,
                         message: format!("address {ip} is also used by {user}, which stacknet does not manage: one of the two must move"),
                     });
                 }
@@ -307,8 +308,8 @@ impl Ipam {
                     Some(ip) => ips.push(ip),
                     None => {
                         out.problems.push(Problem {
-                            object: format!("Pod {key}"),
-                            reason: "SubnetExhausted",
+                            object: ObjectRef::pod(key),
+                            reason: Reason::SubnetExhausted,
                             message: format!(
                                 "node {node}'s subnet {c} has no free address: the pod gets no network until another pod on the node goes"
                             ),
@@ -455,8 +456,8 @@ mod tests {
             assert!(ips(&a, p).is_empty(), "{p}");
         }
         // The pod on an unknown node is reported; the unscheduled one without an address is pending.
-        let reasons: Vec<(&str, &str)> = a.problems.iter().map(|p| (p.object.as_str(), p.reason)).collect();
-        assert_eq!(reasons, [("Pod x/u", "NodeUnknown")]);
+        let reasons: Vec<(String, Reason)> = a.problems.iter().map(|p| (p.object.to_string(), p.reason)).collect();
+        assert_eq!(reasons, [("Pod x/u".to_string(), Reason::NodeUnknown)]);
     }
 
     #[test]
@@ -469,8 +470,11 @@ mod tests {
         let a = ipam.sync(&idx);
         assert_eq!(ips(&a, "a"), ["10.0.0.2"]);
         assert!(ips(&a, "b").is_empty());
-        let reasons: Vec<(&str, &str)> = a.problems.iter().map(|p| (p.object.as_str(), p.reason)).collect();
-        assert_eq!(reasons, [("Node n3", "ClusterCIDRExhausted"), ("Pod x/b", "SubnetExhausted")]);
+        let reasons: Vec<(String, Reason)> = a.problems.iter().map(|p| (p.object.to_string(), p.reason)).collect();
+        assert_eq!(
+            reasons,
+            [("Node n3".to_string(), Reason::ClusterCIDRExhausted), ("Pod x/b".to_string(), Reason::SubnetExhausted)]
+        );
         assert!(a.problems[1].message.contains("10.0.0.0/30"), "{}", a.problems[1].message);
     }
 
@@ -487,7 +491,7 @@ mod tests {
         ipam.set_reserved(BTreeMap::from([("10.244.0.4".parse().unwrap(), "port vm-2".to_string())]));
         let a = ipam.sync(&idx);
         assert_eq!(ips(&a, "b"), ["10.244.0.4"]);
-        assert_eq!(a.problems[0].reason, "AddressConflict");
+        assert_eq!(a.problems[0].reason, Reason::AddressConflict);
         assert!(a.problems[0].message.contains("vm-2"));
     }
 
@@ -500,7 +504,7 @@ mod tests {
         let a = ipam(&["10.244.0.0/16"]).sync(&idx);
         assert!(ips(&a, "s").is_empty());
         assert_eq!(a.problems.len(), 1);
-        assert_eq!(a.problems[0].reason, "NoNodeForAddress");
+        assert_eq!(a.problems[0].reason, Reason::NoNodeForAddress);
         assert!(a.problems[0].message.contains("192.168.9.9"));
     }
 
@@ -524,11 +528,11 @@ mod tests {
         let e = |c: &[&str], p: u8| {
             let mut cfg = IpamConfig::new(c.iter().map(|c| c.parse().unwrap()).collect());
             cfg.node_prefix_v4 = p;
-            Ipam::new(cfg).unwrap_err()
+            Ipam::new(cfg).unwrap_err().to_string()
         };
         assert!(e(&[], 24).contains("at least one"));
         assert!(e(&["10.0.0.0/16", "10.1.0.0/16"], 24).contains("one per IP family"));
-        assert!(e(&["10.0.0.0/16"], 8).contains("node subnet size /8"));
+        assert!(e(&["10.0.0.0/16"], 8).contains("node subnet size: /8"));
         assert!(e(&["10.0.0.0/16"], 31).contains("/30"));
     }
 }

@@ -10,7 +10,10 @@
 //! - [`semantics`] decides NetworkPolicy reachability directly from the index (the reference);
 //! - [`model`] compiles policies into groups, peer sets and rules whose count grows with policies,
 //!   not pods, keeps them current incrementally, and decides reachability over that model;
-//! - [`reach`] runs probes over every pair of pods.
+//! - [`reach`] runs probes over every pair of pods;
+//! - [`ipam`] gives nodes their subnets and pods their addresses (direct OVN mode);
+//! - [`service`] turns Services and EndpointSlices into L4 load balancers (VIP:port → backends);
+//! - [`problem`] is what could not be done, on which object and why (the Events' reasons).
 #![forbid(unsafe_code)]
 
 pub mod error;
@@ -21,6 +24,7 @@ pub mod manifest;
 pub mod model;
 pub mod net;
 pub mod objects;
+pub mod problem;
 pub mod reach;
 pub mod semantics;
 pub mod service;
@@ -30,4 +34,5 @@ pub use index::{ClusterIndex, PodId};
 pub use labels::{Labels, Requirement, Selector};
 pub use model::{Direction, PolicyEngine};
 pub use net::Cidr;
-pub use objects::{ObjectKey, Protocol};
+pub use objects::{Kind, ObjectKey, Protocol};
+pub use problem::{CloudKind, ObjectRef, Problem, Reason};

@@ -18,11 +18,11 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::index::{ClusterIndex, Kind, PodId};
+use crate::index::{ClusterIndex, PodId};
 use crate::labels::Labels;
 pub use crate::objects::Direction;
 use crate::objects::{
-    ClusterObject, IpBlock, Namespace, NamespaceScope, NetworkPolicy, ObjectKey, Peer, PeerSelector, Pod,
+    ClusterObject, IpBlock, Kind, Namespace, NamespaceScope, NetworkPolicy, ObjectKey, Peer, PeerSelector, Pod,
     PolicyPortSpec, PolicyRule, PortMatch, Protocol,
 };
 use crate::semantics::probe_addresses;

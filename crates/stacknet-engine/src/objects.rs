@@ -23,6 +23,45 @@ pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 /// The label tying an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
+/// The kinds of Kubernetes object the cluster index holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Namespace,
+    Node,
+    Pod,
+    NetworkPolicy,
+    Service,
+    EndpointSlice,
+}
+
+impl Kind {
+    /// The Kubernetes kind's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Namespace => "Namespace",
+            Kind::Node => "Node",
+            Kind::Pod => "Pod",
+            Kind::NetworkPolicy => "NetworkPolicy",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+        }
+    }
+
+    /// The API group and version objects of this kind are served at.
+    pub fn api_version(self) -> &'static str {
+        match self {
+            Kind::Namespace | Kind::Node | Kind::Pod | Kind::Service => "v1",
+            Kind::NetworkPolicy => "networking.k8s.io/v1",
+            Kind::EndpointSlice => "discovery.k8s.io/v1",
+        }
+    }
+
+    /// Namespaces and Nodes: their keys have an empty namespace.
+    pub fn is_cluster_scoped(self) -> bool {
+        matches!(self, Kind::Namespace | Kind::Node)
+    }
+}
+
 /// `namespace/name` of a namespaced object.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectKey {
@@ -410,20 +449,8 @@ pub enum ClusterObject {
 }
 
 impl ClusterObject {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ClusterObject::Namespace(_) => "Namespace",
-            ClusterObject::Node(_) => "Node",
-            ClusterObject::Pod(_) => "Pod",
-            ClusterObject::NetworkPolicy(_) => "NetworkPolicy",
-            ClusterObject::Service(_) => "Service",
-            ClusterObject::EndpointSlice(_) => "EndpointSlice",
-        }
-    }
-
     /// What a delete of this object names (Namespaces and Nodes: the name, no namespace).
-    pub fn id(&self) -> (crate::index::Kind, ObjectKey) {
-        use crate::index::Kind;
+    pub fn id(&self) -> (Kind, ObjectKey) {
         match self {
             ClusterObject::Namespace(n) => (Kind::Namespace, ObjectKey::new("", n.name.clone())),
             ClusterObject::Node(n) => (Kind::Node, ObjectKey::new("", n.name.clone())),
@@ -431,18 +458,6 @@ impl ClusterObject {
             ClusterObject::NetworkPolicy(p) => (Kind::NetworkPolicy, p.key.clone()),
             ClusterObject::Service(s) => (Kind::Service, s.key.clone()),
             ClusterObject::EndpointSlice(e) => (Kind::EndpointSlice, e.key.clone()),
-        }
-    }
-
-    /// `Kind namespace/name` or `Kind name`.
-    pub fn describe(&self) -> String {
-        match self {
-            ClusterObject::Namespace(n) => format!("Namespace {}", n.name),
-            ClusterObject::Node(n) => format!("Node {}", n.name),
-            ClusterObject::Pod(p) => format!("Pod {}", p.key),
-            ClusterObject::NetworkPolicy(p) => format!("NetworkPolicy {}", p.key),
-            ClusterObject::Service(s) => format!("Service {}", s.key),
-            ClusterObject::EndpointSlice(e) => format!("EndpointSlice {}", e.key),
         }
     }
 }

@@ -8,9 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use proptest::prelude::*;
-use stacknet_engine::index::Kind;
 use stacknet_engine::labels::{Labels, Requirement, Selector};
 use stacknet_engine::model::{Delta, SetRef};
+use stacknet_engine::objects::Kind;
 use stacknet_engine::objects::{
     ClusterObject, ContainerPort, IpBlock, Namespace, NamespaceScope, NetworkPolicy, ObjectKey, Peer, PeerSelector,
     Pod, PolicyPort, PolicyPortSpec, PolicyRule, PortMatch, Protocol,

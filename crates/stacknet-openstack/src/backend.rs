@@ -16,7 +16,7 @@ use std::time::Instant;
 use futures::StreamExt;
 use serde_json::json;
 use stacknet_engine::objects::{Direction, ObjectKey, Protocol};
-use stacknet_engine::{Cidr, PolicyEngine};
+use stacknet_engine::{Cidr, CloudKind, ObjectRef, PolicyEngine, Problem, Reason};
 
 use crate::cloud::{Cloud, Error};
 use crate::keystone::{self, Lookup};
@@ -144,16 +144,6 @@ impl PodPort {
     pub fn switch(&self) -> String {
         format!("neutron-{}", self.network_id)
     }
-}
-
-/// What could not be done for one object; the rest was.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// `Pod ns/name`, `NetworkPolicy ns/name`, `Cluster c`.
-    pub object: String,
-    /// `AddressConflict`, `QuotaExceeded`, `NeutronRejected`, `NeutronUnreachable`.
-    pub reason: &'static str,
-    pub message: String,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -330,20 +320,20 @@ fn subnet_id(c: &Cidr) -> String {
     format!("subnet:{c}")
 }
 
-pub(crate) fn problem_of(object: &str, e: &Error) -> Problem {
+pub(crate) fn problem_of(object: ObjectRef, e: &Error) -> Problem {
     let reason = if e.is_quota() {
-        "QuotaExceeded"
+        Reason::QuotaExceeded
     } else if matches!(e.kind(), Some("IpAddressAlreadyAllocated" | "MacAddressInUse" | "IpAddressInUse")) {
-        "AddressConflict"
+        Reason::AddressConflict
     } else if matches!(e.kind(), Some("SubnetAllocationError")) {
         // A subnet pool (the cluster CIDR, network per namespace) has no prefix left.
-        "NamespaceSubnetExhausted"
+        Reason::NamespaceSubnetExhausted
     } else if e.is_transient() {
-        "NeutronUnreachable"
+        Reason::NeutronUnreachable
     } else {
-        "NeutronRejected"
+        Reason::NeutronRejected
     };
-    Problem { object: object.to_string(), reason, message: e.to_string() }
+    Problem { object, reason, message: e.to_string() }
 }
 
 fn direction(d: Direction) -> &'static str {
@@ -461,7 +451,7 @@ impl NeutronBackend {
         for g in &doomed {
             for r in &g.security_group_rules {
                 if let Err(e) = neutron::delete(&self.cloud, "security-group-rules", &r.id).await {
-                    report.problems.push(problem_of(&format!("SecurityGroup {}", g.name), &e));
+                    report.problems.push(problem_of(ObjectRef::Cloud(CloudKind::SecurityGroup, g.name.clone()), &e));
                 }
             }
         }
@@ -471,7 +461,9 @@ impl NeutronBackend {
                     report.deleted += 1;
                     state.groups.remove(&g.description);
                 }
-                Err(e) => report.problems.push(problem_of(&format!("SecurityGroup {}", g.name), &e)),
+                Err(e) => {
+                    report.problems.push(problem_of(ObjectRef::Cloud(CloudKind::SecurityGroup, g.name.clone()), &e))
+                }
             }
         }
         Ok(lookups)
@@ -697,7 +689,7 @@ impl NeutronBackend {
                 projects.insert(ns.to_string(), of(&id));
                 continue;
             }
-            let object = format!("Namespace {ns}");
+            let object = ObjectRef::namespace(ns);
             let annotation = stacknet_engine::objects::PROJECT_ANNOTATION;
             match keystone::project(&self.cloud, &wanted).await {
                 Ok(Lookup::Found(p)) => {
@@ -706,7 +698,7 @@ impl NeutronBackend {
                 }
                 Ok(Lookup::Missing) => problems.push(Problem {
                     object,
-                    reason: "ProjectNotFound",
+                    reason: Reason::ProjectNotFound,
                     message: format!(
                         "annotation {annotation}: Keystone has no project with id or name {wanted:?}; the namespace's pods get no port until it has"
                     ),
@@ -715,7 +707,7 @@ impl NeutronBackend {
                     let domains: Vec<String> = found.iter().map(|p| format!("{} (domain {})", p.id, p.domain_id)).collect();
                     problems.push(Problem {
                         object,
-                        reason: "ProjectAmbiguous",
+                        reason: Reason::ProjectAmbiguous,
                         message: format!(
                             "annotation {annotation}: {} projects are named {wanted:?}: {}; name one by its id",
                             found.len(),
@@ -726,7 +718,7 @@ impl NeutronBackend {
                 Err(e) if e.is_transient() => return Err(e),
                 Err(e) => problems.push(Problem {
                     object,
-                    reason: "KeystoneRejected",
+                    reason: Reason::KeystoneRejected,
                     message: format!("annotation {annotation}: looking up project {wanted:?}: {e}"),
                 }),
             }
@@ -777,7 +769,7 @@ impl NeutronBackend {
                     groups.insert(id, g);
                 }
                 Err(e) if e.is_transient() => return Err(e),
-                Err(e) => report.problems.push(problem_of(&owner_of(plan, &id), &e)),
+                Err(e) => report.problems.push(problem_of(owner_of(plan, &id), &e)),
             }
         }
         // Rules: what each group lacks is added in one call, what it has too much goes.
@@ -848,7 +840,7 @@ impl NeutronBackend {
                     }
                 }
                 Err(e) if e.is_transient() => return Err(e),
-                Err(e) => report.problems.push(problem_of(&owner_of(plan, &id), &e)),
+                Err(e) => report.problems.push(problem_of(owner_of(plan, &id), &e)),
             }
         }
         Ok(groups)
@@ -901,7 +893,7 @@ impl NeutronBackend {
                         }
                         Err(e) if e.is_transient() => return Err(e),
                         Err(e) => {
-                            report.problems.push(problem_of(&format!("Namespace {ns}"), &e));
+                            report.problems.push(problem_of(ObjectRef::namespace(&ns), &e));
                             continue;
                         }
                     }
@@ -924,7 +916,7 @@ impl NeutronBackend {
                 None => {}
                 Some(e) if e.is_transient() => return Err(e),
                 // Its pods get no port until it can be made.
-                Some(e) => report.problems.push(problem_of(&format!("Namespace {ns}"), &e)),
+                Some(e) => report.problems.push(problem_of(ObjectRef::namespace(&ns), &e)),
             }
         }
         Ok(())
@@ -1001,7 +993,7 @@ impl NeutronBackend {
                     state.topology.namespaces.remove(&ns);
                 }
                 Err(e) if e.is_transient() => return Err(e),
-                Err(e) => report.problems.push(problem_of(&format!("Namespace {ns}"), &e)),
+                Err(e) => report.problems.push(problem_of(ObjectRef::namespace(&ns), &e)),
             }
         }
         Ok(())
@@ -1167,7 +1159,7 @@ impl NeutronBackend {
                     state.ports.insert(p.description.clone(), p);
                 }
                 Err(e) if e.is_transient() => return Err(e),
-                Err(e) => report.problems.push(problem_of(&format!("Pod {key}"), &e)),
+                Err(e) => report.problems.push(problem_of(ObjectRef::pod(&key), &e)),
             }
         }
         let changed: Vec<(ObjectKey, Result<Port, Error>)> = futures::stream::iter(updates)
@@ -1183,13 +1175,13 @@ impl NeutronBackend {
                     state.ports.insert(p.description.clone(), p);
                 }
                 Err(e) if e.is_transient() => return Err(e),
-                Err(e) => report.problems.push(problem_of(&format!("Pod {key}"), &e)),
+                Err(e) => report.problems.push(problem_of(ObjectRef::pod(&key), &e)),
             }
         }
-        let mut by_trunk: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+        let mut by_trunk: BTreeMap<String, Vec<(String, ObjectRef)>> = BTreeMap::new();
         let mut attached = Vec::new();
         for (trunk, port, key) in to_trunk {
-            by_trunk.entry(trunk).or_default().push((port.clone(), format!("Pod {key}")));
+            by_trunk.entry(trunk).or_default().push((port.clone(), ObjectRef::pod(&key)));
             attached.push((key, port));
         }
         for (trunk, ports) in by_trunk {
@@ -1217,7 +1209,7 @@ impl NeutronBackend {
                     state.ports.insert(p.description.clone(), p);
                 }
                 Err(e) if e.is_transient() => return Err(e),
-                Err(e) => report.problems.push(problem_of(&format!("Pod {key}"), &e)),
+                Err(e) => report.problems.push(problem_of(ObjectRef::pod(&key), &e)),
             }
         }
         // Ports of pods that are gone (ours only: found by our device_owner or tag, and
@@ -1231,7 +1223,7 @@ impl NeutronBackend {
                     state.ports.remove(&p.description);
                 }
                 Err(e) if e.is_transient() => return Err(e),
-                Err(e) => report.problems.push(problem_of(&format!("Port {}", p.name), &e)),
+                Err(e) => report.problems.push(problem_of(ObjectRef::Cloud(CloudKind::Port, p.name.clone()), &e)),
             }
         }
         for pp in report.ports.values_mut() {
@@ -1252,7 +1244,7 @@ impl NeutronBackend {
         cloud: &Cloud,
         state: &mut State,
         trunk: &str,
-        ports: Vec<(String, String)>,
+        ports: Vec<(String, ObjectRef)>,
         problems: &mut Vec<Problem>,
         updated: &mut usize,
     ) -> Result<(), Error> {
@@ -1269,7 +1261,7 @@ impl NeutronBackend {
                 }
                 None => problems.push(Problem {
                     object,
-                    reason: "VlanExhausted",
+                    reason: Reason::VlanExhausted,
                     message: format!(
                         "trunk {trunk} (parent port {}) has every VLAN id from 1 to 4094 in use: no subport for the pod",
                         t.port_id
@@ -1288,9 +1280,9 @@ impl NeutronBackend {
             Err(e) if e.is_transient() => return Err(e),
             Err(e) => {
                 for object in objects {
-                    let mut p = problem_of(&object, &e);
+                    let mut p = problem_of(object, &e);
                     if e.kind() == Some("DuplicateSubPort") {
-                        p.reason = "VlanConflict";
+                        p.reason = Reason::VlanConflict;
                     }
                     problems.push(p);
                 }
@@ -1363,7 +1355,7 @@ impl NeutronBackend {
             for (p, r) in self.delete_ports(cloud, state, taken).await {
                 match r {
                     Ok(()) => report.deleted += 1,
-                    Err(e) => report.problems.push(problem_of(&format!("Port {}", p.id), &e)),
+                    Err(e) => report.problems.push(problem_of(ObjectRef::Cloud(CloudKind::Port, p.id.clone()), &e)),
                 }
             }
             // Free ports that should have gone on a trunk and did not: used before new ones.
@@ -1453,8 +1445,8 @@ impl NeutronBackend {
                 if h < missing as u64 {
                     let of = project.as_ref().map_or("the project".to_string(), |p| format!("project {p}"));
                     report.problems.push(Problem {
-                        object: format!("Node {node}"),
-                        reason: "QuotaExceeded",
+                        object: ObjectRef::node(&node),
+                        reason: Reason::QuotaExceeded,
                         message: format!(
                             "the port pool of node {node} wants {missing} more free ports; the port quota of {of} leaves {h}"
                         ),
@@ -1489,7 +1481,7 @@ impl NeutronBackend {
                         made.extend(ports);
                     }
                     Err(e) => {
-                        report.problems.push(problem_of(&format!("Node {node}"), &e));
+                        report.problems.push(problem_of(ObjectRef::node(&node), &e));
                         break;
                     }
                 }
@@ -1507,7 +1499,7 @@ impl NeutronBackend {
             .await;
         let all_tagged = tagged.iter().all(Result::is_ok);
         if let Some(Err(e)) = tagged.into_iter().find(Result::is_err) {
-            report.problems.push(problem_of("Pool", &e));
+            report.problems.push(problem_of(ObjectRef::Cloud(CloudKind::Port, "pool".into()), &e));
         }
         let mut guard = self.state.lock().await;
         if let Some(state) = guard.as_mut() {
@@ -1523,10 +1515,10 @@ impl NeutronBackend {
                     let loose = state.pool.entry((None, network.clone(), project)).or_default();
                     let take = n.min(loose.len());
                     let ports: Vec<Port> = loose.split_off(loose.len() - take);
-                    let list = ports.iter().map(|p| (p.id.clone(), format!("Node {node}"))).collect();
+                    let list = ports.iter().map(|p| (p.id.clone(), ObjectRef::node(&node))).collect();
                     let mut updated = 0;
                     if let Err(e) = self.attach(cloud, state, &trunk, list, &mut report.problems, &mut updated).await {
-                        report.problems.push(problem_of(&format!("Node {node}"), &e));
+                        report.problems.push(problem_of(ObjectRef::node(&node), &e));
                     }
                     // Each where it now is: on the trunk, or loose for the next refill.
                     for p in ports {
@@ -1615,10 +1607,10 @@ fn pod_port(p: &Port) -> PodPort {
     }
 }
 
-/// The Kubernetes object a group stands for, for problems.
-fn owner_of(plan: &SecurityPlan, id: &str) -> String {
-    match plan.groups.get(id).map(|g| g.kind.owner()) {
-        Some((kind, name)) if !name.is_empty() => format!("{kind} {name}"),
-        _ => format!("SecurityGroup {id}"),
-    }
+/// The Kubernetes object a group stands for, for problems (else the group itself).
+fn owner_of(plan: &SecurityPlan, id: &str) -> ObjectRef {
+    plan.groups
+        .get(id)
+        .and_then(|g| g.kind.owner())
+        .unwrap_or_else(|| ObjectRef::Cloud(CloudKind::SecurityGroup, id.to_string()))
 }

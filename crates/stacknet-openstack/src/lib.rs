@@ -33,5 +33,6 @@ pub const QUIET_LOGS: &[&str] = &[
     "rustls=warn",
 ];
 
-pub use backend::{NeutronBackend, NeutronConfig, PodPort, PoolNode, PoolReport, Problem, Report};
+pub use backend::{NeutronBackend, NeutronConfig, PodPort, PoolNode, PoolReport, Report};
 pub use cloud::{Call, Cloud, CloudSource, Error};
+pub use stacknet_engine::{ObjectRef, Problem, Reason};

@@ -32,7 +32,9 @@ use stacknet_engine::ClusterIndex;
 use stacknet_engine::objects::{ObjectKey, Protocol};
 use stacknet_engine::service;
 
-use crate::backend::{NeutronConfig, Problem, Topology};
+use stacknet_engine::{CloudKind, ObjectRef, Problem, Reason};
+
+use crate::backend::{NeutronConfig, Topology};
 use crate::cloud::{Call, Cloud, Error, Service as Svc};
 use crate::neutron;
 
@@ -154,8 +156,8 @@ pub fn plan(index: &ClusterIndex) -> (Vec<LbSpec>, Vec<Problem>) {
             }
             Ok(None) => {}
             Err(why) => problems.push(Problem {
-                object: format!("Service {}", svc.key),
-                reason: "InvalidAnnotation",
+                object: ObjectRef::service(&svc.key),
+                reason: Reason::InvalidAnnotation,
                 message: format!(
                     "annotation {}: {why}; the Service is load-balanced without a health monitor",
                     stacknet_engine::objects::HEALTH_MONITOR_ANNOTATION
@@ -169,12 +171,12 @@ pub fn plan(index: &ClusterIndex) -> (Vec<LbSpec>, Vec<Problem>) {
         spec.health = health.get(&spec.service).copied();
     }
     for svc in index.services() {
-        let object = format!("Service {}", svc.key);
+        let object = ObjectRef::service(&svc.key);
         if health.contains_key(&svc.key) {
             for p in svc.ports.iter().filter(|p| HealthMonitor::kind(p.protocol).is_none()) {
                 problems.push(Problem {
                     object: object.clone(),
-                    reason: "UnsupportedByLoadBalancer",
+                    reason: Reason::UnsupportedByLoadBalancer,
                     message: format!(
                         "health monitor on {}/{}: the ovn provider checks TCP and UDP only; the port is load-balanced without one",
                         p.port,
@@ -186,7 +188,7 @@ pub fn plan(index: &ClusterIndex) -> (Vec<LbSpec>, Vec<Problem>) {
         let mut unsupported = |field: &str, why: &str| {
             problems.push(Problem {
                 object: object.clone(),
-                reason: "UnsupportedByLoadBalancer",
+                reason: Reason::UnsupportedByLoadBalancer,
                 message: format!("{field}: {why}; the Service is load-balanced without it"),
             })
         };
@@ -300,8 +302,8 @@ impl OctaviaBackend {
         let Some(vip_subnet) = topology.service_subnet.as_ref() else {
             if !specs.is_empty() {
                 report.problems.push(Problem {
-                    object: format!("Cluster {}", c.cluster),
-                    reason: "NoServiceSubnet",
+                    object: ObjectRef::Cluster(c.cluster.clone()),
+                    reason: Reason::NoServiceSubnet,
                     message: "Services need a Service CIDR (the VIP subnet); none is configured".into(),
                 });
             }
@@ -322,16 +324,19 @@ impl OctaviaBackend {
         for f in fips.iter().filter(|f| c.is_ours(&f.description) && !wanted_fips.contains(&f.description)) {
             match neutron::delete(&self.cloud, "floatingips", &f.id).await {
                 Ok(()) => report.deleted += 1,
-                Err(e) => report
-                    .problems
-                    .push(crate::backend::problem_of(&format!("FloatingIP {}", f.floating_ip_address), &e)),
+                Err(e) => report.problems.push(crate::backend::problem_of(
+                    ObjectRef::Cloud(CloudKind::FloatingIp, f.floating_ip_address.clone()),
+                    &e,
+                )),
             }
         }
         // Load balancers of Services that are gone: cascade.
         for lb in existing.iter().filter(|l| c.is_ours(&l.description) && !wanted.contains(&l.description)) {
             match self.delete(&lb.id).await {
                 Ok(()) => report.deleted += 1,
-                Err(e) => report.problems.push(crate::backend::problem_of(&format!("LoadBalancer {}", lb.name), &e)),
+                Err(e) => report
+                    .problems
+                    .push(crate::backend::problem_of(ObjectRef::Cloud(CloudKind::LoadBalancer, lb.name.clone()), &e)),
             }
         }
         let results: Vec<(LbSpec, Ensured)> = futures::stream::iter(specs)
@@ -363,7 +368,7 @@ impl OctaviaBackend {
                         }
                     }
                 }
-                Err(e) => report.problems.push(crate::backend::problem_of(&format!("Service {}", spec.service), &e)),
+                Err(e) => report.problems.push(crate::backend::problem_of(ObjectRef::service(&spec.service), &e)),
             }
         }
         Ok(report)
@@ -379,22 +384,22 @@ impl OctaviaBackend {
         marker: &str,
         topology: &Topology,
     ) -> Result<(IpAddr, bool), Problem> {
-        let object = format!("Service {}", spec.service);
+        let object = ObjectRef::service(&spec.service);
         let Some(external) = topology.external_network.as_ref() else {
             return Err(Problem {
                 object,
-                reason: "NoExternalNetwork",
+                reason: Reason::NoExternalNetwork,
                 message: "type LoadBalancer needs a floating IP and no external network is configured; the Service is reachable on its ClusterIP only".into(),
             });
         };
         let Some(port) = vip_port else {
             return Err(Problem {
                 object,
-                reason: "NeutronRejected",
+                reason: Reason::NeutronRejected,
                 message: "the load balancer has no VIP port".into(),
             });
         };
-        let fail = |e: Error| crate::backend::problem_of(&object, &e);
+        let fail = |e: Error| crate::backend::problem_of(object.clone(), &e);
         let (fip, changed) = match current {
             Some(f) if f.port_id.as_deref() == Some(port) => (f.clone(), false),
             Some(f) => (neutron::associate_floating_ip(&self.cloud, &f.id, port).await.map_err(fail)?, true),
@@ -405,8 +410,8 @@ impl OctaviaBackend {
             }
         };
         let ip = fip.floating_ip_address.parse().map_err(|_| Problem {
-            object: format!("Service {}", spec.service),
-            reason: "NeutronRejected",
+            object: ObjectRef::service(&spec.service),
+            reason: Reason::NeutronRejected,
             message: format!("floating IP {:?} is not an address", fip.floating_ip_address),
         })?;
         Ok((ip, changed))
@@ -628,8 +633,8 @@ impl OctaviaBackend {
                 Ok(n) => changes += n,
                 Err(e) if e.is_transient() => return Err(e),
                 Err(e) => refused.push(Problem {
-                    object: format!("Service {}", spec.service),
-                    reason: "UnsupportedByLoadBalancer",
+                    object: ObjectRef::service(&spec.service),
+                    reason: Reason::UnsupportedByLoadBalancer,
                     message: format!(
                         "health monitor on {port}/{}: {}; the port is load-balanced without one",
                         protocol(*proto),

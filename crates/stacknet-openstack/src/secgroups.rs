@@ -26,7 +26,7 @@ use std::net::IpAddr;
 
 use stacknet_engine::model::{NamedPortKey, PeerSetId, Rule, RulePeer};
 use stacknet_engine::objects::{Direction, IpBlock, ObjectKey, Pod, Protocol};
-use stacknet_engine::{Cidr, PolicyEngine};
+use stacknet_engine::{Cidr, ObjectRef, PolicyEngine};
 
 /// An address family (a rule's `ethertype`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -144,14 +144,11 @@ impl GroupKind {
         }
     }
 
-    /// The Kubernetes object the group stands for (`kind`, `namespace/name` or name).
-    pub fn owner(&self) -> (&'static str, String) {
+    /// The Kubernetes object the group stands for, if one does.
+    pub fn owner(&self) -> Option<ObjectRef> {
         match self {
-            GroupKind::Policy(p) | GroupKind::PolicyNamedPort { policy: p, .. } => ("NetworkPolicy", p.to_string()),
-            GroupKind::Peer(s) | GroupKind::PeerNamedPort { set: s, .. } => ("PeerSet", s.to_string()),
-            GroupKind::AllowAll(_) | GroupKind::AnyNamedPort { .. } | GroupKind::BlockNamedPort { .. } => {
-                ("Cluster", String::new())
-            }
+            GroupKind::Policy(p) | GroupKind::PolicyNamedPort { policy: p, .. } => Some(ObjectRef::policy(p)),
+            _ => None,
         }
     }
 }

@@ -12,7 +12,7 @@ use stacknet_conformance::world::World;
 use stacknet_conformance::{Scenario, upstream};
 use stacknet_engine::objects::{ObjectKey, Protocol};
 use stacknet_engine::{PolicyEngine, manifest};
-use stacknet_openstack::{Cloud, CloudSource, NeutronBackend, NeutronConfig, PodPort, neutron};
+use stacknet_openstack::{Cloud, CloudSource, NeutronBackend, NeutronConfig, PodPort, Reason, neutron};
 use stacknet_sandbox::openstack::http;
 use stacknet_sandbox::{OpenStack, OpenStackOptions};
 use stacknet_verify::Probe;
@@ -252,8 +252,8 @@ async fn conflicts(cloud: &OpenStack, session: &Cloud) {
     }
     let report = backend(session).reconcile(&engine).await.unwrap();
     assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
-    assert_eq!(report.problems[0].object, "Pod z/late");
-    assert_eq!(report.problems[0].reason, "AddressConflict", "{:?}", report.problems);
+    assert_eq!(report.problems[0].object.to_string(), "Pod z/late");
+    assert_eq!(report.problems[0].reason, Reason::AddressConflict, "{:?}", report.problems);
     assert_eq!(report.ports.len(), 9, "every other pod has its port");
     neutron(cloud, "DELETE", &format!("ports/{squatter}"), None);
     let report = backend(session).reconcile(&engine).await.unwrap();
@@ -328,7 +328,10 @@ async fn pools(cloud: &OpenStack, session: &Cloud) {
     neutron(cloud, "PUT", &format!("quotas/{project}"), Some(json!({"quota": {"port": -1}})));
     assert_eq!(r.created, 2, "{r:?}");
     assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
-    assert_eq!((r.problems[0].object.as_str(), r.problems[0].reason), ("Node n3", "QuotaExceeded"));
+    assert_eq!(
+        (r.problems[0].object.to_string(), r.problems[0].reason),
+        ("Node n3".to_string(), Reason::QuotaExceeded)
+    );
 }
 
 /// Nested nodes: a node that is a Nova VM (its providerID names the server whose port is a
@@ -499,7 +502,10 @@ async fn nested(cloud: &OpenStack, session: &Cloud) {
     let engine = manifests(&pods);
     let r = unpooled.reconcile(&engine).await.unwrap();
     assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
-    assert_eq!((r.problems[0].object.as_str(), r.problems[0].reason), ("Pod nest/late", "VlanConflict"));
+    assert_eq!(
+        (r.problems[0].object.to_string(), r.problems[0].reason),
+        ("Pod nest/late".to_string(), Reason::VlanConflict)
+    );
     let r = unpooled.reconcile(&engine).await.unwrap();
     assert!(r.problems.is_empty(), "{:?}", r.problems);
     let late = &r.ports[&ObjectKey::new("nest", "late")];
@@ -716,8 +722,8 @@ async fn per_namespace(cloud: &OpenStack, session: &Cloud) {
         let r = NeutronBackend::new(session.clone(), small.clone()).reconcile(&three()).await.unwrap();
         assert_eq!(r.problems.len(), 1, "round {round}: {:?}", r.problems);
         let p = &r.problems[0];
-        assert_eq!(p.object, "Namespace c", "round {round}: {p:?}");
-        assert_eq!(p.reason, "NamespaceSubnetExhausted", "round {round}: {p:?}");
+        assert_eq!(p.object.to_string(), "Namespace c", "round {round}: {p:?}");
+        assert_eq!(p.reason, Reason::NamespaceSubnetExhausted, "round {round}: {p:?}");
         let nets = neutron(cloud, "GET", "networks?name=stacknet-pnx-ns-c", None);
         assert_eq!(nets["networks"].as_array().unwrap().len(), 1, "round {round}: one network for c");
         if round == 0 {
@@ -819,7 +825,10 @@ async fn projects(cloud: &OpenStack, session: &Cloud) {
     let shared = NeutronBackend::new(session.clone(), NeutronConfig::new("prs", vec!["10.53.0.0/16".parse().unwrap()]));
     let r = shared.reconcile(&cluster(&["n1"])).await.unwrap();
     assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
-    assert_eq!((r.problems[0].object.as_str(), r.problems[0].reason), ("Namespace tb", "ProjectNotFound"));
+    assert_eq!(
+        (r.problems[0].object.to_string(), r.problems[0].reason),
+        ("Namespace tb".to_string(), Reason::ProjectNotFound)
+    );
     eprintln!("namespace tb: {}: {}", r.problems[0].reason, r.problems[0].message);
     assert!(!r.ports.contains_key(&key("tb/x")), "no port in the wrong project");
     assert_eq!(port_project(&r.ports[&key("ta/web")].port_id), json!(team));
@@ -836,7 +845,10 @@ async fn projects(cloud: &OpenStack, session: &Cloud) {
     let engine = cluster(&["n1", "n2"]);
     let r = b.reconcile(&engine).await.unwrap();
     assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
-    assert_eq!((r.problems[0].object.as_str(), r.problems[0].reason), ("Namespace tb", "ProjectNotFound"));
+    assert_eq!(
+        (r.problems[0].object.to_string(), r.problems[0].reason),
+        ("Namespace tb".to_string(), Reason::ProjectNotFound)
+    );
     let topology = r.topology.clone().unwrap();
     assert!(!topology.namespaces.contains_key("tb"), "no network for tb");
     assert_eq!(topology.namespaces["ta"].network.project_id, team);
@@ -850,7 +862,7 @@ async fn projects(cloud: &OpenStack, session: &Cloud) {
     assert_eq!(filled.created, 5, "n1: team-a's one and tc's two; n2: tc's two: {filled:?}");
     assert_eq!(filled.problems.len(), 1, "{:?}", filled.problems);
     let p = &filled.problems[0];
-    assert_eq!((p.object.as_str(), p.reason), ("Node n1", "QuotaExceeded"), "{p:?}");
+    assert_eq!((p.object.to_string(), p.reason), ("Node n1".to_string(), Reason::QuotaExceeded), "{p:?}");
     assert!(p.message.contains(&team), "{}", p.message);
     let free = |host: &str| -> Vec<Value> {
         let marker = config.marker("pool");
@@ -980,7 +992,11 @@ async fn services(cloud: &OpenStack, session: &Cloud) {
     let report = octavia.reconcile(monitored("delay=2,timeout=1").index(), &topology).await.unwrap();
     assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
     let p = &report.problems[0];
-    assert_eq!((p.object.as_str(), p.reason), ("Service x/web", "UnsupportedByLoadBalancer"), "{p:?}");
+    assert_eq!(
+        (p.object.to_string(), p.reason),
+        ("Service x/web".to_string(), Reason::UnsupportedByLoadBalancer),
+        "{p:?}"
+    );
     assert!(p.message.starts_with("health monitor on 5353/UDP: "), "{}", p.message);
     eprintln!("{}: {}", p.reason, p.message);
     let checks = health_checks(cloud);
@@ -1049,11 +1065,11 @@ async fn services(cloud: &OpenStack, session: &Cloud) {
     assert_eq!(report.deleted, 2, "{report:?}");
     let left = neutron(cloud, "GET", &format!("floatingips?tags={}", config.tag()), None);
     assert_eq!(left["floatingips"], json!([]), "the floating IP of a gone Service stays");
-    let mut reasons: Vec<&str> = report.problems.iter().map(|p| p.reason).collect();
+    let mut reasons: Vec<Reason> = report.problems.iter().map(|p| p.reason).collect();
     reasons.sort();
-    assert_eq!(reasons, ["InvalidAnnotation", "UnsupportedByLoadBalancer"], "{:?}", report.problems);
-    let bad = report.problems.iter().find(|p| p.reason == "InvalidAnnotation").unwrap();
-    assert_eq!(bad.object, "Service x/web");
+    assert_eq!(reasons, [Reason::InvalidAnnotation, Reason::UnsupportedByLoadBalancer], "{:?}", report.problems);
+    let bad = report.problems.iter().find(|p| p.reason == Reason::InvalidAnnotation).unwrap();
+    assert_eq!(bad.object.to_string(), "Service x/web");
     assert!(bad.message.contains("timeout=2 is longer than delay=1"), "{}", bad.message);
     assert_eq!(ovn_vips(cloud, &id)["tcp"], "10.96.0.10:8080=10.1.0.1:80", "x/b left the endpoints");
     let checks = health_checks(cloud);

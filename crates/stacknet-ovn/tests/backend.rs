@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use stacknet_engine::index::Kind;
+use stacknet_engine::objects::Kind;
 use stacknet_engine::objects::ObjectKey;
 use stacknet_engine::{ClusterIndex, PolicyEngine, manifest};
 use stacknet_ovn::names::KEY_CLUSTER;

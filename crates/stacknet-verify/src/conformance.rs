@@ -2,7 +2,7 @@
 //! and each step's expectations as probes.
 
 use stacknet_conformance::{Event, ScenarioStep};
-use stacknet_engine::index::Kind;
+use stacknet_engine::objects::Kind;
 use stacknet_engine::objects::{ClusterObject, Namespace, NetworkPolicy, ObjectKey, Pod, Protocol};
 use stacknet_engine::{PolicyEngine, semantics};
 

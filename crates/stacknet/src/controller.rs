@@ -1,16 +1,21 @@
-//! `stacknet controller`: keeps the OVN network equal to the cluster. The cluster comes from a
-//! folder of manifests (`--manifests DIR`, watched) or else from the Kubernetes API (in-cluster
-//! credentials, or `KUBECONFIG`).
+//! `stacknet controller`: keeps the network (OVN, or OpenStack with `--backend openstack`)
+//! equal to the cluster. The cluster comes from a folder of manifests (`--manifests DIR`,
+//! watched) or else from the Kubernetes API (in-cluster credentials, or `KUBECONFIG`).
 
 use anyhow::Context;
 use stacknet_controller::leader::{self, LeaseConfig};
 use stacknet_controller::manifests::{ManifestSource, SOURCE};
-use stacknet_controller::{ControllerArgs, ControllerConfig};
+use stacknet_controller::openstack::OpenStackSettings;
+use stacknet_controller::{Backend, Change, Controller, ControllerArgs, ControllerConfig};
 use stacknet_engine::objects::ObjectKey;
+
+fn failure(e: stacknet_controller::Error) -> crate::Failure {
+    if e.is_input() { crate::Failure::Input(e.to_string()) } else { crate::Failure::Other(e.into()) }
+}
 
 /// Runs until SIGTERM or SIGINT. Bad configuration: `Err` with a message naming the setting.
 pub fn run(args: ControllerArgs) -> Result<(), crate::Failure> {
-    let config = ControllerConfig::from_args(&args).map_err(crate::Failure::Input)?;
+    let config = ControllerConfig::from_args(&args).map_err(failure)?;
     if let Some(dir) = &config.manifests
         && !dir.is_dir()
     {
@@ -23,81 +28,33 @@ pub fn run(args: ControllerArgs) -> Result<(), crate::Failure> {
         .enable_all()
         .build()
         .map_err(|e| crate::Failure::Other(e.into()))?;
-    if let Some(settings) = stacknet_controller::openstack::OpenStackSettings::from_config(&config) {
-        return runtime.block_on(openstack(config, settings)).map_err(crate::Failure::Other);
-    }
-    runtime
-        .block_on(async move {
-            let (tx, rx) = tokio::sync::mpsc::channel(1024);
-            let mut lease = None;
-            let (controller, from) = match &config.manifests {
-                Some(dir) => {
-                    let controller = stacknet_controller::Controller::new(config.clone(), &[SOURCE])
-                        .map_err(|e| anyhow::anyhow!(e))?;
-                    let source = ManifestSource::new(dir, config.poll, controller.observed().events.clone())
-                        .map_err(|e| anyhow::anyhow!(e))?;
-                    tokio::spawn(source.run(tx));
-                    (controller, dir.display().to_string())
-                }
-                None => {
-                    let mut controller =
-                        stacknet_controller::Controller::new(config.clone(), &stacknet_controller::kube_source::sources())
-                            .map_err(|e| anyhow::anyhow!(e))?;
-                    let k = with_kube(&config, tx, controller.observed().events).await?;
-                    controller = controller.with_annotations(k.annotate);
-                    if let Some(rx) = k.leading {
-                        controller = controller.with_leader(rx);
-                    }
-                    lease = k.lease;
-                    (controller, "the Kubernetes API".to_string())
-                }
-            };
-            let addr = controller
-                .serve_http_thread()
-                .with_context(|| format!("serving metrics on {}", config.metrics_addr))?;
-            eprintln!(
-                "stacknet controller: cluster {} from {}, network in {}; http://{addr}/metrics /healthz /readyz /events",
-                config.cluster,
-                from,
-                config.nb.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(",")
-            );
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-            let shutdown = async move {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            };
-            controller.run(rx, shutdown).await;
-            release(lease).await;
-            anyhow::Ok(())
-        })
+    runtime.block_on(async move {
+        let sources: Vec<String> = match &config.manifests {
+            Some(_) => vec![SOURCE.to_string()],
+            None => stacknet_controller::kube_source::sources(),
+        };
+        match OpenStackSettings::from_config(&config) {
+            Some(settings) => {
+                serve(&config, Controller::openstack(&config, settings, &sources).await.map_err(failure)?).await
+            }
+            None => serve(&config, Controller::ovn(&config, &sources).map_err(failure)?).await,
+        }
         .map_err(crate::Failure::Other)
+    })
 }
 
-/// `--backend openstack`: the same sources, the network made in Neutron and Octavia.
-async fn openstack(
-    config: ControllerConfig,
-    settings: stacknet_controller::openstack::OpenStackSettings,
-) -> anyhow::Result<()> {
-    use stacknet_controller::openstack::OpenStackController;
+/// Feeds `controller` from the configured source and runs it until SIGTERM or SIGINT.
+async fn serve<B: Backend>(config: &ControllerConfig, mut controller: Controller<B>) -> anyhow::Result<()> {
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
-    let kube_sources = stacknet_controller::kube_source::sources();
-    let sources: Vec<String> = match &config.manifests {
-        Some(_) => vec![SOURCE.to_string()],
-        None => kube_sources.iter().map(|s| s.to_string()).collect(),
-    };
-    let mut controller = OpenStackController::connect(settings, &sources).await.map_err(|e| anyhow::anyhow!(e))?;
     let mut lease = None;
     let from = match &config.manifests {
         Some(dir) => {
-            let source = ManifestSource::new(dir, config.poll, controller.observed().events.clone())
-                .map_err(|e| anyhow::anyhow!(e))?;
+            let source = ManifestSource::new(dir, config.poll, controller.observed().events.clone())?;
             tokio::spawn(source.run(tx));
             dir.display().to_string()
         }
         None => {
-            let k = with_kube(&config, tx, controller.observed().events).await?;
+            let k = with_kube(config, tx, controller.observed().events).await?;
             controller = controller.with_annotations(k.annotate);
             if let Some(rx) = k.leading {
                 controller = controller.with_leader(rx);
@@ -106,13 +63,11 @@ async fn openstack(
             "the Kubernetes API".to_string()
         }
     };
-    let o = controller.observed();
-    let addr = stacknet_controller::http::serve_thread(config.metrics_addr, o.health, o.metrics, o.events)
-        .with_context(|| format!("serving metrics on {}", config.metrics_addr))?;
+    let addr = controller.serve_http_thread().with_context(|| format!("serving metrics on {}", config.metrics_addr))?;
     eprintln!(
-        "stacknet controller: cluster {} from {from}, network in OpenStack (Neutron{}); http://{addr}/metrics /healthz /readyz /events",
+        "stacknet controller: cluster {} from {from}, network in {}; http://{addr}/metrics /healthz /readyz /events",
         config.cluster,
-        if controller.has_load_balancer() { ", Octavia" } else { "" },
+        controller.backend().describe(),
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let shutdown = async move {
@@ -122,7 +77,12 @@ async fn openstack(
         }
     };
     controller.run(rx, shutdown).await;
-    release(lease).await;
+    // A graceful stop hands over at once instead of after the lease runs out.
+    if let Some((client, cfg)) = lease
+        && let Err(e) = leader::release(client, &cfg).await
+    {
+        eprintln!("stacknet controller: releasing the lease: {e}");
+    }
     Ok(())
 }
 
@@ -140,7 +100,7 @@ struct Kube {
 /// published, pods' annotations written, and with leader election the Lease kept.
 async fn with_kube(
     config: &ControllerConfig,
-    tx: tokio::sync::mpsc::Sender<stacknet_controller::Change>,
+    tx: tokio::sync::mpsc::Sender<Change>,
     events: std::sync::Arc<stacknet_controller::events::Events>,
 ) -> anyhow::Result<Kube> {
     stacknet_controller::kube_source::install_tls_provider();
@@ -170,13 +130,4 @@ async fn with_kube(
         lease = Some((client, cfg));
     }
     Ok(Kube { annotate, leading, lease })
-}
-
-/// A graceful stop hands over at once instead of after the lease runs out.
-async fn release(lease: Option<(kube::Client, LeaseConfig)>) {
-    if let Some((client, cfg)) = lease
-        && let Err(e) = leader::release(client, &cfg).await
-    {
-        eprintln!("stacknet controller: releasing the lease: {e}");
-    }
 }

@@ -206,12 +206,11 @@ async fn demo(args: DemoArgs, plugin: PathBuf) -> anyhow::Result<bool> {
 
     let mut config = ControllerConfig::new(CLUSTER, vec![nb.parse()?], Some(&manifests));
     config.poll = Duration::from_millis(100);
-    let controller = Controller::new(config, &[SOURCE]).map_err(|e| anyhow::anyhow!(e))?;
+    let controller = Controller::ovn(&config, &[SOURCE])?;
     let observed = controller.observed();
     let (addr, _http) = controller.serve_http().await?;
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
-    let source = ManifestSource::new(&manifests, Duration::from_millis(100), observed.events.clone())
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let source = ManifestSource::new(&manifests, Duration::from_millis(100), observed.events.clone())?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let controller_task = tokio::spawn(controller.run(rx, async move {
         let _ = stopped.await;

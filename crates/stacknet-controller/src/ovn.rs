@@ -1,0 +1,222 @@
+//! The OVN backend (the default): the network made in the OVN Northbound database. A
+//! reconcile is IPAM (nodes' subnets, pods' addresses), the engine, the desired rows and one
+//! minimal transaction against the monitored replica. Before the first reconcile, and again
+//! when this replica takes over as leader, the allocation a previous run left in the database
+//! is read back, so a restart reassigns nothing and writes nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use stacknet_engine::ipam::Ipam;
+use stacknet_engine::objects::{ClusterObject, Kind, ObjectKey};
+use stacknet_engine::{Cidr, ClusterIndex, PolicyEngine, Reason};
+use stacknet_ovn::{NodeNet, OvnBackend, Topology};
+use stacknet_ovsdb::nb;
+use tokio::time::Instant;
+
+use crate::config::ControllerConfig;
+use crate::controller::{Backend, Change, Failure, News, Reconciled};
+use crate::error::Error;
+
+pub struct OvnNetwork {
+    cluster: String,
+    remotes: String,
+    backend: OvnBackend,
+    ipam: Ipam,
+    /// Whether the allocation in the database has been read back since this replica leads.
+    restored: bool,
+    /// Pods seen and not yet reported up by OVN: since when.
+    pending_up: HashMap<ObjectKey, Instant>,
+    /// Each pod's logical port, as last programmed.
+    ports: BTreeMap<ObjectKey, String>,
+}
+
+impl OvnNetwork {
+    /// Connects (in the background, retrying) to the configured Northbound database.
+    pub fn new(config: &ControllerConfig) -> Result<OvnNetwork, Error> {
+        let ipam = Ipam::new(config.ipam.clone()).map_err(|e| Error::setting(e.setting, e.message))?;
+        Ok(OvnNetwork {
+            cluster: config.cluster.clone(),
+            remotes: config.nb.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", "),
+            backend: OvnBackend::connect(config.nb.clone()),
+            ipam,
+            restored: false,
+            pending_up: HashMap::new(),
+            ports: BTreeMap::new(),
+        })
+    }
+
+    /// Reads back what a previous run allocated, once the Northbound replica is there.
+    fn restore(&mut self) -> bool {
+        let guard = self.backend.client().replica();
+        let Some(replica) = guard.as_ref() else { return false };
+        let a = stacknet_ovn::lookup::allocated(replica, &self.cluster);
+        for (node, subnet) in &a.nodes {
+            self.ipam.restore_node(node, *subnet);
+        }
+        for (pod, node, ips) in a.pods {
+            self.ipam.restore_pod(pod, &node, ips);
+        }
+        true
+    }
+
+    /// Each pod's `stacknet.io/network` annotation: its addresses with the prefix length of
+    /// its node's subnet, MAC, gateways, logical port and node.
+    fn annotations(
+        desired: &stacknet_ovn::Desired,
+        nodes: &BTreeMap<String, Vec<(Cidr, IpAddr)>>,
+    ) -> Vec<(ObjectKey, String)> {
+        let mut out = Vec::with_capacity(desired.ports.len());
+        for (key, port) in &desired.ports {
+            let Some(subnets) = nodes.get(&port.node) else { continue };
+            let ips = port.ips.iter().filter_map(|ip| {
+                subnets.iter().find(|(c, _)| c.contains(*ip)).map(|(c, _)| format!("{ip}/{}", c.prefix_len()))
+            });
+            let value = serde_json::json!({
+                "ips": ips.collect::<Vec<_>>(),
+                "mac": port.mac,
+                "gateways": subnets.iter().map(|(_, g)| g.to_string()).collect::<Vec<_>>(),
+                "logicalPort": port.lsp,
+                "node": port.node,
+            });
+            out.push((key.clone(), value.to_string()));
+        }
+        out
+    }
+}
+
+impl Backend for OvnNetwork {
+    fn describe(&self) -> String {
+        format!("the OVN Northbound database ({})", self.remotes)
+    }
+
+    fn observe(&mut self, change: &Change, index: &ClusterIndex) {
+        match change {
+            Change::Apply(ClusterObject::Pod(p)) if index.pod_id(&p.key).is_none() => {
+                self.pending_up.insert(p.key.clone(), Instant::now());
+            }
+            Change::Delete(Kind::Pod, key) => {
+                self.pending_up.remove(key);
+            }
+            _ => {}
+        }
+    }
+
+    fn prepare(&mut self) -> Result<(), Failure> {
+        if !self.restored && self.backend.client().status().borrow().connected.is_some() {
+            self.restored = self.restore();
+        }
+        if self.restored {
+            return Ok(());
+        }
+        let message = format!("no connection to {} yet; still trying", self.describe());
+        Err(Failure::new(Reason::OvnUnreachable, message))
+    }
+
+    async fn lead(&mut self, leading: bool) {
+        if leading {
+            // The previous leader's allocation is read back before the first write.
+            self.restored = false;
+        }
+    }
+
+    async fn reconcile(&mut self, engine: &mut PolicyEngine, annotate: bool) -> Result<Reconciled, Failure> {
+        let reserved = self
+            .backend
+            .client()
+            .replica()
+            .as_ref()
+            .map(|r| stacknet_ovn::lookup::foreign_addresses(r, &self.cluster))
+            .unwrap_or_default();
+        self.ipam.set_reserved(reserved);
+        let assignment = self.ipam.sync(engine.index());
+        // The engine sees each pod with the addresses the network gives it (none: no port yet);
+        // only pods whose addresses differ are touched, one at a time (after a restart that is
+        // every pod: no second copy of them all).
+        let index = engine.index();
+        let moved: Vec<_> = index
+            .pods()
+            .filter(|(_, p)| p.ips != assignment.pods.get(&p.key).map(|(_, ips)| ips.as_slice()).unwrap_or_default())
+            .map(|(id, _)| id)
+            .collect();
+        for id in moved {
+            let Some(mut pod) = engine.index().pod(id).cloned() else { continue };
+            pod.ips = assignment.pods.get(&pod.key).map(|(_, ips)| ips.clone()).unwrap_or_default();
+            engine.apply_pod(pod);
+        }
+        let topology = Topology {
+            cluster: self.cluster.clone(),
+            nodes: assignment
+                .nodes
+                .iter()
+                .map(|(name, subnets)| NodeNet { name: name.clone(), subnets: subnets.clone() })
+                .collect(),
+            nested: BTreeMap::new(),
+        };
+        let desired = stacknet_ovn::build(engine, &topology);
+        for w in &desired.warnings {
+            tracing::debug!("{w}");
+        }
+        match self.backend.reconcile(&desired).await {
+            Ok(report) => {
+                self.ports = desired.ports.iter().map(|(k, p)| (k.clone(), p.lsp.clone())).collect();
+                let annotations = if annotate { Self::annotations(&desired, &assignment.nodes) } else { Vec::new() };
+                Ok(Reconciled {
+                    problems: assignment.problems,
+                    annotations,
+                    transactions: report.transactions as u64,
+                    operations: report.operations as u64,
+                })
+            }
+            Err(e) => {
+                let (reason, what) = if e.is_transient() {
+                    (Reason::OvnUnreachable, "is unreachable")
+                } else {
+                    (Reason::OvnRejected, "refused the change")
+                };
+                let message = format!("{} {what}: {e}; retrying", self.describe());
+                Err(Failure { reason, message, failed_transactions: 1 })
+            }
+        }
+    }
+
+    /// The database connection's status: a reconnect means the database may have changed
+    /// behind our back.
+    fn news(&mut self) -> Option<BoxStream<'static, News>> {
+        let status = self.backend.client().status();
+        let sessions = status.borrow().sessions;
+        let stream = futures::stream::unfold((status, sessions), |(mut status, sessions)| async move {
+            status.changed().await.ok()?;
+            let now = status.borrow_and_update().sessions;
+            let news = News { reconcile: now > sessions && sessions > 0, problems: Vec::new() };
+            Some((news, (status, now)))
+        });
+        Some(stream.boxed())
+    }
+
+    fn ports_up(&mut self) -> Vec<Duration> {
+        let mut took = Vec::new();
+        if self.pending_up.is_empty() {
+            return took;
+        }
+        let guard = self.backend.client().replica();
+        let Some(replica) = guard.as_ref() else { return took };
+        let lsps = replica.table(nb::LOGICAL_SWITCH_PORT);
+        let ports = &self.ports;
+        self.pending_up.retain(|key, since| {
+            let up = ports.get(key).is_some_and(|name| {
+                lsps.by_name(name).any(|(_, r)| {
+                    r.get("up").is_some_and(|d| d.elements().first().and_then(|a| a.as_bool()) == Some(true))
+                })
+            });
+            if up {
+                took.push(since.elapsed());
+            }
+            !up
+        });
+        took
+    }
+}
