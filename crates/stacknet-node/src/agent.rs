@@ -449,3 +449,6 @@ impl Agent {
 pub fn default_socket() -> PathBuf {
     PathBuf::from("/run/stacknet/agent.sock")
 }
+
+#[cfg(test)]
+mod tests;

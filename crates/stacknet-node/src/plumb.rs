@@ -13,6 +13,9 @@ use rtnetlink::{LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::netns::{self, NetnsError};
 
+#[cfg(test)]
+pub mod recording;
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PlumbError {
     #[error(transparent)]

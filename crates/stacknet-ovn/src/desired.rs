@@ -4,10 +4,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 
-use stacknet_engine::PolicyEngine;
 use stacknet_engine::model::{Members, NamedPortKey, PeerSetId, Rule, RulePeer};
-use stacknet_engine::objects::{Direction, ObjectKey, Protocol};
+use stacknet_engine::objects::{Direction, ObjectKey, Pod, Protocol};
 use stacknet_engine::service::{self, LoadBalancer};
+use stacknet_engine::{ClusterIndex, PolicyEngine};
 use stacknet_ovsdb::Datum;
 use stacknet_ovsdb::nb::{
     ACL, ADDRESS_SET, LOAD_BALANCER, LOAD_BALANCER_GROUP, LOGICAL_ROUTER, LOGICAL_ROUTER_PORT, LOGICAL_SWITCH,
@@ -15,7 +15,7 @@ use stacknet_ovsdb::nb::{
 };
 
 use crate::names::{KEY_CLUSTER, KEY_ID, KEY_OWNER, KEY_OWNER_KIND, KEY_POD_UID, ident};
-use crate::topology::{Topology, mac_for};
+use crate::topology::{NodeNet, Topology, mac_for};
 
 /// ACL priorities: default deny below the allows.
 pub const PRIORITY_DENY: i64 = 1000;
@@ -143,6 +143,16 @@ struct Families {
 }
 
 impl Families {
+    /// The families of the pods' addresses (IPv4 when there are none).
+    fn of(index: &ClusterIndex) -> Families {
+        let (mut v4, mut v6) = (false, false);
+        for ip in index.pods().flat_map(|(_, p)| p.ips.iter()) {
+            v4 |= ip.is_ipv4();
+            v6 |= ip.is_ipv6();
+        }
+        Families { v4: v4 || !v6, v6 }
+    }
+
     fn list(self) -> Vec<&'static str> {
         let mut v = Vec::new();
         if self.v4 {
@@ -261,18 +271,21 @@ pub fn build(engine: &PolicyEngine, topo: &Topology) -> Desired {
     let index = engine.index();
     let cluster = topo.cluster.as_str();
     let mut d = Desired { cluster: cluster.to_string(), ..Desired::default() };
-    let families = {
-        let ips = index.pods().flat_map(|(_, p)| p.ips.iter());
-        let (mut v4, mut v6) = (false, false);
-        for ip in ips {
-            v4 |= ip.is_ipv4();
-            v6 |= ip.is_ipv6();
-        }
-        Families { v4: v4 || !v6, v6 }
-    };
+    // Pods first: switches and port groups hold only the pods that got a port.
+    let pods_by_node = pod_ports(&mut d, index, topo);
+    let lb_group = load_balancers(&mut d, cluster, index);
+    node_switches(&mut d, topo, pods_by_node, lb_group);
+    let families = Families::of(index);
+    address_sets(&mut d, cluster, engine, families);
+    policy_port_groups(&mut d, &SetNames { cluster, families, engine });
+    default_deny_port_groups(&mut d, cluster, engine);
+    d
+}
 
-    // Pods: one port each, on their node's switch.
-    let mut switch_ports: BTreeMap<String, Vec<String>> = BTreeMap::new();
+/// Pods: one port each, on their node's switch. Returns the port identities per node.
+fn pod_ports(d: &mut Desired, index: &ClusterIndex, topo: &Topology) -> BTreeMap<String, Vec<String>> {
+    let cluster = topo.cluster.as_str();
+    let mut by_node: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (_, pod) in index.pods() {
         if !pod.is_policy_subject() {
             continue;
@@ -285,48 +298,51 @@ pub fn build(engine: &PolicyEngine, topo: &Topology) -> Desired {
             d.warnings.push(format!("pod {}: no node with a subnet holding {}", pod.key, pod.ips[0]));
             continue;
         };
-        let id = format!("pod:{}", pod.key);
-        let lsp = format!("{cluster}_{}_{}", pod.key.namespace, pod.key.name);
-        let mac = mac_for(pod.ips[0]);
-        let address =
-            std::iter::once(mac.clone()).chain(pod.ips.iter().map(|i| i.to_string())).collect::<Vec<_>>().join(" ");
-        let parent = topo.parent_for(pod);
-        let mut options = BTreeMap::new();
-        // A nested port is bound wherever its VM's port is.
-        if let Some(n) = pod.node.as_ref().filter(|_| parent.is_none()) {
-            options.insert("requested-chassis".to_string(), n.clone());
-        }
-        if let Some(uid) = &pod.uid {
-            options.insert("iface-id-ver".to_string(), uid.clone());
-        }
-        let mut b = RowBuilder::new(cluster, LOGICAL_SWITCH_PORT, id.clone(), "Pod", &pod.key.to_string())
-            .str("name", &lsp)
-            .col("addresses", Datum::set([address.clone()]))
-            .col("port_security", Datum::set([address]))
-            .col("options", Datum::map(options));
-        if let Some(uid) = &pod.uid {
-            b = b.external(KEY_POD_UID, uid);
-        }
-        if let Some(parent) = parent {
-            // tag_request 0: ovn-northd picks a VLAN id unique under the parent (into `tag`).
-            b = b.str("parent_name", parent).col("tag_request", Datum::Atom(0i64.into()));
-        }
-        d.add(b.build());
-        switch_ports.entry(node.name.clone()).or_default().push(id);
-        d.ports.insert(
-            pod.key.clone(),
-            PodPort {
-                lsp,
-                switch: format!("{cluster}_{}", node.name),
-                node: node.name.clone(),
-                mac,
-                ips: pod.ips.clone(),
-                parent: parent.map(str::to_string),
-            },
-        );
+        let port = PodPort {
+            lsp: format!("{cluster}_{}_{}", pod.key.namespace, pod.key.name),
+            switch: format!("{cluster}_{}", node.name),
+            node: node.name.clone(),
+            mac: mac_for(pod.ips[0]),
+            ips: pod.ips.clone(),
+            parent: topo.parent_for(pod).map(str::to_string),
+        };
+        d.add(pod_port_row(cluster, pod, &port));
+        by_node.entry(node.name.clone()).or_default().push(format!("pod:{}", pod.key));
+        d.ports.insert(pod.key.clone(), port);
     }
+    by_node
+}
 
-    // Services: a load balancer per service and protocol, all in one group on every switch.
+/// The logical switch port of `pod`, placed as `port` says.
+fn pod_port_row(cluster: &str, pod: &Pod, port: &PodPort) -> DesiredRow {
+    let address =
+        std::iter::once(port.mac.clone()).chain(pod.ips.iter().map(|i| i.to_string())).collect::<Vec<_>>().join(" ");
+    let mut options = BTreeMap::new();
+    // A nested port is bound wherever its VM's port is.
+    if let Some(n) = pod.node.as_ref().filter(|_| port.parent.is_none()) {
+        options.insert("requested-chassis".to_string(), n.clone());
+    }
+    if let Some(uid) = &pod.uid {
+        options.insert("iface-id-ver".to_string(), uid.clone());
+    }
+    let mut b = RowBuilder::new(cluster, LOGICAL_SWITCH_PORT, format!("pod:{}", pod.key), "Pod", &pod.key.to_string())
+        .str("name", &port.lsp)
+        .col("addresses", Datum::set([address.clone()]))
+        .col("port_security", Datum::set([address]))
+        .col("options", Datum::map(options));
+    if let Some(uid) = &pod.uid {
+        b = b.external(KEY_POD_UID, uid);
+    }
+    if let Some(parent) = &port.parent {
+        // tag_request 0: ovn-northd picks a VLAN id unique under the parent (into `tag`).
+        b = b.str("parent_name", parent).col("tag_request", Datum::Atom(0i64.into()));
+    }
+    b.build()
+}
+
+/// Services: a load balancer per service and protocol, all in one group for every switch.
+/// Returns whether there is a group (no services, no group).
+fn load_balancers(d: &mut Desired, cluster: &str, index: &ClusterIndex) -> bool {
     let load_balancers = service::load_balancers(index);
     let mut lb_ids = Vec::new();
     for lb in &load_balancers {
@@ -347,48 +363,37 @@ pub fn build(engine: &PolicyEngine, topo: &Topology) -> Desired {
         lb_ids.push(id);
     }
     d.load_balancers = load_balancers;
-    if !lb_ids.is_empty() {
-        d.add(
-            RowBuilder::new(cluster, LOAD_BALANCER_GROUP, "lbg".into(), "Cluster", cluster)
-                .str("name", &ident(cluster, "lbg", "lbg"))
-                .refs("load_balancer", lb_ids.clone())
-                .build(),
-        );
+    if lb_ids.is_empty() {
+        return false;
     }
+    d.add(
+        RowBuilder::new(cluster, LOAD_BALANCER_GROUP, "lbg".into(), "Cluster", cluster)
+            .str("name", &ident(cluster, "lbg", "lbg"))
+            .refs("load_balancer", lb_ids)
+            .build(),
+    );
+    true
+}
 
-    // Nodes: a switch each, a router port each, all on the cluster router.
+/// Nodes: a switch each holding its pods' ports (`pods_by_node`), and a router port each, all
+/// on the cluster router.
+fn node_switches(d: &mut Desired, topo: &Topology, mut pods_by_node: BTreeMap<String, Vec<String>>, lb_group: bool) {
+    let cluster = topo.cluster.as_str();
     let mut router_ports = Vec::new();
     for node in &topo.nodes {
         let switch = format!("{cluster}_{}", node.name);
-        let lrp = format!("{cluster}_rtos_{}", node.name);
         let gateways: Vec<IpAddr> = node.subnets.iter().map(|(_, g)| *g).collect();
         let router_mac = gateways.first().map(|g| mac_for(*g));
-        let mut ports = switch_ports.remove(&node.name).unwrap_or_default();
+        let mut ports = pods_by_node.remove(&node.name).unwrap_or_default();
         if let Some(mac) = &router_mac {
-            let networks = node.subnets.iter().map(|(c, g)| format!("{g}/{}", c.prefix_len()));
-            d.add(
-                RowBuilder::new(cluster, LOGICAL_ROUTER_PORT, format!("rtos:{}", node.name), "Node", &node.name)
-                    .str("name", &lrp)
-                    .str("mac", mac)
-                    .col("networks", Datum::set(networks))
-                    .build(),
-            );
-            router_ports.push(format!("rtos:{}", node.name));
-            let stor = format!("stor:{}", node.name);
-            d.add(
-                RowBuilder::new(cluster, LOGICAL_SWITCH_PORT, stor.clone(), "Node", &node.name)
-                    .str("name", &format!("{cluster}_stor_{}", node.name))
-                    .str("type", "router")
-                    .col("addresses", Datum::set(["router"]))
-                    .col("options", Datum::string_map([("router-port", lrp.as_str())]))
-                    .build(),
-            );
-            ports.push(stor);
+            let (router_port, switch_port) = router_link(d, cluster, node, mac);
+            router_ports.push(router_port);
+            ports.push(switch_port);
         }
         let mut b = RowBuilder::new(cluster, LOGICAL_SWITCH, format!("node:{}", node.name), "Node", &node.name)
             .str("name", &switch)
             .refs("ports", ports);
-        if !lb_ids.is_empty() {
+        if lb_group {
             b = b.refs("load_balancer_group", ["lbg".to_string()]);
         }
         d.add(b.build());
@@ -402,30 +407,59 @@ pub fn build(engine: &PolicyEngine, topo: &Topology) -> Desired {
                 .build(),
         );
     }
-    for (node, _) in switch_ports {
+    for (node, _) in pods_by_node {
         d.warnings.push(format!("node {node}: not in the topology"));
     }
+}
 
-    let port_ids = |members: Members<'_>, d: &Desired| -> Vec<String> {
-        members.pods().filter(|p| d.ports.contains_key(&p.key)).map(|p| format!("pod:{}", p.key)).collect()
-    };
-    let addresses = |members: Members<'_>, v4: bool| -> Datum {
-        Datum::set(
-            members
-                .pods()
-                .flat_map(|p| p.ips.iter().filter(|ip| ip.is_ipv4() == v4).map(|ip| ip.to_string()))
-                .collect::<Vec<_>>(),
-        )
-    };
+/// A node's link to the cluster router: the router port (with the node's gateways, MAC `mac`)
+/// and the switch port facing it. Returns their identities.
+fn router_link(d: &mut Desired, cluster: &str, node: &NodeNet, mac: &str) -> (String, String) {
+    let lrp = format!("{cluster}_rtos_{}", node.name);
+    let (router_port, switch_port) = (format!("rtos:{}", node.name), format!("stor:{}", node.name));
+    let networks = node.subnets.iter().map(|(c, g)| format!("{g}/{}", c.prefix_len()));
+    d.add(
+        RowBuilder::new(cluster, LOGICAL_ROUTER_PORT, router_port.clone(), "Node", &node.name)
+            .str("name", &lrp)
+            .str("mac", mac)
+            .col("networks", Datum::set(networks))
+            .build(),
+    );
+    d.add(
+        RowBuilder::new(cluster, LOGICAL_SWITCH_PORT, switch_port.clone(), "Node", &node.name)
+            .str("name", &format!("{cluster}_stor_{}", node.name))
+            .str("type", "router")
+            .col("addresses", Datum::set(["router"]))
+            .col("options", Datum::string_map([("router-port", lrp.as_str())]))
+            .build(),
+    );
+    (router_port, switch_port)
+}
 
-    // Peer sets and named-port sets: address sets, one per family.
+/// The identities of the ports of `members` (those that have one).
+fn member_ports(members: Members<'_>, d: &Desired) -> Vec<String> {
+    members.pods().filter(|p| d.ports.contains_key(&p.key)).map(|p| format!("pod:{}", p.key)).collect()
+}
+
+/// The addresses of `members` of one family.
+fn member_addresses(members: Members<'_>, v4: bool) -> Datum {
+    Datum::set(
+        members
+            .pods()
+            .flat_map(|p| p.ips.iter().filter(|ip| ip.is_ipv4() == v4).map(|ip| ip.to_string()))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// Peer sets and named-port sets: address sets, one per family.
+fn address_sets(d: &mut Desired, cluster: &str, engine: &PolicyEngine, families: Families) {
     for (id, selector, members) in engine.peer_sets() {
         for fam in families.list() {
             let row_id = format!("as:{id}:{fam}");
             d.add(
                 RowBuilder::new(cluster, ADDRESS_SET, row_id, "PeerSet", &selector.to_string())
                     .str("name", &format!("{}_{fam}", ident(cluster, "as", id.as_str())))
-                    .col("addresses", addresses(members, fam == "ip4"))
+                    .col("addresses", member_addresses(members, fam == "ip4"))
                     .build(),
             );
         }
@@ -437,15 +471,17 @@ pub fn build(engine: &PolicyEngine, topo: &Topology) -> Desired {
                 d.add(
                     RowBuilder::new(cluster, ADDRESS_SET, format!("np:{npid}:{fam}"), "NamedPort", &npid)
                         .str("name", &format!("{}_{fam}", ident(cluster, "np", &npid)))
-                        .col("addresses", addresses(members, fam == "ip4"))
+                        .col("addresses", member_addresses(members, fam == "ip4"))
                         .build(),
                 );
             }
         }
     }
+}
 
-    // Policies: a port group each, holding its rules' ACLs.
-    let names = SetNames { cluster, families, engine };
+/// Policies: a port group each, holding its rules' ACLs.
+fn policy_port_groups(d: &mut Desired, names: &SetNames<'_>) {
+    let (cluster, engine) = (names.cluster, names.engine);
     let mut rules_by_policy: BTreeMap<&ObjectKey, Vec<&Rule>> = BTreeMap::new();
     for r in engine.rules() {
         rules_by_policy.entry(&r.policy).or_default().push(r);
@@ -460,34 +496,33 @@ pub fn build(engine: &PolicyEngine, topo: &Topology) -> Desired {
                     .col("name", acl_name(&key.to_string()))
                     .col("priority", Datum::Atom(PRIORITY_ALLOW.into()))
                     .str("direction", dir_str(rule.direction))
-                    .str("match", &rule_match(rule, &pg, &names))
+                    .str("match", &rule_match(rule, &pg, names))
                     .str("action", "allow-related")
                     .col("options", acl_options(rule.direction))
                     .build(),
             );
             acl_ids.push(id);
         }
+        let ports = member_ports(group.members, d);
         d.add(
             RowBuilder::new(cluster, PORT_GROUP, format!("pg:{key}"), "NetworkPolicy", &key.to_string())
                 .str("name", &pg)
-                .refs("ports", port_ids(group.members, &d))
+                .refs("ports", ports)
                 .refs("acls", acl_ids)
                 .build(),
         );
     }
+}
 
-    // Default deny per namespace and direction: drop, but let ARP and ND through.
+/// Default deny per namespace and direction: drop, but let ARP and ND through.
+fn default_deny_port_groups(d: &mut Desired, cluster: &str, engine: &PolicyEngine) {
     for (ns, dir, members) in engine.default_deny() {
-        let dname = match dir {
-            Direction::Ingress => "ingress",
-            Direction::Egress => "egress",
+        let (dname, port) = match dir {
+            Direction::Ingress => ("ingress", "outport"),
+            Direction::Egress => ("egress", "inport"),
         };
         let id = format!("deny:{ns}:{dname}");
         let pg = ident(cluster, "deny", &id);
-        let port = match dir {
-            Direction::Ingress => "outport",
-            Direction::Egress => "inport",
-        };
         let owner = format!("{ns}/default-deny-{dname}");
         let drop_id = format!("{id}:drop");
         let arp_id = format!("{id}:arp-nd");
@@ -511,15 +546,15 @@ pub fn build(engine: &PolicyEngine, topo: &Topology) -> Desired {
                     .build(),
             );
         }
+        let ports = member_ports(members, d);
         d.add(
             RowBuilder::new(cluster, PORT_GROUP, id.clone(), "Namespace", ns)
                 .str("name", &pg)
-                .refs("ports", port_ids(members, &d))
+                .refs("ports", ports)
                 .refs("acls", [drop_id, arp_id])
                 .build(),
         );
     }
-    d
 }
 
 #[cfg(test)]

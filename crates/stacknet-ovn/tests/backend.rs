@@ -1,5 +1,6 @@
 //! The backend against a live Northbound database (the ovsdb tier): programs, converges,
 //! writes nothing the second time, collects only its own orphans, survives a dead server.
+//! Also: the schema the pure plan tests (`plan.rs`) load is the installed one, cut down.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use stacknet_ovn::names::KEY_CLUSTER;
 use stacknet_ovn::reconcile::owned_counts;
 use stacknet_ovn::{OvnBackend, Topology, build};
 use stacknet_ovsdb::nb;
+use stacknet_ovsdb::schema::DatabaseSchema;
 use stacknet_sandbox::Ovn;
 
 fn three_tier() -> PolicyEngine {
@@ -242,4 +244,22 @@ async fn converges_when_the_server_dies_mid_reconcile() {
     assert_eq!(b.reconcile(&d).await.unwrap().transactions, 0);
     let ports = ovn.nbctl(&["--bare", "--columns=name", "list", "Logical_Switch_Port"]).unwrap();
     assert_eq!(ports.lines().filter(|l| l.starts_with("test_ns")).count(), 600);
+}
+
+#[test]
+fn the_schema_of_the_plan_tests_is_the_installed_one_cut_to_the_columns_we_use() {
+    let parse = |text: &str| DatabaseSchema::from_json(&serde_json::from_str(text).unwrap()).unwrap();
+    let installed =
+        parse(&std::fs::read_to_string("/usr/share/ovn/ovn-nb.ovsschema").expect("ovn-central is installed"));
+    let cut = parse(include_str!("data/ovn-nb-used.ovsschema"));
+    assert_eq!(cut.version, installed.version);
+    for (table, columns) in nb::USED {
+        let (ours, theirs) = (&cut.tables[*table], &installed.tables[*table]);
+        assert_eq!(ours.is_root, theirs.is_root, "{table}");
+        for c in *columns {
+            assert_eq!(ours.columns.get(*c), theirs.columns.get(*c), "{table}.{c}");
+        }
+        assert_eq!(ours.columns.len(), columns.len() + 2, "{table}: only the columns we use (and _uuid, _version)");
+    }
+    assert_eq!(cut.tables.len(), nb::USED.len());
 }
