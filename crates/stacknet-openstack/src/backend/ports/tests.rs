@@ -1,0 +1,179 @@
+//! The ports' plan against a Neutron state built in memory: no cloud.
+
+use std::time::Instant;
+
+use serde_json::json;
+use stacknet_engine::{PolicyEngine, manifest};
+
+use super::*;
+use crate::backend::topology::Topology;
+use crate::secgroups::Family;
+
+const NET: &str = "net-pods";
+
+fn from<T: serde::de::DeserializeOwned>(v: Value) -> T {
+    serde_json::from_value(v).unwrap()
+}
+
+fn config() -> NeutronConfig {
+    NeutronConfig::new("t", vec!["10.0.0.0/16".parse().unwrap()])
+}
+
+/// Node n1 is bare metal, n2 a Nova server (`vm-2`) with trunk `t2`.
+fn cluster(pods: &str) -> PolicyEngine {
+    let yaml = format!(
+        "apiVersion: v1
+kind: List
+items:
+- {{apiVersion: v1, kind: Namespace, metadata: {{name: x}}}}
+- {{apiVersion: v1, kind: Node, metadata: {{name: n1}}}}
+- {{apiVersion: v1, kind: Node, metadata: {{name: n2}}, spec: {{providerID: 'openstack:///vm-2'}}}}
+{pods}"
+    );
+    PolicyEngine::from_index(ClusterIndex::from_objects(manifest::parse("c.yaml", &yaml).unwrap().objects))
+}
+
+fn pod(name: &str, node: &str) -> String {
+    format!(
+        "- {{apiVersion: v1, kind: Pod, metadata: {{name: {name}, namespace: x, uid: uid-{name}}}, spec: {{nodeName: {node}}}}}\n"
+    )
+}
+
+fn port(id: &str, description: &str, extra: Value) -> Port {
+    let mut v = json!({"id": id, "name": id, "description": description, "network_id": NET, "mac_address": "fa:16:3e:00:00:01"});
+    for (k, x) in extra.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    from(v)
+}
+
+fn state() -> State {
+    State {
+        read_at: Instant::now(),
+        topology: Topology {
+            network: Some(from(json!({"id": NET}))),
+            subnets: [(
+                "10.0.0.0/16".parse().unwrap(),
+                from(json!({"id": "sub4", "network_id": NET, "cidr": "10.0.0.0/16"})),
+            )]
+            .into(),
+            pools: Default::default(),
+            namespaces: Default::default(),
+            router: from(json!({"id": "r"})),
+            service_subnet: None,
+            external_network: None,
+        },
+        groups: Default::default(),
+        ports: Default::default(),
+        pool: Default::default(),
+        trunks: [("vm-2".to_string(), from(json!({"id": "t2", "port_id": "vm-2-port", "sub_ports": []})))].into(),
+    }
+}
+
+fn shared() -> Projects {
+    [("x".to_string(), None)].into()
+}
+
+fn planned(engine: &PolicyEngine, state: &State, projects: &Projects) -> PortPlan {
+    let security = crate::secgroups::plan(engine, &[Family::V4]);
+    plan(engine.index(), &security, &BTreeMap::new(), projects, state, &config())
+}
+
+#[test]
+fn a_new_pod_on_a_bare_metal_node_gets_a_port_bound_to_the_node() {
+    let p = planned(&cluster(&pod("a", "n1")), &state(), &shared());
+    assert_eq!(p.creates.len(), 1);
+    let new = &p.creates[0];
+    assert_eq!((new.pod.to_string(), new.network.as_str()), ("x/a".to_string(), NET));
+    assert_eq!((new.host.as_deref(), new.trunk.as_deref(), new.uid.as_str()), (Some("n1"), None, "uid-a"));
+    assert_eq!(new.marker, config().marker("pod:x/a"));
+    assert!(p.updates.is_empty() && p.gone.is_empty() && p.to_trunk.is_empty());
+}
+
+#[test]
+fn new_pods_take_free_ports_of_their_nodes_pool_before_new_ones_are_made() {
+    let mut s = state();
+    let key: PoolKey = (Some("n1".into()), NET.into(), None);
+    s.pool.insert(key.clone(), vec![port("free-1", "stacknet:t:pool", json!({"binding:host_id": "n1"}))]);
+    let p = planned(&cluster(&(pod("a", "n1") + &pod("b", "n1"))), &s, &shared());
+    assert_eq!(p.updates.len(), 1, "one free port for two pods");
+    let u = &p.updates[0];
+    assert_eq!((u.port.as_str(), u.from_pool.as_ref()), ("free-1", Some(&key)));
+    assert_eq!(u.changes["name"], json!(u.pod.to_string()));
+    assert_eq!(u.changes["description"], json!(config().marker(&format!("pod:{}", u.pod))));
+    assert_eq!(u.changes["device_id"], json!(format!("uid-{}", u.pod.name)));
+    assert_eq!(p.creates.len(), 1, "the other pod gets a new port");
+    assert_ne!(p.creates[0].pod, u.pod);
+}
+
+#[test]
+fn a_pod_on_a_nested_node_takes_a_subport_of_its_trunk_or_a_new_port_for_it() {
+    let mut s = state();
+    let p = planned(&cluster(&pod("a", "n2")), &s, &shared());
+    let new = &p.creates[0];
+    assert_eq!((new.host.as_deref(), new.trunk.as_deref()), (None, Some("t2")), "bound where its VM is, by Neutron");
+    // A free subport of the trunk: taken in one call.
+    let key: PoolKey = (Some("trunk:t2".into()), NET.into(), None);
+    s.pool.insert(key.clone(), vec![port("sub-1", "stacknet:t:pool", json!({}))]);
+    let p = planned(&cluster(&pod("a", "n2")), &s, &shared());
+    assert!(p.creates.is_empty());
+    assert_eq!(p.updates[0].from_pool, Some(key));
+    assert!(p.to_trunk.is_empty(), "already on the trunk");
+}
+
+#[test]
+fn an_existing_port_changes_only_where_it_differs() {
+    let mut s = state();
+    let marker = config().marker("pod:x/a");
+    s.ports.insert(
+        marker.clone(),
+        port("pa", &marker, json!({"binding:host_id": "n1", "device_id": "uid-a", "security_groups": []})),
+    );
+    let engine = cluster(&pod("a", "n1"));
+    let p = planned(&engine, &s, &shared());
+    assert!(p.creates.is_empty() && p.updates.is_empty() && p.gone.is_empty(), "{:?}", p.updates);
+    assert_eq!(p.current.keys().map(|k| k.to_string()).collect::<Vec<_>>(), ["x/a"]);
+    // Rebound elsewhere behind our back: one update of the binding.
+    s.ports.get_mut(&marker).unwrap().host = Some("n9".into());
+    let p = planned(&engine, &s, &shared());
+    assert_eq!(p.updates.len(), 1);
+    assert_eq!(p.updates[0].changes, json!({"binding:host_id": "n1"}));
+}
+
+#[test]
+fn a_port_of_a_nested_pod_not_yet_on_the_trunk_goes_on_it_without_a_device() {
+    let mut s = state();
+    let marker = config().marker("pod:x/a");
+    s.ports.insert(marker.clone(), port("pa", &marker, json!({"device_id": "uid-a"})));
+    let p = planned(&cluster(&pod("a", "n2")), &s, &shared());
+    assert_eq!(p.to_trunk, [("t2".to_string(), "pa".to_string(), ObjectKey::new("x", "a"))]);
+    assert_eq!(p.updates[0].changes, json!({"device_id": ""}), "Neutron takes only a port with no device");
+    assert_eq!(p.uids[&ObjectKey::new("x", "a")], "uid-a");
+}
+
+#[test]
+fn ports_of_gone_pods_go_and_a_pod_without_a_project_keeps_its_port() {
+    let mut s = state();
+    for name in ["a", "gone"] {
+        let marker = config().marker(&format!("pod:x/{name}"));
+        s.ports.insert(marker.clone(), port(&format!("p-{name}"), &marker, json!({"binding:host_id": "n1"})));
+    }
+    let engine = cluster(&pod("a", "n1"));
+    let p = planned(&engine, &s, &shared());
+    assert_eq!(p.gone.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["p-gone"]);
+    // Its namespace's project cannot be had: no new port, and the old one is not deleted.
+    let p = planned(&engine, &s, &Projects::new());
+    assert!(p.creates.is_empty() && p.updates.is_empty());
+    assert_eq!(p.gone.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["p-gone"]);
+}
+
+#[test]
+fn a_pod_keeps_the_address_it_has_when_one_of_our_subnets_holds_it() {
+    let yaml = "- {apiVersion: v1, kind: Pod, metadata: {name: a, namespace: x}, spec: {nodeName: n1}, status: {podIP: 10.0.3.4}}\n\
+                - {apiVersion: v1, kind: Pod, metadata: {name: b, namespace: x}, spec: {nodeName: n1}, status: {podIP: 192.168.0.4}}\n";
+    let p = planned(&cluster(yaml), &state(), &shared());
+    let fixed: BTreeMap<String, Option<(String, String)>> =
+        p.creates.iter().map(|c| (c.pod.name.clone(), c.fixed.clone())).collect();
+    assert_eq!(fixed["a"], Some(("sub4".to_string(), "10.0.3.4".to_string())));
+    assert_eq!(fixed["b"], None, "an address outside our subnets is not kept");
+}
