@@ -141,7 +141,7 @@ reasons! {
     InvalidNetworkPolicy: "NetworkPolicy",
         "the policy is invalid and is not enforced";
     PolicyWarning: "NetworkPolicy",
-        "the policy is enforced, with a caveat the message names";
+        "the policy is enforced, but a part of it is ignored as the API says (rules of a direction `policyTypes` does not list)";
     SubnetExhausted: "Pod",
         "its node's subnet has no free address; the pod gets no network until another pod on the node goes";
     ClusterCIDRExhausted: "Node",
