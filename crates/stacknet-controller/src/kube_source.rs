@@ -160,50 +160,43 @@ where
 
 /// Watches every kind through `client` until `tx`'s receiver is gone.
 pub async fn run(client: Client, tx: mpsc::Sender<Change>, events: Arc<Events>) {
-    let api = || client.clone();
-    let (t, e) = (|| tx.clone(), || events.clone());
+    // One watcher of kind K, whose objects become T (`from`) wrapped as a ClusterObject.
+    fn each<K, T>(
+        client: &Client,
+        kind: Kind,
+        from: fn(&K) -> Result<T, stacknet_engine::Invalid>,
+        wrap: fn(T) -> ClusterObject,
+        tx: &mpsc::Sender<Change>,
+        events: &Arc<Events>,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+        K::DynamicType: Default,
+        T: 'static,
+    {
+        let convert = move |o: &K, ev: &Events| convert(o, ev, kind, from, wrap);
+        tokio::spawn(watch(Api::<K>::all(client.clone()), kind, convert, tx.clone(), events.clone()))
+    }
+    let (c, t, e) = (&client, &tx, &events);
     let tasks = [
-        tokio::spawn(watch(
-            Api::<core::Namespace>::all(api()),
-            Kind::Namespace,
-            |o, ev| convert(o, ev, Kind::Namespace, Namespace::from_k8s, ClusterObject::Namespace),
-            t(),
-            e(),
-        )),
-        tokio::spawn(watch(
-            Api::<core::Node>::all(api()),
-            Kind::Node,
-            |o, ev| convert(o, ev, Kind::Node, Node::from_k8s, ClusterObject::Node),
-            t(),
-            e(),
-        )),
-        tokio::spawn(watch(
-            Api::<core::Pod>::all(api()),
-            Kind::Pod,
-            |o, ev| convert(o, ev, Kind::Pod, Pod::from_k8s, ClusterObject::Pod),
-            t(),
-            e(),
-        )),
-        tokio::spawn(watch(
-            Api::<core::Service>::all(api()),
-            Kind::Service,
-            |o, ev| convert(o, ev, Kind::Service, Service::from_k8s, ClusterObject::Service),
-            t(),
-            e(),
-        )),
-        tokio::spawn(watch(
-            Api::<discovery::EndpointSlice>::all(api()),
+        each::<core::Namespace, _>(c, Kind::Namespace, Namespace::from_k8s, ClusterObject::Namespace, t, e),
+        each::<core::Node, _>(c, Kind::Node, Node::from_k8s, ClusterObject::Node, t, e),
+        each::<core::Pod, _>(c, Kind::Pod, Pod::from_k8s, ClusterObject::Pod, t, e),
+        each::<core::Service, _>(c, Kind::Service, Service::from_k8s, ClusterObject::Service, t, e),
+        each::<discovery::EndpointSlice, _>(
+            c,
             Kind::EndpointSlice,
-            |o, ev| convert(o, ev, Kind::EndpointSlice, EndpointSlice::from_k8s, ClusterObject::EndpointSlice),
-            t(),
-            e(),
-        )),
+            EndpointSlice::from_k8s,
+            ClusterObject::EndpointSlice,
+            t,
+            e,
+        ),
         tokio::spawn(watch(
-            Api::<networking::NetworkPolicy>::all(api()),
+            Api::<networking::NetworkPolicy>::all(client.clone()),
             Kind::NetworkPolicy,
             network_policy,
-            t(),
-            e(),
+            tx.clone(),
+            events.clone(),
         )),
     ];
     debug_assert_eq!(tasks.len(), KINDS.len());

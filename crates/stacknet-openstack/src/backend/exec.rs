@@ -90,6 +90,27 @@ impl Failures {
     pub fn push(&mut self, problem: Problem) {
         self.problems.push(problem);
     }
+
+    /// Runs `call` on each item ([`concurrently`]); the items whose call succeeded, each with
+    /// its answer. A failure is sorted against the object `of` names for its item.
+    pub async fn each<T, R, Fut>(
+        &mut self,
+        items: impl IntoIterator<Item = T>,
+        of: impl Fn(&T) -> ObjectRef,
+        call: impl FnMut(T) -> Fut,
+    ) -> Result<Vec<(T, R)>, Error>
+    where
+        Fut: Future<Output = (T, Result<R, Error>)>,
+    {
+        let mut done = Vec::new();
+        for (item, r) in concurrently(items, call).await {
+            match r {
+                Ok(answer) => done.push((item, answer)),
+                Err(e) => self.sort(of(&item), e)?,
+            }
+        }
+        Ok(done)
+    }
 }
 
 #[cfg(test)]

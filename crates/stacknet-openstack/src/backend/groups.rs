@@ -13,7 +13,7 @@ use crate::neutron::{self, NewRule, SecurityGroup};
 use crate::secgroups::{Remote, SecurityPlan};
 
 use super::config::NeutronConfig;
-use super::exec::{Failures, concurrently};
+use super::exec::Failures;
 use super::{NeutronBackend, Report};
 
 /// The rules one existing group must gain and lose.
@@ -143,52 +143,50 @@ impl NeutronBackend {
         let c = &self.config;
         let (mut found, missing) = existing(plan, groups, c);
         // New groups: made, stripped of Neutron's default egress rules, tagged.
-        let made = concurrently(missing, |id| async move {
-            let r = async {
-                let g = neutron::create_security_group(&self.cloud, &c.name(&id), &c.marker(&id)).await?;
-                for r in &g.security_group_rules {
-                    neutron::delete(&self.cloud, "security-group-rules", &r.id).await?;
-                }
-                neutron::set_tags(&self.cloud, "security-groups", &g.id, &[c.tag()]).await?;
-                Ok(SecurityGroup { security_group_rules: Vec::new(), tags: vec![c.tag()], ..g })
-            }
-            .await;
-            (id, r)
-        })
-        .await;
-        for (id, r) in made {
-            match r {
-                Ok(g) => {
-                    report.created += 1;
-                    groups.insert(g.description.clone(), g.clone());
-                    found.insert(id, g);
-                }
-                Err(e) => failures.sort(owner_of(plan, &id), e)?,
-            }
-        }
-        let done = concurrently(rule_changes(plan, &found), |change| async move {
-            let r = async {
-                let added = neutron::create_rules(&self.cloud, &change.neutron_id, &change.add).await?;
-                for r in &change.remove {
-                    neutron::delete(&self.cloud, "security-group-rules", r).await?;
-                }
-                Ok(added)
-            }
-            .await;
-            (change, r)
-        })
-        .await;
-        for (change, r) in done {
-            match r {
-                Ok(added) => {
-                    report.created += added.len();
-                    report.deleted += change.remove.len();
-                    for g in groups.get_mut(&change.marker).into_iter().chain(found.get_mut(&change.group)) {
-                        g.security_group_rules.retain(|r| !change.remove.contains(&r.id));
-                        g.security_group_rules.extend(added.iter().cloned());
+        let owner = |id: &String| owner_of(plan, id);
+        let made = failures
+            .each(missing, owner, |id| async move {
+                let r = async {
+                    let g = neutron::create_security_group(&self.cloud, &c.name(&id), &c.marker(&id)).await?;
+                    for r in &g.security_group_rules {
+                        neutron::delete(&self.cloud, "security-group-rules", &r.id).await?;
                     }
+                    neutron::set_tags(&self.cloud, "security-groups", &g.id, &[c.tag()]).await?;
+                    Ok(SecurityGroup { security_group_rules: Vec::new(), tags: vec![c.tag()], ..g })
                 }
-                Err(e) => failures.sort(owner_of(plan, &change.group), e)?,
+                .await;
+                (id, r)
+            })
+            .await?;
+        for (id, g) in made {
+            report.created += 1;
+            groups.insert(g.description.clone(), g.clone());
+            found.insert(id, g);
+        }
+        // Rules: additions first, so that a group is never narrower than both its old and new self.
+        let done = failures
+            .each(
+                rule_changes(plan, &found),
+                |ch| owner_of(plan, &ch.group),
+                |change| async move {
+                    let r = async {
+                        let added = neutron::create_rules(&self.cloud, &change.neutron_id, &change.add).await?;
+                        for r in &change.remove {
+                            neutron::delete(&self.cloud, "security-group-rules", r).await?;
+                        }
+                        Ok(added)
+                    }
+                    .await;
+                    (change, r)
+                },
+            )
+            .await?;
+        for (change, added) in done {
+            report.created += added.len();
+            report.deleted += change.remove.len();
+            for g in groups.get_mut(&change.marker).into_iter().chain(found.get_mut(&change.group)) {
+                g.security_group_rules.retain(|r| !change.remove.contains(&r.id));
+                g.security_group_rules.extend(added.iter().cloned());
             }
         }
         Ok(found)

@@ -19,6 +19,8 @@
 
 mod config;
 mod exec;
+#[cfg(test)]
+mod fixtures;
 mod groups;
 mod namespaces;
 mod pools;

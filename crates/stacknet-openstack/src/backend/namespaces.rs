@@ -203,6 +203,7 @@ impl NeutronBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::fixtures::{self, from};
     use serde_json::json;
     use stacknet_engine::manifest;
 
@@ -212,15 +213,9 @@ mod tests {
         ClusterIndex::from_objects(manifest::parse("ns.yaml", &docs.join("---\n")).unwrap().objects)
     }
 
-    fn from<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
-        serde_json::from_value(v).unwrap()
-    }
-
     fn topology(c: &NeutronConfig, namespaces: &[(&str, &[&str])]) -> Topology {
         let cidr: Cidr = "10.0.0.0/16".parse().unwrap();
         Topology {
-            network: None,
-            subnets: Default::default(),
             pools: [(cidr, from(json!({"id": "pool4", "prefixes": ["10.0.0.0/16"]})))].into(),
             namespaces: namespaces
                 .iter()
@@ -236,9 +231,7 @@ mod tests {
                     (ns.to_string(), NamespaceNetwork { network, subnets })
                 })
                 .collect(),
-            router: from(json!({"id": "r"})),
-            service_subnet: None,
-            external_network: None,
+            ..fixtures::topology(None)
         }
     }
 

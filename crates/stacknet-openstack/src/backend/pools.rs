@@ -345,16 +345,10 @@ impl NeutronBackend {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
-
     use serde_json::json;
 
     use super::*;
-    use crate::backend::topology::Topology;
-
-    fn from<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
-        serde_json::from_value(v).unwrap()
-    }
+    use crate::backend::fixtures::{self, from};
 
     fn config(pool_size: usize) -> NeutronConfig {
         NeutronConfig { pool_size, ..NeutronConfig::new("t", vec!["10.0.0.0/16".parse().unwrap()]) }
@@ -365,22 +359,7 @@ mod tests {
     }
 
     fn state() -> State {
-        State {
-            read_at: Instant::now(),
-            topology: Topology {
-                network: Some(from(json!({"id": "net"}))),
-                subnets: Default::default(),
-                pools: Default::default(),
-                namespaces: Default::default(),
-                router: from(json!({"id": "r"})),
-                service_subnet: None,
-                external_network: None,
-            },
-            groups: Default::default(),
-            ports: Default::default(),
-            pool: Default::default(),
-            trunks: [("vm-2".to_string(), from(json!({"id": "t2", "port_id": "vm-2-port"})))].into(),
-        }
+        fixtures::state(fixtures::topology(Some("net")))
     }
 
     fn node(name: &str, server: Option<&str>, namespaces: &[(&str, Option<&str>)]) -> PoolNode {

@@ -15,7 +15,7 @@ use crate::neutron::{self, NewPort, Port, SecurityGroup};
 use crate::secgroups::SecurityPlan;
 
 use super::config::NeutronConfig;
-use super::exec::{Failures, concurrently};
+use super::exec::Failures;
 use super::projects::Projects;
 use super::state::{PoolKey, State, trunk_pool};
 use super::{NeutronBackend, PodPort, Report};
@@ -213,65 +213,66 @@ impl NeutronBackend {
             report.ports.insert(key.clone(), pod_port(p));
         }
         let mut to_trunk = plan.to_trunk;
-        let made = concurrently(plan.creates, |new| {
-            let owner = owner.clone();
-            async move {
-                let name = new.pod.to_string();
-                let r = async {
-                    let p = neutron::create_port(
-                        &self.cloud,
-                        &NewPort {
-                            network_id: &new.network,
-                            name: &name,
-                            description: &new.marker,
-                            device_owner: &owner,
-                            device_id: if new.trunk.is_some() { "" } else { &new.uid },
-                            host: new.host.as_deref(),
-                            security_groups: new.security_groups.iter().cloned().collect(),
-                            fixed_ip: new.fixed.as_ref().map(|(s, ip)| (s.as_str(), ip.clone())),
-                            project_id: new.project.as_deref(),
-                        },
-                    )
-                    .await?;
-                    // Tagged before it goes on a trunk (its owner is rewritten there).
-                    neutron::set_tags(&self.cloud, "ports", &p.id, &[c.tag()]).await?;
-                    Ok(Port { tags: vec![c.tag()], ..p })
-                }
-                .await;
-                (new, r)
-            }
-        })
-        .await;
-        for (new, r) in made {
-            match r {
-                Ok(p) => {
-                    report.created += 1;
-                    report.ports.insert(new.pod.clone(), pod_port(&p));
-                    if let Some(t) = new.trunk {
-                        to_trunk.push((t, p.id.clone(), new.pod));
+        let pod = |p: &ObjectKey| ObjectRef::pod(p);
+        let made = failures
+            .each(
+                plan.creates,
+                |new| pod(&new.pod),
+                |new| {
+                    let owner = owner.clone();
+                    async move {
+                        let name = new.pod.to_string();
+                        let r = async {
+                            let p = neutron::create_port(
+                                &self.cloud,
+                                &NewPort {
+                                    network_id: &new.network,
+                                    name: &name,
+                                    description: &new.marker,
+                                    device_owner: &owner,
+                                    device_id: if new.trunk.is_some() { "" } else { &new.uid },
+                                    host: new.host.as_deref(),
+                                    security_groups: new.security_groups.iter().cloned().collect(),
+                                    fixed_ip: new.fixed.as_ref().map(|(s, ip)| (s.as_str(), ip.clone())),
+                                    project_id: new.project.as_deref(),
+                                },
+                            )
+                            .await?;
+                            // Tagged before it goes on a trunk (its owner is rewritten there).
+                            neutron::set_tags(&self.cloud, "ports", &p.id, &[c.tag()]).await?;
+                            Ok(Port { tags: vec![c.tag()], ..p })
+                        }
+                        .await;
+                        (new, r)
                     }
-                    state.ports.insert(p.description.clone(), p);
-                }
-                Err(e) => failures.sort(ObjectRef::pod(&new.pod), e)?,
+                },
+            )
+            .await?;
+        for (new, p) in made {
+            report.created += 1;
+            report.ports.insert(new.pod.clone(), pod_port(&p));
+            if let Some(t) = new.trunk {
+                to_trunk.push((t, p.id.clone(), new.pod));
             }
+            state.ports.insert(p.description.clone(), p);
         }
-        let changed = concurrently(plan.updates, |u| async move {
-            let r = neutron::update_port(&self.cloud, &u.port, u.changes.clone()).await;
-            (u, r)
-        })
-        .await;
-        for (u, r) in changed {
-            match r {
-                Ok(p) => {
-                    report.updated += 1;
-                    if let Some(key) = &u.from_pool {
-                        state.take_free(key, &p.id);
-                    }
-                    report.ports.insert(u.pod, pod_port(&p));
-                    state.ports.insert(p.description.clone(), p);
-                }
-                Err(e) => failures.sort(ObjectRef::pod(&u.pod), e)?,
+        let changed = failures
+            .each(
+                plan.updates,
+                |u| pod(&u.pod),
+                |u| async move {
+                    let r = neutron::update_port(&self.cloud, &u.port, u.changes.clone()).await;
+                    (u, r)
+                },
+            )
+            .await?;
+        for (u, p) in changed {
+            report.updated += 1;
+            if let Some(key) = &u.from_pool {
+                state.take_free(key, &p.id);
             }
+            report.ports.insert(u.pod, pod_port(&p));
+            state.ports.insert(p.description.clone(), p);
         }
         let mut by_trunk: BTreeMap<String, Vec<(String, ObjectRef)>> = BTreeMap::new();
         for (trunk, port, key) in &to_trunk {
@@ -288,18 +289,19 @@ impl NeutronBackend {
             .filter(|(uid, _, _)| !uid.is_empty())
             .map(|(uid, key, port)| (key, port, uid))
             .collect();
-        let changed = concurrently(owned, |(key, id, uid)| async move {
-            (key, neutron::update_port(&self.cloud, &id, json!({"device_id": uid})).await)
-        })
-        .await;
-        for (key, r) in changed {
-            match r {
-                Ok(p) => {
-                    report.ports.insert(key, pod_port(&p));
-                    state.ports.insert(p.description.clone(), p);
-                }
-                Err(e) => failures.sort(ObjectRef::pod(&key), e)?,
-            }
+        let changed = failures
+            .each(
+                owned,
+                |(key, _, _)| pod(key),
+                |(key, id, uid)| async move {
+                    let r = neutron::update_port(&self.cloud, &id, json!({"device_id": uid})).await;
+                    ((key, id, uid), r)
+                },
+            )
+            .await?;
+        for ((key, _, _), p) in changed {
+            report.ports.insert(key, pod_port(&p));
+            state.ports.insert(p.description.clone(), p);
         }
         for (p, r) in self.delete_ports(&self.cloud, state, plan.gone).await {
             match r {

@@ -1,19 +1,13 @@
 //! The ports' plan against a Neutron state built in memory: no cloud.
 
-use std::time::Instant;
-
 use serde_json::json;
 use stacknet_engine::{PolicyEngine, manifest};
 
 use super::*;
-use crate::backend::topology::Topology;
+use crate::backend::fixtures::{self, from};
 use crate::secgroups::Family;
 
 const NET: &str = "net-pods";
-
-fn from<T: serde::de::DeserializeOwned>(v: Value) -> T {
-    serde_json::from_value(v).unwrap()
-}
 
 fn config() -> NeutronConfig {
     NeutronConfig::new("t", vec!["10.0.0.0/16".parse().unwrap()])
@@ -48,26 +42,10 @@ fn port(id: &str, description: &str, extra: Value) -> Port {
 }
 
 fn state() -> State {
-    State {
-        read_at: Instant::now(),
-        topology: Topology {
-            network: Some(from(json!({"id": NET}))),
-            subnets: [(
-                "10.0.0.0/16".parse().unwrap(),
-                from(json!({"id": "sub4", "network_id": NET, "cidr": "10.0.0.0/16"})),
-            )]
-            .into(),
-            pools: Default::default(),
-            namespaces: Default::default(),
-            router: from(json!({"id": "r"})),
-            service_subnet: None,
-            external_network: None,
-        },
-        groups: Default::default(),
-        ports: Default::default(),
-        pool: Default::default(),
-        trunks: [("vm-2".to_string(), from(json!({"id": "t2", "port_id": "vm-2-port", "sub_ports": []})))].into(),
-    }
+    let mut s = fixtures::state(fixtures::topology(Some(NET)));
+    let subnet = from(json!({"id": "sub4", "network_id": NET, "cidr": "10.0.0.0/16"}));
+    s.topology.subnets.insert("10.0.0.0/16".parse().unwrap(), subnet);
+    s
 }
 
 fn shared() -> Projects {
