@@ -8,10 +8,12 @@
 mod chassis;
 pub mod openstack;
 mod ovn;
+mod require;
 
 pub use chassis::{Chassis, Netns};
 pub use openstack::{OpenStack, OpenStackOptions};
 pub use ovn::{DbServer, Ovn, TraceVerdict, Workdir};
+pub use require::{Need, OVN_PACKAGES, require};
 
 use std::path::PathBuf;
 

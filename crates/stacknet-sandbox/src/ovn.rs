@@ -18,7 +18,7 @@ pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Erro
 pub(crate) fn missing(program: &str, e: &std::io::Error) -> Option<Error> {
     (e.kind() == std::io::ErrorKind::NotFound).then(|| Error::Missing {
         program: program.into(),
-        hint: "apt-get install ovn-central ovn-host openvswitch-switch".into(),
+        hint: format!("apt-get install -y {}", crate::OVN_PACKAGES),
     })
 }
 

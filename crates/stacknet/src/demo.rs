@@ -174,6 +174,10 @@ pub fn run(args: DemoArgs) -> Result<bool, crate::Failure> {
             args.example.display()
         )));
     }
+    use stacknet_sandbox::Need;
+    // Before anything starts: what the machine lacks, and the command that installs it.
+    stacknet_sandbox::require(&[Need::Root, Need::Ovn, Need::Chassis])
+        .map_err(|m| crate::Failure::Other(anyhow::anyhow!("stacknet demo {m}")))?;
     let plugin = crate::sandbox::find_plugin(args.cni.clone()).map_err(|e| crate::Failure::Input(e.to_string()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

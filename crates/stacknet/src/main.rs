@@ -76,7 +76,6 @@ enum Dataplane {
     Live,
 }
 
-/// A failure and the exit status it maps to.
 /// Daemons log to stderr; `STACKNET_LOG` filters (default `info`).
 fn init_logging() {
     let mut filter = tracing_subscriber::EnvFilter::try_from_env("STACKNET_LOG")
@@ -90,6 +89,7 @@ fn init_logging() {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
+/// A failure and the exit status it maps to.
 enum Failure {
     /// Bad input: exit 2.
     Input(String),
@@ -192,6 +192,13 @@ fn live(
 }
 
 fn reach_command(args: ReachArgs) -> Result<(), Failure> {
+    use stacknet_sandbox::Need;
+    let (needs, dataplane): (&[Need], &str) = match args.dataplane {
+        Dataplane::OvnTrace => (&[Need::Ovn], "ovn-trace"),
+        Dataplane::Live => (&[Need::Root, Need::Ovn, Need::Chassis], "live"),
+        _ => (&[], ""),
+    };
+    stacknet_sandbox::require(needs).map_err(|m| Failure::Other(anyhow::anyhow!("--dataplane {dataplane} {m}")))?;
     let plugin = match args.dataplane {
         Dataplane::Live => Some(sandbox::find_plugin(args.cni.clone()).map_err(Failure::Other)?),
         _ => None,

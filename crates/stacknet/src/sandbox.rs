@@ -127,6 +127,9 @@ pub fn run(cmd: SandboxCommand) -> anyhow::Result<bool> {
 }
 
 fn up(args: UpArgs) -> anyhow::Result<()> {
+    use stacknet_sandbox::Need;
+    stacknet_sandbox::require(&[Need::Root, Need::Ovn, Need::Chassis])
+        .map_err(|m| anyhow::anyhow!("stacknet sandbox up {m}"))?;
     let dir = std::path::absolute(&args.dir.dir)?;
     if let Some(state) = read_state(&dir)? {
         let running: Vec<String> =
