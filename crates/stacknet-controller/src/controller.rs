@@ -263,9 +263,9 @@ impl<B: Backend> Controller<B> {
         }
     }
 
-    /// One reconcile, its outcome reported (problems as Events, figures as metrics);
-    /// `Err`: why it failed.
-    async fn reconcile(&mut self) -> Result<(), String> {
+    /// One reconcile, its outcome reported (problems as Events, figures as metrics, a
+    /// failure as an Event on the cluster).
+    async fn reconcile(&mut self) -> Result<(), Failure> {
         let started = Instant::now();
         let metrics = self.observed.metrics.clone();
         let index = self.engine.index();
@@ -294,7 +294,7 @@ impl<B: Backend> Controller<B> {
                 metrics.reconciles_failed.fetch_add(1, Ordering::Relaxed);
                 metrics.transaction_errors.fetch_add(failure.failed_transactions, Ordering::Relaxed);
                 self.observed.events.warn(&self.cluster, failure.reason, &failure.message);
-                Err(failure.message)
+                Err(failure)
             }
         }
     }
@@ -409,8 +409,8 @@ impl<B: Backend> Controller<B> {
                             health.set_ready(true, "");
                             self.record_ports_up();
                         }
-                        Err(message) => {
-                            health.set_ready(false, &message);
+                        Err(failure) => {
+                            health.set_ready(false, &failure.message);
                             burst = burst.or_else(|| extend(None));
                             retry_at = Some(Instant::now() + backoff);
                             backoff = (backoff * 2).min(pace.retry_max);
