@@ -11,6 +11,7 @@ use stacknet_controller::manifests::{ManifestSource, SOURCE};
 use stacknet_controller::{Controller, ControllerConfig, Observed};
 use stacknet_engine::{ObjectRef, Reason};
 use stacknet_sandbox::Ovn;
+use stacknet_testsupport::http::{get, get_blocking};
 use tokio::sync::oneshot;
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -92,22 +93,14 @@ fn rows(ovn: &Ovn, table: &str, columns: &str) -> BTreeMap<String, Vec<String>> 
         .collect()
 }
 
-async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while !f() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn until(what: &str, ready: impl FnMut() -> bool) {
+    stacknet_testsupport::until(what, DEADLINE, ready).await
 }
 
-async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.unwrap();
-    let code = body.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (code, body.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
+/// The status and body of a GET of one of the controller's endpoints.
+async fn endpoint(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let a = get(addr, path).await.unwrap_or_else(|| panic!("no answer from {addr}{path}"));
+    (a.status, a.body)
 }
 
 fn pod_addresses(ovn: &Ovn) -> BTreeMap<String, String> {
@@ -126,11 +119,11 @@ async fn the_network_follows_the_folder_and_a_restart_writes_nothing() {
     let c = start(&ovn, dir.path()).await;
     // The endpoints serve before the loop runs; /healthz turns 200 once it does.
     until("alive", || c.observed.health.alive.load(Ordering::SeqCst)).await;
-    assert_eq!(get(c.addr, "/healthz").await.0, 200);
+    assert_eq!(endpoint(c.addr, "/healthz").await.0, 200);
 
     until("six pod ports", || pod_addresses(&ovn).len() == 6).await;
     until("ready", || c.observed.health.ready.load(Ordering::SeqCst)).await;
-    assert_eq!(get(c.addr, "/readyz").await.0, 200);
+    assert_eq!(endpoint(c.addr, "/readyz").await.0, 200);
     // IPAM: node-1 got the first /24, node-2 the second; pods the lowest addresses after the gateway.
     let addrs = pod_addresses(&ovn);
     assert_eq!(addrs["t1_shop_p0"], "0a:58:0a:f4:00:02 10.244.0.2", "{addrs:?}");
@@ -162,7 +155,7 @@ async fn the_network_follows_the_folder_and_a_restart_writes_nothing() {
     assert_eq!(m.transactions.load(Ordering::Relaxed), 0, "a restart with nothing changed writes nothing");
     assert!(m.reconciles_ok.load(Ordering::Relaxed) >= 1);
     assert_eq!(pod_addresses(&ovn), before);
-    let (code, text) = get(c.addr, "/metrics").await;
+    let (code, text) = endpoint(c.addr, "/metrics").await;
     assert_eq!(code, 200);
     for name in [
         "stacknet_reconcile_duration_seconds_count",
@@ -213,11 +206,13 @@ async fn a_bad_file_is_reported_and_changes_nothing() {
         "{}",
         cluster.message
     );
+    // Nothing may be written for them: no condition to wait on, so a window (the folder is
+    // polled every 50 ms, a write would show well within 300 ms).
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(ovn.nbctl(&["--bare", "--columns=_uuid,match", "find", "ACL"]).unwrap(), acls);
     assert_eq!(pod_addresses(&ovn), ports);
     assert_eq!(c.observed.metrics.transactions.load(Ordering::Relaxed), txns, "nothing written");
-    let (_, events) = get(c.addr, "/events").await;
+    let (_, events) = endpoint(c.addr, "/events").await;
     assert!(events.contains("Warning InvalidManifest file policy.yaml"), "{events}");
 
     // Fixed: the network follows again.
@@ -255,10 +250,11 @@ async fn bursts_coalesce_and_exhaustion_is_an_event() {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(ManifestSource::new(dir2.path(), Duration::from_millis(50), observed.events.clone()).unwrap().run(tx));
     let task = tokio::spawn(controller.run(rx, std::future::pending()));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (code, body) = get(addr, "/readyz").await;
-    assert_eq!(code, 503);
-    assert!(body.contains("Northbound"), "{body}");
+    until("an OvnUnreachable event", || !observed.events.with_reason(Reason::OvnUnreachable).is_empty()).await;
+    until("/readyz: 503, naming the Northbound database", || {
+        get_blocking(addr, "/readyz").is_some_and(|a| a.status == 503 && a.body.contains("Northbound"))
+    })
+    .await;
     task.abort();
 }
 
