@@ -16,10 +16,8 @@ pub struct Invocation<'a> {
     pub netns: &'a Path,
     /// `CNI_ARGS` (see [`pod_args`]).
     pub args: Option<String>,
-    /// The network configuration; [`config`] when `None`.
-    pub config: Option<&'a str>,
-    /// Where the agent listens (for the default configuration).
-    pub agent_socket: &'a Path,
+    /// The network configuration (see [`config`]).
+    pub config: String,
 }
 
 /// What the plugin answered.
@@ -57,8 +55,7 @@ pub fn run(plugin: &Path, call: &Invocation<'_>) -> Outcome {
         c.env("CNI_ARGS", args);
     }
     let mut child = c.spawn().unwrap_or_else(|e| panic!("{}: {e}", plugin.display()));
-    let config = call.config.map(str::to_string).unwrap_or_else(|| config(call.agent_socket));
-    child.stdin.take().expect("stdin").write_all(config.as_bytes()).expect("the plugin reads its configuration");
+    child.stdin.take().expect("stdin").write_all(call.config.as_bytes()).expect("the plugin reads its configuration");
     let out = child.wait_with_output().expect("the plugin ends");
     let text = String::from_utf8_lossy(&out.stdout);
     let stdout = if text.trim().is_empty() {
