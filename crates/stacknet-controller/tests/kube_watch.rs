@@ -378,6 +378,17 @@ fn pod(name: &str, tier: &str) -> Value {
         "status": {"phase": "Running"}})
 }
 
+/// An API server holding namespace `shop`, node `n1` and `pods` (name, tier) on it.
+async fn shop(pods: &[(&str, &str)]) -> ApiServer {
+    let api = ApiServer::start().await;
+    api.apply(namespace("shop"));
+    api.apply(node("n1"));
+    for (name, tier) in pods {
+        api.apply(pod(name, tier));
+    }
+    api
+}
+
 fn policy() -> Value {
     json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
         "metadata": {"name": "db", "namespace": "shop", "uid": "np-db"},
@@ -408,11 +419,7 @@ async fn until(what: &str, ready: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_network_follows_the_watch_through_bookmarks_drops_and_410() {
-    let api = ApiServer::start().await;
-    api.apply(namespace("shop"));
-    api.apply(node("n1"));
-    api.apply(pod("a", "web"));
-    api.apply(pod("b", "db"));
+    let api = shop(&[("a", "web"), ("b", "db")]).await;
     api.apply(policy());
 
     let ovn = Ovn::nb_only().unwrap();
@@ -541,10 +548,7 @@ async fn real_cluster_from_kubeconfig_lists_every_kind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_one_writes_and_the_standby_takes_over() {
     use stacknet_controller::leader::{self, LeaseConfig};
-    let api = ApiServer::start().await;
-    api.apply(namespace("shop"));
-    api.apply(node("n1"));
-    api.apply(pod("a", "web"));
+    let api = shop(&[("a", "web")]).await;
     let ovn = Ovn::nb_only().unwrap();
 
     struct Replica {

@@ -72,6 +72,17 @@ async fn start(ovn: &Ovn, dir: &Path) -> Running {
     Running { observed, addr, stop: Some(stop), task }
 }
 
+/// A folder holding `files` (name, content) and a controller on it, ready.
+async fn ready_on(ovn: &Ovn, files: &[(&str, &str)]) -> (tempfile::TempDir, Running) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let c = start(ovn, dir.path()).await;
+    until("ready", || c.observed.health.ready.load(Ordering::SeqCst)).await;
+    (dir, c)
+}
+
 /// `ovn-nbctl` rows of `table` carrying our cluster id, as name → (column → value).
 fn rows(ovn: &Ovn, table: &str, columns: &str) -> BTreeMap<String, Vec<String>> {
     let out = ovn
@@ -181,11 +192,7 @@ async fn the_network_follows_the_folder_and_a_restart_writes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_file_is_reported_and_changes_nothing() {
     let ovn = Ovn::with_northd().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("cluster.yaml"), nodes_and_pods(2)).unwrap();
-    std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
-    let c = start(&ovn, dir.path()).await;
-    until("ready", || c.observed.health.ready.load(Ordering::SeqCst)).await;
+    let (dir, c) = ready_on(&ovn, &[("cluster.yaml", &nodes_and_pods(2)), ("policy.yaml", POLICY)]).await;
     let acls = ovn.nbctl(&["--bare", "--columns=_uuid,match", "find", "ACL"]).unwrap();
     let ports = pod_addresses(&ovn);
     let txns = c.observed.metrics.transactions.load(Ordering::Relaxed);
@@ -225,10 +232,7 @@ async fn a_bad_file_is_reported_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bursts_coalesce_and_exhaustion_is_an_event() {
     let ovn = Ovn::nb_only().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("cluster.yaml"), nodes_and_pods(1000)).unwrap();
-    let c = start(&ovn, dir.path()).await;
-    until("ready", || c.observed.health.ready.load(Ordering::SeqCst)).await;
+    let (_dir, c) = ready_on(&ovn, &[("cluster.yaml", &nodes_and_pods(1000))]).await;
     // 1,000 pods arrive as 1,000 changes: a handful of transactions.
     let txns = c.observed.metrics.transactions.load(Ordering::Relaxed);
     assert!((1..=3).contains(&txns), "{txns} transactions for a burst of 1,000 pods");
@@ -261,11 +265,7 @@ async fn bursts_coalesce_and_exhaustion_is_an_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_with_a_thousand_pods_writes_nothing_and_deletes_no_acl() {
     let ovn = Ovn::nb_only().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("cluster.yaml"), spread(1000, 5)).unwrap();
-    std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
-    let c = start(&ovn, dir.path()).await;
-    until("ready", || c.observed.health.ready.load(Ordering::SeqCst)).await;
+    let (dir, c) = ready_on(&ovn, &[("cluster.yaml", &spread(1000, 5)), ("policy.yaml", POLICY)]).await;
     assert!(c.observed.events.all().is_empty(), "{:?}", c.observed.events.all());
     let ports = pod_addresses(&ovn);
     assert_eq!(ports.len(), 1000);
@@ -284,10 +284,7 @@ async fn restart_with_a_thousand_pods_writes_nothing_and_deletes_no_acl() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_on_a_node_switch_keeps_its_address_and_its_port() {
     let ovn = Ovn::nb_only().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("cluster.yaml"), nodes_and_pods(0)).unwrap();
-    let c = start(&ovn, dir.path()).await;
-    until("ready", || c.observed.health.ready.load(Ordering::SeqCst)).await;
+    let (dir, c) = ready_on(&ovn, &[("cluster.yaml", &nodes_and_pods(0))]).await;
     // An operator plugs a VM into node-1's switch, on the address IPAM would hand out next.
     ovn.nbctl(&["lsp-add", "t1_node-1", "vm-db", "--", "lsp-set-addresses", "vm-db", "0a:00:00:00:00:99 10.244.0.2"])
         .unwrap();
