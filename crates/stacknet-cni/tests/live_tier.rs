@@ -76,6 +76,6 @@ async fn generated_cases_on_a_real_node() {
         cases = generated::single_policy_cases().into_iter().filter(|c| c.name.contains(&only)).collect();
     }
     let mut live = Live::start("livegen", plugin()).await.unwrap();
-    let verdicts = run(format!("generated ({} cases), decided live", cases.len()), &mut live, &cases).await;
+    run(format!("generated ({} cases), decided live", cases.len()), &mut live, &cases).await;
     live.shutdown().await.unwrap();
 }

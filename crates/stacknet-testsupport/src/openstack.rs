@@ -4,7 +4,7 @@
 //! (shared by every test of a binary), which is never dropped.
 
 use std::os::unix::process::CommandExt;
-use std::process::{ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 
 use serde_json::Value;
 use stacknet_openstack::{Cloud, CloudSource};
@@ -55,12 +55,13 @@ pub fn neutron_status(cloud: &OpenStack, path: &str) -> u16 {
 /// Stops a cloud's daemons and removes its directory when this test process ends, however it
 /// ends (even killed), as dropping the cloud would: SIGTERM to every daemon's process group
 /// (OVN's daemons by PID), up to 10 s for them to go, then SIGKILL. For a cloud in a static,
-/// which Rust never drops (dropping this value stops the cloud too). A watcher process of its own (not in the test's process group, so
+/// which Rust never drops (dropping this value stops the cloud, and waits for that). A watcher process of its own (not in the test's process group, so
 /// that Ctrl-C leaves it be) waits for the end of a pipe only this process holds open.
 #[derive(Debug)]
 pub struct StopAtExit {
-    /// Closed by the kernel when the process ends: the watcher's cue.
-    _pipe: ChildStdin,
+    /// Closed by the kernel when the process ends (or by `drop`): the watcher's cue.
+    pipe: Option<ChildStdin>,
+    watcher: Child,
 }
 
 /// The watcher: blocks until its stdin closes, then stops `$STOP_GROUPS` and `$STOP_PIDS`, removes `$STOP_DIR`.
@@ -99,6 +100,13 @@ impl StopAtExit {
             .stderr(Stdio::null())
             .spawn()
             .expect("sh starts");
-        StopAtExit { _pipe: watcher.stdin.take().expect("the watcher's stdin") }
+        StopAtExit { pipe: Some(watcher.stdin.take().expect("the watcher's stdin")), watcher }
+    }
+}
+
+impl Drop for StopAtExit {
+    fn drop(&mut self) {
+        self.pipe.take();
+        let _ = self.watcher.wait();
     }
 }

@@ -51,5 +51,5 @@ async fn generated_cases_under_ovn_trace() {
     let mut cases: Vec<Scenario> = singles.into_iter().step_by(step).collect();
     cases.extend(generated::mixed_cases(if all { 300 } else { 6 }, 0x5eed_2026));
     let mut trace = OvnTrace::start("generated").unwrap();
-    let verdicts = run(format!("generated ({} cases) under ovn-trace", cases.len()), &mut trace, &cases).await;
+    run(format!("generated ({} cases) under ovn-trace", cases.len()), &mut trace, &cases).await;
 }
