@@ -4,6 +4,7 @@
 //! (shared by every test of a binary), which is never dropped.
 
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 
 use serde_json::Value;
@@ -53,10 +54,11 @@ pub fn neutron_status(cloud: &OpenStack, path: &str) -> u16 {
 }
 
 /// Stops a cloud's daemons and removes its directory when this test process ends, however it
-/// ends (even killed), as dropping the cloud would: SIGTERM to every daemon's process group
-/// (OVN's daemons by PID), up to 10 s for them to go, then SIGKILL. For a cloud in a static,
-/// which Rust never drops (dropping this value stops the cloud, and waits for that). A watcher process of its own (not in the test's process group, so
-/// that Ctrl-C leaves it be) waits for the end of a pipe only this process holds open.
+/// ends (even killed): for a cloud in a static, which Rust never drops (dropping this value
+/// stops the cloud too, and waits for that). A watcher process of its own (not in the test's
+/// process group, so that Ctrl-C leaves it be) waits for the end of a pipe only this process
+/// holds open, then SIGKILLs every daemon's process group (OVN's daemons by PID) at once:
+/// nothing of the cloud is kept, so none needs a clean stop.
 #[derive(Debug)]
 pub struct StopAtExit {
     /// Closed by the kernel when the process ends (or by `drop`): the watcher's cue.
@@ -64,12 +66,13 @@ pub struct StopAtExit {
     watcher: Child,
 }
 
-/// The watcher: blocks until its stdin closes, then stops `$STOP_GROUPS` and `$STOP_PIDS`, removes `$STOP_DIR`.
+/// The watcher: blocks until its stdin closes, kills `$STOP_GROUPS` and `$STOP_PIDS`, waits
+/// (10 s at most) for them to be gone, removes `$STOP_DIR`.
 const WATCHER: &str = r#"
 trap '' HUP INT
 read -r _ || true
-for g in $STOP_GROUPS; do kill -CONT -$g; kill -TERM -$g; done 2>/dev/null
-for p in $STOP_PIDS; do kill -TERM $p; done 2>/dev/null
+for g in $STOP_GROUPS; do kill -KILL -$g; done 2>/dev/null
+for p in $STOP_PIDS; do kill -KILL $p; done 2>/dev/null
 i=0
 while [ $i -lt 100 ]; do
   alive=
@@ -79,21 +82,24 @@ while [ $i -lt 100 ]; do
   sleep 0.1
   i=$((i + 1))
 done
-for g in $STOP_GROUPS; do kill -KILL -$g; done 2>/dev/null
-for p in $STOP_PIDS; do kill -KILL $p; done 2>/dev/null
 rm -rf "$STOP_DIR"
 "#;
 
 impl StopAtExit {
+    /// For `cloud`'s daemons and directory.
     pub fn new(cloud: &OpenStack) -> StopAtExit {
-        let words = |ids: Vec<u32>| ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
-        let groups = words(cloud.daemons().into_iter().map(|(_, g)| g).collect());
-        let pids = words(cloud.ovn.pids());
+        let groups: Vec<u32> = cloud.daemons().into_iter().map(|(_, g)| g).collect();
+        StopAtExit::of(&groups, &cloud.ovn.pids(), cloud.dir())
+    }
+
+    /// For the process groups `groups`, the processes `pids` and the directory `dir`.
+    pub fn of(groups: &[u32], pids: &[u32], dir: &Path) -> StopAtExit {
+        let words = |ids: &[u32]| ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
         let mut watcher = Command::new("sh")
             .args(["-c", WATCHER])
-            .env("STOP_GROUPS", groups)
-            .env("STOP_PIDS", pids)
-            .env("STOP_DIR", cloud.dir())
+            .env("STOP_GROUPS", words(groups))
+            .env("STOP_PIDS", words(pids))
+            .env("STOP_DIR", dir)
             .process_group(0)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -108,5 +114,37 @@ impl Drop for StopAtExit {
     fn drop(&mut self) {
         self.pipe.take();
         let _ = self.watcher.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Alive: present and not a zombie (an orphan's reaper may be late).
+    fn running(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')))
+            .unwrap_or(false)
+    }
+
+    #[test]
+    fn the_watcher_kills_the_groups_and_removes_the_directory_once_its_pipe_closes() {
+        let dir = tempfile::tempdir().unwrap().keep();
+        std::fs::write(dir.join("state"), "x").unwrap();
+        // A daemon as the sandbox starts one: a process group of its own, not our child.
+        let out = Command::new("setsid").args(["sh", "-c", "sleep 600 >/dev/null 2>&1 & echo $!"]).output().unwrap();
+        let pid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        let group = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let group: u32 = group.rsplit_once(')').unwrap().1.split_whitespace().nth(2).unwrap().parse().unwrap();
+        assert!(running(pid));
+        let stop = StopAtExit::of(&[group], &[], &dir);
+        // A window for the negative: nothing may happen while the pipe is open.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(running(pid) && dir.exists(), "the watcher waits for the pipe to close");
+        drop(stop);
+        assert!(!running(pid), "the daemon outlived the watcher");
+        assert!(!dir.exists(), "{} left behind", dir.display());
     }
 }
