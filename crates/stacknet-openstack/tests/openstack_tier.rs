@@ -248,8 +248,8 @@ fn engine_of(world: &World, extra: &str) -> PolicyEngine {
     engine
 }
 
-/// A backend for cluster `cluster` (each test has its own: none sees another's objects) with
-/// the pods of [`World::full`] on its pod network.
+/// A backend for cluster `cluster` (each test has its own: none sees another's objects), its
+/// pod network holding [`World::full`]'s addresses, its Services on 10.96.0.0/12.
 fn backend(session: &Cloud, cluster: &str) -> NeutronBackend {
     let config = NeutronConfig {
         service_cidr: Some("10.96.0.0/12".parse().unwrap()),
