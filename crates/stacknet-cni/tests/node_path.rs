@@ -2,28 +2,22 @@
 //! database, ovs-vswitchd (userspace datapath) and ovn-controller; pods are network
 //! namespaces wired by `stacknet-cni`, invoked exactly as a container runtime invokes it.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use stacknet_engine::{ClusterIndex, PolicyEngine, manifest};
 use stacknet_node::agent::{Agent, AgentConfig};
 use stacknet_ovn::{OvnBackend, Topology, build};
 use stacknet_sandbox::{Chassis, Netns, Ovn};
+use stacknet_testsupport::cni::{Invocation, Outcome, pod_args};
+use stacknet_testsupport::netns::{serve_in, unique};
+use stacknet_testsupport::{until, until_some};
 
 const CLUSTER: &str = "cnitest";
-
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-/// A namespace name unique to this test process and call.
-fn unique(tag: &str) -> String {
-    format!("sn{}-{}-{}", std::process::id() % 100_000, COUNTER.fetch_add(1, Ordering::SeqCst), tag)
-}
 
 struct Node {
     ovn: Ovn,
@@ -70,54 +64,24 @@ async fn node_with(pods_yaml: &str, topology: impl FnOnce(Topology) -> Topology)
     let agent = tokio::spawn(async move {
         let _ = agent.serve(&s).await;
     });
-    // The socket exists once the agent listens.
-    for _ in 0..500 {
-        if socket.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until("the agent listening", Duration::from_secs(5), || socket.exists()).await;
     Node { ovn, chassis, socket, _dir: dir, agent }
 }
 
-struct Invocation {
-    code: Option<i32>,
-    stdout: Value,
-}
-
-/// Runs the plugin as a runtime does: CNI_* environment, network configuration on stdin.
+/// Runs the plugin as a runtime does, for `pod` (namespace, name, UID) with the agent at
+/// `socket`, or with network configuration `stdin`.
 fn cni(
-    cmd: &str,
+    command: &str,
     container: &str,
     netns: &Path,
     pod: Option<(&str, &str, &str)>,
     socket: &Path,
     stdin: Option<&str>,
-) -> Invocation {
-    let conf = json!({"cniVersion": "1.1.0", "name": "stacknet", "type": "stacknet-cni", "agentSocket": socket, "timeoutSeconds": 30}).to_string();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_stacknet-cni"));
-    c.env_clear()
-        .env("CNI_COMMAND", cmd)
-        .env("CNI_CONTAINERID", container)
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/opt/cni/bin")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some((ns, name, uid)) = pod {
-        c.env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_UID={uid}"));
-    }
-    let mut child = c.spawn().unwrap();
-    child.stdin.take().unwrap().write_all(stdin.unwrap_or(&conf).as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let stdout = if text.trim().is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
-    };
-    Invocation { code: out.status.code(), stdout }
+) -> Outcome {
+    let args = pod.map(|(ns, name, uid)| pod_args(ns, name, uid));
+    let config = stdin.map_or_else(|| stacknet_testsupport::cni::config(socket), str::to_string);
+    let call = Invocation { command, container, netns, args, config };
+    stacknet_testsupport::cni::run(Path::new(env!("CARGO_BIN_EXE_stacknet-cni")), &call)
 }
 
 fn ip(args: &[&str]) -> String {
@@ -125,26 +89,9 @@ fn ip(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A TCP listener inside `netns`, answering every connection with `reply`.
-fn serve_in(netns: &Path, addr: SocketAddr, reply: &'static [u8]) {
-    let l: TcpListener = stacknet_node::netns::run_in(netns, move || TcpListener::bind(addr)).unwrap().unwrap();
-    std::thread::spawn(move || {
-        for mut s in l.incoming().flatten() {
-            let _ = s.write_all(reply);
-        }
-    });
-}
-
 /// Connects from inside `netns`; the bytes read, or the error.
 fn connect_from(netns: &Path, addr: SocketAddr) -> Result<Vec<u8>, String> {
-    stacknet_node::netns::run_in(netns, move || {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
-        Ok(buf)
-    })
-    .unwrap()
+    stacknet_testsupport::netns::connect_from(netns, addr, Duration::from_secs(3))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,16 +258,10 @@ async fn ovs_down_fails_cleanly_and_gc_removes_only_ours() {
     n.chassis.ovs.restart().unwrap();
 
     // Back up: ADD works; GC with an empty list removes our attachment, not the foreign port.
-    let mut ok = None;
-    for _ in 0..50 {
-        let r = cni("ADD", c1, &ns.path(), Some(("x", "a", "uid-a")), &n.socket, None);
-        if r.code == Some(0) {
-            ok = Some(r);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ok.is_some(), "ADD after OVS came back");
+    until_some("ADD working after OVS came back", Duration::from_secs(5), async || {
+        Some(cni("ADD", c1, &ns.path(), Some(("x", "a", "uid-a")), &n.socket, None)).filter(|r| r.code == Some(0))
+    })
+    .await;
     let gc = json!({"cniVersion": "1.1.0", "name": "stacknet", "type": "stacknet-cni", "agentSocket": n.socket, "cni.dev/valid-attachments": []}).to_string();
     let r = cni("GC", "", Path::new(""), None, &n.socket, Some(&gc));
     assert_eq!(r.code, Some(0), "{}", r.stdout);

@@ -4,19 +4,18 @@
 //! stacknet-cni through each node's agent; real TCP across the tunnel, and a NetworkPolicy
 //! that holds across it.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
 use stacknet_engine::{ClusterIndex, PolicyEngine, manifest};
 use stacknet_node::agent::{Agent, AgentConfig};
-use stacknet_node::netns::run_in;
 use stacknet_ovn::{OvnBackend, Topology, build};
 use stacknet_sandbox::{Chassis, Netns, Ovn};
+use stacknet_testsupport::cni::{Invocation, pod_args};
+use stacknet_testsupport::netns::{serve_in, unique};
+use stacknet_testsupport::until;
 
 const CLUSTER: &str = "two";
 
@@ -57,43 +56,18 @@ fn agent(chassis: &Chassis, nb: &str, dir: &Path) -> PathBuf {
     socket
 }
 
+/// CNI ADD of `pod` (namespace, name, UID) in `netns`, through the agent at `socket`.
 fn add(socket: &Path, container: &str, netns: &Netns, pod: (&str, &str, &str)) {
-    let conf =
-        json!({"cniVersion": "1.1.0", "name": "stacknet", "type": "stacknet-cni", "agentSocket": socket}).to_string();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_stacknet-cni"))
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", container)
-        .env("CNI_NETNS", netns.path())
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/opt/cni/bin")
-        .env("CNI_ARGS", format!("K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_UID={}", pod.0, pod.1, pod.2))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(conf.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "ADD {}/{}: {}", pod.0, pod.1, String::from_utf8_lossy(&out.stdout));
-}
-
-fn serve_in(netns: &Path, addr: SocketAddr, reply: &'static [u8]) {
-    let l = run_in(netns, move || TcpListener::bind(addr)).unwrap().unwrap();
-    std::thread::spawn(move || {
-        for mut s in l.incoming().flatten() {
-            let _ = s.write_all(reply);
-        }
-    });
+    let path = netns.path();
+    let args = Some(pod_args(pod.0, pod.1, pod.2));
+    let call =
+        Invocation { command: "ADD", container, netns: &path, args, config: stacknet_testsupport::cni::config(socket) };
+    let r = stacknet_testsupport::cni::run(Path::new(env!("CARGO_BIN_EXE_stacknet-cni")), &call);
+    assert_eq!(r.code, Some(0), "ADD {}/{}: {}", pod.0, pod.1, r.stdout);
 }
 
 fn connect_from(netns: &Path, addr: SocketAddr) -> Result<Vec<u8>, String> {
-    run_in(netns, move || {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(1500)).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(Duration::from_millis(1500))).map_err(|e| e.to_string())?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
-        Ok(buf)
-    })
-    .unwrap()
+    stacknet_testsupport::netns::connect_from(netns, addr, Duration::from_millis(1500))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,23 +82,15 @@ async fn pods_on_two_chassis_talk_over_geneve_and_policy_holds() {
     backend.reconcile(&build(&engine(""), &Topology::from_pods(CLUSTER, engine("").index()))).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (sa, sb_sock) = (agent(&a, &ovn.nb.remote(), dir.path()), agent(&b, &ovn.nb.remote(), dir.path()));
-    for s in [&sa, &sb_sock] {
-        for _ in 0..500 {
-            if s.exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-    let tag = std::process::id() % 100_000;
+    until("both agents listening", Duration::from_secs(5), || sa.exists() && sb_sock.exists()).await;
     let (na, nb, nc) = (
-        Netns::create(&format!("sn2-{tag}-a")).unwrap(),
-        Netns::create(&format!("sn2-{tag}-b")).unwrap(),
-        Netns::create(&format!("sn2-{tag}-c")).unwrap(),
+        Netns::create(&unique("a")).unwrap(),
+        Netns::create(&unique("b")).unwrap(),
+        Netns::create(&unique("c")).unwrap(),
     );
-    add(&sa, &format!("two-{tag}-a"), &na, ("x", "a", "uid-a"));
-    add(&sb_sock, &format!("two-{tag}-b"), &nb, ("x", "b", "uid-b"));
-    add(&sb_sock, &format!("two-{tag}-c"), &nc, ("y", "c", "uid-c"));
+    add(&sa, &unique("two-a"), &na, ("x", "a", "uid-a"));
+    add(&sb_sock, &unique("two-b"), &nb, ("x", "b", "uid-b"));
+    add(&sb_sock, &unique("two-c"), &nc, ("y", "c", "uid-c"));
     // The ports are bound where their pods are.
     let where_bound = |lsp_hint: &str| {
         ovn.sbctl(&["--bare", "--columns=chassis", "find", "Port_Binding", &format!("logical_port={lsp_hint}")])

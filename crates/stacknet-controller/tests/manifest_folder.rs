@@ -11,6 +11,7 @@ use stacknet_controller::manifests::{ManifestSource, SOURCE};
 use stacknet_controller::{Controller, ControllerConfig, Observed};
 use stacknet_engine::{ObjectRef, Reason};
 use stacknet_sandbox::Ovn;
+use stacknet_testsupport::http::{get, get_blocking};
 use tokio::sync::oneshot;
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -71,6 +72,17 @@ async fn start(ovn: &Ovn, dir: &Path) -> Running {
     Running { observed, addr, stop: Some(stop), task }
 }
 
+/// A folder holding `files` (name, content) and a controller on it, ready.
+async fn ready_on(ovn: &Ovn, files: &[(&str, &str)]) -> (tempfile::TempDir, Running) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let c = start(ovn, dir.path()).await;
+    until("ready", || c.observed.health.ready.load(Ordering::SeqCst)).await;
+    (dir, c)
+}
+
 /// `ovn-nbctl` rows of `table` carrying our cluster id, as name → (column → value).
 fn rows(ovn: &Ovn, table: &str, columns: &str) -> BTreeMap<String, Vec<String>> {
     let out = ovn
@@ -92,22 +104,14 @@ fn rows(ovn: &Ovn, table: &str, columns: &str) -> BTreeMap<String, Vec<String>> 
         .collect()
 }
 
-async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + DEADLINE;
-    while !f() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn until(what: &str, ready: impl FnMut() -> bool) {
+    stacknet_testsupport::until(what, DEADLINE, ready).await
 }
 
-async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.unwrap();
-    let code = body.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (code, body.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
+/// The status and body of a GET of one of the controller's endpoints.
+async fn endpoint(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let a = get(addr, path).await.unwrap_or_else(|| panic!("no answer from {addr}{path}"));
+    (a.status, a.body)
 }
 
 fn pod_addresses(ovn: &Ovn) -> BTreeMap<String, String> {
@@ -126,11 +130,11 @@ async fn the_network_follows_the_folder_and_a_restart_writes_nothing() {
     let c = start(&ovn, dir.path()).await;
     // The endpoints serve before the loop runs; /healthz turns 200 once it does.
     until("alive", || c.observed.health.alive.load(Ordering::SeqCst)).await;
-    assert_eq!(get(c.addr, "/healthz").await.0, 200);
+    assert_eq!(endpoint(c.addr, "/healthz").await.0, 200);
 
     until("six pod ports", || pod_addresses(&ovn).len() == 6).await;
     until("ready", || c.observed.health.ready.load(Ordering::SeqCst)).await;
-    assert_eq!(get(c.addr, "/readyz").await.0, 200);
+    assert_eq!(endpoint(c.addr, "/readyz").await.0, 200);
     // IPAM: node-1 got the first /24, node-2 the second; pods the lowest addresses after the gateway.
     let addrs = pod_addresses(&ovn);
     assert_eq!(addrs["t1_shop_p0"], "0a:58:0a:f4:00:02 10.244.0.2", "{addrs:?}");
@@ -162,7 +166,7 @@ async fn the_network_follows_the_folder_and_a_restart_writes_nothing() {
     assert_eq!(m.transactions.load(Ordering::Relaxed), 0, "a restart with nothing changed writes nothing");
     assert!(m.reconciles_ok.load(Ordering::Relaxed) >= 1);
     assert_eq!(pod_addresses(&ovn), before);
-    let (code, text) = get(c.addr, "/metrics").await;
+    let (code, text) = endpoint(c.addr, "/metrics").await;
     assert_eq!(code, 200);
     for name in [
         "stacknet_reconcile_duration_seconds_count",
@@ -188,11 +192,7 @@ async fn the_network_follows_the_folder_and_a_restart_writes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_file_is_reported_and_changes_nothing() {
     let ovn = Ovn::with_northd().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("cluster.yaml"), nodes_and_pods(2)).unwrap();
-    std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
-    let c = start(&ovn, dir.path()).await;
-    until("ready", || c.observed.health.ready.load(Ordering::SeqCst)).await;
+    let (dir, c) = ready_on(&ovn, &[("cluster.yaml", &nodes_and_pods(2)), ("policy.yaml", POLICY)]).await;
     let acls = ovn.nbctl(&["--bare", "--columns=_uuid,match", "find", "ACL"]).unwrap();
     let ports = pod_addresses(&ovn);
     let txns = c.observed.metrics.transactions.load(Ordering::Relaxed);
@@ -213,11 +213,13 @@ async fn a_bad_file_is_reported_and_changes_nothing() {
         "{}",
         cluster.message
     );
+    // Nothing may be written for them: no condition to wait on, so a window (the folder is
+    // polled every 50 ms, a write would show well within 300 ms).
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(ovn.nbctl(&["--bare", "--columns=_uuid,match", "find", "ACL"]).unwrap(), acls);
     assert_eq!(pod_addresses(&ovn), ports);
     assert_eq!(c.observed.metrics.transactions.load(Ordering::Relaxed), txns, "nothing written");
-    let (_, events) = get(c.addr, "/events").await;
+    let (_, events) = endpoint(c.addr, "/events").await;
     assert!(events.contains("Warning InvalidManifest file policy.yaml"), "{events}");
 
     // Fixed: the network follows again.
@@ -230,10 +232,7 @@ async fn a_bad_file_is_reported_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bursts_coalesce_and_exhaustion_is_an_event() {
     let ovn = Ovn::nb_only().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("cluster.yaml"), nodes_and_pods(1000)).unwrap();
-    let c = start(&ovn, dir.path()).await;
-    until("ready", || c.observed.health.ready.load(Ordering::SeqCst)).await;
+    let (_dir, c) = ready_on(&ovn, &[("cluster.yaml", &nodes_and_pods(1000))]).await;
     // 1,000 pods arrive as 1,000 changes: a handful of transactions.
     let txns = c.observed.metrics.transactions.load(Ordering::Relaxed);
     assert!((1..=3).contains(&txns), "{txns} transactions for a burst of 1,000 pods");
@@ -255,21 +254,18 @@ async fn bursts_coalesce_and_exhaustion_is_an_event() {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(ManifestSource::new(dir2.path(), Duration::from_millis(50), observed.events.clone()).unwrap().run(tx));
     let task = tokio::spawn(controller.run(rx, std::future::pending()));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (code, body) = get(addr, "/readyz").await;
-    assert_eq!(code, 503);
-    assert!(body.contains("Northbound"), "{body}");
+    until("an OvnUnreachable event", || !observed.events.with_reason(Reason::OvnUnreachable).is_empty()).await;
+    until("/readyz: 503, naming the Northbound database", || {
+        get_blocking(addr, "/readyz").is_some_and(|a| a.status == 503 && a.body.contains("Northbound"))
+    })
+    .await;
     task.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_with_a_thousand_pods_writes_nothing_and_deletes_no_acl() {
     let ovn = Ovn::nb_only().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("cluster.yaml"), spread(1000, 5)).unwrap();
-    std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
-    let c = start(&ovn, dir.path()).await;
-    until("ready", || c.observed.health.ready.load(Ordering::SeqCst)).await;
+    let (dir, c) = ready_on(&ovn, &[("cluster.yaml", &spread(1000, 5)), ("policy.yaml", POLICY)]).await;
     assert!(c.observed.events.all().is_empty(), "{:?}", c.observed.events.all());
     let ports = pod_addresses(&ovn);
     assert_eq!(ports.len(), 1000);
@@ -288,10 +284,7 @@ async fn restart_with_a_thousand_pods_writes_nothing_and_deletes_no_acl() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vm_on_a_node_switch_keeps_its_address_and_its_port() {
     let ovn = Ovn::nb_only().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("cluster.yaml"), nodes_and_pods(0)).unwrap();
-    let c = start(&ovn, dir.path()).await;
-    until("ready", || c.observed.health.ready.load(Ordering::SeqCst)).await;
+    let (dir, c) = ready_on(&ovn, &[("cluster.yaml", &nodes_and_pods(0))]).await;
     // An operator plugs a VM into node-1's switch, on the address IPAM would hand out next.
     ovn.nbctl(&["lsp-add", "t1_node-1", "vm-db", "--", "lsp-set-addresses", "vm-db", "0a:00:00:00:00:99 10.244.0.2"])
         .unwrap();

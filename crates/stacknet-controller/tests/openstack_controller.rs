@@ -4,7 +4,7 @@
 //! pools are kept full, what Octavia's provider cannot do is an Event, a pod that goes takes
 //! its port, and a wrong password is an error that does not repeat it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use stacknet_controller::openstack::OpenStackSettings;
@@ -14,8 +14,8 @@ use stacknet_engine::manifest;
 use stacknet_engine::objects::Kind;
 use stacknet_engine::objects::ObjectKey;
 use stacknet_openstack::{CloudSource, NeutronConfig};
-use stacknet_sandbox::openstack::http;
-use stacknet_sandbox::{OpenStack, OpenStackOptions};
+use stacknet_sandbox::OpenStack;
+use stacknet_testsupport::openstack::{CLOUD, neutron};
 
 const CLUSTER: &str = "
 apiVersion: v1
@@ -49,41 +49,23 @@ items:
   ports: [{port: 5432, protocol: TCP}]
 ";
 
-fn require() -> bool {
-    if OpenStack::installed() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("STACKNET_REQUIRE_OPENSTACK").is_none(),
-        "STACKNET_REQUIRE_OPENSTACK is set but the OpenStack packages are not installed"
-    );
-    eprintln!("skipped: the OpenStack packages are not installed (see .ci/run)");
-    false
-}
-
+/// The controller's pods' ports (its cluster's device owner).
 fn ports(cloud: &OpenStack) -> Vec<Value> {
-    let token = cloud.admin_token().unwrap();
-    let a =
-        http("GET", &format!("{}/v2.0/ports?device_owner=compute:stacknet-ctl", cloud.neutron_url), Some(&token), None)
-            .unwrap();
-    let v: Value = serde_json::from_str(&a.body).unwrap();
-    v["ports"].as_array().cloned().unwrap_or_default()
+    neutron(cloud, "GET", "ports?device_owner=compute:stacknet-ctl", None)["ports"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
-async fn until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !f() {
-        assert!(Instant::now() < deadline, "{what}: not within 90 s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+/// Waits for `ready` (Neutron and Octavia take their time).
+async fn until(what: &str, ready: impl FnMut() -> bool) {
+    stacknet_testsupport::until(what, Duration::from_secs(90), ready).await
 }
 
 #[test]
+#[ignore = "needs root and the OpenStack packages (.ci/run installs them)"]
 fn the_openstack_controller_follows_the_cluster() {
-    if !require() {
-        return;
-    }
-    let cloud = OpenStack::start(OpenStackOptions::default()).expect("the cloud starts");
+    let cloud = stacknet_testsupport::openstack::start();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         // A wrong password: refused, and not repeated in the error.
@@ -91,7 +73,7 @@ fn the_openstack_controller_follows_the_cluster() {
         let good = std::fs::read_to_string(cloud.clouds_yaml().unwrap()).unwrap();
         std::fs::write(&bad, good.replace(stacknet_sandbox::openstack::ADMIN_PASSWORD, "wrong-horse-battery")).unwrap();
         let settings = |file| OpenStackSettings {
-            cloud: CloudSource::Named { cloud: "stacknet-test".into(), file: Some(file) },
+            cloud: CloudSource::Named { cloud: CLOUD.into(), file: Some(file) },
             neutron: NeutronConfig {
                 service_cidr: Some("10.96.0.0/12".parse().unwrap()),
                 pool_size: 2,

@@ -5,23 +5,18 @@
 
 use std::net::IpAddr;
 
-use stacknet_conformance::{Scenario, generated, upstream};
-use stacknet_engine::PolicyEngine;
-use stacknet_engine::objects::{ObjectKey, Protocol};
+use stacknet_conformance::{Scenario, generated};
+use stacknet_engine::objects::ObjectKey;
 use stacknet_openstack::secgroups::{Family, SecurityPlan, plan};
-use stacknet_verify::conformance::apply;
+use stacknet_testsupport::conformance::{Replay, Verdicts, upstream_cases};
+use stacknet_verify::conformance::expected_probes;
 
-fn check(scenario: &Scenario) -> Vec<String> {
-    let mut failures = Vec::new();
-    let mut engine = PolicyEngine::new();
-    for e in scenario.initial.creation_events() {
-        apply(&mut engine, &e);
-    }
-    for (i, step) in scenario.steps.iter().enumerate() {
-        for e in &step.events {
-            apply(&mut engine, e);
-        }
-        let plan: SecurityPlan = plan(&engine, &[Family::V4]);
+/// Every probe of every step, decided by the security groups the plan makes.
+fn run_all(scenarios: &[Scenario]) {
+    let mut verdicts = Verdicts::new(format!("{} cases as security groups", scenarios.len()));
+    let mut replay = Replay::new(scenarios);
+    while let Some((at, engine)) = replay.next_step() {
+        let plan: SecurityPlan = plan(engine, &[Family::V4]);
         let index = engine.index();
         let ip = |k: &ObjectKey| -> IpAddr {
             index
@@ -30,42 +25,23 @@ fn check(scenario: &Scenario) -> Vec<String> {
                 .and_then(|p| p.ips.first().copied())
                 .expect("pod has an address")
         };
-        for probe in &step.probes {
-            let protocol: Protocol = probe.protocol.parse().expect("protocol");
-            for ((from, to), want) in &probe.expected {
-                let (a, b): (ObjectKey, ObjectKey) = (from.parse().unwrap(), to.parse().unwrap());
-                let got = plan.allows((&a, ip(&a)), (&b, ip(&b)), probe.port, protocol);
-                if got != *want {
-                    failures.push(format!(
-                        "{} step {} ({}) {}/{}: {from} -> {to}: expected {want}, security groups say {got}",
-                        scenario.name,
-                        i + 1,
-                        step.description,
-                        probe.port,
-                        probe.protocol
-                    ));
-                }
-            }
+        for (probe, want) in expected_probes(at.step, |_, _| true) {
+            let (a, b) = (&probe.from, &probe.to);
+            let got = plan.allows((a, ip(a)), (b, ip(b)), probe.port, probe.protocol);
+            verdicts.check(got == want, || {
+                format!(
+                    "{at} {}/{}: {a} -> {b}: expected {want}, security groups say {got}",
+                    probe.port, probe.protocol
+                )
+            });
         }
     }
-    failures
-}
-
-fn run_all(scenarios: &[Scenario]) {
-    let failures: Vec<String> = scenarios.iter().flat_map(check).collect();
-    assert!(
-        failures.is_empty(),
-        "{} wrong verdicts:\n{}",
-        failures.len(),
-        failures[..failures.len().min(40)].join("\n")
-    );
+    verdicts.assert_all_right();
 }
 
 #[test]
 fn upstream_cases_hold_as_security_groups() {
-    let cases = upstream::load_all().expect("upstream cases load");
-    assert_eq!(cases.len(), 48);
-    run_all(&cases);
+    run_all(&upstream_cases());
 }
 
 #[test]

@@ -32,6 +32,14 @@ fn backend(ovn: &Ovn) -> OvnBackend {
     OvnBackend::connect(vec![ovn.nb.remote().parse().unwrap()])
 }
 
+/// The three-tier example, programmed on `ovn` by a fresh backend.
+async fn programmed(ovn: &Ovn) -> (OvnBackend, PolicyEngine) {
+    let b = backend(ovn);
+    let engine = three_tier();
+    b.reconcile(&desired(&engine)).await.unwrap();
+    (b, engine)
+}
+
 fn uuids(b: &OvnBackend, table: &str) -> BTreeSet<stacknet_ovsdb::Uuid> {
     b.client().replica().as_ref().unwrap().table(table).rows().map(|(u, _)| *u).collect()
 }
@@ -62,9 +70,7 @@ async fn programs_once_then_writes_nothing() {
 #[tokio::test]
 async fn pod_churn_changes_membership_not_acls() {
     let ovn = Ovn::nb_only().unwrap();
-    let b = backend(&ovn);
-    let mut engine = three_tier();
-    b.reconcile(&desired(&engine)).await.unwrap();
+    let (b, mut engine) = programmed(&ovn).await;
     let acls_before = uuids(&b, nb::ACL);
 
     // A second database pod: a port, and memberships; the ACLs stay as they were.
@@ -92,9 +98,7 @@ async fn pod_churn_changes_membership_not_acls() {
 #[tokio::test]
 async fn garbage_collection_touches_owned_rows_only() {
     let ovn = Ovn::nb_only().unwrap();
-    let b = backend(&ovn);
-    let mut engine = three_tier();
-    b.reconcile(&desired(&engine)).await.unwrap();
+    let (b, mut engine) = programmed(&ovn).await;
 
     // Someone else's rows: an address set, a port group with an ACL, and a VM port on our
     // switch (the seed's PostgreSQL VM next to the pods).
@@ -165,10 +169,8 @@ async fn garbage_collection_touches_owned_rows_only() {
 #[tokio::test]
 async fn duplicates_from_an_interrupted_write_are_removed() {
     let ovn = Ovn::nb_only().unwrap();
-    let b = backend(&ovn);
-    let engine = three_tier();
+    let (b, engine) = programmed(&ovn).await;
     let d = desired(&engine);
-    b.reconcile(&d).await.unwrap();
     // A second row claiming the identity of one of ours (as a crash between two writes of an
     // older, less careful writer could leave).
     let ids =
@@ -195,8 +197,7 @@ async fn duplicates_from_an_interrupted_write_are_removed() {
 async fn a_name_taken_by_someone_else_is_reported_not_overwritten() {
     let ovn = Ovn::nb_only().unwrap();
     let b = backend(&ovn);
-    let engine = three_tier();
-    let d = desired(&engine);
+    let d = desired(&three_tier());
     let taken = d.rows.values().find(|r| r.table == nb::PORT_GROUP).unwrap();
     let name = taken.columns["name"].as_str().unwrap().to_string();
     ovn.nbctl(&["pg-add", &name]).unwrap();
@@ -233,6 +234,8 @@ async fn converges_when_the_server_dies_mid_reconcile() {
         let _ = done_tx.send(());
         (b, r)
     });
+    // Where the kill lands is the point (in flight, or just after), not a condition; and the
+    // server stays down long enough for the client to see it gone.
     tokio::time::sleep(Duration::from_millis(3)).await;
     ovn.nb.kill();
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -116,17 +116,23 @@ fn config(remote: &str) -> ClientConfig {
     c
 }
 
+/// Waits (5 s at most) for a second session, connected; the status watch as it is then.
+async fn reconnected(client: &Client, what: &str) -> tokio::sync::watch::Receiver<client::Status> {
+    let mut status = client.status();
+    tokio::time::timeout(Duration::from_secs(5), status.wait_for(|s| s.sessions >= 2 && s.connected.is_some()))
+        .await
+        .unwrap_or_else(|_| panic!("not reconnected {what} within 5 s"))
+        .unwrap();
+    status
+}
+
 #[tokio::test]
 async fn a_silent_peer_is_detected_by_echo_and_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let (remote, count, _) = fake_server(dir.path(), AfterHandshake::GoSilent).await;
     let client = Client::start(config(&remote));
     client.connected(Duration::from_secs(5)).await.unwrap();
-    let mut status = client.status();
-    tokio::time::timeout(Duration::from_secs(5), status.wait_for(|s| s.sessions >= 2 && s.connected.is_some()))
-        .await
-        .expect("reconnected after the silent peer")
-        .unwrap();
+    let status = reconnected(&client, "after the silent peer").await;
     assert!(count.load(Ordering::SeqCst) >= 2);
     let last = status.borrow().last_error.clone();
     assert!(last.is_none(), "the new session is healthy: {last:?}");
@@ -137,11 +143,7 @@ async fn garbage_from_the_server_drops_the_connection_and_reconnects() {
     let dir = tempfile::tempdir().unwrap();
     let (remote, count, _) = fake_server(dir.path(), AfterHandshake::SendGarbage).await;
     let client = Client::start(config(&remote));
-    let mut status = client.status();
-    tokio::time::timeout(Duration::from_secs(5), status.wait_for(|s| s.sessions >= 2 && s.connected.is_some()))
-        .await
-        .expect("reconnected after garbage")
-        .unwrap();
+    reconnected(&client, "after garbage").await;
     assert!(count.load(Ordering::SeqCst) >= 2);
     // The client is usable on the new connection.
     let t = Transaction::new(nb::DATABASE);

@@ -17,15 +17,29 @@ fn config(remote: &str) -> ClientConfig {
     c
 }
 
+/// A Northbound database of its own, and a client connected to it.
+async fn connected() -> (Ovn, Client) {
+    let ovn = Ovn::nb_only().unwrap();
+    let client = Client::start(config(&ovn.nb.remote()));
+    client.connected(T).await.unwrap();
+    (ovn, client)
+}
+
+/// Sets map column `column` of switch `s1` to the one entry `entry`.
+async fn set_s1(client: &Client, column: &str, entry: (&str, &str)) {
+    let mut t = Transaction::new(nb::DATABASE);
+    let row = Row::from([(column.to_string(), Datum::string_map([entry]))]);
+    t.update(nb::LOGICAL_SWITCH, vec![Condition::eq("name", "s1")], row);
+    client.transact(&t).await.unwrap();
+}
+
 fn named_row(name: &str) -> Row {
     Row::from([("name".to_string(), Datum::Atom(name.into()))])
 }
 
 #[tokio::test]
 async fn transactions_named_uuids_and_the_replica() {
-    let ovn = Ovn::nb_only().unwrap();
-    let client = Client::start(config(&ovn.nb.remote()));
-    client.connected(T).await.unwrap();
+    let (ovn, client) = connected().await;
 
     // A switch with a port, inserted together through a named uuid.
     let mut t = Transaction::new(nb::DATABASE);
@@ -79,9 +93,7 @@ async fn transactions_named_uuids_and_the_replica() {
 
 #[tokio::test]
 async fn server_errors_are_typed_with_details() {
-    let ovn = Ovn::nb_only().unwrap();
-    let client = Client::start(config(&ovn.nb.remote()));
-    client.connected(T).await.unwrap();
+    let (_ovn, client) = connected().await;
 
     // Port_Group names are a unique index: two with one name violate a constraint.
     let mut t = Transaction::new(nb::DATABASE);
@@ -206,22 +218,10 @@ async fn monitoring_chosen_columns_only() {
     }
     // A change to an unmonitored column alone does not reach the replica.
     let version = client.status().borrow().replica_version;
-    let mut t = Transaction::new(nb::DATABASE);
-    t.update(
-        nb::LOGICAL_SWITCH,
-        vec![Condition::eq("name", "s1")],
-        Row::from([("other_config".to_string(), Datum::string_map([("subnet", "10.0.1.0/24")]))]),
-    );
-    client.transact(&t).await.unwrap();
+    set_s1(&client, "other_config", ("subnet", "10.0.1.0/24")).await;
     // Then one to a monitored column: updates arrive in order, so once this one is in, the
     // first one would have been too.
-    let mut t = Transaction::new(nb::DATABASE);
-    t.update(
-        nb::LOGICAL_SWITCH,
-        vec![Condition::eq("name", "s1")],
-        Row::from([("external_ids".to_string(), Datum::string_map([("k", "w")]))]),
-    );
-    client.transact(&t).await.unwrap();
+    set_s1(&client, "external_ids", ("k", "w")).await;
     let seen = |r: &Replica| {
         r.table(nb::LOGICAL_SWITCH)
             .by_name("s1")

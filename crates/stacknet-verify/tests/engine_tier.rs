@@ -3,83 +3,48 @@
 
 use std::collections::BTreeMap;
 
-use stacknet_conformance::{Scenario, generated, upstream};
-use stacknet_engine::objects::Protocol;
-use stacknet_engine::{ClusterIndex, PolicyEngine, semantics};
-use stacknet_verify::conformance::apply;
+use stacknet_conformance::{Scenario, generated};
+use stacknet_engine::{PolicyEngine, semantics};
+use stacknet_testsupport::conformance::{Replay, Verdicts, upstream_cases};
+use stacknet_verify::conformance::expected_probes;
 
-/// Runs a scenario; returns one line per wrong verdict.
-fn check(scenario: &Scenario) -> Vec<String> {
-    let mut failures = Vec::new();
-    let mut engine = PolicyEngine::new();
-    for e in scenario.initial.creation_events() {
-        apply(&mut engine, &e);
-    }
-    for (i, step) in scenario.steps.iter().enumerate() {
-        for e in &step.events {
-            apply(&mut engine, e);
-        }
+/// Every step of every case: the compiled model equals a full compile, and each probe's
+/// verdict (direct semantics, incremental model, full compile) the expected one.
+fn run_all(scenarios: &[Scenario]) {
+    let mut verdicts = Verdicts::new(format!("{} cases on the engine", scenarios.len()));
+    let mut replay = Replay::new(scenarios);
+    while let Some((at, engine)) = replay.next_step() {
         let index = engine.index();
         let rebuilt = PolicyEngine::from_index(index.clone());
         if rebuilt.model() != engine.model() {
-            failures.push(format!(
-                "{} step {}: incremental model differs from a full compile:\nincremental {:#?}\nfull {:#?}",
-                scenario.name,
-                i + 1,
+            verdicts.fail(format!(
+                "{at}: incremental model differs from a full compile:\nincremental {:#?}\nfull {:#?}",
                 engine.model(),
                 rebuilt.model()
             ));
         }
-        for probe in &step.probes {
-            let protocol: Protocol = probe.protocol.parse().expect("protocol");
-            for ((from, to), want) in &probe.expected {
-                let id = |k: &str| index.pod_id(&k.parse().expect("ns/name")).expect("pod indexed");
-                let (a, b) = (id(from), id(to));
-                let direct = direct(index, a, b, probe.port, protocol);
-                let compiled = engine.allowed_by_model(a, b, probe.port, protocol);
-                let full = rebuilt.allowed_by_model(a, b, probe.port, protocol);
-                if (direct, compiled, full) != (*want, *want, *want) {
-                    failures.push(format!(
-                        "{} step {} ({}) probe {}/{}: {from} -> {to}: expected {want}, direct {direct}, compiled {compiled}, full compile {full}",
-                        scenario.name,
-                        i + 1,
-                        step.description,
-                        probe.port,
-                        probe.protocol
-                    ));
-                }
-            }
+        for (probe, want) in expected_probes(at.step, |_, _| true) {
+            let id = |k| index.pod_id(k).expect("pod indexed");
+            let (a, b) = (id(&probe.from), id(&probe.to));
+            let (port, protocol) = (probe.port, probe.protocol);
+            let direct =
+                semantics::evaluate(index, index.pod(a).unwrap(), index.pod(b).unwrap(), port, protocol).allowed();
+            let compiled = engine.allowed_by_model(a, b, port, protocol);
+            let full = rebuilt.allowed_by_model(a, b, port, protocol);
+            verdicts.check((direct, compiled, full) == (want, want, want), || {
+                format!(
+                    "{at} probe {port}/{protocol}: {} -> {}: expected {want}, direct {direct}, compiled {compiled}, full compile {full}",
+                    probe.from, probe.to
+                )
+            });
         }
     }
-    failures
-}
-
-fn direct(index: &ClusterIndex, a: stacknet_engine::PodId, b: stacknet_engine::PodId, port: u16, p: Protocol) -> bool {
-    semantics::evaluate(index, index.pod(a).unwrap(), index.pod(b).unwrap(), port, p).allowed()
-}
-
-fn run_all(scenarios: &[Scenario]) {
-    let mut failures = Vec::new();
-    let mut probes = 0;
-    for s in scenarios {
-        probes += s.steps.iter().map(|st| st.probes.iter().map(|p| p.expected.len()).sum::<usize>()).sum::<usize>();
-        failures.extend(check(s));
-    }
-    assert!(probes > 0);
-    let shown: Vec<&String> = failures.iter().take(40).collect();
-    assert!(
-        failures.is_empty(),
-        "{} wrong verdicts of {probes}:\n{}",
-        failures.len(),
-        shown.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n")
-    );
+    verdicts.assert_all_right();
 }
 
 #[test]
 fn upstream_cases_pass_on_semantics_and_compiled_model() {
-    let cases = upstream::load_all().expect("upstream cases load");
-    assert_eq!(cases.len(), 48);
-    run_all(&cases);
+    run_all(&upstream_cases());
 }
 
 #[test]

@@ -2,72 +2,41 @@
 //! ovn-northd, every probe decided by ovn-trace on the Southbound logical flows. Verdicts must
 //! equal the expected matrix and the engine's.
 
-use std::time::Instant;
-
-use stacknet_conformance::{Scenario, generated, upstream};
-use stacknet_engine::PolicyEngine;
+use stacknet_conformance::{Scenario, generated};
+use stacknet_testsupport::conformance::{Replay, Verdicts, upstream_cases};
 use stacknet_verify::OvnTrace;
-use stacknet_verify::conformance::{apply, engine_verdict, expected_probes};
+use stacknet_verify::conformance::{engine_verdict, expected_probes};
 
 /// Runs scenarios on one shared OVN (each reconcile replaces the previous case's rows, so
-/// garbage collection is exercised too). Returns (probes traced, failures).
-async fn run(
-    trace: &mut OvnTrace,
-    scenarios: &[Scenario],
-    keep_probe: impl Fn(u16, &str) -> bool,
-) -> (usize, Vec<String>) {
-    let mut failures = Vec::new();
-    let mut traced = 0;
-    for s in scenarios {
-        let mut engine = PolicyEngine::new();
-        for e in s.initial.creation_events() {
-            apply(&mut engine, &e);
-        }
-        for (i, step) in s.steps.iter().enumerate() {
-            for e in &step.events {
-                apply(&mut engine, e);
-            }
-            trace.program(&engine).await.expect("programmed");
-            let (probes, expected): (Vec<_>, Vec<_>) =
-                expected_probes(step, |port, protocol| keep_probe(port, protocol.as_str())).into_iter().unzip();
-            traced += probes.len();
-            let verdicts = trace.decide_all(&probes);
-            for ((probe, want), got) in probes.iter().zip(expected).zip(verdicts) {
-                let got = got.unwrap_or_else(|e| panic!("{} step {}: {e}", s.name, i + 1));
-                let engine_says = engine_verdict(&engine, probe);
-                if got != want || engine_says != want {
-                    failures.push(format!(
-                        "{} step {} ({}): {} -> {} {}/{}: expected {want}, ovn-trace {got}, engine {engine_says}",
-                        s.name,
-                        i + 1,
-                        step.description,
-                        probe.from,
-                        probe.to,
-                        probe.port,
-                        probe.protocol
-                    ));
-                }
-            }
+/// garbage collection is exercised too); every probe's ovn-trace and engine verdicts.
+async fn run(what: String, trace: &mut OvnTrace, scenarios: &[Scenario]) -> Verdicts {
+    let mut verdicts = Verdicts::new(what);
+    let mut replay = Replay::new(scenarios);
+    while let Some((at, engine)) = replay.next_step() {
+        trace.program(engine).await.expect("programmed");
+        let (probes, expected): (Vec<_>, Vec<_>) = expected_probes(at.step, |_, _| true).into_iter().unzip();
+        let decided = trace.decide_all(&probes);
+        for ((probe, want), got) in probes.iter().zip(expected).zip(decided) {
+            let got = got.unwrap_or_else(|e| panic!("{at}: {e}"));
+            let engine_says = engine_verdict(engine, probe);
+            verdicts.check(got == want && engine_says == want, || {
+                format!(
+                    "{at}: {} -> {} {}/{}: expected {want}, ovn-trace {got}, engine {engine_says}",
+                    probe.from, probe.to, probe.port, probe.protocol
+                )
+            });
         }
     }
-    (traced, failures)
-}
-
-fn report(what: &str, started: Instant, traced: usize, failures: &[String]) {
-    eprintln!("{what}: {traced} probes traced in {:.1}s", started.elapsed().as_secs_f64());
-    let shown: Vec<&str> = failures.iter().take(30).map(String::as_str).collect();
-    assert!(failures.is_empty(), "{what}: {} wrong verdicts of {traced}:\n{}", failures.len(), shown.join("\n"));
+    verdicts.assert_all_right();
+    verdicts
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_upstream_cases_under_ovn_trace() {
-    let cases = upstream::load_all().unwrap();
-    assert_eq!(cases.len(), 48);
-    let started = Instant::now();
+    let cases = upstream_cases();
     let mut trace = OvnTrace::start("conformance").unwrap();
-    let (traced, failures) = run(&mut trace, &cases, |_, _| true).await;
-    report("upstream", started, traced, &failures);
-    assert!(traced >= 500);
+    let verdicts = run("upstream under ovn-trace".into(), &mut trace, &cases).await;
+    assert!(verdicts.checked() >= 500, "{} probes", verdicts.checked());
 }
 
 /// Every generated single-policy case (targets x peers x ports x directions) would be
@@ -81,8 +50,6 @@ async fn generated_cases_under_ovn_trace() {
     let step = if all { 1 } else { 61 };
     let mut cases: Vec<Scenario> = singles.into_iter().step_by(step).collect();
     cases.extend(generated::mixed_cases(if all { 300 } else { 6 }, 0x5eed_2026));
-    let started = Instant::now();
     let mut trace = OvnTrace::start("generated").unwrap();
-    let (traced, failures) = run(&mut trace, &cases, |_, _| true).await;
-    report(&format!("generated ({} cases)", cases.len()), started, traced, &failures);
+    run(format!("generated ({} cases) under ovn-trace", cases.len()), &mut trace, &cases).await;
 }

@@ -1,11 +1,11 @@
 //! `stacknet sandbox up|status|down` as a user runs it: a node left running between
 //! commands, a pod attached by hand with the plugin, everything gone after `down`.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use serde_json::Value;
+use stacknet_testsupport::cni::Invocation;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -62,22 +62,17 @@ fn up_attach_status_down() {
     // Attach a pod by hand, as the printed instructions say.
     let netns = format!("sbx{}", std::process::id());
     assert!(Command::new("ip").args(["netns", "add", &netns]).status().unwrap().success());
-    let conf = std::fs::read_to_string(status["cni_config"].as_str().unwrap()).unwrap();
-    let mut child = Command::new(&plugin)
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", "by-hand")
-        .env("CNI_NETNS", format!("/var/run/netns/{netns}"))
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", plugin.parent().unwrap())
-        .env("CNI_ARGS", "K8S_POD_NAMESPACE=leonardo;K8S_POD_NAME=app-0")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(conf.as_bytes()).unwrap();
-    let added = child.wait_with_output().unwrap();
-    let result: Value = serde_json::from_slice(&added.stdout).unwrap();
-    assert!(added.status.success(), "{result}");
+    let netns_path = PathBuf::from(format!("/var/run/netns/{netns}"));
+    let call = Invocation {
+        command: "ADD",
+        container: "by-hand",
+        netns: &netns_path,
+        args: Some("K8S_POD_NAMESPACE=leonardo;K8S_POD_NAME=app-0".into()),
+        config: std::fs::read_to_string(status["cni_config"].as_str().unwrap()).unwrap(),
+    };
+    let added = stacknet_testsupport::cni::run(&plugin, &call);
+    let result = added.stdout;
+    assert_eq!(added.code, Some(0), "{result}");
     assert_eq!(result["ips"][0]["address"], "10.244.1.20/24", "{result}");
     let addr = Command::new("ip").args(["-n", &netns, "-o", "addr", "show", "dev", "eth0"]).output().unwrap();
     assert!(String::from_utf8_lossy(&addr.stdout).contains("10.244.1.20/24"));

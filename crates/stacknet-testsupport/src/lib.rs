@@ -1,0 +1,19 @@
+//! What stacknet's integration tests share, so that each helper is written once: waiting on a
+//! condition with a deadline ([`wait`]), the controller's HTTP endpoints ([`http`]), the CNI
+//! plugin run as a container runtime runs it ([`cni`]), sockets inside network namespaces
+//! ([`netns`]), replaying conformance cases step by step ([`conformance`]) and the OpenStack
+//! tier's cloud ([`openstack`]). Used only as a dev-dependency; the parts that need other
+//! stacknet crates are behind features of the same names.
+
+pub mod cni;
+pub mod http;
+pub mod wait;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+#[cfg(feature = "netns")]
+pub mod netns;
+#[cfg(feature = "openstack")]
+pub mod openstack;
+
+pub use wait::{until, until_blocking, until_some};
