@@ -128,6 +128,8 @@ fn main() -> anyhow::Result<()> {
     if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("STACKNET_LOG") {
         let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
     }
+    // The async scenarios run on two workers, as many as the machine has cores.
+    let runtime = || tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
     match Cli::parse().scenario {
         Scenario::Policy { pods, namespaces, policies, seed, events } => {
             anyhow::ensure!(namespaces > 0, "--namespaces must be at least 1");
@@ -138,24 +140,12 @@ fn main() -> anyhow::Result<()> {
         }
         Scenario::Openstack { pods, nodes, pool_size, sg_pods, policies, namespaces, seed, services } => {
             let args = openstack::Args { pods, nodes, pool_size, sg_pods, policies, namespaces, seed, services };
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?
-                .block_on(openstack::run(args))
+            runtime()?.block_on(openstack::run(args))
         }
-        Scenario::PodReady { pods, cni } => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()?
-            .block_on(podready::run(podready::Args { pods, plugin: cni })),
+        Scenario::PodReady { pods, cni } => runtime()?.block_on(podready::run(podready::Args { pods, plugin: cni })),
         Scenario::Ovsdb { rounds, ports, events, batch, window, nbctl_events, clients, venv } => {
             let args = ovsdb::Args { rounds, ports, events, batch, window, nbctl_events, clients, venv };
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?
-                .block_on(ovsdb::run(args))
+            runtime()?.block_on(ovsdb::run(args))
         }
     }
 }

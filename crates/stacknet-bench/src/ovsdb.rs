@@ -295,27 +295,21 @@ fn nbctl_add_args(pods: &[PodSpec]) -> Vec<String> {
             "ports".into(),
             format!("@p{k}"),
             "--".into(),
-            "add".into(),
-            "Address_Set".into(),
-            p.aset.clone(),
-            "addresses".into(),
-            format!("\"{}\"", p.ip),
         ]);
+        a.extend(address_set("add", p));
     }
     a
 }
 
 fn nbctl_remove_args(p: &PodSpec) -> Vec<String> {
-    vec![
-        "lsp-del".into(),
-        p.name.clone(),
-        "--".into(),
-        "remove".into(),
-        "Address_Set".into(),
-        p.aset.clone(),
-        "addresses".into(),
-        format!("\"{}\"", p.ip),
-    ]
+    let mut a = vec!["lsp-del".into(), p.name.clone(), "--".into()];
+    a.extend(address_set("remove", p));
+    a
+}
+
+/// `add` or `remove` of the pod's address in its peer set's address set.
+fn address_set(verb: &str, p: &PodSpec) -> [String; 5] {
+    [verb.into(), "Address_Set".into(), p.aset.clone(), "addresses".into(), format!("\"{}\"", p.ip)]
 }
 
 /// The bench's own venv: ovsdbapp from PyPI over Debian's python3-openvswitch (which carries

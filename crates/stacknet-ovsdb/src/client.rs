@@ -473,68 +473,40 @@ impl<'a> Session<'a> {
     {
         // The framer is lent out while messages borrowed from it are handled.
         let mut framer = std::mem::take(&mut self.framer);
-        let r = self.call_direct_with(&mut framer, rd, wr, method, params).await;
-        self.framer = framer;
-        r
-    }
-
-    async fn call_direct_with<R, W>(
-        &mut self,
-        framer: &mut Framer,
-        rd: &mut R,
-        wr: &mut W,
-        method: &str,
-        params: Value,
-    ) -> Result<Box<RawValue>, Error>
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
-        let (tx, mut rx) = oneshot::channel();
-        let bytes = self.request(method, Params::Value(params), Pending::Raw(tx, method.into()));
-        write(wr, &bytes).await?;
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            if let Ok(r) = rx.try_recv() {
-                return r;
-            }
-            let n = tokio::time::timeout(self.config.echo_interval * 2, rd.read(&mut buf))
-                .await
-                .map_err(|_| Error::Disconnected(format!("no reply to {method}")))?
-                .map_err(|e| Error::Disconnected(e.to_string()))?;
-            if n == 0 {
-                return Err(Error::Disconnected("closed by the server".into()));
-            }
-            framer.push(&buf[..n]);
-            while let Some(m) = framer.next_message().map_err(|e| Error::Protocol(e.0))? {
-                match Incoming::parse(m).map_err(Error::Protocol)? {
-                    Received::Notification { method, params } => {
-                        self.early.push((method, params.map(ToOwned::to_owned)));
+        let r = async {
+            let (tx, mut rx) = oneshot::channel();
+            let bytes = self.request(method, Params::Value(params), Pending::Raw(tx, method.into()));
+            write(wr, &bytes).await?;
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                if let Ok(r) = rx.try_recv() {
+                    return r;
+                }
+                let n = tokio::time::timeout(self.config.echo_interval * 2, rd.read(&mut buf))
+                    .await
+                    .map_err(|_| Error::Disconnected(format!("no reply to {method}")))?
+                    .map_err(|e| Error::Disconnected(e.to_string()))?;
+                if n == 0 {
+                    return Err(Error::Disconnected("closed by the server".into()));
+                }
+                framer.push(&buf[..n]);
+                while let Some(m) = framer.next_message().map_err(|e| Error::Protocol(e.0))? {
+                    match Incoming::parse(m).map_err(Error::Protocol)? {
+                        Received::Notification { method, params } => {
+                            self.early.push((method, params.map(ToOwned::to_owned)));
+                        }
+                        Received::Request { id, method, params } => {
+                            let params = to_value(params).map_err(Error::Protocol)?;
+                            write(wr, &reply_to(id, &method, params)).await?;
+                        }
+                        Received::Response { id, result, error } => self.response(id, result, error)?,
                     }
-                    Received::Request { id, method, params } => {
-                        let params = to_value(params).map_err(Error::Protocol)?;
-                        write(wr, &reply_to(id, &method, params)).await?;
-                    }
-                    Received::Response { id, result, error } => self.response(id, result, error)?,
                 }
             }
         }
-    }
-
-    /// A handshake call whose reply is small: as a JSON value.
-    async fn call_direct_value<R, W>(
-        &mut self,
-        rd: &mut R,
-        wr: &mut W,
-        method: &str,
-        params: Value,
-    ) -> Result<Value, Error>
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
-        let raw = self.call_direct(rd, wr, method, params).await?;
-        to_value(Some(&raw)).map_err(Error::Protocol)
+        .await;
+        self.framer = framer;
+        r
     }
 
     async fn handshake<R, W>(&mut self, rd: &mut R, wr: &mut W) -> Result<(), Error>
@@ -546,7 +518,8 @@ impl<'a> Session<'a> {
         if self.config.leader_only {
             self.check_leader(rd, wr).await?;
         }
-        let schema_json = self.call_direct_value(rd, wr, "get_schema", json!([db])).await?;
+        let schema_json =
+            to_value(Some(&self.call_direct(rd, wr, "get_schema", json!([db])).await?)).map_err(Error::Protocol)?;
         let schema = Arc::new(DatabaseSchema::from_json(&schema_json)?);
         if let Some(req) = &self.config.requirements {
             let needs: Vec<(&str, Vec<&str>)> =
@@ -645,8 +618,8 @@ impl<'a> Session<'a> {
     {
         let db = self.config.database.clone();
         let req = json!(["_Server", SERVER_MONITOR, {"Database": [{"where": [["name", "==", db]], "columns": ["name", "model", "connected", "leader"]}]}]);
-        let result = match self.call_direct_value(rd, wr, "monitor_cond", req).await {
-            Ok(r) => r,
+        let result = match self.call_direct(rd, wr, "monitor_cond", req).await {
+            Ok(r) => to_value(Some(&r)).map_err(Error::Protocol)?,
             // A server without _Server (very old) cannot be clustered.
             Err(Error::Rpc { .. }) => return Ok(()),
             Err(e) => return Err(e),

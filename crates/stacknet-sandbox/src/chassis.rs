@@ -283,19 +283,8 @@ mod tests {
         let ovn = Ovn::with_northd().unwrap();
         let c = Chassis::start(ovn.dir(), "chassis-1", &ovn.sb_remote().unwrap(), "127.0.0.1").unwrap();
         assert!(c.vsctl(&["br-exists", "br-int"]).is_ok());
-        ovn.nbctl(&[
-            "ls-add",
-            "s",
-            "--",
-            "lsp-add",
-            "s",
-            "p1",
-            "--",
-            "lsp-set-addresses",
-            "p1",
-            "0a:58:0a:00:00:01 10.0.0.1",
-        ])
-        .unwrap();
+        ovn.nbctl(&["ls-add", "s", "--", "lsp-add", "s", "p1"]).unwrap();
+        ovn.nbctl(&["lsp-set-addresses", "p1", "0a:58:0a:00:00:01 10.0.0.1"]).unwrap();
         // An internal port stands for a pod interface here (no namespace needed).
         c.vsctl(&[
             "add-port",
