@@ -423,3 +423,164 @@ impl<B: Backend> Controller<B> {
         health.set_ready(false, "shutting down");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use stacknet_engine::manifest;
+
+    use super::*;
+
+    /// A backend that records what the loop asks of it, when (in paused time, from the start),
+    /// and fails as many reconciles as it is told to.
+    #[derive(Clone, Default)]
+    struct Recording {
+        log: Arc<Mutex<Vec<(u128, String)>>>,
+        failures: Arc<Mutex<usize>>,
+        started: Option<Instant>,
+    }
+
+    impl Recording {
+        fn note(&self, what: String) {
+            let at = self.started.map_or(0, |s| s.elapsed().as_millis());
+            self.log.lock().unwrap().push((at, what));
+        }
+
+        fn log(&self) -> Vec<(u128, String)> {
+            self.log.lock().unwrap().clone()
+        }
+    }
+
+    impl Backend for Recording {
+        fn describe(&self) -> String {
+            "a recording backend".into()
+        }
+
+        async fn reconcile(&mut self, engine: &mut PolicyEngine, _annotate: bool) -> Result<Reconciled, Failure> {
+            self.note(format!("reconcile {} pods", engine.index().pod_count()));
+            let mut failures = self.failures.lock().unwrap();
+            if *failures > 0 {
+                *failures -= 1;
+                return Err(Failure::new(Reason::OvnUnreachable, "down"));
+            }
+            Ok(Reconciled::default())
+        }
+
+        async fn lead(&mut self, leading: bool) {
+            self.note(format!("lead {leading}"));
+        }
+    }
+
+    fn pods(n: usize) -> Vec<Change> {
+        (0..n)
+            .map(|i| {
+                let yaml = format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: x}}\n");
+                Change::Apply(manifest::parse("p.yaml", &yaml).unwrap().objects.remove(0))
+            })
+            .collect()
+    }
+
+    struct Running {
+        backend: Recording,
+        observed: Observed,
+        tx: mpsc::Sender<Change>,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Running {
+        async fn stop(mut self) {
+            let _ = self.stop.take().expect("running").send(());
+            self.task.await.unwrap();
+        }
+    }
+
+    fn start(leading: Option<watch::Receiver<bool>>) -> Running {
+        let backend = Recording { started: Some(Instant::now()), ..Recording::default() };
+        let config = ControllerConfig::new("t", Vec::new(), None);
+        let mut controller = Controller::new(&config, backend.clone(), &["test"]);
+        if let Some(l) = leading {
+            controller = controller.with_leader(l);
+        }
+        let observed = controller.observed();
+        let (tx, rx) = mpsc::channel(1024);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(controller.run(rx, async move {
+            let _ = stopped.await;
+        }));
+        Running { backend, observed, tx, stop: Some(stop), task }
+    }
+
+    async fn send(tx: &mpsc::Sender<Change>, changes: Vec<Change>) {
+        for c in changes {
+            tx.send(c).await.unwrap();
+        }
+    }
+
+    fn ready(o: &Observed) -> bool {
+        o.health.ready.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_is_written_before_the_sources_are_synced_and_a_burst_is_one_reconcile() {
+        let r = start(None);
+        send(&r.tx, pods(100)).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(r.backend.log(), [(0, "lead true".to_string())], "nothing before Synced");
+        assert!(!ready(&r.observed));
+        send(&r.tx, vec![Change::Synced("test".into())]).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let log = r.backend.log();
+        assert_eq!(log.len(), 2, "{log:?}");
+        // The burst began 5 s ago, longer than `coalesce_max`: due at once.
+        assert_eq!(log[1], (5000, "reconcile 100 pods".to_string()));
+        assert!(ready(&r.observed));
+        r.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_reconcile_is_an_event_and_is_retried_with_doubling_backoff() {
+        let r = start(None);
+        *r.backend.failures.lock().unwrap() = 3;
+        send(&r.tx, vec![Change::Synced("test".into())]).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let at: Vec<u128> =
+            r.backend.log().iter().filter(|(_, w)| w.starts_with("reconcile")).map(|(t, _)| *t).collect();
+        // Due at 20 ms, then 200, 400 and 800 ms after each failure.
+        assert_eq!(at, [20, 220, 620, 1420]);
+        let events = r.observed.events.with_reason(Reason::OvnUnreachable);
+        assert_eq!((events.len(), events[0].count, events[0].object.to_string()), (1, 3, "Cluster t".to_string()));
+        assert!(ready(&r.observed), "ready once a reconcile succeeded");
+        r.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_follower_is_ready_and_writes_nothing_and_a_new_leader_reconciles_at_once() {
+        let (lead, leading) = watch::channel(false);
+        let r = start(Some(leading));
+        send(&r.tx, pods(3)).await;
+        send(&r.tx, vec![Change::Synced("test".into())]).await;
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        assert_eq!(r.backend.log(), [(0, "lead false".to_string())]);
+        assert!(ready(&r.observed), "a follower holding the cluster is ready");
+        lead.send(true).unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let log = r.backend.log();
+        assert_eq!(log[1..], [(120_000, "lead true".to_string()), (120_000, "reconcile 3 pods".to_string())]);
+        r.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_network_is_reconciled_every_resync_and_a_change_within_a_coalesce() {
+        let r = start(None);
+        send(&r.tx, vec![Change::Synced("test".into())]).await;
+        tokio::time::sleep(Duration::from_secs(130)).await;
+        send(&r.tx, pods(1)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let at: Vec<u128> =
+            r.backend.log().iter().filter(|(_, w)| w.starts_with("reconcile")).map(|(t, _)| *t).collect();
+        assert_eq!(at, [20, 60_020, 120_020, 130_020]);
+        r.stop().await;
+    }
+}
