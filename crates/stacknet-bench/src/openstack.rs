@@ -56,6 +56,7 @@ fn engine(args: &Args) -> PolicyEngine {
             pod_cidrs: vec![],
             unschedulable: false,
             provider_id: None,
+            addresses: vec![],
         }));
     }
     for p in generator::policies(args.policies, args.namespaces, args.seed) {

@@ -67,7 +67,9 @@ pub struct ControllerArgs {
     /// OpenStack: a clouds.yaml besides the usual search path.
     #[arg(long, env = "STACKNET_CLOUDS_YAML", value_name = "FILE")]
     pub clouds_yaml: Option<PathBuf>,
-    /// OpenStack: the Service CIDR (the VIP subnet of Octavia's load balancers).
+    /// The Service CIDR. OVN: each node routes it (with the cluster CIDR) through its
+    /// management port (default 10.96.0.0/12, kubeadm's); OpenStack: the VIP subnet of
+    /// Octavia's load balancers (default: none, VIPs on the pod network).
     #[arg(long, env = "STACKNET_SERVICE_CIDR", value_name = "CIDR")]
     pub service_cidr: Option<String>,
     /// OpenStack: the external network LoadBalancer Services take floating IPs from.
@@ -138,6 +140,8 @@ pub struct ControllerConfig {
     pub leader_election: bool,
     pub lease_namespace: String,
     pub identity: String,
+    /// The Service CIDR, in OVN mode: routed by nodes through their management ports.
+    pub service_cidr: Cidr,
     /// `Some`: the network is made in OpenStack, not in `nb`.
     pub openstack: Option<OpenStackOptions>,
 }
@@ -169,6 +173,9 @@ impl Pace {
     }
 }
 
+/// The Service CIDR in OVN mode when none is set: kubeadm's default.
+pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
+
 fn default_identity() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     format!("{}-{}", host.trim(), std::process::id())
@@ -189,6 +196,7 @@ impl ControllerConfig {
             leader_election: false,
             lease_namespace: "stacknet-system".into(),
             identity: default_identity(),
+            service_cidr: DEFAULT_SERVICE_CIDR.parse().expect("valid"),
             openstack: None,
         }
     }
@@ -208,17 +216,18 @@ impl ControllerConfig {
             return Err(Error::setting("cluster", format!("{cluster:?} must be letters, digits, '-' or '_'")));
         }
         let backend = args.backend.clone().or(file.backend).unwrap_or_else(|| "ovn".into());
+        let service_cidr = args
+            .service_cidr
+            .clone()
+            .or(file.service_cidr)
+            .map(|t| t.parse::<Cidr>().map_err(|e| Error::setting("service-cidr", format!("{t:?}: {e}"))))
+            .transpose()?;
         let openstack = match backend.as_str() {
             "ovn" => None,
             "openstack" => Some(OpenStackOptions {
                 os_cloud: args.os_cloud.clone().or(file.os_cloud),
                 clouds_yaml: args.clouds_yaml.clone().or(file.clouds_yaml),
-                service_cidr: args
-                    .service_cidr
-                    .clone()
-                    .or(file.service_cidr)
-                    .map(|t| t.parse::<Cidr>().map_err(|e| Error::setting("service-cidr", format!("{t:?}: {e}"))))
-                    .transpose()?,
+                service_cidr,
                 external_network: args.external_network.clone().or(file.external_network),
                 pool_size: args.pool_size.or(file.pool_size).unwrap_or(0),
                 network_per_namespace: args.network_per_namespace || file.network_per_namespace.unwrap_or(false),
@@ -296,6 +305,10 @@ impl ControllerConfig {
                 .or(file.lease_namespace)
                 .unwrap_or_else(|| "stacknet-system".into()),
             identity: args.identity.clone().unwrap_or_else(default_identity),
+            service_cidr: match service_cidr {
+                Some(c) => c,
+                None => DEFAULT_SERVICE_CIDR.parse().expect("valid"),
+            },
             openstack,
         })
     }

@@ -23,6 +23,8 @@ use crate::error::Error;
 
 pub struct OvnNetwork {
     cluster: String,
+    /// What nodes route through their management ports: the cluster and Service CIDRs.
+    node_routes: Vec<Cidr>,
     remotes: String,
     backend: OvnBackend,
     ipam: Ipam,
@@ -40,6 +42,7 @@ impl OvnNetwork {
         let ipam = Ipam::new(config.ipam.clone()).map_err(|e| Error::setting(e.setting, e.message))?;
         Ok(OvnNetwork {
             cluster: config.cluster.clone(),
+            node_routes: config.ipam.cluster.iter().copied().chain([config.service_cidr]).collect(),
             remotes: config.nb.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", "),
             backend: OvnBackend::connect(config.nb.clone()),
             ipam,
@@ -59,6 +62,11 @@ impl OvnNetwork {
         }
         for (pod, node, ips) in a.pods {
             self.ipam.restore_pod(pod, &node, ips);
+        }
+        for (node, ips) in a.management {
+            for ip in ips {
+                self.ipam.restore_management(&node, ip);
+            }
         }
         true
     }
@@ -152,9 +160,15 @@ impl Backend for OvnNetwork {
             nodes: assignment
                 .nodes
                 .iter()
-                .map(|(name, subnets)| NodeNet { name: name.clone(), subnets: subnets.clone() })
+                .map(|(name, subnets)| NodeNet {
+                    name: name.clone(),
+                    subnets: subnets.clone(),
+                    management: assignment.management.get(name).cloned().unwrap_or_default(),
+                    addresses: engine.index().node(name).map(|n| n.addresses.clone()).unwrap_or_default(),
+                })
                 .collect(),
             nested: BTreeMap::new(),
+            node_routes: self.node_routes.clone(),
         };
         let desired = stacknet_ovn::build(engine, &topology);
         for w in &desired.warnings {

@@ -135,23 +135,28 @@ async fn the_network_follows_the_folder_and_a_restart_writes_nothing() {
     until("six pod ports", || pod_addresses(&ovn).len() == 6).await;
     until("ready", || c.observed.health.ready.load(Ordering::SeqCst)).await;
     assert_eq!(endpoint(c.addr, "/readyz").await.0, 200);
-    // IPAM: node-1 got the first /24, node-2 the second; pods the lowest addresses after the gateway.
+    // IPAM: node-1 got the first /24, node-2 the second; pods the lowest addresses after the
+    // gateway (.1) and the node's management port (.2).
     let addrs = pod_addresses(&ovn);
-    assert_eq!(addrs["t1_shop_p0"], "0a:58:0a:f4:00:02 10.244.0.2", "{addrs:?}");
-    assert_eq!(addrs["t1_shop_p1"], "0a:58:0a:f4:01:02 10.244.1.2", "{addrs:?}");
+    assert_eq!(addrs["t1_shop_p0"], "0a:58:0a:f4:00:03 10.244.0.3", "{addrs:?}");
+    assert_eq!(addrs["t1_shop_p1"], "0a:58:0a:f4:01:03 10.244.1.3", "{addrs:?}");
+    let mgmt =
+        ovn.nbctl(&["--bare", "--columns=addresses", "find", "Logical_Switch_Port", "name=t1_mgmt.node-1"]).unwrap();
+    assert_eq!(mgmt.trim(), "0a:58:0a:f4:00:02 10.244.0.2");
     let routers = rows(&ovn, "Logical_Router_Port", "networks");
     assert_eq!(routers["t1_rtos_node-1"], ["10.244.0.1/24"]);
-    assert_eq!(rows(&ovn, "ACL", "action").len(), 0, "no policy, no ACL");
+    // Each node's switch allows its node both ways; no policy, no other ACL.
+    assert_eq!(rows(&ovn, "ACL", "action").len(), 4, "two per node");
+    let policy_acls = || {
+        let not_nodes = "external_ids:stacknet.io/owner-kind!=Node";
+        ovn.nbctl(&["--bare", "--columns=match", "find", "ACL", "external_ids:stacknet.io/cluster=t1", not_nodes])
+            .unwrap()
+    };
+    assert_eq!(policy_acls().trim(), "", "no policy, no ACL");
 
     // A policy file appears: ACLs follow; removing a pod changes membership, not ACLs.
     std::fs::write(dir.path().join("policy.yaml"), POLICY).unwrap();
-    until("the policy's ACLs", || {
-        !ovn.nbctl(&["--bare", "--columns=match", "find", "ACL", "external_ids:stacknet.io/cluster=t1"])
-            .unwrap()
-            .trim()
-            .is_empty()
-    })
-    .await;
+    until("the policy's ACLs", || !policy_acls().trim().is_empty()).await;
     let acls = ovn.nbctl(&["--bare", "--columns=_uuid", "find", "ACL"]).unwrap();
     std::fs::write(dir.path().join("cluster.yaml"), nodes_and_pods(4)).unwrap();
     until("four pod ports", || pod_addresses(&ovn).len() == 4).await;
@@ -240,7 +245,8 @@ async fn bursts_coalesce_and_exhaustion_is_an_event() {
     let ev = c.observed.events.with_reason(Reason::SubnetExhausted);
     assert!(!ev.is_empty());
     assert!(ev[0].message.contains("10.244."), "{}", ev[0].message);
-    assert_eq!(pod_addresses(&ovn).len(), 2 * 253);
+    // A /24 holds 253 addresses past the gateway; one is the node's management port.
+    assert_eq!(pod_addresses(&ovn).len(), 2 * 252);
     c.stop().await;
 
     // The Northbound database unreachable: readiness says so, and so does an event.
@@ -286,11 +292,11 @@ async fn a_vm_on_a_node_switch_keeps_its_address_and_its_port() {
     let ovn = Ovn::nb_only().unwrap();
     let (dir, c) = ready_on(&ovn, &[("cluster.yaml", &nodes_and_pods(0))]).await;
     // An operator plugs a VM into node-1's switch, on the address IPAM would hand out next.
-    ovn.nbctl(&["lsp-add", "t1_node-1", "vm-db", "--", "lsp-set-addresses", "vm-db", "0a:00:00:00:00:99 10.244.0.2"])
+    ovn.nbctl(&["lsp-add", "t1_node-1", "vm-db", "--", "lsp-set-addresses", "vm-db", "0a:00:00:00:00:99 10.244.0.3"])
         .unwrap();
     std::fs::write(dir.path().join("cluster.yaml"), nodes_and_pods(2)).unwrap();
     until("two pod ports", || pod_addresses(&ovn).len() == 2).await;
-    assert_eq!(pod_addresses(&ovn)["t1_shop_p0"], "0a:58:0a:f4:00:03 10.244.0.3");
+    assert_eq!(pod_addresses(&ovn)["t1_shop_p0"], "0a:58:0a:f4:00:04 10.244.0.4");
     let ports = ovn.nbctl(&["--bare", "--columns=ports", "find", "Logical_Switch", "name=t1_node-1"]).unwrap();
     let vm = ovn.nbctl(&["--bare", "--columns=_uuid", "find", "Logical_Switch_Port", "name=vm-db"]).unwrap();
     assert!(ports.contains(vm.trim()), "the VM's port left the switch");

@@ -5,8 +5,11 @@
 //! the network with [`Ipam::restore_node`] / [`Ipam::restore_pod`]) is kept while it is still
 //! valid, so a restarted controller reassigns nothing.
 //!
-//! In each node subnet the first address is the router port (the pods' gateway); pods get the
-//! lowest free address after it.
+//! In each node subnet the first address is the router port (the pods' gateway), the second
+//! the node's management port (the node's own address on the pod network, as ovn-kubernetes
+//! places it); pods get the lowest free address after those. A pod that already held the
+//! second address before management ports existed keeps it, and the management port takes the
+//! lowest free one instead: nothing running moves.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -44,7 +47,7 @@ impl IpamConfig {
                 return Err(cidr(format!("at most one per IP family ({} and {})", of[0], of[1])));
             }
             let Some(c) = of.first() else { continue };
-            let (node, max) = if family { (self.node_prefix_v4, 30) } else { (self.node_prefix_v6, 126) };
+            let (node, max) = if family { (self.node_prefix_v4, 29) } else { (self.node_prefix_v6, 125) };
             if node < c.prefix_len() || node > max {
                 return Err(ConfigError {
                     setting: "node subnet size",
@@ -75,6 +78,8 @@ pub struct Assignment {
     pub nodes: BTreeMap<String, Vec<(Cidr, IpAddr)>>,
     /// Pod → its node and addresses (one per family the node has).
     pub pods: BTreeMap<ObjectKey, (String, Vec<IpAddr>)>,
+    /// Node → its management port's addresses, one per subnet, in the order of `nodes`.
+    pub management: BTreeMap<String, Vec<IpAddr>>,
     pub problems: Vec<Problem>,
 }
 
@@ -83,6 +88,7 @@ pub struct Ipam {
     config: Option<IpamConfig>,
     nodes: BTreeMap<String, Vec<Cidr>>,
     pods: BTreeMap<ObjectKey, (String, Vec<IpAddr>)>,
+    management: BTreeMap<String, Vec<IpAddr>>,
     /// Addresses others use on our networks (a VM's port on a node switch): never given out.
     reserved: BTreeMap<IpAddr, String>,
 }
@@ -128,6 +134,14 @@ impl Ipam {
         let subnets = self.nodes.entry(node.to_string()).or_default();
         if !subnets.iter().any(|s| s.is_ipv4() == subnet.is_ipv4()) {
             subnets.push(subnet);
+        }
+    }
+
+    /// A node's management address a previous run allocated.
+    pub fn restore_management(&mut self, node: &str, ip: IpAddr) {
+        let ips = self.management.entry(node.to_string()).or_default();
+        if !ips.contains(&ip) {
+            ips.push(ip);
         }
     }
 
@@ -286,6 +300,7 @@ impl Ipam {
             }
         }
         used.extend(self.reserved.keys().copied());
+        let management = self.sync_management(&out.nodes, &mut used);
         // 2. What the pod's status already shows (the API server remembers it), if it fits.
         for (key, pod, node) in &pods {
             if done.contains_key(*key) {
@@ -326,6 +341,7 @@ impl Ipam {
         }
         self.pods = done.clone();
         out.pods = done;
+        out.management = management;
     }
 }
 
@@ -338,6 +354,34 @@ fn u128_of(ip: IpAddr) -> u128 {
 
 fn ip_of(v: u128, v4: bool) -> Option<IpAddr> {
     if v4 { u32::try_from(v).ok().map(|v| IpAddr::V4(Ipv4Addr::from(v))) } else { Some(IpAddr::V6(Ipv6Addr::from(v))) }
+}
+
+impl Ipam {
+    /// Each node's management address per subnet: the one a previous run gave it while still
+    /// valid, else the subnet's second address, else (a pod of an earlier version holds that
+    /// one) the lowest free one. Marks them used.
+    fn sync_management(
+        &mut self,
+        nodes: &BTreeMap<String, Vec<(Cidr, IpAddr)>>,
+        used: &mut BTreeSet<IpAddr>,
+    ) -> BTreeMap<String, Vec<IpAddr>> {
+        let mut out = BTreeMap::new();
+        for (node, subnets) in nodes {
+            let before = self.management.get(node).cloned().unwrap_or_default();
+            let mut ips = Vec::new();
+            for (c, _) in subnets {
+                let kept = before.iter().find(|ip| assignable(c, **ip) && !used.contains(*ip)).copied();
+                let second = offset(c, 2).filter(|ip| assignable(c, *ip) && !used.contains(ip));
+                if let Some(ip) = kept.or(second).or_else(|| free_address(c, used)) {
+                    used.insert(ip);
+                    ips.push(ip);
+                }
+            }
+            out.insert(node.clone(), ips);
+        }
+        self.management = out.clone();
+        out
+    }
 }
 
 fn free_address(c: &Cidr, used: &BTreeSet<IpAddr>) -> Option<IpAddr> {
@@ -387,9 +431,12 @@ mod tests {
         let a = ipam.sync(&idx);
         assert_eq!(a.nodes["n1"], vec![("10.244.0.0/24".parse().unwrap(), "10.244.0.1".parse().unwrap())]);
         assert_eq!(a.nodes["n2"][0].0.to_string(), "10.244.1.0/24");
-        assert_eq!(ips(&a, "a"), ["10.244.0.2"]);
-        assert_eq!(ips(&a, "b"), ["10.244.0.3"]);
-        assert_eq!(ips(&a, "c"), ["10.244.1.2"]);
+        // .1 is the router port, .2 the node's management port.
+        assert_eq!(a.management["n1"], ["10.244.0.2".parse::<IpAddr>().unwrap()]);
+        assert_eq!(a.management["n2"], ["10.244.1.2".parse::<IpAddr>().unwrap()]);
+        assert_eq!(ips(&a, "a"), ["10.244.0.3"]);
+        assert_eq!(ips(&a, "b"), ["10.244.0.4"]);
+        assert_eq!(ips(&a, "c"), ["10.244.1.3"]);
         assert!(a.problems.is_empty());
         // Level-based: a second sync changes nothing.
         assert_eq!(ipam.sync(&idx), a);
@@ -404,7 +451,7 @@ mod tests {
         first.restore_pod(ObjectKey::new("x", "c"), "n2", vec!["10.244.7.9".parse().unwrap()]);
         let before = first.sync(&idx);
         assert_eq!(ips(&before, "c"), ["10.244.7.9"]);
-        assert_eq!(ips(&before, "b"), ["10.244.7.2"]);
+        assert_eq!(ips(&before, "b"), ["10.244.7.3"]);
         let mut second = ipam(&["10.244.0.0/16"]);
         for (n, subnets) in &before.nodes {
             for (s, _) in subnets {
@@ -414,7 +461,29 @@ mod tests {
         for (k, (n, ips)) in &before.pods {
             second.restore_pod(k.clone(), n, ips.clone());
         }
+        for (n, ips) in &before.management {
+            for ip in ips {
+                second.restore_management(n, *ip);
+            }
+        }
         assert_eq!(second.sync(&idx), before);
+    }
+
+    #[test]
+    fn a_pod_holding_the_management_address_from_an_earlier_version_keeps_it() {
+        let idx = index(&list(&[node("n1"), pod("a", "n1", ""), pod("b", "n1", "")]));
+        let mut ipam = ipam(&["10.244.0.0/16"]);
+        ipam.restore_node("n1", "10.244.0.0/24".parse().unwrap());
+        ipam.restore_pod(ObjectKey::new("x", "a"), "n1", vec!["10.244.0.2".parse().unwrap()]);
+        let a = ipam.sync(&idx);
+        assert_eq!(ips(&a, "a"), ["10.244.0.2"]);
+        assert_eq!(a.management["n1"], ["10.244.0.3".parse::<IpAddr>().unwrap()]);
+        assert_eq!(ips(&a, "b"), ["10.244.0.4"]);
+        // Stable: the management port does not move back when the pod goes.
+        let idx = index(&list(&[node("n1"), pod("b", "n1", "")]));
+        let a = ipam.sync(&idx);
+        assert_eq!(a.management["n1"], ["10.244.0.3".parse::<IpAddr>().unwrap()]);
+        assert_eq!(ips(&a, "b"), ["10.244.0.4"]);
     }
 
     #[test]
@@ -429,12 +498,12 @@ mod tests {
         let a = ipam.sync(&idx);
         assert_eq!(ips(&a, "a"), ["10.244.0.50"]);
         // Outside the node's subnet, or the gateway: allocated afresh.
-        assert_eq!(ips(&a, "b"), ["10.244.0.2"]);
-        assert_eq!(ips(&a, "c"), ["10.244.0.3"]);
+        assert_eq!(ips(&a, "b"), ["10.244.0.3"]);
+        assert_eq!(ips(&a, "c"), ["10.244.0.4"]);
         let idx = index(&list(&[node("n1"), pod("a", "n1", ""), pod("c", "n1", ""), pod("d", "n1", "")]));
         let a = ipam.sync(&idx);
-        assert_eq!(ips(&a, "c"), ["10.244.0.3"], "kept");
-        assert_eq!(ips(&a, "d"), ["10.244.0.2"], "b's address, free again");
+        assert_eq!(ips(&a, "c"), ["10.244.0.4"], "kept");
+        assert_eq!(ips(&a, "d"), ["10.244.0.3"], "b's address, free again");
     }
 
     #[test]
@@ -451,7 +520,7 @@ mod tests {
         let a = ipam.sync(&index(&yaml));
         assert_eq!(a.nodes["n1"][0].0.to_string(), "10.9.3.0/24");
         assert_eq!(a.nodes["n2"][0].0.to_string(), "10.244.0.0/24");
-        assert_eq!(ips(&a, "a"), ["10.9.3.2"]);
+        assert_eq!(ips(&a, "a"), ["10.9.3.3"]);
         for p in ["h", "u", "p"] {
             assert!(ips(&a, p).is_empty(), "{p}");
         }
@@ -462,35 +531,37 @@ mod tests {
 
     #[test]
     fn exhaustion_is_a_problem_on_the_object_not_a_wrong_address() {
-        let mut cfg = IpamConfig::new(vec!["10.0.0.0/29".parse().unwrap()]);
-        cfg.node_prefix_v4 = 30;
+        let mut cfg = IpamConfig::new(vec!["10.0.0.0/28".parse().unwrap()]);
+        cfg.node_prefix_v4 = 29;
         let mut ipam = Ipam::new(cfg).unwrap();
-        // /29 into /30s: two nodes; a /30 has one address for a pod.
-        let idx = index(&list(&[node("n1"), node("n2"), node("n3"), pod("a", "n1", ""), pod("b", "n1", "")]));
+        // /28 into /29s: two nodes; a /29 has four addresses for pods (.1 router, .2 management).
+        let pods: Vec<String> = ["a", "b", "c", "d", "e"].iter().map(|p| pod(p, "n1", "")).collect();
+        let idx = index(&list(&[&[node("n1"), node("n2"), node("n3")][..], &pods[..]].concat()));
         let a = ipam.sync(&idx);
-        assert_eq!(ips(&a, "a"), ["10.0.0.2"]);
-        assert!(ips(&a, "b").is_empty());
+        assert_eq!(ips(&a, "a"), ["10.0.0.3"]);
+        assert_eq!(ips(&a, "d"), ["10.0.0.6"]);
+        assert!(ips(&a, "e").is_empty());
         let reasons: Vec<(String, Reason)> = a.problems.iter().map(|p| (p.object.to_string(), p.reason)).collect();
         assert_eq!(
             reasons,
-            [("Node n3".to_string(), Reason::ClusterCIDRExhausted), ("Pod x/b".to_string(), Reason::SubnetExhausted)]
+            [("Node n3".to_string(), Reason::ClusterCIDRExhausted), ("Pod x/e".to_string(), Reason::SubnetExhausted)]
         );
-        assert!(a.problems[1].message.contains("10.0.0.0/30"), "{}", a.problems[1].message);
+        assert!(a.problems[1].message.contains("10.0.0.0/29"), "{}", a.problems[1].message);
     }
 
     #[test]
     fn addresses_of_foreign_ports_are_never_given_out() {
         let idx = index(&list(&[node("n1"), pod("a", "n1", ""), pod("b", "n1", "")]));
         let mut ipam = ipam(&["10.244.0.0/16"]);
-        ipam.set_reserved(BTreeMap::from([("10.244.0.2".parse().unwrap(), "port vm-1".to_string())]));
+        ipam.set_reserved(BTreeMap::from([("10.244.0.3".parse().unwrap(), "port vm-1".to_string())]));
         let a = ipam.sync(&idx);
-        assert_eq!(ips(&a, "a"), ["10.244.0.3"]);
-        assert_eq!(ips(&a, "b"), ["10.244.0.4"]);
+        assert_eq!(ips(&a, "a"), ["10.244.0.4"]);
+        assert_eq!(ips(&a, "b"), ["10.244.0.5"]);
         assert!(a.problems.is_empty());
         // A VM that turns up on a pod's address: the pod keeps it, and the conflict is reported.
-        ipam.set_reserved(BTreeMap::from([("10.244.0.4".parse().unwrap(), "port vm-2".to_string())]));
+        ipam.set_reserved(BTreeMap::from([("10.244.0.5".parse().unwrap(), "port vm-2".to_string())]));
         let a = ipam.sync(&idx);
-        assert_eq!(ips(&a, "b"), ["10.244.0.4"]);
+        assert_eq!(ips(&a, "b"), ["10.244.0.5"]);
         assert_eq!(a.problems[0].reason, Reason::AddressConflict);
         assert!(a.problems[0].message.contains("vm-2"));
     }
@@ -513,7 +584,8 @@ mod tests {
         let mut ipam = ipam(&["10.244.0.0/16", "fd00:10:244::/48"]);
         let a = ipam.sync(&index(&list(&[node("n1"), pod("a", "n1", "")])));
         assert_eq!(a.nodes["n1"][1].0.to_string(), "fd00:10:244::/64");
-        assert_eq!(ips(&a, "a"), ["10.244.0.2", "fd00:10:244::2"]);
+        assert_eq!(ips(&a, "a"), ["10.244.0.3", "fd00:10:244::3"]);
+        assert_eq!(a.management["n1"].len(), 2);
     }
 
     #[test]
@@ -533,6 +605,7 @@ mod tests {
         assert!(e(&[], 24).contains("at least one"));
         assert!(e(&["10.0.0.0/16", "10.1.0.0/16"], 24).contains("one per IP family"));
         assert!(e(&["10.0.0.0/16"], 8).contains("node subnet size: /8"));
-        assert!(e(&["10.0.0.0/16"], 31).contains("/30"));
+        // A /30 would hold the router and management ports and no pod.
+        assert!(e(&["10.0.0.0/16"], 30).contains("/29"));
     }
 }

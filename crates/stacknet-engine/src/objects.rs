@@ -426,6 +426,10 @@ pub struct Node {
     /// `spec.providerID`: for a Nova VM, `openstack:///<server id>` (the OpenStack backend
     /// finds the VM's trunk by it).
     pub provider_id: Option<String>,
+    /// The node's own addresses (`status.addresses`: every `InternalIP`, then every
+    /// `ExternalIP`), where host-network endpoints listen, and
+    /// what pod traffic leaving the cluster is translated to.
+    pub addresses: Vec<IpAddr>,
 }
 
 impl Node {
@@ -601,8 +605,30 @@ impl Node {
             pod_cidrs,
             unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
             provider_id: spec.and_then(|s| s.provider_id.clone()).filter(|p| !p.is_empty()),
+            addresses: node_addresses(node, &object)?,
         })
     }
+}
+
+/// A Node's `InternalIP` addresses, then its `ExternalIP` ones, each once.
+fn node_addresses(node: &core::Node, object: &str) -> Result<Vec<IpAddr>, Invalid> {
+    let listed = node.status.as_ref().and_then(|s| s.addresses.as_ref()).map(Vec::as_slice).unwrap_or_default();
+    let mut out: Vec<IpAddr> = Vec::new();
+    for kind in ["InternalIP", "ExternalIP"] {
+        for (i, a) in listed.iter().enumerate().filter(|(_, a)| a.type_ == kind) {
+            let ip: IpAddr = a.address.parse().map_err(|_| {
+                Invalid::new(
+                    object,
+                    format!("status.addresses[{i}].address"),
+                    format!("{:?} is not an IP address", a.address),
+                )
+            })?;
+            if !out.contains(&ip) {
+                out.push(ip);
+            }
+        }
+    }
+    Ok(out)
 }
 
 impl Pod {
@@ -916,7 +942,23 @@ mod tests {
             pod_cidrs: Vec::new(),
             unschedulable: false,
             provider_id: provider_id.map(str::to_string),
+            addresses: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_nodes_addresses_are_its_internal_then_external_ips() {
+        let yaml = r#"{"metadata":{"name":"n1"},"status":{"addresses":[
+            {"type":"Hostname","address":"n1"},{"type":"ExternalIP","address":"203.0.113.7"},
+            {"type":"InternalIP","address":"192.168.10.11"},{"type":"InternalIP","address":"fd00::11"},
+            {"type":"ExternalIP","address":"192.168.10.11"}]}}"#;
+        let n = Node::from_k8s(&serde_json::from_str(yaml).unwrap()).unwrap();
+        let want: Vec<IpAddr> =
+            ["192.168.10.11", "fd00::11", "203.0.113.7"].iter().map(|a| a.parse().unwrap()).collect();
+        assert_eq!(n.addresses, want);
+        let bad = r#"{"metadata":{"name":"n1"},"status":{"addresses":[{"type":"InternalIP","address":"node-1"}]}}"#;
+        let e = Node::from_k8s(&serde_json::from_str(bad).unwrap()).unwrap_err().to_string();
+        assert!(e.contains("Node n1") && e.contains("status.addresses[0].address"), "{e}");
     }
 
     #[test]

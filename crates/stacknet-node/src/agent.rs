@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stacknet_engine::objects::ObjectKey;
-use stacknet_ovn::lookup::{PodNetwork, pod_network};
+use stacknet_ovn::lookup::{PodNetwork, management, pod_network};
 use stacknet_ovsdb::{Client, ClientConfig, Remote, nb};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 use tokio::sync::Mutex;
 
+use crate::mgmt;
 use crate::ovs::{self, Attached, BindError, Binding};
 use crate::plumb::{PlumbError, Plumbing, PodInterface, Veth};
 use crate::protocol::{AddResult, CniError, Command, Iface, IpConfig, Request, Response, RouteConfig, Timings, codes};
@@ -32,6 +33,9 @@ pub struct AgentConfig {
     pub install_timeout: Duration,
     /// The namespace ovs-vswitchd runs in, where host ends go (`None`: the agent's own).
     pub host_netns: Option<PathBuf>,
+    /// The Kubernetes node this agent serves: it keeps the node's management port (`None`: no
+    /// management port).
+    pub node: Option<String>,
 }
 
 impl Default for AgentConfig {
@@ -43,6 +47,7 @@ impl Default for AgentConfig {
             lookup_timeout: Duration::from_secs(10),
             install_timeout: Duration::from_secs(30),
             host_netns: None,
+            node: None,
         }
     }
 }
@@ -52,6 +57,8 @@ pub struct Agent {
     ovs: Client,
     nb: Client,
     plumbing: Arc<dyn Plumbing>,
+    /// Netlink in the host namespace, for the management port (`None`: not managed).
+    host: Option<rtnetlink::Handle>,
     binder: ovs::Binder,
     /// One request at a time per container.
     busy: Mutex<HashMap<String, Arc<Mutex<()>>>>,
@@ -101,7 +108,9 @@ impl Agent {
                 host
             }
         };
-        Ok(Agent::with_plumbing(config, Arc::new(Veth { host }), ovs_remotes, nb_remotes))
+        let mut agent = Agent::with_plumbing(config, Arc::new(Veth { host: host.clone() }), ovs_remotes, nb_remotes);
+        agent.host = Some(host);
+        Ok(agent)
     }
 
     /// An agent whose pod interfaces are made by `plumbing`.
@@ -131,6 +140,7 @@ impl Agent {
             ovs,
             nb: Client::start(nb_config),
             plumbing,
+            host: None,
             busy: Mutex::new(HashMap::new()),
         }
     }
@@ -139,10 +149,19 @@ impl Agent {
         &self.ovs
     }
 
-    /// Serves requests on `socket` (replacing a stale socket file) until the task is dropped.
+    /// Serves requests on `socket` (replacing a stale socket file) until the task is dropped;
+    /// meanwhile keeps the node's management port.
     pub async fn serve(self: Arc<Self>, socket: &Path) -> std::io::Result<()> {
         let _ = std::fs::remove_file(socket);
         let listener = UnixListener::bind(socket)?;
+        let manage = self.clone();
+        tokio::select! {
+            r = self.accept(listener) => r,
+            () = manage.manage_node() => Ok(()),
+        }
+    }
+
+    async fn accept(self: Arc<Self>, listener: UnixListener) -> std::io::Result<()> {
         loop {
             let (mut stream, _) = listener.accept().await?;
             let agent = self.clone();
@@ -161,6 +180,52 @@ impl Agent {
                 tracing::trace!(elapsed_us = accepted.elapsed().as_micros() as u64, "request served");
             });
         }
+    }
+
+    /// Keeps the node's management port as its logical port says, checking every
+    /// [`mgmt::REPAIR_EVERY`]; never returns (pending forever when there is no node to manage).
+    pub async fn manage_node(&self) {
+        if self.config.node.is_none() || self.host.is_none() {
+            return std::future::pending().await;
+        }
+        let mut last_error = String::new();
+        loop {
+            match self.manage_once().await {
+                Ok(steps) if !steps.is_empty() => {
+                    tracing::info!(interface = mgmt::IFNAME, ?steps, "management port repaired");
+                    last_error.clear();
+                }
+                Ok(_) => last_error.clear(),
+                Err(e) => {
+                    let e = e.to_string();
+                    if e != last_error {
+                        tracing::warn!(interface = mgmt::IFNAME, "management port: {e}");
+                        last_error = e;
+                    }
+                }
+            }
+            tokio::time::sleep(mgmt::REPAIR_EVERY).await;
+        }
+    }
+
+    /// One check of the management port: what it took to make it as wanted.
+    pub async fn manage_once(&self) -> Result<Vec<mgmt::Step>, mgmt::MgmtError> {
+        let (Some(node), Some(host)) = (self.config.node.as_deref(), self.host.as_ref()) else { return Ok(Vec::new()) };
+        let port = self.nb.replica().as_ref().and_then(|r| management(r, &self.config.cluster, node));
+        let Some(port) = port else {
+            return Err(mgmt::MgmtError::Interface(format!(
+                "not made: the controller has not made the management port of node {node} in cluster {} yet",
+                self.config.cluster
+            )));
+        };
+        let wanted = mgmt::Wanted::from_port(&port, self.config.mtu);
+        mgmt::ensure_port(&self.ovs, &self.config.bridge, node, &wanted.lsp).await?;
+        let Some((idx, seen)) = mgmt::observe(host).await? else {
+            return Err(mgmt::MgmtError::Interface("not there yet (ovs-vswitchd makes it)".into()));
+        };
+        let steps = mgmt::plan(&wanted, &seen);
+        mgmt::apply(host, idx, &steps).await?;
+        Ok(steps)
     }
 
     pub async fn handle(&self, req: Request) -> Response {

@@ -10,14 +10,15 @@ use stacknet_engine::service::{self, LoadBalancer};
 use stacknet_engine::{ClusterIndex, PolicyEngine};
 use stacknet_ovsdb::Datum;
 use stacknet_ovsdb::nb::{
-    ACL, ADDRESS_SET, LOAD_BALANCER, LOAD_BALANCER_GROUP, LOGICAL_ROUTER, LOGICAL_ROUTER_PORT, LOGICAL_SWITCH,
-    LOGICAL_SWITCH_PORT, PORT_GROUP,
+    ACL, ADDRESS_SET, LOAD_BALANCER, LOAD_BALANCER_GROUP, LOGICAL_ROUTER, LOGICAL_ROUTER_PORT,
+    LOGICAL_ROUTER_STATIC_ROUTE, LOGICAL_SWITCH, LOGICAL_SWITCH_PORT, PORT_GROUP,
 };
 
-use crate::names::{KEY_CLUSTER, KEY_ID, KEY_OWNER, KEY_OWNER_KIND, KEY_POD_UID, ident};
+use crate::names::{KEY_CLUSTER, KEY_ID, KEY_OWNER, KEY_OWNER_KIND, KEY_POD_UID, KEY_ROUTES, ident};
 use crate::topology::{NodeNet, Topology, mac_for};
 
-/// ACL priorities: default deny below the allows.
+/// ACL priorities: default deny below the allows. Traffic between a pod and its own node is
+/// allowed at the allows' priority, on the node's switch: above every drop.
 pub const PRIORITY_DENY: i64 = 1000;
 pub const PRIORITY_ALLOW: i64 = 1001;
 
@@ -48,6 +49,8 @@ pub struct SwitchInfo {
     /// The router port's MAC: the gateway pods send off-subnet traffic to.
     pub router_mac: Option<String>,
     pub gateways: Vec<IpAddr>,
+    /// The node's management port (its logical port name and addresses), if it has one.
+    pub management: Option<(String, Vec<IpAddr>)>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -375,11 +378,12 @@ fn load_balancers(d: &mut Desired, cluster: &str, index: &ClusterIndex) -> bool 
     true
 }
 
-/// Nodes: a switch each holding its pods' ports (`pods_by_node`), and a router port each, all
-/// on the cluster router.
+/// Nodes: a switch each holding its pods' ports (`pods_by_node`) and the node's management
+/// port, a router port each, all on the cluster router.
 fn node_switches(d: &mut Desired, topo: &Topology, mut pods_by_node: BTreeMap<String, Vec<String>>, lb_group: bool) {
     let cluster = topo.cluster.as_str();
     let mut router_ports = Vec::new();
+    let mut routes = Vec::new();
     for node in &topo.nodes {
         let switch = format!("{cluster}_{}", node.name);
         let gateways: Vec<IpAddr> = node.subnets.iter().map(|(_, g)| *g).collect();
@@ -390,26 +394,118 @@ fn node_switches(d: &mut Desired, topo: &Topology, mut pods_by_node: BTreeMap<St
             router_ports.push(router_port);
             ports.push(switch_port);
         }
+        let mut acls = Vec::new();
+        let management = management_port(d, topo, node).map(|(port, lsp)| {
+            ports.push(port);
+            acls = own_node_acls(d, cluster, node);
+            routes.extend(node_routes(d, cluster, node));
+            (lsp, node.management.clone())
+        });
         let mut b = RowBuilder::new(cluster, LOGICAL_SWITCH, format!("node:{}", node.name), "Node", &node.name)
             .str("name", &switch)
-            .refs("ports", ports);
+            .refs("ports", ports)
+            .refs("acls", acls);
         if lb_group {
             b = b.refs("load_balancer_group", ["lbg".to_string()]);
         }
         d.add(b.build());
-        d.switches.insert(node.name.clone(), SwitchInfo { name: switch, router_mac, gateways });
+        d.switches.insert(node.name.clone(), SwitchInfo { name: switch, router_mac, gateways, management });
     }
     if !router_ports.is_empty() {
         d.add(
             RowBuilder::new(cluster, LOGICAL_ROUTER, "router".into(), "Cluster", cluster)
                 .str("name", &format!("{cluster}_router"))
                 .refs("ports", router_ports)
+                .refs("static_routes", routes)
                 .build(),
         );
     }
     for (node, _) in pods_by_node {
         d.warnings.push(format!("node {node}: not in the topology"));
     }
+}
+
+/// The node's management port: its host network's interface on the pod network (made by the
+/// node agent, an OVS internal port bound to this logical port). No port security: the node
+/// may send from any of its addresses. `stacknet.io/routes` tells the agent what to route
+/// through it. Returns its identity and name.
+fn management_port(d: &mut Desired, topo: &Topology, node: &NodeNet) -> Option<(String, String)> {
+    let first = *node.management.first()?;
+    let cluster = topo.cluster.as_str();
+    let lsp = Topology::management_port(cluster, &node.name);
+    let address = std::iter::once(mac_for(first))
+        .chain(node.management.iter().map(|i| i.to_string()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let routes = topo.node_routes.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(",");
+    let id = format!("mgmt:{}", node.name);
+    d.add(
+        RowBuilder::new(cluster, LOGICAL_SWITCH_PORT, id.clone(), "Node", &node.name)
+            .str("name", &lsp)
+            .col("addresses", Datum::set([address]))
+            .col("options", Datum::string_map([("requested-chassis", node.name.as_str())]))
+            .external(KEY_ROUTES, &routes)
+            .build(),
+    );
+    Some((id, lsp))
+}
+
+/// `ip4.F == {a, b} || ip6.F == {c}` over `ips`.
+fn addresses_match(field: &str, ips: &[IpAddr]) -> String {
+    let mut alts = Vec::new();
+    for (fam, v4) in [("ip4", true), ("ip6", false)] {
+        let of: Vec<String> = ips.iter().filter(|i| i.is_ipv4() == v4).map(|i| i.to_string()).collect();
+        match of.len() {
+            0 => {}
+            1 => alts.push(format!("{fam}.{field} == {}", of[0])),
+            _ => alts.push(format!("{fam}.{field} == {{{}}}", of.join(", "))),
+        }
+    }
+    alts.join(" || ")
+}
+
+/// Traffic between a pod and its own node is never blocked by policy (kubelet's probes come
+/// from the node): on the node's switch, an allow for the node's addresses (management and
+/// its own) in each direction, at the allows' priority, so above every drop. Returns the
+/// ACLs' identities.
+fn own_node_acls(d: &mut Desired, cluster: &str, node: &NodeNet) -> Vec<String> {
+    let ips: Vec<IpAddr> = node.management.iter().chain(&node.addresses).copied().collect();
+    let mut ids = Vec::new();
+    for (dir, field, what) in [(Direction::Ingress, "src", "from"), (Direction::Egress, "dst", "to")] {
+        let id = format!("acl:node:{}:{what}", node.name);
+        d.add(
+            RowBuilder::new(cluster, ACL, id.clone(), "Node", &node.name)
+                .col("name", acl_name(&format!("{what} node {}", node.name)))
+                .col("priority", Datum::Atom(PRIORITY_ALLOW.into()))
+                .str("direction", dir_str(dir))
+                .str("match", &addresses_match(field, &ips))
+                .str("action", "allow-related")
+                .col("options", acl_options(dir))
+                .build(),
+        );
+        ids.push(id);
+    }
+    ids
+}
+
+/// Pods' traffic for the node's own addresses goes to its management port (where the host
+/// network that holds them is): a host route each on the cluster router. Returns their
+/// identities.
+fn node_routes(d: &mut Desired, cluster: &str, node: &NodeNet) -> Vec<String> {
+    let mut ids = Vec::new();
+    for ip in &node.addresses {
+        let Some(hop) = node.management.iter().find(|m| m.is_ipv4() == ip.is_ipv4()) else { continue };
+        let id = format!("route:node:{}:{ip}", node.name);
+        let prefix = if ip.is_ipv4() { 32 } else { 128 };
+        d.add(
+            RowBuilder::new(cluster, LOGICAL_ROUTER_STATIC_ROUTE, id.clone(), "Node", &node.name)
+                .str("ip_prefix", &format!("{ip}/{prefix}"))
+                .str("nexthop", &hop.to_string())
+                .build(),
+        );
+        ids.push(id);
+    }
+    ids
 }
 
 /// A node's link to the cluster router: the router port (with the node's gateways, MAC `mac`)
@@ -592,8 +688,8 @@ items:
         let d = desired(CLUSTER);
         assert_eq!(d.count(LOGICAL_SWITCH), 2, "one switch per /24");
         assert_eq!(d.count(LOGICAL_ROUTER), 1);
-        // Two pod ports, two router ports on the switches.
-        assert_eq!(d.count(LOGICAL_SWITCH_PORT), 4);
+        // Two pod ports, and on each switch a router port and the node's management port.
+        assert_eq!(d.count(LOGICAL_SWITCH_PORT), 6);
         let web = d.row(LOGICAL_SWITCH_PORT, "pod:x/web").unwrap();
         assert_eq!(web.columns["addresses"], Datum::set(["0a:58:0a:01:00:01 10.1.0.1"]));
         assert_eq!(web.columns["port_security"], web.columns["addresses"]);
@@ -638,8 +734,9 @@ items:
             for (col, targets) in &row.refs {
                 let target_table = match (*table, *col) {
                     (LOGICAL_SWITCH, "ports") | (PORT_GROUP, "ports") => LOGICAL_SWITCH_PORT,
-                    (PORT_GROUP, "acls") => ACL,
+                    (PORT_GROUP, "acls") | (LOGICAL_SWITCH, "acls") => ACL,
                     (LOGICAL_ROUTER, "ports") => LOGICAL_ROUTER_PORT,
+                    (LOGICAL_ROUTER, "static_routes") => LOGICAL_ROUTER_STATIC_ROUTE,
                     (LOGICAL_SWITCH, "load_balancer_group") => LOAD_BALANCER_GROUP,
                     (LOAD_BALANCER_GROUP, "load_balancer") => LOAD_BALANCER,
                     other => panic!("unexpected reference {other:?}"),
@@ -649,5 +746,54 @@ items:
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_node_has_a_management_port_and_its_pods_always_accept_it() {
+        let yaml = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nspec: {nodeName: n1, containers: []}\nstatus: {podIP: 10.244.0.3}\n";
+        let engine =
+            PolicyEngine::from_index(ClusterIndex::from_objects(manifest::parse("t.yaml", yaml).unwrap().objects));
+        let topo = Topology {
+            cluster: "c1".into(),
+            nodes: vec![NodeNet {
+                name: "n1".into(),
+                subnets: vec![("10.244.0.0/24".parse().unwrap(), "10.244.0.1".parse().unwrap())],
+                management: vec!["10.244.0.2".parse().unwrap()],
+                addresses: vec!["192.168.50.11".parse().unwrap(), "fd00:50::11".parse().unwrap()],
+            }],
+            nested: BTreeMap::new(),
+            node_routes: vec!["10.244.0.0/16".parse().unwrap(), "10.96.0.0/12".parse().unwrap()],
+        };
+        let d = build(&engine, &topo);
+        let mgmt = d.row(LOGICAL_SWITCH_PORT, "mgmt:n1").unwrap();
+        assert_eq!(mgmt.columns["name"], Datum::Atom("c1_mgmt.n1".into()));
+        assert_eq!(mgmt.columns["addresses"], Datum::set(["0a:58:0a:f4:00:02 10.244.0.2"]));
+        assert!(!mgmt.columns.contains_key("port_security"), "the node sends from any of its addresses");
+        assert_eq!(mgmt.columns["options"], Datum::string_map([("requested-chassis", "n1")]));
+        let ids = &mgmt.columns["external_ids"];
+        assert_eq!(ids.map_get(KEY_ROUTES).and_then(|a| a.as_str()), Some("10.244.0.0/16,10.96.0.0/12"));
+        let switch = d.row(LOGICAL_SWITCH, "node:n1").unwrap();
+        assert!(switch.refs["ports"].contains("mgmt:n1"));
+        assert_eq!(switch.refs["acls"], BTreeSet::from(["acl:node:n1:from".to_string(), "acl:node:n1:to".to_string()]));
+        let from = d.row(ACL, "acl:node:n1:from").unwrap();
+        assert_eq!(
+            from.columns["match"],
+            Datum::Atom("ip4.src == {10.244.0.2, 192.168.50.11} || ip6.src == fd00:50::11".into())
+        );
+        assert_eq!(from.columns["direction"], Datum::Atom("to-lport".into()));
+        assert_eq!(from.columns["priority"], Datum::Atom(PRIORITY_ALLOW.into()));
+        assert_eq!(from.columns["action"], Datum::Atom("allow-related".into()));
+        let to = d.row(ACL, "acl:node:n1:to").unwrap();
+        assert_eq!(to.columns["direction"], Datum::Atom("from-lport".into()));
+        assert!(to.columns["match"].as_str().unwrap().starts_with("ip4.dst == {10.244.0.2, 192.168.50.11}"));
+        assert_eq!(to.columns["options"], Datum::string_map([("apply-after-lb", "true")]));
+        // Pods reach the node's own IPv4 address through the management port; IPv6 has no
+        // management address here, so no route for it.
+        let router = d.row(LOGICAL_ROUTER, "router").unwrap();
+        assert_eq!(router.refs["static_routes"], BTreeSet::from(["route:node:n1:192.168.50.11".to_string()]));
+        let r = d.row(LOGICAL_ROUTER_STATIC_ROUTE, "route:node:n1:192.168.50.11").unwrap();
+        assert_eq!(r.columns["ip_prefix"], Datum::Atom("192.168.50.11/32".into()));
+        assert_eq!(r.columns["nexthop"], Datum::Atom("10.244.0.2".into()));
+        assert_eq!(d.switches["n1"].management, Some(("c1_mgmt.n1".to_string(), vec!["10.244.0.2".parse().unwrap()])));
     }
 }

@@ -30,9 +30,32 @@ pub struct PodNetwork {
 /// The network of pod `key` in `cluster`, if the controller has made its port (and the port's
 /// switch is on the cluster router).
 pub fn pod_network(replica: &Replica, cluster: &str, key: &ObjectKey) -> Option<PodNetwork> {
-    let id = format!("pod:{key}");
+    port_network(replica, cluster, &format!("pod:{key}"))
+}
+
+/// A node's management port as the controller made it: the network of the node's own
+/// interface on the pod network, and what the node routes through it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Management {
+    pub network: PodNetwork,
+    pub routes: Vec<stacknet_engine::Cidr>,
+}
+
+/// The management port of node `node` in `cluster`, if the controller has made it.
+pub fn management(replica: &Replica, cluster: &str, node: &str) -> Option<Management> {
+    let network = port_network(replica, cluster, &format!("mgmt:{node}"))?;
+    let (_, row) = replica.table(nb::LOGICAL_SWITCH_PORT).by_name(&network.lsp).next()?;
+    let routes = string_map(row, "external_ids")
+        .get(crate::names::KEY_ROUTES)
+        .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect())
+        .unwrap_or_default();
+    Some(Management { network, routes })
+}
+
+/// The network of our logical port with identity `id`.
+fn port_network(replica: &Replica, cluster: &str, id: &str) -> Option<PodNetwork> {
     let lsps = replica.table(nb::LOGICAL_SWITCH_PORT);
-    let (uuid, row) = lsps.by_external_id(KEY_ID, &id).find(|(_, r)| {
+    let (uuid, row) = lsps.by_external_id(KEY_ID, id).find(|(_, r)| {
         r.get("external_ids").and_then(|d| d.map_get(KEY_CLUSTER)).and_then(|a| a.as_str()) == Some(cluster)
     })?;
     let lsp = LogicalSwitchPort::from_row(*uuid, row);
@@ -93,6 +116,8 @@ fn parse_network(s: &str) -> Option<(IpAddr, u8)> {
 pub struct Allocated {
     pub nodes: Vec<(String, stacknet_engine::Cidr)>,
     pub pods: Vec<(ObjectKey, String, Vec<IpAddr>)>,
+    /// Each node's management port's addresses.
+    pub management: Vec<(String, Vec<IpAddr>)>,
 }
 
 /// Reads back the allocation of `cluster` (our rows only).
@@ -129,6 +154,20 @@ pub fn allocated(replica: &Replica, cluster: &str) -> Allocated {
             }
         }
     }
+    let addresses_of = |r: &stacknet_ovsdb::RowData| -> Vec<IpAddr> {
+        r.get("addresses")
+            .map(|d| d.elements())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|a| a.as_str())
+            .flat_map(|a| a.split_whitespace().skip(1).filter_map(|w| w.parse().ok()).collect::<Vec<_>>())
+            .collect()
+    };
+    for (_, r) in replica.table(nb::LOGICAL_SWITCH_PORT).rows().filter(|(_, r)| ours(r)) {
+        if let Some(node) = id_of(r).and_then(|id| id.strip_prefix("mgmt:").map(str::to_string)) {
+            out.management.push((node, addresses_of(r)));
+        }
+    }
     for (uuid, r) in replica.table(nb::LOGICAL_SWITCH_PORT).rows().filter(|(_, r)| ours(r)) {
         let Some(key) = id_of(r)
             .and_then(|id| id.strip_prefix("pod:").and_then(|k| k.split_once('/')).map(|(n, p)| ObjectKey::new(n, p)))
@@ -136,14 +175,7 @@ pub fn allocated(replica: &Replica, cluster: &str) -> Allocated {
             continue;
         };
         let Some(node) = node_of.get(uuid) else { continue };
-        let ips: Vec<IpAddr> = r
-            .get("addresses")
-            .map(|d| d.elements())
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|a| a.as_str())
-            .flat_map(|a| a.split_whitespace().skip(1).filter_map(|w| w.parse().ok()).collect::<Vec<_>>())
-            .collect();
+        let ips = addresses_of(r);
         if !ips.is_empty() {
             out.pods.push((key, node.clone(), ips));
         }

@@ -13,6 +13,8 @@ pub const KEY_OWNER_KIND: &str = "stacknet.io/owner-kind";
 pub const KEY_OWNER: &str = "stacknet.io/owner";
 /// The pod's UID on its port.
 pub const KEY_POD_UID: &str = "stacknet.io/pod-uid";
+/// On a node's management port: the CIDRs the node routes through it (comma-separated).
+pub const KEY_ROUTES: &str = "stacknet.io/routes";
 
 /// FNV-1a 64 over the parts, as 16 hex digits: stable across builds and platforms.
 pub fn hash(parts: &[&str]) -> String {

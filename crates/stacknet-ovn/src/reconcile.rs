@@ -9,8 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use stacknet_ovsdb::nb::{
-    ACL, ADDRESS_SET, LOAD_BALANCER, LOAD_BALANCER_GROUP, LOGICAL_ROUTER, LOGICAL_ROUTER_PORT, LOGICAL_SWITCH,
-    LOGICAL_SWITCH_PORT, PORT_GROUP,
+    ACL, ADDRESS_SET, LOAD_BALANCER, LOAD_BALANCER_GROUP, LOGICAL_ROUTER, LOGICAL_ROUTER_PORT,
+    LOGICAL_ROUTER_STATIC_ROUTE, LOGICAL_SWITCH, LOGICAL_SWITCH_PORT, PORT_GROUP,
 };
 use stacknet_ovsdb::schema::ColumnType;
 use stacknet_ovsdb::{Atom, AtomSet, Condition, Datum, Mutation, Replica, Row, Transaction, Until, Uuid};
@@ -19,10 +19,11 @@ use crate::desired::Desired;
 use crate::names::{KEY_CLUSTER, KEY_ID, ident};
 
 /// Tables holding our rows, children before parents (inserts go in this order).
-pub const MANAGED: [&str; 9] = [
+pub const MANAGED: [&str; 10] = [
     ACL,
     LOGICAL_SWITCH_PORT,
     LOGICAL_ROUTER_PORT,
+    LOGICAL_ROUTER_STATIC_ROUTE,
     ADDRESS_SET,
     LOAD_BALANCER,
     LOAD_BALANCER_GROUP,
@@ -32,10 +33,11 @@ pub const MANAGED: [&str; 9] = [
 ];
 
 /// Non-root tables: their rows live while a parent references them.
-const CHILDREN: [(&str, &[(&str, &str)]); 3] = [
+const CHILDREN: [(&str, &[(&str, &str)]); 4] = [
     (LOGICAL_SWITCH_PORT, &[(LOGICAL_SWITCH, "ports")]),
-    (ACL, &[(PORT_GROUP, "acls")]),
+    (ACL, &[(PORT_GROUP, "acls"), (LOGICAL_SWITCH, "acls")]),
     (LOGICAL_ROUTER_PORT, &[(LOGICAL_ROUTER, "ports")]),
+    (LOGICAL_ROUTER_STATIC_ROUTE, &[(LOGICAL_ROUTER, "static_routes")]),
 ];
 
 /// Columns whose sets can be large: changed by mutation, not rewritten.
@@ -62,7 +64,13 @@ pub struct Plan {
 }
 
 /// Root tables whose rows hold children strongly: deleting such a row deletes its children.
-const STRONG_PARENTS: [(&str, &str); 3] = [(LOGICAL_SWITCH, "ports"), (LOGICAL_ROUTER, "ports"), (PORT_GROUP, "acls")];
+const STRONG_PARENTS: [(&str, &str); 5] = [
+    (LOGICAL_SWITCH, "ports"),
+    (LOGICAL_SWITCH, "acls"),
+    (LOGICAL_ROUTER, "ports"),
+    (LOGICAL_ROUTER, "static_routes"),
+    (PORT_GROUP, "acls"),
+];
 
 /// Our rows in the replica: identity → uuids (normally one; more are duplicates).
 fn owned(replica: &Replica, cluster: &str) -> HashMap<(&'static str, String), Vec<Uuid>> {

@@ -1,5 +1,6 @@
 //! Where pods sit on the logical network: one logical switch per node, joined by the cluster
-//! router. A node has one or more subnets and, in each, a gateway address for its router port.
+//! router. A node has one or more subnets and, in each, a gateway address for its router port
+//! and an address for its management port (the node's own interface on the pod network).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -12,6 +13,12 @@ pub struct NodeNet {
     pub name: String,
     /// The node's pod subnets, each with the router port's address in it.
     pub subnets: Vec<(Cidr, IpAddr)>,
+    /// The management port's addresses, one per subnet (none: the node gets no management
+    /// port).
+    pub management: Vec<IpAddr>,
+    /// The node's own addresses (`status.addresses`): pods reach them through its management
+    /// port.
+    pub addresses: Vec<IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +30,8 @@ pub struct Topology {
     /// trunk parent). Pods on such a node get ports nested in the VM's (`parent_name`, a VLAN
     /// tag ovn-northd allocates): their traffic arrives on the VM's port, tagged.
     pub nested: BTreeMap<String, String>,
+    /// What a node routes through its management port: the cluster and Service CIDRs.
+    pub node_routes: Vec<Cidr>,
 }
 
 /// The MAC a pod or router port gets from its (first) address: `0a:58` and the last four
@@ -40,7 +49,8 @@ pub fn mac_for(ip: IpAddr) -> String {
 
 impl Topology {
     /// A topology for pods whose addresses were given (manifests, tests): one "node" per /24
-    /// (IPv4) or /64 (IPv6) prefix the pods use, its router port on the highest free address.
+    /// (IPv4) or /64 (IPv6) prefix the pods use, its router port on the highest free address
+    /// and its management port on the next one down.
     pub fn from_pods(cluster: &str, index: &ClusterIndex) -> Topology {
         let mut groups: BTreeMap<Vec<Cidr>, Vec<IpAddr>> = BTreeMap::new();
         for (_, p) in index.pods() {
@@ -56,11 +66,26 @@ impl Topology {
             if prefixes.iter().any(|c| nodes.iter().any(|n| n.subnets.iter().any(|(s, _)| s == c))) {
                 continue;
             }
-            let subnets = prefixes.iter().map(|c| (*c, gateway_in(*c, &used))).collect();
+            let subnets: Vec<(Cidr, IpAddr)> = prefixes.iter().map(|c| (*c, gateway_in(*c, &used))).collect();
+            let management = subnets
+                .iter()
+                .map(|(c, g)| {
+                    let taken: Vec<IpAddr> = used.iter().copied().chain([*g]).collect();
+                    gateway_in(*c, &taken)
+                })
+                .collect();
             let name = format!("net-{}", prefixes.iter().map(|c| c.to_string()).collect::<Vec<_>>().join("+"));
-            nodes.push(NodeNet { name: name.replace(['/', ':'], "_"), subnets });
+            nodes.push(NodeNet { name: name.replace(['/', ':'], "_"), subnets, management, addresses: Vec::new() });
         }
-        Topology { cluster: cluster.to_string(), nodes, nested: BTreeMap::new() }
+        let node_routes = nodes.iter().flat_map(|n| n.subnets.iter().map(|(c, _)| *c)).collect();
+        Topology { cluster: cluster.to_string(), nodes, nested: BTreeMap::new(), node_routes }
+    }
+
+    /// The management port of node `node`: its logical port, where the node's host network
+    /// meets the pod network.
+    pub fn management_port(cluster: &str, node: &str) -> String {
+        // `_mgmt.` cannot occur in a pod's port name (`<cluster>_<ns>_<pod>`: names hold no `_`).
+        format!("{cluster}_mgmt.{node}")
     }
 
     /// Marks Kubernetes node `node` as a VM whose logical port is `parent`.

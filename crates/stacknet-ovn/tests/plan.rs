@@ -13,8 +13,8 @@ use stacknet_ovn::names::{KEY_CLUSTER, KEY_ID, ident};
 use stacknet_ovn::reconcile::{MANAGED, Plan, PlanSummary, plan};
 use stacknet_ovn::{Desired, Topology, build};
 use stacknet_ovsdb::nb::{
-    ACL, ADDRESS_SET, LOAD_BALANCER, LOAD_BALANCER_GROUP, LOGICAL_ROUTER, LOGICAL_ROUTER_PORT, LOGICAL_SWITCH,
-    LOGICAL_SWITCH_PORT, PORT_GROUP,
+    ACL, ADDRESS_SET, LOAD_BALANCER, LOAD_BALANCER_GROUP, LOGICAL_ROUTER, LOGICAL_ROUTER_PORT,
+    LOGICAL_ROUTER_STATIC_ROUTE, LOGICAL_SWITCH, LOGICAL_SWITCH_PORT, PORT_GROUP,
 };
 use stacknet_ovsdb::schema::DatabaseSchema;
 use stacknet_ovsdb::transact::{Function, Mutator, Operation};
@@ -144,8 +144,9 @@ impl Nb {
 fn reference_table(table: &str, column: &str) -> &'static str {
     match (table, column) {
         (LOGICAL_SWITCH | PORT_GROUP, "ports") => LOGICAL_SWITCH_PORT,
-        (PORT_GROUP, "acls") => ACL,
+        (PORT_GROUP | LOGICAL_SWITCH, "acls") => ACL,
         (LOGICAL_ROUTER, "ports") => LOGICAL_ROUTER_PORT,
+        (LOGICAL_ROUTER, "static_routes") => LOGICAL_ROUTER_STATIC_ROUTE,
         (LOGICAL_SWITCH, "load_balancer_group") => LOAD_BALANCER_GROUP,
         (_, "load_balancer") => LOAD_BALANCER,
         other => panic!("unexpected reference {other:?}"),
@@ -496,7 +497,10 @@ fn a_switch_no_longer_needed_that_holds_a_vm_port_is_kept_and_emptied_of_ours() 
     let emptied: Vec<&String> = ops.iter().filter(|o| o.starts_with("mutate Logical_Switch ")).collect();
     assert_eq!(
         emptied,
-        ["mutate Logical_Switch node:net-10.1.0.0_24 ports -pod:x/web-0,pod:y/db-0,stor:net-10.1.0.0_24"]
+        [
+            "mutate Logical_Switch node:net-10.1.0.0_24 ports -mgmt:net-10.1.0.0_24,pod:x/web-0,pod:y/db-0,stor:net-10.1.0.0_24",
+            "mutate Logical_Switch node:net-10.1.0.0_24 acls -acl:node:net-10.1.0.0_24:from,acl:node:net-10.1.0.0_24:to"
+        ]
     );
     assert!(!uuids_touched(&p).contains(&vm));
     // Every other row of ours goes.

@@ -17,6 +17,7 @@ pub const LOGICAL_SWITCH: &str = "Logical_Switch";
 pub const LOGICAL_SWITCH_PORT: &str = "Logical_Switch_Port";
 pub const LOGICAL_ROUTER: &str = "Logical_Router";
 pub const LOGICAL_ROUTER_PORT: &str = "Logical_Router_Port";
+pub const LOGICAL_ROUTER_STATIC_ROUTE: &str = "Logical_Router_Static_Route";
 pub const PORT_GROUP: &str = "Port_Group";
 pub const ACL: &str = "ACL";
 pub const ADDRESS_SET: &str = "Address_Set";
@@ -27,13 +28,14 @@ pub const NB_GLOBAL: &str = "NB_Global";
 /// Tables and the columns stacknet reads or writes in them.
 pub const USED: &[(&str, &[&str])] = &[
     (NB_GLOBAL, &["nb_cfg", "sb_cfg", "hv_cfg"]),
-    (LOGICAL_SWITCH, &["name", "ports", "load_balancer_group", "other_config", "external_ids"]),
+    (LOGICAL_SWITCH, &["name", "ports", "acls", "load_balancer_group", "other_config", "external_ids"]),
     (
         LOGICAL_SWITCH_PORT,
         &["name", "type", "addresses", "port_security", "options", "parent_name", "tag_request", "up", "external_ids"],
     ),
-    (LOGICAL_ROUTER, &["name", "ports", "load_balancer_group", "external_ids"]),
+    (LOGICAL_ROUTER, &["name", "ports", "static_routes", "load_balancer_group", "external_ids"]),
     (LOGICAL_ROUTER_PORT, &["name", "mac", "networks", "external_ids"]),
+    (LOGICAL_ROUTER_STATIC_ROUTE, &["ip_prefix", "nexthop", "external_ids"]),
     (PORT_GROUP, &["name", "ports", "acls", "external_ids"]),
     (ACL, &["name", "priority", "direction", "match", "action", "options", "external_ids"]),
     (ADDRESS_SET, &["name", "addresses", "external_ids"]),

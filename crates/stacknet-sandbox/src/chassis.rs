@@ -65,6 +65,11 @@ impl Chassis {
         let tag = crate::ovn::hash_path(base);
         let netns = Netns::create(&format!("snc-{tag}-{name}"))?;
         let ns = netns.name().to_string();
+        // With the userspace datapath the host ends of pod veths stay ordinary kernel
+        // interfaces here, so the kernel would answer a pod's ARP for the node's management
+        // address on the pod's own veth and take its packets past OVN. Answer ARP only on
+        // the interface holding the address (a kernel datapath node needs nothing of this).
+        run("ip", &["netns", "exec", &ns, "sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1"])?;
         let ovs = DbServer::start(&dir, "conf", VSWITCH_SCHEMA)?;
         let mut c =
             Chassis { name: name.into(), dir: dir.clone(), ovs, vswitchd: None, controller: None, netns: Some(netns) };

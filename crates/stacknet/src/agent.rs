@@ -40,6 +40,11 @@ pub struct AgentArgs {
     /// How long an ADD waits for ovn-controller to install the port, in seconds.
     #[arg(long, default_value_t = 30)]
     install_timeout: u64,
+    /// The Kubernetes node this agent runs on (its chassis's system-id): the agent keeps the
+    /// node's management port `sn-mgmt0` (its interface on the pod network). Without it there
+    /// is no management port.
+    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+    node: Option<String>,
 }
 
 /// Runs until SIGTERM or SIGINT, then removes its socket.
@@ -58,6 +63,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             lookup_timeout: Duration::from_secs(args.lookup_timeout),
             install_timeout: Duration::from_secs(args.install_timeout),
             host_netns: args.host_netns,
+            node: args.node.filter(|n| !n.is_empty()),
         };
         let agent = Arc::new(Agent::new(config, args.ovs, args.nb).context("starting the agent")?);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -136,7 +136,7 @@ fn killed_at_random_points_it_leaves_no_orphans_and_no_duplicates() {
     c.wait().unwrap();
     let (expected_big, dups) = census(&ovn);
     assert!(dups.is_empty(), "{dups:?}");
-    assert_eq!(expected_big["Logical_Switch_Port"], 1200 + 6, "pods and router ports");
+    assert_eq!(expected_big["Logical_Switch_Port"], 1200 + 6 + 6, "pods, router ports and management ports");
 
     // Kill trials: the folder flips between the big and the small cluster, so every start has
     // a large reconcile (creating or garbage-collecting hundreds of rows) to be killed in.
