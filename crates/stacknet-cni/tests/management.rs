@@ -39,12 +39,14 @@ fn topology() -> Topology {
         subnets: vec![(format!("10.244.{i}.0/24").parse().unwrap(), format!("10.244.{i}.1").parse().unwrap())],
         management: vec![format!("10.244.{i}.2").parse().unwrap()],
         addresses: vec![address.parse().unwrap()],
+        join: None,
     };
     Topology {
         cluster: CLUSTER.into(),
         nodes: vec![node("node-a", 0, "192.168.77.1"), node("node-b", 1, "192.168.77.2")],
         nested: Default::default(),
         node_routes: vec!["10.244.0.0/16".parse().unwrap(), "10.96.0.0/12".parse().unwrap()],
+        gateways: None,
     }
 }
 

@@ -56,6 +56,26 @@ pub struct ControllerArgs {
     /// This replica's name in the Lease (default: the host name and process id).
     #[arg(long, env = "STACKNET_IDENTITY")]
     pub identity: Option<String>,
+    /// OVN: the network the nodes' uplinks are on. Setting it gives every node with an
+    /// address in it a gateway router: pods reach beyond the cluster through their own node
+    /// (default: unset, pods reach only the cluster).
+    #[arg(long, env = "STACKNET_EXTERNAL_CIDR", value_name = "CIDR")]
+    pub external_cidr: Option<String>,
+    /// OVN: where traffic for beyond the external network goes (the external network's router).
+    #[arg(long, env = "STACKNET_EXTERNAL_NEXT_HOP", value_name = "IP")]
+    pub external_next_hop: Option<String>,
+    /// OVN: the join switch's subnet between the cluster router and the gateway routers
+    /// (default 100.64.0.0/16).
+    #[arg(long, env = "STACKNET_JOIN_CIDR", value_name = "CIDR")]
+    pub join_cidr: Option<String>,
+    /// OVN: translate pods' traffic leaving the cluster to their node's address (default true;
+    /// false: pod addresses are routed as they are).
+    #[arg(long, env = "STACKNET_SNAT", value_name = "BOOL")]
+    pub snat: Option<bool>,
+    /// OVN: the physical network name of the external switches' localnet ports, which each
+    /// node's `ovn-bridge-mappings` maps to its uplink bridge (default external).
+    #[arg(long, env = "STACKNET_PHYSNET", value_name = "NAME")]
+    pub physnet: Option<String>,
     /// Where the network is made: `ovn` (the Northbound database, default) or `openstack`
     /// (Neutron and Octavia; the cloud from `--os-cloud`, else `OS_CLOUD` or the `OS_*`
     /// variables).
@@ -97,6 +117,11 @@ struct FileConfig {
     cluster_cidr: Option<Vec<String>>,
     node_subnet_v4: Option<u8>,
     node_subnet_v6: Option<u8>,
+    external_cidr: Option<String>,
+    external_next_hop: Option<String>,
+    join_cidr: Option<String>,
+    snat: Option<bool>,
+    physnet: Option<String>,
     metrics_addr: Option<String>,
     poll_ms: Option<u64>,
     coalesce_ms: Option<u64>,
@@ -142,9 +167,24 @@ pub struct ControllerConfig {
     pub identity: String,
     /// The Service CIDR, in OVN mode: routed by nodes through their management ports.
     pub service_cidr: Cidr,
+    /// OVN: gateway routers (`None`: pods reach only the cluster).
+    pub gateways: Option<GatewaySettings>,
     /// `Some`: the network is made in OpenStack, not in `nb`.
     pub openstack: Option<OpenStackOptions>,
 }
+
+/// OVN north–south settings (`--external-cidr` and the flags after it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewaySettings {
+    pub external: Cidr,
+    pub next_hop: Option<std::net::IpAddr>,
+    pub join: Cidr,
+    pub snat: bool,
+    pub physnet: String,
+}
+
+/// The join switch's subnet when none is set (as ovn-kubernetes').
+pub const DEFAULT_JOIN_CIDR: &str = "100.64.0.0/16";
 
 /// How the reconcile loop paces itself; one set for every backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,6 +216,54 @@ impl Pace {
 /// The Service CIDR in OVN mode when none is set: kubeadm's default.
 pub const DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
 
+/// The gateway settings, checked: a join CIDR that overlaps the cluster, Service or external
+/// CIDR, or a next hop outside the external network, cannot work.
+fn gateway_settings(
+    args: &ControllerArgs,
+    file: &FileConfig,
+    cluster: &[Cidr],
+    service: Cidr,
+) -> Result<Option<GatewaySettings>, Error> {
+    let cidr = |setting: &'static str, text: &str| {
+        text.parse::<Cidr>().map_err(|e| Error::setting(setting, format!("{text:?}: {e}")))
+    };
+    let Some(external) = args.external_cidr.clone().or(file.external_cidr.clone()) else { return Ok(None) };
+    let external = cidr("external-cidr", &external)?;
+    let join =
+        cidr("join-cidr", &args.join_cidr.clone().or(file.join_cidr.clone()).unwrap_or(DEFAULT_JOIN_CIDR.into()))?;
+    if !external.is_ipv4() || !join.is_ipv4() {
+        return Err(Error::setting("external-cidr", "gateway routers are IPv4 only (external and join CIDRs)"));
+    }
+    let overlaps = |a: &Cidr, b: &Cidr| a.covers(b) || b.covers(a);
+    for (what, other) in
+        cluster.iter().map(|c| ("cluster-cidr", c)).chain([("service-cidr", &service), ("external-cidr", &external)])
+    {
+        if overlaps(&join, other) {
+            return Err(Error::setting("join-cidr", format!("{join} overlaps {what} {other}")));
+        }
+        if what != "external-cidr" && overlaps(&external, other) {
+            return Err(Error::setting("external-cidr", format!("{external} overlaps {what} {other}")));
+        }
+    }
+    let next_hop = match args.external_next_hop.clone().or(file.external_next_hop.clone()) {
+        None => None,
+        Some(t) => {
+            let ip: std::net::IpAddr =
+                t.parse().map_err(|_| Error::setting("external-next-hop", format!("{t:?} is not an IP address")))?;
+            if !external.contains(ip) {
+                return Err(Error::setting("external-next-hop", format!("{ip} is not in external-cidr {external}")));
+            }
+            Some(ip)
+        }
+    };
+    let physnet = args.physnet.clone().or(file.physnet.clone()).unwrap_or_else(|| "external".into());
+    if physnet.is_empty() || !physnet.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(Error::setting("physnet", format!("{physnet:?} must be letters, digits, '-' or '_'")));
+    }
+    let snat = args.snat.or(file.snat).unwrap_or(true);
+    Ok(Some(GatewaySettings { external, next_hop, join, snat, physnet }))
+}
+
 fn default_identity() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     format!("{}-{}", host.trim(), std::process::id())
@@ -197,6 +285,7 @@ impl ControllerConfig {
             lease_namespace: "stacknet-system".into(),
             identity: default_identity(),
             service_cidr: DEFAULT_SERVICE_CIDR.parse().expect("valid"),
+            gateways: None,
             openstack: None,
         }
     }
@@ -210,6 +299,8 @@ impl ControllerConfig {
                 toml::from_str(&text).map_err(|e| bad(e.to_string()))?
             }
         };
+        // The gateway settings are checked last, against the CIDRs; the fields below move out.
+        let gateway_file = file.clone();
         let from = |flag: bool| if flag { "flag or environment" } else { "config file" };
         let cluster = args.cluster.clone().or(file.cluster).unwrap_or_else(|| "stacknet".into());
         if cluster.is_empty() || !cluster.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
@@ -284,6 +375,11 @@ impl ControllerConfig {
                 ));
             }
         }
+        let service_cidr = match service_cidr {
+            Some(c) => c,
+            None => DEFAULT_SERVICE_CIDR.parse().expect("valid"),
+        };
+        let gateways = gateway_settings(args, &gateway_file, &ipam.cluster, service_cidr)?;
         let addr_text = args.metrics_addr.clone().or(file.metrics_addr).unwrap_or_else(|| "127.0.0.1:9478".into());
         let metrics_addr = addr_text.parse().map_err(|_| {
             Error::setting("metrics-addr", format!("{addr_text:?} is not an address:port (e.g. 127.0.0.1:9478)"))
@@ -305,10 +401,8 @@ impl ControllerConfig {
                 .or(file.lease_namespace)
                 .unwrap_or_else(|| "stacknet-system".into()),
             identity: args.identity.clone().unwrap_or_else(default_identity),
-            service_cidr: match service_cidr {
-                Some(c) => c,
-                None => DEFAULT_SERVICE_CIDR.parse().expect("valid"),
-            },
+            service_cidr,
+            gateways,
             openstack,
         })
     }
@@ -373,6 +467,37 @@ mod tests {
         );
         // Without networks per namespace the length is not used, so it is not checked.
         assert!(ControllerConfig::from_args(&ControllerArgs { network_per_namespace: false, ..wide }).is_ok());
+    }
+
+    #[test]
+    fn gateway_settings_default_and_bad_ones_are_named() {
+        assert_eq!(ControllerConfig::from_args(&args()).unwrap().gateways, None, "no external CIDR, no gateways");
+        let mut a = args();
+        a.external_cidr = Some("172.30.0.0/24".into());
+        let g = ControllerConfig::from_args(&a).unwrap().gateways.unwrap();
+        assert_eq!(
+            (g.join.to_string(), g.snat, g.physnet.as_str(), g.next_hop),
+            ("100.64.0.0/16".into(), true, "external", None)
+        );
+        let err = |f: &dyn Fn(&mut ControllerArgs)| {
+            let mut a = args();
+            a.external_cidr = Some("172.30.0.0/24".into());
+            f(&mut a);
+            ControllerConfig::from_args(&a).unwrap_err().to_string()
+        };
+        assert!(err(&|a| a.external_cidr = Some("10.244.7.0/24".into())).contains("overlaps cluster-cidr"));
+        assert!(
+            err(&|a| a.join_cidr = Some("10.96.0.0/16".into()))
+                .starts_with("join-cidr: 10.96.0.0/16 overlaps service-cidr")
+        );
+        assert!(err(&|a| a.join_cidr = Some("172.30.0.0/16".into())).contains("overlaps external-cidr"));
+        assert!(
+            err(&|a| a.external_next_hop = Some("10.1.1.1".into()))
+                .starts_with("external-next-hop: 10.1.1.1 is not in")
+        );
+        assert!(err(&|a| a.external_next_hop = Some("gw".into())).starts_with("external-next-hop"));
+        assert!(err(&|a| a.physnet = Some("a:b".into())).starts_with("physnet"));
+        assert!(err(&|a| a.external_cidr = Some("fd00::/64".into())).contains("IPv4 only"));
     }
 
     #[test]

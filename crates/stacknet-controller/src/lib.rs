@@ -25,7 +25,7 @@ pub mod metrics;
 pub mod openstack;
 pub mod ovn;
 
-pub use config::{ControllerArgs, ControllerConfig, OpenStackOptions, Pace};
+pub use config::{ControllerArgs, ControllerConfig, GatewaySettings, OpenStackOptions, Pace};
 pub use controller::{Backend, Change, Controller, Observed};
 pub use error::Error;
 pub use openstack::OpenStackNetwork;

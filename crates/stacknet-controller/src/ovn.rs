@@ -25,6 +25,10 @@ pub struct OvnNetwork {
     cluster: String,
     /// What nodes route through their management ports: the cluster and Service CIDRs.
     node_routes: Vec<Cidr>,
+    /// North–south settings, with the pods' CIDRs (`None`: no gateway routers).
+    gateways: Option<stacknet_ovn::topology::Gateways>,
+    /// Each node's gateway router address on the join switch, as last assigned.
+    join: BTreeMap<String, IpAddr>,
     remotes: String,
     backend: OvnBackend,
     ipam: Ipam,
@@ -43,6 +47,15 @@ impl OvnNetwork {
         Ok(OvnNetwork {
             cluster: config.cluster.clone(),
             node_routes: config.ipam.cluster.iter().copied().chain([config.service_cidr]).collect(),
+            gateways: config.gateways.as_ref().map(|g| stacknet_ovn::topology::Gateways {
+                join: g.join,
+                external: g.external,
+                next_hop: g.next_hop,
+                physnet: g.physnet.clone(),
+                snat: g.snat,
+                cluster: config.ipam.cluster.clone(),
+            }),
+            join: BTreeMap::new(),
             remotes: config.nb.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", "),
             backend: OvnBackend::connect(config.nb.clone()),
             ipam,
@@ -68,7 +81,43 @@ impl OvnNetwork {
                 self.ipam.restore_management(&node, ip);
             }
         }
+        self.join = a.join.into_iter().collect();
         true
+    }
+
+    /// Join switch addresses for the nodes with an address on the external network (kept
+    /// from before where possible); the others are reported.
+    fn assign_join(
+        &mut self,
+        index: &ClusterIndex,
+        problems: &mut Vec<stacknet_engine::Problem>,
+    ) -> BTreeMap<String, IpAddr> {
+        let Some(g) = &self.gateways else { return BTreeMap::new() };
+        let mut with_uplink = Vec::new();
+        for node in index.nodes() {
+            if node.addresses.iter().any(|a| g.external.contains(*a)) {
+                with_uplink.push(node.name.as_str());
+            } else {
+                problems.push(stacknet_engine::Problem {
+                    object: stacknet_engine::ObjectRef::node(&node.name),
+                    reason: Reason::NoGateway,
+                    message: format!(
+                        "no address in external-cidr {} among status.addresses {:?}: no gateway router; its pods reach the cluster but nothing beyond it",
+                        g.external, node.addresses
+                    ),
+                });
+            }
+        }
+        let join = stacknet_ovn::topology::join_addresses(g.join, &with_uplink, &self.join);
+        for n in with_uplink.iter().filter(|n| !join.contains_key(**n)) {
+            problems.push(stacknet_engine::Problem {
+                object: stacknet_engine::ObjectRef::node(n),
+                reason: Reason::NoGateway,
+                message: format!("join-cidr {} has no free address: no gateway router; enlarge the join CIDR", g.join),
+            });
+        }
+        self.join = join.clone();
+        join
     }
 
     /// Each pod's `stacknet.io/network` annotation: its addresses with the prefix length of
@@ -155,6 +204,8 @@ impl Backend for OvnNetwork {
             pod.ips = assignment.pods.get(&pod.key).map(|(_, ips)| ips.clone()).unwrap_or_default();
             engine.apply_pod(pod);
         }
+        let mut problems = assignment.problems;
+        let join = self.assign_join(engine.index(), &mut problems);
         let topology = Topology {
             cluster: self.cluster.clone(),
             nodes: assignment
@@ -165,10 +216,12 @@ impl Backend for OvnNetwork {
                     subnets: subnets.clone(),
                     management: assignment.management.get(name).cloned().unwrap_or_default(),
                     addresses: engine.index().node(name).map(|n| n.addresses.clone()).unwrap_or_default(),
+                    join: join.get(name).copied(),
                 })
                 .collect(),
             nested: BTreeMap::new(),
             node_routes: self.node_routes.clone(),
+            gateways: self.gateways.clone(),
         };
         let desired = stacknet_ovn::build(engine, &topology);
         for w in &desired.warnings {
@@ -179,7 +232,7 @@ impl Backend for OvnNetwork {
                 self.ports = desired.ports.iter().map(|(k, p)| (k.clone(), p.lsp.clone())).collect();
                 let annotations = if annotate { Self::annotations(&desired, &assignment.nodes) } else { Vec::new() };
                 Ok(Reconciled {
-                    problems: assignment.problems,
+                    problems,
                     annotations,
                     transactions: report.transactions as u64,
                     operations: report.operations as u64,

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use stacknet_controller::manifests::{ManifestSource, SOURCE};
-use stacknet_controller::{Controller, ControllerConfig, Observed};
+use stacknet_controller::{Controller, ControllerConfig, GatewaySettings, Observed};
 use stacknet_engine::{ObjectRef, Reason};
 use stacknet_sandbox::Ovn;
 use stacknet_testsupport::http::{get, get_blocking};
@@ -58,7 +58,12 @@ impl Running {
 }
 
 async fn start(ovn: &Ovn, dir: &Path) -> Running {
-    let config = ControllerConfig::new("t1", vec![ovn.nb.remote().parse().unwrap()], Some(dir));
+    start_with(ovn, dir, |_| {}).await
+}
+
+async fn start_with(ovn: &Ovn, dir: &Path, configure: impl FnOnce(&mut ControllerConfig)) -> Running {
+    let mut config = ControllerConfig::new("t1", vec![ovn.nb.remote().parse().unwrap()], Some(dir));
+    configure(&mut config);
     let controller = Controller::ovn(&config, &[SOURCE]).unwrap();
     let observed = controller.observed();
     let (addr, _http) = controller.serve_http().await.unwrap();
@@ -300,5 +305,58 @@ async fn a_vm_on_a_node_switch_keeps_its_address_and_its_port() {
     let ports = ovn.nbctl(&["--bare", "--columns=ports", "find", "Logical_Switch", "name=t1_node-1"]).unwrap();
     let vm = ovn.nbctl(&["--bare", "--columns=_uuid", "find", "Logical_Switch_Port", "name=vm-db"]).unwrap();
     assert!(ports.contains(vm.trim()), "the VM's port left the switch");
+    c.stop().await;
+}
+
+const UPLINKS: &str = "apiVersion: v1\nkind: List\nitems:\n\
+- {apiVersion: v1, kind: Node, metadata: {name: node-1}, status: {addresses: [{type: InternalIP, address: 172.30.0.11}]}}\n\
+- {apiVersion: v1, kind: Node, metadata: {name: node-2}, status: {addresses: [{type: InternalIP, address: 192.168.5.5}]}}\n\
+- {apiVersion: v1, kind: Node, metadata: {name: node-3}, status: {addresses: [{type: InternalIP, address: 172.30.0.13}]}}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_routers_follow_the_nodes_uplinks_and_keep_their_join_addresses() {
+    let ovn = Ovn::nb_only().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("nodes.yaml"), UPLINKS).unwrap();
+    let gateways = |c: &mut ControllerConfig| {
+        c.gateways = Some(GatewaySettings {
+            external: "172.30.0.0/24".parse().unwrap(),
+            next_hop: Some("172.30.0.1".parse().unwrap()),
+            join: "100.64.0.0/16".parse().unwrap(),
+            snat: true,
+            physnet: "external".into(),
+        })
+    };
+    let c = start_with(&ovn, dir.path(), gateways).await;
+    until("ready", || c.observed.health.ready.load(Ordering::SeqCst)).await;
+    let routers = rows(&ovn, "Logical_Router", "options");
+    assert_eq!(routers.keys().collect::<Vec<_>>(), ["t1_gr.node-1", "t1_gr.node-3", "t1_router"]);
+    assert_eq!(routers["t1_gr.node-1"], ["chassis=node-1"]);
+    let joins = rows(&ovn, "Logical_Router_Port", "networks");
+    assert_eq!(joins["t1_gtoj.node-1"], ["100.64.0.2/16"]);
+    assert_eq!(joins["t1_gtoj.node-3"], ["100.64.0.3/16"]);
+    assert_eq!(joins["t1_gtoe.node-1"], ["172.30.0.11/24"]);
+    assert_eq!(joins["t1_rtoj"], ["100.64.0.1/16"]);
+    let nat = ovn.nbctl(&["--bare", "--columns=external_ip", "find", "NAT", "type=snat"]).unwrap();
+    let mut nat: Vec<&str> = nat.split_whitespace().collect();
+    nat.sort();
+    assert_eq!(nat, ["172.30.0.11", "172.30.0.13"], "pods leave as their node's address");
+    // node-2 has no address on the external network: an Event, no gateway router.
+    let ev = c.observed.events.with_reason(Reason::NoGateway);
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].object, ObjectRef::node("node-2"));
+    assert!(ev[0].message.contains("192.168.5.5"), "{}", ev[0].message);
+    c.stop().await;
+
+    // A restart writes nothing; then node-1 goes: its router goes, node-3 keeps its address.
+    let c = start_with(&ovn, dir.path(), gateways).await;
+    until("ready after restart", || c.observed.health.ready.load(Ordering::SeqCst)).await;
+    assert_eq!(c.observed.metrics.transactions.load(Ordering::Relaxed), 0, "NB writes after a restart");
+    let without_1: String = UPLINKS.lines().filter(|l| !l.contains("node-1")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(dir.path().join("nodes.yaml"), without_1).unwrap();
+    until("node-1's gateway router gone", || !rows(&ovn, "Logical_Router", "options").contains_key("t1_gr.node-1"))
+        .await;
+    assert_eq!(rows(&ovn, "Logical_Router_Port", "networks")["t1_gtoj.node-3"], ["100.64.0.3/16"]);
+    assert_eq!(ovn.nbctl(&["--bare", "--columns=external_ip", "find", "NAT"]).unwrap().trim(), "172.30.0.13");
     c.stop().await;
 }

@@ -146,6 +146,8 @@ reasons! {
         "its node's subnet has no free address; the pod gets no network until another pod on the node goes";
     ClusterCIDRExhausted: "Node",
         "no node subnet is left in the cluster CIDR; pods on the node get no network";
+    NoGateway: "Node",
+        "with `--external-cidr`: the node has no address in it (or the join CIDR is full), so it gets no gateway router; its pods reach the cluster, not beyond it";
     NodeUnknown: "Pod",
         "`spec.nodeName` names no Node the controller knows; the pod gets no network until it exists";
     NoNodeForAddress: "Pod",

@@ -36,6 +36,8 @@ pub struct AgentConfig {
     /// The Kubernetes node this agent serves: it keeps the node's management port (`None`: no
     /// management port).
     pub node: Option<String>,
+    /// The node's uplink bridge, shared with its gateway router (`None`: not managed).
+    pub gateway_bridge: Option<String>,
 }
 
 impl Default for AgentConfig {
@@ -48,6 +50,7 @@ impl Default for AgentConfig {
             install_timeout: Duration::from_secs(30),
             host_netns: None,
             node: None,
+            gateway_bridge: None,
         }
     }
 }
@@ -59,6 +62,10 @@ pub struct Agent {
     plumbing: Arc<dyn Plumbing>,
     /// Netlink in the host namespace, for the management port (`None`: not managed).
     host: Option<rtnetlink::Handle>,
+    /// Where ovs-vswitchd's bridge sockets are (for the gateway bridge's flows).
+    ovs_rundir: Option<PathBuf>,
+    /// The gateway bridge's flows as last installed.
+    gateway_flows: std::sync::Mutex<Option<String>>,
     binder: ovs::Binder,
     /// One request at a time per container.
     busy: Mutex<HashMap<String, Arc<Mutex<()>>>>,
@@ -108,8 +115,10 @@ impl Agent {
                 host
             }
         };
+        let rundir = ovs_remotes.first().and_then(crate::gateway::rundir);
         let mut agent = Agent::with_plumbing(config, Arc::new(Veth { host: host.clone() }), ovs_remotes, nb_remotes);
         agent.host = Some(host);
+        agent.ovs_rundir = rundir;
         Ok(agent)
     }
 
@@ -141,6 +150,8 @@ impl Agent {
             nb: Client::start(nb_config),
             plumbing,
             host: None,
+            ovs_rundir: None,
+            gateway_flows: std::sync::Mutex::new(None),
             busy: Mutex::new(HashMap::new()),
         }
     }
@@ -185,27 +196,84 @@ impl Agent {
     /// Keeps the node's management port as its logical port says, checking every
     /// [`mgmt::REPAIR_EVERY`]; never returns (pending forever when there is no node to manage).
     pub async fn manage_node(&self) {
-        if self.config.node.is_none() || self.host.is_none() {
+        if self.config.node.is_none() || (self.host.is_none() && self.config.gateway_bridge.is_none()) {
             return std::future::pending().await;
         }
-        let mut last_error = String::new();
+        let (mut mgmt_error, mut gateway_error) = (String::new(), String::new());
         loop {
             match self.manage_once().await {
                 Ok(steps) if !steps.is_empty() => {
                     tracing::info!(interface = mgmt::IFNAME, ?steps, "management port repaired");
-                    last_error.clear();
+                    mgmt_error.clear();
                 }
-                Ok(_) => last_error.clear(),
+                Ok(_) => mgmt_error.clear(),
                 Err(e) => {
                     let e = e.to_string();
-                    if e != last_error {
+                    if e != mgmt_error {
                         tracing::warn!(interface = mgmt::IFNAME, "management port: {e}");
-                        last_error = e;
+                        mgmt_error = e;
+                    }
+                }
+            }
+            match self.gateway_once().await {
+                Ok(changes) if !changes.is_empty() => {
+                    tracing::info!(?changes, "gateway bridge repaired");
+                    gateway_error.clear();
+                }
+                Ok(_) => gateway_error.clear(),
+                Err(e) => {
+                    let e = e.to_string();
+                    if e != gateway_error {
+                        tracing::warn!("gateway bridge: {e}");
+                        gateway_error = e;
                     }
                 }
             }
             tokio::time::sleep(mgmt::REPAIR_EVERY).await;
         }
+    }
+
+    /// One check of the gateway bridge (with `gateway_bridge`): what it took to make it as the
+    /// node's gateway router needs.
+    pub async fn gateway_once(&self) -> Result<Vec<String>, crate::gateway::GatewayError> {
+        use crate::gateway::{self, GatewayError};
+        let (Some(node), Some(bridge)) = (self.config.node.as_deref(), self.config.gateway_bridge.as_deref()) else {
+            return Ok(Vec::new());
+        };
+        let gw = self.nb.replica().as_ref().and_then(|r| gateway::lookup(r, &self.config.cluster, node));
+        let Some(gw) = gw else {
+            return Err(GatewayError::Other(format!(
+                "the controller has made no gateway router for node {node} in cluster {} (is --external-cidr set, and the node's address in it?)",
+                self.config.cluster
+            )));
+        };
+        let mut changes = gateway::ensure_database(&self.ovs, bridge, &gw).await?;
+        let ports = {
+            let guard = self.ovs.replica();
+            let r = guard.as_ref().ok_or_else(|| GatewayError::Other("no Open_vSwitch replica".into()))?;
+            gateway::bridge_ports(r, bridge)?
+        };
+        let rundir = self.ovs_rundir.clone().ok_or_else(|| {
+            GatewayError::Other(
+                "the Open_vSwitch database is not a unix socket: no bridge sockets to program flows through".into(),
+            )
+        })?;
+        let wanted = gateway::flows(&ports);
+        let last = self.gateway_flows.lock().map(|l| l.clone()).unwrap_or_default();
+        let b = bridge.to_string();
+        let (installed, last) = tokio::task::spawn_blocking(move || {
+            let mut last = last;
+            gateway::ensure_flows(&rundir, &b, &wanted, &mut last).map(|i| (i, last))
+        })
+        .await
+        .map_err(|e| GatewayError::Other(e.to_string()))??;
+        if let Ok(mut l) = self.gateway_flows.lock() {
+            *l = last;
+        }
+        if installed {
+            changes.push(format!("flows on {bridge} (uplink {}, patch {})", ports.uplink.0, ports.patch.0));
+        }
+        Ok(changes)
     }
 
     /// One check of the management port: what it took to make it as wanted.

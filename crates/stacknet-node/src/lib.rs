@@ -11,6 +11,7 @@
 
 pub mod agent;
 pub mod ethtool;
+pub mod gateway;
 pub mod mgmt;
 pub mod netns;
 pub mod ovs;

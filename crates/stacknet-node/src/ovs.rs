@@ -11,6 +11,8 @@ use stacknet_ovsdb::{
 };
 
 pub const DATABASE: &str = "Open_vSwitch";
+/// The root table (one row): `external_ids:ovn-bridge-mappings` lives there.
+pub const OPEN_VSWITCH: &str = "Open_vSwitch";
 pub const BRIDGE: &str = "Bridge";
 pub const PORT: &str = "Port";
 pub const INTERFACE: &str = "Interface";
@@ -22,13 +24,14 @@ pub const KEY_NETNS: &str = "stacknet.io/netns";
 /// A client of the local Open_vSwitch database, monitoring what the agent reads.
 pub fn client(remotes: Vec<Remote>) -> Client {
     let mut c = ClientConfig::new(remotes, DATABASE);
-    c.tables = Some(vec![BRIDGE.into(), PORT.into(), INTERFACE.into()]);
+    c.tables = Some(vec![OPEN_VSWITCH.into(), BRIDGE.into(), PORT.into(), INTERFACE.into()]);
     // Not the columns ovs-vswitchd keeps rewriting (statistics, status, link state...).
     let cols = |cs: &[&str]| cs.iter().map(|c| c.to_string()).collect::<Vec<_>>();
     c.columns = BTreeMap::from([
-        (BRIDGE.to_string(), cols(&["name", "ports"])),
+        (OPEN_VSWITCH.to_string(), cols(&["external_ids"])),
+        (BRIDGE.to_string(), cols(&["name", "ports", "other_config"])),
         (PORT.to_string(), cols(&["name", "interfaces", "external_ids"])),
-        (INTERFACE.to_string(), cols(&["name", "external_ids"])),
+        (INTERFACE.to_string(), cols(&["name", "type", "ofport", "external_ids"])),
     ]);
     c.leader_only = false;
     Client::start(c)

@@ -11,11 +11,11 @@ use stacknet_engine::{ClusterIndex, PolicyEngine};
 use stacknet_ovsdb::Datum;
 use stacknet_ovsdb::nb::{
     ACL, ADDRESS_SET, LOAD_BALANCER, LOAD_BALANCER_GROUP, LOGICAL_ROUTER, LOGICAL_ROUTER_PORT,
-    LOGICAL_ROUTER_STATIC_ROUTE, LOGICAL_SWITCH, LOGICAL_SWITCH_PORT, PORT_GROUP,
+    LOGICAL_ROUTER_STATIC_ROUTE, LOGICAL_SWITCH, LOGICAL_SWITCH_PORT, NAT, PORT_GROUP,
 };
 
 use crate::names::{KEY_CLUSTER, KEY_ID, KEY_OWNER, KEY_OWNER_KIND, KEY_POD_UID, KEY_ROUTES, ident};
-use crate::topology::{NodeNet, Topology, mac_for};
+use crate::topology::{Gateways, NodeNet, Topology, mac_for};
 
 /// ACL priorities: default deny below the allows. Traffic between a pod and its own node is
 /// allowed at the allows' priority, on the node's switch: above every drop.
@@ -277,7 +277,11 @@ pub fn build(engine: &PolicyEngine, topo: &Topology) -> Desired {
     // Pods first: switches and port groups hold only the pods that got a port.
     let pods_by_node = pod_ports(&mut d, index, topo);
     let lb_group = load_balancers(&mut d, cluster, index);
-    node_switches(&mut d, topo, pods_by_node, lb_group);
+    let mut router = node_switches(&mut d, topo, pods_by_node, lb_group);
+    if let Some(g) = &topo.gateways {
+        gateway_routers(&mut d, topo, g, &mut router);
+    }
+    cluster_router(&mut d, cluster, router);
     let families = Families::of(index);
     address_sets(&mut d, cluster, engine, families);
     policy_port_groups(&mut d, &SetNames { cluster, families, engine });
@@ -378,12 +382,24 @@ fn load_balancers(d: &mut Desired, cluster: &str, index: &ClusterIndex) -> bool 
     true
 }
 
+/// The cluster router's ports and static routes (identities), as the parts of the network
+/// attached to it need them.
+#[derive(Default)]
+struct ClusterRouter {
+    ports: Vec<String>,
+    routes: Vec<String>,
+}
+
 /// Nodes: a switch each holding its pods' ports (`pods_by_node`) and the node's management
-/// port, a router port each, all on the cluster router.
-fn node_switches(d: &mut Desired, topo: &Topology, mut pods_by_node: BTreeMap<String, Vec<String>>, lb_group: bool) {
+/// port, and a router port each for the cluster router.
+fn node_switches(
+    d: &mut Desired,
+    topo: &Topology,
+    mut pods_by_node: BTreeMap<String, Vec<String>>,
+    lb_group: bool,
+) -> ClusterRouter {
     let cluster = topo.cluster.as_str();
-    let mut router_ports = Vec::new();
-    let mut routes = Vec::new();
+    let mut router = ClusterRouter::default();
     for node in &topo.nodes {
         let switch = format!("{cluster}_{}", node.name);
         let gateways: Vec<IpAddr> = node.subnets.iter().map(|(_, g)| *g).collect();
@@ -391,14 +407,14 @@ fn node_switches(d: &mut Desired, topo: &Topology, mut pods_by_node: BTreeMap<St
         let mut ports = pods_by_node.remove(&node.name).unwrap_or_default();
         if let Some(mac) = &router_mac {
             let (router_port, switch_port) = router_link(d, cluster, node, mac);
-            router_ports.push(router_port);
+            router.ports.push(router_port);
             ports.push(switch_port);
         }
         let mut acls = Vec::new();
         let management = management_port(d, topo, node).map(|(port, lsp)| {
             ports.push(port);
             acls = own_node_acls(d, cluster, node);
-            routes.extend(node_routes(d, cluster, node));
+            router.routes.extend(node_routes(d, cluster, node));
             (lsp, node.management.clone())
         });
         let mut b = RowBuilder::new(cluster, LOGICAL_SWITCH, format!("node:{}", node.name), "Node", &node.name)
@@ -411,18 +427,170 @@ fn node_switches(d: &mut Desired, topo: &Topology, mut pods_by_node: BTreeMap<St
         d.add(b.build());
         d.switches.insert(node.name.clone(), SwitchInfo { name: switch, router_mac, gateways, management });
     }
-    if !router_ports.is_empty() {
-        d.add(
-            RowBuilder::new(cluster, LOGICAL_ROUTER, "router".into(), "Cluster", cluster)
-                .str("name", &format!("{cluster}_router"))
-                .refs("ports", router_ports)
-                .refs("static_routes", routes)
-                .build(),
-        );
-    }
     for (node, _) in pods_by_node {
         d.warnings.push(format!("node {node}: not in the topology"));
     }
+    router
+}
+
+/// The cluster router, joining the node switches (and the join switch).
+fn cluster_router(d: &mut Desired, cluster: &str, router: ClusterRouter) {
+    if router.ports.is_empty() {
+        return;
+    }
+    d.add(
+        RowBuilder::new(cluster, LOGICAL_ROUTER, "router".into(), "Cluster", cluster)
+            .str("name", &format!("{cluster}_router"))
+            .refs("ports", router.ports)
+            .refs("static_routes", router.routes)
+            .build(),
+    );
+}
+
+/// A router port (identity `id`, name `name`) holding `networks`, with the MAC of its first
+/// address, and the switch port (identity `switch_id`) facing it.
+#[allow(clippy::too_many_arguments)]
+fn router_pair(
+    d: &mut Desired,
+    cluster: &str,
+    owner: (&str, &str),
+    (id, name): (&str, &str),
+    (switch_id, switch_name): (&str, &str),
+    networks: &[(IpAddr, u8)],
+) {
+    let Some((first, _)) = networks.first() else { return };
+    d.add(
+        RowBuilder::new(cluster, LOGICAL_ROUTER_PORT, id.into(), owner.0, owner.1)
+            .str("name", name)
+            .str("mac", &mac_for(*first))
+            .col("networks", Datum::set(networks.iter().map(|(ip, len)| format!("{ip}/{len}"))))
+            .build(),
+    );
+    d.add(
+        RowBuilder::new(cluster, LOGICAL_SWITCH_PORT, switch_id.into(), owner.0, owner.1)
+            .str("name", switch_name)
+            .str("type", "router")
+            .col("addresses", Datum::set(["router"]))
+            .col("options", Datum::string_map([("router-port", name)]))
+            .build(),
+    );
+}
+
+/// A static route (identity `id`) to `prefix` via `nexthop`, `src-ip` routes by source.
+fn static_route(
+    d: &mut Desired,
+    cluster: &str,
+    owner: (&str, &str),
+    id: &str,
+    prefix: &str,
+    nexthop: IpAddr,
+    by_source: bool,
+) {
+    let mut b = RowBuilder::new(cluster, LOGICAL_ROUTER_STATIC_ROUTE, id.into(), owner.0, owner.1)
+        .str("ip_prefix", prefix)
+        .str("nexthop", &nexthop.to_string());
+    if by_source {
+        b = b.col("policy", Datum::set(["src-ip"]));
+    }
+    d.add(b.build());
+}
+
+/// North–south: the join switch on the cluster router, and per node with an address on the
+/// external network a gateway router bound to its chassis. The gateway router joins the join
+/// switch and the node's external switch (whose `localnet` port reaches the uplink), routes
+/// the cluster's CIDRs back to the cluster router and the rest to the next hop, and translates
+/// the pods' addresses to the node's (unless SNAT is off). Pods leave through their own node's
+/// gateway router: a source route per node subnet on the cluster router. IPv4 only.
+fn gateway_routers(d: &mut Desired, topo: &Topology, g: &Gateways, router: &mut ClusterRouter) {
+    let cluster = topo.cluster.as_str();
+    let owner = ("Cluster", cluster);
+    let join_router = g.router_address();
+    let join_len = g.join.prefix_len();
+    let rtoj = format!("{cluster}_rtoj");
+    router_pair(d, cluster, owner, ("rtoj", &rtoj), ("jtor", &format!("{cluster}_jtor")), &[(join_router, join_len)]);
+    router.ports.push("rtoj".into());
+    let mut join_ports = vec!["jtor".to_string()];
+    for node in &topo.nodes {
+        let (Some(join), Some(external)) = (node.join, g.external_address(node)) else { continue };
+        let n = node.name.as_str();
+        let owner = ("Node", n);
+        let (gtoj, gtoe) = (format!("{cluster}_gtoj.{n}"), format!("{cluster}_gtoe.{n}"));
+        router_pair(
+            d,
+            cluster,
+            owner,
+            (&format!("gtoj:{n}"), &gtoj),
+            (&format!("jtog:{n}"), &format!("{cluster}_jtog.{n}")),
+            &[(join, join_len)],
+        );
+        join_ports.push(format!("jtog:{n}"));
+        router_pair(
+            d,
+            cluster,
+            owner,
+            (&format!("gtoe:{n}"), &gtoe),
+            (&format!("etog:{n}"), &format!("{cluster}_etog.{n}")),
+            &[(external, g.external.prefix_len())],
+        );
+        let localnet = format!("localnet:{n}");
+        d.add(
+            RowBuilder::new(cluster, LOGICAL_SWITCH_PORT, localnet.clone(), "Node", n)
+                .str("name", &format!("{cluster}_localnet.{n}"))
+                .str("type", "localnet")
+                .col("addresses", Datum::set(["unknown"]))
+                .col("options", Datum::string_map([("network_name", g.physnet.as_str())]))
+                .build(),
+        );
+        d.add(
+            RowBuilder::new(cluster, LOGICAL_SWITCH, format!("ext:{n}"), "Node", n)
+                .str("name", &format!("{cluster}_ext.{n}"))
+                .refs("ports", [format!("etog:{n}"), localnet])
+                .build(),
+        );
+        let mut routes = Vec::new();
+        let mut nat = Vec::new();
+        for c in g.cluster.iter().filter(|c| c.is_ipv4()) {
+            let id = format!("route:gr:{n}:{c}");
+            static_route(d, cluster, owner, &id, &c.to_string(), join_router, false);
+            routes.push(id);
+            if g.snat {
+                let id = format!("nat:{n}:{c}");
+                d.add(
+                    RowBuilder::new(cluster, NAT, id.clone(), "Node", n)
+                        .str("type", "snat")
+                        .str("external_ip", &external.to_string())
+                        .str("logical_ip", &c.to_string())
+                        .build(),
+                );
+                nat.push(id);
+            }
+        }
+        if let Some(hop) = g.next_hop.filter(|h| h.is_ipv4()) {
+            let id = format!("route:gr:{n}:default");
+            static_route(d, cluster, owner, &id, "0.0.0.0/0", hop, false);
+            routes.push(id);
+        }
+        d.add(
+            RowBuilder::new(cluster, LOGICAL_ROUTER, format!("gr:{n}"), "Node", n)
+                .str("name", &format!("{cluster}_gr.{n}"))
+                .col("options", Datum::string_map([("chassis", n)]))
+                .refs("ports", [format!("gtoj:{n}"), format!("gtoe:{n}")])
+                .refs("static_routes", routes)
+                .refs("nat", nat)
+                .build(),
+        );
+        for (subnet, _) in node.subnets.iter().filter(|(c, _)| c.is_ipv4()) {
+            let id = format!("route:egress:{n}:{subnet}");
+            static_route(d, cluster, owner, &id, &subnet.to_string(), join, true);
+            router.routes.push(id);
+        }
+    }
+    d.add(
+        RowBuilder::new(cluster, LOGICAL_SWITCH, "join".into(), "Cluster", cluster)
+            .str("name", &format!("{cluster}_join"))
+            .refs("ports", join_ports)
+            .build(),
+    );
 }
 
 /// The node's management port: its host network's interface on the pod network (made by the
@@ -725,7 +893,35 @@ items:
 
     #[test]
     fn every_row_is_tagged_and_every_reference_resolves() {
-        let d = desired(CLUSTER);
+        let index = ClusterIndex::from_objects(manifest::parse("t.yaml", CLUSTER).unwrap().objects);
+        let mut topo = Topology::from_pods("c1", &index);
+        for (i, n) in topo.nodes.iter_mut().enumerate() {
+            n.addresses = vec![format!("172.30.0.{}", 11 + i).parse().unwrap()];
+            n.join = Some(format!("100.64.0.{}", 2 + i).parse().unwrap());
+        }
+        topo.gateways = Some(Gateways {
+            join: "100.64.0.0/16".parse().unwrap(),
+            external: "172.30.0.0/24".parse().unwrap(),
+            next_hop: Some("172.30.0.1".parse().unwrap()),
+            physnet: "external".into(),
+            snat: true,
+            cluster: vec!["10.0.0.0/8".parse().unwrap()],
+        });
+        let d = build(&PolicyEngine::from_index(index), &topo);
+        // Per node a gateway router bound to it, its external switch with a localnet port, a
+        // translation to its address, its routes; the cluster router sends each node's pods
+        // out through it.
+        assert_eq!(d.count(LOGICAL_ROUTER), 3);
+        assert_eq!(d.count(NAT), 2);
+        let gr = d.row(LOGICAL_ROUTER, "gr:net-10.1.0.0_24").unwrap();
+        assert_eq!(gr.columns["options"], Datum::string_map([("chassis", "net-10.1.0.0_24")]));
+        let nat = d.row(NAT, "nat:net-10.1.0.0_24:10.0.0.0/8").unwrap();
+        assert_eq!(nat.columns["external_ip"], Datum::Atom("172.30.0.11".into()));
+        let egress = d.row(LOGICAL_ROUTER_STATIC_ROUTE, "route:egress:net-10.1.0.0_24:10.1.0.0/24").unwrap();
+        assert_eq!(egress.columns["policy"], Datum::set(["src-ip"]));
+        assert_eq!(egress.columns["nexthop"], Datum::Atom("100.64.0.2".into()));
+        let localnet = d.row(LOGICAL_SWITCH_PORT, "localnet:net-10.1.0.0_24").unwrap();
+        assert_eq!(localnet.columns["options"], Datum::string_map([("network_name", "external")]));
         for ((table, id), row) in &d.rows {
             if *table != LOAD_BALANCER_GROUP {
                 let ids = &row.columns["external_ids"];
@@ -737,6 +933,7 @@ items:
                     (PORT_GROUP, "acls") | (LOGICAL_SWITCH, "acls") => ACL,
                     (LOGICAL_ROUTER, "ports") => LOGICAL_ROUTER_PORT,
                     (LOGICAL_ROUTER, "static_routes") => LOGICAL_ROUTER_STATIC_ROUTE,
+                    (LOGICAL_ROUTER, "nat") => NAT,
                     (LOGICAL_SWITCH, "load_balancer_group") => LOAD_BALANCER_GROUP,
                     (LOAD_BALANCER_GROUP, "load_balancer") => LOAD_BALANCER,
                     other => panic!("unexpected reference {other:?}"),
@@ -760,9 +957,11 @@ items:
                 subnets: vec![("10.244.0.0/24".parse().unwrap(), "10.244.0.1".parse().unwrap())],
                 management: vec!["10.244.0.2".parse().unwrap()],
                 addresses: vec!["192.168.50.11".parse().unwrap(), "fd00:50::11".parse().unwrap()],
+                join: None,
             }],
             nested: BTreeMap::new(),
             node_routes: vec!["10.244.0.0/16".parse().unwrap(), "10.96.0.0/12".parse().unwrap()],
+            gateways: None,
         };
         let d = build(&engine, &topo);
         let mgmt = d.row(LOGICAL_SWITCH_PORT, "mgmt:n1").unwrap();

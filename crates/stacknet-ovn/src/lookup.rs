@@ -118,6 +118,8 @@ pub struct Allocated {
     pub pods: Vec<(ObjectKey, String, Vec<IpAddr>)>,
     /// Each node's management port's addresses.
     pub management: Vec<(String, Vec<IpAddr>)>,
+    /// Each node's gateway router address on the join switch.
+    pub join: Vec<(String, IpAddr)>,
 }
 
 /// Reads back the allocation of `cluster` (our rows only).
@@ -130,6 +132,13 @@ pub fn allocated(replica: &Replica, cluster: &str) -> Allocated {
     };
     let mut out = Allocated::default();
     for (_, r) in replica.table(nb::LOGICAL_ROUTER_PORT).rows().filter(|(_, r)| ours(r)) {
+        if let Some(node) = id_of(r).and_then(|id| id.strip_prefix("gtoj:").map(str::to_string)) {
+            let networks = r.get("networks").map(|d| d.elements()).unwrap_or_default();
+            if let Some((ip, _)) = networks.iter().filter_map(|a| a.as_str()).find_map(parse_network) {
+                out.join.push((node, ip));
+            }
+            continue;
+        }
         let Some(node) = id_of(r).and_then(|id| id.strip_prefix("rtos:").map(str::to_string)) else { continue };
         for (gw, len) in r
             .get("networks")

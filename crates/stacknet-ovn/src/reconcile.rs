@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use stacknet_ovsdb::nb::{
     ACL, ADDRESS_SET, LOAD_BALANCER, LOAD_BALANCER_GROUP, LOGICAL_ROUTER, LOGICAL_ROUTER_PORT,
-    LOGICAL_ROUTER_STATIC_ROUTE, LOGICAL_SWITCH, LOGICAL_SWITCH_PORT, PORT_GROUP,
+    LOGICAL_ROUTER_STATIC_ROUTE, LOGICAL_SWITCH, LOGICAL_SWITCH_PORT, NAT, PORT_GROUP,
 };
 use stacknet_ovsdb::schema::ColumnType;
 use stacknet_ovsdb::{Atom, AtomSet, Condition, Datum, Mutation, Replica, Row, Transaction, Until, Uuid};
@@ -19,8 +19,9 @@ use crate::desired::Desired;
 use crate::names::{KEY_CLUSTER, KEY_ID, ident};
 
 /// Tables holding our rows, children before parents (inserts go in this order).
-pub const MANAGED: [&str; 10] = [
+pub const MANAGED: [&str; 11] = [
     ACL,
+    NAT,
     LOGICAL_SWITCH_PORT,
     LOGICAL_ROUTER_PORT,
     LOGICAL_ROUTER_STATIC_ROUTE,
@@ -33,7 +34,8 @@ pub const MANAGED: [&str; 10] = [
 ];
 
 /// Non-root tables: their rows live while a parent references them.
-const CHILDREN: [(&str, &[(&str, &str)]); 4] = [
+const CHILDREN: [(&str, &[(&str, &str)]); 5] = [
+    (NAT, &[(LOGICAL_ROUTER, "nat")]),
     (LOGICAL_SWITCH_PORT, &[(LOGICAL_SWITCH, "ports")]),
     (ACL, &[(PORT_GROUP, "acls"), (LOGICAL_SWITCH, "acls")]),
     (LOGICAL_ROUTER_PORT, &[(LOGICAL_ROUTER, "ports")]),
@@ -64,7 +66,8 @@ pub struct Plan {
 }
 
 /// Root tables whose rows hold children strongly: deleting such a row deletes its children.
-const STRONG_PARENTS: [(&str, &str); 5] = [
+const STRONG_PARENTS: [(&str, &str); 6] = [
+    (LOGICAL_ROUTER, "nat"),
     (LOGICAL_SWITCH, "ports"),
     (LOGICAL_SWITCH, "acls"),
     (LOGICAL_ROUTER, "ports"),

@@ -19,6 +19,80 @@ pub struct NodeNet {
     /// The node's own addresses (`status.addresses`): pods reach them through its management
     /// port.
     pub addresses: Vec<IpAddr>,
+    /// The node's gateway router's address on the join switch (`None`: no gateway router).
+    pub join: Option<IpAddr>,
+}
+
+/// North–south: per node a gateway router bound to its chassis, between the join switch
+/// (towards the cluster router) and an external switch whose `localnet` port reaches the
+/// node's uplink; pods' traffic leaving the cluster goes out through their own node's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gateways {
+    /// The join switch's subnet; the cluster router holds its first address, gateway routers
+    /// the others.
+    pub join: Cidr,
+    /// The network the nodes' uplinks are on: a node's address in it is its gateway router's
+    /// external address (shared with the node, as ovn-kubernetes' shared gateway does).
+    pub external: Cidr,
+    /// Where traffic for beyond the external network goes (`None`: only the external network
+    /// itself is reached).
+    pub next_hop: Option<IpAddr>,
+    /// The `localnet` ports' `network_name`: what `ovn-bridge-mappings` maps to the uplink's
+    /// bridge on each node.
+    pub physnet: String,
+    /// Whether pods' traffic leaving the cluster is translated to the node's address (else pod
+    /// addresses are routed as they are).
+    pub snat: bool,
+    /// The pods' CIDRs: what is translated, and what the gateway routers route back inside.
+    pub cluster: Vec<Cidr>,
+}
+
+impl Gateways {
+    /// The cluster router's address on the join switch.
+    pub fn router_address(&self) -> IpAddr {
+        stacknet_engine::ipam::gateway(&self.join)
+    }
+
+    /// The node's address on the external network, if it has one.
+    pub fn external_address(&self, node: &NodeNet) -> Option<IpAddr> {
+        node.addresses.iter().copied().find(|a| self.external.contains(*a))
+    }
+}
+
+/// Join switch addresses for the nodes that get a gateway router: each keeps the one it had
+/// (`before`, read back from the network) while still in `join`; new ones get the lowest free
+/// address from the third on (the first is the network's, the second the cluster router's).
+pub fn join_addresses(join: Cidr, nodes: &[&str], before: &BTreeMap<String, IpAddr>) -> BTreeMap<String, IpAddr> {
+    let router = stacknet_engine::ipam::gateway(&join);
+    let mut out = BTreeMap::new();
+    let mut used: std::collections::BTreeSet<IpAddr> = [router, join.network()].into();
+    for n in nodes {
+        if let Some(ip) = before.get(*n).filter(|ip| join.contains(**ip) && !used.contains(*ip)) {
+            used.insert(*ip);
+            out.insert(n.to_string(), *ip);
+        }
+    }
+    let bits = if join.is_ipv4() { 32 } else { 128 } - u32::from(join.prefix_len());
+    // The IPv4 broadcast address is not a host's.
+    let size: u128 = if bits >= 32 { 1 << 32 } else { (1u128 << bits) - u128::from(join.is_ipv4()) };
+    let base = match join.network() {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    };
+    let mut candidates = (2..size).filter_map(|i| match join.network() {
+        IpAddr::V4(_) => u32::try_from(base + i).ok().map(|v| IpAddr::V4(v.into())),
+        IpAddr::V6(_) => Some(IpAddr::V6((base + i).into())),
+    });
+    for n in nodes {
+        if out.contains_key(*n) {
+            continue;
+        }
+        if let Some(ip) = candidates.by_ref().find(|ip| !used.contains(ip)) {
+            used.insert(ip);
+            out.insert(n.to_string(), ip);
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +106,8 @@ pub struct Topology {
     pub nested: BTreeMap<String, String>,
     /// What a node routes through its management port: the cluster and Service CIDRs.
     pub node_routes: Vec<Cidr>,
+    /// North–south (`None`: pods reach nothing past the cluster router).
+    pub gateways: Option<Gateways>,
 }
 
 /// The MAC a pod or router port gets from its (first) address: `0a:58` and the last four
@@ -75,10 +151,16 @@ impl Topology {
                 })
                 .collect();
             let name = format!("net-{}", prefixes.iter().map(|c| c.to_string()).collect::<Vec<_>>().join("+"));
-            nodes.push(NodeNet { name: name.replace(['/', ':'], "_"), subnets, management, addresses: Vec::new() });
+            nodes.push(NodeNet {
+                name: name.replace(['/', ':'], "_"),
+                subnets,
+                management,
+                addresses: Vec::new(),
+                join: None,
+            });
         }
         let node_routes = nodes.iter().flat_map(|n| n.subnets.iter().map(|(c, _)| *c)).collect();
-        Topology { cluster: cluster.to_string(), nodes, nested: BTreeMap::new(), node_routes }
+        Topology { cluster: cluster.to_string(), nodes, nested: BTreeMap::new(), node_routes, gateways: None }
     }
 
     /// The management port of node `node`: its logical port, where the node's host network
@@ -141,6 +223,24 @@ fn gateway_in(c: Cidr, used: &[IpAddr]) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn join_addresses_are_kept_and_new_nodes_get_the_lowest_free() {
+        let join: Cidr = "100.64.0.0/29".parse().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let first = join_addresses(join, &["a", "b"], &BTreeMap::new());
+        assert_eq!(first, BTreeMap::from([("a".into(), ip("100.64.0.2")), ("b".into(), ip("100.64.0.3"))]));
+        // a goes, c comes: b keeps its address, c takes a's.
+        let second = join_addresses(join, &["b", "c"], &first);
+        assert_eq!(second, BTreeMap::from([("b".into(), ip("100.64.0.3")), ("c".into(), ip("100.64.0.2"))]));
+        // Full: .2 to .6 (the broadcast .7 is not a host's); a sixth node gets none.
+        let all = join_addresses(join, &["a", "b", "c", "d", "e", "f"], &BTreeMap::new());
+        assert_eq!(all.len(), 5);
+        assert!(!all.contains_key("f"));
+        // An address outside the join CIDR (it changed) is not kept.
+        let moved = join_addresses(join, &["a"], &BTreeMap::from([("a".into(), ip("100.65.0.9"))]));
+        assert_eq!(moved["a"], ip("100.64.0.2"));
+    }
 
     #[test]
     fn macs_follow_addresses() {

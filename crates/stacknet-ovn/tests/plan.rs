@@ -14,7 +14,7 @@ use stacknet_ovn::reconcile::{MANAGED, Plan, PlanSummary, plan};
 use stacknet_ovn::{Desired, Topology, build};
 use stacknet_ovsdb::nb::{
     ACL, ADDRESS_SET, LOAD_BALANCER, LOAD_BALANCER_GROUP, LOGICAL_ROUTER, LOGICAL_ROUTER_PORT,
-    LOGICAL_ROUTER_STATIC_ROUTE, LOGICAL_SWITCH, LOGICAL_SWITCH_PORT, PORT_GROUP,
+    LOGICAL_ROUTER_STATIC_ROUTE, LOGICAL_SWITCH, LOGICAL_SWITCH_PORT, NAT, PORT_GROUP,
 };
 use stacknet_ovsdb::schema::DatabaseSchema;
 use stacknet_ovsdb::transact::{Function, Mutator, Operation};
@@ -147,6 +147,7 @@ fn reference_table(table: &str, column: &str) -> &'static str {
         (PORT_GROUP | LOGICAL_SWITCH, "acls") => ACL,
         (LOGICAL_ROUTER, "ports") => LOGICAL_ROUTER_PORT,
         (LOGICAL_ROUTER, "static_routes") => LOGICAL_ROUTER_STATIC_ROUTE,
+        (LOGICAL_ROUTER, "nat") => NAT,
         (LOGICAL_SWITCH, "load_balancer_group") => LOAD_BALANCER_GROUP,
         (_, "load_balancer") => LOAD_BALANCER,
         other => panic!("unexpected reference {other:?}"),

@@ -18,6 +18,7 @@ pub const LOGICAL_SWITCH_PORT: &str = "Logical_Switch_Port";
 pub const LOGICAL_ROUTER: &str = "Logical_Router";
 pub const LOGICAL_ROUTER_PORT: &str = "Logical_Router_Port";
 pub const LOGICAL_ROUTER_STATIC_ROUTE: &str = "Logical_Router_Static_Route";
+pub const NAT: &str = "NAT";
 pub const PORT_GROUP: &str = "Port_Group";
 pub const ACL: &str = "ACL";
 pub const ADDRESS_SET: &str = "Address_Set";
@@ -33,9 +34,10 @@ pub const USED: &[(&str, &[&str])] = &[
         LOGICAL_SWITCH_PORT,
         &["name", "type", "addresses", "port_security", "options", "parent_name", "tag_request", "up", "external_ids"],
     ),
-    (LOGICAL_ROUTER, &["name", "ports", "static_routes", "load_balancer_group", "external_ids"]),
+    (LOGICAL_ROUTER, &["name", "ports", "static_routes", "nat", "options", "load_balancer_group", "external_ids"]),
     (LOGICAL_ROUTER_PORT, &["name", "mac", "networks", "external_ids"]),
-    (LOGICAL_ROUTER_STATIC_ROUTE, &["ip_prefix", "nexthop", "external_ids"]),
+    (LOGICAL_ROUTER_STATIC_ROUTE, &["ip_prefix", "nexthop", "policy", "external_ids"]),
+    (NAT, &["type", "external_ip", "logical_ip", "external_ids"]),
     (PORT_GROUP, &["name", "ports", "acls", "external_ids"]),
     (ACL, &["name", "priority", "direction", "match", "action", "options", "external_ids"]),
     (ADDRESS_SET, &["name", "addresses", "external_ids"]),

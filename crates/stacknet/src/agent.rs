@@ -45,6 +45,12 @@ pub struct AgentArgs {
     /// is no management port.
     #[arg(long, env = "NODE_NAME", value_name = "NAME")]
     node: Option<String>,
+    /// The node's uplink bridge (e.g. br-ex, holding the uplink and the node's address), shared
+    /// with the node's gateway router: the agent maps the gateway's physical network to it
+    /// (`ovn-bridge-mappings`), gives it the gateway router's MAC and keeps its flows. Needs
+    /// `--node`. Without it the bridge is left alone.
+    #[arg(long, value_name = "BRIDGE")]
+    gateway_bridge: Option<String>,
 }
 
 /// Runs until SIGTERM or SIGINT, then removes its socket.
@@ -64,6 +70,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             install_timeout: Duration::from_secs(args.install_timeout),
             host_netns: args.host_netns,
             node: args.node.filter(|n| !n.is_empty()),
+            gateway_bridge: args.gateway_bridge.filter(|b| !b.is_empty()),
         };
         let agent = Arc::new(Agent::new(config, args.ovs, args.nb).context("starting the agent")?);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -34,7 +34,7 @@ enum Command {
     /// The node agent the CNI plugin talks to (a daemon).
     Agent(agent::AgentArgs),
     /// Keeps the OVN network equal to the cluster (a folder of manifests, watched).
-    Controller(stacknet_controller::ControllerArgs),
+    Controller(Box<stacknet_controller::ControllerArgs>),
     /// The seed's application stack on a real node, programmed by the controller, every pair
     /// tried for real; exits 0 only if the live network equals what the policies say (root).
     Demo(demo::DemoArgs),
@@ -107,7 +107,7 @@ fn main() -> ExitCode {
             Err(e) => Err(Failure::Other(e)),
         },
         Command::Agent(args) => agent::run(args).map_err(Failure::Other),
-        Command::Controller(args) => controller::run(args),
+        Command::Controller(args) => controller::run(*args),
         Command::Demo(args) => match demo::run(args) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(1),

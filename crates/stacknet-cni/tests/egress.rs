@@ -1,0 +1,229 @@
+//! Egress, live: two chassis, each node's uplink a veth into an "outside" namespace the test
+//! makes (a bridge there, an outside host on it, and past its next hop a further address), the
+//! node's address on its uplink bridge `br-ex`, shared with the node's gateway router. The
+//! agents keep the bridges (mapping, MAC, flows). A pod's connection to the outside arrives
+//! from its own node's address and the reply comes back; the nodes' own traffic still works
+//! on the shared address; flows someone deletes come back; without SNAT the pod's address
+//! arrives. Nothing leaves the machine: every address is in namespaces of the test.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use stacknet_engine::{ClusterIndex, PolicyEngine, manifest};
+use stacknet_node::agent::{Agent, AgentConfig};
+use stacknet_node::netns::run_in;
+use stacknet_ovn::topology::Gateways;
+use stacknet_ovn::{NodeNet, OvnBackend, Topology, build};
+use stacknet_sandbox::{Chassis, Netns, Ovn};
+use stacknet_testsupport::cni::{Invocation, pod_args};
+use stacknet_testsupport::netns::unique;
+use stacknet_testsupport::until;
+
+const CLUSTER: &str = "eg";
+
+const PODS: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: Pod, metadata: {name: a, namespace: y, uid: uid-a}, spec: {nodeName: node-a}, status: {podIP: 10.244.0.3}}
+- {apiVersion: v1, kind: Pod, metadata: {name: b, namespace: y, uid: uid-b}, spec: {nodeName: node-b}, status: {podIP: 10.244.1.3}}
+- {apiVersion: v1, kind: Pod, metadata: {name: c, namespace: x, uid: uid-c}, spec: {nodeName: node-a}, status: {podIP: 10.244.0.4}}
+- apiVersion: networking.k8s.io/v1
+  kind: NetworkPolicy
+  metadata: {name: deny-all, namespace: x}
+  spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
+"#;
+
+fn topology(snat: bool) -> Topology {
+    let node = |name: &str, i: u8| NodeNet {
+        name: name.into(),
+        subnets: vec![(format!("10.244.{i}.0/24").parse().unwrap(), format!("10.244.{i}.1").parse().unwrap())],
+        management: vec![format!("10.244.{i}.2").parse().unwrap()],
+        addresses: vec![format!("172.30.0.1{}", i + 1).parse().unwrap()],
+        join: Some(format!("100.64.0.{}", i + 2).parse().unwrap()),
+    };
+    Topology {
+        cluster: CLUSTER.into(),
+        nodes: vec![node("node-a", 0), node("node-b", 1)],
+        nested: Default::default(),
+        node_routes: vec!["10.244.0.0/16".parse().unwrap(), "10.96.0.0/12".parse().unwrap()],
+        gateways: Some(Gateways {
+            join: "100.64.0.0/16".parse().unwrap(),
+            external: "172.30.0.0/24".parse().unwrap(),
+            next_hop: Some("172.30.0.1".parse().unwrap()),
+            physnet: "external".into(),
+            snat,
+            cluster: vec!["10.244.0.0/16".parse().unwrap()],
+        }),
+    }
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The node's uplink: a veth from the chassis's namespace to the outside bridge, on a
+/// userspace `br-ex` that holds the node's address.
+fn uplink(chassis: &Chassis, outside: &str, address: &str) {
+    let ns = chassis.netns().name().to_string();
+    let (node_end, outside_end) = ("uplink0", format!("o-{}", &chassis.name[5..]));
+    sh(&["ip", "link", "add", node_end, "netns", &ns, "type", "veth", "peer", "name", &outside_end, "netns", outside]);
+    sh(&["ip", "-n", outside, "link", "set", &outside_end, "master", "ext0", "up"]);
+    sh(&["ip", "netns", "exec", outside, "ethtool", "-K", &outside_end, "tx", "off"]);
+    chassis
+        .vsctl(&[
+            "add-br",
+            "br-ex",
+            "--",
+            "set",
+            "bridge",
+            "br-ex",
+            "datapath_type=netdev",
+            "--",
+            "add-port",
+            "br-ex",
+            node_end,
+        ])
+        .unwrap();
+    sh(&["ip", "-n", &ns, "link", "set", node_end, "up"]);
+    sh(&["ip", "netns", "exec", &ns, "ethtool", "-K", node_end, "tx", "off"]);
+    sh(&["ip", "-n", &ns, "addr", "add", &format!("{address}/24"), "dev", "br-ex"]);
+    sh(&["ip", "-n", &ns, "link", "set", "br-ex", "up"]);
+}
+
+fn agent(chassis: &Chassis, nb: &str, dir: &Path) -> PathBuf {
+    let socket = dir.join(format!("{}.sock", chassis.name));
+    let config = AgentConfig {
+        cluster: CLUSTER.into(),
+        host_netns: Some(chassis.netns().path()),
+        node: Some(chassis.name.clone()),
+        gateway_bridge: Some("br-ex".into()),
+        ..AgentConfig::default()
+    };
+    let agent =
+        Arc::new(Agent::new(config, vec![chassis.ovs_remote().parse().unwrap()], vec![nb.parse().unwrap()]).unwrap());
+    let s = socket.clone();
+    tokio::spawn(async move {
+        let _ = agent.serve(&s).await;
+    });
+    socket
+}
+
+fn add(socket: &Path, netns: &Netns, pod: (&str, &str, &str)) {
+    let path = netns.path();
+    let container = unique(pod.1);
+    let call = Invocation {
+        command: "ADD",
+        container: &container,
+        netns: &path,
+        args: Some(pod_args(pod.0, pod.1, pod.2)),
+        config: stacknet_testsupport::cni::config(socket),
+    };
+    let r = stacknet_testsupport::cni::run(Path::new(env!("CARGO_BIN_EXE_stacknet-cni")), &call);
+    assert_eq!(r.code, Some(0), "ADD {}/{}: {}", pod.0, pod.1, r.stdout);
+}
+
+/// A listener in `netns` telling each client the address it came from.
+fn tell_source(netns: &Path, addr: &str) {
+    let addr: SocketAddr = addr.parse().unwrap();
+    let listener = run_in(netns, move || TcpListener::bind(addr)).unwrap().unwrap();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            if let Ok(peer) = s.peer_addr() {
+                let _ = s.write_all(peer.ip().to_string().as_bytes());
+            }
+        }
+    });
+}
+
+/// The address `addr` saw this connection come from (`None`: no connection).
+fn seen_from(netns: &Path, addr: &str) -> Option<String> {
+    let addr: SocketAddr = addr.parse().unwrap();
+    run_in(netns, move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(1500)).ok()?;
+        s.set_read_timeout(Some(Duration::from_millis(1500))).ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).ok()?;
+        Some(buf)
+    })
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_reach_the_outside_from_their_own_nodes_address_and_the_replies_come_back() {
+    let ovn = Ovn::with_northd().unwrap();
+    let sb = ovn.sb_remote().unwrap();
+    let a = Chassis::start(ovn.dir(), "node-a", &sb, "172.31.252.1").unwrap();
+    let b = Chassis::start(ovn.dir(), "node-b", &sb, "172.31.252.2").unwrap();
+    Chassis::connect_underlay(&a, "172.31.252.1", &b, "172.31.252.2").unwrap();
+    // The outside: a bridge, the outside host (172.30.0.100), the next hop (172.30.0.1) and a
+    // host beyond it (198.51.100.10, reached through the next hop).
+    let outside = Netns::create(&unique("out")).unwrap();
+    let o = outside.name().to_string();
+    sh(&["ip", "-n", &o, "link", "add", "ext0", "type", "bridge"]);
+    sh(&["ip", "-n", &o, "link", "set", "ext0", "up"]);
+    sh(&["ip", "netns", "exec", &o, "ethtool", "-K", "ext0", "tx", "off"]);
+    for addr in ["172.30.0.100/24", "172.30.0.1/24"] {
+        sh(&["ip", "-n", &o, "addr", "add", addr, "dev", "ext0"]);
+    }
+    sh(&["ip", "-n", &o, "addr", "add", "198.51.100.10/32", "dev", "lo"]);
+    uplink(&a, &o, "172.30.0.11");
+    uplink(&b, &o, "172.30.0.12");
+    for addr in ["172.30.0.100:8080", "198.51.100.10:8080"] {
+        tell_source(&outside.path(), addr);
+    }
+
+    let engine = PolicyEngine::from_index(ClusterIndex::from_objects(manifest::parse("c.yaml", PODS).unwrap().objects));
+    let backend = OvnBackend::connect(vec![ovn.nb.remote().parse().unwrap()]);
+    backend.reconcile(&build(&engine, &topology(true))).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (sa, sb_sock) = (agent(&a, &ovn.nb.remote(), dir.path()), agent(&b, &ovn.nb.remote(), dir.path()));
+    until("both agents listening", Duration::from_secs(5), || sa.exists() && sb_sock.exists()).await;
+    let (pa, pb, pc) = (
+        Netns::create(&unique("a")).unwrap(),
+        Netns::create(&unique("b")).unwrap(),
+        Netns::create(&unique("c")).unwrap(),
+    );
+    add(&sa, &pa, ("y", "a", "uid-a"));
+    add(&sb_sock, &pb, ("y", "b", "uid-b"));
+    add(&sa, &pc, ("x", "c", "uid-c"));
+
+    // The agents mapped the physical network to br-ex; ovn-controller made the patch port;
+    // the flows are in: pod a's connection arrives from node-a's address.
+    until("pod a reaches the outside host", Duration::from_secs(20), || {
+        seen_from(&pa.path(), "172.30.0.100:8080").is_some()
+    })
+    .await;
+    let mappings = a.vsctl(&["get", "open_vswitch", ".", "external_ids:ovn-bridge-mappings"]).unwrap();
+    assert_eq!(mappings.trim().trim_matches('"'), "external:br-ex");
+    assert_eq!(seen_from(&pa.path(), "172.30.0.100:8080").as_deref(), Some("172.30.0.11"), "pod a, from node-a");
+    assert_eq!(seen_from(&pb.path(), "172.30.0.100:8080").as_deref(), Some("172.30.0.12"), "pod b, from node-b");
+    assert_eq!(seen_from(&pb.path(), "198.51.100.10:8080").as_deref(), Some("172.30.0.12"), "past the next hop");
+    assert_eq!(seen_from(&pc.path(), "172.30.0.100:8080"), None, "pod c is under egress deny-all");
+    // The node itself still uses its address, both ways.
+    assert_eq!(seen_from(&a.netns().path(), "172.30.0.100:8080").as_deref(), Some("172.30.0.11"), "node-a's own");
+    tell_source(&a.netns().path(), "172.30.0.11:2222");
+    assert_eq!(seen_from(&outside.path(), "172.30.0.11:2222").as_deref(), Some("172.30.0.100"), "outside -> node-a");
+
+    // Flows deleted behind the agent's back come back.
+    let mgmt = format!("unix:{}", a.dir().join("br-ex.mgmt").display());
+    sh(&["ovs-ofctl", "del-flows", &mgmt]);
+    until("the flows back, pod a out again", Duration::from_secs(15), || {
+        seen_from(&pa.path(), "172.30.0.100:8080").as_deref() == Some("172.30.0.11")
+    })
+    .await;
+
+    // SNAT off: the pod's own address arrives (the outside routes the pod subnets to the nodes).
+    sh(&["ip", "-n", &o, "route", "add", "10.244.0.0/24", "via", "172.30.0.11"]);
+    sh(&["ip", "-n", &o, "route", "add", "10.244.1.0/24", "via", "172.30.0.12"]);
+    backend.reconcile(&build(&engine, &topology(false))).await.unwrap();
+    ovn.nbctl(&["--wait=hv", "sync"]).unwrap();
+    a.appctl(&["dpctl/flush-conntrack"]).unwrap();
+    assert_eq!(seen_from(&pa.path(), "172.30.0.100:8080").as_deref(), Some("10.244.0.3"), "routed, not translated");
+    assert_eq!(seen_from(&pb.path(), "172.30.0.100:8080").as_deref(), Some("10.244.1.3"));
+}

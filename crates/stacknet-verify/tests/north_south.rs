@@ -1,0 +1,130 @@
+//! North–south under ovn-trace, over the rows the controller writes: a node's management port
+//! reaches its own pods under deny-all and not the pods of other nodes; a pod's traffic for
+//! outside the cluster leaves through its own node's gateway router, translated to that node's
+//! address, out of that node's external switch's localnet port; without SNAT it leaves with
+//! the pod's address; a node with no gateway router leaves its pods inside.
+
+use stacknet_engine::{ClusterIndex, PolicyEngine, manifest};
+use stacknet_ovn::topology::{Gateways, mac_for};
+use stacknet_ovn::{NodeNet, Topology};
+use stacknet_verify::OvnTrace;
+
+const CLUSTER: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: Pod, metadata: {name: a, namespace: x}, spec: {nodeName: node-a}, status: {podIP: 10.244.0.3}}
+- {apiVersion: v1, kind: Pod, metadata: {name: c, namespace: y}, spec: {nodeName: node-b}, status: {podIP: 10.244.1.4}}
+- {apiVersion: v1, kind: Pod, metadata: {name: d, namespace: y}, spec: {nodeName: node-c}, status: {podIP: 10.244.2.3}}
+- apiVersion: networking.k8s.io/v1
+  kind: NetworkPolicy
+  metadata: {name: deny-all, namespace: x}
+  spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
+"#;
+
+fn topology(snat: bool) -> Topology {
+    let node = |name: &str, i: u8, address: Option<&str>, join: Option<&str>| NodeNet {
+        name: name.into(),
+        subnets: vec![(format!("10.244.{i}.0/24").parse().unwrap(), format!("10.244.{i}.1").parse().unwrap())],
+        management: vec![format!("10.244.{i}.2").parse().unwrap()],
+        addresses: address.iter().map(|a| a.parse().unwrap()).collect(),
+        join: join.map(|j| j.parse().unwrap()),
+    };
+    Topology {
+        cluster: "ns".into(),
+        nodes: vec![
+            node("node-a", 0, Some("172.30.0.11"), Some("100.64.0.2")),
+            node("node-b", 1, Some("172.30.0.12"), Some("100.64.0.3")),
+            // No uplink: no gateway router.
+            node("node-c", 2, None, None),
+        ],
+        nested: Default::default(),
+        node_routes: vec!["10.244.0.0/16".parse().unwrap(), "10.96.0.0/12".parse().unwrap()],
+        gateways: Some(Gateways {
+            join: "100.64.0.0/16".parse().unwrap(),
+            external: "172.30.0.0/24".parse().unwrap(),
+            next_hop: Some("172.30.0.1".parse().unwrap()),
+            physnet: "external".into(),
+            snat,
+            cluster: vec!["10.244.0.0/16".parse().unwrap()],
+        }),
+    }
+}
+
+fn engine() -> PolicyEngine {
+    PolicyEngine::from_index(ClusterIndex::from_objects(manifest::parse("c.yaml", CLUSTER).unwrap().objects))
+}
+
+/// A TCP SYN from `(port, ip)` on node switch `node` to `dst`, first hop `eth_dst`.
+fn flow(port: &str, ip: &str, eth_dst: &str, dst: &str) -> String {
+    let mac = mac_for(ip.parse().unwrap());
+    format!(
+        "inport == \"{port}\" && eth.src == {mac} && eth.dst == {eth_dst} && ip4.src == {ip} && ip4.dst == {dst} && ip.ttl == 64 && tcp && tcp.src == 40000 && tcp.dst == 80"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_reach_their_pods_and_pods_leave_through_their_own_node_translated() {
+    let engine = engine();
+    let mut trace = OvnTrace::start("ns").unwrap();
+    trace.program_with(&engine, &topology(true)).await.unwrap();
+    let ovn = trace.ovn();
+    let gw = |i: u8| mac_for(format!("10.244.{i}.1").parse().unwrap());
+    let pod_mac = |ip: &str| mac_for(ip.parse().unwrap());
+
+    // node-a's management port to its own pod a (deny-all in x): delivered; node-b's: dropped.
+    let f = flow("ns_mgmt.node-a", "10.244.0.2", &pod_mac("10.244.0.3"), "10.244.0.3");
+    assert!(ovn.trace("ns_node-a", &f, "ns_x_a", 2, None).unwrap().delivered, "node-a -> its pod");
+    let f = flow("ns_mgmt.node-b", "10.244.1.2", &gw(1), "10.244.0.3");
+    let t = ovn.trace("ns_node-b", &f, "ns_x_a", 2, None).unwrap();
+    assert!(!t.delivered, "node-b -> pod a on node-a must be dropped: {}", t.output);
+
+    // The outside host's and the next hop's MACs, as the gateway routers would learn them by
+    // ARP (ovn-trace follows the packet only once the MAC is known).
+    for n in ["node-a", "node-b"] {
+        let port = format!("ns_gtoe.{n}");
+        let dp = ovn
+            .sbctl(&["--bare", "--columns=datapath", "find", "Port_Binding", &format!("logical_port={port}")])
+            .unwrap();
+        for (ip, mac) in [("172.30.0.100", "0a:00:00:00:00:64"), ("172.30.0.1", "0a:00:00:00:00:01")] {
+            ovn.sbctl(&[
+                "create",
+                "MAC_Binding",
+                &format!("logical_port={port}"),
+                &format!("ip={ip}"),
+                &format!("mac=\"{mac}\""),
+                &format!("datapath={}", dp.trim()),
+            ])
+            .unwrap();
+        }
+    }
+    // Pod c (node-b) to an outside host: out of node-b's localnet port, from node-b's address.
+    let f = flow("ns_y_c", "10.244.1.4", &gw(1), "172.30.0.100");
+    let t = ovn.trace("ns_node-b", &f, "ns_localnet.node-b", 2, None).unwrap();
+    assert!(t.delivered, "{}", t.output);
+    assert!(t.output.contains("ct_snat(ip4.src=172.30.0.12)"), "translated to node-b's address: {}", t.output);
+    // Beyond the external network too, through the next hop.
+    let f = flow("ns_y_c", "10.244.1.4", &gw(1), "198.51.100.10");
+    let t = ovn.trace("ns_node-b", &f, "ns_localnet.node-b", 2, None).unwrap();
+    assert!(t.delivered && t.output.contains("ct_snat(ip4.src=172.30.0.12)"), "{}", t.output);
+    // Pod a (node-a) is under egress deny-all: nothing leaves.
+    let f = flow("ns_x_a", "10.244.0.3", &gw(0), "172.30.0.100");
+    assert!(!ovn.trace("ns_node-a", &f, "ns_localnet.node-a", 2, None).unwrap().delivered);
+    // Pod d's node has no uplink: its traffic for outside goes nowhere (node-c has no gateway
+    // router, and no other node's is used).
+    let f = flow("ns_y_d", "10.244.2.3", &gw(2), "172.30.0.100");
+    for n in ["node-a", "node-b"] {
+        let t = ovn.trace("ns_node-c", &f, &format!("ns_localnet.{n}"), 2, None).unwrap();
+        assert!(!t.delivered, "pod d left through {n}: {}", t.output);
+    }
+    // Inside the cluster nothing changed: pod c reaches pod d across nodes untranslated.
+    let f = flow("ns_y_c", "10.244.1.4", &gw(1), "10.244.2.3");
+    let t = ovn.trace("ns_node-b", &f, "ns_y_d", 2, None).unwrap();
+    assert!(t.delivered && !t.output.contains("ct_snat"), "{}", t.output);
+
+    // SNAT off: the pod's own address leaves.
+    trace.program_with(&engine, &topology(false)).await.unwrap();
+    let f = flow("ns_y_c", "10.244.1.4", &gw(1), "172.30.0.100");
+    let t = trace.ovn().trace("ns_node-b", &f, "ns_localnet.node-b", 2, None).unwrap();
+    assert!(t.delivered && !t.output.contains("ct_snat"), "{}", t.output);
+}
