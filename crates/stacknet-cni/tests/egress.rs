@@ -30,7 +30,17 @@ apiVersion: v1
 kind: List
 items:
 - {apiVersion: v1, kind: Pod, metadata: {name: a, namespace: y, uid: uid-a}, spec: {nodeName: node-a}, status: {podIP: 10.244.0.3}}
-- {apiVersion: v1, kind: Pod, metadata: {name: b, namespace: y, uid: uid-b}, spec: {nodeName: node-b}, status: {podIP: 10.244.1.3}}
+- {apiVersion: v1, kind: Pod, metadata: {name: b, namespace: y, uid: uid-b, labels: {app: web, sticky: "yes"}}, spec: {nodeName: node-b}, status: {podIP: 10.244.1.3}}
+- {apiVersion: v1, kind: Pod, metadata: {name: e, namespace: y, uid: uid-e, labels: {sticky: "yes"}}, spec: {nodeName: node-a}, status: {podIP: 10.244.0.5}}
+- {apiVersion: v1, kind: Service, metadata: {name: web, namespace: y},
+   spec: {type: NodePort, clusterIP: 10.96.0.10, selector: {app: web}, ports: [{port: 80, targetPort: 8080, nodePort: 30080}]}}
+- {apiVersion: v1, kind: Service, metadata: {name: local, namespace: y},
+   spec: {type: NodePort, clusterIP: 10.96.0.11, selector: {app: web}, externalTrafficPolicy: Local, ports: [{port: 80, targetPort: 8080, nodePort: 30081}]}}
+- {apiVersion: v1, kind: Service, metadata: {name: lb, namespace: y},
+   spec: {type: LoadBalancer, clusterIP: 10.96.0.12, selector: {app: web}, loadBalancerSourceRanges: [172.30.0.96/28],
+          ports: [{port: 80, targetPort: 8080, nodePort: 30082}]}}
+- {apiVersion: v1, kind: Service, metadata: {name: sticky, namespace: y},
+   spec: {type: NodePort, clusterIP: 10.96.0.13, selector: {sticky: "yes"}, sessionAffinity: ClientIP, ports: [{port: 80, targetPort: 9090, nodePort: 30083}]}}
 - {apiVersion: v1, kind: Pod, metadata: {name: c, namespace: x, uid: uid-c}, spec: {nodeName: node-a}, status: {podIP: 10.244.0.4}}
 - apiVersion: networking.k8s.io/v1
   kind: NetworkPolicy
@@ -39,6 +49,24 @@ items:
 "#;
 
 fn topology(snat: bool) -> Topology {
+    let mut t = bare_topology(snat);
+    let lb_ips = std::collections::BTreeMap::from([(
+        stacknet_engine::ObjectKey::new("y", "lb"),
+        "172.30.0.201".parse::<std::net::IpAddr>().unwrap(),
+    )]);
+    let inside = ["10.244.0.0/16".parse().unwrap(), "10.96.0.0/12".parse().unwrap()];
+    let (exposures, problems) = stacknet_engine::service::exposures(engine().index(), &lb_ips, &inside);
+    assert!(problems.is_empty(), "{problems:?}");
+    t.exposures = exposures;
+    t.load_balancer_ips = lb_ips;
+    t
+}
+
+fn engine() -> PolicyEngine {
+    PolicyEngine::from_index(ClusterIndex::from_objects(manifest::parse("c.yaml", PODS).unwrap().objects))
+}
+
+fn bare_topology(snat: bool) -> Topology {
     let node = |name: &str, i: u8| NodeNet {
         name: name.into(),
         subnets: vec![(format!("10.244.{i}.0/24").parse().unwrap(), format!("10.244.{i}.1").parse().unwrap())],
@@ -59,6 +87,8 @@ fn topology(snat: bool) -> Topology {
             snat,
             cluster: vec!["10.244.0.0/16".parse().unwrap()],
         }),
+        exposures: Vec::new(),
+        load_balancer_ips: Default::default(),
     }
 }
 
@@ -141,6 +171,19 @@ fn tell_source(netns: &Path, addr: &str) {
     });
 }
 
+/// [`seen_from`] once it answers `want` (the first packets of a flow may wait for ARP and a
+/// retransmission), within a deadline.
+fn answers(netns: &Path, addr: &str, want: &str, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = seen_from(netns, addr);
+        if got.as_deref() == Some(want) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: {addr} answered {got:?}, not {want:?}");
+    }
+}
+
 /// The address `addr` saw this connection come from (`None`: no connection).
 fn seen_from(netns: &Path, addr: &str) -> Option<String> {
     let addr: SocketAddr = addr.parse().unwrap();
@@ -178,7 +221,7 @@ async fn pods_reach_the_outside_from_their_own_nodes_address_and_the_replies_com
         tell_source(&outside.path(), addr);
     }
 
-    let engine = PolicyEngine::from_index(ClusterIndex::from_objects(manifest::parse("c.yaml", PODS).unwrap().objects));
+    let engine = engine();
     let backend = OvnBackend::connect(vec![ovn.nb.remote().parse().unwrap()]);
     backend.reconcile(&build(&engine, &topology(true))).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -192,23 +235,57 @@ async fn pods_reach_the_outside_from_their_own_nodes_address_and_the_replies_com
     add(&sa, &pa, ("y", "a", "uid-a"));
     add(&sb_sock, &pb, ("y", "b", "uid-b"));
     add(&sa, &pc, ("x", "c", "uid-c"));
+    let pe = Netns::create(&unique("e")).unwrap();
+    add(&sa, &pe, ("y", "e", "uid-e"));
+    // Backends: b tells who came; b and e say who they are (affinity).
+    tell_source(&pb.path(), "10.244.1.3:8080");
+    stacknet_testsupport::netns::serve_in(&pb.path(), "10.244.1.3:9090".parse().unwrap(), b"b");
+    stacknet_testsupport::netns::serve_in(&pe.path(), "10.244.0.5:9090".parse().unwrap(), b"e");
 
     // The agents mapped the physical network to br-ex; ovn-controller made the patch port;
     // the flows are in: pod a's connection arrives from node-a's address.
-    until("pod a reaches the outside host", Duration::from_secs(20), || {
-        seen_from(&pa.path(), "172.30.0.100:8080").is_some()
+    until("pods on both nodes reach the outside host", Duration::from_secs(20), || {
+        seen_from(&pa.path(), "172.30.0.100:8080").is_some() && seen_from(&pb.path(), "172.30.0.100:8080").is_some()
     })
     .await;
     let mappings = a.vsctl(&["get", "open_vswitch", ".", "external_ids:ovn-bridge-mappings"]).unwrap();
     assert_eq!(mappings.trim().trim_matches('"'), "external:br-ex");
-    assert_eq!(seen_from(&pa.path(), "172.30.0.100:8080").as_deref(), Some("172.30.0.11"), "pod a, from node-a");
-    assert_eq!(seen_from(&pb.path(), "172.30.0.100:8080").as_deref(), Some("172.30.0.12"), "pod b, from node-b");
-    assert_eq!(seen_from(&pb.path(), "198.51.100.10:8080").as_deref(), Some("172.30.0.12"), "past the next hop");
+    answers(&pa.path(), "172.30.0.100:8080", "172.30.0.11", "pod a, from node-a");
+    answers(&pb.path(), "172.30.0.100:8080", "172.30.0.12", "pod b, from node-b");
+    answers(&pb.path(), "198.51.100.10:8080", "172.30.0.12", "past the next hop");
     assert_eq!(seen_from(&pc.path(), "172.30.0.100:8080"), None, "pod c is under egress deny-all");
     // The node itself still uses its address, both ways.
-    assert_eq!(seen_from(&a.netns().path(), "172.30.0.100:8080").as_deref(), Some("172.30.0.11"), "node-a's own");
+    answers(&a.netns().path(), "172.30.0.100:8080", "172.30.0.11", "node-a's own");
     tell_source(&a.netns().path(), "172.30.0.11:2222");
-    assert_eq!(seen_from(&outside.path(), "172.30.0.11:2222").as_deref(), Some("172.30.0.100"), "outside -> node-a");
+    answers(&outside.path(), "172.30.0.11:2222", "172.30.0.100", "outside -> node-a");
+
+    // Services from outside. A NodePort on each node's address reaches the backend (on
+    // node-b), which sees the gateway router's join address of the node it came through.
+    answers(&outside.path(), "172.30.0.11:30080", "100.64.0.2", "NodePort via node-a");
+    answers(&outside.path(), "172.30.0.12:30080", "100.64.0.3", "NodePort via node-b");
+    // externalTrafficPolicy Local: node-b (the backend's) keeps the client's address; node-a
+    // does not forward.
+    answers(&outside.path(), "172.30.0.12:30081", "172.30.0.100", "ETP=Local");
+    assert_eq!(seen_from(&outside.path(), "172.30.0.11:30081"), None, "ETP=Local, no local endpoint");
+    // The load balancer's address, from inside loadBalancerSourceRanges and from outside them.
+    until("the LoadBalancer address answers", Duration::from_secs(15), || {
+        seen_from(&outside.path(), "172.30.0.201:80").is_some()
+    })
+    .await;
+    // Another outside host, 172.30.0.50, on the same outside bridge.
+    let far = Netns::create(&unique("far")).unwrap();
+    sh(&["ip", "link", "add", "v0", "netns", far.name(), "type", "veth", "peer", "name", "o-far", "netns", &o]);
+    sh(&["ip", "-n", &o, "link", "set", "o-far", "master", "ext0", "up"]);
+    sh(&["ip", "-n", far.name(), "addr", "add", "172.30.0.50/24", "dev", "v0"]);
+    sh(&["ip", "-n", far.name(), "link", "set", "v0", "up"]);
+    sh(&["ip", "netns", "exec", far.name(), "ethtool", "-K", "v0", "tx", "off"]);
+    answers(&far.path(), "172.30.0.11:30080", "100.64.0.2", "NodePort: no ranges");
+    assert_eq!(seen_from(&far.path(), "172.30.0.201:80"), None, "outside the source ranges");
+    // ClientIP affinity: 20 connections, one backend.
+    let backends: std::collections::BTreeSet<Option<String>> =
+        (0..20).map(|_| seen_from(&outside.path(), "172.30.0.11:30083")).collect();
+    assert_eq!(backends.len(), 1, "{backends:?}");
+    assert!(backends.iter().all(Option::is_some), "{backends:?}");
 
     // Flows deleted behind the agent's back come back.
     let mgmt = format!("unix:{}", a.dir().join("br-ex.mgmt").display());
@@ -221,9 +298,9 @@ async fn pods_reach_the_outside_from_their_own_nodes_address_and_the_replies_com
     // SNAT off: the pod's own address arrives (the outside routes the pod subnets to the nodes).
     sh(&["ip", "-n", &o, "route", "add", "10.244.0.0/24", "via", "172.30.0.11"]);
     sh(&["ip", "-n", &o, "route", "add", "10.244.1.0/24", "via", "172.30.0.12"]);
-    backend.reconcile(&build(&engine, &topology(false))).await.unwrap();
+    backend.reconcile(&build(&engine, &bare_topology(false))).await.unwrap();
     ovn.nbctl(&["--wait=hv", "sync"]).unwrap();
     a.appctl(&["dpctl/flush-conntrack"]).unwrap();
-    assert_eq!(seen_from(&pa.path(), "172.30.0.100:8080").as_deref(), Some("10.244.0.3"), "routed, not translated");
-    assert_eq!(seen_from(&pb.path(), "172.30.0.100:8080").as_deref(), Some("10.244.1.3"));
+    answers(&pa.path(), "172.30.0.100:8080", "10.244.0.3", "routed, not translated");
+    answers(&pb.path(), "172.30.0.100:8080", "10.244.1.3", "routed, not translated (b)");
 }

@@ -47,6 +47,8 @@ fn topology() -> Topology {
         nested: Default::default(),
         node_routes: vec!["10.244.0.0/16".parse().unwrap(), "10.96.0.0/12".parse().unwrap()],
         gateways: None,
+        exposures: Vec::new(),
+        load_balancer_ips: Default::default(),
     }
 }
 

@@ -76,6 +76,10 @@ pub struct ControllerArgs {
     /// node's `ovn-bridge-mappings` maps to its uplink bridge (default external).
     #[arg(long, env = "STACKNET_PHYSNET", value_name = "NAME")]
     pub physnet: Option<String>,
+    /// OVN: addresses for LoadBalancer Services (repeat, or separate with commas), answered
+    /// on the external network by the gateway routers (default: none).
+    #[arg(long = "lb-pool", env = "STACKNET_LB_POOL", value_name = "CIDR", value_delimiter = ',')]
+    pub lb_pool: Vec<String>,
     /// Where the network is made: `ovn` (the Northbound database, default) or `openstack`
     /// (Neutron and Octavia; the cloud from `--os-cloud`, else `OS_CLOUD` or the `OS_*`
     /// variables).
@@ -122,6 +126,7 @@ struct FileConfig {
     join_cidr: Option<String>,
     snat: Option<bool>,
     physnet: Option<String>,
+    lb_pool: Option<Vec<String>>,
     metrics_addr: Option<String>,
     poll_ms: Option<u64>,
     coalesce_ms: Option<u64>,
@@ -181,6 +186,8 @@ pub struct GatewaySettings {
     pub join: Cidr,
     pub snat: bool,
     pub physnet: String,
+    /// Addresses for LoadBalancer Services.
+    pub lb_pools: Vec<Cidr>,
 }
 
 /// The join switch's subnet when none is set (as ovn-kubernetes').
@@ -261,7 +268,24 @@ fn gateway_settings(
         return Err(Error::setting("physnet", format!("{physnet:?} must be letters, digits, '-' or '_'")));
     }
     let snat = args.snat.or(file.snat).unwrap_or(true);
-    Ok(Some(GatewaySettings { external, next_hop, join, snat, physnet }))
+    let pool_texts =
+        if args.lb_pool.is_empty() { file.lb_pool.clone().unwrap_or_default() } else { args.lb_pool.clone() };
+    let mut lb_pools = Vec::new();
+    for t in &pool_texts {
+        let p = cidr("lb-pool", t)?;
+        if !p.is_ipv4() {
+            return Err(Error::setting("lb-pool", format!("{p}: load balancer addresses are IPv4 only")));
+        }
+        for (what, other) in
+            cluster.iter().map(|c| ("cluster-cidr", c)).chain([("service-cidr", &service), ("join-cidr", &join)])
+        {
+            if overlaps(&p, other) {
+                return Err(Error::setting("lb-pool", format!("{p} overlaps {what} {other}")));
+            }
+        }
+        lb_pools.push(p);
+    }
+    Ok(Some(GatewaySettings { external, next_hop, join, snat, physnet, lb_pools }))
 }
 
 fn default_identity() -> String {
@@ -498,6 +522,11 @@ mod tests {
         assert!(err(&|a| a.external_next_hop = Some("gw".into())).starts_with("external-next-hop"));
         assert!(err(&|a| a.physnet = Some("a:b".into())).starts_with("physnet"));
         assert!(err(&|a| a.external_cidr = Some("fd00::/64".into())).contains("IPv4 only"));
+        assert!(
+            err(&|a| a.lb_pool = vec!["10.96.1.0/24".into()])
+                .starts_with("lb-pool: 10.96.1.0/24 overlaps service-cidr")
+        );
+        assert!(err(&|a| a.lb_pool = vec!["nope".into()]).starts_with("lb-pool"));
     }
 
     #[test]

@@ -29,6 +29,11 @@ pub struct OvnNetwork {
     gateways: Option<stacknet_ovn::topology::Gateways>,
     /// Each node's gateway router address on the join switch, as last assigned.
     join: BTreeMap<String, IpAddr>,
+    /// Addresses for LoadBalancer Services, and each one's as last assigned.
+    lb_pools: Vec<Cidr>,
+    lb_ips: BTreeMap<ObjectKey, IpAddr>,
+    /// What no external address may be in: the cluster and Service CIDRs.
+    inside: Vec<Cidr>,
     remotes: String,
     backend: OvnBackend,
     ipam: Ipam,
@@ -56,6 +61,9 @@ impl OvnNetwork {
                 cluster: config.ipam.cluster.clone(),
             }),
             join: BTreeMap::new(),
+            lb_pools: config.gateways.as_ref().map(|g| g.lb_pools.clone()).unwrap_or_default(),
+            lb_ips: BTreeMap::new(),
+            inside: config.ipam.cluster.iter().copied().chain([config.service_cidr]).collect(),
             remotes: config.nb.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", "),
             backend: OvnBackend::connect(config.nb.clone()),
             ipam,
@@ -82,6 +90,7 @@ impl OvnNetwork {
             }
         }
         self.join = a.join.into_iter().collect();
+        self.lb_ips = a.load_balancer_ips.into_iter().collect();
         true
     }
 
@@ -206,6 +215,17 @@ impl Backend for OvnNetwork {
         }
         let mut problems = assignment.problems;
         let join = self.assign_join(engine.index(), &mut problems);
+        let exposures = if self.gateways.is_some() {
+            let (lb_ips, p) =
+                stacknet_engine::service::assign_load_balancer_ips(engine.index(), &self.lb_pools, &self.lb_ips);
+            problems.extend(p);
+            let (exposures, p) = stacknet_engine::service::exposures(engine.index(), &lb_ips, &self.inside);
+            problems.extend(p);
+            self.lb_ips = lb_ips;
+            exposures
+        } else {
+            Vec::new()
+        };
         let topology = Topology {
             cluster: self.cluster.clone(),
             nodes: assignment
@@ -222,6 +242,8 @@ impl Backend for OvnNetwork {
             nested: BTreeMap::new(),
             node_routes: self.node_routes.clone(),
             gateways: self.gateways.clone(),
+            exposures,
+            load_balancer_ips: self.lb_ips.clone(),
         };
         let desired = stacknet_ovn::build(engine, &topology);
         for w in &desired.warnings {

@@ -311,7 +311,8 @@ async fn a_vm_on_a_node_switch_keeps_its_address_and_its_port() {
 const UPLINKS: &str = "apiVersion: v1\nkind: List\nitems:\n\
 - {apiVersion: v1, kind: Node, metadata: {name: node-1}, status: {addresses: [{type: InternalIP, address: 172.30.0.11}]}}\n\
 - {apiVersion: v1, kind: Node, metadata: {name: node-2}, status: {addresses: [{type: InternalIP, address: 192.168.5.5}]}}\n\
-- {apiVersion: v1, kind: Node, metadata: {name: node-3}, status: {addresses: [{type: InternalIP, address: 172.30.0.13}]}}\n";
+- {apiVersion: v1, kind: Node, metadata: {name: node-3}, status: {addresses: [{type: InternalIP, address: 172.30.0.13}]}}\n\
+- {apiVersion: v1, kind: Service, metadata: {name: web, namespace: shop}, spec: {type: LoadBalancer, clusterIP: 10.96.0.50, ports: [{port: 80, nodePort: 30080}]}}\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_routers_follow_the_nodes_uplinks_and_keep_their_join_addresses() {
@@ -325,6 +326,7 @@ async fn gateway_routers_follow_the_nodes_uplinks_and_keep_their_join_addresses(
             join: "100.64.0.0/16".parse().unwrap(),
             snat: true,
             physnet: "external".into(),
+            lb_pools: vec!["172.30.0.200/29".parse().unwrap()],
         })
     };
     let c = start_with(&ovn, dir.path(), gateways).await;
@@ -337,7 +339,7 @@ async fn gateway_routers_follow_the_nodes_uplinks_and_keep_their_join_addresses(
     assert_eq!(joins["t1_gtoj.node-3"], ["100.64.0.3/16"]);
     assert_eq!(joins["t1_gtoe.node-1"], ["172.30.0.11/24"]);
     assert_eq!(joins["t1_rtoj"], ["100.64.0.1/16"]);
-    let nat = ovn.nbctl(&["--bare", "--columns=external_ip", "find", "NAT", "type=snat"]).unwrap();
+    let nat = ovn.nbctl(&["--bare", "--columns=external_ip", "find", "NAT", "logical_ip=\"10.244.0.0/16\""]).unwrap();
     let mut nat: Vec<&str> = nat.split_whitespace().collect();
     nat.sort();
     assert_eq!(nat, ["172.30.0.11", "172.30.0.13"], "pods leave as their node's address");
@@ -346,6 +348,10 @@ async fn gateway_routers_follow_the_nodes_uplinks_and_keep_their_join_addresses(
     assert_eq!(ev.len(), 1, "{ev:?}");
     assert_eq!(ev[0].object, ObjectRef::node("node-2"));
     assert!(ev[0].message.contains("192.168.5.5"), "{}", ev[0].message);
+    // The LoadBalancer Service: the pool's first address, and a NodePort on each node's address.
+    let lbs = rows(&ovn, "Load_Balancer", "vips");
+    assert_eq!(lbs["t1_ext_shop_web_tcp"], ["172.30.0.201:80="], "{lbs:?}");
+    assert_eq!(lbs["t1_np_shop_web_tcp"], ["172.30.0.11:30080= 172.30.0.13:30080="], "{lbs:?}");
     c.stop().await;
 
     // A restart writes nothing; then node-1 goes: its router goes, node-3 keeps its address.
@@ -357,6 +363,7 @@ async fn gateway_routers_follow_the_nodes_uplinks_and_keep_their_join_addresses(
     until("node-1's gateway router gone", || !rows(&ovn, "Logical_Router", "options").contains_key("t1_gr.node-1"))
         .await;
     assert_eq!(rows(&ovn, "Logical_Router_Port", "networks")["t1_gtoj.node-3"], ["100.64.0.3/16"]);
-    assert_eq!(ovn.nbctl(&["--bare", "--columns=external_ip", "find", "NAT"]).unwrap().trim(), "172.30.0.13");
+    let nat = ovn.nbctl(&["--bare", "--columns=external_ip", "find", "NAT", "logical_ip=\"10.244.0.0/16\""]).unwrap();
+    assert_eq!(nat.trim(), "172.30.0.13");
     c.stop().await;
 }

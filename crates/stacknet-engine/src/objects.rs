@@ -196,6 +196,11 @@ pub const PROJECT_ANNOTATION: &str = "stacknet.io/openstack-project";
 /// A Service's load balancer health monitor (OpenStack mode): `true`, or
 /// `delay=5,timeout=3,retries=3,retries-down=3` (any of them; seconds and counts).
 pub const HEALTH_MONITOR_ANNOTATION: &str = "stacknet.io/health-monitor";
+/// On a Service of type LoadBalancer: the address it asks for (as `spec.loadBalancerIP`,
+/// which is deprecated upstream).
+pub const LOAD_BALANCER_IP_ANNOTATION: &str = "stacknet.io/load-balancer-ip";
+/// `spec.sessionAffinityConfig.clientIP.timeoutSeconds` when unset (the API's default).
+pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
 
 impl Pod {
     /// Whether NetworkPolicy applies to the pod at all: hostNetwork pods are never selected
@@ -366,6 +371,8 @@ pub struct ServicePort {
     pub protocol: Protocol,
     pub port: u16,
     pub target_port: TargetPort,
+    /// `nodePort` (NodePort and LoadBalancer Services; the API server allocates it).
+    pub node_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -386,6 +393,19 @@ pub struct Service {
     /// The `stacknet.io/health-monitor` annotation, as written (the backend that honours it
     /// parses it, and reports a bad one on the Service).
     pub health_monitor: Option<String>,
+    /// `spec.sessionAffinityConfig.clientIP.timeoutSeconds` with ClientIP affinity.
+    pub affinity_timeout: Option<u32>,
+    /// `spec.internalTrafficPolicy` when not Cluster.
+    pub internal_traffic_policy: Option<String>,
+    /// `spec.externalIPs`.
+    pub external_ips: Vec<IpAddr>,
+    /// The address a LoadBalancer Service asks for: `spec.loadBalancerIP`, else the
+    /// `stacknet.io/load-balancer-ip` annotation.
+    pub load_balancer_ip: Option<IpAddr>,
+    /// `spec.loadBalancerClass` (another class: another implementation's Service).
+    pub load_balancer_class: Option<String>,
+    /// `status.loadBalancer.ingress[].ip`: what was given to it before.
+    pub ingress_ips: Vec<IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -394,6 +414,8 @@ pub struct Endpoint {
     /// Unset readiness means ready, as the API documents.
     pub ready: bool,
     pub pod: Option<ObjectKey>,
+    /// `nodeName`: where the endpoint runs (traffic policies `Local` need it).
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -869,8 +891,35 @@ impl Service {
                     TargetPort::Name(s.clone())
                 }
             };
-            ports.push(ServicePort { name: p.name.clone(), protocol, port, target_port });
+            let node_port = p.node_port.map(|n| port_number(n, &object, &format!("{field}.nodePort"))).transpose()?;
+            ports.push(ServicePort { name: p.name.clone(), protocol, port, target_port, node_port });
         }
+        let mut external_ips = Vec::new();
+        for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
+            external_ips.push(parse_ip(ip, &object, &format!("spec.externalIPs[{i}]"))?);
+        }
+        let load_balancer_ip = match spec.load_balancer_ip.as_deref().filter(|s| !s.is_empty()) {
+            Some(ip) => Some(parse_ip(ip, &object, "spec.loadBalancerIP")?),
+            None => annotation(&svc.metadata, LOAD_BALANCER_IP_ANNOTATION)
+                .map(|ip| parse_ip(&ip, &object, &format!("metadata.annotations[\"{LOAD_BALANCER_IP_ANNOTATION}\"]")))
+                .transpose()?,
+        };
+        let ingress_ips = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|l| l.ingress.as_ref())
+            .map(|i| i.iter().filter_map(|g| g.ip.as_deref().and_then(|ip| ip.parse().ok())).collect())
+            .unwrap_or_default();
+        let session_affinity = spec.session_affinity.clone().filter(|a| a != "None");
+        let affinity_timeout = session_affinity.as_ref().map(|_| {
+            spec.session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .and_then(|t| u32::try_from(t).ok())
+                .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
+        });
         Ok(Service {
             key,
             uid: svc.metadata.uid.clone(),
@@ -878,10 +927,16 @@ impl Service {
             cluster_ips,
             selector: spec.selector,
             ports,
-            session_affinity: spec.session_affinity.filter(|a| a != "None"),
+            session_affinity,
             external_traffic_policy: spec.external_traffic_policy.filter(|p| p != "Cluster"),
             load_balancer_source_ranges: spec.load_balancer_source_ranges.unwrap_or_default(),
             health_monitor: annotation(&svc.metadata, HEALTH_MONITOR_ANNOTATION),
+            affinity_timeout,
+            internal_traffic_policy: spec.internal_traffic_policy.filter(|p| p != "Cluster"),
+            external_ips,
+            load_balancer_ip,
+            load_balancer_class: spec.load_balancer_class.filter(|c| !c.is_empty()),
+            ingress_ips,
         })
     }
 }
@@ -911,6 +966,7 @@ impl EndpointSlice {
                 addresses,
                 ready: e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true),
                 pod,
+                node: e.node_name.clone().filter(|n| !n.is_empty()),
             });
         }
         let mut ports = Vec::new();

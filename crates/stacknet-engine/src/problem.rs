@@ -184,6 +184,16 @@ reasons! {
         "a `stacknet.io/` annotation does not parse; the Service is load-balanced without it";
     UnsupportedByLoadBalancer: "Service",
         "Octavia's ovn provider cannot honour a field (session affinity, source ranges, `externalTrafficPolicy: Local`, an SCTP health check)";
+    NodePortUnavailable: "Service",
+        "a NodePort or LoadBalancer Service's `nodePort` is missing, outside 30000-32767, or taken by another Service: that port is not exposed";
+    ExternalIPInvalid: "Service",
+        "an `externalIPs` address (or the load balancer address asked for) lies in the cluster or Service CIDR: it is not exposed";
+    LoadBalancerPoolExhausted: "Service",
+        "no address of `--lb-pool` is free for a LoadBalancer Service: it gets none until one is";
+    LoadBalancerIPUnavailable: "Service",
+        "the address a LoadBalancer Service asks for (`spec.loadBalancerIP` or `stacknet.io/load-balancer-ip`) is outside `--lb-pool` or another Service's";
+    InvalidSourceRange: "Service",
+        "a `loadBalancerSourceRanges` entry is not a CIDR: the Service's external addresses accept nobody until it is fixed";
     NoServiceSubnet: "Cluster",
         "OpenStack mode without `--service-cidr`: Services get no load balancer";
     NoExternalNetwork: "Service",

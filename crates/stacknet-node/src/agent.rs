@@ -130,8 +130,12 @@ impl Agent {
         nb_remotes: Vec<Remote>,
     ) -> Agent {
         let mut nb_config = ClientConfig::new(nb_remotes, nb::DATABASE);
-        nb_config.tables =
-            Some(vec![nb::LOGICAL_SWITCH.into(), nb::LOGICAL_SWITCH_PORT.into(), nb::LOGICAL_ROUTER_PORT.into()]);
+        nb_config.tables = Some(vec![
+            nb::LOGICAL_SWITCH.into(),
+            nb::LOGICAL_SWITCH_PORT.into(),
+            nb::LOGICAL_ROUTER_PORT.into(),
+            nb::LOGICAL_ROUTER.into(),
+        ]);
         // What a pod's network is made of; not `up` and the like, which change as ports bind.
         let cols = |cs: &[&str]| cs.iter().map(|c| c.to_string()).collect::<Vec<_>>();
         nb_config.columns = std::collections::BTreeMap::from([
@@ -141,6 +145,8 @@ impl Agent {
                 cols(&["name", "type", "addresses", "options", "external_ids", "parent_name", "tag"]),
             ),
             (nb::LOGICAL_ROUTER_PORT.to_string(), cols(&["name", "networks", "mac"])),
+            // Gateway routers: what the uplink bridge steers to them.
+            (nb::LOGICAL_ROUTER.to_string(), cols(&["name", "external_ids"])),
         ]);
         let ovs = ovs::client(ovs_remotes);
         Agent {
@@ -258,7 +264,7 @@ impl Agent {
                 "the Open_vSwitch database is not a unix socket: no bridge sockets to program flows through".into(),
             )
         })?;
-        let wanted = gateway::flows(&ports);
+        let wanted = gateway::flows(&ports, &gw, stacknet_engine::service::NODE_PORTS);
         let last = self.gateway_flows.lock().map(|l| l.clone()).unwrap_or_default();
         let b = bridge.to_string();
         let (installed, last) = tokio::task::spawn_blocking(move || {

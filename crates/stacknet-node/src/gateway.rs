@@ -31,11 +31,14 @@ pub const ZONE: u16 = 64000;
 pub const COOKIE: u64 = 0x5e5e_0001;
 
 /// What the controller made for this node's gateway: the physical network name of its
-/// external switch's localnet port, and its gateway router's external MAC.
+/// external switch's localnet port, its gateway router's external MAC and address, and the
+/// addresses traffic from the uplink must reach the router at (Services' external ones).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayPort {
     pub physnet: String,
     pub mac: String,
+    pub address: Option<std::net::IpAddr>,
+    pub steer: Vec<stacknet_engine::Cidr>,
 }
 
 /// The node's gateway in the Northbound replica, if the controller made one.
@@ -46,7 +49,21 @@ pub fn lookup(nb: &Replica, cluster: &str, node: &str) -> Option<GatewayPort> {
     let (_, lrp) =
         nb.table(stacknet_ovsdb::nb::LOGICAL_ROUTER_PORT).by_name(&format!("{cluster}_gtoe.{node}")).next()?;
     let mac = lrp.get("mac").and_then(Datum::as_str)?.to_string();
-    Some(GatewayPort { physnet, mac })
+    let address = lrp
+        .get("networks")
+        .map(|d| d.elements())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .find_map(|n| n.split_once('/').and_then(|(ip, _)| ip.parse().ok()));
+    let steer = nb
+        .table(stacknet_ovsdb::nb::LOGICAL_ROUTER)
+        .by_name(&format!("{cluster}_gr.{node}"))
+        .next()
+        .and_then(|(_, r)| stacknet_ovsdb::nb::string_map(r, "external_ids").get("stacknet.io/steer").cloned())
+        .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect())
+        .unwrap_or_default();
+    Some(GatewayPort { physnet, mac, address, steer })
 }
 
 /// The bridge's ports as the flows need them.
@@ -107,11 +124,39 @@ pub fn bridge_ports(ovs: &Replica, bridge: &str) -> Result<BridgePorts, GatewayE
     })
 }
 
-/// The flows, as `ovs-ofctl add-flows` reads them (pure).
-pub fn flows(ports: &BridgePorts) -> String {
+/// `lo..=hi` as value/mask pairs (what OpenFlow matches a port range with).
+pub fn port_masks(lo: u16, hi: u16) -> Vec<(u16, u16)> {
+    let (mut at, hi) = (u32::from(lo), u32::from(hi));
+    let mut out = Vec::new();
+    while at <= hi {
+        let mut size = 1u32;
+        while at % (size * 2) == 0 && at + size * 2 - 1 <= hi && size < 0x10000 {
+            size *= 2;
+        }
+        out.push((at as u16, (!(size - 1) & 0xffff) as u16));
+        at += size;
+    }
+    out
+}
+
+/// The flows, as `ovs-ofctl add-flows` reads them (pure). From the uplink, the node's
+/// NodePorts (`node_ports` on `address`) and the `steer`ed addresses go to the gateway router.
+pub fn flows(ports: &BridgePorts, gw: &GatewayPort, node_ports: std::ops::RangeInclusive<u16>) -> String {
     let (u, p) = (ports.uplink.1, ports.patch.1);
     let c = format!("cookie={COOKIE:#x},");
-    [
+    let mut steering = Vec::new();
+    if let Some(std::net::IpAddr::V4(a)) = gw.address {
+        for l4 in ["tcp", "udp"] {
+            for (v, m) in port_masks(*node_ports.start(), *node_ports.end()) {
+                steering
+                    .push(format!("{c}table=1,priority=50,{l4},nw_dst={a},tp_dst={v:#x}/{m:#x},actions=output:{p}"));
+            }
+        }
+    }
+    for cidr in gw.steer.iter().filter(|c| c.is_ipv4()) {
+        steering.push(format!("{c}table=1,priority=50,ip,nw_dst={cidr},actions=output:{p}"));
+    }
+    steering.extend([
         format!("{c}table=0,priority=100,in_port={p},ip,actions=ct(commit,zone={ZONE},exec(load:0x1->NXM_NX_CT_MARK[])),output:{u}"),
         format!("{c}table=0,priority=10,in_port={p},actions=output:{u}"),
         format!("{c}table=0,priority=100,in_port={u},ip,actions=ct(table=1,zone={ZONE})"),
@@ -121,9 +166,8 @@ pub fn flows(ports: &BridgePorts) -> String {
         format!("{c}table=1,priority=100,ct_state=+trk+est,ct_mark=0x1,ip,actions=output:{p}"),
         format!("{c}table=1,priority=100,ct_state=+trk+rel,ct_mark=0x1,ip,actions=output:{p}"),
         format!("{c}table=1,priority=0,actions=LOCAL"),
-    ]
-    .join("\n")
-        + "\n"
+    ]);
+    steering.join("\n") + "\n"
 }
 
 /// `ovn-bridge-mappings` with `physnet:bridge` in it (others' mappings kept): `Ok(None)` if it
@@ -259,9 +303,28 @@ mod tests {
     }
 
     #[test]
+    fn port_ranges_become_masks_that_cover_exactly_the_range() {
+        let masks = port_masks(30000, 32767);
+        let covered: Vec<u32> = (0..=65535u32).filter(|p| masks.iter().any(|(v, m)| (*p as u16) & m == *v)).collect();
+        assert_eq!(covered.first(), Some(&30000));
+        assert_eq!(covered.last(), Some(&32767));
+        assert_eq!(covered.len(), 2768);
+        assert_eq!(masks.len(), 5, "{masks:?}");
+        assert_eq!(port_masks(80, 80), [(80, 0xffff)]);
+    }
+
+    #[test]
     fn flows_steer_replies_to_the_gateway_router_and_the_rest_to_the_host() {
-        let f = flows(&BridgePorts { uplink: ("eth1".into(), 1), patch: ("patch-x".into(), 2) });
-        assert_eq!(f.lines().count(), 9);
+        let gw = GatewayPort {
+            physnet: "external".into(),
+            mac: "0a:58:ac:1e:00:0b".into(),
+            address: Some("172.30.0.11".parse().unwrap()),
+            steer: vec!["172.30.0.201/32".parse().unwrap()],
+        };
+        let f = flows(&BridgePorts { uplink: ("eth1".into(), 1), patch: ("patch-x".into(), 2) }, &gw, 30000..=32767);
+        assert_eq!(f.lines().count(), 9 + 2 * 5 + 1);
+        assert!(f.contains("table=1,priority=50,tcp,nw_dst=172.30.0.11,tp_dst=0x7530/0xfff0,actions=output:2"), "{f}");
+        assert!(f.contains("table=1,priority=50,ip,nw_dst=172.30.0.201/32,actions=output:2"));
         assert!(f.contains("in_port=2,ip,actions=ct(commit,zone=64000,exec(load:0x1->NXM_NX_CT_MARK[])),output:1"));
         assert!(f.contains("ct_state=+trk+est,ct_mark=0x1,ip,actions=output:2"));
         assert!(f.contains("in_port=1,arp,actions=LOCAL,output:2"));

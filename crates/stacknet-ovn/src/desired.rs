@@ -14,7 +14,9 @@ use stacknet_ovsdb::nb::{
     LOGICAL_ROUTER_STATIC_ROUTE, LOGICAL_SWITCH, LOGICAL_SWITCH_PORT, NAT, PORT_GROUP,
 };
 
-use crate::names::{KEY_CLUSTER, KEY_ID, KEY_OWNER, KEY_OWNER_KIND, KEY_POD_UID, KEY_ROUTES, ident};
+use crate::names::{
+    KEY_CLUSTER, KEY_ID, KEY_LB_IP, KEY_OWNER, KEY_OWNER_KIND, KEY_POD_UID, KEY_ROUTES, KEY_STEER, ident,
+};
 use crate::topology::{Gateways, NodeNet, Topology, mac_for};
 
 /// ACL priorities: default deny below the allows. Traffic between a pod and its own node is
@@ -276,7 +278,7 @@ pub fn build(engine: &PolicyEngine, topo: &Topology) -> Desired {
     let mut d = Desired { cluster: cluster.to_string(), ..Desired::default() };
     // Pods first: switches and port groups hold only the pods that got a port.
     let pods_by_node = pod_ports(&mut d, index, topo);
-    let lb_group = load_balancers(&mut d, cluster, index);
+    let lb_group = load_balancers(&mut d, topo, index);
     let mut router = node_switches(&mut d, topo, pods_by_node, lb_group);
     if let Some(g) = &topo.gateways {
         gateway_routers(&mut d, topo, g, &mut router);
@@ -349,7 +351,8 @@ fn pod_port_row(cluster: &str, pod: &Pod, port: &PodPort) -> DesiredRow {
 
 /// Services: a load balancer per service and protocol, all in one group for every switch.
 /// Returns whether there is a group (no services, no group).
-fn load_balancers(d: &mut Desired, cluster: &str, index: &ClusterIndex) -> bool {
+fn load_balancers(d: &mut Desired, topo: &Topology, index: &ClusterIndex) -> bool {
+    let cluster = topo.cluster.as_str();
     let load_balancers = service::load_balancers(index);
     let mut lb_ids = Vec::new();
     for lb in &load_balancers {
@@ -358,15 +361,16 @@ fn load_balancers(d: &mut Desired, cluster: &str, index: &ClusterIndex) -> bool 
             .vips
             .iter()
             .map(|(vip, backends)| (socket(vip), backends.iter().map(socket).collect::<Vec<_>>().join(",")));
-        d.add(
-            RowBuilder::new(cluster, LOAD_BALANCER, id.clone(), "Service", &lb.service.to_string())
-                .str("name", &format!("{cluster}_{}_{}_{}", lb.service.namespace, lb.service.name, proto(lb.protocol)))
-                .col("vips", Datum::map(vips))
-                .col("protocol", Datum::set([proto(lb.protocol)]))
-                // A VIP without endpoints answers with a reject, not silence.
-                .col("options", Datum::string_map([("reject", "true")]))
-                .build(),
-        );
+        let mut b = RowBuilder::new(cluster, LOAD_BALANCER, id.clone(), "Service", &lb.service.to_string())
+            .str("name", &format!("{cluster}_{}_{}_{}", lb.service.namespace, lb.service.name, proto(lb.protocol)))
+            .col("vips", Datum::map(vips))
+            .col("protocol", Datum::set([proto(lb.protocol)]))
+            // A VIP without endpoints answers with a reject, not silence.
+            .col("options", lb_options(true, lb.affinity_timeout, &[]));
+        if let Some(ip) = topo.load_balancer_ips.get(&lb.service) {
+            b = b.external(KEY_LB_IP, &ip.to_string());
+        }
+        d.add(b.build());
         lb_ids.push(id);
     }
     d.load_balancers = load_balancers;
@@ -380,6 +384,20 @@ fn load_balancers(d: &mut Desired, cluster: &str, index: &ClusterIndex) -> bool 
             .build(),
     );
     true
+}
+
+/// A load balancer's options: `reject` for VIPs without endpoints, ClientIP affinity, and
+/// `extra` ones.
+fn lb_options(reject: bool, affinity: Option<u32>, extra: &[(&str, &str)]) -> Datum {
+    let mut m: BTreeMap<String, String> = extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    if reject {
+        m.insert("reject".into(), "true".into());
+    }
+    if let Some(t) = affinity {
+        // OVN's maximum.
+        m.insert("affinity_timeout".into(), t.clamp(1, 65535).to_string());
+    }
+    Datum::map(m)
 }
 
 /// The cluster router's ports and static routes (identities), as the parts of the network
@@ -417,13 +435,12 @@ fn node_switches(
             router.routes.extend(node_routes(d, cluster, node));
             (lsp, node.management.clone())
         });
-        let mut b = RowBuilder::new(cluster, LOGICAL_SWITCH, format!("node:{}", node.name), "Node", &node.name)
+        let b = RowBuilder::new(cluster, LOGICAL_SWITCH, format!("node:{}", node.name), "Node", &node.name)
             .str("name", &switch)
             .refs("ports", ports)
-            .refs("acls", acls);
-        if lb_group {
-            b = b.refs("load_balancer_group", ["lbg".to_string()]);
-        }
+            .refs("acls", acls)
+            // Always named, so that the group going away is taken out of the switch too.
+            .refs("load_balancer_group", lb_group.then(|| "lbg".to_string()));
         d.add(b.build());
         d.switches.insert(node.name.clone(), SwitchInfo { name: switch, router_mac, gateways, management });
     }
@@ -510,6 +527,14 @@ fn gateway_routers(d: &mut Desired, topo: &Topology, g: &Gateways, router: &mut 
     router_pair(d, cluster, owner, ("rtoj", &rtoj), ("jtor", &format!("{cluster}_jtor")), &[(join_router, join_len)]);
     router.ports.push("rtoj".into());
     let mut join_ports = vec!["jtor".to_string()];
+    d.add(
+        RowBuilder::new(cluster, ADDRESS_SET, "as:cluster-cidrs".into(), "Cluster", cluster)
+            .str("name", &ident(cluster, "as", "cluster-cidrs"))
+            .col("addresses", Datum::set(g.cluster.iter().filter(|c| c.is_ipv4()).map(|c| c.to_string())))
+            .build(),
+    );
+    let gr_group = gateway_load_balancers(d, topo, g);
+    source_range_acls(d, topo, g);
     for node in &topo.nodes {
         let (Some(join), Some(external)) = (node.join, g.external_address(node)) else { continue };
         let n = node.name.as_str();
@@ -565,25 +590,53 @@ fn gateway_routers(d: &mut Desired, topo: &Topology, g: &Gateways, router: &mut 
                 nat.push(id);
             }
         }
+        // What a load balancer sends on into the cluster from outside leaves as the router's
+        // join address, so that replies come back through here; pods' own traffic matches the
+        // longer cluster prefixes above; load balancers of `externalTrafficPolicy: Local` skip
+        // translation and keep the client's address. (A NAT rule, not the router's
+        // `lb_force_snat_ip`: with OVN 23.03 that one leaves a connection's first packet
+        // untranslated.)
+        // Only towards the cluster (the backends), so pods' own traffic out is left alone
+        // when SNAT is off.
+        {
+            let id = format!("nat:{n}:lb");
+            d.add(
+                RowBuilder::new(cluster, NAT, id.clone(), "Node", n)
+                    .str("type", "snat")
+                    .str("external_ip", &join.to_string())
+                    .str("logical_ip", "0.0.0.0/0")
+                    .refs("allowed_ext_ips", ["as:cluster-cidrs".to_string()])
+                    .build(),
+            );
+            nat.push(id);
+        }
         if let Some(hop) = g.next_hop.filter(|h| h.is_ipv4()) {
             let id = format!("route:gr:{n}:default");
             static_route(d, cluster, owner, &id, "0.0.0.0/0", hop, false);
             routes.push(id);
         }
-        d.add(
-            RowBuilder::new(cluster, LOGICAL_ROUTER, format!("gr:{n}"), "Node", n)
-                .str("name", &format!("{cluster}_gr.{n}"))
-                .col("options", Datum::string_map([("chassis", n)]))
-                .refs("ports", [format!("gtoj:{n}"), format!("gtoe:{n}")])
-                .refs("static_routes", routes)
-                .refs("nat", nat)
-                .build(),
-        );
+        let gr = RowBuilder::new(cluster, LOGICAL_ROUTER, format!("gr:{n}"), "Node", n)
+            .str("name", &format!("{cluster}_gr.{n}"))
+            .col("options", Datum::string_map([("chassis", n)]))
+            .refs("ports", [format!("gtoj:{n}"), format!("gtoe:{n}")])
+            .refs("static_routes", routes)
+            .refs("nat", nat)
+            .refs("load_balancer", local_external_lbs(d, topo, n))
+            .external(KEY_STEER, &steered(topo));
+        // Always named, so that a group going away is taken out of the router too.
+        d.add(gr.refs("load_balancer_group", gr_group.then(|| "lbg-gr".to_string())).build());
+
         for (subnet, _) in node.subnets.iter().filter(|(c, _)| c.is_ipv4()) {
             let id = format!("route:egress:{n}:{subnet}");
             static_route(d, cluster, owner, &id, &subnet.to_string(), join, true);
             router.routes.push(id);
         }
+        // Replies to the router's own join address (a load balancer translated the client to
+        // it) go straight to it, not by their source to the pod's own node's router: a host
+        // route outranks the source routes, the join subnet's connected route does not.
+        let id = format!("route:join:{n}");
+        static_route(d, cluster, owner, &id, &format!("{join}/32"), join, false);
+        router.routes.push(id);
     }
     d.add(
         RowBuilder::new(cluster, LOGICAL_SWITCH, "join".into(), "Cluster", cluster)
@@ -674,6 +727,175 @@ fn node_routes(d: &mut Desired, cluster: &str, node: &NodeNet) -> Vec<String> {
         ids.push(id);
     }
     ids
+}
+
+/// The nodes with a gateway router, and their external addresses.
+fn gateway_nodes<'a>(topo: &'a Topology, g: &'a Gateways) -> impl Iterator<Item = (&'a str, IpAddr)> + 'a {
+    topo.nodes.iter().filter(|n| n.join.is_some()).filter_map(|n| Some((n.name.as_str(), g.external_address(n)?)))
+}
+
+fn backends_text(backends: impl Iterator<Item = SocketAddr>) -> String {
+    backends.map(|b| socket(&b)).collect::<Vec<_>>().join(",")
+}
+
+/// Services reached from outside, on every gateway router: per Service and protocol a
+/// NodePort load balancer (each node's address and the `nodePort`; with `Local`, each
+/// node's VIP only its own backends, and a node without one has no VIP) and one for its
+/// external addresses (`externalIPs`, the load balancer's; `Local` ones are per node, see
+/// [`local_external_lbs`]), all in one group on every gateway router. Returns whether there
+/// is a group.
+fn gateway_load_balancers(d: &mut Desired, topo: &Topology, g: &Gateways) -> bool {
+    let cluster = topo.cluster.as_str();
+    let nodes: Vec<(&str, IpAddr)> = gateway_nodes(topo, g).collect();
+    let mut ids = Vec::new();
+    for e in &topo.exposures {
+        let owner = e.service.to_string();
+        let p = proto(e.protocol);
+        let mut vips = BTreeMap::new();
+        for (np, backends) in &e.node_ports {
+            for (n, ip) in &nodes {
+                let of = backends
+                    .iter()
+                    .filter(|b| b.addr.is_ipv4() == ip.is_ipv4() && (!e.local || b.node.as_deref() == Some(n)));
+                let text = backends_text(of.map(|b| b.addr));
+                if e.local && text.is_empty() {
+                    // Not forwarded here: no local endpoint.
+                    continue;
+                }
+                vips.insert(socket(&SocketAddr::new(*ip, *np)), text);
+            }
+        }
+        if !vips.is_empty() {
+            let id = format!("lb:np:{}:{p}", e.service);
+            let skip = if e.local { vec![("skip_snat", "true")] } else { vec![] };
+            let mut extra = vec![("neighbor_responder", "none")];
+            extra.extend(skip);
+            d.add(
+                RowBuilder::new(cluster, LOAD_BALANCER, id.clone(), "Service", &owner)
+                    .str("name", &format!("{cluster}_np_{}_{}_{p}", e.service.namespace, e.service.name))
+                    .col("vips", Datum::map(vips))
+                    .col("protocol", Datum::set([p]))
+                    .col("options", lb_options(!e.local, e.affinity_timeout, &extra))
+                    .build(),
+            );
+            ids.push(id);
+        }
+        if !e.local && !e.external.is_empty() {
+            let id = format!("lb:ext:{}:{p}", e.service);
+            let vips = e.external.iter().map(|(vip, b)| (socket(vip), backends_text(b.iter().map(|b| b.addr))));
+            d.add(
+                RowBuilder::new(cluster, LOAD_BALANCER, id.clone(), "Service", &owner)
+                    .str("name", &format!("{cluster}_ext_{}_{}_{p}", e.service.namespace, e.service.name))
+                    .col("vips", Datum::map(vips))
+                    .col("protocol", Datum::set([p]))
+                    .col("options", lb_options(true, e.affinity_timeout, &[]))
+                    .build(),
+            );
+            ids.push(id);
+        }
+    }
+    if ids.is_empty() {
+        return false;
+    }
+    d.add(
+        RowBuilder::new(cluster, LOAD_BALANCER_GROUP, "lbg-gr".into(), "Cluster", cluster)
+            .str("name", &ident(cluster, "lbg", "gr"))
+            .refs("load_balancer", ids)
+            .build(),
+    );
+    true
+}
+
+/// `externalTrafficPolicy: Local` Services' external addresses on node `n`'s gateway router:
+/// only where it has a backend (elsewhere the address is neither answered nor forwarded), to
+/// its own backends, keeping the client's address. Returns their identities.
+fn local_external_lbs(d: &mut Desired, topo: &Topology, n: &str) -> Vec<String> {
+    let cluster = topo.cluster.as_str();
+    let mut ids = Vec::new();
+    for e in topo.exposures.iter().filter(|e| e.local) {
+        let vips: BTreeMap<String, String> = e
+            .external
+            .iter()
+            .filter_map(|(vip, b)| {
+                let text = backends_text(b.iter().filter(|b| b.node.as_deref() == Some(n)).map(|b| b.addr));
+                (!text.is_empty()).then(|| (socket(vip), text))
+            })
+            .collect();
+        if vips.is_empty() {
+            continue;
+        }
+        let p = proto(e.protocol);
+        let id = format!("lb:ext-local:{}:{p}:{n}", e.service);
+        d.add(
+            RowBuilder::new(cluster, LOAD_BALANCER, id.clone(), "Service", &e.service.to_string())
+                .str("name", &format!("{cluster}_ext_{}_{}_{p}.{n}", e.service.namespace, e.service.name))
+                .col("vips", Datum::map(vips))
+                .col("protocol", Datum::set([p]))
+                .col("options", lb_options(false, e.affinity_timeout, &[("skip_snat", "true")]))
+                .build(),
+        );
+        ids.push(id);
+    }
+    ids
+}
+
+/// The addresses traffic from the uplink must reach the gateway router at rather than the
+/// node (external addresses), for the agent's flows on the uplink bridge; comma-separated
+/// CIDRs.
+fn steered(topo: &Topology) -> String {
+    let mut ips: BTreeSet<IpAddr> = BTreeSet::new();
+    for e in &topo.exposures {
+        ips.extend(e.external.keys().map(|a| a.ip()));
+    }
+    ips.iter().map(|ip| format!("{ip}/{}", if ip.is_ipv4() { 32 } else { 128 })).collect::<Vec<_>>().join(",")
+}
+
+/// `loadBalancerSourceRanges`: traffic from the uplinks to a Service's external addresses
+/// from anywhere else is dropped, on a port group of every external switch's localnet port.
+fn source_range_acls(d: &mut Desired, topo: &Topology, g: &Gateways) {
+    let cluster = topo.cluster.as_str();
+    let mut acls = Vec::new();
+    for e in &topo.exposures {
+        let Some(sources) = &e.sources else { continue };
+        if e.external.is_empty() {
+            continue;
+        }
+        let p = proto(e.protocol);
+        let dsts: BTreeSet<String> = e.external.keys().filter(|a| a.is_ipv4()).map(|a| a.ip().to_string()).collect();
+        let ports: BTreeSet<String> = e.external.keys().map(|a| a.port().to_string()).collect();
+        let mut m = format!(
+            "inport == @{} && ip4.dst == {{{}}} && {p}.dst == {{{}}}",
+            ident(cluster, "pg", "uplinks"),
+            dsts.into_iter().collect::<Vec<_>>().join(", "),
+            ports.into_iter().collect::<Vec<_>>().join(", ")
+        );
+        let allowed: Vec<String> = sources.iter().filter(|c| c.is_ipv4()).map(|c| c.to_string()).collect();
+        if !allowed.is_empty() {
+            m.push_str(&format!(" && ip4.src != {{{}}}", allowed.join(", ")));
+        }
+        let id = format!("acl:src:{}:{p}", e.service);
+        d.add(
+            RowBuilder::new(cluster, ACL, id.clone(), "Service", &e.service.to_string())
+                .col("name", acl_name(&format!("source ranges {}", e.service)))
+                .col("priority", Datum::Atom(PRIORITY_ALLOW.into()))
+                .str("direction", "from-lport")
+                .str("match", &m)
+                .str("action", "drop")
+                .build(),
+        );
+        acls.push(id);
+    }
+    if acls.is_empty() {
+        return;
+    }
+    let ports: Vec<String> = gateway_nodes(topo, g).map(|(n, _)| format!("localnet:{n}")).collect();
+    d.add(
+        RowBuilder::new(cluster, PORT_GROUP, "pg:uplinks".into(), "Cluster", cluster)
+            .str("name", &ident(cluster, "pg", "uplinks"))
+            .refs("ports", ports)
+            .refs("acls", acls)
+            .build(),
+    );
 }
 
 /// A node's link to the cluster router: the router port (with the node's gateways, MAC `mac`)
@@ -912,7 +1134,8 @@ items:
         // translation to its address, its routes; the cluster router sends each node's pods
         // out through it.
         assert_eq!(d.count(LOGICAL_ROUTER), 3);
-        assert_eq!(d.count(NAT), 2);
+        // Per gateway router: pods out as the node, load-balanced traffic in as the router.
+        assert_eq!(d.count(NAT), 4);
         let gr = d.row(LOGICAL_ROUTER, "gr:net-10.1.0.0_24").unwrap();
         assert_eq!(gr.columns["options"], Datum::string_map([("chassis", "net-10.1.0.0_24")]));
         let nat = d.row(NAT, "nat:net-10.1.0.0_24:10.0.0.0/8").unwrap();
@@ -934,6 +1157,9 @@ items:
                     (LOGICAL_ROUTER, "ports") => LOGICAL_ROUTER_PORT,
                     (LOGICAL_ROUTER, "static_routes") => LOGICAL_ROUTER_STATIC_ROUTE,
                     (LOGICAL_ROUTER, "nat") => NAT,
+                    (NAT, "allowed_ext_ips") => ADDRESS_SET,
+                    (LOGICAL_ROUTER, "load_balancer") => LOAD_BALANCER,
+                    (LOGICAL_ROUTER, "load_balancer_group") => LOAD_BALANCER_GROUP,
                     (LOGICAL_SWITCH, "load_balancer_group") => LOAD_BALANCER_GROUP,
                     (LOAD_BALANCER_GROUP, "load_balancer") => LOAD_BALANCER,
                     other => panic!("unexpected reference {other:?}"),
@@ -962,6 +1188,8 @@ items:
             nested: BTreeMap::new(),
             node_routes: vec!["10.244.0.0/16".parse().unwrap(), "10.96.0.0/12".parse().unwrap()],
             gateways: None,
+            exposures: Vec::new(),
+            load_balancer_ips: Default::default(),
         };
         let d = build(&engine, &topo);
         let mgmt = d.row(LOGICAL_SWITCH_PORT, "mgmt:n1").unwrap();

@@ -120,6 +120,8 @@ pub struct Allocated {
     pub management: Vec<(String, Vec<IpAddr>)>,
     /// Each node's gateway router address on the join switch.
     pub join: Vec<(String, IpAddr)>,
+    /// Each LoadBalancer Service's address.
+    pub load_balancer_ips: Vec<(ObjectKey, IpAddr)>,
 }
 
 /// Reads back the allocation of `cluster` (our rows only).
@@ -151,6 +153,14 @@ pub fn allocated(replica: &Replica, cluster: &str) -> Allocated {
             if let Some(c) = stacknet_engine::Cidr::new(gw, len) {
                 out.nodes.push((node.clone(), c));
             }
+        }
+    }
+    for (_, r) in replica.table(nb::LOAD_BALANCER).rows().filter(|(_, r)| ours(r)) {
+        let ids = string_map(r, "external_ids");
+        let ip = ids.get(crate::names::KEY_LB_IP).and_then(|v| v.parse::<IpAddr>().ok());
+        let svc = ids.get(crate::names::KEY_OWNER).and_then(|k| k.split_once('/')).map(|(n, s)| ObjectKey::new(n, s));
+        if let (Some(ip), Some(svc)) = (ip, svc) {
+            out.load_balancer_ips.push((svc, ip));
         }
     }
     // Port → node, through the node switches.

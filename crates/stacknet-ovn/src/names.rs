@@ -15,6 +15,11 @@ pub const KEY_OWNER: &str = "stacknet.io/owner";
 pub const KEY_POD_UID: &str = "stacknet.io/pod-uid";
 /// On a node's management port: the CIDRs the node routes through it (comma-separated).
 pub const KEY_ROUTES: &str = "stacknet.io/routes";
+/// On a gateway router: the addresses (CIDRs, comma-separated) traffic from the uplink must
+/// reach the router at, not the node: the node agent steers them on the uplink bridge.
+pub const KEY_STEER: &str = "stacknet.io/steer";
+/// On a Service's load balancers: the address its LoadBalancer got from `--lb-pool`.
+pub const KEY_LB_IP: &str = "stacknet.io/lb-ip";
 
 /// FNV-1a 64 over the parts, as 16 hex digits: stable across builds and platforms.
 pub fn hash(parts: &[&str]) -> String {

@@ -81,8 +81,11 @@ fn owned(replica: &Replica, cluster: &str) -> HashMap<(&'static str, String), Ve
     for table in MANAGED {
         if table == LOAD_BALANCER_GROUP {
             // No external_ids in this table: ours by name.
-            for (u, _) in replica.table(table).by_name(&ident(cluster, "lbg", "lbg")) {
-                out.entry((table, "lbg".into())).or_default().push(*u);
+            // The switches' group and the gateway routers' group.
+            for (id, name) in [("lbg", "lbg"), ("lbg-gr", "gr")] {
+                for (u, _) in replica.table(table).by_name(&ident(cluster, "lbg", name)) {
+                    out.entry((table, id.into())).or_default().push(*u);
+                }
             }
             continue;
         }

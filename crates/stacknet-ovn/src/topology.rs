@@ -108,6 +108,11 @@ pub struct Topology {
     pub node_routes: Vec<Cidr>,
     /// North–south (`None`: pods reach nothing past the cluster router).
     pub gateways: Option<Gateways>,
+    /// How Services are reached from outside (on the gateway routers; nothing without
+    /// `gateways`).
+    pub exposures: Vec<stacknet_engine::service::Exposure>,
+    /// The address each LoadBalancer Service got (kept on its rows, read back on restart).
+    pub load_balancer_ips: BTreeMap<stacknet_engine::ObjectKey, IpAddr>,
 }
 
 /// The MAC a pod or router port gets from its (first) address: `0a:58` and the last four
@@ -160,7 +165,15 @@ impl Topology {
             });
         }
         let node_routes = nodes.iter().flat_map(|n| n.subnets.iter().map(|(c, _)| *c)).collect();
-        Topology { cluster: cluster.to_string(), nodes, nested: BTreeMap::new(), node_routes, gateways: None }
+        Topology {
+            cluster: cluster.to_string(),
+            nodes,
+            nested: BTreeMap::new(),
+            node_routes,
+            gateways: None,
+            exposures: Vec::new(),
+            load_balancer_ips: BTreeMap::new(),
+        }
     }
 
     /// The management port of node `node`: its logical port, where the node's host network
