@@ -11,6 +11,7 @@ mod jsonline;
 mod openstack;
 mod ovsdb;
 mod podready;
+mod services;
 
 use std::time::Instant;
 
@@ -70,6 +71,20 @@ enum Scenario {
         /// Where ovsdbapp's venv lives (created on first use).
         #[arg(long, default_value = "target/bench-venv")]
         venv: std::path::PathBuf,
+    },
+    /// Services on OVN load balancers (NodePort and LoadBalancer among them, gateway routers on
+    /// every node) into a live Northbound database: what one endpoint change writes and takes,
+    /// next to writing the changed load balancer rows directly; at each node count.
+    Services {
+        #[arg(long, default_value_t = 1_000)]
+        services: usize,
+        #[arg(long, default_value_t = 10)]
+        endpoints: usize,
+        /// Node counts to run at (the rows written must not grow with them).
+        #[arg(long, value_delimiter = ',', default_value = "10,100")]
+        nodes: Vec<usize>,
+        #[arg(long, default_value_t = 50)]
+        changes: usize,
     },
     /// The whole controller (`stacknet controller`, the binary next to this one) on generated
     /// manifests into a live Northbound database: converge, peak RSS, restart, a 1,000-pod burst.
@@ -141,6 +156,9 @@ fn main() -> anyhow::Result<()> {
         Scenario::Openstack { pods, nodes, pool_size, sg_pods, policies, namespaces, seed, services } => {
             let args = openstack::Args { pods, nodes, pool_size, sg_pods, policies, namespaces, seed, services };
             runtime()?.block_on(openstack::run(args))
+        }
+        Scenario::Services { services, endpoints, nodes, changes } => {
+            runtime()?.block_on(services::run(services::Args { services, endpoints, nodes, changes }))
         }
         Scenario::PodReady { pods, cni } => runtime()?.block_on(podready::run(podready::Args { pods, plugin: cni })),
         Scenario::Ovsdb { rounds, ports, events, batch, window, nbctl_events, clients, venv } => {

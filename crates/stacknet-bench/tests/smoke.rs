@@ -76,3 +76,19 @@ fn pod_ready_bench_attaches_pods_and_prints_its_line() {
         assert!(f[k].as_f64().is_some_and(|v| v > 0.0), "{k} in {f}");
     }
 }
+
+#[test]
+fn services_bench_prints_a_line_per_node_count() {
+    let lines = bench(&["services", "--services", "40", "--endpoints", "3", "--nodes", "2,4", "--changes", "3"]);
+    assert_eq!(lines.len(), 2);
+    for (l, nodes) in lines.iter().zip([2, 4]) {
+        assert_eq!(l["bench"], "services");
+        assert_eq!(l["nodes"], nodes);
+        for k in ["rows_per_change", "floor_rows_per_change", "change_p50_ms", "floor_p50_ms", "lb_rows"] {
+            assert!(l[k].is_number(), "{k} in {l}");
+        }
+        // An endpoint of a NodePort Service: its ClusterIP and NodePort load balancers, and no
+        // more than the rows that had to change.
+        assert_eq!(l["rows_per_change"], l["floor_rows_per_change"], "{l}");
+    }
+}
