@@ -42,6 +42,23 @@ items:
 - {apiVersion: v1, kind: Service, metadata: {name: sticky, namespace: y},
    spec: {type: NodePort, clusterIP: 10.96.0.13, selector: {sticky: "yes"}, sessionAffinity: ClientIP, ports: [{port: 80, targetPort: 9090, nodePort: 30083}]}}
 - {apiVersion: v1, kind: Pod, metadata: {name: c, namespace: x, uid: uid-c}, spec: {nodeName: node-a}, status: {podIP: 10.244.0.4}}
+- {apiVersion: v1, kind: Pod, metadata: {name: dns, namespace: kube-system, uid: uid-dns, labels: {k8s-app: kube-dns}}, spec: {nodeName: node-a}, status: {podIP: 10.244.0.6}}
+- {apiVersion: v1, kind: Service, metadata: {name: kube-dns, namespace: kube-system},
+   spec: {clusterIP: 10.96.0.53, selector: {k8s-app: kube-dns}, ports: [{name: dns, port: 53, protocol: UDP}, {name: dns-tcp, port: 53, protocol: TCP}]}}
+- {apiVersion: v1, kind: Service, metadata: {name: kubernetes, namespace: default}, spec: {clusterIP: 10.96.0.1, ports: [{name: https, port: 443}]}}
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: kubernetes, namespace: default, labels: {kubernetes.io/service-name: kubernetes}}
+  addressType: IPv4
+  endpoints: [{addresses: [172.30.0.11]}]
+  ports: [{name: https, port: 6443, protocol: TCP}]
+- {apiVersion: v1, kind: Service, metadata: {name: outside, namespace: y}, spec: {clusterIP: 10.96.0.2, ports: [{port: 80}]}}
+- apiVersion: discovery.k8s.io/v1
+  kind: EndpointSlice
+  metadata: {name: outside, namespace: y, labels: {kubernetes.io/service-name: outside}}
+  addressType: IPv4
+  endpoints: [{addresses: [172.30.0.100]}]
+  ports: [{port: 8080, protocol: TCP}]
 - apiVersion: networking.k8s.io/v1
   kind: NetworkPolicy
   metadata: {name: deny-all, namespace: x}
@@ -171,6 +188,97 @@ fn tell_source(netns: &Path, addr: &str) {
     });
 }
 
+/// What the test's DNS server answers for every name.
+const ANSWER: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 96, 0, 10);
+
+/// A DNS answer for `query` (one question): every name is `ANSWER`.
+fn dns_answer(query: &[u8]) -> Option<Vec<u8>> {
+    // Header 12 bytes, then the question: labels up to a zero byte, type and class.
+    let mut i = 12;
+    while *query.get(i)? != 0 {
+        i += 1 + usize::from(query[i]);
+    }
+    let question = query.get(12..i + 5)?;
+    let mut a = vec![query[0], query[1], 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0];
+    a.extend_from_slice(question);
+    a.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4]);
+    a.extend_from_slice(&ANSWER.octets());
+    Some(a)
+}
+
+/// A DNS server on `addr` in `netns`, UDP and TCP.
+fn dns_server(netns: &Path, addr: &str) {
+    let addr: SocketAddr = addr.parse().unwrap();
+    let (udp, tcp) = run_in(netns, move || (std::net::UdpSocket::bind(addr), TcpListener::bind(addr))).unwrap();
+    let (udp, tcp) = (udp.unwrap(), tcp.unwrap());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = udp.recv_from(&mut buf) {
+            if let Some(a) = dns_answer(&buf[..n]) {
+                let _ = udp.send_to(&a, from);
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        for mut s in tcp.incoming().flatten() {
+            let mut len = [0u8; 2];
+            if s.read_exact(&mut len).is_err() {
+                continue;
+            }
+            let mut q = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            if s.read_exact(&mut q).is_ok()
+                && let Some(a) = dns_answer(&q)
+            {
+                let _ = s.write_all(&(a.len() as u16).to_be_bytes());
+                let _ = s.write_all(&a);
+            }
+        }
+    });
+}
+
+/// Asks `server` (from `netns`) for web.y.svc.cluster.local's A record.
+fn dns_query(netns: &Path, server: &str, tcp: bool) -> Option<std::net::Ipv4Addr> {
+    let server: SocketAddr = server.parse().unwrap();
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in ["web", "y", "svc", "cluster", "local"] {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        let q = q.clone();
+        let answer = run_in(netns, move || -> Option<Vec<u8>> {
+            let t = Some(Duration::from_millis(1000));
+            if tcp {
+                let mut s = TcpStream::connect_timeout(&server, Duration::from_millis(1000)).ok()?;
+                s.set_read_timeout(t).ok()?;
+                s.write_all(&(q.len() as u16).to_be_bytes()).ok()?;
+                s.write_all(&q).ok()?;
+                let mut len = [0u8; 2];
+                s.read_exact(&mut len).ok()?;
+                let mut a = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                s.read_exact(&mut a).ok()?;
+                Some(a)
+            } else {
+                let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+                s.set_read_timeout(t).ok()?;
+                s.connect(server).ok()?;
+                s.send(&q).ok()?;
+                let mut buf = [0u8; 512];
+                let n = s.recv(&mut buf).ok()?;
+                Some(buf[..n].to_vec())
+            }
+        })
+        .unwrap();
+        if let Some(a) = answer.filter(|a| a.len() >= 4 && a[..2] == [0x12, 0x34]) {
+            let ip = &a[a.len() - 4..];
+            return Some(std::net::Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]));
+        }
+    }
+    None
+}
+
 /// [`seen_from`] once it answers `want` (the first packets of a flow may wait for ARP and a
 /// retransmission), within a deadline.
 fn answers(netns: &Path, addr: &str, want: &str, what: &str) {
@@ -237,6 +345,9 @@ async fn pods_reach_the_outside_from_their_own_nodes_address_and_the_replies_com
     add(&sa, &pc, ("x", "c", "uid-c"));
     let pe = Netns::create(&unique("e")).unwrap();
     add(&sa, &pe, ("y", "e", "uid-e"));
+    let pdns = Netns::create(&unique("dns")).unwrap();
+    add(&sa, &pdns, ("kube-system", "dns", "uid-dns"));
+    dns_server(&pdns.path(), "10.244.0.6:53");
     // Backends: b tells who came; b and e say who they are (affinity).
     tell_source(&pb.path(), "10.244.1.3:8080");
     stacknet_testsupport::netns::serve_in(&pb.path(), "10.244.1.3:9090".parse().unwrap(), b"b");
@@ -286,6 +397,16 @@ async fn pods_reach_the_outside_from_their_own_nodes_address_and_the_replies_com
         (0..20).map(|_| seen_from(&outside.path(), "172.30.0.11:30083")).collect();
     assert_eq!(backends.len(), 1, "{backends:?}");
     assert!(backends.iter().all(Option::is_some), "{backends:?}");
+
+    // Inside the cluster, through Services: a DNS query over UDP and TCP to the DNS Service;
+    // the `kubernetes` Service to an API server on node-a's host network; a selector-less
+    // Service to a host outside the cluster; a pod through its own Service (hairpin).
+    assert_eq!(dns_query(&pb.path(), "10.96.0.53:53", false), Some(ANSWER), "DNS over UDP through the Service");
+    assert_eq!(dns_query(&pb.path(), "10.96.0.53:53", true), Some(ANSWER), "DNS over TCP through the Service");
+    tell_source(&a.netns().path(), "172.30.0.11:6443");
+    answers(&pb.path(), "10.96.0.1:443", "10.244.1.3", "pod b -> kubernetes Service -> node-a's host");
+    answers(&pa.path(), "10.96.0.2:80", "172.30.0.11", "pod a -> a Service whose endpoint is outside");
+    answers(&pb.path(), "10.96.0.10:80", "10.96.0.10", "pod b -> its own Service (hairpin)");
 
     // Flows deleted behind the agent's back come back.
     let mgmt = format!("unix:{}", a.dir().join("br-ex.mgmt").display());
