@@ -19,6 +19,7 @@ use stacknet_ovsdb::{Condition, Datum, Row, Transaction};
 use stacknet_sandbox::Ovn;
 
 use crate::jsonline::line;
+use crate::percentile;
 
 pub struct Args {
     pub services: usize,
@@ -131,11 +132,6 @@ fn changed_lbs<'a>(before: &Desired, after: &'a Desired) -> Vec<(&'a str, &'a Da
         .collect()
 }
 
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() { 0.0 } else { v[((v.len() - 1) as f64 * p).round() as usize] }
-}
-
 async fn one(args: &Args, nodes: usize) -> anyhow::Result<Vec<(&'static str, Value)>> {
     let ovn = Ovn::nb_only()?;
     let backend = OvnBackend::connect(vec![ovn.nb.remote().parse()?]);
@@ -190,7 +186,11 @@ async fn one(args: &Args, nodes: usize) -> anyhow::Result<Vec<(&'static str, Val
         floor_ms.push(t.elapsed().as_secs_f64() * 1e3);
         desired = next;
     }
-    let median = |v: &mut Vec<f64>| percentile(v, 0.5);
+    // Sorted, for the percentiles.
+    for v in [&mut ours_ms, &mut floor_ms, &mut rows, &mut floor_rows, &mut ops] {
+        v.sort_by(f64::total_cmp);
+    }
+    let ms = |v: f64| (v * 100.0).round() / 100.0;
     Ok(vec![
         ("bench", json!("services")),
         ("services", json!(args.services)),
@@ -199,13 +199,13 @@ async fn one(args: &Args, nodes: usize) -> anyhow::Result<Vec<(&'static str, Val
         ("lb_rows", json!(lb_rows)),
         ("converge_s", json!((converge_s * 100.0).round() / 100.0)),
         ("first_operations", json!(first.operations)),
-        ("rows_per_change", json!(median(&mut rows))),
-        ("floor_rows_per_change", json!(median(&mut floor_rows))),
-        ("ops_per_change", json!(median(&mut ops))),
-        ("change_p50_ms", json!((median(&mut ours_ms) * 100.0).round() / 100.0)),
-        ("change_p99_ms", json!((percentile(&mut ours_ms, 0.99) * 100.0).round() / 100.0)),
-        ("floor_p50_ms", json!((median(&mut floor_ms) * 100.0).round() / 100.0)),
-        ("floor_p99_ms", json!((percentile(&mut floor_ms, 0.99) * 100.0).round() / 100.0)),
+        ("rows_per_change", json!(percentile(&rows, 0.5))),
+        ("floor_rows_per_change", json!(percentile(&floor_rows, 0.5))),
+        ("ops_per_change", json!(percentile(&ops, 0.5))),
+        ("change_p50_ms", json!(ms(percentile(&ours_ms, 0.5)))),
+        ("change_p99_ms", json!(ms(percentile(&ours_ms, 0.99)))),
+        ("floor_p50_ms", json!(ms(percentile(&floor_ms, 0.5)))),
+        ("floor_p99_ms", json!(ms(percentile(&floor_ms, 0.99)))),
     ])
 }
 

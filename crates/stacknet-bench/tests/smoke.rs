@@ -89,6 +89,7 @@ fn services_bench_prints_a_line_per_node_count() {
         }
         // An endpoint of a NodePort Service: its ClusterIP and NodePort load balancers, and no
         // more than the rows that had to change.
+        assert!(l["rows_per_change"].as_f64().unwrap() > 0.0, "the change wrote nothing: {l}");
         assert_eq!(l["rows_per_change"], l["floor_rows_per_change"], "{l}");
     }
 }

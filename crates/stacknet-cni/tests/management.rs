@@ -7,14 +7,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use stacknet_engine::{ClusterIndex, PolicyEngine, manifest};
-use stacknet_node::agent::{Agent, AgentConfig};
+use stacknet_node::agent::AgentConfig;
 use stacknet_ovn::{NodeNet, OvnBackend, Topology, build};
 use stacknet_sandbox::{Chassis, Netns, Ovn};
-use stacknet_testsupport::cni::{Invocation, pod_args};
 use stacknet_testsupport::netns::{serve_in, unique};
 use stacknet_testsupport::until;
 
@@ -60,28 +58,13 @@ fn agent(chassis: &Chassis, nb: &str, dir: &Path) -> PathBuf {
         node: Some(chassis.name.clone()),
         ..AgentConfig::default()
     };
-    let agent =
-        Arc::new(Agent::new(config, vec![chassis.ovs_remote().parse().unwrap()], vec![nb.parse().unwrap()]).unwrap());
-    let s = socket.clone();
-    tokio::spawn(async move {
-        let _ = agent.serve(&s).await;
-    });
+    stacknet_testsupport::netns::spawn_agent(config, &chassis.ovs_remote(), nb, &socket);
     socket
 }
 
 fn add(socket: &Path, netns: &Netns, pod: (&str, &str, &str)) {
-    let path = netns.path();
-    let container = unique(pod.1);
-    let args = Some(pod_args(pod.0, pod.1, pod.2));
-    let call = Invocation {
-        command: "ADD",
-        container: &container,
-        netns: &path,
-        args,
-        config: stacknet_testsupport::cni::config(socket),
-    };
-    let r = stacknet_testsupport::cni::run(Path::new(env!("CARGO_BIN_EXE_stacknet-cni")), &call);
-    assert_eq!(r.code, Some(0), "ADD {}/{}: {}", pod.0, pod.1, r.stdout);
+    let plugin = Path::new(env!("CARGO_BIN_EXE_stacknet-cni"));
+    stacknet_testsupport::cni::add(plugin, socket, &unique(pod.1), &netns.path(), pod);
 }
 
 fn reaches(netns: &Path, addr: &str) -> bool {

@@ -23,7 +23,8 @@ use crate::error::Error;
 
 pub struct OvnNetwork {
     cluster: String,
-    /// What nodes route through their management ports: the cluster and Service CIDRs.
+    /// The cluster and Service CIDRs: what nodes route through their management ports, and
+    /// what no external address of a Service may be in.
     node_routes: Vec<Cidr>,
     /// North–south settings, with the pods' CIDRs (`None`: no gateway routers).
     gateways: Option<stacknet_ovn::topology::Gateways>,
@@ -32,8 +33,6 @@ pub struct OvnNetwork {
     /// Addresses for LoadBalancer Services, and each one's as last assigned.
     lb_pools: Vec<Cidr>,
     lb_ips: BTreeMap<ObjectKey, IpAddr>,
-    /// What no external address may be in: the cluster and Service CIDRs.
-    inside: Vec<Cidr>,
     remotes: String,
     backend: OvnBackend,
     ipam: Ipam,
@@ -63,7 +62,6 @@ impl OvnNetwork {
             join: BTreeMap::new(),
             lb_pools: config.gateways.as_ref().map(|g| g.lb_pools.clone()).unwrap_or_default(),
             lb_ips: BTreeMap::new(),
-            inside: config.ipam.cluster.iter().copied().chain([config.service_cidr]).collect(),
             remotes: config.nb.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", "),
             backend: OvnBackend::connect(config.nb.clone()),
             ipam,
@@ -219,7 +217,7 @@ impl Backend for OvnNetwork {
             let (lb_ips, p) =
                 stacknet_engine::service::assign_load_balancer_ips(engine.index(), &self.lb_pools, &self.lb_ips);
             problems.extend(p);
-            let (exposures, p) = stacknet_engine::service::exposures(engine.index(), &lb_ips, &self.inside);
+            let (exposures, p) = stacknet_engine::service::exposures(engine.index(), &lb_ips, &self.node_routes);
             problems.extend(p);
             self.lb_ips = lb_ips;
             exposures

@@ -45,6 +45,25 @@ impl Cidr {
         other.prefix >= self.prefix && self.contains(other.network)
     }
 
+    /// The addresses of this prefix in order, without the network address (unless the prefix
+    /// is a /31, /32, /127 or /128) and, for IPv4, the broadcast address (likewise); at most the
+    /// first 2^20.
+    pub fn hosts(&self) -> impl Iterator<Item = IpAddr> + use<> {
+        let bits = u32::from(max_prefix(self.network) - self.prefix);
+        let size: u128 = 1u128 << bits.min(20);
+        let edges = bits >= 2;
+        let (first, end) = match (edges, self.is_ipv4() && bits <= 20) {
+            (true, true) => (1, size - 1),
+            (true, false) => (1, size),
+            (false, _) => (0, size),
+        };
+        let network = self.network;
+        (first..end).filter_map(move |i| match network {
+            IpAddr::V4(a) => u32::try_from(u128::from(u32::from(a)) + i).ok().map(|v| IpAddr::V4(v.into())),
+            IpAddr::V6(a) => u128::from(a).checked_add(i).map(|v| IpAddr::V6(v.into())),
+        })
+    }
+
     /// The two halves of this prefix (none for a single address).
     pub fn halves(&self) -> Option<(Cidr, Cidr)> {
         if self.prefix == max_prefix(self.network) {
@@ -140,6 +159,18 @@ impl fmt::Display for Cidr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_leave_out_the_network_and_broadcast_addresses_of_real_subnets() {
+        let list = |c: &str| c.parse::<Cidr>().unwrap().hosts().map(|a| a.to_string()).collect::<Vec<_>>();
+        assert_eq!(list("10.0.0.0/30"), ["10.0.0.1", "10.0.0.2"]);
+        assert_eq!(list("10.0.0.0/31"), ["10.0.0.0", "10.0.0.1"]);
+        assert_eq!(list("10.0.0.7/32"), ["10.0.0.7"]);
+        assert_eq!(list("fd00::/126"), ["fd00::1", "fd00::2", "fd00::3"]);
+        let big: Cidr = "10.0.0.0/8".parse().unwrap();
+        assert_eq!(big.hosts().count(), (1 << 20) - 1, "capped (the network address left out)");
+        assert_eq!(big.hosts().next().unwrap().to_string(), "10.0.0.1");
+    }
 
     #[test]
     fn parse_contains_and_covers() {

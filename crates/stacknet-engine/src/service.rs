@@ -58,27 +58,6 @@ pub fn is_ours(svc: &Service) -> bool {
     svc.service_type == "LoadBalancer" && svc.load_balancer_class.as_deref().is_none_or(|c| c == LOAD_BALANCER_CLASS)
 }
 
-/// The hosts of `c` in order (for IPv4 not the network and broadcast addresses of a prefix
-/// shorter than /31); at most 2^16.
-fn hosts(c: &Cidr) -> impl Iterator<Item = IpAddr> + '_ {
-    let bits = if c.is_ipv4() { 32 } else { 128 } - u32::from(c.prefix_len());
-    let size: u128 = 1u128 << bits.min(16);
-    let edges = c.is_ipv4() && bits >= 2;
-    let base = match c.network() {
-        IpAddr::V4(a) => u128::from(u32::from(a)),
-        IpAddr::V6(a) => u128::from(a),
-    };
-    let v4 = c.is_ipv4();
-    let (first, last) = if edges { (1, size - 1) } else { (0, size) };
-    (first..last).filter_map(move |i| {
-        if v4 {
-            u32::try_from(base + i).ok().map(|v| IpAddr::V4(v.into()))
-        } else {
-            Some(IpAddr::V6((base + i).into()))
-        }
-    })
-}
-
 /// Addresses for our LoadBalancer Services out of `pools`: each keeps the one it had
 /// (`before`, else its `status.loadBalancer.ingress`) while in a pool, unless it asks for
 /// another; one that asks (`spec.loadBalancerIP` or the annotation) gets that one if it is in
@@ -119,7 +98,7 @@ pub fn assign_load_balancer_ips(
     }
     // 3. The lowest free address.
     for svc in unkept.iter().filter(|s| s.load_balancer_ip.is_none()) {
-        match pools.iter().flat_map(hosts).find(|ip| !used.contains(ip)) {
+        match pools.iter().flat_map(Cidr::hosts).find(|ip| !used.contains(ip)) {
             Some(ip) => {
                 used.insert(ip);
                 out.insert(svc.key.clone(), ip);

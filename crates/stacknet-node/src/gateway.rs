@@ -17,9 +17,9 @@
 //! bridge is the operator's and is reported, not replaced). Level-based like the management
 //! port: checked every second, repaired when something is missing.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use stacknet_ovsdb::nb::string_map;
 use stacknet_ovsdb::{Atom, Client, Condition, Datum, Mutation, Replica, Transaction};
 
 use crate::ovs::{BRIDGE, DATABASE, INTERFACE, OPEN_VSWITCH, PORT};
@@ -45,7 +45,7 @@ pub struct GatewayPort {
 pub fn lookup(nb: &Replica, cluster: &str, node: &str) -> Option<GatewayPort> {
     let localnet = format!("{cluster}_localnet.{node}");
     let (_, lsp) = nb.table(stacknet_ovsdb::nb::LOGICAL_SWITCH_PORT).by_name(&localnet).next()?;
-    let physnet = stacknet_ovsdb::nb::string_map(lsp, "options").get("network_name")?.clone();
+    let physnet = string_map(lsp, "options").get("network_name")?.clone();
     let (_, lrp) =
         nb.table(stacknet_ovsdb::nb::LOGICAL_ROUTER_PORT).by_name(&format!("{cluster}_gtoe.{node}")).next()?;
     let mac = lrp.get("mac").and_then(Datum::as_str)?.to_string();
@@ -60,7 +60,7 @@ pub fn lookup(nb: &Replica, cluster: &str, node: &str) -> Option<GatewayPort> {
         .table(stacknet_ovsdb::nb::LOGICAL_ROUTER)
         .by_name(&format!("{cluster}_gr.{node}"))
         .next()
-        .and_then(|(_, r)| stacknet_ovsdb::nb::string_map(r, "external_ids").get("stacknet.io/steer").cloned())
+        .and_then(|(_, r)| string_map(r, "external_ids").get(stacknet_ovn::names::KEY_STEER).cloned())
         .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect())
         .unwrap_or_default();
     Some(GatewayPort { physnet, mac, address, steer })
@@ -196,9 +196,9 @@ pub async fn ensure_database(ovs: &Client, bridge: &str, gw: &GatewayPort) -> Re
     let (mappings, hwaddr) = {
         let guard = ovs.replica();
         let r = guard.as_ref().ok_or_else(|| GatewayError::Other("no Open_vSwitch replica".into()))?;
-        let root = r.table(OPEN_VSWITCH).rows().next().map(|(_, row)| crate_string_map(row, "external_ids"));
+        let root = r.table(OPEN_VSWITCH).rows().next().map(|(_, row)| string_map(row, "external_ids"));
         let (_, b) = r.table(BRIDGE).by_name(bridge).next().ok_or_else(|| GatewayError::NoBridge(bridge.into()))?;
-        let hwaddr = crate_string_map(b, "other_config").get("hwaddr").cloned();
+        let hwaddr = string_map(b, "other_config").get("hwaddr").cloned();
         (root.and_then(|m| m.get("ovn-bridge-mappings").cloned()), hwaddr)
     };
     let mut t = Transaction::new(DATABASE);
@@ -231,10 +231,6 @@ pub async fn ensure_database(ovs: &Client, bridge: &str, gw: &GatewayPort) -> Re
         ovs.transact(&t).await.map_err(|e| GatewayError::Other(format!("Open_vSwitch database: {e}")))?;
     }
     Ok(changed)
-}
-
-fn crate_string_map(row: &stacknet_ovsdb::RowData, col: &str) -> BTreeMap<String, String> {
-    row.get(col).map(|d| d.string_pairs().map(|(k, v)| (k.to_string(), v.to_string())).collect()).unwrap_or_default()
 }
 
 /// `ovs-ofctl` against `bridge` through its management socket in `rundir`.

@@ -16,14 +16,14 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use rtnetlink::packet_route::route::RouteMessage;
 use rtnetlink::{LinkUnspec, RouteMessageBuilder};
 use stacknet_engine::Cidr;
 use stacknet_ovn::lookup::Management;
 use stacknet_ovsdb::{Atom, Client, Condition, Datum, Mutation, Row, Transaction};
 
 use crate::ovs::{BRIDGE, DATABASE, INTERFACE, PORT};
-use crate::plumb::{PlumbError, mac_string};
+use crate::plumb::{self, PlumbError, nl};
 
 /// The management interface's name (an OVS internal port, so also its Port and Interface).
 pub const IFNAME: &str = "sn-mgmt0";
@@ -130,11 +130,6 @@ pub enum MgmtError {
     Interface(String),
 }
 
-fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> MgmtError {
-    let what = what.into();
-    move |e| MgmtError::Plumb(PlumbError::Netlink { what, message: e.to_string() })
-}
-
 /// Makes sure the OVS internal port exists on `bridge`, bound to `lsp`. Returns whether it
 /// wrote anything.
 pub async fn ensure_port(ovs: &Client, bridge: &str, node: &str, lsp: &str) -> Result<bool, MgmtError> {
@@ -201,66 +196,24 @@ pub async fn ensure_port(ovs: &Client, bridge: &str, node: &str, lsp: &str) -> R
 
 /// Reads the management interface in the namespace `host` is in (`None`: not there yet).
 pub async fn observe(host: &rtnetlink::Handle) -> Result<Option<(u32, Seen)>, MgmtError> {
-    let link = match host.link().get().match_name(IFNAME.to_string()).execute().try_next().await {
-        Ok(Some(m)) => m,
-        Ok(None) => return Ok(None),
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -19 => return Ok(None),
-        Err(e) => return Err(nl(format!("looking up {IFNAME}"))(e)),
-    };
+    let Some(link) = plumb::index_of(host, IFNAME).await? else { return Ok(None) };
     let idx = link.header.index;
     let mut seen = Seen { up: link.header.flags.contains(LinkFlags::Up), ..Seen::default() };
     for a in &link.attributes {
         match a {
-            LinkAttribute::Address(b) => seen.mac = mac_string(b),
+            LinkAttribute::Address(b) => seen.mac = plumb::mac_string(b),
             LinkAttribute::Mtu(m) => seen.mtu = *m,
             _ => {}
         }
     }
-    let mut addrs = host.address().get().set_link_index_filter(idx).execute();
-    while let Some(a) = addrs.try_next().await.map_err(nl("listing addresses"))? {
-        for attr in &a.attributes {
-            if let AddressAttribute::Address(ip) = attr
-                && !matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
-            {
-                seen.addresses.push((*ip, a.header.prefix_len));
-            }
-        }
-    }
-    for v4 in [true, false] {
-        let msg = if v4 {
-            RouteMessageBuilder::<Ipv4Addr>::new().build()
-        } else {
-            RouteMessageBuilder::<Ipv6Addr>::new().build()
-        };
-        let mut routes = host.route().get(msg).execute();
-        while let Some(r) = routes.try_next().await.map_err(nl("listing routes"))? {
-            if !r.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == idx)) {
-                continue;
-            }
-            let (mut dst, mut gw) = (None, None);
-            for a in &r.attributes {
-                match a {
-                    RouteAttribute::Destination(d) => dst = address(d),
-                    RouteAttribute::Gateway(g) => gw = address(g),
-                    _ => {}
-                }
-            }
-            let dst =
-                dst.unwrap_or(if v4 { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V6(Ipv6Addr::UNSPECIFIED) });
-            if let (Some(c), Some(g)) = (Cidr::new(dst, r.header.destination_prefix_length), gw) {
-                seen.routes.insert(c, g);
-            }
+    let link_local = |ip: &IpAddr| matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+    seen.addresses = plumb::addresses_on(host, idx).await?.into_iter().filter(|(ip, _)| !link_local(ip)).collect();
+    for (dst, len, gw) in plumb::routes_on(host, idx).await? {
+        if let Some(c) = Cidr::new(dst, len) {
+            seen.routes.insert(c, gw);
         }
     }
     Ok(Some((idx, seen)))
-}
-
-fn address(a: &RouteAddress) -> Option<IpAddr> {
-    match a {
-        RouteAddress::Inet(v) => Some(IpAddr::V4(*v)),
-        RouteAddress::Inet6(v) => Some(IpAddr::V6(*v)),
-        _ => None,
-    }
 }
 
 fn route(dst: Cidr, gw: IpAddr, idx: u32) -> RouteMessage {
@@ -284,7 +237,8 @@ pub async fn apply(host: &rtnetlink::Handle, idx: u32, steps: &[Step]) -> Result
     for step in steps {
         match step {
             Step::Mac(mac) => {
-                let bytes: Vec<u8> = mac.split(':').filter_map(|h| u8::from_str_radix(h, 16).ok()).collect();
+                let bytes = plumb::mac_bytes(mac)
+                    .ok_or_else(|| MgmtError::Interface(format!("MAC {mac:?} (from the logical port) is not a MAC")))?;
                 host.link()
                     .set(LinkUnspec::new_with_index(idx).address(bytes).build())
                     .execute()
@@ -307,7 +261,7 @@ pub async fn apply(host: &rtnetlink::Handle, idx: u32, steps: &[Step]) -> Result
                 Ok(()) => {}
                 // EEXIST: there meanwhile.
                 Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -17 => {}
-                Err(e) => return Err(nl(format!("adding {ip}/{len} to {IFNAME}"))(e)),
+                Err(e) => return Err(nl(format!("adding {ip}/{len} to {IFNAME}"))(e).into()),
             },
             Step::DelAddress(ip, len) => {
                 let mut addrs = host.address().get().set_link_index_filter(idx).execute();
@@ -335,7 +289,7 @@ pub async fn apply(host: &rtnetlink::Handle, idx: u32, steps: &[Step]) -> Result
                 Ok(()) => {}
                 // ESRCH: gone meanwhile.
                 Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -3 => {}
-                Err(e) => return Err(nl(format!("removing route {dst} via {gw}"))(e)),
+                Err(e) => return Err(nl(format!("removing route {dst} via {gw}"))(e).into()),
             },
         }
     }

@@ -28,7 +28,7 @@ pub enum PlumbError {
     Offload { name: String, message: String },
 }
 
-fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> PlumbError {
+pub(crate) fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> PlumbError {
     let what = what.into();
     move |e| PlumbError::Netlink { what, message: e.to_string() }
 }
@@ -48,7 +48,7 @@ pub struct PodInterface {
     pub vlan: Option<u16>,
 }
 
-fn mac_bytes(mac: &str) -> Option<Vec<u8>> {
+pub(crate) fn mac_bytes(mac: &str) -> Option<Vec<u8>> {
     let b: Vec<u8> = mac.split(':').filter_map(|h| u8::from_str_radix(h, 16).ok()).collect();
     (b.len() == 6).then_some(b)
 }
@@ -57,7 +57,7 @@ pub(crate) fn mac_string(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
-async fn index_of(handle: &rtnetlink::Handle, name: &str) -> Result<Option<LinkMessage>, PlumbError> {
+pub(crate) async fn index_of(handle: &rtnetlink::Handle, name: &str) -> Result<Option<LinkMessage>, PlumbError> {
     match handle.link().get().match_name(name.to_string()).execute().try_next().await {
         Ok(m) => Ok(m),
         // ENODEV: no such interface.
@@ -213,6 +213,57 @@ pub async fn unplumb(host: &rtnetlink::Handle, host_name: &str) -> Result<bool, 
     }
 }
 
+/// The addresses on interface `idx` (with prefix lengths).
+pub(crate) async fn addresses_on(handle: &rtnetlink::Handle, idx: u32) -> Result<Vec<(IpAddr, u8)>, PlumbError> {
+    let mut addresses = Vec::new();
+    let mut addrs = handle.address().get().set_link_index_filter(idx).execute();
+    while let Some(a) = addrs.try_next().await.map_err(nl("listing addresses"))? {
+        for attr in &a.attributes {
+            if let rtnetlink::packet_route::address::AddressAttribute::Address(ip) = attr {
+                addresses.push((*ip, a.header.prefix_len));
+            }
+        }
+    }
+    Ok(addresses)
+}
+
+/// The routes through a gateway out of interface `idx`: destination, prefix length, gateway
+/// (a default route's destination is the unspecified address).
+pub(crate) async fn routes_on(handle: &rtnetlink::Handle, idx: u32) -> Result<Vec<(IpAddr, u8, IpAddr)>, PlumbError> {
+    let address = |a: &rtnetlink::packet_route::route::RouteAddress| match a {
+        rtnetlink::packet_route::route::RouteAddress::Inet(v) => Some(IpAddr::V4(*v)),
+        rtnetlink::packet_route::route::RouteAddress::Inet6(v) => Some(IpAddr::V6(*v)),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    for v4 in [true, false] {
+        let msg = if v4 {
+            RouteMessageBuilder::<Ipv4Addr>::new().build()
+        } else {
+            RouteMessageBuilder::<Ipv6Addr>::new().build()
+        };
+        let mut routes = handle.route().get(msg).execute();
+        while let Some(r) = routes.try_next().await.map_err(nl("listing routes"))? {
+            if !r.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == idx)) {
+                continue;
+            }
+            let unspecified = if v4 { IpAddr::V4(Ipv4Addr::UNSPECIFIED) } else { IpAddr::V6(Ipv6Addr::UNSPECIFIED) };
+            let (mut dst, mut gw) = (unspecified, None);
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Destination(d) => dst = address(d).unwrap_or(dst),
+                    RouteAttribute::Gateway(g) => gw = address(g),
+                    _ => {}
+                }
+            }
+            if let Some(g) = gw {
+                out.push((dst, r.header.destination_prefix_length, g));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// What a pod's interface looks like now (for CHECK).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observed {
@@ -236,40 +287,7 @@ pub async fn observe(netns_path: &Path, ifname: &str) -> Result<Option<Observed>
         })
         .unwrap_or_default();
     let up = link.header.flags.contains(rtnetlink::packet_route::link::LinkFlags::Up);
-    let mut addresses = Vec::new();
-    let mut addrs = pod.address().get().set_link_index_filter(idx).execute();
-    while let Some(a) = addrs.try_next().await.map_err(nl("listing addresses"))? {
-        for attr in &a.attributes {
-            if let rtnetlink::packet_route::address::AddressAttribute::Address(ip) = attr {
-                addresses.push((*ip, a.header.prefix_len));
-            }
-        }
-    }
-    let mut gateways = Vec::new();
-    for v4 in [true, false] {
-        let msg = if v4 {
-            RouteMessageBuilder::<Ipv4Addr>::new().build()
-        } else {
-            RouteMessageBuilder::<Ipv6Addr>::new().build()
-        };
-        let mut routes = pod.route().get(msg).execute();
-        while let Some(r) = routes.try_next().await.map_err(nl("listing routes"))? {
-            if r.header.destination_prefix_length != 0 {
-                continue;
-            }
-            let out_if = r.attributes.iter().any(|a| matches!(a, RouteAttribute::Oif(i) if *i == idx));
-            for attr in &r.attributes {
-                if let RouteAttribute::Gateway(g) = attr
-                    && out_if
-                {
-                    match g {
-                        rtnetlink::packet_route::route::RouteAddress::Inet(v) => gateways.push(IpAddr::V4(*v)),
-                        rtnetlink::packet_route::route::RouteAddress::Inet6(v) => gateways.push(IpAddr::V6(*v)),
-                        _ => {}
-                    }
-                }
-            }
-        }
-    }
+    let addresses = addresses_on(&pod, idx).await?;
+    let gateways = routes_on(&pod, idx).await?.into_iter().filter(|(_, len, _)| *len == 0).map(|(_, _, g)| g).collect();
     Ok(Some(Observed { mac, up, addresses, gateways }))
 }

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use stacknet_engine::model::{Members, NamedPortKey, PeerSetId, Rule, RulePeer};
 use stacknet_engine::objects::{Direction, ObjectKey, Pod, Protocol};
 use stacknet_engine::service::{self, LoadBalancer};
-use stacknet_engine::{ClusterIndex, PolicyEngine};
+use stacknet_engine::{Cidr, ClusterIndex, PolicyEngine};
 use stacknet_ovsdb::Datum;
 use stacknet_ovsdb::nb::{
     ACL, ADDRESS_SET, LOAD_BALANCER, LOAD_BALANCER_GROUP, LOGICAL_ROUTER, LOGICAL_ROUTER_PORT,
@@ -423,8 +423,8 @@ fn node_switches(
         let gateways: Vec<IpAddr> = node.subnets.iter().map(|(_, g)| *g).collect();
         let router_mac = gateways.first().map(|g| mac_for(*g));
         let mut ports = pods_by_node.remove(&node.name).unwrap_or_default();
-        if let Some(mac) = &router_mac {
-            let (router_port, switch_port) = router_link(d, cluster, node, mac);
+        if router_mac.is_some() {
+            let (router_port, switch_port) = router_link(d, cluster, node);
             router.ports.push(router_port);
             ports.push(switch_port);
         }
@@ -466,7 +466,6 @@ fn cluster_router(d: &mut Desired, cluster: &str, router: ClusterRouter) {
 
 /// A router port (identity `id`, name `name`) holding `networks`, with the MAC of its first
 /// address, and the switch port (identity `switch_id`) facing it.
-#[allow(clippy::too_many_arguments)]
 fn router_pair(
     d: &mut Desired,
     cluster: &str,
@@ -535,6 +534,7 @@ fn gateway_routers(d: &mut Desired, topo: &Topology, g: &Gateways, router: &mut 
     );
     let gr_group = gateway_load_balancers(d, topo, g);
     source_range_acls(d, topo, g);
+    let steer = steered(topo);
     for node in &topo.nodes {
         let (Some(join), Some(external)) = (node.join, g.external_address(node)) else { continue };
         let n = node.name.as_str();
@@ -591,13 +591,11 @@ fn gateway_routers(d: &mut Desired, topo: &Topology, g: &Gateways, router: &mut 
             }
         }
         // What a load balancer sends on into the cluster from outside leaves as the router's
-        // join address, so that replies come back through here; pods' own traffic matches the
-        // longer cluster prefixes above; load balancers of `externalTrafficPolicy: Local` skip
-        // translation and keep the client's address. (A NAT rule, not the router's
-        // `lb_force_snat_ip`: with OVN 23.03 that one leaves a connection's first packet
-        // untranslated.)
-        // Only towards the cluster (the backends), so pods' own traffic out is left alone
-        // when SNAT is off.
+        // join address, so that replies come back through here. Only towards the cluster (the
+        // backends): pods' own traffic out is left to the rules above (or untranslated with
+        // SNAT off). Load balancers of `externalTrafficPolicy: Local` skip it and keep the
+        // client's address. A NAT rule, not the router's `lb_force_snat_ip`: with OVN 23.03
+        // that one leaves a connection's first packet untranslated.
         {
             let id = format!("nat:{n}:lb");
             d.add(
@@ -622,7 +620,7 @@ fn gateway_routers(d: &mut Desired, topo: &Topology, g: &Gateways, router: &mut 
             .refs("static_routes", routes)
             .refs("nat", nat)
             .refs("load_balancer", local_external_lbs(d, topo, n))
-            .external(KEY_STEER, &steered(topo));
+            .external(KEY_STEER, &steer);
         // Always named, so that a group going away is taken out of the router too.
         d.add(gr.refs("load_balancer_group", gr_group.then(|| "lbg-gr".to_string())).build());
 
@@ -717,13 +715,7 @@ fn node_routes(d: &mut Desired, cluster: &str, node: &NodeNet) -> Vec<String> {
     for ip in &node.addresses {
         let Some(hop) = node.management.iter().find(|m| m.is_ipv4() == ip.is_ipv4()) else { continue };
         let id = format!("route:node:{}:{ip}", node.name);
-        let prefix = if ip.is_ipv4() { 32 } else { 128 };
-        d.add(
-            RowBuilder::new(cluster, LOGICAL_ROUTER_STATIC_ROUTE, id.clone(), "Node", &node.name)
-                .str("ip_prefix", &format!("{ip}/{prefix}"))
-                .str("nexthop", &hop.to_string())
-                .build(),
-        );
+        static_route(d, cluster, ("Node", &node.name), &id, &Cidr::host(*ip).to_string(), *hop, false);
         ids.push(id);
     }
     ids
@@ -767,15 +759,18 @@ fn gateway_load_balancers(d: &mut Desired, topo: &Topology, g: &Gateways) -> boo
         }
         if !vips.is_empty() {
             let id = format!("lb:np:{}:{p}", e.service);
-            let skip = if e.local { vec![("skip_snat", "true")] } else { vec![] };
-            let mut extra = vec![("neighbor_responder", "none")];
-            extra.extend(skip);
+            // The node addresses are the routers' own: answered already, not as VIPs.
+            let extra: &[(&str, &str)] = if e.local {
+                &[("neighbor_responder", "none"), ("skip_snat", "true")]
+            } else {
+                &[("neighbor_responder", "none")]
+            };
             d.add(
                 RowBuilder::new(cluster, LOAD_BALANCER, id.clone(), "Service", &owner)
                     .str("name", &format!("{cluster}_np_{}_{}_{p}", e.service.namespace, e.service.name))
                     .col("vips", Datum::map(vips))
                     .col("protocol", Datum::set([p]))
-                    .col("options", lb_options(!e.local, e.affinity_timeout, &extra))
+                    .col("options", lb_options(!e.local, e.affinity_timeout, extra))
                     .build(),
             );
             ids.push(id);
@@ -857,12 +852,13 @@ fn source_range_acls(d: &mut Desired, topo: &Topology, g: &Gateways) {
     let mut acls = Vec::new();
     for e in &topo.exposures {
         let Some(sources) = &e.sources else { continue };
-        if e.external.is_empty() {
+        let p = proto(e.protocol);
+        let v4: Vec<&SocketAddr> = e.external.keys().filter(|a| a.is_ipv4()).collect();
+        if v4.is_empty() {
             continue;
         }
-        let p = proto(e.protocol);
-        let dsts: BTreeSet<String> = e.external.keys().filter(|a| a.is_ipv4()).map(|a| a.ip().to_string()).collect();
-        let ports: BTreeSet<String> = e.external.keys().map(|a| a.port().to_string()).collect();
+        let dsts: BTreeSet<String> = v4.iter().map(|a| a.ip().to_string()).collect();
+        let ports: BTreeSet<String> = v4.iter().map(|a| a.port().to_string()).collect();
         let mut m = format!(
             "inport == @{} && ip4.dst == {{{}}} && {p}.dst == {{{}}}",
             ident(cluster, "pg", "uplinks"),
@@ -898,26 +894,18 @@ fn source_range_acls(d: &mut Desired, topo: &Topology, g: &Gateways) {
     );
 }
 
-/// A node's link to the cluster router: the router port (with the node's gateways, MAC `mac`)
-/// and the switch port facing it. Returns their identities.
-fn router_link(d: &mut Desired, cluster: &str, node: &NodeNet, mac: &str) -> (String, String) {
-    let lrp = format!("{cluster}_rtos_{}", node.name);
+/// A node's link to the cluster router: the router port (with the node's gateways) and the
+/// switch port facing it. Returns their identities.
+fn router_link(d: &mut Desired, cluster: &str, node: &NodeNet) -> (String, String) {
     let (router_port, switch_port) = (format!("rtos:{}", node.name), format!("stor:{}", node.name));
-    let networks = node.subnets.iter().map(|(c, g)| format!("{g}/{}", c.prefix_len()));
-    d.add(
-        RowBuilder::new(cluster, LOGICAL_ROUTER_PORT, router_port.clone(), "Node", &node.name)
-            .str("name", &lrp)
-            .str("mac", mac)
-            .col("networks", Datum::set(networks))
-            .build(),
-    );
-    d.add(
-        RowBuilder::new(cluster, LOGICAL_SWITCH_PORT, switch_port.clone(), "Node", &node.name)
-            .str("name", &format!("{cluster}_stor_{}", node.name))
-            .str("type", "router")
-            .col("addresses", Datum::set(["router"]))
-            .col("options", Datum::string_map([("router-port", lrp.as_str())]))
-            .build(),
+    let networks: Vec<(IpAddr, u8)> = node.subnets.iter().map(|(c, g)| (*g, c.prefix_len())).collect();
+    router_pair(
+        d,
+        cluster,
+        ("Node", &node.name),
+        (&router_port, &format!("{cluster}_rtos_{}", node.name)),
+        (&switch_port, &format!("{cluster}_stor_{}", node.name)),
+        &networks,
     );
     (router_port, switch_port)
 }

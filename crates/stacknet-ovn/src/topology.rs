@@ -61,7 +61,7 @@ impl Gateways {
 
 /// Join switch addresses for the nodes that get a gateway router: each keeps the one it had
 /// (`before`, read back from the network) while still in `join`; new ones get the lowest free
-/// address from the third on (the first is the network's, the second the cluster router's).
+/// address (not the network's, the broadcast or the cluster router's).
 pub fn join_addresses(join: Cidr, nodes: &[&str], before: &BTreeMap<String, IpAddr>) -> BTreeMap<String, IpAddr> {
     let router = stacknet_engine::ipam::gateway(&join);
     let mut out = BTreeMap::new();
@@ -72,17 +72,7 @@ pub fn join_addresses(join: Cidr, nodes: &[&str], before: &BTreeMap<String, IpAd
             out.insert(n.to_string(), *ip);
         }
     }
-    let bits = if join.is_ipv4() { 32 } else { 128 } - u32::from(join.prefix_len());
-    // The IPv4 broadcast address is not a host's.
-    let size: u128 = if bits >= 32 { 1 << 32 } else { (1u128 << bits) - u128::from(join.is_ipv4()) };
-    let base = match join.network() {
-        IpAddr::V4(a) => u128::from(u32::from(a)),
-        IpAddr::V6(a) => u128::from(a),
-    };
-    let mut candidates = (2..size).filter_map(|i| match join.network() {
-        IpAddr::V4(_) => u32::try_from(base + i).ok().map(|v| IpAddr::V4(v.into())),
-        IpAddr::V6(_) => Some(IpAddr::V6((base + i).into())),
-    });
+    let mut candidates = join.hosts();
     for n in nodes {
         if out.contains_key(*n) {
             continue;

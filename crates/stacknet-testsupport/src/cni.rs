@@ -65,3 +65,17 @@ pub fn run(plugin: &Path, call: &Invocation<'_>) -> Outcome {
     };
     Outcome { code: out.status.code(), stdout }
 }
+
+/// CNI ADD of pod `(namespace, name, uid)` as container `container` in `netns`, through the
+/// agent at `socket`, as a runtime calls it; panics unless the plugin succeeds.
+pub fn add(plugin: &Path, socket: &Path, container: &str, netns: &Path, pod: (&str, &str, &str)) {
+    let call = Invocation {
+        command: "ADD",
+        container,
+        netns,
+        args: Some(pod_args(pod.0, pod.1, pod.2)),
+        config: config(socket),
+    };
+    let r = run(plugin, &call);
+    assert_eq!(r.code, Some(0), "ADD {}/{}: {}", pod.0, pod.1, r.stdout);
+}
