@@ -391,6 +391,9 @@ async fn pods_reach_the_outside_from_their_own_nodes_address_and_the_replies_com
     answers(&pb.path(), "10.96.0.1:443", "10.244.1.3", "pod b -> kubernetes Service -> node-a's host");
     answers(&pa.path(), "10.96.0.2:80", "172.30.0.11", "pod a -> a Service whose endpoint is outside");
     answers(&pb.path(), "10.96.0.10:80", "10.96.0.10", "pod b -> its own Service (hairpin)");
+    // A pod dials a NodePort on another node's address: balanced by its own switch, from its
+    // own address.
+    answers(&pa.path(), "172.30.0.12:30080", "10.244.0.3", "pod a -> NodePort on node-b");
 
     // Flows deleted behind the agent's back come back.
     let mgmt = format!("unix:{}", a.dir().join("br-ex.mgmt").display());

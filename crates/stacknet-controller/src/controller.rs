@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -82,6 +82,9 @@ pub struct Reconciled {
     pub problems: Vec<Problem>,
     /// Each pod's `stacknet.io/network` annotation (when asked for).
     pub annotations: Vec<(ObjectKey, String)>,
+    /// Each of our LoadBalancer Services' `status.loadBalancer.ingress` addresses (empty:
+    /// none); Services not listed are not ours to write.
+    pub ingress: Vec<(ObjectKey, Vec<IpAddr>)>,
     /// Transactions (or API calls) sent, and the operations in them.
     pub transactions: u64,
     pub operations: u64,
@@ -122,13 +125,24 @@ pub struct Observed {
     pub health: Arc<Health>,
 }
 
-/// Pods' `stacknet.io/network` annotations on their way to the API server: each sent once
-/// per value, until the pod is seen carrying it.
+/// What the controller writes back with the Kubernetes API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteBack {
+    /// A pod's `stacknet.io/network` annotation (a merge patch of that one annotation).
+    PodNetwork(ObjectKey, String),
+    /// A LoadBalancer Service's `status.loadBalancer.ingress`: its addresses (empty: none).
+    LoadBalancerIngress(ObjectKey, Vec<IpAddr>),
+}
+
+/// Write-backs on their way to the API server: each sent once per value, until the object is
+/// seen carrying it.
 #[derive(Debug)]
 struct Annotations {
-    tx: mpsc::UnboundedSender<(ObjectKey, String)>,
+    tx: mpsc::UnboundedSender<WriteBack>,
     /// Sent and not yet seen back on the pod.
     sent: HashMap<ObjectKey, String>,
+    /// Sent and not yet seen back on the Service.
+    sent_ingress: HashMap<ObjectKey, Vec<IpAddr>>,
 }
 
 impl Annotations {
@@ -141,8 +155,26 @@ impl Annotations {
             let current = index.pod_id(&key).and_then(|id| index.pod(id)).and_then(|p| p.network_annotation.as_deref());
             if current == Some(value.as_str()) {
                 self.sent.remove(&key);
-            } else if self.sent.get(&key) != Some(&value) && self.tx.send((key.clone(), value.clone())).is_ok() {
+            } else if self.sent.get(&key) != Some(&value)
+                && self.tx.send(WriteBack::PodNetwork(key.clone(), value.clone())).is_ok()
+            {
                 self.sent.insert(key, value);
+            }
+        }
+    }
+
+    /// The same for Services' load balancer addresses.
+    fn offer_ingress(&mut self, index: &ClusterIndex, values: Vec<(ObjectKey, Vec<IpAddr>)>) {
+        let keys: BTreeSet<&ObjectKey> = values.iter().map(|(k, _)| k).collect();
+        self.sent_ingress.retain(|k, _| keys.contains(k));
+        for (key, value) in values {
+            let Some(svc) = index.services().find(|s| s.key == key) else { continue };
+            if svc.ingress_ips == value {
+                self.sent_ingress.remove(&key);
+            } else if self.sent_ingress.get(&key) != Some(&value)
+                && self.tx.send(WriteBack::LoadBalancerIngress(key.clone(), value.clone())).is_ok()
+            {
+                self.sent_ingress.insert(key, value);
             }
         }
     }
@@ -200,9 +232,10 @@ impl<B: Backend> Controller<B> {
     }
 
     /// Writes each pod's network back as its `stacknet.io/network` annotation through
-    /// `annotate` (what the backend says of the pod's port, as JSON).
-    pub fn with_annotations(mut self, annotate: mpsc::UnboundedSender<(ObjectKey, String)>) -> Self {
-        self.annotations = Some(Annotations { tx: annotate, sent: HashMap::new() });
+    /// `annotate` (what the backend says of the pod's port, as JSON), and our LoadBalancer
+    /// Services' addresses as their `status.loadBalancer.ingress`.
+    pub fn with_annotations(mut self, annotate: mpsc::UnboundedSender<WriteBack>) -> Self {
+        self.annotations = Some(Annotations { tx: annotate, sent: HashMap::new(), sent_ingress: HashMap::new() });
         self
     }
 
@@ -276,6 +309,7 @@ impl<B: Backend> Controller<B> {
                 self.observed.events.report(&done.problems);
                 if let Some(a) = self.annotations.as_mut() {
                     a.offer(self.engine.index(), done.annotations);
+                    a.offer_ingress(self.engine.index(), done.ingress);
                 }
                 metrics.reconciles_ok.fetch_add(1, Ordering::Relaxed);
                 metrics.transactions.fetch_add(done.transactions, Ordering::Relaxed);

@@ -257,18 +257,32 @@ pub async fn publish_events(
     }
 }
 
-/// Writes pods' network annotations (a merge patch of that one annotation); a pod that has gone
-/// meanwhile is no error.
-pub async fn annotate_pods(client: Client, mut rx: tokio::sync::mpsc::UnboundedReceiver<(ObjectKey, String)>) {
+/// Writes back what the controller hands over: pods' network annotations (a merge patch of
+/// that one annotation) and LoadBalancer Services' `status.loadBalancer.ingress` (a merge
+/// patch of the status subresource); an object that has gone meanwhile is no error.
+pub async fn write_back(client: Client, mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::WriteBack>) {
     use kube::api::{Patch, PatchParams};
-    while let Some((key, value)) = rx.recv().await {
-        let api: Api<core::Pod> = Api::namespaced(client.clone(), &key.namespace);
-        let patch =
-            serde_json::json!({"metadata": {"annotations": {stacknet_engine::objects::NETWORK_ANNOTATION: value}}});
-        match api.patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-            Ok(_) => {}
+    while let Some(w) = rx.recv().await {
+        let (result, what, key) = match w {
+            crate::WriteBack::PodNetwork(key, value) => {
+                let api: Api<core::Pod> = Api::namespaced(client.clone(), &key.namespace);
+                let patch = serde_json::json!({"metadata": {"annotations": {stacknet_engine::objects::NETWORK_ANNOTATION: value}}});
+                let r = api.patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ());
+                (r, "the pod's network annotation", key)
+            }
+            crate::WriteBack::LoadBalancerIngress(key, ips) => {
+                let api: Api<core::Service> = Api::namespaced(client.clone(), &key.namespace);
+                let ingress: Vec<serde_json::Value> =
+                    ips.iter().map(|ip| serde_json::json!({"ip": ip.to_string(), "ipMode": "VIP"})).collect();
+                let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": ingress}}});
+                let r = api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ());
+                (r, "the Service's status.loadBalancer.ingress", key)
+            }
+        };
+        match result {
+            Ok(()) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => tracing::warn!(pod = %key, error = %e, "writing the pod's network annotation failed"),
+            Err(e) => tracing::warn!(object = %key, error = %e, "writing {what} failed"),
         }
     }
 }

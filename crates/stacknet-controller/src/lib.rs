@@ -26,7 +26,7 @@ pub mod openstack;
 pub mod ovn;
 
 pub use config::{ControllerArgs, ControllerConfig, GatewaySettings, OpenStackOptions, Pace};
-pub use controller::{Backend, Change, Controller, Observed};
+pub use controller::{Backend, Change, Controller, Observed, WriteBack};
 pub use error::Error;
 pub use openstack::OpenStackNetwork;
 pub use ovn::OvnNetwork;

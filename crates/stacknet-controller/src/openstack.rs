@@ -144,7 +144,7 @@ impl Backend for OpenStackNetwork {
         }
         self.nodes.send_replace(NeutronBackend::nodes_of(engine));
         tracing::debug!(created = net.created, updated = net.updated, deleted = net.deleted, "reconciled with Neutron");
-        Ok(Reconciled { problems, annotations, transactions: 0, operations: net.calls })
+        Ok(Reconciled { problems, annotations, ingress: Vec::new(), transactions: 0, operations: net.calls })
     }
 
     fn news(&mut self) -> Option<BoxStream<'static, News>> {

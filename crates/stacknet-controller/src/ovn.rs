@@ -251,9 +251,18 @@ impl Backend for OvnNetwork {
             Ok(report) => {
                 self.ports = desired.ports.iter().map(|(k, p)| (k.clone(), p.lsp.clone())).collect();
                 let annotations = if annotate { Self::annotations(&desired, &assignment.nodes) } else { Vec::new() };
+                // Our LoadBalancer Services' addresses, for their status (with gateways only:
+                // without, there are none to give).
+                let ingress = if annotate && self.gateways.is_some() {
+                    let ours = engine.index().services().filter(|s| stacknet_engine::service::is_ours(s));
+                    ours.map(|s| (s.key.clone(), self.lb_ips.get(&s.key).copied().into_iter().collect())).collect()
+                } else {
+                    Vec::new()
+                };
                 Ok(Reconciled {
                     problems,
                     annotations,
+                    ingress,
                     transactions: report.transactions as u64,
                     operations: report.operations as u64,
                 })

@@ -46,7 +46,7 @@ struct Store {
     leases: BTreeMap<String, Value>,
     /// events.k8s.io Events posted.
     events: Vec<Value>,
-    /// Pod merge patches received (namespace/name).
+    /// Merge patches received (namespace/name; `status:namespace/name` for a status).
     patches: Vec<String>,
     /// (resource, resourceVersion) of every bookmark written to a watch stream.
     bookmarks: Vec<(String, u64)>,
@@ -177,20 +177,27 @@ impl ApiServer {
                 continue;
             }
             if method == "PATCH" && target.starts_with("/api/v1/namespaces/") {
-                // /api/v1/namespaces/{ns}/pods/{name}: a merge patch of annotations.
+                // /api/v1/namespaces/{ns}/pods/{name}: a merge patch of annotations;
+                // /api/v1/namespaces/{ns}/services/{name}/status: of the status.
                 let parts: Vec<&str> = target.split('?').next().unwrap_or("").split('/').collect();
-                let (ns, name) = (parts[4].to_string(), parts[6].to_string());
+                let (ns, resource, name) = (parts[4].to_string(), parts[5].to_string(), parts[6].to_string());
+                let status = parts.get(7) == Some(&"status");
                 let patch: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
                 let updated = {
                     let mut st = self.store.lock().unwrap();
-                    st.patches.push(format!("{ns}/{name}"));
-                    st.objects.get(&("/api/v1/pods".to_string(), format!("{ns}/{name}"))).cloned()
+                    st.patches.push(format!("{}{ns}/{name}", if status { "status:" } else { "" }));
+                    st.objects.get(&(format!("/api/v1/{resource}"), format!("{ns}/{name}"))).cloned()
                 };
                 let (code, answer) = match updated {
                     None => (
                         404,
                         json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound"}),
                     ),
+                    Some(mut obj) if status => {
+                        obj["status"] = patch["status"].clone();
+                        self.apply(obj.clone());
+                        (200, obj)
+                    }
                     Some(mut obj) => {
                         for (k, v) in patch["metadata"]["annotations"].as_object().cloned().unwrap_or_default() {
                             obj["metadata"]["annotations"][k] = v;
@@ -425,7 +432,15 @@ async fn the_network_follows_the_watch_through_bookmarks_drops_and_410() {
     api.apply(policy());
 
     let ovn = Ovn::nb_only().unwrap();
-    let config = ControllerConfig::new("k8s", vec![ovn.nb.remote().parse().unwrap()], None);
+    let mut config = ControllerConfig::new("k8s", vec![ovn.nb.remote().parse().unwrap()], None);
+    config.gateways = Some(stacknet_controller::GatewaySettings {
+        external: "172.30.0.0/24".parse().unwrap(),
+        next_hop: Some("172.30.0.1".parse().unwrap()),
+        join: "100.64.0.0/16".parse().unwrap(),
+        snat: true,
+        physnet: "external".into(),
+        lb_pools: vec!["172.30.0.200/29".parse().unwrap()],
+    });
     let controller = Controller::ovn(&config, &kube_source::sources()).unwrap();
     let observed = controller.observed();
     stacknet_controller::kube_source::install_tls_provider();
@@ -437,7 +452,7 @@ async fn the_network_follows_the_watch_through_bookmarks_drops_and_410() {
     tokio::spawn(kube_source::publish_events(client.clone(), published, "test-replica".into(), None));
     let (annotate, annotations) = tokio::sync::mpsc::unbounded_channel();
     let controller = controller.with_annotations(annotate);
-    tokio::spawn(kube_source::annotate_pods(client, annotations));
+    tokio::spawn(kube_source::write_back(client, annotations));
     tokio::spawn(controller.run(rx, std::future::pending()));
 
     // The lists: the network as the cluster is.
@@ -466,6 +481,37 @@ async fn the_network_follows_the_watch_through_bookmarks_drops_and_410() {
     // a loop would have patched again.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(api.store.lock().unwrap().patches.len(), 2, "one patch per pod, no loop");
+
+    // A LoadBalancer Service of ours gets an address from --lb-pool (its first host) in its
+    // status, once; one
+    // of another loadBalancerClass is left alone.
+    let lb = |name: &str, class: Option<&str>| {
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "shop", "uid": format!("svc-{name}")},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.20", "loadBalancerClass": class, "selector": {"tier": "web"},
+                     "ports": [{"port": 80, "nodePort": 30080}]}})
+    };
+    api.apply(lb("front", None));
+    api.apply(lb("metallb", Some("metallb.io/metallb")));
+    let ingress = |name: &str| {
+        let st = api.store.lock().unwrap();
+        st.objects
+            .get(&("/api/v1/services".to_string(), format!("shop/{name}")))
+            .map(|o| o["status"]["loadBalancer"]["ingress"].clone())
+    };
+    until("shop/front's load balancer address", || {
+        ingress("front") == Some(json!([{"ip": "172.30.0.201", "ipMode": "VIP"}]))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let patches = api.store.lock().unwrap().patches.clone();
+    assert_eq!(
+        patches.iter().filter(|p| p.starts_with("status:")).collect::<Vec<_>>(),
+        ["status:shop/front"],
+        "once, ours only"
+    );
+    assert_eq!(ingress("metallb"), Some(Value::Null), "another class's Service is not ours to write");
+    api.delete("Service", "shop", "front");
+    api.delete("Service", "shop", "metallb");
 
     // The watch: a new pod.
     api.apply(pod("c", "web"));
@@ -507,8 +553,9 @@ async fn the_network_follows_the_watch_through_bookmarks_drops_and_410() {
     assert_eq!(e.object.to_string(), "Pod shop/e");
     assert!(e.message.contains("metadata.labels.tier"), "{}", e.message);
     // ... posted to the API server as an Event on that pod.
-    until("the Event posted", || !api.store.lock().unwrap().events.is_empty()).await;
-    let posted = api.store.lock().unwrap().events[0].clone();
+    let invalid = || api.store.lock().unwrap().events.iter().find(|e| e["reason"] == "InvalidObject").cloned();
+    until("the Event posted", || invalid().is_some()).await;
+    let posted = invalid().unwrap();
     assert_eq!(posted["regarding"]["kind"], "Pod");
     assert_eq!(posted["regarding"]["namespace"], "shop");
     assert_eq!(posted["regarding"]["name"], "e");

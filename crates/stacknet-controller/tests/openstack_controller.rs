@@ -121,8 +121,10 @@ fn the_openstack_controller_follows_the_cluster() {
         // length), MAC, gateway and port.
         let mut written: std::collections::BTreeMap<ObjectKey, String> = std::collections::BTreeMap::new();
         until("shop/db's network annotation", || {
-            while let Ok((key, value)) = annotations.try_recv() {
-                written.insert(key, value);
+            while let Ok(w) = annotations.try_recv() {
+                if let stacknet_controller::WriteBack::PodNetwork(key, value) = w {
+                    written.insert(key, value);
+                }
             }
             written.contains_key(&ObjectKey::new("shop", "db"))
         })

@@ -11,6 +11,7 @@
 //! - [`model`] compiles policies into groups, peer sets and rules whose count grows with policies,
 //!   not pods, keeps them current incrementally, and decides reachability over that model;
 //! - [`reach`] runs probes over every pair of pods;
+//! - [`paths`] decides probes between pods, nodes and outside hosts, directly or through a Service;
 //! - [`ipam`] gives nodes their subnets and pods their addresses (direct OVN mode);
 //! - [`service`] turns Services and EndpointSlices into L4 load balancers (VIP:port → backends);
 //! - [`problem`] is what could not be done, on which object and why (the Events' reasons).
@@ -24,6 +25,7 @@ pub mod manifest;
 pub mod model;
 pub mod net;
 pub mod objects;
+pub mod paths;
 pub mod problem;
 pub mod reach;
 pub mod semantics;

@@ -21,6 +21,24 @@ pub struct LoadBalancer {
     pub vips: BTreeMap<SocketAddr, BTreeSet<SocketAddr>>,
     /// ClientIP session affinity: how long a client sticks to its backend, in seconds.
     pub affinity_timeout: Option<u32>,
+    /// `internalTrafficPolicy: Local`: a client reaches only the backends on its own node.
+    pub local: bool,
+    /// The node each backend runs on, where known.
+    pub nodes: BTreeMap<SocketAddr, String>,
+}
+
+impl LoadBalancer {
+    /// The VIPs as a client on `node` reaches them: with `internalTrafficPolicy: Local` only
+    /// the backends on that node (none: the VIP rejects), else all.
+    pub fn vips_on(&self, node: &str) -> BTreeMap<SocketAddr, BTreeSet<SocketAddr>> {
+        self.vips
+            .iter()
+            .map(|(vip, b)| {
+                let b = b.iter().filter(|a| !self.local || self.nodes.get(a).is_some_and(|n| n == node)).copied();
+                (*vip, b.collect())
+            })
+            .collect()
+    }
 }
 
 /// The NodePort range (the API server's default `--service-node-port-range`).
@@ -303,8 +321,10 @@ pub fn load_balancers(index: &ClusterIndex) -> Vec<LoadBalancer> {
             continue;
         }
         let mut by_protocol: BTreeMap<Protocol, BTreeMap<SocketAddr, BTreeSet<SocketAddr>>> = BTreeMap::new();
+        let mut nodes = BTreeMap::new();
         for sp in &svc.ports {
             let backends = backends_of(index, svc, sp.name.as_deref(), &sp.target_port, sp.protocol);
+            nodes.extend(backends.iter().filter_map(|b| Some((b.addr, b.node.clone()?))));
             for vip in &svc.cluster_ips {
                 let same_family: BTreeSet<SocketAddr> =
                     backends.iter().map(|b| b.addr).filter(|b| b.is_ipv4() == vip.is_ipv4()).collect();
@@ -312,7 +332,17 @@ pub fn load_balancers(index: &ClusterIndex) -> Vec<LoadBalancer> {
             }
         }
         for (protocol, vips) in by_protocol {
-            out.push(LoadBalancer { service: svc.key.clone(), protocol, vips, affinity_timeout: svc.affinity_timeout });
+            let local = svc.internal_traffic_policy.as_deref() == Some("Local");
+            let nodes = nodes.iter().filter(|(a, _)| vips.values().any(|b| b.contains(a)));
+            let nodes = nodes.map(|(a, n)| (*a, n.clone())).collect();
+            out.push(LoadBalancer {
+                service: svc.key.clone(),
+                protocol,
+                vips,
+                affinity_timeout: svc.affinity_timeout,
+                local,
+                nodes,
+            });
         }
     }
     out

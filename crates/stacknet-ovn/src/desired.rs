@@ -278,8 +278,8 @@ pub fn build(engine: &PolicyEngine, topo: &Topology) -> Desired {
     let mut d = Desired { cluster: cluster.to_string(), ..Desired::default() };
     // Pods first: switches and port groups hold only the pods that got a port.
     let pods_by_node = pod_ports(&mut d, index, topo);
-    let lb_group = load_balancers(&mut d, topo, index);
-    let mut router = node_switches(&mut d, topo, pods_by_node, lb_group);
+    let lbs = load_balancers(&mut d, topo, index);
+    let mut router = node_switches(&mut d, topo, pods_by_node, lbs);
     if let Some(g) = &topo.gateways {
         gateway_routers(&mut d, topo, g, &mut router);
     }
@@ -351,20 +351,25 @@ fn pod_port_row(cluster: &str, pod: &Pod, port: &PodPort) -> DesiredRow {
 
 /// Services: a load balancer per service and protocol, all in one group for every switch.
 /// Returns whether there is a group (no services, no group).
-fn load_balancers(d: &mut Desired, topo: &Topology, index: &ClusterIndex) -> bool {
+fn load_balancers(d: &mut Desired, topo: &Topology, index: &ClusterIndex) -> SwitchLoadBalancers {
     let cluster = topo.cluster.as_str();
     let load_balancers = service::load_balancers(index);
     let mut lb_ids = Vec::new();
+    let mut per_node: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for lb in &load_balancers {
-        let id = format!("lb:{}:{}", lb.service, proto(lb.protocol));
-        let vips = lb
-            .vips
-            .iter()
-            .map(|(vip, backends)| (socket(vip), backends.iter().map(socket).collect::<Vec<_>>().join(",")));
+        let p = proto(lb.protocol);
+        let id = format!("lb:{}:{p}", lb.service);
+        let text = |vips: &BTreeMap<SocketAddr, BTreeSet<SocketAddr>>| -> BTreeMap<String, String> {
+            vips.iter().map(|(vip, b)| (socket(vip), b.iter().map(socket).collect::<Vec<_>>().join(","))).collect()
+        };
+        // internalTrafficPolicy Local: the cluster IPs are per node (below); what stays
+        // cluster-wide is the NodePorts.
+        let mut vips = if lb.local { BTreeMap::new() } else { text(&lb.vips) };
+        vips.extend(node_port_vips(topo, lb));
         let mut b = RowBuilder::new(cluster, LOAD_BALANCER, id.clone(), "Service", &lb.service.to_string())
-            .str("name", &format!("{cluster}_{}_{}_{}", lb.service.namespace, lb.service.name, proto(lb.protocol)))
+            .str("name", &format!("{cluster}_{}_{}_{p}", lb.service.namespace, lb.service.name))
             .col("vips", Datum::map(vips))
-            .col("protocol", Datum::set([proto(lb.protocol)]))
+            .col("protocol", Datum::set([p]))
             // A VIP without endpoints answers with a reject, not silence.
             .col("options", lb_options(true, lb.affinity_timeout, &[]));
         if let Some(ip) = topo.load_balancer_ips.get(&lb.service) {
@@ -372,10 +377,27 @@ fn load_balancers(d: &mut Desired, topo: &Topology, index: &ClusterIndex) -> boo
         }
         d.add(b.build());
         lb_ids.push(id);
+        if lb.local {
+            for node in &topo.nodes {
+                let id = format!("lb:itp:{}:{p}:{}", lb.service, node.name);
+                d.add(
+                    RowBuilder::new(cluster, LOAD_BALANCER, id.clone(), "Service", &lb.service.to_string())
+                        .str(
+                            "name",
+                            &format!("{cluster}_{}_{}_{p}.{}", lb.service.namespace, lb.service.name, node.name),
+                        )
+                        .col("vips", Datum::map(text(&lb.vips_on(&node.name))))
+                        .col("protocol", Datum::set([p]))
+                        .col("options", lb_options(true, lb.affinity_timeout, &[]))
+                        .build(),
+                );
+                per_node.entry(node.name.clone()).or_default().push(id);
+            }
+        }
     }
     d.load_balancers = load_balancers;
     if lb_ids.is_empty() {
-        return false;
+        return SwitchLoadBalancers { group: false, per_node };
     }
     d.add(
         RowBuilder::new(cluster, LOAD_BALANCER_GROUP, "lbg".into(), "Cluster", cluster)
@@ -383,7 +405,32 @@ fn load_balancers(d: &mut Desired, topo: &Topology, index: &ClusterIndex) -> boo
             .refs("load_balancer", lb_ids)
             .build(),
     );
-    true
+    SwitchLoadBalancers { group: true, per_node }
+}
+
+/// What the node switches balance: the cluster-wide group (`lbg`), and per node the
+/// `internalTrafficPolicy: Local` Services' own load balancers.
+struct SwitchLoadBalancers {
+    group: bool,
+    per_node: BTreeMap<String, Vec<String>>,
+}
+
+/// A Service's NodePorts as pods dial them (on any node's address): balanced by the pod's
+/// own switch to every backend, whatever `externalTrafficPolicy` says (that is for traffic
+/// from outside).
+fn node_port_vips(topo: &Topology, lb: &service::LoadBalancer) -> BTreeMap<String, String> {
+    let Some(g) = &topo.gateways else { return BTreeMap::new() };
+    let Some(e) = topo.exposures.iter().find(|e| e.service == lb.service && e.protocol == lb.protocol) else {
+        return BTreeMap::new();
+    };
+    let mut vips = BTreeMap::new();
+    for (np, backends) in &e.node_ports {
+        for (_, ip) in gateway_nodes(topo, g) {
+            let of = backends.iter().filter(|b| b.addr.is_ipv4() == ip.is_ipv4()).map(|b| b.addr);
+            vips.insert(socket(&SocketAddr::new(ip, *np)), backends_text(of));
+        }
+    }
+    vips
 }
 
 /// A load balancer's options: `reject` for VIPs without endpoints, ClientIP affinity, and
@@ -414,7 +461,7 @@ fn node_switches(
     d: &mut Desired,
     topo: &Topology,
     mut pods_by_node: BTreeMap<String, Vec<String>>,
-    lb_group: bool,
+    mut lbs: SwitchLoadBalancers,
 ) -> ClusterRouter {
     let cluster = topo.cluster.as_str();
     let mut router = ClusterRouter::default();
@@ -439,8 +486,9 @@ fn node_switches(
             .str("name", &switch)
             .refs("ports", ports)
             .refs("acls", acls)
+            .refs("load_balancer", lbs.per_node.remove(&node.name).unwrap_or_default())
             // Always named, so that the group going away is taken out of the switch too.
-            .refs("load_balancer_group", lb_group.then(|| "lbg".to_string()));
+            .refs("load_balancer_group", lbs.group.then(|| "lbg".to_string()));
         d.add(b.build());
         d.switches.insert(node.name.clone(), SwitchInfo { name: switch, router_mac, gateways, management });
     }
@@ -1146,7 +1194,7 @@ items:
                     (LOGICAL_ROUTER, "static_routes") => LOGICAL_ROUTER_STATIC_ROUTE,
                     (LOGICAL_ROUTER, "nat") => NAT,
                     (NAT, "allowed_ext_ips") => ADDRESS_SET,
-                    (LOGICAL_ROUTER, "load_balancer") => LOAD_BALANCER,
+                    (LOGICAL_ROUTER, "load_balancer") | (LOGICAL_SWITCH, "load_balancer") => LOAD_BALANCER,
                     (LOGICAL_ROUTER, "load_balancer_group") => LOAD_BALANCER_GROUP,
                     (LOGICAL_SWITCH, "load_balancer_group") => LOAD_BALANCER_GROUP,
                     (LOAD_BALANCER_GROUP, "load_balancer") => LOAD_BALANCER,

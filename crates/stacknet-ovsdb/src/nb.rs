@@ -29,7 +29,10 @@ pub const NB_GLOBAL: &str = "NB_Global";
 /// Tables and the columns stacknet reads or writes in them.
 pub const USED: &[(&str, &[&str])] = &[
     (NB_GLOBAL, &["nb_cfg", "sb_cfg", "hv_cfg"]),
-    (LOGICAL_SWITCH, &["name", "ports", "acls", "load_balancer_group", "other_config", "external_ids"]),
+    (
+        LOGICAL_SWITCH,
+        &["name", "ports", "acls", "load_balancer", "load_balancer_group", "other_config", "external_ids"],
+    ),
     (
         LOGICAL_SWITCH_PORT,
         &["name", "type", "addresses", "port_security", "options", "parent_name", "tag_request", "up", "external_ids"],

@@ -23,6 +23,11 @@ items:
    spec: {type: LoadBalancer, clusterIP: 10.96.0.12, selector: {app: web}, loadBalancerSourceRanges: [172.30.0.96/28],
           ports: [{port: 80, targetPort: 8080, nodePort: 30082}]}}
 - {apiVersion: v1, kind: Pod, metadata: {name: d, namespace: y}, spec: {nodeName: node-c}, status: {podIP: 10.244.2.3}}
+- {apiVersion: v1, kind: Pod, metadata: {name: e, namespace: y}, spec: {nodeName: node-b}, status: {podIP: 10.244.1.5}}
+- {apiVersion: v1, kind: Service, metadata: {name: itp, namespace: y},
+   spec: {clusterIP: 10.96.0.13, selector: {app: web}, internalTrafficPolicy: Local, ports: [{port: 80, targetPort: 8080}]}}
+- {apiVersion: v1, kind: Service, metadata: {name: sig, namespace: y},
+   spec: {type: NodePort, clusterIP: 10.96.0.14, selector: {app: web}, ports: [{port: 9000, protocol: SCTP, nodePort: 30090}]}}
 - apiVersion: networking.k8s.io/v1
   kind: NetworkPolicy
   metadata: {name: deny-all, namespace: x}
@@ -81,9 +86,14 @@ fn engine() -> PolicyEngine {
 
 /// A TCP SYN from `(port, ip)` on node switch `node` to `dst`, first hop `eth_dst`.
 fn flow(port: &str, ip: &str, eth_dst: &str, dst: &str) -> String {
+    l4_flow(port, ip, eth_dst, dst, "tcp", 80)
+}
+
+/// [`flow`] over `l4` (`tcp`, `udp`, `sctp`) to port `dport`.
+fn l4_flow(port: &str, ip: &str, eth_dst: &str, dst: &str, l4: &str, dport: u16) -> String {
     let mac = mac_for(ip.parse().unwrap());
     format!(
-        "inport == \"{port}\" && eth.src == {mac} && eth.dst == {eth_dst} && ip4.src == {ip} && ip4.dst == {dst} && ip.ttl == 64 && tcp && tcp.src == 40000 && tcp.dst == 80"
+        "inport == \"{port}\" && eth.src == {mac} && eth.dst == {eth_dst} && ip4.src == {ip} && ip4.dst == {dst} && ip.ttl == 64 && {l4} && {l4}.src == 40000 && {l4}.dst == {dport}"
     )
 }
 
@@ -175,6 +185,30 @@ async fn nodes_reach_their_pods_and_pods_leave_through_their_own_node_translated
     assert!(from_outside("node-a", "172.30.0.100", "172.30.0.201", 80).delivered, "LB from an allowed source");
     let t = from_outside("node-a", "172.30.0.50", "172.30.0.201", 80);
     assert!(!t.delivered, "LB from outside the source ranges: {}", t.output);
+    // A pod dials a NodePort on a node's address: its own switch balances it (pod d on node-c,
+    // which has no gateway router, through node-a's address).
+    let f = l4_flow("ns_y_d", "10.244.2.3", &gw(2), "172.30.0.11", "tcp", 30080);
+    let t = ovn.trace("ns_node-c", &f, "ns_y_c", 4, Some("10.244.1.4:8080")).unwrap();
+    assert!(t.delivered, "pod -> NodePort on node-a: {}", t.output);
+    // internalTrafficPolicy Local: only a backend on the client's own node. Pod e shares
+    // node-b with the backend c; pod d (node-c) has none and is rejected.
+    let f = l4_flow("ns_y_e", "10.244.1.5", &gw(1), "10.96.0.13", "tcp", 80);
+    let t = ovn.trace("ns_node-b", &f, "ns_y_c", 4, Some("10.244.1.4:8080")).unwrap();
+    assert!(t.delivered, "ITP=Local, a local backend: {}", t.output);
+    // (No --lb-dst here: ovn-trace would pretend the VIP picked it.)
+    let f = l4_flow("ns_y_d", "10.244.2.3", &gw(2), "10.96.0.13", "tcp", 80);
+    let t = ovn.trace("ns_node-c", &f, "ns_y_c", 4, None).unwrap();
+    assert!(!t.delivered && t.output.contains("tcp_reset"), "ITP=Local, none on node-c: rejected: {}", t.output);
+    // SCTP (no kernel SCTP here: ovn-trace only): the cluster IP from a pod, and the NodePort
+    // from outside.
+    let f = l4_flow("ns_y_d", "10.244.2.3", &gw(2), "10.96.0.14", "sctp", 9000);
+    let t = ovn.trace("ns_node-c", &f, "ns_y_c", 4, Some("10.244.1.4:9000")).unwrap();
+    assert!(t.delivered, "SCTP through the cluster IP: {}", t.output);
+    let f = outside("node-a", "172.30.0.100", "172.30.0.11", 30090)
+        .replace("tcp && tcp.src == 40000 && tcp.dst", "sctp && sctp.src == 40000 && sctp.dst");
+    let t = ovn.trace("ns_ext.node-a", &f, "ns_y_c", 4, Some("10.244.1.4:9000")).unwrap();
+    assert!(t.delivered, "SCTP NodePort from outside: {}", t.output);
+
     // SNAT off: the pod's own address leaves.
     trace.program_with(&engine, &bare_topology(false)).await.unwrap();
     let f = flow("ns_y_c", "10.244.1.4", &gw(1), "172.30.0.100");

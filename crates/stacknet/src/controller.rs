@@ -7,7 +7,6 @@ use stacknet_controller::leader::{self, LeaseConfig};
 use stacknet_controller::manifests::{ManifestSource, SOURCE};
 use stacknet_controller::openstack::OpenStackSettings;
 use stacknet_controller::{Backend, Change, Controller, ControllerArgs, ControllerConfig};
-use stacknet_engine::objects::ObjectKey;
 
 fn failure(e: stacknet_controller::Error) -> crate::Failure {
     if e.is_input() { crate::Failure::Input(e.to_string()) } else { crate::Failure::Other(e.into()) }
@@ -88,8 +87,8 @@ async fn serve<B: Backend>(config: &ControllerConfig, mut controller: Controller
 
 /// What a controller gets from the Kubernetes API besides the cluster itself.
 struct Kube {
-    /// Pods' network annotations to write.
-    annotate: tokio::sync::mpsc::UnboundedSender<(ObjectKey, String)>,
+    /// Pods' network annotations and Services' load balancer addresses to write.
+    annotate: tokio::sync::mpsc::UnboundedSender<stacknet_controller::WriteBack>,
     /// Whether this replica leads (with leader election).
     leading: Option<tokio::sync::watch::Receiver<bool>>,
     /// The Lease to release on a graceful stop.
@@ -109,7 +108,7 @@ async fn with_kube(
         .context("connecting to the Kubernetes API (in-cluster, or KUBECONFIG); or pass --manifests DIR")?;
     tokio::spawn(stacknet_controller::kube_source::run(client.clone(), tx, events.clone()));
     let (annotate, annotations) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(stacknet_controller::kube_source::annotate_pods(client.clone(), annotations));
+    tokio::spawn(stacknet_controller::kube_source::write_back(client.clone(), annotations));
     let (sink, published) = tokio::sync::mpsc::unbounded_channel();
     events.set_sink(sink);
     // In the Deployment, the identity is the pod's name, in the lease's namespace.
