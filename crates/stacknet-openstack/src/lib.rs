@@ -1,9 +1,11 @@
 //! The OpenStack backend. Kubernetes on OpenStack with pods as first-class Neutron ports on the
 //! VMs' own SDN: a namespace's pods on a Neutron network, each pod a port; each NetworkPolicy
 //! a security group whose rules name their peers as remote groups (never one rule per pod
-//! address), so a pod starting or stopping changes group membership, not rules; Services as
-//! Octavia load balancers with the `ovn` provider. Neutron's ML2/OVN driver turns all of it
-//! into the same OVN port groups, address sets and load balancers the OVN backend writes.
+//! address), so a pod starting or stopping changes group membership, not rules; each Node a
+//! security group admitting its own addresses to and from the pods on it (kubelet's probes
+//! pass whatever the policies say); Services as Octavia load balancers with the `ovn`
+//! provider. Neutron's ML2/OVN driver turns all of it into the same OVN port groups, address
+//! sets and load balancers the OVN backend writes.
 //!
 //! [`secgroups`] is pure: the engine's compiled model in, the security groups and each pod's
 //! memberships out.

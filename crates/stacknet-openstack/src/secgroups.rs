@@ -9,6 +9,11 @@
 //!   governs, on the ports of the pods it selects;
 //! - a pod no policy isolates in a direction gets the cluster's `allow-ingress` /
 //!   `allow-egress` group (one rule per address family);
+//! - traffic between a pod and its own node is never isolated (kubelet's probes come from the
+//!   node): each Node is a group (`node:<name>`) holding an ingress and an egress rule per
+//!   address of the node (`/32`, `/128`), which the pods on that node join, so the rules grow
+//!   with the nodes' addresses, never with pods, and a node coming or going changes its own
+//!   group only;
 //! - a peer selector is a group with no rules (`peer:<set>`) that its pods join, and rules name
 //!   it as their `remote_group_id`: a pod coming or going changes memberships only, never a
 //!   rule, and the rule count is the same at 10 pods as at 10,000;
@@ -100,6 +105,8 @@ impl fmt::Display for SgRule {
 pub enum GroupKind {
     /// `allow-ingress` / `allow-egress`: pods no policy isolates in that direction.
     AllowAll(Direction),
+    /// The pods on a node, with the node's own addresses allowed both ways, by Node name.
+    Node(String),
     /// The pods a policy selects, with its rules.
     Policy(ObjectKey),
     /// The pods of a policy on which a named port resolves to one number, with the policy's
@@ -133,6 +140,7 @@ impl GroupKind {
         match self {
             GroupKind::AllowAll(Direction::Ingress) => "allow-ingress".into(),
             GroupKind::AllowAll(Direction::Egress) => "allow-egress".into(),
+            GroupKind::Node(name) => format!("node:{name}"),
             GroupKind::Policy(p) => format!("policy:{p}"),
             GroupKind::PolicyNamedPort { policy, key, port } => format!("policy-np:{policy}:{}", np(key, *port)),
             GroupKind::Peer(s) => format!("peer:{s}"),
@@ -148,6 +156,7 @@ impl GroupKind {
     pub fn owner(&self) -> Option<ObjectRef> {
         match self {
             GroupKind::Policy(p) | GroupKind::PolicyNamedPort { policy: p, .. } => Some(ObjectRef::policy(p)),
+            GroupKind::Node(name) => Some(ObjectRef::node(name)),
             _ => None,
         }
     }
@@ -177,20 +186,34 @@ impl SecurityPlan {
     /// by a rule of one of the port's groups (a reference evaluation of Neutron's semantics,
     /// for tests).
     pub fn allows(&self, from: (&ObjectKey, IpAddr), to: (&ObjectKey, IpAddr), port: u16, protocol: Protocol) -> bool {
-        self.side_allows(from.0, Direction::Egress, to, port, protocol)
-            && self.side_allows(to.0, Direction::Ingress, from, port, protocol)
+        self.side_allows(from.0, Direction::Egress, (Some(to.0), to.1), port, protocol)
+            && self.side_allows(to.0, Direction::Ingress, (Some(from.0), from.1), port, protocol)
     }
 
-    /// Whether a rule of `pod`'s groups lets traffic with `peer` through in `dir`.
+    /// Whether `pod`'s groups let a connection through in `dir` with `address`, an address no
+    /// pod of ours has (a node's, the outside's): `Ingress` from it, `Egress` to it.
+    pub fn allows_address(
+        &self,
+        pod: &ObjectKey,
+        dir: Direction,
+        address: IpAddr,
+        port: u16,
+        protocol: Protocol,
+    ) -> bool {
+        self.side_allows(pod, dir, (None, address), port, protocol)
+    }
+
+    /// Whether a rule of `pod`'s groups lets traffic with `peer` (a pod of ours, or none)
+    /// through in `dir`.
     fn side_allows(
         &self,
         pod: &ObjectKey,
         dir: Direction,
-        (peer, peer_ip): (&ObjectKey, IpAddr),
+        (peer, peer_ip): (Option<&ObjectKey>, IpAddr),
         port: u16,
         protocol: Protocol,
     ) -> bool {
-        let member = |group: &str| self.ports.get(peer).is_some_and(|g| g.contains(group));
+        let member = |group: &str| peer.and_then(|p| self.ports.get(p)).is_some_and(|g| g.contains(group));
         self.ports.get(pod).into_iter().flatten().filter_map(|g| self.groups.get(g)).any(|g| {
             g.rules.iter().any(|r| {
                 r.direction == dir
@@ -234,6 +257,7 @@ pub fn plan(engine: &PolicyEngine, families: &[Family]) -> SecurityPlan {
         out: SecurityPlan::default(),
     };
     p.allow_all();
+    p.own_nodes();
     let mut rules_by_policy: BTreeMap<&ObjectKey, Vec<&Rule>> = BTreeMap::new();
     for r in engine.rules() {
         rules_by_policy.entry(&r.policy).or_default().push(r);
@@ -279,6 +303,28 @@ impl<'a> Planner<'a> {
             let open = self.engine.index().pods().map(|(_, p)| p);
             for p in open.filter(|p| p.is_policy_subject() && !isolated.contains(&(&p.key, dir))) {
                 self.out.join(&p.key, &id);
+            }
+        }
+    }
+
+    /// Each node's pods may always exchange traffic with the node's own addresses (of the
+    /// families pods have), whatever policies say: a group per Node, its rules the node's
+    /// addresses. Every Node has its group, pods or not, so that a pod starting on it only
+    /// joins it.
+    fn own_nodes(&mut self) {
+        let index = self.engine.index();
+        for node in index.nodes() {
+            let g = self.out.group(GroupKind::Node(node.name.clone()));
+            for ip in node.addresses.iter().filter(|ip| self.families.contains(&Family::of(**ip))) {
+                for direction in [Direction::Ingress, Direction::Egress] {
+                    let remote = Remote::Prefix(Cidr::host(*ip));
+                    g.rules.insert(SgRule { direction, family: Family::of(*ip), protocol: None, ports: None, remote });
+                }
+            }
+        }
+        for (_, p) in index.pods().filter(|(_, p)| p.is_policy_subject()) {
+            if let Some(node) = p.node.as_deref().and_then(|n| index.node(n)) {
+                self.out.join(&p.key, &GroupKind::Node(node.name.clone()).id());
             }
         }
     }
@@ -527,6 +573,92 @@ items:
         let rules = |p: &SecurityPlan| p.groups.iter().map(|(k, g)| (k.clone(), g.rules.clone())).collect::<Vec<_>>();
         assert_eq!(rules(&small), rules(&big));
         assert_eq!(big.ports.len(), small.ports.len() + 50);
+    }
+
+    /// Nodes n1 (an IPv4 and an IPv6 address) and n2; pods a, b on n1 and c on n2; `extra`
+    /// added (policies, pods), and `nodes` filtering which Nodes exist.
+    fn on_nodes(extra: &str, nodes: &[&str]) -> PolicyEngine {
+        let mut yaml = String::from(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nspec: {nodeName: n1, containers: [{name: c}]}\nstatus: {podIP: 10.0.0.1}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: x}\nspec: {nodeName: n1, containers: [{name: c}]}\nstatus: {podIP: 10.0.0.2}\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {name: c, namespace: x}\nspec: {nodeName: n2, containers: [{name: c}]}\nstatus: {podIP: 10.0.0.3}\n",
+        );
+        let addresses = [
+            ("n1", "[{type: InternalIP, address: 192.168.1.11}, {type: InternalIP, address: 'fd00::11'}]"),
+            ("n2", "[{type: InternalIP, address: 192.168.1.12}]"),
+        ];
+        for (name, a) in addresses.iter().filter(|(n, _)| nodes.contains(n)) {
+            yaml.push_str(&format!(
+                "---\napiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\nstatus: {{addresses: {a}}}\n"
+            ));
+        }
+        if !extra.is_empty() {
+            yaml.push_str("---\n");
+            yaml.push_str(extra);
+        }
+        PolicyEngine::from_index(ClusterIndex::from_objects(manifest::parse("nodes.yaml", &yaml).unwrap().objects))
+    }
+
+    const DENY_ALL: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\n\
+                            spec: {podSelector: {}, policyTypes: [Ingress, Egress]}\n";
+
+    #[test]
+    fn isolated_pods_still_exchange_traffic_with_their_own_node_and_no_other() {
+        let p = plan(&on_nodes(DENY_ALL, &["n1", "n2"]), &[Family::V4]);
+        let (n1, n2) = (ip("192.168.1.11"), ip("192.168.1.12"));
+        let (a, c) = (key("x/a"), key("x/c"));
+        for proto in [Protocol::Tcp, Protocol::Udp, Protocol::Sctp] {
+            assert!(p.allows_address(&a, Direction::Ingress, n1, 8080, proto), "kubelet on n1 probes a");
+            assert!(p.allows_address(&a, Direction::Egress, n1, 10250, proto), "a reaches its node");
+        }
+        assert!(p.allows_address(&c, Direction::Ingress, n2, 8080, Protocol::Tcp), "n2 probes c");
+        assert!(!p.allows_address(&c, Direction::Ingress, n1, 8080, Protocol::Tcp), "n1 is not c's node");
+        assert!(!p.allows_address(&a, Direction::Ingress, n2, 8080, Protocol::Tcp), "n2 is not a's node");
+        assert!(!p.allows_address(&a, Direction::Ingress, ip("192.168.1.99"), 8080, Protocol::Tcp));
+        // Pods stay isolated from each other, on one node or across.
+        assert!(!p.allows((&key("x/b"), ip("10.0.0.2")), (&a, ip("10.0.0.1")), 80, Protocol::Tcp));
+        assert!(!p.allows((&c, ip("10.0.0.3")), (&a, ip("10.0.0.1")), 80, Protocol::Tcp));
+        // The node's group: its IPv4 address both ways (pods have no IPv6 here), nothing else.
+        let rules: Vec<String> = p.groups["node:n1"].rules.iter().map(|r| r.to_string()).collect();
+        assert_eq!(rules, ["ingress IPv4 any 192.168.1.11/32", "egress IPv4 any 192.168.1.11/32"]);
+        assert_eq!(p.groups["node:n1"].kind.owner().map(|o| o.to_string()).as_deref(), Some("Node n1"));
+        let dual = plan(&on_nodes(DENY_ALL, &["n1"]), &[Family::V4, Family::V6]);
+        assert!(dual.allows_address(&a, Direction::Ingress, ip("fd00::11"), 8080, Protocol::Tcp));
+        assert_eq!(dual.groups["node:n1"].rules.len(), 4);
+    }
+
+    #[test]
+    fn a_node_is_a_group_its_pods_join_and_a_gone_node_takes_only_its_group() {
+        let both = plan(&on_nodes("", &["n1", "n2"]), &[Family::V4]);
+        let groups_of = |p: &SecurityPlan, pod: &str| p.ports[&key(pod)].iter().cloned().collect::<Vec<_>>();
+        assert_eq!(groups_of(&both, "x/a"), ["allow-egress", "allow-ingress", "node:n1"]);
+        assert_eq!(groups_of(&both, "x/c"), ["allow-egress", "allow-ingress", "node:n2"]);
+        // n2 goes: its group with it, and its pod is in no node's group; n1's is as it was.
+        let one = plan(&on_nodes("", &["n1"]), &[Family::V4]);
+        assert!(!one.groups.contains_key("node:n2"));
+        assert_eq!(groups_of(&one, "x/c"), ["allow-egress", "allow-ingress"]);
+        assert_eq!(one.groups["node:n1"], both.groups["node:n1"]);
+        // A node with no pod has its group all the same: a pod starting there only joins it.
+        let empty = on_nodes("apiVersion: v1\nkind: Node\nmetadata: {name: n3}\n", &[]);
+        assert!(plan(&empty, &[Family::V4]).groups["node:n3"].rules.is_empty());
+    }
+
+    #[test]
+    fn node_rules_grow_with_node_addresses_not_with_pods() {
+        let mut pods = String::new();
+        for i in 0..200 {
+            let node = if i % 2 == 0 { "n1" } else { "n2" };
+            pods.push_str(&format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: x}}\n\
+                 spec: {{nodeName: {node}, containers: [{{name: c}}]}}\nstatus: {{podIP: 10.0.1.{i}}}\n"
+            ));
+        }
+        let small = plan(&on_nodes(DENY_ALL, &["n1", "n2"]), &[Family::V4]);
+        let big = plan(&on_nodes(&format!("{DENY_ALL}{pods}"), &["n1", "n2"]), &[Family::V4]);
+        assert_eq!(small.groups, big.groups, "the same groups and rules");
+        assert_eq!(big.rule_count(), small.rule_count());
+        assert_eq!(big.ports.len(), small.ports.len() + 200);
     }
 
     /// The issue's check: the same policies over 10 and over 500 pods (a named port among

@@ -20,8 +20,8 @@ use stacknet_conformance::world::World;
 use stacknet_engine::objects::{ObjectKey, Protocol};
 use stacknet_engine::{PolicyEngine, manifest};
 use stacknet_openstack::{Cloud, CloudSource, NeutronBackend, NeutronConfig, PodPort, Reason, neutron};
-use stacknet_sandbox::OpenStack;
 use stacknet_sandbox::openstack::http;
+use stacknet_sandbox::{OpenStack, TraceVerdict};
 use stacknet_testsupport::conformance::{Replay, Verdicts, upstream_cases};
 use stacknet_testsupport::openstack::{StopAtExit, neutron, neutron_status};
 use stacknet_testsupport::{until, until_some};
@@ -101,6 +101,12 @@ fn an_application_credential_authenticates_and_a_wrong_secret_is_not_echoed() {
 #[ignore = "needs root and the OpenStack packages (.ci/run installs them)"]
 fn services_are_octavia_load_balancers_traced_through_ovn_with_floating_ips_and_monitors() {
     phase(services);
+}
+
+#[test]
+#[ignore = "needs root and the OpenStack packages (.ci/run installs them)"]
+fn isolated_pods_take_their_own_nodes_probes_and_leave_through_the_routers_snat() {
+    phase(node_traffic_and_egress);
 }
 
 /// The cloud the tests share, and what they need around it.
@@ -1246,4 +1252,301 @@ async fn application_credential(cloud: &OpenStack) -> String {
     assert!(!e.to_string().contains(wrong), "the error echoes the secret: {e}");
     eprintln!("application credential: ok; a wrong one: {e}");
     secret
+}
+
+/// A Neutron port that is no pod's (a node VM's): what a trace from it needs.
+struct HostPort {
+    id: String,
+    mac: String,
+    ip: String,
+    network_id: String,
+}
+
+/// An operator's port named `name` on `network` with address `ip` (not ours); `extra`: more
+/// of its attributes.
+fn host_port(cloud: &OpenStack, (network, subnet): (&str, &str), name: &str, ip: &str, extra: Value) -> HostPort {
+    let mut port = json!({"network_id": network, "name": name, "fixed_ips": [{"subnet_id": subnet, "ip_address": ip}]});
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        port[k] = v.clone();
+    }
+    let p = &neutron(cloud, "POST", "ports", Some(json!({ "port": port })))["port"];
+    HostPort {
+        id: p["id"].as_str().unwrap().to_string(),
+        mac: p["mac_address"].as_str().unwrap().to_string(),
+        ip: ip.to_string(),
+        network_id: network.to_string(),
+    }
+}
+
+/// An operator's network and subnet (not ours): their ids.
+fn host_network(cloud: &OpenStack, network: Value, subnet: Value) -> (String, String) {
+    let net = neutron(cloud, "POST", "networks", Some(json!({ "network": network })))["network"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut subnet = subnet;
+    subnet["network_id"] = json!(net);
+    subnet["ip_version"] = json!(4);
+    subnet["enable_dhcp"] = json!(false);
+    let sub = neutron(cloud, "POST", "subnets", Some(json!({ "subnet": subnet })))["subnet"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (net, sub)
+}
+
+/// ovn-trace of a TCP packet from a node's port, through the cluster router, to a pod.
+fn trace_from_node(cloud: &OpenStack, node: &HostPort, router: &str, to: &PodPort, port: u16) -> TraceVerdict {
+    let gw_mac = router_mac(cloud, router, &node.network_id);
+    let flow = format!(
+        "inport == \"{}\" && eth.src == {} && eth.dst == {gw_mac} && ip4.src == {} && ip4.dst == {} && ip.ttl == 64 && tcp && tcp.src == 40000 && tcp.dst == {port}",
+        node.id, node.mac, node.ip, to.ips[0]
+    );
+    let v = cloud.ovn.trace(&format!("neutron-{}", node.network_id), &flow, &to.name, 6, None).unwrap();
+    if std::env::var_os("STACKNET_TRACE_DEBUG").is_some() {
+        eprintln!("TRACE {flow}\n{}", v.output);
+    }
+    v
+}
+
+/// A port's name as ovn-trace prints it: a UUID in it cut to its first 6 hex digits.
+fn trace_name(name: &str) -> String {
+    let is_uuid = |s: &str| {
+        s.len() == 36
+            && s.char_indices()
+                .all(|(i, c)| if [8, 13, 18, 23].contains(&i) { c == '-' } else { c.is_ascii_hexdigit() })
+    };
+    match (0..name.len().saturating_sub(35))
+        .find(|&i| name.is_char_boundary(i) && name.get(i..i + 36).is_some_and(is_uuid))
+    {
+        Some(i) => format!("{}{}{}", &name[..i], &name[i..i + 6], &name[i + 36..]),
+        None => name.to_string(),
+    }
+}
+
+/// A gateway chassis registered in the Southbound database (no ovn-controller behind it):
+/// ML2/OVN schedules routers' gateway ports only on one, and ovn-northd writes NAT flows only
+/// for a router whose gateway port has one. Removed when dropped, however the phase ends.
+struct GatewayChassis<'a>(&'a OpenStack, &'static str);
+
+impl<'a> GatewayChassis<'a> {
+    fn register(cloud: &'a OpenStack, name: &'static str, physnet: &str) -> GatewayChassis<'a> {
+        cloud.ovn.sbctl(&["chassis-add", name, "geneve", "127.0.0.254"]).expect("chassis-add");
+        let mappings = format!("\"{physnet}:br-ex\"");
+        for column in ["external_ids", "other_config"] {
+            cloud
+                .ovn
+                .sbctl(&[
+                    "set",
+                    "Chassis",
+                    name,
+                    &format!("{column}:ovn-cms-options=enable-chassis-as-gw"),
+                    &format!("{column}:ovn-bridge-mappings={mappings}"),
+                ])
+                .expect("the chassis as a gateway");
+        }
+        GatewayChassis(cloud, name)
+    }
+}
+
+impl Drop for GatewayChassis<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.ovn.sbctl(&["--if-exists", "chassis-del", self.1]);
+    }
+}
+
+/// Traffic between a pod and its own node is never isolated: under a deny-all NetworkPolicy,
+/// a node VM's port (on a node network the cluster router routes) reaches the pods on that
+/// node once its Node object names its address, and no other node's pods; pod to pod stays
+/// dropped. Each Node is a security group of ours with a rule per address and direction,
+/// which goes with the Node. And pods reach beyond the external network through the cluster
+/// router's gateway, their source translated to the router's external address (SNAT).
+async fn node_traffic_and_egress(cloud: &OpenStack, session: &Cloud) {
+    let _gateway = GatewayChassis::register(cloud, "stacknet-gw", "outside");
+    // The operator's side: an external network (flat, on a physnet of its own) whose upstream
+    // router (outside OpenStack, at the subnet's gateway address) is reached through its
+    // localnet port; a node network with the two node VMs' ports.
+    let (outside, _) = host_network(
+        cloud,
+        json!({"name": "outside", "router:external": true, "provider:network_type": "flat", "provider:physical_network": "outside"}),
+        json!({"cidr": "172.25.0.0/24", "gateway_ip": "172.25.0.1"}),
+    );
+    let (hosts, hosts_subnet) = host_network(cloud, json!({"name": "hosts"}), json!({"cidr": "192.168.70.0/24"}));
+    let h1 = host_port(cloud, (&hosts, &hosts_subnet), "node-h1", "192.168.70.11", json!({}));
+    let h2 = host_port(cloud, (&hosts, &hosts_subnet), "node-h2", "192.168.70.12", json!({}));
+
+    let cluster = |addresses: bool, nodes: &[&str]| {
+        let mut m = String::from(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: probe}\n---\n\
+             apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: probe}\n\
+             spec: {podSelector: {}, policyTypes: [Ingress]}\n",
+        );
+        for (pod, node) in [("web", "h1"), ("db", "h1"), ("far", "h2")] {
+            m.push_str(&format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: probe}}\nspec: {{nodeName: {node}, containers: [{{name: c}}]}}\n"
+            ));
+        }
+        for (node, ip) in [("h1", &h1.ip), ("h2", &h2.ip)].into_iter().filter(|(n, _)| nodes.contains(n)) {
+            let status = if addresses {
+                format!("\nstatus: {{addresses: [{{type: InternalIP, address: {ip}}}]}}")
+            } else {
+                String::new()
+            };
+            m.push_str(&format!("---\napiVersion: v1\nkind: Node\nmetadata: {{name: {node}}}{status}\n"));
+        }
+        let mut engine = PolicyEngine::new();
+        for o in manifest::parse("probe.yaml", &m).unwrap().objects {
+            engine.apply(o);
+        }
+        engine
+    };
+    let config = NeutronConfig {
+        external_network: Some("outside".into()),
+        ..NeutronConfig::new("nod", vec!["10.56.0.0/16".parse().unwrap()])
+    };
+    let b = NeutronBackend::new(session.clone(), config.clone());
+    // The Nodes do not say their addresses yet.
+    let r = b.reconcile(&cluster(false, &["h1", "h2"])).await.unwrap();
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    let topology = r.topology.clone().unwrap();
+    let router = topology.router.id.clone();
+    // The operator routes the node network through the cluster router.
+    neutron(cloud, "PUT", &format!("routers/{router}/add_router_interface"), Some(json!({"subnet_id": hosts_subnet})));
+    let key = |pod: &str| ObjectKey::new("probe", pod);
+    let ports = r.ports.clone();
+    cloud.ovn.sync_sb().unwrap();
+    let v = trace_from_node(cloud, &h1, &router, &ports[&key("web")], 8080);
+    assert!(!v.delivered, "no address on Node h1: the deny-all holds for it too:\n{}", v.output);
+
+    // Their addresses come: each node's group gains its rules, and no port changes.
+    let engine = cluster(true, &["h1", "h2"]);
+    let r = b.reconcile(&engine).await.unwrap();
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    assert_eq!((r.created, r.updated, r.deleted), (4, 0, 0), "a rule per address and direction, nothing else: {r:?}");
+    let group = |node: &str| {
+        let found = neutron(
+            cloud,
+            "GET",
+            &format!("security-groups?description={}", config.marker(&format!("node:{node}"))),
+            None,
+        );
+        found["security_groups"][0].clone()
+    };
+    let g1 = group("h1");
+    assert!(g1["tags"].as_array().unwrap().contains(&json!(config.tag())), "{g1}");
+    // Every protocol (none named), to and from the node's one address.
+    let mut rules: Vec<(String, String, bool)> = g1["security_group_rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["direction"].as_str().unwrap().to_string(),
+                r["remote_ip_prefix"].as_str().unwrap().to_string(),
+                r["protocol"].is_null(),
+            )
+        })
+        .collect();
+    rules.sort();
+    let prefix = "192.168.70.11/32".to_string();
+    assert_eq!(rules, [("egress".into(), prefix.clone(), true), ("ingress".into(), prefix, true)]);
+    for pod in ["web", "db"] {
+        let p = neutron(cloud, "GET", &format!("ports/{}", ports[&key(pod)].port_id), None);
+        assert!(p["port"]["security_groups"].as_array().unwrap().contains(&g1["id"]), "{pod} is in h1's group: {p}");
+    }
+    cloud.ovn.sync_sb().unwrap();
+    for (node, pod, want) in
+        [(&h1, "web", true), (&h1, "db", true), (&h1, "far", false), (&h2, "far", true), (&h2, "web", false)]
+    {
+        let v = trace_from_node(cloud, node, &router, &ports[&key(pod)], 8080);
+        assert_eq!(v.delivered, want, "{} -> probe/{pod}:8080 under deny-all:\n{}", node.ip, v.output);
+    }
+    let probe = |from: &str, to: &str| Probe { from: key(from), to: key(to), port: 8080, protocol: Protocol::Tcp };
+    assert!(!trace(cloud, &ports, &probe("db", "web")).unwrap(), "db -> web: pods stay isolated from each other");
+    assert!(!trace(cloud, &ports, &probe("web", "db")).unwrap(), "web -> db");
+    eprintln!("under deny-all: the node's probe delivered, pod to pod dropped (ovn-trace over Neutron's rows)");
+
+    // Egress: the router's gateway is on the outside network, with SNAT.
+    let gw = neutron(cloud, "GET", &format!("routers/{router}"), None)["router"]["external_gateway_info"].clone();
+    assert_eq!(gw["network_id"], json!(outside), "{gw}");
+    assert_eq!(gw["enable_snat"], json!(true), "{gw}");
+    let external_ip = gw["external_fixed_ips"][0]["ip_address"].as_str().unwrap().to_string();
+    let gw_port =
+        neutron(cloud, "GET", &format!("ports?device_id={router}&network_id={outside}"), None)["ports"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    let lrp = format!("lrp-{gw_port}");
+    until("the gateway port scheduled on the gateway chassis", Duration::from_secs(30), || {
+        let c = cloud.ovn.nbctl(&[
+            "--bare",
+            "--columns=gateway_chassis",
+            "find",
+            "Logical_Router_Port",
+            &format!("name={lrp}"),
+        ]);
+        c.is_ok_and(|c| !c.trim().is_empty())
+    })
+    .await;
+    let snat = nb_rows(cloud, "logical_ip,external_ip", "NAT", Some("type=snat"));
+    assert_eq!(snat.get("10.56.0.0/16").map(String::as_str), Some(external_ip.as_str()), "{snat:?}");
+    // The upstream router's MAC, as the gateway chassis's ovn-controller learns it (ARP).
+    let upstream_mac = "02:00:ac:19:00:01";
+    let datapath = cloud
+        .ovn
+        .sbctl(&[
+            "--bare",
+            "--columns=_uuid",
+            "find",
+            "Datapath_Binding",
+            &format!("external_ids:name=neutron-{router}"),
+        ])
+        .unwrap();
+    cloud
+        .ovn
+        .sbctl(&[
+            "create",
+            "MAC_Binding",
+            &format!("logical_port={lrp}"),
+            "ip=172.25.0.1",
+            &format!("mac=\"{upstream_mac}\""),
+            &format!("datapath={}", datapath.trim()),
+        ])
+        .unwrap();
+    let localnet = cloud
+        .ovn
+        .nbctl(&["lsp-list", &format!("neutron-{outside}")])
+        .unwrap()
+        .split_whitespace()
+        .map(|w| w.trim_matches(|c| c == '(' || c == ')'))
+        .find(|n| n.starts_with("provnet-"))
+        .map(trace_name)
+        .expect("the outside network's localnet port");
+    cloud.ovn.sync_sb().unwrap();
+    let web = &ports[&key("web")];
+    let flow = format!(
+        "inport == \"{}\" && eth.src == {} && eth.dst == {} && ip4.src == {} && ip4.dst == 203.0.113.10 && ip.ttl == 64 && tcp && tcp.src == 40000 && tcp.dst == 443",
+        web.port_id,
+        web.mac,
+        router_mac(cloud, &router, &web.network_id),
+        web.ips[0]
+    );
+    let v = cloud.ovn.trace(&web.switch(), &flow, &localnet, 6, None).unwrap();
+    // ovn-trace shows the gateway's SNAT as `ct_snat_in_czone(ip4.src=<address>)` (spelled
+    // `ct_snatin_czone` by 23.03).
+    let snatted = v.output.lines().any(|l| l.contains("ct_snat") && l.contains(&format!("(ip4.src={external_ip})")));
+    assert!(snatted, "the source translated to the router's gateway address {external_ip}:\n{}", v.output);
+    assert!(v.output.contains(&format!("eth.dst = {upstream_mac};")), "to the upstream router:\n{}", v.output);
+    assert!(v.delivered, "out on the outside network's localnet port ({localnet}):\n{}", v.output);
+    eprintln!("pod -> 203.0.113.10: SNAT to {external_ip} on the router's gateway, out on the external network");
+
+    // Node h2 goes (its pod not yet): its group goes once far's port has left it; h1's stays.
+    let gone = group("h2")["id"].as_str().unwrap().to_string();
+    let r = b.reconcile(&cluster(true, &["h1"])).await.unwrap();
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    assert_eq!((r.updated, r.deleted), (1, 1), "far's port, then h2's group: {r:?}");
+    assert_eq!(neutron_status(cloud, &format!("security-groups/{gone}")), 404, "h2's group is deleted");
+    assert_eq!(group("h1")["id"], g1["id"]);
+    let again = NeutronBackend::new(session.clone(), config.clone()).reconcile(&cluster(true, &["h1"])).await.unwrap();
+    assert_eq!((again.created, again.updated, again.deleted, again.problems.len()), (0, 0, 0, 0), "{again:?}");
 }

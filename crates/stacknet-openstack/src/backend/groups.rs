@@ -316,6 +316,80 @@ items:
         assert_eq!((changes[0].add.len(), changes[0].remove.clone()), (0, vec!["evil".to_string()]));
     }
 
+    /// Node n1 at `address`, and pod a on it.
+    fn node_plan(address: Option<&str>) -> SecurityPlan {
+        let status = address.map(|a| format!(", status: {{addresses: [{{type: InternalIP, address: {a}}}]}}"));
+        let yaml = format!(
+            "apiVersion: v1\nkind: List\nitems:\n\
+             - {{apiVersion: v1, kind: Node, metadata: {{name: n1}}{}}}\n\
+             - {{apiVersion: v1, kind: Pod, metadata: {{name: a, namespace: x}}, spec: {{nodeName: n1}}, status: {{podIP: 10.0.0.2}}}}\n",
+            status.unwrap_or_default()
+        );
+        let engine = PolicyEngine::from_index(stacknet_engine::ClusterIndex::from_objects(
+            manifest::parse("n.yaml", &yaml).unwrap().objects,
+        ));
+        crate::secgroups::plan(&engine, &[Family::V4])
+    }
+
+    /// Gives each group of `have` the rules its changes add, with made-up ids.
+    fn carry_out(changes: Vec<RuleChange>, have: &mut BTreeMap<String, SecurityGroup>) {
+        for change in changes {
+            let g = have.get_mut(&change.marker).unwrap();
+            g.security_group_rules.retain(|r| !change.remove.contains(&r.id));
+            for (r, _) in change.add {
+                let rule = json!({
+                    "id": format!("{}-{}", r.direction, r.remote_ip_prefix.as_deref().unwrap_or("any")),
+                    "security_group_id": g.id, "direction": r.direction, "ethertype": r.ethertype,
+                    "protocol": r.protocol, "remote_ip_prefix": r.remote_ip_prefix,
+                });
+                g.security_group_rules.push(serde_json::from_value(rule).unwrap());
+            }
+        }
+    }
+
+    #[test]
+    fn a_nodes_group_admits_its_address_both_ways_and_follows_it() {
+        let c = NeutronConfig::new("t", Vec::new());
+        let plan = node_plan(Some("192.168.1.11"));
+        let mut have = empty_groups(&plan, &c);
+        let changes = rule_changes(&plan, &existing(&plan, &have, &c).0);
+        let node = changes.iter().find(|ch| ch.group == "node:n1").expect("the node's group gains its rules");
+        let mut rules: Vec<_> =
+            node.add.iter().map(|(r, _)| (r.direction, r.protocol, r.ports, r.remote_ip_prefix.clone())).collect();
+        rules.sort();
+        let host = Some("192.168.1.11/32".to_string());
+        assert_eq!(rules, [("egress", None, None, host.clone()), ("ingress", None, None, host)]);
+        assert_eq!(owner_of(&plan, "node:n1").to_string(), "Node n1");
+        carry_out(changes, &mut have);
+        assert_eq!(rule_changes(&plan, &existing(&plan, &have, &c).0), Vec::new());
+        // The node's address changes: the new one is added, the old one's rules go.
+        let moved = node_plan(Some("192.168.1.99"));
+        let changes = rule_changes(&moved, &existing(&moved, &have, &c).0);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        let added: Vec<_> = changes[0].add.iter().map(|(r, _)| r.remote_ip_prefix.clone().unwrap()).collect();
+        assert_eq!(added, ["192.168.1.99/32", "192.168.1.99/32"]);
+        let mut removed = changes[0].remove.clone();
+        removed.sort();
+        assert_eq!(removed, ["egress-192.168.1.11/32", "ingress-192.168.1.11/32"]);
+        // No address yet (a node registering): its group exists, admitting nothing.
+        let bare = node_plan(None);
+        assert!(bare.groups["node:n1"].rules.is_empty());
+        assert_eq!(
+            bare.ports[&"x/a".parse().unwrap()],
+            plan.ports[&"x/a".parse().unwrap()],
+            "the pod's groups are the same"
+        );
+    }
+
+    #[test]
+    fn a_gone_nodes_group_is_unused() {
+        let c = NeutronConfig::new("t", Vec::new());
+        let have = empty_groups(&node_plan(Some("192.168.1.11")), &c);
+        let gone = crate::secgroups::plan(&PolicyEngine::new(), &[Family::V4]);
+        let doomed: Vec<String> = unused(&gone, &have, &c).into_iter().map(|g| g.id).collect();
+        assert!(doomed.contains(&"sg-node:n1".to_string()), "{doomed:?}");
+    }
+
     #[test]
     fn groups_of_gone_policies_are_unused_and_others_are_kept() {
         let c = NeutronConfig::new("t", Vec::new());

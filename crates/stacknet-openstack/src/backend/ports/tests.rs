@@ -155,3 +155,34 @@ fn a_pod_keeps_the_address_it_has_when_one_of_our_subnets_holds_it() {
     assert_eq!(fixed["a"], Some(("sub4".to_string(), "10.0.3.4".to_string())));
     assert_eq!(fixed["b"], None, "an address outside our subnets is not kept");
 }
+
+#[test]
+fn a_pods_port_is_in_its_own_nodes_group_and_leaves_it_when_the_node_goes() {
+    let engine = cluster(&(pod("a", "n1") + &pod("b", "n2")));
+    let security = crate::secgroups::plan(&engine, &[Family::V4]);
+    let groups: BTreeMap<String, SecurityGroup> =
+        security.groups.keys().map(|id| (id.clone(), from(json!({"id": format!("sg-{id}")})))).collect();
+    let p = plan(engine.index(), &security, &groups, &shared(), &state(), &config());
+    let sgs: BTreeMap<String, BTreeSet<String>> =
+        p.creates.iter().map(|c| (c.pod.name.clone(), c.security_groups.clone())).collect();
+    assert!(sgs["a"].contains("sg-node:n1") && !sgs["a"].contains("sg-node:n2"), "{sgs:?}");
+    assert!(sgs["b"].contains("sg-node:n2") && !sgs["b"].contains("sg-node:n1"), "{sgs:?}");
+    // Node n1 goes (its pod not yet): a's port is updated out of n1's group, nothing else.
+    let mut s = state();
+    let marker = config().marker("pod:x/a");
+    let have: Vec<&String> = sgs["a"].iter().collect();
+    let existing = json!({"binding:host_id": "n1", "device_id": "uid-a", "security_groups": have});
+    s.ports.insert(marker.clone(), port("pa", &marker, existing));
+    let yaml = format!(
+        "apiVersion: v1\nkind: List\nitems:\n- {{apiVersion: v1, kind: Namespace, metadata: {{name: x}}}}\n{}",
+        pod("a", "n1")
+    );
+    let without =
+        PolicyEngine::from_index(ClusterIndex::from_objects(manifest::parse("c.yaml", &yaml).unwrap().objects));
+    let security = crate::secgroups::plan(&without, &[Family::V4]);
+    let p = plan(without.index(), &security, &groups, &shared(), &s, &config());
+    assert_eq!(p.updates.len(), 1, "{:?}", p.updates);
+    let left: BTreeSet<String> = serde_json::from_value(p.updates[0].changes["security_groups"].clone()).unwrap();
+    let want: BTreeSet<String> = sgs["a"].iter().filter(|g| *g != "sg-node:n1").cloned().collect();
+    assert_eq!(left, want);
+}
