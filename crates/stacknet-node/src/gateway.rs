@@ -140,7 +140,12 @@ pub fn port_masks(lo: u16, hi: u16) -> Vec<(u16, u16)> {
 }
 
 /// The flows, as `ovs-ofctl add-flows` reads them (pure). From the uplink, the node's
-/// NodePorts (`node_ports` on `address`) and the `steer`ed addresses go to the gateway router.
+/// NodePorts (`node_ports` on `address`) and the `steer`ed addresses go to the gateway router
+/// straight away, before any connection tracking here: the packet still has the gateway
+/// router, the cluster router and the pod's switch ahead, and a userspace datapath drops a
+/// packet after six recirculations in one pass (a new connection to a pod on this same node
+/// would lose its first packet). Other traffic from the uplink is the host's, unless it
+/// answers a connection the gateway router started (tracked in our zone, marked).
 pub fn flows(ports: &BridgePorts, gw: &GatewayPort, node_ports: std::ops::RangeInclusive<u16>) -> String {
     let (u, p) = (ports.uplink.1, ports.patch.1);
     let c = format!("cookie={COOKIE:#x},");
@@ -148,13 +153,14 @@ pub fn flows(ports: &BridgePorts, gw: &GatewayPort, node_ports: std::ops::RangeI
     if let Some(std::net::IpAddr::V4(a)) = gw.address {
         for l4 in ["tcp", "udp"] {
             for (v, m) in port_masks(*node_ports.start(), *node_ports.end()) {
-                steering
-                    .push(format!("{c}table=1,priority=50,{l4},nw_dst={a},tp_dst={v:#x}/{m:#x},actions=output:{p}"));
+                steering.push(format!(
+                    "{c}table=0,priority=110,in_port={u},{l4},nw_dst={a},tp_dst={v:#x}/{m:#x},actions=output:{p}"
+                ));
             }
         }
     }
     for cidr in gw.steer.iter().filter(|c| c.is_ipv4()) {
-        steering.push(format!("{c}table=1,priority=50,ip,nw_dst={cidr},actions=output:{p}"));
+        steering.push(format!("{c}table=0,priority=110,in_port={u},ip,nw_dst={cidr},actions=output:{p}"));
     }
     steering.extend([
         format!("{c}table=0,priority=100,in_port={p},ip,actions=ct(commit,zone={ZONE},exec(load:0x1->NXM_NX_CT_MARK[])),output:{u}"),
@@ -319,8 +325,11 @@ mod tests {
         };
         let f = flows(&BridgePorts { uplink: ("eth1".into(), 1), patch: ("patch-x".into(), 2) }, &gw, 30000..=32767);
         assert_eq!(f.lines().count(), 9 + 2 * 5 + 1);
-        assert!(f.contains("table=1,priority=50,tcp,nw_dst=172.30.0.11,tp_dst=0x7530/0xfff0,actions=output:2"), "{f}");
-        assert!(f.contains("table=1,priority=50,ip,nw_dst=172.30.0.201/32,actions=output:2"));
+        assert!(
+            f.contains("table=0,priority=110,in_port=1,tcp,nw_dst=172.30.0.11,tp_dst=0x7530/0xfff0,actions=output:2"),
+            "{f}"
+        );
+        assert!(f.contains("table=0,priority=110,in_port=1,ip,nw_dst=172.30.0.201/32,actions=output:2"));
         assert!(f.contains("in_port=2,ip,actions=ct(commit,zone=64000,exec(load:0x1->NXM_NX_CT_MARK[])),output:1"));
         assert!(f.contains("ct_state=+trk+est,ct_mark=0x1,ip,actions=output:2"));
         assert!(f.contains("in_port=1,arp,actions=LOCAL,output:2"));

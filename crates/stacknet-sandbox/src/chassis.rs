@@ -167,6 +167,70 @@ impl Chassis {
         Ok(())
     }
 
+    /// Puts the chassis on `segment` (a shared underlay for any number of chassis): a veth
+    /// from its namespace's userspace bridge `br-phy`, which carries `ip` (its `encap_ip`,
+    /// /24), to the segment's bridge.
+    pub fn join_underlay(&self, segment: &Segment, ip: &str) -> Result<()> {
+        let ns = self.netns().name().to_string();
+        let v = "underlay0";
+        segment.plug(&ns, v, &format!("u-{}", self.short()))?;
+        self.vsctl(&[
+            "--may-exist",
+            "add-br",
+            "br-phy",
+            "--",
+            "set",
+            "bridge",
+            "br-phy",
+            "datapath_type=netdev",
+            "--",
+            "--may-exist",
+            "add-port",
+            "br-phy",
+            v,
+        ])?;
+        run("ip", &["-n", &ns, "link", "set", v, "up"])?;
+        run("ip", &["netns", "exec", &ns, "ethtool", "-K", v, "tx", "off"])?;
+        run("ip", &["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "br-phy"])?;
+        run("ip", &["-n", &ns, "link", "set", "br-phy", "up"])?;
+        Ok(())
+    }
+
+    /// The node's uplink on `segment` (its "physical network"): a veth from the chassis's
+    /// namespace into a userspace bridge `br-ex` that holds the node's `address/prefix` (the
+    /// node's own traffic uses it; the node agent shares the bridge with the node's gateway
+    /// router).
+    pub fn uplink(&self, segment: &Segment, address: &str, prefix: u8) -> Result<()> {
+        let ns = self.netns().name().to_string();
+        let v = "uplink0";
+        segment.plug(&ns, v, &format!("o-{}", self.short()))?;
+        self.vsctl(&[
+            "--may-exist",
+            "add-br",
+            "br-ex",
+            "--",
+            "set",
+            "bridge",
+            "br-ex",
+            "datapath_type=netdev",
+            "--",
+            "--may-exist",
+            "add-port",
+            "br-ex",
+            v,
+        ])?;
+        run("ip", &["-n", &ns, "link", "set", v, "up"])?;
+        run("ip", &["netns", "exec", &ns, "ethtool", "-K", v, "tx", "off"])?;
+        run("ip", &["-n", &ns, "addr", "add", &format!("{address}/{prefix}"), "dev", "br-ex"])?;
+        run("ip", &["-n", &ns, "link", "set", "br-ex", "up"])?;
+        Ok(())
+    }
+
+    /// A short tag for interface names, unique among the chassis of one sandbox.
+    fn short(&self) -> String {
+        crate::ovn::hash_path(&self.dir)[..8].to_string()
+    }
+
     /// The chassis's own network namespace, where pod interfaces' host ends belong.
     pub fn netns(&self) -> &Netns {
         self.netns.as_ref().expect("present until drop")
@@ -235,6 +299,64 @@ impl Drop for Chassis {
         self.ovs.kill();
         // The namespace (and the tap devices ovs-vswitchd made in it) go last.
         self.netns.take();
+    }
+}
+
+/// A layer-2 segment: a network namespace holding a bridge (`seg0`) that namespaces plug
+/// into with veths; the segment's own namespace may hold addresses too (hosts "on the
+/// wire"). Stands in for an underlay or an outside network; gone on drop.
+#[derive(Debug)]
+pub struct Segment {
+    netns: Netns,
+}
+
+impl Segment {
+    pub const BRIDGE: &str = "seg0";
+
+    /// A new segment in a namespace called `name`.
+    pub fn create(name: &str) -> Result<Segment> {
+        let netns = Netns::create(name)?;
+        let ns = netns.name().to_string();
+        run("ip", &["-n", &ns, "link", "add", Self::BRIDGE, "type", "bridge"])?;
+        run("ip", &["-n", &ns, "link", "set", Self::BRIDGE, "up"])?;
+        run("ip", &["netns", "exec", &ns, "ethtool", "-K", Self::BRIDGE, "tx", "off"])?;
+        Ok(Segment { netns })
+    }
+
+    pub fn netns(&self) -> &Netns {
+        &self.netns
+    }
+
+    /// An address on the segment's own namespace (`cidr` as `ip addr add` takes it; on the
+    /// bridge, or on `lo` for an address beyond it).
+    pub fn add_address(&self, cidr: &str, on_lo: bool) -> Result<()> {
+        let dev = if on_lo { "lo" } else { Self::BRIDGE };
+        run("ip", &["-n", self.netns.name(), "addr", "add", cidr, "dev", dev])?;
+        Ok(())
+    }
+
+    /// A veth from namespace `ns` (end `inner`, left down) to this segment's bridge (end
+    /// `outer`, up).
+    pub fn plug(&self, ns: &str, inner: &str, outer: &str) -> Result<()> {
+        let me = self.netns.name();
+        run("ip", &["link", "add", inner, "netns", ns, "type", "veth", "peer", "name", outer, "netns", me])?;
+        run("ip", &["-n", me, "link", "set", outer, "master", Self::BRIDGE, "up"])?;
+        run("ip", &["netns", "exec", me, "ethtool", "-K", outer, "tx", "off"])?;
+        Ok(())
+    }
+
+    /// A host on the segment: a namespace of its own holding `cidr` on `v0`, plugged in.
+    pub fn host(&self, name: &str, cidr: &str, gateway: Option<&str>) -> Result<Netns> {
+        let netns = Netns::create(name)?;
+        let outer = format!("h-{}", &crate::ovn::hash_path(std::path::Path::new(name))[..8]);
+        self.plug(netns.name(), "v0", &outer)?;
+        run("ip", &["-n", netns.name(), "addr", "add", cidr, "dev", "v0"])?;
+        run("ip", &["-n", netns.name(), "link", "set", "v0", "up"])?;
+        run("ip", &["netns", "exec", netns.name(), "ethtool", "-K", "v0", "tx", "off"])?;
+        if let Some(g) = gateway {
+            run("ip", &["-n", netns.name(), "route", "add", "default", "via", g])?;
+        }
+        Ok(netns)
     }
 }
 

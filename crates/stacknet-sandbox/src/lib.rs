@@ -10,7 +10,7 @@ pub mod openstack;
 mod ovn;
 mod require;
 
-pub use chassis::{Chassis, Netns};
+pub use chassis::{Chassis, Netns, Segment};
 pub use openstack::{OpenStack, OpenStackOptions};
 pub use ovn::{DbServer, Ovn, TraceVerdict, Workdir};
 pub use require::{Need, OVN_PACKAGES, require};

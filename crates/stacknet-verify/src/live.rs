@@ -12,11 +12,12 @@ use std::time::Duration;
 
 use stacknet_engine::PolicyEngine;
 use stacknet_engine::objects::{ClusterObject, ObjectKey, Protocol};
+use stacknet_engine::paths::Endpoint;
 use stacknet_engine::reach::{Matrix, ProbeSpec};
 use stacknet_node::agent::{Agent, AgentConfig};
 use stacknet_node::netns::run_in;
 use stacknet_ovn::Report;
-use stacknet_sandbox::{Chassis, Netns};
+use stacknet_sandbox::{Chassis, Netns, Segment};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -39,6 +40,8 @@ struct LivePod {
     tasks: Vec<JoinHandle<()>>,
     /// A VM's port plugged by hand (no CNI): removed with the node, not by CNI DEL.
     vm: bool,
+    /// The node (index into `Live::nodes`) whose agent wired it.
+    node: usize,
 }
 
 impl Drop for LivePod {
@@ -49,13 +52,48 @@ impl Drop for LivePod {
     }
 }
 
-pub struct Live {
-    trace: OvnTrace,
+/// A node of the live cluster: its chassis and its agent.
+struct LiveNode {
+    name: String,
     chassis: Chassis,
     agent: AgentThread,
     socket: PathBuf,
+    /// Its address on the outside network, with an uplink.
+    address: Option<IpAddr>,
+    listeners: Vec<JoinHandle<()>>,
+    listening: BTreeSet<(u16, Protocol)>,
+}
+
+/// A node of a [`Live::start_cluster`] cluster.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub name: String,
+    /// Its address on the outside network (with [`OutsideSpec`]): an uplink bridge `br-ex`
+    /// holding it, shared with the node's gateway router.
+    pub uplink: Option<IpAddr>,
+}
+
+/// The outside network of a [`Live::start_cluster`] cluster: one segment the nodes' uplinks
+/// plug into, holding `hosts` (name, address) and `next_hop` itself, all with `prefix`.
+#[derive(Debug, Clone)]
+pub struct OutsideSpec {
+    pub prefix: u8,
+    pub hosts: Vec<(String, IpAddr)>,
+    pub next_hop: Option<IpAddr>,
+}
+
+pub struct Live {
+    trace: OvnTrace,
+    /// The first node takes the pods of no (known) node.
+    nodes: Vec<LiveNode>,
     plugin: PathBuf,
     pods: BTreeMap<ObjectKey, LivePod>,
+    /// Outside hosts by name: where they are and their address.
+    hosts: BTreeMap<String, (PathBuf, IpAddr)>,
+    host_listeners: Vec<JoinHandle<()>>,
+    host_listening: BTreeSet<(String, u16, Protocol)>,
+    /// The underlay and the outside network (dropped after the nodes).
+    _segments: Vec<Segment>,
     _dir: tempfile::TempDir,
     /// How long a probe waits for an answer (a denied probe costs this much).
     pub timeout: Duration,
@@ -63,65 +101,147 @@ pub struct Live {
     pub parallel: usize,
 }
 
-impl Live {
-    /// Starts the node and its agent (within a tokio runtime). `plugin` is the
-    /// `stacknet-cni` executable.
-    pub async fn start(cluster: &str, plugin: &Path) -> Result<Live, Error> {
-        if !plugin.is_file() {
-            return Err(live(format!("CNI plugin {} not found", plugin.display())));
-        }
-        let trace = OvnTrace::start(cluster)?;
-        let sb = trace.ovn().sb_remote().ok_or_else(|| live("no Southbound database"))?;
-        let chassis = Chassis::start(trace.ovn().dir(), "node-1", &sb, "127.0.0.1")?;
-        let dir = tempfile::Builder::new().prefix("stacknet-agent-").tempdir().map_err(live)?;
-        let socket = dir.path().join("agent.sock");
-        let config =
-            AgentConfig { cluster: cluster.into(), host_netns: Some(chassis.netns().path()), ..AgentConfig::default() };
-        let ovs_remote = chassis.ovs_remote().parse().map_err(Error::Backend)?;
-        let nb_remote = trace.ovn().nb.remote().parse().map_err(Error::Backend)?;
-        // The agent is a daemon of its own on a node: it gets its own runtime and threads, so
-        // that what the harness does (listeners, probes) does not hold up its requests.
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
-        let s = socket.clone();
-        let agent = std::thread::spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-                Ok(r) => r,
+/// Starts an agent for `config` on its own thread and runtime; returns once it listens on
+/// `socket`.
+async fn start_agent(
+    config: AgentConfig,
+    ovs_remote: &str,
+    nb_remote: &str,
+    socket: &Path,
+) -> Result<AgentThread, Error> {
+    let ovs_remote = ovs_remote.parse().map_err(Error::Backend)?;
+    let nb_remote = nb_remote.parse().map_err(Error::Backend)?;
+    // The agent is a daemon of its own on a node: it gets its own runtime and threads, so
+    // that what the harness does (listeners, probes) does not hold up its requests.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let s = socket.to_path_buf();
+    let agent = std::thread::spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = ready_tx.send(Err(e.to_string()));
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            let agent = match Agent::new(config, vec![ovs_remote], vec![nb_remote]) {
+                Ok(a) => Arc::new(a),
                 Err(e) => {
                     let _ = ready_tx.send(Err(e.to_string()));
                     return;
                 }
             };
-            runtime.block_on(async move {
-                let agent = match Agent::new(config, vec![ovs_remote], vec![nb_remote]) {
-                    Ok(a) => Arc::new(a),
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e.to_string()));
-                        return;
-                    }
-                };
-                let _ = ready_tx.send(Ok(()));
-                tokio::select! {
-                    _ = agent.serve(&s) => {}
-                    _ = stopped => {}
-                }
-            });
-        });
-        ready_rx.recv().map_err(|_| live("the agent thread ended"))?.map_err(live)?;
-        let agent = AgentThread { stop: Some(stop), thread: Some(agent) };
-        for _ in 0..1000 {
-            if socket.exists() {
-                break;
+            let _ = ready_tx.send(Ok(()));
+            tokio::select! {
+                _ = agent.serve(&s) => {}
+                _ = stopped => {}
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        });
+    });
+    ready_rx.recv().map_err(|_| live("the agent thread ended"))?.map_err(live)?;
+    let agent = AgentThread { stop: Some(stop), thread: Some(agent) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !socket.exists() {
+        if std::time::Instant::now() > deadline {
+            return Err(live(format!("the agent did not listen on {} within 5 s", socket.display())));
         }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(agent)
+}
+
+impl Live {
+    /// Starts the node and its agent (within a tokio runtime). `plugin` is the
+    /// `stacknet-cni` executable.
+    pub async fn start(cluster: &str, plugin: &Path) -> Result<Live, Error> {
+        Live::start_cluster(cluster, plugin, &[NodeSpec { name: "node-1".into(), uplink: None }], None).await
+    }
+
+    /// Starts a cluster of `nodes` (each a chassis with its agent, joined by an underlay when
+    /// there are several; a single node keeps the agent's management port off, as `start`),
+    /// and with `outside` an outside network their uplinks plug into.
+    pub async fn start_cluster(
+        cluster: &str,
+        plugin: &Path,
+        nodes: &[NodeSpec],
+        outside: Option<&OutsideSpec>,
+    ) -> Result<Live, Error> {
+        if !plugin.is_file() {
+            return Err(live(format!("CNI plugin {} not found", plugin.display())));
+        }
+        if nodes.is_empty() || nodes.len() > 200 {
+            return Err(live("a live cluster has 1 to 200 nodes"));
+        }
+        let trace = OvnTrace::start(cluster)?;
+        let sb = trace.ovn().sb_remote().ok_or_else(|| live("no Southbound database"))?;
+        let dir = tempfile::Builder::new().prefix("stacknet-agent-").tempdir().map_err(live)?;
+        let tag = &stacknet_ovn::names::hash(&[&dir.path().display().to_string()])[..6];
+        let mut segments = Vec::new();
+        let underlay = if nodes.len() > 1 { Some(Segment::create(&format!("snul-{tag}"))?) } else { None };
+        let out = match outside {
+            Some(o) => {
+                let seg = Segment::create(&format!("snout-{tag}"))?;
+                for (_, ip) in &o.hosts {
+                    seg.add_address(&format!("{ip}/{}", o.prefix), false)?;
+                }
+                if let Some(h) = o.next_hop {
+                    seg.add_address(&format!("{h}/{}", o.prefix), false)?;
+                }
+                Some(seg)
+            }
+            None => None,
+        };
+        let mut hosts = BTreeMap::new();
+        if let (Some(o), Some(seg)) = (outside, &out) {
+            for (name, ip) in &o.hosts {
+                hosts.insert(name.clone(), (seg.netns().path(), *ip));
+            }
+        }
+        let mut live_nodes = Vec::new();
+        for (i, spec) in nodes.iter().enumerate() {
+            let encap = if underlay.is_some() { format!("172.31.252.{}", i + 1) } else { "127.0.0.1".into() };
+            let chassis = Chassis::start(trace.ovn().dir(), &spec.name, &sb, &encap)?;
+            if let Some(u) = &underlay {
+                chassis.join_underlay(u, &encap)?;
+            }
+            let uplink = match (spec.uplink, &out, outside) {
+                (Some(ip), Some(seg), Some(o)) => {
+                    chassis.uplink(seg, &ip.to_string(), o.prefix)?;
+                    true
+                }
+                _ => false,
+            };
+            let socket = dir.path().join(format!("{}.sock", spec.name));
+            let config = AgentConfig {
+                cluster: cluster.into(),
+                host_netns: Some(chassis.netns().path()),
+                node: (nodes.len() > 1 || uplink).then(|| spec.name.clone()),
+                gateway_bridge: uplink.then(|| "br-ex".to_string()),
+                ..AgentConfig::default()
+            };
+            let agent = start_agent(config, &chassis.ovs_remote(), &trace.ovn().nb.remote(), &socket).await?;
+            live_nodes.push(LiveNode {
+                name: spec.name.clone(),
+                chassis,
+                agent,
+                socket,
+                address: uplink.then_some(spec.uplink).flatten(),
+                listeners: Vec::new(),
+                listening: BTreeSet::new(),
+            });
+        }
+        segments.extend(underlay);
+        segments.extend(out);
         Ok(Live {
             trace,
-            chassis,
-            agent,
-            socket,
+            nodes: live_nodes,
             plugin: plugin.into(),
             pods: BTreeMap::new(),
+            hosts,
+            host_listeners: Vec::new(),
+            host_listening: BTreeSet::new(),
+            _segments: segments,
             _dir: dir,
             timeout: Duration::from_millis(1500),
             parallel: 128,
@@ -132,12 +252,24 @@ impl Live {
         &self.trace
     }
 
+    /// The first node's chassis.
     pub fn chassis(&self) -> &Chassis {
-        &self.chassis
+        &self.nodes[0].chassis
     }
 
+    /// The chassis of node `name`.
+    pub fn node_chassis(&self, name: &str) -> Option<&Chassis> {
+        self.nodes.iter().find(|n| n.name == name).map(|n| &n.chassis)
+    }
+
+    /// The first node's agent socket.
     pub fn agent_socket(&self) -> &Path {
-        &self.socket
+        &self.nodes[0].socket
+    }
+
+    /// The node a pod on `node` (if known here) is wired on: that one, else the first.
+    fn node_index(&self, node: Option<&str>) -> usize {
+        node.and_then(|n| self.nodes.iter().position(|x| x.name == n)).unwrap_or(0)
     }
 
     /// Runs the plugin as a runtime does (`CNI_*` environment, network configuration on stdin,
@@ -149,7 +281,20 @@ impl Live {
         netns: &Path,
         pod: Option<(&ObjectKey, &str)>,
     ) -> Result<serde_json::Value, Error> {
-        let conf = serde_json::json!({"cniVersion": "1.1.0", "name": "stacknet", "type": "stacknet-cni", "agentSocket": self.socket});
+        self.cni_on(0, command, container, netns, pod).await
+    }
+
+    /// [`Live::cni`] through the agent of node `node` (index).
+    async fn cni_on(
+        &self,
+        node: usize,
+        command: &str,
+        container: &str,
+        netns: &Path,
+        pod: Option<(&ObjectKey, &str)>,
+    ) -> Result<serde_json::Value, Error> {
+        let socket = &self.nodes[node].socket;
+        let conf = serde_json::json!({"cniVersion": "1.1.0", "name": "stacknet", "type": "stacknet-cni", "agentSocket": socket});
         let mut cmd = tokio::process::Command::new(&self.plugin);
         cmd.env_clear()
             .env("CNI_COMMAND", command)
@@ -205,12 +350,13 @@ impl Live {
         let report = self.trace.program(engine).await?;
         let desired = self.trace.desired().clone();
         let index = engine.index();
-        let wanted: BTreeMap<ObjectKey, (String, Vec<IpAddr>)> = desired
+        let wanted: BTreeMap<ObjectKey, Wanted> = desired
             .ports
             .iter()
             .map(|(k, p)| {
-                let uid = index.pod_id(k).and_then(|id| index.pod(id)).and_then(|p| p.uid.clone()).unwrap_or_default();
-                (k.clone(), (uid, p.ips.clone()))
+                let pod = index.pod_id(k).and_then(|id| index.pod(id));
+                let uid = pod.and_then(|p| p.uid.clone()).unwrap_or_default();
+                (k.clone(), (uid, p.ips.clone(), self.node_index(pod.and_then(|p| p.node.as_deref()))))
             })
             .collect();
         self.converge_pods(wanted).await?;
@@ -218,30 +364,32 @@ impl Live {
         Ok(report)
     }
 
-    /// Brings the attached pods to `wanted` (pod → UID and addresses): a CNI DEL for each pod
-    /// gone or changed, a namespace and a CNI ADD for each new one. VMs stay as they are.
-    async fn converge_pods(&mut self, wanted: BTreeMap<ObjectKey, (String, Vec<IpAddr>)>) -> Result<(), Error> {
+    /// Brings the attached pods to `wanted` (pod → UID, addresses, node): a CNI DEL for each
+    /// pod gone or changed, a namespace and a CNI ADD (through its node's agent) for each new
+    /// one. VMs stay as they are.
+    async fn converge_pods(&mut self, wanted: BTreeMap<ObjectKey, Wanted>) -> Result<(), Error> {
         let stale: Vec<ObjectKey> = self
             .pods
             .iter()
-            .filter(|(k, p)| !p.vm && wanted.get(*k).is_none_or(|(uid, ips)| *uid != p.uid || *ips != p.ips))
+            .filter(|(k, p)| {
+                !p.vm && wanted.get(*k).is_none_or(|(uid, ips, node)| *uid != p.uid || *ips != p.ips || *node != p.node)
+            })
             .map(|(k, _)| k.clone())
             .collect();
         for k in stale {
             if let Some(p) = self.pods.remove(&k) {
-                self.cni("DEL", &p.container, &p.netns.path(), None).await?;
+                self.cni_on(p.node, "DEL", &p.container, &p.netns.path(), None).await?;
             }
         }
-        for (k, (uid, ips)) in wanted {
+        for (k, (uid, ips, node)) in wanted {
             if self.pods.contains_key(&k) {
                 continue;
             }
             let (netns, container) = Live::new_sandbox()?;
-            self.cni("ADD", &container, &netns.path(), Some((&k, &uid))).await?;
-            self.pods.insert(
-                k,
-                LivePod { netns, container, uid, ips, listening: BTreeSet::new(), tasks: Vec::new(), vm: false },
-            );
+            self.cni_on(node, "ADD", &container, &netns.path(), Some((&k, &uid))).await?;
+            let tasks = Vec::new();
+            self.pods
+                .insert(k, LivePod { netns, container, uid, ips, listening: BTreeSet::new(), tasks, vm: false, node });
         }
         Ok(())
     }
@@ -256,8 +404,10 @@ impl Live {
         // over thousands of probes) ride on a connection the previous policies allowed, and
         // datapath flows cached under the previous policies live until the revalidators get to
         // them (asynchronously, after ovn-controller's flows are in): clear both.
-        self.chassis.appctl(&["dpctl/flush-conntrack"])?;
-        self.chassis.appctl(&["dpctl/del-flows"])?;
+        for n in &self.nodes {
+            n.chassis.appctl(&["dpctl/flush-conntrack"])?;
+            n.chassis.appctl(&["dpctl/del-flows"])?;
+        }
         Ok(())
     }
 
@@ -273,14 +423,19 @@ impl Live {
         let index = engine.index();
         let mut wanted = BTreeMap::new();
         let mut missing = Vec::new();
+        // The node the controller put each pod on.
+        let placed: BTreeMap<ObjectKey, String> = nb
+            .replica()
+            .as_ref()
+            .map(|r| stacknet_ovn::lookup::allocated(r, cluster).pods.into_iter().map(|(k, n, _)| (k, n)).collect())
+            .unwrap_or_default();
         for (_, pod) in index.pods() {
             let net = nb.replica().as_ref().and_then(|r| stacknet_ovn::lookup::pod_network(r, cluster, &pod.key));
             match net {
                 Some(n) => {
-                    wanted.insert(
-                        pod.key.clone(),
-                        (pod.uid.clone().unwrap_or_default(), n.addresses.iter().map(|a| a.0).collect::<Vec<_>>()),
-                    );
+                    let node = self.node_index(placed.get(&pod.key).map(String::as_str));
+                    let ips = n.addresses.iter().map(|a| a.0).collect::<Vec<_>>();
+                    wanted.insert(pod.key.clone(), (pod.uid.clone().unwrap_or_default(), ips, node));
                 }
                 None => missing.push(pod.key.clone()),
             }
@@ -292,8 +447,9 @@ impl Live {
 
     /// Plugs a VM into logical switch `switch` as an operator would, outside stacknet: a
     /// Logical_Switch_Port `port` (no stacknet tags) with `mac ip`, a namespace standing for the
-    /// VM with that address (`prefix`) and a default route via `gateway`, bound on this node.
-    /// It takes part in probes as `key`.
+    /// VM with that address (`prefix`) and a default route via `gateway`, bound on the node
+    /// whose switch it is (`<cluster>_<node>`; else the first). It takes part in probes as
+    /// `key`.
     pub async fn add_vm(
         &mut self,
         key: ObjectKey,
@@ -316,9 +472,11 @@ impl Live {
             mtu: 1400,
             vlan: None,
         };
-        let handle = stacknet_node::netns::netlink_in_async(&self.chassis.netns().path()).await.map_err(live)?;
+        let node = self.nodes.iter().position(|n| switch.ends_with(&format!("_{}", n.name))).unwrap_or(0);
+        let chassis = &self.nodes[node].chassis;
+        let handle = stacknet_node::netns::netlink_in_async(&chassis.netns().path()).await.map_err(live)?;
         stacknet_node::plumb::plumb(&handle, &netns.path(), &iface).await.map_err(live)?;
-        let ovs = stacknet_node::ovs::client(vec![self.chassis.ovs_remote().parse().map_err(Error::Backend)?]);
+        let ovs = stacknet_node::ovs::client(vec![chassis.ovs_remote().parse().map_err(Error::Backend)?]);
         ovs.connected(Duration::from_secs(10)).await.map_err(live)?;
         let binding = stacknet_node::ovs::Binding {
             port: host.clone(),
@@ -340,6 +498,7 @@ impl Live {
                 listening: BTreeSet::new(),
                 tasks: Vec::new(),
                 vm: true,
+                node,
             },
         );
         Ok(())
@@ -353,44 +512,9 @@ impl Live {
                 if !pod.listening.insert((spec.port, spec.protocol)) {
                     continue;
                 }
-                let name = key.to_string();
                 for ip in pod.ips.clone() {
-                    let addr = SocketAddr::new(ip, spec.port);
-                    let path = pod.netns.path();
-                    let reply = name.clone();
-                    let task = match spec.protocol {
-                        Protocol::Tcp => {
-                            let l = run_in(&path, move || std::net::TcpListener::bind(addr))
-                                .map_err(live)?
-                                .map_err(|e| live(format!("{name} listen {addr}: {e}")))?;
-                            l.set_nonblocking(true).map_err(live)?;
-                            let l = tokio::net::TcpListener::from_std(l).map_err(live)?;
-                            tokio::spawn(async move {
-                                while let Ok((mut s, _)) = l.accept().await {
-                                    let r = reply.clone();
-                                    tokio::spawn(async move {
-                                        let _ = s.write_all(r.as_bytes()).await;
-                                    });
-                                }
-                            })
-                        }
-                        Protocol::Udp => {
-                            let u = run_in(&path, move || std::net::UdpSocket::bind(addr))
-                                .map_err(live)?
-                                .map_err(|e| live(format!("{name} listen {addr}/udp: {e}")))?;
-                            u.set_nonblocking(true).map_err(live)?;
-                            let u = tokio::net::UdpSocket::from_std(u).map_err(live)?;
-                            tokio::spawn(async move {
-                                let mut buf = [0u8; 512];
-                                while let Ok((_, from)) = u.recv_from(&mut buf).await {
-                                    let _ = u.send_to(reply.as_bytes(), from).await;
-                                }
-                            })
-                        }
-                        Protocol::Sctp => {
-                            return Err(live("SCTP probes need a kernel with SCTP, and this one has none"));
-                        }
-                    };
+                    let task =
+                        listener(&pod.netns.path(), SocketAddr::new(ip, spec.port), spec.protocol, key.to_string())?;
                     pod.tasks.push(task);
                 }
             }
@@ -398,55 +522,106 @@ impl Live {
         Ok(())
     }
 
+    /// [`Live::listen`], and on every node with an uplink (on its address, in its host
+    /// network) and every outside host: each answers with its endpoint name (`node/NAME`,
+    /// `external/NAME`).
+    pub async fn listen_everywhere(&mut self, specs: &[ProbeSpec]) -> Result<(), Error> {
+        self.listen(specs).await?;
+        for n in &mut self.nodes {
+            let Some(ip) = n.address else { continue };
+            let path = n.chassis.netns().path();
+            for spec in specs.iter().filter(|s| n.listening.insert((s.port, s.protocol))) {
+                let name = Endpoint::Node(n.name.clone()).to_string();
+                n.listeners.push(listener(&path, SocketAddr::new(ip, spec.port), spec.protocol, name)?);
+            }
+        }
+        for (name, (path, ip)) in &self.hosts {
+            for spec in specs {
+                if !self.host_listening.insert((name.clone(), spec.port, spec.protocol)) {
+                    continue;
+                }
+                let reply = Endpoint::External(name.clone()).to_string();
+                self.host_listeners.push(listener(path, SocketAddr::new(*ip, spec.port), spec.protocol, reply)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// The endpoints a probe can start from or go to here: the pods (and VMs), the nodes with
+    /// an uplink, the outside hosts.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        let pods = self.pods.keys().map(|k| Endpoint::Pod(k.clone()));
+        let nodes = self.nodes.iter().filter(|n| n.address.is_some()).map(|n| Endpoint::Node(n.name.clone()));
+        let hosts = self.hosts.keys().map(|h| Endpoint::External(h.clone()));
+        pods.chain(nodes).chain(hosts).collect()
+    }
+
+    /// Where `e` is: its namespace and its address (a pod's primary one, a node's uplink one).
+    fn place(&self, e: &Endpoint) -> Result<(PathBuf, IpAddr), Error> {
+        let missing = || live(format!("{e} is not here"));
+        match e {
+            Endpoint::Pod(k) => {
+                let p = self.pods.get(k).ok_or_else(missing)?;
+                Ok((p.netns.path(), *p.ips.first().ok_or_else(missing)?))
+            }
+            Endpoint::Node(n) => {
+                let n = self.nodes.iter().find(|x| &x.name == n).ok_or_else(missing)?;
+                Ok((n.chassis.netns().path(), n.address.ok_or_else(missing)?))
+            }
+            Endpoint::External(h) => self.hosts.get(h).cloned().ok_or_else(missing),
+        }
+    }
+
+    /// What `from` gets back dialling `addr` (our listeners answer with their endpoint's
+    /// name); `None`: no answer within the timeout.
+    pub async fn dial(&self, from: &Endpoint, addr: SocketAddr, protocol: Protocol) -> Result<Option<String>, Error> {
+        let (path, _) = self.place(from)?;
+        answer(&path, addr, protocol, self.timeout).await
+    }
+
+    /// Every ordered pair of distinct `endpoints` on each spec, for real: `allowed[from][to]`
+    /// (the destination's own address), rows in `endpoints` order.
+    pub async fn endpoint_matrices(
+        &mut self,
+        endpoints: &[Endpoint],
+        specs: &[ProbeSpec],
+    ) -> Result<Vec<Vec<Vec<Option<bool>>>>, Error> {
+        self.listen_everywhere(specs).await?;
+        let mut out = Vec::new();
+        for spec in specs {
+            let mut pairs = Vec::new();
+            for a in endpoints {
+                for b in endpoints.iter().filter(|b| *b != a) {
+                    pairs.push((a, b));
+                }
+            }
+            let sem = Semaphore::new(self.parallel.max(1));
+            let futs = pairs.iter().map(|(a, b)| async {
+                let _permit = sem.acquire().await.expect("semaphore lives");
+                let (_, ip) = self.place(b)?;
+                let got = self.dial(a, SocketAddr::new(ip, spec.port), spec.protocol).await?;
+                Ok::<bool, Error>(got.as_deref() == Some(b.to_string().as_str()))
+            });
+            let mut verdicts = futures_join_all(futs).await.into_iter();
+            let mut m = Vec::new();
+            for a in endpoints {
+                let mut row = Vec::new();
+                for b in endpoints {
+                    row.push(if a == b { None } else { Some(verdicts.next().expect("one per pair")?) });
+                }
+                m.push(row);
+            }
+            out.push(m);
+        }
+        Ok(out)
+    }
+
     async fn probe_one(&self, p: &Probe) -> Result<bool, Error> {
         let src = self.pods.get(&p.from).ok_or_else(|| live(format!("pod {} is not on the node", p.from)))?;
         let dst = self.pods.get(&p.to).ok_or_else(|| live(format!("pod {} is not on the node", p.to)))?;
         let ip = *dst.ips.first().ok_or_else(|| live(format!("pod {} has no address", p.to)))?;
-        let addr = SocketAddr::new(ip, p.port);
-        let expect = p.to.to_string();
-        let path = src.netns.path();
-        let timeout = self.timeout;
-        match p.protocol {
-            Protocol::Tcp => {
-                let v6 = ip.is_ipv6();
-                let sock =
-                    run_in(
-                        &path,
-                        move || if v6 { tokio::net::TcpSocket::new_v6() } else { tokio::net::TcpSocket::new_v4() },
-                    )
-                    .map_err(live)?
-                    .map_err(live)?;
-                let attempt = async {
-                    let mut s = sock.connect(addr).await.ok()?;
-                    let mut buf = Vec::new();
-                    s.read_to_end(&mut buf).await.ok()?;
-                    Some(buf)
-                };
-                Ok(tokio::time::timeout(timeout, attempt).await.ok().flatten().is_some_and(|b| b == expect.as_bytes()))
-            }
-            Protocol::Udp => {
-                let any: IpAddr =
-                    if ip.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
-                let u = run_in(&path, move || std::net::UdpSocket::bind(SocketAddr::new(any, 0)))
-                    .map_err(live)?
-                    .map_err(live)?;
-                u.set_nonblocking(true).map_err(live)?;
-                let u = tokio::net::UdpSocket::from_std(u).map_err(live)?;
-                let attempt = async {
-                    let mut buf = [0u8; 512];
-                    // A few datagrams in case the first meets a cold path.
-                    for _ in 0..3 {
-                        u.send_to(b"probe", addr).await.ok()?;
-                        if let Ok(Ok((n, _))) = tokio::time::timeout(timeout / 3, u.recv_from(&mut buf)).await {
-                            return Some(buf[..n].to_vec());
-                        }
-                    }
-                    None
-                };
-                Ok(attempt.await.is_some_and(|b| b == expect.as_bytes()))
-            }
-            Protocol::Sctp => Err(live("SCTP probes need a kernel with SCTP, and this one has none")),
-        }
+        let got = answer(&src.netns.path(), SocketAddr::new(ip, p.port), p.protocol, self.timeout).await?;
+        Ok(got.as_deref() == Some(p.to.to_string().as_str()))
     }
 
     /// One TCP connection from pod `from` to `addr` (a pod, a Service VIP, anything): what
@@ -509,14 +684,105 @@ impl Live {
         let pods = std::mem::take(&mut self.pods);
         let mut first_error = None;
         for (_, p) in pods.into_iter().filter(|(_, p)| !p.vm) {
-            if let Err(e) = self.cni("DEL", &p.container, &p.netns.path(), None).await {
+            if let Err(e) = self.cni_on(p.node, "DEL", &p.container, &p.netns.path(), None).await {
                 first_error.get_or_insert(e);
             }
         }
-        self.agent.stop();
+        for n in &mut self.nodes {
+            n.agent.stop();
+        }
         first_error.map_or(Ok(()), Err)
     }
 }
+
+/// A listener on `addr` in `netns` answering every connection (or datagram) with `reply`.
+/// SCTP is refused when the kernel has no SCTP.
+fn listener(netns: &Path, addr: SocketAddr, protocol: Protocol, reply: String) -> Result<JoinHandle<()>, Error> {
+    Ok(match protocol {
+        Protocol::Tcp => {
+            let l = run_in(netns, move || std::net::TcpListener::bind(addr))
+                .map_err(live)?
+                .map_err(|e| live(format!("{reply} listen {addr}: {e}")))?;
+            l.set_nonblocking(true).map_err(live)?;
+            let l = tokio::net::TcpListener::from_std(l).map_err(live)?;
+            tokio::spawn(async move {
+                while let Ok((mut s, _)) = l.accept().await {
+                    let r = reply.clone();
+                    tokio::spawn(async move {
+                        let _ = s.write_all(r.as_bytes()).await;
+                    });
+                }
+            })
+        }
+        Protocol::Udp => {
+            let u = run_in(netns, move || std::net::UdpSocket::bind(addr))
+                .map_err(live)?
+                .map_err(|e| live(format!("{reply} listen {addr}/udp: {e}")))?;
+            u.set_nonblocking(true).map_err(live)?;
+            let u = tokio::net::UdpSocket::from_std(u).map_err(live)?;
+            tokio::spawn(async move {
+                let mut buf = [0u8; 512];
+                while let Ok((_, from)) = u.recv_from(&mut buf).await {
+                    let _ = u.send_to(reply.as_bytes(), from).await;
+                }
+            })
+        }
+        Protocol::Sctp => return Err(live("SCTP probes need a kernel with SCTP, and this one has none")),
+    })
+}
+
+/// What a connection (or a datagram) from `netns` to `addr` gets back within `timeout`.
+async fn answer(
+    netns: &Path,
+    addr: SocketAddr,
+    protocol: Protocol,
+    timeout: Duration,
+) -> Result<Option<String>, Error> {
+    let got = match protocol {
+        Protocol::Tcp => {
+            let v6 = addr.is_ipv6();
+            let sock =
+                run_in(
+                    netns,
+                    move || if v6 { tokio::net::TcpSocket::new_v6() } else { tokio::net::TcpSocket::new_v4() },
+                )
+                .map_err(live)?
+                .map_err(live)?;
+            let attempt = async {
+                let mut s = sock.connect(addr).await.ok()?;
+                let mut buf = Vec::new();
+                s.read_to_end(&mut buf).await.ok()?;
+                Some(buf)
+            };
+            tokio::time::timeout(timeout, attempt).await.ok().flatten()
+        }
+        Protocol::Udp => {
+            let any: IpAddr = if addr.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+            let u = run_in(netns, move || std::net::UdpSocket::bind(SocketAddr::new(any, 0)))
+                .map_err(live)?
+                .map_err(live)?;
+            u.set_nonblocking(true).map_err(live)?;
+            let u = tokio::net::UdpSocket::from_std(u).map_err(live)?;
+            let attempt = async {
+                let mut buf = [0u8; 512];
+                // A few datagrams in case the first meets a cold path.
+                for _ in 0..3 {
+                    u.send_to(b"probe", addr).await.ok()?;
+                    if let Ok(Ok((n, _))) = tokio::time::timeout(timeout / 3, u.recv_from(&mut buf)).await {
+                        return Some(buf[..n].to_vec());
+                    }
+                }
+                None
+            };
+            attempt.await
+        }
+        Protocol::Sctp => return Err(live("SCTP probes need a kernel with SCTP, and this one has none")),
+    };
+    Ok(got.filter(|b| !b.is_empty()).map(|b| String::from_utf8_lossy(&b).into_owned()))
+}
+
+/// What a pod should be: its UID, addresses, and the node (index) whose agent wires it.
+type Wanted = (String, Vec<IpAddr>, usize);
 
 /// How a connection attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
