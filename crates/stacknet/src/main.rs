@@ -6,6 +6,7 @@ mod agent;
 mod controller;
 mod demo;
 mod input;
+mod northsouth;
 mod render;
 mod sandbox;
 
@@ -60,6 +61,24 @@ struct ReachArgs {
     /// With --dataplane live: the stacknet-cni executable (default: next to this one).
     #[arg(long, value_name = "PATH")]
     cni: Option<std::path::PathBuf>,
+    /// Every Node with an address takes part as `node/NAME` (its host network: kubelet's
+    /// probes, host-network endpoints).
+    #[arg(long)]
+    nodes: bool,
+    /// A host outside the cluster, `external/NAME` (repeatable).
+    #[arg(long = "external", value_name = "NAME=IP")]
+    externals: Vec<String>,
+    /// Probe through this Service from every endpoint (repeatable), on its ports.
+    #[arg(long = "service", value_name = "NS/NAME")]
+    services: Vec<stacknet_engine::ObjectKey>,
+    /// How --service probes reach it (repeatable; default clusterip): clusterip, nodeport
+    /// (on every node's address), loadbalancer (its status address), externalip.
+    #[arg(long = "via", value_name = "VIA")]
+    via: Vec<stacknet_engine::paths::Via>,
+    /// Pods' traffic leaving the cluster is translated to its node's address (as the
+    /// controller's --snat): outside hosts cannot reach pods' own addresses.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    snat: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -191,6 +210,61 @@ fn live(
     })
 }
 
+/// `reach` with nodes, outside hosts or Services: every pair of endpoints on each probe, then
+/// the Service probes.
+fn reach_beyond(
+    index: &ClusterIndex,
+    beyond: &northsouth::Beyond,
+    probes: &[ProbeSpec],
+    output: Output,
+) -> Result<(), Failure> {
+    let (index, fabric) = northsouth::fabric(index, beyond).map_err(Failure::Input)?;
+    let endpoints = northsouth::endpoints(&index, &fabric, beyond);
+    let grids = northsouth::grids(&index, &fabric, &endpoints, probes).map_err(Failure::Input)?;
+    let services = northsouth::service_cases(&index, &fabric, &endpoints, beyond).map_err(Failure::Input)?;
+    let names: Vec<String> = endpoints.iter().map(|e| e.to_string()).collect();
+    let text = match output {
+        Output::Json => {
+            let mut cases = Vec::new();
+            for g in &grids {
+                for (i, row) in g.allowed.iter().enumerate() {
+                    for (j, v) in row.iter().enumerate() {
+                        let Some(v) = v else { continue };
+                        let case = stacknet_engine::paths::Case {
+                            from: endpoints[i].clone(),
+                            to: stacknet_engine::paths::Target::Endpoint(endpoints[j].clone()),
+                            via: stacknet_engine::paths::Via::Pod,
+                            port: g.probe.port,
+                            protocol: g.probe.protocol,
+                            node: None,
+                        };
+                        cases.push((case, *v));
+                    }
+                }
+            }
+            cases.extend(services);
+            render::json_cases(&cases)
+        }
+        Output::Table => {
+            let color = render::use_color();
+            let view: Vec<render::Grid<'_>> = grids
+                .iter()
+                .map(|g| render::Grid { title: g.probe.to_string(), names: names.clone(), allowed: &g.allowed })
+                .collect();
+            let mut t = render::grid_table(&view, color);
+            if !services.is_empty() {
+                t.push_str("Through Services:\n");
+                for (c, v) in &services {
+                    t.push_str(&format!("  {}  {c}\n", if *v { "✓" } else { "✗" }));
+                }
+            }
+            t
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes()).and_then(|()| out.flush()).map_err(|e| Failure::Other(e.into()))
+}
+
 fn reach_command(args: ReachArgs) -> Result<(), Failure> {
     use stacknet_sandbox::Need;
     let (needs, dataplane): (&[Need], &str) = match args.dataplane {
@@ -210,6 +284,21 @@ fn reach_command(args: ReachArgs) -> Result<(), Failure> {
     let index = ClusterIndex::from_objects(loaded.objects);
     for w in input::address_warnings(&index) {
         eprintln!("warning: {w}");
+    }
+    let beyond = northsouth::Beyond {
+        nodes: args.nodes,
+        externals: args.externals.clone(),
+        services: args.services.clone(),
+        via: args.via.clone(),
+        snat: args.snat,
+    };
+    if beyond.asked() {
+        if !matches!(args.dataplane, Dataplane::Semantics) {
+            return Err(Failure::Input(
+                "--nodes, --external and --service are decided by the engine (--dataplane semantics); `stacknet demo` tries them live".into(),
+            ));
+        }
+        return reach_beyond(&index, &beyond, &args.probes, args.output);
     }
     if index.pod_count() < 2 {
         eprintln!("warning: {} pod(s) in the input: reach needs at least two to compare", index.pod_count());
