@@ -142,6 +142,11 @@ fn uplink(chassis: &Chassis, outside: &str, address: &str) {
 }
 
 fn agent(chassis: &Chassis, nb: &str, dir: &Path) -> PathBuf {
+    agent_task(chassis, nb, dir).0
+}
+
+/// [`agent`], and its task (aborted: the agent stops, as a killed process would).
+fn agent_task(chassis: &Chassis, nb: &str, dir: &Path) -> (PathBuf, tokio::task::JoinHandle<()>) {
     let socket = dir.join(format!("{}.sock", chassis.name));
     let config = AgentConfig {
         cluster: CLUSTER.into(),
@@ -150,8 +155,8 @@ fn agent(chassis: &Chassis, nb: &str, dir: &Path) -> PathBuf {
         gateway_bridge: Some("br-ex".into()),
         ..AgentConfig::default()
     };
-    stacknet_testsupport::netns::spawn_agent(config, &chassis.ovs_remote(), nb, &socket);
-    socket
+    let task = stacknet_testsupport::netns::spawn_agent(config, &chassis.ovs_remote(), nb, &socket);
+    (socket, task)
 }
 
 fn add(socket: &Path, netns: &Netns, pod: (&str, &str, &str)) {
@@ -289,6 +294,36 @@ fn seen_from(netns: &Path, addr: &str) -> Option<String> {
     .unwrap()
 }
 
+/// The ifindex of `dev` in namespace `ns`.
+fn ip_link_index(ns: &str, dev: &str) -> String {
+    let out = Command::new("ip").args(["-n", ns, "-o", "link", "show", dev]).output().unwrap();
+    assert!(out.status.success(), "{dev} in {ns}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).split(':').next().unwrap_or_default().to_string()
+}
+
+/// The agent's flows on node `c`'s uplink bridge (without their counters) and their ages.
+fn flow_ages(c: &Chassis) -> std::collections::BTreeMap<String, f64> {
+    let mgmt = format!("unix:{}", c.dir().join("br-ex.mgmt").display());
+    let out = Command::new("ovs-ofctl").args(["dump-flows", &mgmt]).output().unwrap();
+    let mut ages = std::collections::BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("cookie=0x5e5e0001")) {
+        let mut age = 0.0;
+        let rest: Vec<&str> = line
+            .split(", ")
+            .filter(|f| {
+                if let Some(d) = f.trim().strip_prefix("duration=") {
+                    age = d.trim_end_matches('s').parse().unwrap_or(0.0);
+                }
+                !["duration=", "n_packets=", "n_bytes=", "idle_age=", "hard_age="]
+                    .iter()
+                    .any(|k| f.trim().starts_with(k))
+            })
+            .collect();
+        ages.insert(rest.join(", "), age);
+    }
+    ages
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_reach_the_outside_from_their_own_nodes_address_and_the_replies_come_back() {
     let ovn = Ovn::with_northd().unwrap();
@@ -317,7 +352,8 @@ async fn pods_reach_the_outside_from_their_own_nodes_address_and_the_replies_com
     let backend = OvnBackend::connect(vec![ovn.nb.remote().parse().unwrap()]);
     backend.reconcile(&build(&engine, &topology(true))).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (sa, sb_sock) = (agent(&a, &ovn.nb.remote(), dir.path()), agent(&b, &ovn.nb.remote(), dir.path()));
+    let ((sa, agent_a), sb_sock) =
+        (agent_task(&a, &ovn.nb.remote(), dir.path()), agent(&b, &ovn.nb.remote(), dir.path()));
     until("both agents listening", Duration::from_secs(5), || sa.exists() && sb_sock.exists()).await;
     let (pa, pb, pc) = (
         Netns::create(&unique("a")).unwrap(),
@@ -394,6 +430,37 @@ async fn pods_reach_the_outside_from_their_own_nodes_address_and_the_replies_com
     // A pod dials a NodePort on another node's address: balanced by its own switch, from its
     // own address.
     answers(&pa.path(), "172.30.0.12:30080", "10.244.0.3", "pod a -> NodePort on node-b");
+
+    // The agent restarts (killed, started again): nothing is made again, nothing flaps. The
+    // management port keeps its interface, the uplink bridge its flows (their age goes on),
+    // and a pod's connections to the outside keep working throughout.
+    let mgmt_index = ip_link_index(&a.netns().name().to_string(), "sn-mgmt0");
+    let flows_before = flow_ages(&a);
+    let restarted = std::time::Instant::now();
+    agent_a.abort();
+    let _ = agent_a.await;
+    let (sa2, _agent_a) = agent_task(&a, &ovn.nb.remote(), dir.path());
+    assert_eq!(sa2, sa);
+    for i in 0..10 {
+        assert_eq!(
+            seen_from(&pa.path(), "172.30.0.100:8080").as_deref(),
+            Some("172.30.0.11"),
+            "try {i} across the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        ip_link_index(&a.netns().name().to_string(), "sn-mgmt0"),
+        mgmt_index,
+        "the management port was made again"
+    );
+    let flows_after = flow_ages(&a);
+    assert_eq!(flows_after.len(), flows_before.len(), "{flows_after:?}");
+    let waited = restarted.elapsed().as_secs_f64();
+    for (flow, age) in &flows_after {
+        let before = flows_before.get(flow).unwrap_or_else(|| panic!("a new flow after the restart: {flow}"));
+        assert!(*age + 0.5 >= before + waited, "{flow} was replaced: {before} s before, {age} s {waited:.1} s later");
+    }
 
     // Flows deleted behind the agent's back come back.
     let mgmt = format!("unix:{}", a.dir().join("br-ex.mgmt").display());

@@ -312,7 +312,10 @@ const UPLINKS: &str = "apiVersion: v1\nkind: List\nitems:\n\
 - {apiVersion: v1, kind: Node, metadata: {name: node-1}, status: {addresses: [{type: InternalIP, address: 172.30.0.11}]}}\n\
 - {apiVersion: v1, kind: Node, metadata: {name: node-2}, status: {addresses: [{type: InternalIP, address: 192.168.5.5}]}}\n\
 - {apiVersion: v1, kind: Node, metadata: {name: node-3}, status: {addresses: [{type: InternalIP, address: 172.30.0.13}]}}\n\
-- {apiVersion: v1, kind: Service, metadata: {name: web, namespace: shop}, spec: {type: LoadBalancer, clusterIP: 10.96.0.50, ports: [{port: 80, nodePort: 30080}]}}\n";
+- {apiVersion: v1, kind: Service, metadata: {name: web, namespace: shop}, spec: {type: LoadBalancer, clusterIP: 10.96.0.50, ports: [{port: 80, nodePort: 30080}]}}\n\
+- {apiVersion: v1, kind: Pod, metadata: {name: w, namespace: shop, uid: uid-w, labels: {app: web}}, spec: {nodeName: node-1}}\n\
+- {apiVersion: v1, kind: Service, metadata: {name: local, namespace: shop}, spec: {type: NodePort, clusterIP: 10.96.0.51, selector: {app: web},\n\
+   externalTrafficPolicy: Local, internalTrafficPolicy: Local, sessionAffinity: ClientIP, ports: [{port: 81, targetPort: 8080, nodePort: 30081}]}}\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_routers_follow_the_nodes_uplinks_and_keep_their_join_addresses() {
@@ -352,6 +355,16 @@ async fn gateway_routers_follow_the_nodes_uplinks_and_keep_their_join_addresses(
     let lbs = rows(&ovn, "Load_Balancer", "vips");
     assert_eq!(lbs["t1_ext_shop_web_tcp"], ["172.30.0.201:80="], "{lbs:?}");
     assert_eq!(lbs["t1_np_shop_web_tcp"], ["172.30.0.11:30080= 172.30.0.13:30080="], "{lbs:?}");
+    // externalTrafficPolicy Local: only node-1 (w's) forwards; internalTrafficPolicy Local:
+    // the cluster IP per node, w on node-1's only; pods dial the NodePorts on any node.
+    assert_eq!(lbs["t1_np_shop_local_tcp"], ["172.30.0.11:30081=10.244.0.3:8080"], "{lbs:?}");
+    assert_eq!(lbs["t1_shop_local_tcp.node-1"], ["10.96.0.51:81=10.244.0.3:8080"], "{lbs:?}");
+    assert_eq!(lbs["t1_shop_local_tcp.node-3"], ["10.96.0.51:81="], "{lbs:?}");
+    assert_eq!(
+        lbs["t1_shop_local_tcp"],
+        ["172.30.0.11:30081=10.244.0.3:8080 172.30.0.13:30081=10.244.0.3:8080"],
+        "{lbs:?}"
+    );
     c.stop().await;
 
     // A restart writes nothing; then node-1 goes: its router goes, node-3 keeps its address.

@@ -42,9 +42,15 @@ pub fn connect_from(netns: &Path, addr: SocketAddr, timeout: Duration) -> Result
     .expect("the namespace's thread")
 }
 
-/// A node agent serving on `socket` (within a tokio runtime, until the runtime ends), on the
-/// Open_vSwitch database `ovs` and the Northbound database `nb`.
-pub fn spawn_agent(config: stacknet_node::agent::AgentConfig, ovs: &str, nb: &str, socket: &Path) {
+/// A node agent serving on `socket` (within a tokio runtime, until the runtime ends or the
+/// returned task is aborted: a restart), on the Open_vSwitch database `ovs` and the
+/// Northbound database `nb`.
+pub fn spawn_agent(
+    config: stacknet_node::agent::AgentConfig,
+    ovs: &str,
+    nb: &str,
+    socket: &Path,
+) -> tokio::task::JoinHandle<()> {
     let ovs = ovs.parse().unwrap_or_else(|e| panic!("{ovs}: {e}"));
     let nb = nb.parse().unwrap_or_else(|e| panic!("{nb}: {e}"));
     let agent =
@@ -52,5 +58,5 @@ pub fn spawn_agent(config: stacknet_node::agent::AgentConfig, ovs: &str, nb: &st
     let socket = socket.to_path_buf();
     tokio::spawn(async move {
         let _ = agent.serve(&socket).await;
-    });
+    })
 }
