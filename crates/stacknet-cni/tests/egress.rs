@@ -434,7 +434,7 @@ async fn pods_reach_the_outside_from_their_own_nodes_address_and_the_replies_com
     // The agent restarts (killed, started again): nothing is made again, nothing flaps. The
     // management port keeps its interface, the uplink bridge its flows (their age goes on),
     // and a pod's connections to the outside keep working throughout.
-    let mgmt_index = ip_link_index(&a.netns().name().to_string(), "sn-mgmt0");
+    let mgmt_index = ip_link_index(a.netns().name(), "sn-mgmt0");
     let flows_before = flow_ages(&a);
     let restarted = std::time::Instant::now();
     agent_a.abort();
@@ -449,11 +449,7 @@ async fn pods_reach_the_outside_from_their_own_nodes_address_and_the_replies_com
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(
-        ip_link_index(&a.netns().name().to_string(), "sn-mgmt0"),
-        mgmt_index,
-        "the management port was made again"
-    );
+    assert_eq!(ip_link_index(a.netns().name(), "sn-mgmt0"), mgmt_index, "the management port was made again");
     let flows_after = flow_ages(&a);
     assert_eq!(flows_after.len(), flows_before.len(), "{flows_after:?}");
     let waited = restarted.elapsed().as_secs_f64();
