@@ -12,6 +12,7 @@ mod openstack;
 mod ovsdb;
 mod podready;
 mod services;
+mod services_live;
 
 use std::time::Instant;
 
@@ -85,6 +86,13 @@ enum Scenario {
         nodes: Vec<usize>,
         #[arg(long, default_value_t = 50)]
         changes: usize,
+        /// Endpoint moves timed live on a real node (root; 0: none): until the VIP answers
+        /// from the new backend, next to the load balancer row written directly.
+        #[arg(long, default_value_t = 20)]
+        live_changes: usize,
+        /// With --live-changes: the stacknet-cni executable (default: next to this one).
+        #[arg(long)]
+        cni: Option<std::path::PathBuf>,
     },
     /// The whole controller (`stacknet controller`, the binary next to this one) on generated
     /// manifests into a live Northbound database: converge, peak RSS, restart, a 1,000-pod burst.
@@ -157,8 +165,9 @@ fn main() -> anyhow::Result<()> {
             let args = openstack::Args { pods, nodes, pool_size, sg_pods, policies, namespaces, seed, services };
             runtime()?.block_on(openstack::run(args))
         }
-        Scenario::Services { services, endpoints, nodes, changes } => {
-            runtime()?.block_on(services::run(services::Args { services, endpoints, nodes, changes }))
+        Scenario::Services { services, endpoints, nodes, changes, live_changes, cni } => {
+            let args = services::Args { services, endpoints, nodes, changes, live_changes, plugin: cni };
+            runtime()?.block_on(services::run(args))
         }
         Scenario::PodReady { pods, cni } => runtime()?.block_on(podready::run(podready::Args { pods, plugin: cni })),
         Scenario::Ovsdb { rounds, ports, events, batch, window, nbctl_events, clients, venv } => {

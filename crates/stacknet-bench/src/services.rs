@@ -3,7 +3,8 @@
 //! live Northbound database. What one endpoint change costs: the rows stacknet writes and the
 //! time its reconcile takes, next to the floor — the load balancer rows that must change,
 //! written directly in one transaction by the same client. Run at two node counts, the rows
-//! written must not grow with the nodes.
+//! written must not grow with the nodes. Then, live (see `services_live`): a Service's endpoint
+//! moved, until its VIP answers from the new backend, next to the same row written directly.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -27,6 +28,10 @@ pub struct Args {
     pub nodes: Vec<usize>,
     /// Endpoint changes timed (the median and p99 count).
     pub changes: usize,
+    /// Moves of a live Service's endpoint timed on a real node (0: no live half).
+    pub live_changes: usize,
+    /// The stacknet-cni executable (default: next to this one).
+    pub plugin: Option<std::path::PathBuf>,
 }
 
 fn node_name(i: usize) -> String {
@@ -215,6 +220,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for &n in &args.nodes {
         anyhow::ensure!(n >= 1, "--nodes must be at least 1");
         println!("{}", line(&one(&args, n).await?));
+    }
+    if args.live_changes > 0 {
+        let rest = cluster(&args, 1)?;
+        println!("{}", line(&crate::services_live::run(rest, args.live_changes, args.plugin.clone()).await?));
     }
     Ok(())
 }

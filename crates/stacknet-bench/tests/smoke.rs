@@ -78,10 +78,31 @@ fn pod_ready_bench_attaches_pods_and_prints_its_line() {
 }
 
 #[test]
-fn services_bench_prints_a_line_per_node_count() {
-    let lines = bench(&["services", "--services", "40", "--endpoints", "3", "--nodes", "2,4", "--changes", "3"]);
-    assert_eq!(lines.len(), 2);
-    for (l, nodes) in lines.iter().zip([2, 4]) {
+fn services_bench_prints_a_line_per_node_count_and_the_live_half() {
+    let plugin = std::path::Path::new(env!("CARGO_BIN_EXE_stacknet-bench")).with_file_name("stacknet-cni");
+    assert!(plugin.is_file(), "{} missing: build it (cargo build -p stacknet-cni)", plugin.display());
+    let lines = bench(&[
+        "services",
+        "--services",
+        "40",
+        "--endpoints",
+        "3",
+        "--nodes",
+        "2,4",
+        "--changes",
+        "3",
+        "--live-changes",
+        "3",
+        "--cni",
+        plugin.to_str().unwrap(),
+    ]);
+    assert_eq!(lines.len(), 3);
+    let live = &lines[2];
+    assert_eq!(live["bench"], "services-live");
+    for k in ["vip_moved_p50_ms", "vip_moved_p99_ms", "floor_p50_ms", "floor_p99_ms"] {
+        assert!(live[k].as_f64().is_some_and(|v| v > 0.0), "{k} in {live}");
+    }
+    for (l, nodes) in lines[..2].iter().zip([2, 4]) {
         assert_eq!(l["bench"], "services");
         assert_eq!(l["nodes"], nodes);
         for k in ["rows_per_change", "floor_rows_per_change", "change_p50_ms", "floor_p50_ms", "lb_rows"] {
