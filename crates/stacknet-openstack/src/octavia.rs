@@ -6,8 +6,8 @@
 //!
 //! What the provider cannot honour is reported on the Service, never dropped silently:
 //! `sessionAffinity: ClientIP` (Octavia accepts session persistence and the provider ignores
-//! it), `loadBalancerSourceRanges` (refused), `externalTrafficPolicy: Local`, a health
-//! monitor on an SCTP port.
+//! it), `loadBalancerSourceRanges` (refused), `externalTrafficPolicy: Local`,
+//! `internalTrafficPolicy: Local`, a health monitor on an SCTP port.
 //!
 //! Health monitors: a Service has no health check of its own (Kubernetes takes unready pods
 //! out of the endpoints), so one is asked for with the `stacknet.io/health-monitor`
@@ -203,6 +203,12 @@ pub fn plan(index: &ClusterIndex) -> (Vec<LbSpec>, Vec<Problem>) {
         }
         if svc.external_traffic_policy.as_deref() == Some("Local") {
             unsupported("spec.externalTrafficPolicy Local", "Octavia members are pods on any node");
+        }
+        if svc.internal_traffic_policy.as_deref() == Some("Local") {
+            unsupported(
+                "spec.internalTrafficPolicy Local",
+                "one Octavia load balancer serves every node, each client reaching any member",
+            );
         }
     }
     (specs.into_values().collect(), problems)
@@ -650,6 +656,20 @@ impl OctaviaBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn traffic_policies_the_provider_cannot_keep_are_reported_on_the_service() {
+        let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: x}\n\
+                    spec: {clusterIP: 10.96.0.5, internalTrafficPolicy: Local, externalTrafficPolicy: Local, ports: [{port: 80}]}\n";
+        let objects = stacknet_engine::manifest::parse("s.yaml", yaml).unwrap().objects;
+        let (specs, problems) = plan(&ClusterIndex::from_objects(objects));
+        assert_eq!(specs.len(), 1, "still load-balanced");
+        let said: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
+        assert_eq!(problems.len(), 2, "{said:?}");
+        assert!(problems.iter().all(|p| p.reason == Reason::UnsupportedByLoadBalancer));
+        assert!(said.iter().any(|m| m.starts_with("spec.internalTrafficPolicy Local")), "{said:?}");
+        assert!(said.iter().any(|m| m.starts_with("spec.externalTrafficPolicy Local")), "{said:?}");
+    }
 
     #[test]
     fn health_monitor_annotation() {
