@@ -24,6 +24,8 @@ items:
           ports: [{port: 80, targetPort: 8080, nodePort: 30082}]}}
 - {apiVersion: v1, kind: Pod, metadata: {name: d, namespace: y}, spec: {nodeName: node-c}, status: {podIP: 10.244.2.3}}
 - {apiVersion: v1, kind: Pod, metadata: {name: e, namespace: y}, spec: {nodeName: node-b}, status: {podIP: 10.244.1.5}}
+- {apiVersion: v1, kind: Service, metadata: {name: ext, namespace: y},
+   spec: {clusterIP: 10.96.0.15, selector: {app: web}, externalIPs: [172.30.0.150], ports: [{port: 80, targetPort: 8080}]}}
 - {apiVersion: v1, kind: Service, metadata: {name: itp, namespace: y},
    spec: {clusterIP: 10.96.0.13, selector: {app: web}, internalTrafficPolicy: Local, ports: [{port: 80, targetPort: 8080}]}}
 - {apiVersion: v1, kind: Service, metadata: {name: sig, namespace: y},
@@ -185,6 +187,10 @@ async fn nodes_reach_their_pods_and_pods_leave_through_their_own_node_translated
     assert!(from_outside("node-a", "172.30.0.100", "172.30.0.201", 80).delivered, "LB from an allowed source");
     let t = from_outside("node-a", "172.30.0.50", "172.30.0.201", 80);
     assert!(!t.delivered, "LB from outside the source ranges: {}", t.output);
+    // An external IP, answered by the gateway routers like the load balancer's address.
+    let t = from_outside("node-b", "172.30.0.50", "172.30.0.150", 80);
+    assert!(t.delivered, "externalIPs: {}", t.output);
+
     // A pod dials a NodePort on a node's address: its own switch balances it (pod d on node-c,
     // which has no gateway router, through node-a's address).
     let f = l4_flow("ns_y_d", "10.244.2.3", &gw(2), "172.30.0.11", "tcp", 30080);
