@@ -17,7 +17,7 @@ use stacknet_node::agent::AgentConfig;
 use stacknet_node::netns::run_in;
 use stacknet_ovn::topology::Gateways;
 use stacknet_ovn::{NodeNet, OvnBackend, Topology, build};
-use stacknet_sandbox::{Chassis, Netns, Ovn};
+use stacknet_sandbox::{Chassis, Netns, Ovn, Segment};
 use stacknet_testsupport::netns::unique;
 use stacknet_testsupport::until;
 
@@ -110,35 +110,6 @@ fn bare_topology(snat: bool) -> Topology {
 fn sh(args: &[&str]) {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
     assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// The node's uplink: a veth from the chassis's namespace to the outside bridge, on a
-/// userspace `br-ex` that holds the node's address.
-fn uplink(chassis: &Chassis, outside: &str, address: &str) {
-    let ns = chassis.netns().name().to_string();
-    let (node_end, outside_end) = ("uplink0", format!("o-{}", &chassis.name[5..]));
-    sh(&["ip", "link", "add", node_end, "netns", &ns, "type", "veth", "peer", "name", &outside_end, "netns", outside]);
-    sh(&["ip", "-n", outside, "link", "set", &outside_end, "master", "ext0", "up"]);
-    sh(&["ip", "netns", "exec", outside, "ethtool", "-K", &outside_end, "tx", "off"]);
-    chassis
-        .vsctl(&[
-            "add-br",
-            "br-ex",
-            "--",
-            "set",
-            "bridge",
-            "br-ex",
-            "datapath_type=netdev",
-            "--",
-            "add-port",
-            "br-ex",
-            node_end,
-        ])
-        .unwrap();
-    sh(&["ip", "-n", &ns, "link", "set", node_end, "up"]);
-    sh(&["ip", "netns", "exec", &ns, "ethtool", "-K", node_end, "tx", "off"]);
-    sh(&["ip", "-n", &ns, "addr", "add", &format!("{address}/24"), "dev", "br-ex"]);
-    sh(&["ip", "-n", &ns, "link", "set", "br-ex", "up"]);
 }
 
 fn agent(chassis: &Chassis, nb: &str, dir: &Path) -> PathBuf {
@@ -333,17 +304,14 @@ async fn pods_reach_the_outside_from_their_own_nodes_address_and_the_replies_com
     Chassis::connect_underlay(&a, "172.31.252.1", &b, "172.31.252.2").unwrap();
     // The outside: a bridge, the outside host (172.30.0.100), the next hop (172.30.0.1) and a
     // host beyond it (198.51.100.10, reached through the next hop).
-    let outside = Netns::create(&unique("out")).unwrap();
-    let o = outside.name().to_string();
-    sh(&["ip", "-n", &o, "link", "add", "ext0", "type", "bridge"]);
-    sh(&["ip", "-n", &o, "link", "set", "ext0", "up"]);
-    sh(&["ip", "netns", "exec", &o, "ethtool", "-K", "ext0", "tx", "off"]);
+    let segment = Segment::create(&unique("out")).unwrap();
     for addr in ["172.30.0.100/24", "172.30.0.1/24"] {
-        sh(&["ip", "-n", &o, "addr", "add", addr, "dev", "ext0"]);
+        segment.add_address(addr, false).unwrap();
     }
-    sh(&["ip", "-n", &o, "addr", "add", "198.51.100.10/32", "dev", "lo"]);
-    uplink(&a, &o, "172.30.0.11");
-    uplink(&b, &o, "172.30.0.12");
+    segment.add_address("198.51.100.10/32", true).unwrap();
+    let (outside, o) = (segment.netns(), segment.netns().name().to_string());
+    a.uplink(&segment, "172.30.0.11", 24).unwrap();
+    b.uplink(&segment, "172.30.0.12", 24).unwrap();
     for addr in ["172.30.0.100:8080", "198.51.100.10:8080"] {
         tell_source(&outside.path(), addr);
     }
@@ -404,12 +372,7 @@ async fn pods_reach_the_outside_from_their_own_nodes_address_and_the_replies_com
     })
     .await;
     // Another outside host, 172.30.0.50, on the same outside bridge.
-    let far = Netns::create(&unique("far")).unwrap();
-    sh(&["ip", "link", "add", "v0", "netns", far.name(), "type", "veth", "peer", "name", "o-far", "netns", &o]);
-    sh(&["ip", "-n", &o, "link", "set", "o-far", "master", "ext0", "up"]);
-    sh(&["ip", "-n", far.name(), "addr", "add", "172.30.0.50/24", "dev", "v0"]);
-    sh(&["ip", "-n", far.name(), "link", "set", "v0", "up"]);
-    sh(&["ip", "netns", "exec", far.name(), "ethtool", "-K", "v0", "tx", "off"]);
+    let far = segment.host(&unique("far"), "172.30.0.50/24", None).unwrap();
     answers(&far.path(), "172.30.0.11:30080", "100.64.0.2", "NodePort: no ranges");
     assert_eq!(seen_from(&far.path(), "172.30.0.201:80"), None, "outside the source ranges");
     // ClientIP affinity: 20 connections, one backend.

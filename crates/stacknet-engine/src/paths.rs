@@ -20,7 +20,8 @@
 //!   the pod's own switch balances), the management address (a node dialling a ClusterIP),
 //!   or, from outside through a gateway router, that router's join address — the client's
 //!   own address with `externalTrafficPolicy: Local`, where a node without a local backend
-//!   does not forward; `loadBalancerSourceRanges` admit only their sources at the uplinks.
+//!   does not forward; `loadBalancerSourceRanges` admit only their sources to the load
+//!   balancer's address, whoever sends (a pod from its own address).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -412,8 +413,10 @@ fn through_service(
             let Some((_, backends)) = e.external.iter().find(|(a, _)| a.port() == case.port && wanted(&a.ip())) else {
                 return Ok(false);
             };
+            // loadBalancerSourceRanges: the load balancer's address only, from anywhere (pods
+            // included, from their own address).
             if let Some(sources) = &e.sources
-                && !matches!(case.from, Endpoint::Pod(_))
+                && via == Via::LoadBalancer
                 && !sources.iter().any(|c| c.contains(client_ip))
             {
                 return Ok(false);
@@ -601,9 +604,13 @@ items:
         assert!(yes(&i, &f, case("external/near", "x/web", Via::LoadBalancer, 80, None)));
         assert!(!yes(&i, &f, case("external/far", "x/web", Via::LoadBalancer, 80, None)));
         assert!(!yes(&i, &f, case("external/near", "x/web", Via::ExternalIp, 80, None)), "it has no externalIPs");
+        // Pods too, from their own address (c is outside the ranges).
+        assert!(!yes(&i, &f, case("y/c", "x/web", Via::LoadBalancer, 80, None)));
         let (i, mut f) = world(true);
         f.exposures.iter_mut().for_each(|e| e.sources = None);
         assert!(yes(&i, &f, case("external/far", "x/web", Via::LoadBalancer, 80, None)));
+        // Without ranges a pod gets in, seen from its node's join address.
+        assert!(yes(&i, &f, case("y/c", "x/web", Via::LoadBalancer, 80, None)));
         // internalTrafficPolicy Local: only a backend on the client's node.
         assert!(!yes(&i, &f, case("y/c", "x/local", Via::ClusterIp, 80, None)), "c's node has none");
         // Unknown names are errors, not verdicts.

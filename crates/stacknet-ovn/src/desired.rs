@@ -581,7 +581,7 @@ fn gateway_routers(d: &mut Desired, topo: &Topology, g: &Gateways, router: &mut 
             .build(),
     );
     let gr_group = gateway_load_balancers(d, topo, g);
-    source_range_acls(d, topo, g);
+    let join_acls = source_range_acls(d, topo, g);
     let steer = steered(topo);
     for node in &topo.nodes {
         let (Some(join), Some(external)) = (node.join, g.external_address(node)) else { continue };
@@ -688,6 +688,7 @@ fn gateway_routers(d: &mut Desired, topo: &Topology, g: &Gateways, router: &mut 
         RowBuilder::new(cluster, LOGICAL_SWITCH, "join".into(), "Cluster", cluster)
             .str("name", &format!("{cluster}_join"))
             .refs("ports", join_ports)
+            .refs("acls", join_acls)
             .build(),
     );
 }
@@ -893,53 +894,57 @@ fn steered(topo: &Topology) -> String {
     ips.iter().map(|ip| format!("{ip}/{}", if ip.is_ipv4() { 32 } else { 128 })).collect::<Vec<_>>().join(",")
 }
 
-/// `loadBalancerSourceRanges`: traffic from the uplinks to a Service's external addresses
-/// from anywhere else is dropped, on a port group of every external switch's localnet port.
-fn source_range_acls(d: &mut Desired, topo: &Topology, g: &Gateways) {
+/// `loadBalancerSourceRanges`: traffic for a Service's load balancer address from anywhere
+/// else is dropped where it enters a gateway router — from the outside, on a port group of
+/// every external switch's localnet port, and from the cluster (pods, through the cluster
+/// router), on the join switch. Returns the join switch's ACLs.
+fn source_range_acls(d: &mut Desired, topo: &Topology, g: &Gateways) -> Vec<String> {
     let cluster = topo.cluster.as_str();
-    let mut acls = Vec::new();
+    let (mut uplink_acls, mut join_acls) = (Vec::new(), Vec::new());
     for e in &topo.exposures {
         let Some(sources) = &e.sources else { continue };
+        let Some(lb_ip) = topo.load_balancer_ips.get(&e.service).filter(|ip| ip.is_ipv4()) else { continue };
         let p = proto(e.protocol);
-        let v4: Vec<&SocketAddr> = e.external.keys().filter(|a| a.is_ipv4()).collect();
-        if v4.is_empty() {
+        let ports: BTreeSet<String> =
+            e.external.keys().filter(|a| a.ip() == *lb_ip).map(|a| a.port().to_string()).collect();
+        if ports.is_empty() {
             continue;
         }
-        let dsts: BTreeSet<String> = v4.iter().map(|a| a.ip().to_string()).collect();
-        let ports: BTreeSet<String> = v4.iter().map(|a| a.port().to_string()).collect();
-        let mut m = format!(
-            "inport == @{} && ip4.dst == {{{}}} && {p}.dst == {{{}}}",
-            ident(cluster, "pg", "uplinks"),
-            dsts.into_iter().collect::<Vec<_>>().join(", "),
-            ports.into_iter().collect::<Vec<_>>().join(", ")
-        );
+        let mut m =
+            format!("ip4.dst == {lb_ip} && {p}.dst == {{{}}}", ports.into_iter().collect::<Vec<_>>().join(", "));
         let allowed: Vec<String> = sources.iter().filter(|c| c.is_ipv4()).map(|c| c.to_string()).collect();
         if !allowed.is_empty() {
             m.push_str(&format!(" && ip4.src != {{{}}}", allowed.join(", ")));
         }
-        let id = format!("acl:src:{}:{p}", e.service);
+        let from = [
+            ("src", format!("inport == @{} && {m}", ident(cluster, "pg", "uplinks")), &mut uplink_acls),
+            ("src-in", format!("inport == \"{cluster}_jtor\" && {m}"), &mut join_acls),
+        ];
+        for (kind, m, acls) in from {
+            let id = format!("acl:{kind}:{}:{p}", e.service);
+            d.add(
+                RowBuilder::new(cluster, ACL, id.clone(), "Service", &e.service.to_string())
+                    .col("name", acl_name(&format!("source ranges {}", e.service)))
+                    .col("priority", Datum::Atom(PRIORITY_ALLOW.into()))
+                    .str("direction", "from-lport")
+                    .str("match", &m)
+                    .str("action", "drop")
+                    .build(),
+            );
+            acls.push(id);
+        }
+    }
+    if !uplink_acls.is_empty() {
+        let ports: Vec<String> = gateway_nodes(topo, g).map(|(n, _)| format!("localnet:{n}")).collect();
         d.add(
-            RowBuilder::new(cluster, ACL, id.clone(), "Service", &e.service.to_string())
-                .col("name", acl_name(&format!("source ranges {}", e.service)))
-                .col("priority", Datum::Atom(PRIORITY_ALLOW.into()))
-                .str("direction", "from-lport")
-                .str("match", &m)
-                .str("action", "drop")
+            RowBuilder::new(cluster, PORT_GROUP, "pg:uplinks".into(), "Cluster", cluster)
+                .str("name", &ident(cluster, "pg", "uplinks"))
+                .refs("ports", ports)
+                .refs("acls", uplink_acls)
                 .build(),
         );
-        acls.push(id);
     }
-    if acls.is_empty() {
-        return;
-    }
-    let ports: Vec<String> = gateway_nodes(topo, g).map(|(n, _)| format!("localnet:{n}")).collect();
-    d.add(
-        RowBuilder::new(cluster, PORT_GROUP, "pg:uplinks".into(), "Cluster", cluster)
-            .str("name", &ident(cluster, "pg", "uplinks"))
-            .refs("ports", ports)
-            .refs("acls", acls)
-            .build(),
-    );
+    join_acls
 }
 
 /// A node's link to the cluster router: the router port (with the node's gateways) and the

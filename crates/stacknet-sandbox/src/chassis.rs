@@ -139,61 +139,21 @@ impl Chassis {
     /// `br-phy`, resolving the remote end by ARP there.
     pub fn connect_underlay(a: &Chassis, a_ip: &str, b: &Chassis, b_ip: &str) -> Result<()> {
         let (na, nb) = (a.netns().name().to_string(), b.netns().name().to_string());
-        let (va, vb) = ("underlay0", "underlay0");
+        let v = "underlay0";
         let tmp = format!("snu{}", std::process::id() % 1_000_000);
-        run("ip", &["link", "add", &tmp, "netns", &na, "type", "veth", "peer", "name", vb, "netns", &nb])?;
-        run("ip", &["-n", &na, "link", "set", &tmp, "name", va])?;
-        for (c, ns, v, ip) in [(a, &na, va, a_ip), (b, &nb, vb, b_ip)] {
-            c.vsctl(&[
-                "--may-exist",
-                "add-br",
-                "br-phy",
-                "--",
-                "set",
-                "bridge",
-                "br-phy",
-                "datapath_type=netdev",
-                "--",
-                "--may-exist",
-                "add-port",
-                "br-phy",
-                v,
-            ])?;
-            run("ip", &["-n", ns, "link", "set", v, "up"])?;
-            run("ip", &["-n", ns, "addr", "add", &format!("{ip}/24"), "dev", "br-phy"])?;
-            run("ip", &["-n", ns, "link", "set", "br-phy", "up"])?;
-            run("ip", &["netns", "exec", ns, "ethtool", "-K", v, "tx", "off"])?;
-        }
-        Ok(())
+        run("ip", &["link", "add", &tmp, "netns", &na, "type", "veth", "peer", "name", v, "netns", &nb])?;
+        run("ip", &["-n", &na, "link", "set", &tmp, "name", v])?;
+        a.bridge_port("br-phy", v, &format!("{a_ip}/24"))?;
+        b.bridge_port("br-phy", v, &format!("{b_ip}/24"))
     }
 
     /// Puts the chassis on `segment` (a shared underlay for any number of chassis): a veth
     /// from its namespace's userspace bridge `br-phy`, which carries `ip` (its `encap_ip`,
     /// /24), to the segment's bridge.
     pub fn join_underlay(&self, segment: &Segment, ip: &str) -> Result<()> {
-        let ns = self.netns().name().to_string();
         let v = "underlay0";
-        segment.plug(&ns, v, &format!("u-{}", self.short()))?;
-        self.vsctl(&[
-            "--may-exist",
-            "add-br",
-            "br-phy",
-            "--",
-            "set",
-            "bridge",
-            "br-phy",
-            "datapath_type=netdev",
-            "--",
-            "--may-exist",
-            "add-port",
-            "br-phy",
-            v,
-        ])?;
-        run("ip", &["-n", &ns, "link", "set", v, "up"])?;
-        run("ip", &["netns", "exec", &ns, "ethtool", "-K", v, "tx", "off"])?;
-        run("ip", &["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "br-phy"])?;
-        run("ip", &["-n", &ns, "link", "set", "br-phy", "up"])?;
-        Ok(())
+        segment.plug(self.netns().name(), v, &format!("u-{}", self.short()))?;
+        self.bridge_port("br-phy", v, &format!("{ip}/24"))
     }
 
     /// The node's uplink on `segment` (its "physical network"): a veth from the chassis's
@@ -201,28 +161,35 @@ impl Chassis {
     /// node's own traffic uses it; the node agent shares the bridge with the node's gateway
     /// router).
     pub fn uplink(&self, segment: &Segment, address: &str, prefix: u8) -> Result<()> {
-        let ns = self.netns().name().to_string();
         let v = "uplink0";
-        segment.plug(&ns, v, &format!("o-{}", self.short()))?;
+        segment.plug(self.netns().name(), v, &format!("o-{}", self.short()))?;
+        self.bridge_port("br-ex", v, &format!("{address}/{prefix}"))
+    }
+
+    /// Interface `port` (in the chassis's namespace) on userspace bridge `bridge` (made if
+    /// missing), both up, the bridge holding `cidr`; TX checksum offload off on the port, as
+    /// the userspace datapath needs.
+    fn bridge_port(&self, bridge: &str, port: &str, cidr: &str) -> Result<()> {
+        let ns = self.netns().name().to_string();
         self.vsctl(&[
             "--may-exist",
             "add-br",
-            "br-ex",
+            bridge,
             "--",
             "set",
             "bridge",
-            "br-ex",
+            bridge,
             "datapath_type=netdev",
             "--",
             "--may-exist",
             "add-port",
-            "br-ex",
-            v,
+            bridge,
+            port,
         ])?;
-        run("ip", &["-n", &ns, "link", "set", v, "up"])?;
-        run("ip", &["netns", "exec", &ns, "ethtool", "-K", v, "tx", "off"])?;
-        run("ip", &["-n", &ns, "addr", "add", &format!("{address}/{prefix}"), "dev", "br-ex"])?;
-        run("ip", &["-n", &ns, "link", "set", "br-ex", "up"])?;
+        run("ip", &["-n", &ns, "link", "set", port, "up"])?;
+        run("ip", &["netns", "exec", &ns, "ethtool", "-K", port, "tx", "off"])?;
+        run("ip", &["-n", &ns, "addr", "add", cidr, "dev", bridge])?;
+        run("ip", &["-n", &ns, "link", "set", bridge, "up"])?;
         Ok(())
     }
 

@@ -24,6 +24,8 @@ items:
           ports: [{port: 80, targetPort: 8080, nodePort: 30082}]}}
 - {apiVersion: v1, kind: Pod, metadata: {name: d, namespace: y}, spec: {nodeName: node-c}, status: {podIP: 10.244.2.3}}
 - {apiVersion: v1, kind: Pod, metadata: {name: e, namespace: y}, spec: {nodeName: node-b}, status: {podIP: 10.244.1.5}}
+- {apiVersion: v1, kind: Service, metadata: {name: open, namespace: y},
+   spec: {type: LoadBalancer, clusterIP: 10.96.0.16, selector: {app: web}, ports: [{port: 80, targetPort: 8080, nodePort: 30084}]}}
 - {apiVersion: v1, kind: Service, metadata: {name: ext, namespace: y},
    spec: {clusterIP: 10.96.0.15, selector: {app: web}, externalIPs: [172.30.0.150], ports: [{port: 80, targetPort: 8080}]}}
 - {apiVersion: v1, kind: Service, metadata: {name: itp, namespace: y},
@@ -39,10 +41,10 @@ items:
 fn topology(snat: bool) -> Topology {
     let mut t = bare_topology(snat);
     let engine = engine();
-    let lb_ips = std::collections::BTreeMap::from([(
-        stacknet_engine::ObjectKey::new("y", "lb"),
-        "172.30.0.201".parse::<std::net::IpAddr>().unwrap(),
-    )]);
+    let lb_ips = std::collections::BTreeMap::from([
+        (stacknet_engine::ObjectKey::new("y", "lb"), "172.30.0.201".parse::<std::net::IpAddr>().unwrap()),
+        (stacknet_engine::ObjectKey::new("y", "open"), "172.30.0.202".parse::<std::net::IpAddr>().unwrap()),
+    ]);
     let inside = ["10.244.0.0/16".parse().unwrap(), "10.96.0.0/12".parse().unwrap()];
     let (exposures, problems) = stacknet_engine::service::exposures(engine.index(), &lb_ips, &inside);
     assert!(problems.is_empty(), "{problems:?}");
@@ -187,6 +189,18 @@ async fn nodes_reach_their_pods_and_pods_leave_through_their_own_node_translated
     assert!(from_outside("node-a", "172.30.0.100", "172.30.0.201", 80).delivered, "LB from an allowed source");
     let t = from_outside("node-a", "172.30.0.50", "172.30.0.201", 80);
     assert!(!t.delivered, "LB from outside the source ranges: {}", t.output);
+    // A pod dialling a load balancer address: through its node's gateway router and back in;
+    // loadBalancerSourceRanges hold for pods too (dropped on the join switch).
+    let f = l4_flow("ns_y_e", "10.244.1.5", &gw(1), "172.30.0.202", "tcp", 80);
+    let t = ovn.trace("ns_node-b", &f, "ns_y_c", 8, None).unwrap();
+    assert!(t.delivered, "pod -> a load balancer address: {}", t.output);
+    let f = l4_flow("ns_y_e", "10.244.1.5", &gw(1), "172.30.0.201", "tcp", 80);
+    let t = ovn.trace("ns_node-b", &f, "ns_y_c", 8, None).unwrap();
+    assert!(!t.delivered, "pod -> a load balancer address, outside its source ranges: {}", t.output);
+    // (Routed onto the join switch, and dropped there.)
+    let join_router = mac_for("100.64.0.1".parse().unwrap());
+    assert!(t.output.contains(&format!("eth.src = {join_router}")), "{}", t.output);
+
     // An external IP, answered by the gateway routers like the load balancer's address.
     let t = from_outside("node-b", "172.30.0.50", "172.30.0.150", 80);
     assert!(t.delivered, "externalIPs: {}", t.output);

@@ -24,6 +24,8 @@ use stacknet_engine::reach::ProbeSpec;
 use stacknet_engine::{Cidr, ClusterIndex, manifest};
 use stacknet_verify::live::{Live, NodeSpec, OutsideSpec};
 
+use crate::northsouth::Grid;
+
 #[derive(clap::Args)]
 pub struct DemoArgs {
     /// The manifests to run (copied to a scratch folder the controller watches).
@@ -217,13 +219,6 @@ impl Made {
     }
 }
 
-/// One probe's verdicts over every ordered pair of endpoints (`None` on the diagonal).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Grid {
-    probe: ProbeSpec,
-    allowed: Vec<Vec<Option<bool>>>,
-}
-
 /// The verdicts of one round: the grids over `endpoints`, and the Service probes.
 struct Round {
     endpoints: Vec<Endpoint>,
@@ -258,30 +253,7 @@ impl Round {
 
 /// What the policies say: every case decided by the engine.
 fn expected(index: &ClusterIndex, fabric: &Fabric, endpoints: &[Endpoint], services: &[Case]) -> anyhow::Result<Round> {
-    let mut grids = Vec::new();
-    for probe in probes() {
-        let mut allowed = Vec::new();
-        for a in endpoints {
-            let mut row = Vec::new();
-            for b in endpoints {
-                if a == b {
-                    row.push(None);
-                    continue;
-                }
-                let case = Case {
-                    from: a.clone(),
-                    to: Target::Endpoint(b.clone()),
-                    via: Via::Pod,
-                    port: probe.port,
-                    protocol: probe.protocol,
-                    node: None,
-                };
-                row.push(Some(paths::decide(index, fabric, &case).map_err(|e| anyhow::anyhow!("{case}: {e}"))?));
-            }
-            allowed.push(row);
-        }
-        grids.push(Grid { probe, allowed });
-    }
+    let grids = crate::northsouth::grids(index, fabric, endpoints, &probes()).map_err(|e| anyhow::anyhow!(e))?;
     let mut out = Vec::new();
     for c in services {
         out.push((c.clone(), paths::decide(index, fabric, c).map_err(|e| anyhow::anyhow!("{c}: {e}"))?));
