@@ -150,13 +150,14 @@ fn rbac_grants_every_watched_kind_and_the_lease() {
     }
     assert!(grants(&rules, "events.k8s.io", "events", "create"), "events");
     assert!(grants(&rules, "", "pods", "patch"), "the network annotation");
-    // The only writes: events, and patching pods' annotations.
+    assert!(grants(&rules, "", "services/status", "patch"), "load balancer addresses");
+    // The only writes: events, patching pods' annotations and Services' status.
     for r in &rules {
         let resources: Vec<&str> = r.resources.iter().flatten().map(String::as_str).collect();
         for v in &r.verbs {
             let ok = ["get", "list", "watch"].contains(&v.as_str())
                 || (v == "create" && resources == ["events"])
-                || (v == "patch" && resources == ["pods"]);
+                || (v == "patch" && (resources == ["pods"] || resources == ["services/status"]));
             assert!(ok, "the cluster role may {v} {resources:?}");
         }
     }
