@@ -13,6 +13,7 @@
 //! - [`reach`] runs probes over every pair of pods;
 //! - [`paths`] decides probes between pods, nodes and outside hosts, directly or through a Service;
 //! - [`ipam`] gives nodes their subnets and pods their addresses (direct OVN mode);
+//! - [`multinet`] reads the Multus network selection annotation (secondary networks, groundwork);
 //! - [`service`] turns Services and EndpointSlices into L4 load balancers (VIP:port → backends);
 //! - [`problem`] is what could not be done, on which object and why (the Events' reasons).
 #![forbid(unsafe_code)]
@@ -23,6 +24,7 @@ pub mod ipam;
 pub mod labels;
 pub mod manifest;
 pub mod model;
+pub mod multinet;
 pub mod net;
 pub mod objects;
 pub mod paths;
