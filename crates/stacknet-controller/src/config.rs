@@ -190,6 +190,9 @@ pub struct GatewaySettings {
     pub lb_pools: Vec<Cidr>,
 }
 
+/// The cluster CIDR when none is set.
+pub const DEFAULT_CLUSTER_CIDR: &str = "10.244.0.0/16";
+
 /// The join switch's subnet when none is set (as ovn-kubernetes').
 pub const DEFAULT_JOIN_CIDR: &str = "100.64.0.0/16";
 
@@ -301,7 +304,7 @@ impl ControllerConfig {
             cluster: cluster.into(),
             nb,
             manifests: manifests.map(Path::to_path_buf),
-            ipam: IpamConfig::new(vec!["10.244.0.0/16".parse().expect("valid")]),
+            ipam: IpamConfig::new(vec![DEFAULT_CLUSTER_CIDR.parse().expect("valid")]),
             metrics_addr: "127.0.0.1:0".parse().expect("valid"),
             poll: Duration::from_millis(100),
             pace: Pace::new(Duration::from_millis(20)),
@@ -371,7 +374,7 @@ impl ControllerConfig {
         let cidr_texts = if cidr_flag {
             args.cluster_cidr.clone()
         } else {
-            file.cluster_cidr.unwrap_or_else(|| vec!["10.244.0.0/16".into()])
+            file.cluster_cidr.unwrap_or_else(|| vec![DEFAULT_CLUSTER_CIDR.into()])
         };
         let cidrs = cidr_texts
             .iter()

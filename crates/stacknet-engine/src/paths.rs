@@ -234,6 +234,9 @@ fn pod<'a>(index: &'a ClusterIndex, key: &ObjectKey) -> Result<&'a Pod, Unknown>
 pub fn decide(index: &ClusterIndex, fabric: &Fabric, case: &Case) -> Result<bool, Unknown> {
     match (&case.to, case.via) {
         (Target::Endpoint(to), Via::Pod) => direct(index, fabric, &case.from, to, case.port, case.protocol),
+        (Target::Service(svc), Via::Pod) => {
+            Err(format!("Service {svc}: reached via clusterip, nodeport, loadbalancer or externalip, not via pod"))
+        }
         (Target::Service(svc), via) => through_service(index, fabric, case, svc, via),
         (Target::Endpoint(_), via) => Err(format!("via {via} goes to a Service, not to {}", case.to)),
     }
@@ -358,7 +361,7 @@ fn through_service(
         None => host("client", ip),
     };
     match via {
-        Via::Pod => unreachable!("decided directly"),
+        Via::Pod => Err(format!("Service {svc}: not reached via pod")),
         Via::ClusterIp => {
             let ip = service.cluster_ips.first().ok_or_else(|| format!("Service {svc} has no cluster IP"))?;
             let lbs = service::load_balancers(index);
@@ -535,6 +538,13 @@ items:
         Case { from: from.parse().unwrap(), to, via, port, protocol: Protocol::Tcp, node: node.map(str::to_string) }
     }
 
+    impl Case {
+        fn with_via(mut self, via: Via) -> Case {
+            self.via = via;
+            self
+        }
+    }
+
     fn yes(i: &ClusterIndex, f: &Fabric, c: Case) -> bool {
         decide(i, f, &c).unwrap_or_else(|e| panic!("{c}: {e}"))
     }
@@ -613,7 +623,8 @@ items:
         assert!(yes(&i, &f, case("y/c", "x/web", Via::LoadBalancer, 80, None)));
         // internalTrafficPolicy Local: only a backend on the client's node.
         assert!(!yes(&i, &f, case("y/c", "x/local", Via::ClusterIp, 80, None)), "c's node has none");
-        // Unknown names are errors, not verdicts.
+        // Unknown names, and a Service "via pod", are errors, not verdicts (nor panics).
+        assert!(decide(&i, &f, &case("x/web", "x/db", Via::ClusterIp, 5432, None).with_via(Via::Pod)).is_err());
         assert!(decide(&i, &f, &case("x/web", "x/nope", Via::ClusterIp, 80, None)).is_err());
         assert!(decide(&i, &f, &case("external/nope", "x/web", Via::Pod, 80, None)).is_err());
     }

@@ -43,7 +43,7 @@ pub fn parse_external(s: &str) -> Result<(String, IpAddr), String> {
 /// addresses as the controller gives them, every Node with an address having a gateway
 /// router, load balancer addresses from the Services' status).
 pub fn fabric(index: &ClusterIndex, beyond: &Beyond) -> Result<(ClusterIndex, Fabric), String> {
-    let cluster: Cidr = "10.244.0.0/16".parse().expect("valid");
+    let cluster: Cidr = stacknet_controller::config::DEFAULT_CLUSTER_CIDR.parse().expect("valid");
     let services: Cidr = stacknet_controller::config::DEFAULT_SERVICE_CIDR.parse().expect("valid");
     let join_cidr: Cidr = stacknet_controller::config::DEFAULT_JOIN_CIDR.parse().expect("valid");
     let mut ipam = Ipam::new(IpamConfig::new(vec![cluster])).map_err(|e| e.to_string())?;
