@@ -113,6 +113,8 @@ pub fn pods(count: usize, namespaces: usize, seed: u64) -> Vec<Pod> {
                 node: Some(format!("node-{}", i % 100)),
                 terminated: false,
                 network_annotation: None,
+                networks_annotation: None,
+                network_status_annotation: None,
             }
         })
         .collect()

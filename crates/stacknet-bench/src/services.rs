@@ -123,6 +123,7 @@ fn topology(engine: &PolicyEngine, nodes: usize) -> Topology {
         gateways: Some(gateways),
         exposures,
         load_balancer_ips: lb_ips,
+        multinet: Default::default(),
     }
 }
 

@@ -6,7 +6,13 @@
 //! Network configuration keys (besides the standard ones):
 //! - `agentSocket`: the agent's unix socket (default `/run/stacknet/agent.sock`);
 //! - `mtu`: the pod interface's MTU (default: the agent's);
-//! - `timeoutSeconds`: how long to wait for the agent (default 60).
+//! - `timeoutSeconds`: how long to wait for the agent (default 60);
+//! - `attachNetworks`: whether the primary interface's ADD also attaches the pod's secondary
+//!   networks (its `k8s.v1.cni.cncf.io/networks` annotation) and its DEL removes them
+//!   (default true; with Multus set it to false and let Multus delegate each one).
+//!
+//! A NetworkAttachmentDefinition's config (what Multus delegates with) has a `topology` (or a
+//! `neutronNetwork`): that ADD makes the one secondary interface CNI_IFNAME names.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -50,7 +56,19 @@ fn request(command: Command, args: &Args) -> Result<Request, Error> {
                 .ok_or_else(|| Error::InvalidNetworkConfig(format!("mtu: {v} is not an MTU (576-65535)")))?,
         ),
     };
+    let custom = &args.config().custom;
+    let secondary = custom.contains_key("topology") || custom.contains_key("neutronNetwork");
+    let network = secondary.then(|| args.config().name.clone());
+    let attach_networks = match custom.get("attachNetworks") {
+        None => None,
+        Some(v) => Some(
+            v.as_bool()
+                .ok_or_else(|| Error::InvalidNetworkConfig(format!("attachNetworks: {v} is not true or false")))?,
+        ),
+    };
     Ok(Request {
+        network,
+        attach_networks,
         command: Some(command),
         container_id: args.container_id().map(|c| c.to_string()),
         netns: args.netns().map(|p| p.display().to_string()),

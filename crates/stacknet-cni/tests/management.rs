@@ -47,6 +47,7 @@ fn topology() -> Topology {
         gateways: None,
         exposures: Vec::new(),
         load_balancer_ips: Default::default(),
+        multinet: Default::default(),
     }
 }
 

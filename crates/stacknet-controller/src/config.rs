@@ -76,6 +76,11 @@ pub struct ControllerArgs {
     /// node's `ovn-bridge-mappings` maps to its uplink bridge (default external).
     #[arg(long, env = "STACKNET_PHYSNET", value_name = "NAME")]
     pub physnet: Option<String>,
+    /// Multus runs on the nodes: NetworkAttachmentDefinitions of other plugins are Multus's
+    /// to attach, and a pod selecting one is not refused (default false: a pod selecting a
+    /// network nobody attaches gets an AttachmentFailed Event).
+    #[arg(long, env = "STACKNET_MULTUS", value_name = "BOOL")]
+    pub multus: Option<bool>,
     /// OVN: addresses for LoadBalancer Services (repeat, or separate with commas), answered
     /// on the external network by the gateway routers (default: none).
     #[arg(long = "lb-pool", env = "STACKNET_LB_POOL", value_name = "CIDR", value_delimiter = ',')]
@@ -127,6 +132,7 @@ struct FileConfig {
     snat: Option<bool>,
     physnet: Option<String>,
     lb_pool: Option<Vec<String>>,
+    multus: Option<bool>,
     metrics_addr: Option<String>,
     poll_ms: Option<u64>,
     coalesce_ms: Option<u64>,
@@ -176,6 +182,8 @@ pub struct ControllerConfig {
     pub gateways: Option<GatewaySettings>,
     /// `Some`: the network is made in OpenStack, not in `nb`.
     pub openstack: Option<OpenStackOptions>,
+    /// Multus attaches NADs of other plugins (`--multus`).
+    pub multus: bool,
 }
 
 /// OVN north–south settings (`--external-cidr` and the flags after it).
@@ -309,6 +317,7 @@ impl ControllerConfig {
             poll: Duration::from_millis(100),
             pace: Pace::new(Duration::from_millis(20)),
             leader_election: false,
+            multus: false,
             lease_namespace: "stacknet-system".into(),
             identity: default_identity(),
             service_cidr: DEFAULT_SERVICE_CIDR.parse().expect("valid"),
@@ -422,6 +431,7 @@ impl ControllerConfig {
             poll,
             pace: Pace::new(coalesce),
             leader_election: args.leader_election.or(file.leader_election).unwrap_or(true),
+            multus: args.multus.or(file.multus).unwrap_or(false),
             lease_namespace: args
                 .lease_namespace
                 .clone()

@@ -85,6 +85,9 @@ pub struct Reconciled {
     /// Each of our LoadBalancer Services' `status.loadBalancer.ingress` addresses (empty:
     /// none); Services not listed are not ours to write.
     pub ingress: Vec<(ObjectKey, Vec<IpAddr>)>,
+    /// The `k8s.v1.cni.cncf.io/network-status` annotation of each pod with secondary
+    /// networks (when asked for).
+    pub network_status: Vec<(ObjectKey, String)>,
     /// Transactions (or API calls) sent, and the operations in them.
     pub transactions: u64,
     pub operations: u64,
@@ -132,6 +135,8 @@ pub enum WriteBack {
     PodNetwork(ObjectKey, String),
     /// A LoadBalancer Service's `status.loadBalancer.ingress`: its addresses (empty: none).
     LoadBalancerIngress(ObjectKey, Vec<IpAddr>),
+    /// A pod's `k8s.v1.cni.cncf.io/network-status` annotation (a merge patch of that one).
+    NetworkStatus(ObjectKey, String),
 }
 
 /// Write-backs on their way to the API server: each sent once per value, until the object is
@@ -143,6 +148,8 @@ struct Annotations {
     sent: HashMap<ObjectKey, String>,
     /// Sent and not yet seen back on the Service.
     sent_ingress: HashMap<ObjectKey, Vec<IpAddr>>,
+    /// Sent and not yet seen back on the pod (network-status).
+    sent_status: HashMap<ObjectKey, String>,
 }
 
 impl Annotations {
@@ -159,6 +166,23 @@ impl Annotations {
                 && self.tx.send(WriteBack::PodNetwork(key.clone(), value.clone())).is_ok()
             {
                 self.sent.insert(key, value);
+            }
+        }
+    }
+
+    /// The same for pods' network-status annotations.
+    fn offer_status(&mut self, index: &ClusterIndex, values: Vec<(ObjectKey, String)>) {
+        let keys: BTreeSet<&ObjectKey> = values.iter().map(|(k, _)| k).collect();
+        self.sent_status.retain(|k, _| keys.contains(k));
+        for (key, value) in values {
+            let current =
+                index.pod_id(&key).and_then(|id| index.pod(id)).and_then(|p| p.network_status_annotation.as_deref());
+            if current == Some(value.as_str()) {
+                self.sent_status.remove(&key);
+            } else if self.sent_status.get(&key) != Some(&value)
+                && self.tx.send(WriteBack::NetworkStatus(key.clone(), value.clone())).is_ok()
+            {
+                self.sent_status.insert(key, value);
             }
         }
     }
@@ -235,7 +259,12 @@ impl<B: Backend> Controller<B> {
     /// `annotate` (what the backend says of the pod's port, as JSON), and our LoadBalancer
     /// Services' addresses as their `status.loadBalancer.ingress`.
     pub fn with_annotations(mut self, annotate: mpsc::UnboundedSender<WriteBack>) -> Self {
-        self.annotations = Some(Annotations { tx: annotate, sent: HashMap::new(), sent_ingress: HashMap::new() });
+        self.annotations = Some(Annotations {
+            tx: annotate,
+            sent: HashMap::new(),
+            sent_ingress: HashMap::new(),
+            sent_status: HashMap::new(),
+        });
         self
     }
 
@@ -310,6 +339,7 @@ impl<B: Backend> Controller<B> {
                 if let Some(a) = self.annotations.as_mut() {
                     a.offer(self.engine.index(), done.annotations);
                     a.offer_ingress(self.engine.index(), done.ingress);
+                    a.offer_status(self.engine.index(), done.network_status);
                 }
                 metrics.reconciles_ok.fetch_add(1, Ordering::Relaxed);
                 metrics.transactions.fetch_add(done.transactions, Ordering::Relaxed);
@@ -365,6 +395,8 @@ impl<B: Backend> Controller<B> {
                     // left, and annotations that differ are sent again.
                     if let Some(a) = self.annotations.as_mut() {
                         a.sent.clear();
+                        a.sent_ingress.clear();
+                        a.sent_status.clear();
                     }
                     burst = extend(burst);
                 }

@@ -25,18 +25,83 @@ use crate::Change;
 use crate::events::Events;
 
 /// The kinds watched (API group, resource) — what the RBAC must grant list and watch on.
-pub const WATCHED: [(&str, &str); 6] = [
+pub const WATCHED: [(&str, &str); 8] = [
     ("", "namespaces"),
     ("", "nodes"),
     ("", "pods"),
     ("", "services"),
     ("discovery.k8s.io", "endpointslices"),
     ("networking.k8s.io", "networkpolicies"),
+    ("k8s.cni.cncf.io", "network-attachment-definitions"),
+    ("k8s.cni.cncf.io", "multi-networkpolicies"),
 ];
 
 /// The kinds watched, in the order their watchers start.
-const KINDS: [Kind; 6] =
-    [Kind::Namespace, Kind::Node, Kind::Pod, Kind::Service, Kind::EndpointSlice, Kind::NetworkPolicy];
+const KINDS: [Kind; 8] = [
+    Kind::Namespace,
+    Kind::Node,
+    Kind::Pod,
+    Kind::Service,
+    Kind::EndpointSlice,
+    Kind::NetworkPolicy,
+    Kind::NetworkAttachmentDefinition,
+    Kind::MultiNetworkPolicy,
+];
+
+/// The custom resources (Multus's CRDs) watched as dynamic objects.
+fn custom_resource(kind: Kind) -> kube::core::ApiResource {
+    let (version, plural) = match kind {
+        Kind::NetworkAttachmentDefinition => ("v1", "network-attachment-definitions"),
+        _ => ("v1beta1", "multi-networkpolicies"),
+    };
+    kube::core::ApiResource {
+        group: "k8s.cni.cncf.io".into(),
+        version: version.into(),
+        api_version: format!("k8s.cni.cncf.io/{version}"),
+        kind: kind.name().into(),
+        plural: plural.into(),
+    }
+}
+
+fn network_attachment(o: &kube::core::DynamicObject, ev: &Events) -> Option<ClusterObject> {
+    let what = ObjectRef::Object(Kind::NetworkAttachmentDefinition, key_of(o, Kind::NetworkAttachmentDefinition));
+    let api: Result<stacknet_engine::multinet::nad::NadApi, _> =
+        serde_json::to_value(o).and_then(serde_json::from_value);
+    let r = api
+        .map_err(|e| stacknet_engine::Invalid::new(&what, "(object)", e.to_string()))
+        .and_then(|a| stacknet_engine::multinet::NetworkAttachmentDefinition::from_k8s(&a));
+    match r {
+        Ok(n) => Some(ClusterObject::NetworkAttachmentDefinition(n)),
+        Err(e) => {
+            ev.warn(
+                &what,
+                Reason::InvalidNetworkAttachment,
+                &format!("{e}; pods selecting it get none of their secondary networks"),
+            );
+            None
+        }
+    }
+}
+
+fn multi_network_policy(o: &kube::core::DynamicObject, ev: &Events) -> Option<ClusterObject> {
+    let what = ObjectRef::Object(Kind::MultiNetworkPolicy, key_of(o, Kind::MultiNetworkPolicy));
+    let api: Result<stacknet_engine::multinet::nad::MultiPolicyApi, _> =
+        serde_json::to_value(o).and_then(serde_json::from_value);
+    let mut warnings = Vec::new();
+    let r = api
+        .map_err(|e| stacknet_engine::Invalid::new(&what, "(object)", e.to_string()))
+        .and_then(|a| stacknet_engine::multinet::MultiNetworkPolicy::from_k8s(&a, &mut warnings));
+    for w in warnings {
+        ev.warn(&what, Reason::PolicyWarning, &w);
+    }
+    match r {
+        Ok(p) => Some(ClusterObject::MultiNetworkPolicy(p)),
+        Err(e) => {
+            ev.warn(&what, Reason::InvalidNetworkPolicy, &format!("{e}; the policy is not enforced"));
+            None
+        }
+    }
+}
 
 /// The source name of a kind's watcher ([`Change::Synced`]).
 fn source(kind: Kind) -> String {
@@ -94,11 +159,12 @@ fn key_of<K: Resource>(o: &K, kind: Kind) -> ObjectKey {
     }
 }
 
-/// Feeds the changes of one kind into `tx` until the receiver is gone.
+/// Feeds the changes of one kind into `tx` until the receiver is gone. A kind the API server
+/// does not serve (Multus's CRDs not installed) counts as synced with no objects, and is
+/// listed again with backoff until it is served.
 async fn watch<K, F>(api: Api<K>, kind: Kind, convert: F, tx: mpsc::Sender<Change>, events: Arc<Events>)
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-    K::DynamicType: Default,
     F: Fn(&K, &Events) -> Option<ClusterObject>,
 {
     let mut stream = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
@@ -110,6 +176,19 @@ where
         let event = match stream.try_next().await {
             Ok(Some(e)) => e,
             Ok(None) => return,
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(s))) if s.code == 404 => {
+                if !synced {
+                    synced = true;
+                    tracing::info!(
+                        kind = kind.name(),
+                        "not served by the API server (is its CRD installed?): none until it is"
+                    );
+                    if tx.send(Change::Synced(source(kind))).await.is_err() {
+                        return;
+                    }
+                }
+                continue;
+            }
             Err(e) => {
                 // The watcher backs off and resumes by itself; say what happened.
                 tracing::warn!(kind = kind.name(), error = %e, "watch interrupted; resuming");
@@ -198,6 +277,23 @@ pub async fn run(client: Client, tx: mpsc::Sender<Change>, events: Arc<Events>) 
             tx.clone(),
             events.clone(),
         )),
+        tokio::spawn(watch(
+            Api::<kube::core::DynamicObject>::all_with(
+                client.clone(),
+                &custom_resource(Kind::NetworkAttachmentDefinition),
+            ),
+            Kind::NetworkAttachmentDefinition,
+            network_attachment,
+            tx.clone(),
+            events.clone(),
+        )),
+        tokio::spawn(watch(
+            Api::<kube::core::DynamicObject>::all_with(client.clone(), &custom_resource(Kind::MultiNetworkPolicy)),
+            Kind::MultiNetworkPolicy,
+            multi_network_policy,
+            tx.clone(),
+            events.clone(),
+        )),
     ];
     debug_assert_eq!(tasks.len(), KINDS.len());
     for task in tasks {
@@ -277,6 +373,12 @@ pub async fn write_back(client: Client, mut rx: tokio::sync::mpsc::UnboundedRece
                 let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": ingress}}});
                 let r = api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ());
                 (r, "the Service's status.loadBalancer.ingress", key)
+            }
+            crate::WriteBack::NetworkStatus(key, value) => {
+                let api: Api<core::Pod> = Api::namespaced(client.clone(), &key.namespace);
+                let patch = serde_json::json!({"metadata": {"annotations": {stacknet_engine::multinet::NETWORK_STATUS_ANNOTATION: value}}});
+                let r = api.patch(&key.name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ());
+                (r, "the pod's network-status annotation", key)
             }
         };
         match result {

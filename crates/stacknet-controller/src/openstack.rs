@@ -142,9 +142,29 @@ impl Backend for OpenStackNetwork {
             let lbs = octavia.reconcile(engine.index(), topology).await.map_err(|e| failure(e, "Octavia"))?;
             problems.extend(lbs.problems);
         }
+        // Secondary networks are made in OVN mode only so far: say so on each pod that asks.
+        for (_, pod) in engine.index().pods() {
+            if pod.networks_annotation.as_deref().is_some_and(|t| !t.trim().is_empty()) && pod.is_policy_subject() {
+                problems.push(stacknet_engine::Problem::new(
+                    stacknet_engine::ObjectRef::pod(&pod.key),
+                    Reason::AttachmentFailed,
+                    format!(
+                        "metadata.annotations[{}]: the OpenStack backend does not make secondary networks yet; the pod has its primary port only",
+                        stacknet_engine::multinet::NETWORKS_ANNOTATION
+                    ),
+                ));
+            }
+        }
         self.nodes.send_replace(NeutronBackend::nodes_of(engine));
         tracing::debug!(created = net.created, updated = net.updated, deleted = net.deleted, "reconciled with Neutron");
-        Ok(Reconciled { problems, annotations, ingress: Vec::new(), transactions: 0, operations: net.calls })
+        Ok(Reconciled {
+            problems,
+            annotations,
+            ingress: Vec::new(),
+            network_status: Vec::new(),
+            transactions: 0,
+            operations: net.calls,
+        })
     }
 
     fn news(&mut self) -> Option<BoxStream<'static, News>> {

@@ -42,6 +42,10 @@ pub struct OvnNetwork {
     pending_up: HashMap<ObjectKey, Instant>,
     /// Each pod's logical port, as last programmed.
     ports: BTreeMap<ObjectKey, String>,
+    /// Pods' secondary interfaces' addresses.
+    multinet: stacknet_engine::multinet::Allocator,
+    /// What to do with NADs of other plugins (`--multus`).
+    foreign: stacknet_engine::multinet::Foreign,
 }
 
 impl OvnNetwork {
@@ -68,6 +72,12 @@ impl OvnNetwork {
             restored: false,
             pending_up: HashMap::new(),
             ports: BTreeMap::new(),
+            multinet: Default::default(),
+            foreign: if config.multus {
+                stacknet_engine::multinet::Foreign::LeaveToMultus
+            } else {
+                stacknet_engine::multinet::Foreign::Refuse
+            },
         })
     }
 
@@ -86,6 +96,10 @@ impl OvnNetwork {
             for ip in ips {
                 self.ipam.restore_management(&node, ip);
             }
+        }
+        self.multinet = Default::default();
+        for (pod, iface, network, ips) in a.attachments {
+            self.multinet.restore(pod, iface, network, ips);
         }
         self.join = a.join.into_iter().collect();
         self.lb_ips = a.load_balancer_ips.into_iter().collect();
@@ -151,6 +165,33 @@ impl OvnNetwork {
         out
     }
 }
+
+impl OvnNetwork {
+    /// The network-status annotation of each pod with secondary interfaces made.
+    fn network_status(
+        desired: &stacknet_ovn::Desired,
+        plan: &stacknet_engine::multinet::Plan,
+    ) -> Vec<(ObjectKey, String)> {
+        plan.pods
+            .iter()
+            .filter_map(|(key, list)| {
+                let port = desired.ports.get(key)?;
+                let made: Vec<_> = list
+                    .iter()
+                    .filter(|a| desired.attachments.contains_key(&(key.clone(), a.interface.clone())))
+                    .cloned()
+                    .collect();
+                let status =
+                    stacknet_engine::multinet::network_status(DEFAULT_NETWORK, ("eth0", &port.ips, &port.mac), &made);
+                Some((key.clone(), status))
+            })
+            .collect()
+    }
+}
+
+/// The primary network's name in pods' network-status (the CNI network name of
+/// `deploy/node.yaml`'s configuration).
+pub const DEFAULT_NETWORK: &str = "stacknet";
 
 impl Backend for OvnNetwork {
     fn describe(&self) -> String {
@@ -224,6 +265,8 @@ impl Backend for OvnNetwork {
         } else {
             Vec::new()
         };
+        let plan = self.multinet.sync(engine.index(), self.foreign, stacknet_ovn::secondary::accepts);
+        problems.extend(plan.problems.iter().cloned());
         let topology = Topology {
             cluster: self.cluster.clone(),
             nodes: assignment
@@ -242,6 +285,7 @@ impl Backend for OvnNetwork {
             gateways: self.gateways.clone(),
             exposures,
             load_balancer_ips: self.lb_ips.clone(),
+            multinet: plan,
         };
         let desired = stacknet_ovn::build(engine, &topology);
         for w in &desired.warnings {
@@ -259,10 +303,13 @@ impl Backend for OvnNetwork {
                 } else {
                     Vec::new()
                 };
+                let network_status =
+                    if annotate { Self::network_status(&desired, &topology.multinet) } else { Vec::new() };
                 Ok(Reconciled {
                     problems,
                     annotations,
                     ingress,
+                    network_status,
                     transactions: report.transactions as u64,
                     operations: report.operations as u64,
                 })

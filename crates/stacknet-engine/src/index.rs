@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use crate::labels::Labels;
+use crate::multinet::{MultiNetworkPolicy, NetworkAttachmentDefinition};
 use crate::objects::{ClusterObject, EndpointSlice, Kind, Namespace, NetworkPolicy, Node, ObjectKey, Pod, Service};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -32,6 +33,8 @@ pub struct ClusterIndex {
     services: BTreeMap<ObjectKey, Service>,
     endpoint_slices: BTreeMap<ObjectKey, EndpointSlice>,
     nodes: BTreeMap<String, Node>,
+    network_attachments: BTreeMap<ObjectKey, NetworkAttachmentDefinition>,
+    multi_policies: BTreeMap<ObjectKey, MultiNetworkPolicy>,
 }
 
 impl ClusterIndex {
@@ -69,6 +72,12 @@ impl ClusterIndex {
             ClusterObject::Node(n) => {
                 self.nodes.insert(n.name.clone(), n);
             }
+            ClusterObject::NetworkAttachmentDefinition(n) => {
+                self.network_attachments.insert(n.key.clone(), n);
+            }
+            ClusterObject::MultiNetworkPolicy(p) => {
+                self.multi_policies.insert(p.policy.key.clone(), p);
+            }
         }
     }
 
@@ -81,6 +90,8 @@ impl ClusterIndex {
             Kind::Service => self.services.remove(key).is_some(),
             Kind::EndpointSlice => self.endpoint_slices.remove(key).is_some(),
             Kind::Node => self.nodes.remove(&key.name).is_some(),
+            Kind::NetworkAttachmentDefinition => self.network_attachments.remove(key).is_some(),
+            Kind::MultiNetworkPolicy => self.multi_policies.remove(key).is_some(),
         }
     }
 
@@ -236,6 +247,18 @@ impl ClusterIndex {
         self.nodes.values()
     }
 
+    pub fn network_attachments(&self) -> impl Iterator<Item = &NetworkAttachmentDefinition> {
+        self.network_attachments.values()
+    }
+
+    pub fn network_attachment(&self, key: &ObjectKey) -> Option<&NetworkAttachmentDefinition> {
+        self.network_attachments.get(key)
+    }
+
+    pub fn multi_policies(&self) -> impl Iterator<Item = &MultiNetworkPolicy> {
+        self.multi_policies.values()
+    }
+
     pub fn node(&self, name: &str) -> Option<&Node> {
         self.nodes.get(name)
     }
@@ -258,6 +281,8 @@ mod tests {
             node: None,
             terminated: false,
             network_annotation: None,
+            networks_annotation: None,
+            network_status_annotation: None,
         }
     }
 

@@ -13,7 +13,8 @@
 //! - [`reach`] runs probes over every pair of pods;
 //! - [`paths`] decides probes between pods, nodes and outside hosts, directly or through a Service;
 //! - [`ipam`] gives nodes their subnets and pods their addresses (direct OVN mode);
-//! - [`multinet`] reads the Multus network selection annotation (secondary networks, groundwork);
+//! - [`multinet`] decides pods' secondary interfaces (NetworkAttachmentDefinitions, the Multus
+//!   selection annotation, MultiNetworkPolicy);
 //! - [`service`] turns Services and EndpointSlices into L4 load balancers (VIP:port → backends);
 //! - [`problem`] is what could not be done, on which object and why (the Events' reasons).
 #![forbid(unsafe_code)]

@@ -18,7 +18,8 @@ pub struct Manifest {
     pub warnings: Vec<String>,
 }
 
-const KINDS: &str = "Namespace, Node, Pod, NetworkPolicy, Service, EndpointSlice";
+const KINDS: &str =
+    "Namespace, Node, Pod, NetworkPolicy, Service, EndpointSlice, NetworkAttachmentDefinition, MultiNetworkPolicy";
 
 /// Parses one file's text; `source_name` (usually the path) prefixes every message.
 pub fn parse(source_name: &str, text: &str) -> Result<Manifest, ManifestError> {
@@ -95,6 +96,8 @@ fn read_object(
         "Namespace" | "Node" | "Pod" | "Service" => "v1",
         "NetworkPolicy" => "networking.k8s.io/v1",
         "EndpointSlice" => "discovery.k8s.io/v1",
+        "NetworkAttachmentDefinition" => crate::multinet::NAD_API_VERSION,
+        "MultiNetworkPolicy" => crate::multinet::MULTI_POLICY_API_VERSION,
         _ => {
             out.warnings.push(format!(
                 "{source_name}: document {document}{at}: skipped {described} ({api_version}): stacknet reads {KINDS}"
@@ -120,6 +123,14 @@ fn read_object(
             .map(ClusterObject::NetworkPolicy),
         "Service" => doc.convert(out, Service::from_k8s).map(ClusterObject::Service),
         "EndpointSlice" => doc.convert(out, EndpointSlice::from_k8s).map(ClusterObject::EndpointSlice),
+        "NetworkAttachmentDefinition" => doc
+            .convert(out, crate::multinet::NetworkAttachmentDefinition::from_k8s)
+            .map(ClusterObject::NetworkAttachmentDefinition),
+        "MultiNetworkPolicy" => doc
+            .convert(out, |p: &crate::multinet::nad::MultiPolicyApi| {
+                crate::multinet::MultiNetworkPolicy::from_k8s(p, &mut warnings)
+            })
+            .map(ClusterObject::MultiNetworkPolicy),
         _ => unreachable!("kinds are filtered above"),
     }
     .map_err(|invalid| ManifestError::Invalid { source_name: source_name.to_string(), invalid })?;
@@ -407,5 +418,51 @@ spec:
         assert_eq!(ports[1].port, PolicyPortSpec::Named("dns".into()));
         assert_eq!(ports[1].protocol, Protocol::Udp);
         assert_eq!(ports[2].port, PolicyPortSpec::Numbers(PortMatch::Any));
+    }
+
+    #[test]
+    fn network_attachments_and_multi_network_policies_are_read() {
+        // The multi-net-spec's example NAD (another plugin's: kept, not read), one of ours,
+        // and a MultiNetworkPolicy for it.
+        let text = r#"
+apiVersion: k8s.cni.cncf.io/v1
+kind: NetworkAttachmentDefinition
+metadata: {name: macvlan-conf, namespace: t}
+spec:
+  config: '{"cniVersion": "0.3.0", "type": "macvlan", "master": "eth0", "mode": "bridge", "ipam": {"type": "host-local", "subnet": "192.168.1.0/24"}}'
+---
+apiVersion: k8s.cni.cncf.io/v1
+kind: NetworkAttachmentDefinition
+metadata: {name: data, namespace: t}
+spec:
+  config: '{"cniVersion": "1.1.0", "name": "data", "type": "stacknet-cni", "topology": "layer2", "subnets": "10.100.0.0/24"}'
+---
+apiVersion: k8s.cni.cncf.io/v1beta1
+kind: MultiNetworkPolicy
+metadata:
+  name: data-in
+  namespace: t
+  annotations: {k8s.v1.cni.cncf.io/policy-for: data}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+"#;
+        let m = parse("telco.yaml", text).unwrap();
+        assert_eq!(m.objects.len(), 3);
+        match (&m.objects[0], &m.objects[1], &m.objects[2]) {
+            (
+                ClusterObject::NetworkAttachmentDefinition(other),
+                ClusterObject::NetworkAttachmentDefinition(ours),
+                ClusterObject::MultiNetworkPolicy(p),
+            ) => {
+                assert!(!other.is_ours() && other.config.is_none());
+                assert!(ours.is_ours() && matches!(ours.config, Some(Ok(_))));
+                assert_eq!(p.networks, vec![crate::ObjectKey::new("t", "data")]);
+            }
+            o => panic!("{o:?}"),
+        }
+        let bad = "apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\nmetadata: {name: d, namespace: t}\nspec: {config: '{\"type\": '}\n";
+        let e = parse("bad.yaml", bad).unwrap_err().to_string();
+        assert!(e.contains("NetworkAttachmentDefinition t/d") && e.contains("spec.config"), "{e}");
     }
 }

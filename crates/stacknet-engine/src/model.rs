@@ -285,7 +285,11 @@ impl PolicyEngine {
             Kind::Namespace => self.delete_namespace(&key.name),
             Kind::Pod => self.delete_pod(key),
             Kind::NetworkPolicy => self.delete_policy(key),
-            Kind::Service | Kind::EndpointSlice | Kind::Node => {
+            Kind::Service
+            | Kind::EndpointSlice
+            | Kind::Node
+            | Kind::NetworkAttachmentDefinition
+            | Kind::MultiNetworkPolicy => {
                 self.index.delete(kind, key);
                 Delta::default()
             }

@@ -32,6 +32,8 @@ pub enum Kind {
     NetworkPolicy,
     Service,
     EndpointSlice,
+    NetworkAttachmentDefinition,
+    MultiNetworkPolicy,
 }
 
 impl Kind {
@@ -44,6 +46,8 @@ impl Kind {
             Kind::NetworkPolicy => "NetworkPolicy",
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
+            Kind::NetworkAttachmentDefinition => "NetworkAttachmentDefinition",
+            Kind::MultiNetworkPolicy => "MultiNetworkPolicy",
         }
     }
 
@@ -53,6 +57,8 @@ impl Kind {
             Kind::Namespace | Kind::Node | Kind::Pod | Kind::Service => "v1",
             Kind::NetworkPolicy => "networking.k8s.io/v1",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
+            Kind::NetworkAttachmentDefinition => crate::multinet::NAD_API_VERSION,
+            Kind::MultiNetworkPolicy => crate::multinet::MULTI_POLICY_API_VERSION,
         }
     }
 
@@ -187,6 +193,12 @@ pub struct Pod {
     /// The `stacknet.io/network` annotation as the API server has it (what the controller
     /// wrote back: the pod's addresses, MAC, gateways and logical port).
     pub network_annotation: Option<String>,
+    /// The `k8s.v1.cni.cncf.io/networks` annotation: the secondary networks it selects (read
+    /// by [`crate::multinet`]).
+    pub networks_annotation: Option<String>,
+    /// The `k8s.v1.cni.cncf.io/network-status` annotation as the API server has it (what the
+    /// controller wrote back).
+    pub network_status_annotation: Option<String>,
 }
 
 /// The annotation the controller writes the pod's network into.
@@ -472,6 +484,8 @@ pub enum ClusterObject {
     NetworkPolicy(NetworkPolicy),
     Service(Service),
     EndpointSlice(EndpointSlice),
+    NetworkAttachmentDefinition(crate::multinet::NetworkAttachmentDefinition),
+    MultiNetworkPolicy(crate::multinet::MultiNetworkPolicy),
 }
 
 impl ClusterObject {
@@ -484,6 +498,8 @@ impl ClusterObject {
             ClusterObject::NetworkPolicy(p) => (Kind::NetworkPolicy, p.key.clone()),
             ClusterObject::Service(s) => (Kind::Service, s.key.clone()),
             ClusterObject::EndpointSlice(e) => (Kind::EndpointSlice, e.key.clone()),
+            ClusterObject::NetworkAttachmentDefinition(n) => (Kind::NetworkAttachmentDefinition, n.key.clone()),
+            ClusterObject::MultiNetworkPolicy(p) => (Kind::MultiNetworkPolicy, p.policy.key.clone()),
         }
     }
 }
@@ -492,7 +508,7 @@ impl ClusterObject {
 // Conversion from the API types.
 
 /// Reads `metadata`: the name is required; a missing namespace means `default`, as kubectl does.
-fn namespaced(kind: &str, meta: &ObjectMeta) -> Result<(ObjectKey, String), Invalid> {
+pub(crate) fn namespaced(kind: &str, meta: &ObjectMeta) -> Result<(ObjectKey, String), Invalid> {
     let name = meta.name.clone().filter(|n| !n.is_empty());
     let namespace = meta.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| "default".into());
     let Some(name) = name else {
@@ -696,6 +712,16 @@ impl Pod {
             node: spec.and_then(|s| s.node_name.clone()),
             terminated: matches!(phase, Some("Succeeded" | "Failed")),
             network_annotation: pod.metadata.annotations.as_ref().and_then(|a| a.get(NETWORK_ANNOTATION).cloned()),
+            networks_annotation: pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(crate::multinet::NETWORKS_ANNOTATION).cloned()),
+            network_status_annotation: pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(crate::multinet::NETWORK_STATUS_ANNOTATION).cloned()),
         })
     }
 }

@@ -197,6 +197,8 @@ fn host(name: &str, ip: IpAddr) -> Pod {
         node: None,
         terminated: false,
         network_annotation: None,
+        networks_annotation: None,
+        network_status_annotation: None,
     }
 }
 

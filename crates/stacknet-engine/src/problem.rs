@@ -140,8 +140,8 @@ reasons! {
         "the API server served an object stacknet cannot use; it is ignored";
     InvalidNetworkPolicy: "NetworkPolicy",
         "the policy is invalid and is not enforced";
-    PolicyWarning: "NetworkPolicy",
-        "the policy is enforced, but a part of it is ignored as the API says (rules of a direction `policyTypes` does not list)";
+    PolicyWarning: "NetworkPolicy, MultiNetworkPolicy",
+        "the policy is enforced, but a part of it is ignored as the API says (rules of a direction `policyTypes` does not list); a MultiNetworkPolicy without `k8s.v1.cni.cncf.io/policy-for` applies to no network";
     SubnetExhausted: "Pod",
         "its node's subnet has no free address; the pod gets no network until another pod on the node goes";
     ClusterCIDRExhausted: "Node",
@@ -198,6 +198,10 @@ reasons! {
         "OpenStack mode without `--service-cidr`: Services get no load balancer";
     NoExternalNetwork: "Service",
         "a LoadBalancer Service, but no `--external-network` to take a floating IP from";
+    InvalidNetworkAttachment: "NetworkAttachmentDefinition",
+        "a `stacknet-cni` NAD's `spec.config` does not parse (the message names the field); pods selecting it get none of their secondary networks";
+    AttachmentFailed: "Pod",
+        "the pod's secondary networks (`k8s.v1.cni.cncf.io/networks`) cannot all be made — a missing or foreign NAD, an address outside the subnet or taken, a MAC clash; it gets none of them and its CNI ADD fails with the same message";
 }
 
 impl fmt::Display for Reason {

@@ -181,6 +181,8 @@ fn pod(i: usize) -> impl Strategy<Value = Pod> {
         node: None,
         terminated: kind == 2,
         network_annotation: None,
+        networks_annotation: None,
+        network_status_annotation: None,
     })
 }
 
@@ -361,6 +363,8 @@ fn pod_deltas_replay_to_the_next_model() {
         node: None,
         terminated: false,
         network_annotation: None,
+        networks_annotation: None,
+        network_status_annotation: None,
     };
     let d = engine.apply(ClusterObject::Pod(pod("db-0", "db", 1)));
     let sets: BTreeSet<String> = d.membership.iter().map(|c| format!("{:?} {} {}", c.set, c.pod, c.added)).collect();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use stacknet_engine::objects::ObjectKey;
-use stacknet_ovn::lookup::{PodNetwork, management, pod_network};
+use stacknet_ovn::lookup::{PodNetwork, attachment_network, management, pod_network};
 use stacknet_ovsdb::{Client, ClientConfig, Remote, nb};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
@@ -367,51 +367,64 @@ impl Agent {
             .ok_or_else(|| CniError::new(codes::TRY_AGAIN_LATER, "pod port vanished", key.to_string()))
     }
 
-    fn result(&self, host: &str, ifname: &str, netns: &str, net: &PodNetwork, timings: Timings) -> AddResult {
-        let host_mac = String::new();
-        let gateway_for =
-            |ip: &IpAddr| net.gateways.iter().find(|g| g.is_ipv4() == ip.is_ipv4()).map(|g| g.to_string());
-        AddResult {
-            interfaces: vec![
-                Iface { name: host.into(), mac: host_mac, sandbox: None },
-                Iface { name: ifname.into(), mac: net.mac.clone(), sandbox: Some(netns.into()) },
-            ],
-            ips: net
-                .addresses
-                .iter()
-                .map(|(ip, len)| IpConfig { address: format!("{ip}/{len}"), gateway: gateway_for(ip), interface: 1 })
-                .collect(),
-            routes: net
-                .gateways
-                .iter()
-                .map(|g| RouteConfig {
-                    dst: if g.is_ipv4() { "0.0.0.0/0".into() } else { "::/0".into() },
-                    gw: g.to_string(),
-                })
-                .collect(),
-            timings,
-        }
-    }
-
-    async fn add(&self, req: &Request) -> Result<AddResult, CniError> {
-        let container = required(&req.container_id, "CNI_CONTAINERID")?;
-        let netns = required(&req.netns, "CNI_NETNS")?;
-        let ifname = required(&req.ifname, "CNI_IFNAME")?;
-        if ifname.len() > 15 || ifname.contains('/') || ifname.contains(char::is_whitespace) {
+    /// The network of the pod's secondary interface `ifname`, once the controller has made it.
+    async fn attachment(&self, key: &ObjectKey, ifname: &str, deadline: Instant) -> Result<PodNetwork, CniError> {
+        let (cluster, k, i) = (self.config.cluster.clone(), key.clone(), ifname.to_string());
+        let left = deadline.saturating_duration_since(Instant::now());
+        let found = |r: &stacknet_ovsdb::Replica| attachment_network(r, &cluster, &k, &i).is_some();
+        if self.nb.wait_until(left, found).await.is_err() {
             return Err(CniError::new(
-                codes::INVALID_ENV,
-                "bad interface name",
-                format!("CNI_IFNAME {ifname:?} is not a valid interface name"),
+                codes::TRY_AGAIN_LATER,
+                "no logical port for the pod's secondary interface yet",
+                format!(
+                    "pod {key}: the controller has not programmed interface {ifname} in cluster {} (waited {left:?}; is the network in its k8s.v1.cni.cncf.io/networks annotation?)",
+                    self.config.cluster
+                ),
             ));
         }
-        let ns = required(&req.pod_namespace, "K8S_POD_NAMESPACE (in CNI_ARGS)")?;
-        let name = required(&req.pod_name, "K8S_POD_NAME (in CNI_ARGS)")?;
-        let key = ObjectKey::new(ns, name);
-        crate::netns::open(Path::new(netns))
-            .map_err(|e| CniError::new(codes::INVALID_ENV, "bad network namespace (CNI_NETNS)", e.to_string()))?;
-        let host = host_ifname(container, ifname);
-        let start = Instant::now();
-        let net = self.pod_network(&key, start + self.config.lookup_timeout).await?;
+        let guard = self.nb.replica();
+        guard
+            .as_ref()
+            .and_then(|r| attachment_network(r, &self.config.cluster, key, ifname))
+            .ok_or_else(|| CniError::new(codes::TRY_AGAIN_LATER, "secondary port vanished", format!("{key} {ifname}")))
+    }
+
+    /// What the runtime is told: for each interface made, its host end and pod end, its
+    /// addresses (with the gateway of their family) and its routes.
+    fn result(&self, netns: &str, made: &[Made], timings: Timings) -> AddResult {
+        let mut r = AddResult { interfaces: Vec::new(), ips: Vec::new(), routes: Vec::new(), timings };
+        for m in made {
+            let pod_end = u32::try_from(r.interfaces.len() + 1).unwrap_or(u32::MAX);
+            r.interfaces.push(Iface { name: m.iface.host.clone(), mac: String::new(), sandbox: None });
+            r.interfaces.push(Iface {
+                name: m.iface.ifname.clone(),
+                mac: m.iface.mac.clone(),
+                sandbox: Some(netns.into()),
+            });
+            let gateway_for = |ip: &IpAddr| {
+                m.iface
+                    .gateways
+                    .iter()
+                    .chain(m.iface.routes.iter().map(|(_, g)| g))
+                    .find(|g| g.is_ipv4() == ip.is_ipv4())
+                    .map(|g| g.to_string())
+            };
+            r.ips.extend(m.iface.addresses.iter().map(|(ip, len)| IpConfig {
+                address: format!("{ip}/{len}"),
+                gateway: gateway_for(ip),
+                interface: pod_end,
+            }));
+            r.routes.extend(m.iface.gateways.iter().map(|g| RouteConfig {
+                dst: if g.is_ipv4() { "0.0.0.0/0".into() } else { "::/0".into() },
+                gw: g.to_string(),
+            }));
+            r.routes
+                .extend(m.iface.routes.iter().map(|(dst, g)| RouteConfig { dst: dst.to_string(), gw: g.to_string() }));
+        }
+        r
+    }
+
+    fn check_uid(key: &ObjectKey, net: &PodNetwork, req: &Request) -> Result<(), CniError> {
         if let (Some(want), Some(got)) = (&net.iface_id_ver, &req.pod_uid)
             && want != got
         {
@@ -424,8 +437,105 @@ impl Agent {
                 ),
             ));
         }
-        let lookup = start.elapsed();
+        Ok(())
+    }
 
+    async fn add(&self, req: &Request) -> Result<AddResult, CniError> {
+        let container = required(&req.container_id, "CNI_CONTAINERID")?;
+        let netns = required(&req.netns, "CNI_NETNS")?;
+        let ifname = required(&req.ifname, "CNI_IFNAME")?;
+        if !valid_ifname(ifname) {
+            return Err(CniError::new(
+                codes::INVALID_ENV,
+                "bad interface name",
+                format!("CNI_IFNAME {ifname:?} is not a valid interface name"),
+            ));
+        }
+        let ns = required(&req.pod_namespace, "K8S_POD_NAMESPACE (in CNI_ARGS)")?;
+        let name = required(&req.pod_name, "K8S_POD_NAME (in CNI_ARGS)")?;
+        let key = ObjectKey::new(ns, name);
+        crate::netns::open(Path::new(netns))
+            .map_err(|e| CniError::new(codes::INVALID_ENV, "bad network namespace (CNI_NETNS)", e.to_string()))?;
+        let start = Instant::now();
+        let deadline = start + self.config.lookup_timeout;
+        // What to make: the interface asked for, and with it (primary, Multus-free) the pod's
+        // secondary interfaces.
+        let mut wanted: Vec<(String, PodNetwork, u32)> = Vec::new();
+        if req.network.is_some() {
+            let net = self.attachment(&key, ifname, deadline).await?;
+            Self::check_uid(&key, &net, req)?;
+            let mtu = net.mtu.or(req.mtu).unwrap_or(self.config.mtu);
+            wanted.push((ifname.to_string(), net, mtu));
+        } else {
+            let net = self.pod_network(&key, deadline).await?;
+            Self::check_uid(&key, &net, req)?;
+            let secondary = req.attach_networks != Some(false);
+            if secondary && let Some(why) = &net.attachment_error {
+                return Err(CniError::new(
+                    codes::INVALID_CONFIG,
+                    "the pod's secondary networks cannot be attached",
+                    format!("pod {key}: {why}"),
+                ));
+            }
+            let attachments = if secondary { net.attachments.clone() } else { Vec::new() };
+            wanted.push((ifname.to_string(), net, req.mtu.unwrap_or(self.config.mtu)));
+            for iface in attachments {
+                let n = self.attachment(&key, &iface, deadline).await?;
+                let mtu = n.mtu.unwrap_or(self.config.mtu);
+                wanted.push((iface, n, mtu));
+            }
+        }
+        let lookup = start.elapsed();
+        let results = futures::future::join_all(
+            wanted.iter().map(|(ifname, net, mtu)| self.attach_one(container, netns, ifname, &key, net, *mtu)),
+        )
+        .await;
+        if results.iter().any(Result::is_err) {
+            // All or nothing: what was made (or found made) goes again; a failed interface
+            // has removed what it made itself.
+            for ((ifname, _, _), r) in wanted.iter().zip(&results) {
+                if r.is_ok() {
+                    let _ = self.teardown(&host_ifname(container, ifname)).await;
+                }
+            }
+            let e = results.into_iter().find_map(Result::err).unwrap_or_else(|| unreachable!("one failed"));
+            return Err(e);
+        }
+        let made: Vec<Made> = results.into_iter().filter_map(Result::ok).collect();
+        let timings = Timings {
+            lookup_us: lookup.as_micros() as u64,
+            plumb_us: made.iter().map(|m| m.timings.plumb_us).max().unwrap_or_default(),
+            bind_us: made.iter().map(|m| m.timings.bind_us).max().unwrap_or_default(),
+            install_us: made.iter().map(|m| m.timings.install_us).max().unwrap_or_default(),
+        };
+        tracing::debug!(pod = %key, interfaces = made.len(), ?timings, "attached");
+        Ok(self.result(netns, &made, timings))
+    }
+
+    /// Makes one interface of the pod as its port says (or finds it made by an earlier ADD):
+    /// plumbed, bound to its logical port, installed by ovn-controller. On failure nothing of
+    /// it is left.
+    async fn attach_one(
+        &self,
+        container: &str,
+        netns: &str,
+        ifname: &str,
+        key: &ObjectKey,
+        net: &PodNetwork,
+        mtu: u32,
+    ) -> Result<Made, CniError> {
+        let host = host_ifname(container, ifname);
+        let (gateways, routes) = routing(net);
+        let iface = PodInterface {
+            host: host.clone(),
+            ifname: ifname.into(),
+            mac: net.mac.clone(),
+            addresses: net.addresses.clone(),
+            gateways,
+            routes,
+            mtu,
+            vlan: net.vlan,
+        };
         // Repeated ADD: if this attachment is already complete, answer as before.
         let existing: Option<Attached> = self
             .ovs
@@ -435,18 +545,11 @@ impl Agent {
         if let Some(a) = &existing {
             let observed = self.plumbing.observe(Path::new(netns), ifname).await.ok().flatten();
             if a.installed && a.iface_id == net.lsp && observed.is_some_and(|o| o.mac == net.mac) {
-                return Ok(self.result(
-                    &host,
-                    ifname,
-                    netns,
-                    &net,
-                    Timings { lookup_us: lookup.as_micros() as u64, ..Timings::default() },
-                ));
+                return Ok(Made { iface, timings: Timings::default() });
             }
             // Half there (an interrupted ADD): start over.
             self.teardown(&a.port).await?;
         }
-
         if let Some(parent) = net.parent.as_ref().filter(|_| !self.plumbing.nested()) {
             return Err(CniError::new(
                 codes::INVALID_CONFIG,
@@ -459,16 +562,6 @@ impl Agent {
                 ),
             ));
         }
-        let mtu = req.mtu.unwrap_or(self.config.mtu);
-        let iface = PodInterface {
-            host: host.clone(),
-            ifname: ifname.into(),
-            mac: net.mac.clone(),
-            addresses: net.addresses.clone(),
-            gateways: net.gateways.clone(),
-            mtu,
-            vlan: net.vlan,
-        };
         let binding = Binding {
             port: host.clone(),
             iface_id: net.lsp.clone(),
@@ -502,13 +595,12 @@ impl Agent {
             }
         };
         let timings = Timings {
-            lookup_us: lookup.as_micros() as u64,
+            lookup_us: 0,
             plumb_us: (created + configured).as_micros() as u64,
             bind_us: bound.as_micros() as u64,
             install_us: installed.as_micros() as u64,
         };
-        tracing::debug!(pod = %key, port = %host, ?timings, "attached");
-        Ok(self.result(&host, ifname, netns, &net, timings))
+        Ok(Made { iface, timings })
     }
 
     /// Removes the OVS port and the veth pair named `host`: both are attempted, whatever the
@@ -520,11 +612,24 @@ impl Agent {
     }
 
     /// Idempotent: a missing namespace, port or interface is success.
+    /// The primary interface's DEL (Multus-free) removes every interface of the container.
     async fn del(&self, req: &Request) -> Result<(), CniError> {
         let container = required(&req.container_id, "CNI_CONTAINERID")?;
         let ifname = req.ifname.as_deref().unwrap_or("eth0");
-        let host = host_ifname(container, ifname);
-        self.teardown(&host).await
+        let mut hosts = vec![host_ifname(container, ifname)];
+        if req.network.is_none() && req.attach_networks != Some(false) {
+            let ours = self.ovs.replica().as_ref().map(ovs::attached).unwrap_or_default();
+            hosts.extend(ours.into_iter().filter(|a| a.container == container).map(|a| a.port));
+            hosts.sort();
+            hosts.dedup();
+        }
+        let mut result = Ok(());
+        for host in hosts {
+            if let Err(e) = self.teardown(&host).await {
+                result = Err(e);
+            }
+        }
+        result
     }
 
     async fn check(&self, req: &Request) -> Result<(), CniError> {
@@ -554,7 +659,7 @@ impl Agent {
                 return Err(failed(format!("{ifname} lacks address {}/{}", a.0, a.1)));
             }
         }
-        for g in &net.gateways {
+        for g in &routing(&net).0 {
             if !observed.gateways.contains(g) {
                 return Err(failed(format!("no default route via {g} on {ifname}")));
             }
@@ -582,6 +687,32 @@ impl Agent {
         }
         Ok(())
     }
+}
+
+/// One interface an ADD made (or found made).
+struct Made {
+    iface: PodInterface,
+    timings: Timings,
+}
+
+fn valid_ifname(ifname: &str) -> bool {
+    ifname.len() <= 15 && !ifname.contains('/') && !ifname.contains(char::is_whitespace)
+}
+
+/// The interface's routes: a default route through each gateway, except for a family whose
+/// default route is on another interface — then only the port's CIDRs of that family.
+fn routing(net: &PodNetwork) -> (Vec<IpAddr>, Vec<(stacknet_engine::Cidr, IpAddr)>) {
+    let mut defaults = Vec::new();
+    let mut routes = Vec::new();
+    for g in &net.gateways {
+        let specific: Vec<_> = net.routes.iter().filter(|c| c.is_ipv4() == g.is_ipv4()).collect();
+        if specific.is_empty() {
+            defaults.push(*g);
+        } else {
+            routes.extend(specific.into_iter().map(|c| (*c, *g)));
+        }
+    }
+    (defaults, routes)
 }
 
 /// Where the agent listens by default.

@@ -6,13 +6,17 @@
 //! - [`ovs`]: binding the host end to OVN on br-int and waiting for ovn-controller;
 //! - [`agent`]: the node agent serving CNI requests over a unix socket (it keeps the OVSDB
 //!   connections and replicas warm, so a pod start costs netlink calls and one transaction);
-//! - [`protocol`]: what the plugin and the agent say to each other.
+//! - [`protocol`]: what the plugin and the agent say to each other;
+//! - [`netdata`]: Nova's `network_data.json`, and which VM NIC carries a Neutron port;
+//! - [`configdrive`]: reading it from the config drive (ISO9660, unmounted) or the metadata service.
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod configdrive;
 pub mod ethtool;
 pub mod gateway;
 pub mod mgmt;
+pub mod netdata;
 pub mod netns;
 pub mod ovs;
 pub mod plumb;

@@ -216,7 +216,7 @@ pub async fn observe(host: &rtnetlink::Handle) -> Result<Option<(u32, Seen)>, Mg
     Ok(Some((idx, seen)))
 }
 
-fn route(dst: Cidr, gw: IpAddr, idx: u32) -> RouteMessage {
+pub(crate) fn route(dst: Cidr, gw: IpAddr, idx: u32) -> RouteMessage {
     match (dst.network(), gw) {
         (IpAddr::V4(d), IpAddr::V4(g)) => RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(d, dst.prefix_len())
@@ -379,6 +379,10 @@ mod tests {
                 iface_id_ver: None,
                 parent: None,
                 vlan: None,
+                mtu: None,
+                routes: Vec::new(),
+                attachments: Vec::new(),
+                attachment_error: None,
             },
             routes: vec!["10.244.0.0/16".parse().unwrap(), "fd00:96::/112".parse().unwrap()],
         };

@@ -42,7 +42,10 @@ pub struct PodInterface {
     pub ifname: String,
     pub mac: String,
     pub addresses: Vec<(IpAddr, u8)>,
+    /// Default routes, one per family at most.
     pub gateways: Vec<IpAddr>,
+    /// Routes to prefixes (a primary interface whose default route is on another one).
+    pub routes: Vec<(stacknet_engine::Cidr, IpAddr)>,
     pub mtu: u32,
     /// Nested pods: the VLAN tag the pod's traffic carries on the VM's NIC.
     pub vlan: Option<u16>,
@@ -191,6 +194,13 @@ pub async fn configure(pod: &rtnetlink::Handle, netns_path: &Path, iface: &PodIn
             IpAddr::V6(g) => RouteMessageBuilder::<Ipv6Addr>::new().gateway(*g).output_interface(idx).build(),
         };
         pod.route().add(route).execute().await.map_err(nl(format!("default route via {gw}")))?;
+    }
+    for (dst, gw) in &iface.routes {
+        pod.route()
+            .add(crate::mgmt::route(*dst, *gw, idx))
+            .execute()
+            .await
+            .map_err(nl(format!("route to {dst} via {gw}")))?;
     }
     disable_tx_offload(netns_path, &iface.ifname).await
 }

@@ -30,6 +30,12 @@ pub struct Request {
     pub mtu: Option<u32>,
     /// GC: the attachments the runtime still knows, as (container id, ifname).
     pub valid_attachments: Option<Vec<(String, String)>>,
+    /// Multus delegating one secondary network (the NAD's config has a `topology` or a
+    /// `neutronNetwork`): its CNI network name. The ADD makes that one interface.
+    pub network: Option<String>,
+    /// The primary interface's ADD also attaches the pod's secondary networks, and its DEL
+    /// removes them (the config's `attachNetworks`, default true).
+    pub attach_networks: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

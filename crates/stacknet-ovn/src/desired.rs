@@ -62,6 +62,8 @@ pub struct Desired {
     pub ports: BTreeMap<ObjectKey, PodPort>,
     pub switches: BTreeMap<String, SwitchInfo>,
     pub load_balancers: Vec<LoadBalancer>,
+    /// Pods' secondary interfaces: (pod, interface) → the port on its network's switch.
+    pub attachments: BTreeMap<(ObjectKey, String), PodPort>,
     /// What could not be expressed (a pod with no node to sit on, ...).
     pub warnings: Vec<String>,
 }
@@ -75,17 +77,17 @@ impl Desired {
         self.rows.keys().filter(|(t, _)| *t == table).count()
     }
 
-    fn add(&mut self, row: DesiredRow) {
+    pub(crate) fn add(&mut self, row: DesiredRow) {
         self.rows.insert((row.table, row.id.clone()), row);
     }
 }
 
-struct RowBuilder {
+pub(crate) struct RowBuilder {
     row: DesiredRow,
 }
 
 impl RowBuilder {
-    fn new(cluster: &str, table: &'static str, id: String, owner_kind: &str, owner: &str) -> Self {
+    pub(crate) fn new(cluster: &str, table: &'static str, id: String, owner_kind: &str, owner: &str) -> Self {
         let ids = Datum::string_map([
             (KEY_CLUSTER, cluster),
             (KEY_ID, id.as_str()),
@@ -99,28 +101,28 @@ impl RowBuilder {
         RowBuilder { row: DesiredRow { table, id, columns, refs: BTreeMap::new() } }
     }
 
-    fn col(mut self, c: &'static str, d: Datum) -> Self {
+    pub(crate) fn col(mut self, c: &'static str, d: Datum) -> Self {
         self.row.columns.insert(c, d);
         self
     }
 
-    fn str(self, c: &'static str, s: &str) -> Self {
+    pub(crate) fn str(self, c: &'static str, s: &str) -> Self {
         self.col(c, Datum::Atom(s.into()))
     }
 
-    fn external(mut self, k: &str, v: &str) -> Self {
+    pub(crate) fn external(mut self, k: &str, v: &str) -> Self {
         if let Some(Datum::Map(m)) = self.row.columns.get_mut("external_ids") {
             m.insert(k.into(), v.into());
         }
         self
     }
 
-    fn refs(mut self, c: &'static str, ids: impl IntoIterator<Item = String>) -> Self {
+    pub(crate) fn refs(mut self, c: &'static str, ids: impl IntoIterator<Item = String>) -> Self {
         self.row.refs.entry(c).or_default().extend(ids);
         self
     }
 
-    fn build(self) -> DesiredRow {
+    pub(crate) fn build(self) -> DesiredRow {
         self.row
     }
 }
@@ -170,20 +172,32 @@ impl Families {
     }
 }
 
+/// Whose policy rows: the primary network's (NetworkPolicies) or one secondary network's
+/// (MultiNetworkPolicies). The primary network's row ids and names have no prefix.
+struct Scope<'a> {
+    /// Prefixes row ids and the identities names are hashed from (`""`, or `net:ns/nad|`).
+    prefix: String,
+    /// The kind that owns the policy rows.
+    owner_kind: &'static str,
+    /// The identities of a pod's ports in this scope (none: it has none).
+    ports: &'a dyn Fn(&ObjectKey) -> Vec<String>,
+}
+
 /// Names of the address sets a rule refers to.
 struct SetNames<'a> {
     cluster: &'a str,
     families: Families,
     engine: &'a PolicyEngine,
+    prefix: &'a str,
 }
 
 impl SetNames<'_> {
     fn peer_set(&self, id: &PeerSetId, family: &str) -> String {
-        format!("{}_{family}", ident(self.cluster, "as", id.as_str()))
+        format!("{}_{family}", ident(self.cluster, "as", &format!("{}{}", self.prefix, id.as_str())))
     }
 
     fn named_port(&self, key: &NamedPortKey, port: u16, family: &str) -> String {
-        format!("{}_{family}", ident(self.cluster, "np", &named_port_id(key, port)))
+        format!("{}_{family}", ident(self.cluster, "np", &format!("{}{}", self.prefix, named_port_id(key, port))))
     }
 
     /// `(ip4.F == $a_ip4 || ip6.F == $a_ip6)` for the families in use.
@@ -285,10 +299,36 @@ pub fn build(engine: &PolicyEngine, topo: &Topology) -> Desired {
     }
     cluster_router(&mut d, cluster, router);
     let families = Families::of(index);
-    address_sets(&mut d, cluster, engine, families);
-    policy_port_groups(&mut d, &SetNames { cluster, families, engine });
-    default_deny_port_groups(&mut d, cluster, engine);
+    let primary: BTreeSet<ObjectKey> = d.ports.keys().cloned().collect();
+    let ports = |k: &ObjectKey| if primary.contains(k) { vec![format!("pod:{k}")] } else { Vec::new() };
+    policies(&mut d, engine, &Scope { prefix: String::new(), owner_kind: "NetworkPolicy", ports: &ports }, families);
+    crate::secondary::networks(&mut d, engine, topo);
     d
+}
+
+/// The rows of one network's policies: address sets, a port group per policy, default deny.
+fn policies(d: &mut Desired, engine: &PolicyEngine, scope: &Scope<'_>, families: Families) {
+    let cluster = d.cluster.clone();
+    address_sets(d, &cluster, engine, families, scope);
+    policy_port_groups(d, &SetNames { cluster: &cluster, families, engine, prefix: &scope.prefix }, scope);
+    default_deny_port_groups(d, &cluster, engine, scope);
+}
+
+/// The policy rows of a secondary network (pure): its MultiNetworkPolicies over the pods
+/// attached to it, with `ports` giving each pod's ports on it.
+pub(crate) fn network_policies(
+    d: &mut Desired,
+    engine: &PolicyEngine,
+    network: &ObjectKey,
+    ports: &dyn Fn(&ObjectKey) -> Vec<String>,
+) {
+    let families = Families::of(engine.index());
+    policies(
+        d,
+        engine,
+        &Scope { prefix: format!("net:{network}|"), owner_kind: "MultiNetworkPolicy", ports },
+        families,
+    );
 }
 
 /// Pods: one port each, on their node's switch. Returns the port identities per node.
@@ -964,8 +1004,8 @@ fn router_link(d: &mut Desired, cluster: &str, node: &NodeNet) -> (String, Strin
 }
 
 /// The identities of the ports of `members` (those that have one).
-fn member_ports(members: Members<'_>, d: &Desired) -> Vec<String> {
-    members.pods().filter(|p| d.ports.contains_key(&p.key)).map(|p| format!("pod:{}", p.key)).collect()
+fn member_ports(members: Members<'_>, scope: &Scope<'_>) -> Vec<String> {
+    members.pods().flat_map(|p| (scope.ports)(&p.key)).collect()
 }
 
 /// The addresses of `members` of one family.
@@ -979,13 +1019,14 @@ fn member_addresses(members: Members<'_>, v4: bool) -> Datum {
 }
 
 /// Peer sets and named-port sets: address sets, one per family.
-fn address_sets(d: &mut Desired, cluster: &str, engine: &PolicyEngine, families: Families) {
+fn address_sets(d: &mut Desired, cluster: &str, engine: &PolicyEngine, families: Families, scope: &Scope<'_>) {
+    let prefix = scope.prefix.as_str();
     for (id, selector, members) in engine.peer_sets() {
         for fam in families.list() {
-            let row_id = format!("as:{id}:{fam}");
+            let row_id = format!("{prefix}as:{id}:{fam}");
             d.add(
                 RowBuilder::new(cluster, ADDRESS_SET, row_id, "PeerSet", &selector.to_string())
-                    .str("name", &format!("{}_{fam}", ident(cluster, "as", id.as_str())))
+                    .str("name", &format!("{}_{fam}", ident(cluster, "as", &format!("{prefix}{}", id.as_str()))))
                     .col("addresses", member_addresses(members, fam == "ip4"))
                     .build(),
             );
@@ -996,8 +1037,8 @@ fn address_sets(d: &mut Desired, cluster: &str, engine: &PolicyEngine, families:
             for fam in families.list() {
                 let npid = named_port_id(key, port);
                 d.add(
-                    RowBuilder::new(cluster, ADDRESS_SET, format!("np:{npid}:{fam}"), "NamedPort", &npid)
-                        .str("name", &format!("{}_{fam}", ident(cluster, "np", &npid)))
+                    RowBuilder::new(cluster, ADDRESS_SET, format!("{prefix}np:{npid}:{fam}"), "NamedPort", &npid)
+                        .str("name", &format!("{}_{fam}", ident(cluster, "np", &format!("{prefix}{npid}"))))
                         .col("addresses", member_addresses(members, fam == "ip4"))
                         .build(),
                 );
@@ -1007,19 +1048,19 @@ fn address_sets(d: &mut Desired, cluster: &str, engine: &PolicyEngine, families:
 }
 
 /// Policies: a port group each, holding its rules' ACLs.
-fn policy_port_groups(d: &mut Desired, names: &SetNames<'_>) {
-    let (cluster, engine) = (names.cluster, names.engine);
+fn policy_port_groups(d: &mut Desired, names: &SetNames<'_>, scope: &Scope<'_>) {
+    let (cluster, engine, prefix) = (names.cluster, names.engine, names.prefix);
     let mut rules_by_policy: BTreeMap<&ObjectKey, Vec<&Rule>> = BTreeMap::new();
     for r in engine.rules() {
         rules_by_policy.entry(&r.policy).or_default().push(r);
     }
     for (key, group) in engine.groups() {
-        let pg = ident(cluster, "pg", &key.to_string());
+        let pg = ident(cluster, "pg", &format!("{prefix}{key}"));
         let mut acl_ids = Vec::new();
         for (i, rule) in rules_by_policy.get(key).into_iter().flatten().enumerate() {
-            let id = format!("acl:{key}:{i}");
+            let id = format!("{prefix}acl:{key}:{i}");
             d.add(
-                RowBuilder::new(cluster, ACL, id.clone(), "NetworkPolicy", &key.to_string())
+                RowBuilder::new(cluster, ACL, id.clone(), scope.owner_kind, &key.to_string())
                     .col("name", acl_name(&key.to_string()))
                     .col("priority", Datum::Atom(PRIORITY_ALLOW.into()))
                     .str("direction", dir_str(rule.direction))
@@ -1030,9 +1071,9 @@ fn policy_port_groups(d: &mut Desired, names: &SetNames<'_>) {
             );
             acl_ids.push(id);
         }
-        let ports = member_ports(group.members, d);
+        let ports = member_ports(group.members, scope);
         d.add(
-            RowBuilder::new(cluster, PORT_GROUP, format!("pg:{key}"), "NetworkPolicy", &key.to_string())
+            RowBuilder::new(cluster, PORT_GROUP, format!("{prefix}pg:{key}"), scope.owner_kind, &key.to_string())
                 .str("name", &pg)
                 .refs("ports", ports)
                 .refs("acls", acl_ids)
@@ -1042,13 +1083,13 @@ fn policy_port_groups(d: &mut Desired, names: &SetNames<'_>) {
 }
 
 /// Default deny per namespace and direction: drop, but let ARP and ND through.
-fn default_deny_port_groups(d: &mut Desired, cluster: &str, engine: &PolicyEngine) {
+fn default_deny_port_groups(d: &mut Desired, cluster: &str, engine: &PolicyEngine, scope: &Scope<'_>) {
     for (ns, dir, members) in engine.default_deny() {
         let (dname, port) = match dir {
             Direction::Ingress => ("ingress", "outport"),
             Direction::Egress => ("egress", "inport"),
         };
-        let id = format!("deny:{ns}:{dname}");
+        let id = format!("{}deny:{ns}:{dname}", scope.prefix);
         let pg = ident(cluster, "deny", &id);
         let owner = format!("{ns}/default-deny-{dname}");
         let drop_id = format!("{id}:drop");
@@ -1073,7 +1114,7 @@ fn default_deny_port_groups(d: &mut Desired, cluster: &str, engine: &PolicyEngin
                     .build(),
             );
         }
-        let ports = member_ports(members, d);
+        let ports = member_ports(members, scope);
         d.add(
             RowBuilder::new(cluster, PORT_GROUP, id.clone(), "Namespace", ns)
                 .str("name", &pg)
@@ -1231,6 +1272,7 @@ items:
             gateways: None,
             exposures: Vec::new(),
             load_balancer_ips: Default::default(),
+            multinet: Default::default(),
         };
         let d = build(&engine, &topo);
         let mgmt = d.row(LOGICAL_SWITCH_PORT, "mgmt:n1").unwrap();

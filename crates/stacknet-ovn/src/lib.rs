@@ -15,6 +15,7 @@ pub mod desired;
 pub mod lookup;
 pub mod names;
 pub mod reconcile;
+pub mod secondary;
 pub mod topology;
 pub mod trace;
 

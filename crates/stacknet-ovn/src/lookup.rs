@@ -25,12 +25,51 @@ pub struct PodNetwork {
     /// until it has).
     pub parent: Option<String>,
     pub vlan: Option<u16>,
+    /// The interface's MTU, when its network sets one (secondary networks).
+    pub mtu: Option<u32>,
+    /// When set, the gateways are not the default route: only these CIDRs go through them
+    /// (a primary interface whose default route is on a secondary one, by family).
+    pub routes: Vec<stacknet_engine::Cidr>,
+    /// A primary port: the pod's secondary interfaces its ADD attaches too.
+    pub attachments: Vec<String>,
+    /// A primary port: why the pod's secondary networks cannot be attached.
+    pub attachment_error: Option<String>,
 }
 
 /// The network of pod `key` in `cluster`, if the controller has made its port (and the port's
 /// switch is on the cluster router).
 pub fn pod_network(replica: &Replica, cluster: &str, key: &ObjectKey) -> Option<PodNetwork> {
     port_network(replica, cluster, &format!("pod:{key}"))
+}
+
+/// The network of pod `key`'s secondary interface `interface`, if the controller has made its
+/// port: addresses with their prefix lengths, MAC, MTU and default-route gateways.
+pub fn attachment_network(replica: &Replica, cluster: &str, key: &ObjectKey, interface: &str) -> Option<PodNetwork> {
+    let id = format!("attach:{key}/{interface}");
+    let (uuid, row) = replica.table(nb::LOGICAL_SWITCH_PORT).by_external_id(KEY_ID, &id).find(|(_, r)| {
+        r.get("external_ids").and_then(|d| d.map_get(KEY_CLUSTER)).and_then(|a| a.as_str()) == Some(cluster)
+    })?;
+    let ids = string_map(row, "external_ids");
+    let lsp = LogicalSwitchPort::from_row(*uuid, row);
+    let mac = lsp.addresses.iter().next()?.split_whitespace().next()?.to_string();
+    let list = |k: &str| {
+        ids.get(k)
+            .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    Some(PodNetwork {
+        lsp: lsp.name,
+        mac,
+        addresses: list(crate::names::KEY_IPS).into_iter().filter_map(parse_network).collect(),
+        gateways: list(crate::names::KEY_DEFAULT_ROUTE).into_iter().filter_map(|g| g.parse().ok()).collect(),
+        iface_id_ver: lsp.options.get("iface-id-ver").cloned(),
+        parent: None,
+        vlan: None,
+        mtu: ids.get(crate::names::KEY_MTU).and_then(|m| m.parse().ok()),
+        routes: Vec::new(),
+        attachments: Vec::new(),
+        attachment_error: None,
+    })
 }
 
 /// A node's management port as the controller made it: the network of the node's own
@@ -94,6 +133,18 @@ fn port_network(replica: &Replica, cluster: &str, id: &str) -> Option<PodNetwork
     let gateways = networks.iter().map(|(g, _)| *g).collect();
     let parent = row.get("parent_name").and_then(Datum::as_str).filter(|p| !p.is_empty()).map(str::to_string);
     let vlan = row.get("tag").and_then(Datum::as_i64).and_then(|t| u16::try_from(t).ok());
+    let ids = string_map(row, "external_ids");
+    let list = |k: &str| -> Vec<String> {
+        ids.get(k)
+            .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect())
+            .unwrap_or_default()
+    };
+    // A management port's routes are the node's, not the port's own.
+    let routes = if id.starts_with("pod:") {
+        list(crate::names::KEY_ROUTES).iter().filter_map(|c| c.parse().ok()).collect()
+    } else {
+        Vec::new()
+    };
     Some(PodNetwork {
         lsp: lsp.name,
         mac,
@@ -102,6 +153,10 @@ fn port_network(replica: &Replica, cluster: &str, id: &str) -> Option<PodNetwork
         iface_id_ver: lsp.options.get("iface-id-ver").cloned(),
         parent,
         vlan,
+        mtu: None,
+        routes,
+        attachments: list(crate::names::KEY_ATTACHMENTS),
+        attachment_error: ids.get(crate::names::KEY_ATTACHMENT_ERROR).cloned(),
     })
 }
 
@@ -122,6 +177,8 @@ pub struct Allocated {
     pub join: Vec<(String, IpAddr)>,
     /// Each LoadBalancer Service's address.
     pub load_balancer_ips: Vec<(ObjectKey, IpAddr)>,
+    /// Each secondary interface's addresses: (pod, interface, network, addresses).
+    pub attachments: Vec<(ObjectKey, String, ObjectKey, Vec<IpAddr>)>,
 }
 
 /// Reads back the allocation of `cluster` (our rows only).
@@ -186,6 +243,18 @@ pub fn allocated(replica: &Replica, cluster: &str) -> Allocated {
         if let Some(node) = id_of(r).and_then(|id| id.strip_prefix("mgmt:").map(str::to_string)) {
             out.management.push((node, addresses_of(r)));
         }
+    }
+    for (_, r) in replica.table(nb::LOGICAL_SWITCH_PORT).rows().filter(|(_, r)| ours(r)) {
+        let ids = string_map(r, "external_ids");
+        let (Some(id), Some(net)) = (id_of(r), ids.get(crate::names::KEY_NETWORK)) else { continue };
+        let Some((pod, iface)) = id.strip_prefix("attach:").and_then(|k| k.rsplit_once('/')) else { continue };
+        let (Some((pns, pname)), Some((nns, nname))) = (pod.split_once('/'), net.split_once('/')) else { continue };
+        out.attachments.push((
+            ObjectKey::new(pns, pname),
+            iface.to_string(),
+            ObjectKey::new(nns, nname),
+            addresses_of(r),
+        ));
     }
     for (uuid, r) in replica.table(nb::LOGICAL_SWITCH_PORT).rows().filter(|(_, r)| ours(r)) {
         let Some(key) = id_of(r)

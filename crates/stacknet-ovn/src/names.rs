@@ -21,6 +21,22 @@ pub const KEY_STEER: &str = "stacknet.io/steer";
 /// On a Service's load balancers: the address its LoadBalancer got from `--lb-pool`.
 pub const KEY_LB_IP: &str = "stacknet.io/lb-ip";
 
+/// On a secondary interface's port: the NetworkAttachmentDefinition (`namespace/name`).
+pub const KEY_NETWORK: &str = "stacknet.io/network";
+/// On a secondary interface's port: the interface name in the pod.
+pub const KEY_INTERFACE: &str = "stacknet.io/interface";
+/// On a secondary interface's port: its addresses with prefix lengths (comma-separated).
+pub const KEY_IPS: &str = "stacknet.io/ips";
+/// On a secondary interface's port: its MTU, when the network sets one.
+pub const KEY_MTU: &str = "stacknet.io/mtu";
+/// On a secondary interface's port: the gateways of the pod's default route through it.
+pub const KEY_DEFAULT_ROUTE: &str = "stacknet.io/default-route";
+/// On a pod's primary port: its secondary interfaces (comma-separated), which the CNI ADD
+/// attaches with the primary one.
+pub const KEY_ATTACHMENTS: &str = "stacknet.io/attachments";
+/// On a pod's primary port: why its secondary networks cannot be attached (the ADD fails).
+pub const KEY_ATTACHMENT_ERROR: &str = "stacknet.io/attachment-error";
+
 /// FNV-1a 64 over the parts, as 16 hex digits: stable across builds and platforms.
 pub fn hash(parts: &[&str]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;

@@ -103,6 +103,8 @@ pub struct Topology {
     pub exposures: Vec<stacknet_engine::service::Exposure>,
     /// The address each LoadBalancer Service got (kept on its rows, read back on restart).
     pub load_balancer_ips: BTreeMap<stacknet_engine::ObjectKey, IpAddr>,
+    /// Pods' secondary interfaces, as the engine decided them.
+    pub multinet: stacknet_engine::multinet::Plan,
 }
 
 /// The MAC a pod or router port gets from its (first) address: `0a:58` and the last four
@@ -163,6 +165,11 @@ impl Topology {
             gateways: None,
             exposures: Vec::new(),
             load_balancer_ips: BTreeMap::new(),
+            multinet: stacknet_engine::multinet::Allocator::default().sync(
+                index,
+                stacknet_engine::multinet::Foreign::Refuse,
+                crate::secondary::accepts,
+            ),
         }
     }
 

@@ -35,7 +35,18 @@ pub const USED: &[(&str, &[&str])] = &[
     ),
     (
         LOGICAL_SWITCH_PORT,
-        &["name", "type", "addresses", "port_security", "options", "parent_name", "tag_request", "up", "external_ids"],
+        &[
+            "name",
+            "type",
+            "addresses",
+            "port_security",
+            "options",
+            "parent_name",
+            "tag_request",
+            "tag",
+            "up",
+            "external_ids",
+        ],
     ),
     (
         LOGICAL_ROUTER,

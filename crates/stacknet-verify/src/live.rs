@@ -469,6 +469,7 @@ impl Live {
             mac,
             addresses: vec![(ip, prefix)],
             gateways: vec![gateway],
+            routes: Vec::new(),
             mtu: 1400,
             vlan: None,
         };

@@ -81,6 +81,7 @@ fn bare_topology(snat: bool) -> Topology {
         }),
         exposures: Vec::new(),
         load_balancer_ips: Default::default(),
+        multinet: Default::default(),
     }
 }
 

@@ -207,6 +207,8 @@ impl Made {
             node: Some(VM_NODE.into()),
             terminated: false,
             network_annotation: None,
+            networks_annotation: None,
+            network_status_annotation: None,
         });
         let management =
             self.allocated.management.iter().filter_map(|(n, ips)| Some((n.clone(), *ips.first()?))).collect();

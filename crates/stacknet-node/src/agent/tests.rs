@@ -53,15 +53,28 @@ struct Node {
 impl Node {
     /// A node with br-int and pods a, b (and nested n) programmed in the Northbound database.
     async fn start(config: impl FnOnce(AgentConfig) -> AgentConfig) -> Node {
-        let n = Node::without_bridge(config, RecordingPlumbing::default()).await;
+        Node::start_with(PODS, config).await
+    }
+
+    /// A node with br-int and the pods of `pods` programmed.
+    async fn start_with(pods: &str, config: impl FnOnce(AgentConfig) -> AgentConfig) -> Node {
+        let n = Node::without_bridge_with(pods, config, RecordingPlumbing::default()).await;
         n.create_bridge("br-int").await;
         n
     }
 
     async fn without_bridge(config: impl FnOnce(AgentConfig) -> AgentConfig, plumbing: RecordingPlumbing) -> Node {
+        Node::without_bridge_with(PODS, config, plumbing).await
+    }
+
+    async fn without_bridge_with(
+        pods: &str,
+        config: impl FnOnce(AgentConfig) -> AgentConfig,
+        plumbing: RecordingPlumbing,
+    ) -> Node {
         let nb = Ovn::nb_only().unwrap();
         let engine =
-            PolicyEngine::from_index(ClusterIndex::from_objects(manifest::parse("pods.yaml", PODS).unwrap().objects));
+            PolicyEngine::from_index(ClusterIndex::from_objects(manifest::parse("pods.yaml", pods).unwrap().objects));
         let topology = Topology::from_pods(CLUSTER, engine.index()).with_nested("vm-1", "vm-1-port");
         let backend = OvnBackend::connect(vec![nb.nb.remote().parse().unwrap()]);
         backend.reconcile(&build(&engine, &topology)).await.unwrap();
@@ -220,6 +233,7 @@ fn pod_a_interface(host: &str, mtu: u32) -> PodInterface {
         mac: "0a:58:0a:01:00:01".into(),
         addresses: vec![(ip("10.1.0.1"), 24)],
         gateways: vec![ip("10.1.0.254")],
+        routes: Vec::new(),
         mtu,
         vlan: None,
     }
@@ -589,4 +603,120 @@ async fn status_is_not_available_until_the_bridge_exists() {
     let has_bridge = |r: &Replica| r.table(ovs::BRIDGE).by_name("br-int").next().is_some();
     n.agent.ovs().wait_until(DEADLINE, has_bridge).await.unwrap();
     assert_eq!(n.handle(status()).await, Response::Done);
+}
+
+// --- secondary networks
+
+/// A pod with a layer2 data network and a provider network that carries its default route,
+/// a pod whose selection names a NAD that does not exist, and a pod for Multus to delegate to.
+const TELCO: &str = r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: k8s.cni.cncf.io/v1
+  kind: NetworkAttachmentDefinition
+  metadata: {name: data, namespace: t}
+  spec: {config: '{"name": "data", "type": "stacknet-cni", "topology": "layer2", "subnets": "10.100.0.0/24", "mtu": 1300}'}
+- apiVersion: k8s.cni.cncf.io/v1
+  kind: NetworkAttachmentDefinition
+  metadata: {name: provider, namespace: t}
+  spec: {config: '{"name": "provider", "type": "stacknet-cni", "topology": "localnet", "subnets": "192.0.2.0/24"}'}
+- apiVersion: v1
+  kind: Pod
+  metadata:
+    name: nf
+    namespace: t
+    uid: uid-nf
+    annotations:
+      k8s.v1.cni.cncf.io/networks: '[{"name": "data", "interface": "data0"}, {"name": "provider", "interface": "ext0", "ips": ["192.0.2.20/24"], "default-route": ["192.0.2.1"]}]'
+  spec: {nodeName: n1}
+  status: {podIP: 10.1.0.5}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: broken, namespace: t, uid: uid-broken, annotations: {k8s.v1.cni.cncf.io/networks: 'data, nowhere'}}
+  spec: {nodeName: n1}
+  status: {podIP: 10.1.0.6}
+"#;
+const POD_NF: PodRef = ("t", "nf", "uid-nf", NETNS);
+
+fn created_calls(n: &Node) -> BTreeMap<String, PodInterface> {
+    n.plumbing
+        .calls()
+        .into_iter()
+        .filter_map(|c| match c {
+            Call::Create { iface, .. } => Some((iface.ifname.clone(), iface)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn one_add_attaches_every_secondary_network_of_the_pod() {
+    let n = Node::start_with(TELCO, |c| c).await;
+    n.run_ovn_controller();
+    let r = added(n.handle(request(Command::Add, "ctr-nf", POD_NF)).await);
+    let names: Vec<_> = r.interfaces.iter().filter(|i| i.sandbox.is_some()).map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["eth0", "data0", "ext0"]);
+    let ips: Vec<_> = r.ips.iter().map(|i| (i.address.as_str(), i.interface)).collect();
+    assert_eq!(ips, [("10.1.0.5/24", 1), ("10.100.0.1/24", 3), ("192.0.2.20/24", 5)]);
+    // The default route is ext0's; eth0 keeps the cluster's prefixes.
+    let routes: Vec<_> = r.routes.iter().map(|r| (r.dst.as_str(), r.gw.as_str())).collect();
+    assert_eq!(routes, [("10.1.0.0/24", "10.1.0.254"), ("0.0.0.0/0", "192.0.2.1")]);
+    let made = created_calls(&n);
+    assert_eq!(made["eth0"].gateways, Vec::<IpAddr>::new());
+    assert_eq!(made["eth0"].routes, vec![("10.1.0.0/24".parse().unwrap(), ip("10.1.0.254"))]);
+    assert_eq!((made["data0"].mtu, made["ext0"].mtu), (1300, 1400), "the network's MTU, else the agent's");
+    assert_eq!(made["data0"].mac, "0a:58:0a:64:00:01");
+    let bound: BTreeMap<String, String> =
+        n.interfaces().await.into_values().map(|ids| (ids[ovs::KEY_IFNAME].clone(), ids["iface-id"].clone())).collect();
+    assert_eq!(bound["data0"], "agenttest_t_nf_data0");
+    assert_eq!(bound["ext0"], "agenttest_t_nf_ext0");
+    assert_eq!(bound["eth0"], "agenttest_t_nf");
+    // DEL of the primary interface removes them all.
+    assert_eq!(n.handle(request(Command::Del, "ctr-nf", POD_NF)).await, Response::Done);
+    assert!(n.plumbing.links().is_empty());
+    assert!(n.interfaces().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_failing_secondary_interface_fails_the_add_and_leaves_nothing() {
+    let n = Node::start_with(TELCO, |c| c).await;
+    n.run_ovn_controller();
+    n.plumbing.fail_next(Step::Configure, netlink_error());
+    let e = failed(n.handle(request(Command::Add, "ctr-nf", POD_NF)).await);
+    assert_eq!(e.code, codes::NETLINK, "{e}");
+    assert!(n.plumbing.links().is_empty(), "{:?}", n.plumbing.links());
+    assert!(n.interfaces().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_pod_whose_networks_cannot_be_made_fails_with_the_reason_and_nothing_is_made() {
+    let n = Node::start_with(TELCO, |c| c).await;
+    let e = failed(n.handle(request(Command::Add, "ctr-b", ("t", "broken", "uid-broken", NETNS))).await);
+    assert_eq!(e.code, codes::INVALID_CONFIG, "{e}");
+    assert!(e.details.contains("[1].name: NetworkAttachmentDefinition t/nowhere does not exist"), "{e}");
+    assert!(n.plumbing.calls().is_empty());
+}
+
+#[tokio::test]
+async fn multus_delegating_one_network_gets_that_interface_only_and_its_del_removes_only_it() {
+    let n = Node::start_with(TELCO, |c| c).await;
+    n.run_ovn_controller();
+    let delegated = |command| Request {
+        ifname: Some("data0".into()),
+        network: Some("data".into()),
+        ..request(command, "ctr-nf", POD_NF)
+    };
+    let r = added(n.handle(delegated(Command::Add)).await);
+    let names: Vec<_> = r.interfaces.iter().filter(|i| i.sandbox.is_some()).map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["data0"]);
+    assert!(r.routes.is_empty(), "no default route on the data network");
+    // The primary with attachNetworks false (Multus attaches the others): eth0 alone.
+    let primary = |command| Request { attach_networks: Some(false), ..request(command, "ctr-nf", POD_NF) };
+    let r = added(n.handle(primary(Command::Add)).await);
+    assert_eq!(r.interfaces.iter().filter(|i| i.sandbox.is_some()).count(), 1);
+    assert_eq!(n.interfaces().await.len(), 2);
+    assert_eq!(n.handle(delegated(Command::Del)).await, Response::Done);
+    let left: Vec<_> = n.interfaces().await.into_values().map(|ids| ids[ovs::KEY_IFNAME].clone()).collect();
+    assert_eq!(left, ["eth0"]);
 }

@@ -4,8 +4,6 @@
 //! (`[namespace/]name[@interface]`, comma-separated) and the JSON list of selection elements —
 //! into one validated, normalised list; a bad element is an error naming its position and
 //! field, and nothing of a bad annotation is used.
-//!
-//! The groundwork of issue 16 (secondary networks): not yet wired into the pod objects.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -39,7 +37,7 @@ fn at(i: usize, field: &str) -> String {
 }
 
 /// Whether `s` is a Kubernetes object name (a DNS-1123 subdomain).
-fn valid_name(s: &str) -> bool {
+pub(crate) fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
         && s.split('.').all(|l| {
