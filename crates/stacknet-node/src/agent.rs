@@ -704,12 +704,15 @@ fn valid_ifname(ifname: &str) -> bool {
 fn routing(net: &PodNetwork) -> (Vec<IpAddr>, Vec<(stacknet_engine::Cidr, IpAddr)>) {
     let mut defaults = Vec::new();
     let mut routes = Vec::new();
+    // The interface's own subnets are on-link already.
+    let connected: Vec<stacknet_engine::Cidr> =
+        net.addresses.iter().filter_map(|(ip, len)| stacknet_engine::Cidr::new(*ip, *len)).collect();
     for g in &net.gateways {
         let specific: Vec<_> = net.routes.iter().filter(|c| c.is_ipv4() == g.is_ipv4()).collect();
         if specific.is_empty() {
             defaults.push(*g);
         } else {
-            routes.extend(specific.into_iter().map(|c| (*c, *g)));
+            routes.extend(specific.into_iter().filter(|c| !connected.contains(c)).map(|c| (*c, *g)));
         }
     }
     (defaults, routes)

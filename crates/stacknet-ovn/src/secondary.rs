@@ -25,6 +25,11 @@ pub fn switch_name(cluster: &str, network: &ObjectKey) -> String {
     format!("{cluster}_net_{}_{}", network.namespace, network.name)
 }
 
+/// The localnet port of a provider network's switch.
+pub fn localnet_port_name(cluster: &str, network: &ObjectKey) -> String {
+    format!("{}_localnet", switch_name(cluster, network))
+}
+
 /// The port of a pod's secondary interface.
 pub fn port_name(cluster: &str, pod: &ObjectKey, interface: &str) -> String {
     format!("{cluster}_{}_{}_{interface}", pod.namespace, pod.name)

@@ -108,3 +108,61 @@ pub fn pod_to_vip(
         lb_dst: Some(lb),
     })
 }
+
+/// The port of pod `pod`'s secondary interface `iface`.
+fn attachment_of<'a>(d: &'a Desired, pod: &ObjectKey, iface: &str) -> Result<&'a PodPort, String> {
+    d.attachments.get(&(pod.clone(), iface.to_string())).ok_or_else(|| format!("pod {pod} has no interface {iface}"))
+}
+
+/// A packet from pod `from`'s secondary interface to pod `to`'s on the same network (one
+/// switch: straight to the destination's MAC).
+pub fn on_network(
+    d: &Desired,
+    from: (&ObjectKey, &str),
+    to: (&ObjectKey, &str),
+    port: u16,
+    protocol: Protocol,
+) -> Result<TraceProbe, String> {
+    let (src, dst) = (attachment_of(d, from.0, from.1)?, attachment_of(d, to.0, to.1)?);
+    if src.switch != dst.switch {
+        return Err(format!("{}/{} and {}/{} are on different networks", from.0, from.1, to.0, to.1));
+    }
+    let dst_ip = *dst.ips.first().ok_or_else(|| format!("{}/{} has no address", to.0, to.1))?;
+    let src_ip = src
+        .ips
+        .iter()
+        .copied()
+        .find(|i| i.is_ipv4() == dst_ip.is_ipv4())
+        .ok_or_else(|| format!("{}/{} has no address of {dst_ip}'s family", from.0, from.1))?;
+    Ok(TraceProbe {
+        datapath: src.switch.clone(),
+        microflow: flow(src, &dst.mac, src_ip, dst_ip, protocol, port),
+        expect_output: dst.lsp.clone(),
+        lb_dst: None,
+    })
+}
+
+/// A packet from pod `from`'s interface on a provider network to a host beyond its localnet
+/// port (`dst_ip`, `dst_mac`: not OVN's, so the switch floods it to the localnet port).
+pub fn to_provider(
+    d: &Desired,
+    from: (&ObjectKey, &str),
+    dst_ip: IpAddr,
+    dst_mac: &str,
+    port: u16,
+    protocol: Protocol,
+) -> Result<TraceProbe, String> {
+    let src = attachment_of(d, from.0, from.1)?;
+    let src_ip = src
+        .ips
+        .iter()
+        .copied()
+        .find(|i| i.is_ipv4() == dst_ip.is_ipv4())
+        .ok_or_else(|| format!("{}/{} has no address of {dst_ip}'s family", from.0, from.1))?;
+    Ok(TraceProbe {
+        datapath: src.switch.clone(),
+        microflow: flow(src, dst_mac, src_ip, dst_ip, protocol, port),
+        expect_output: format!("{}_localnet", src.switch),
+        lb_dst: None,
+    })
+}

@@ -166,10 +166,41 @@ impl Chassis {
         self.bridge_port("br-ex", v, &format!("{address}/{prefix}"))
     }
 
-    /// Interface `port` (in the chassis's namespace) on userspace bridge `bridge` (made if
-    /// missing), both up, the bridge holding `cidr`; TX checksum offload off on the port, as
-    /// the userspace datapath needs.
-    fn bridge_port(&self, bridge: &str, port: &str, cidr: &str) -> Result<()> {
+    /// The node's link to provider network `physnet` on `segment` (flat, or carrying the VLAN
+    /// tags OVN's localnet ports push): a veth from the chassis's namespace into a userspace
+    /// bridge `br-<physnet>` holding no address (pure L2), and `physnet:br-<physnet>` added to
+    /// the chassis's `ovn-bridge-mappings` (others kept), as an operator configures a node.
+    pub fn provider(&self, segment: &Segment, physnet: &str) -> Result<()> {
+        let bridge: String = format!("br-{physnet}").chars().take(15).collect();
+        let v: String = format!("pv-{physnet}").chars().take(15).collect();
+        let outer = format!("p{}", &crate::ovn::hash_path(&self.dir.join(physnet))[..8]);
+        segment.plug(self.netns().name(), &v, &outer)?;
+        self.bridge_port_bare(&bridge, &v)?;
+        let ns = self.netns().name().to_string();
+        run("ip", &["-n", &ns, "link", "set", &bridge, "up"])?;
+        let current = self
+            .vsctl(&["--if-exists", "get", "Open_vSwitch", ".", "external_ids:ovn-bridge-mappings"])
+            .unwrap_or_default();
+        let current = current.trim().trim_matches('"');
+        let mut mappings: Vec<String> = current
+            .split(',')
+            .map(str::trim)
+            .filter(|m| !m.is_empty() && !m.starts_with(&format!("{physnet}:")))
+            .map(str::to_string)
+            .collect();
+        mappings.push(format!("{physnet}:{bridge}"));
+        self.vsctl(&[
+            "set",
+            "Open_vSwitch",
+            ".",
+            &format!("external_ids:ovn-bridge-mappings=\"{}\"", mappings.join(",")),
+        ])?;
+        Ok(())
+    }
+
+    /// Interface `port` on userspace bridge `bridge` (made if missing), the port up with TX
+    /// checksum offload off; no address anywhere.
+    fn bridge_port_bare(&self, bridge: &str, port: &str) -> Result<()> {
         let ns = self.netns().name().to_string();
         self.vsctl(&[
             "--may-exist",
@@ -188,6 +219,15 @@ impl Chassis {
         ])?;
         run("ip", &["-n", &ns, "link", "set", port, "up"])?;
         run("ip", &["netns", "exec", &ns, "ethtool", "-K", port, "tx", "off"])?;
+        Ok(())
+    }
+
+    /// Interface `port` (in the chassis's namespace) on userspace bridge `bridge` (made if
+    /// missing), both up, the bridge holding `cidr`; TX checksum offload off on the port, as
+    /// the userspace datapath needs.
+    fn bridge_port(&self, bridge: &str, port: &str, cidr: &str) -> Result<()> {
+        self.bridge_port_bare(bridge, port)?;
+        let ns = self.netns().name().to_string();
         run("ip", &["-n", &ns, "addr", "add", cidr, "dev", bridge])?;
         run("ip", &["-n", &ns, "link", "set", bridge, "up"])?;
         Ok(())

@@ -6,7 +6,7 @@
 pub mod conformance;
 pub mod live;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use stacknet_engine::PolicyEngine;
@@ -112,6 +112,35 @@ impl OvnTrace {
     fn run(&self, p: &TraceProbe) -> Result<bool, Error> {
         let v = self.ovn.trace(&p.datapath, &p.microflow, &p.expect_output, CT_STAGES, p.lb_dst.as_deref())?;
         Ok(v.delivered)
+    }
+
+    /// Whether a packet from `from`'s secondary interface to `to`'s (same network) is
+    /// delivered.
+    pub fn decide_on_network(
+        &self,
+        from: (&ObjectKey, &str),
+        to: (&ObjectKey, &str),
+        port: u16,
+        protocol: Protocol,
+    ) -> Result<bool, Error> {
+        let p = stacknet_ovn::trace::on_network(&self.desired, from, to, port, protocol).map_err(Error::Probe)?;
+        self.run(&p)
+    }
+
+    /// Whether a packet from `from`'s provider-network interface to a host beyond the
+    /// network's localnet port leaves through it; with the ovn-trace text.
+    pub fn trace_to_provider(
+        &self,
+        from: (&ObjectKey, &str),
+        dst_ip: IpAddr,
+        dst_mac: &str,
+        port: u16,
+        protocol: Protocol,
+    ) -> Result<(bool, String), Error> {
+        let p = stacknet_ovn::trace::to_provider(&self.desired, from, dst_ip, dst_mac, port, protocol)
+            .map_err(Error::Probe)?;
+        let v = self.ovn.trace(&p.datapath, &p.microflow, &p.expect_output, CT_STAGES, None)?;
+        Ok((v.delivered, v.output))
     }
 
     /// Whether `probe` is delivered.

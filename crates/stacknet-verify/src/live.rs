@@ -36,6 +36,8 @@ struct LivePod {
     container: String,
     uid: String,
     ips: Vec<IpAddr>,
+    /// Its secondary interfaces' addresses, by interface (as the ADD answered).
+    attachments: BTreeMap<String, Vec<IpAddr>>,
     listening: BTreeSet<(u16, Protocol)>,
     tasks: Vec<JoinHandle<()>>,
     /// A VM's port plugged by hand (no CNI): removed with the node, not by CNI DEL.
@@ -92,6 +94,8 @@ pub struct Live {
     hosts: BTreeMap<String, (PathBuf, IpAddr)>,
     host_listeners: Vec<JoinHandle<()>>,
     host_listening: BTreeSet<(String, u16, Protocol)>,
+    /// Hosts on provider networks (dropped before their segments).
+    _provider_hosts: Vec<Netns>,
     /// The underlay and the outside network (dropped after the nodes).
     _segments: Vec<Segment>,
     _dir: tempfile::TempDir,
@@ -241,6 +245,7 @@ impl Live {
             hosts,
             host_listeners: Vec::new(),
             host_listening: BTreeSet::new(),
+            _provider_hosts: Vec::new(),
             _segments: segments,
             _dir: dir,
             timeout: Duration::from_millis(1500),
@@ -386,10 +391,13 @@ impl Live {
                 continue;
             }
             let (netns, container) = Live::new_sandbox()?;
-            self.cni_on(node, "ADD", &container, &netns.path(), Some((&k, &uid))).await?;
+            let added = self.cni_on(node, "ADD", &container, &netns.path(), Some((&k, &uid))).await?;
+            let attachments = secondary_addresses(&added);
             let tasks = Vec::new();
-            self.pods
-                .insert(k, LivePod { netns, container, uid, ips, listening: BTreeSet::new(), tasks, vm: false, node });
+            self.pods.insert(
+                k,
+                LivePod { netns, container, uid, ips, attachments, listening: BTreeSet::new(), tasks, vm: false, node },
+            );
         }
         Ok(())
     }
@@ -498,6 +506,7 @@ impl Live {
                 ips: vec![ip],
                 listening: BTreeSet::new(),
                 tasks: Vec::new(),
+                attachments: BTreeMap::new(),
                 vm: true,
                 node,
             },
@@ -513,7 +522,8 @@ impl Live {
                 if !pod.listening.insert((spec.port, spec.protocol)) {
                     continue;
                 }
-                for ip in pod.ips.clone() {
+                let all: Vec<IpAddr> = pod.ips.iter().chain(pod.attachments.values().flatten()).copied().collect();
+                for ip in all {
                     let task =
                         listener(&pod.netns.path(), SocketAddr::new(ip, spec.port), spec.protocol, key.to_string())?;
                     pod.tasks.push(task);
@@ -546,6 +556,69 @@ impl Live {
             }
         }
         Ok(())
+    }
+
+    /// A provider network `physnet` (what a NAD's localnet topology names): a segment every
+    /// node's chassis bridges to through `ovn-bridge-mappings`, holding `hosts` (name, address,
+    /// prefix) — outside hosts (a PE router) probes can dial and be dialled from — each with
+    /// `routes` (extra addresses on its loopback, so that it stands for what lies beyond it).
+    pub fn provider_network(
+        &mut self,
+        physnet: &str,
+        hosts: &[(String, IpAddr, u8, Vec<IpAddr>)],
+    ) -> Result<(), Error> {
+        let tag = &stacknet_ovn::names::hash(&[&self._dir.path().display().to_string(), physnet])[..6];
+        let seg = Segment::create(&format!("snpv-{tag}"))?;
+        for n in &self.nodes {
+            n.chassis.provider(&seg, physnet)?;
+        }
+        for (name, ip, prefix, beyond) in hosts {
+            let netns =
+                seg.host(&format!("snh-{tag}-{}", self._provider_hosts.len()), &format!("{ip}/{prefix}"), None)?;
+            for b in beyond {
+                let len = if b.is_ipv4() { 32 } else { 128 };
+                let out = std::process::Command::new("ip")
+                    .args(["-n", netns.name(), "addr", "add", &format!("{b}/{len}"), "dev", "lo"])
+                    .output()
+                    .map_err(live)?;
+                if !out.status.success() {
+                    return Err(live(String::from_utf8_lossy(&out.stderr)));
+                }
+            }
+            self.hosts.insert(name.clone(), (netns.path(), *ip));
+            self._provider_hosts.push(netns);
+        }
+        self._segments.push(seg);
+        Ok(())
+    }
+
+    /// Listeners in outside host `host`'s namespace on another of its addresses (one standing
+    /// for what lies beyond it), answering with the host's endpoint name.
+    pub async fn listen_beyond(&mut self, host: &str, addr: IpAddr, specs: &[ProbeSpec]) -> Result<(), Error> {
+        let (path, _) = self.hosts.get(host).cloned().ok_or_else(|| live(format!("no outside host {host}")))?;
+        let reply = Endpoint::External(host.to_string()).to_string();
+        for spec in specs {
+            self.host_listeners.push(listener(&path, SocketAddr::new(addr, spec.port), spec.protocol, reply.clone())?);
+        }
+        Ok(())
+    }
+
+    /// Pod `pod`'s address on its secondary interface `iface` (of the family of `like`, when
+    /// given), as the ADD answered.
+    pub fn attachment_address(&self, pod: &ObjectKey, iface: &str) -> Option<IpAddr> {
+        self.pods.get(pod)?.attachments.get(iface)?.first().copied()
+    }
+
+    /// The host end (its OVS port on br-int) of pod `pod`'s interface `ifname`, and the node
+    /// (its chassis) it is on.
+    pub fn host_end(&self, pod: &ObjectKey, ifname: &str) -> Option<(String, &Chassis)> {
+        let p = self.pods.get(pod)?;
+        Some((stacknet_node::agent::host_ifname(&p.container, ifname), &self.nodes[p.node].chassis))
+    }
+
+    /// The network namespace path of an attached pod.
+    pub fn pod_netns_path(&self, pod: &ObjectKey) -> Option<PathBuf> {
+        self.pods.get(pod).map(|p| p.netns.path())
     }
 
     /// The endpoints a probe can start from or go to here: the pods (and VMs), the nodes with
@@ -694,6 +767,28 @@ impl Live {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// The secondary interfaces of a CNI ADD's answer (every pod-side interface but the first)
+/// and their addresses.
+fn secondary_addresses(result: &serde_json::Value) -> BTreeMap<String, Vec<IpAddr>> {
+    let interfaces = result["interfaces"].as_array().cloned().unwrap_or_default();
+    let mut out: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+    let pod_ends: Vec<(usize, String)> = interfaces
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i.get("sandbox").is_some_and(|s| !s.is_null()))
+        .filter_map(|(n, i)| Some((n, i["name"].as_str()?.to_string())))
+        .collect();
+    for (n, name) in pod_ends.iter().skip(1) {
+        let ips = result["ips"].as_array().cloned().unwrap_or_default();
+        let mine = ips
+            .iter()
+            .filter(|ip| ip["interface"].as_u64() == Some(*n as u64))
+            .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse::<IpAddr>().ok());
+        out.entry(name.clone()).or_default().extend(mine);
+    }
+    out
 }
 
 /// A listener on `addr` in `netns` answering every connection (or datagram) with `reply`.

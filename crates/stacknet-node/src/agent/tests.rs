@@ -661,10 +661,10 @@ async fn one_add_attaches_every_secondary_network_of_the_pod() {
     assert_eq!(ips, [("10.1.0.5/24", 1), ("10.100.0.1/24", 3), ("192.0.2.20/24", 5)]);
     // The default route is ext0's; eth0 keeps the cluster's prefixes.
     let routes: Vec<_> = r.routes.iter().map(|r| (r.dst.as_str(), r.gw.as_str())).collect();
-    assert_eq!(routes, [("10.1.0.0/24", "10.1.0.254"), ("0.0.0.0/0", "192.0.2.1")]);
+    assert_eq!(routes, [("0.0.0.0/0", "192.0.2.1")], "the cluster's only prefix is eth0's own subnet: on-link");
     let made = created_calls(&n);
     assert_eq!(made["eth0"].gateways, Vec::<IpAddr>::new());
-    assert_eq!(made["eth0"].routes, vec![("10.1.0.0/24".parse().unwrap(), ip("10.1.0.254"))]);
+    assert!(made["eth0"].routes.is_empty());
     assert_eq!((made["data0"].mtu, made["ext0"].mtu), (1300, 1400), "the network's MTU, else the agent's");
     assert_eq!(made["data0"].mac, "0a:58:0a:64:00:01");
     let bound: BTreeMap<String, String> =
@@ -719,4 +719,30 @@ async fn multus_delegating_one_network_gets_that_interface_only_and_its_del_remo
     assert_eq!(n.handle(delegated(Command::Del)).await, Response::Done);
     let left: Vec<_> = n.interfaces().await.into_values().map(|ids| ids[ovs::KEY_IFNAME].clone()).collect();
     assert_eq!(left, ["eth0"]);
+}
+
+#[test]
+fn a_primary_interface_without_the_default_route_routes_the_cluster_through_its_gateway() {
+    let net = |routes: &[&str]| PodNetwork {
+        lsp: "p".into(),
+        mac: "0a:58:0a:f4:00:05".into(),
+        addresses: vec![(ip("10.244.0.5"), 24), (ip("fd00::5"), 64)],
+        gateways: vec![ip("10.244.0.1"), ip("fd00::1")],
+        iface_id_ver: None,
+        parent: None,
+        vlan: None,
+        mtu: None,
+        routes: routes.iter().map(|c| c.parse().unwrap()).collect(),
+        attachments: Vec::new(),
+        attachment_error: None,
+    };
+    assert_eq!(routing(&net(&[])), (vec![ip("10.244.0.1"), ip("fd00::1")], vec![]));
+    // IPv4's default route is elsewhere: the cluster and Service CIDRs (not the on-link
+    // subnet) through the gateway; IPv6 keeps its default route.
+    let (defaults, routes) = routing(&net(&["10.244.0.0/16", "10.96.0.0/12", "10.244.0.0/24"]));
+    assert_eq!(defaults, vec![ip("fd00::1")]);
+    assert_eq!(
+        routes,
+        vec![("10.244.0.0/16".parse().unwrap(), ip("10.244.0.1")), ("10.96.0.0/12".parse().unwrap(), ip("10.244.0.1"))]
+    );
 }
