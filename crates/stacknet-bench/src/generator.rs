@@ -115,6 +115,7 @@ pub fn pods(count: usize, namespaces: usize, seed: u64) -> Vec<Pod> {
                 network_annotation: None,
                 networks_annotation: None,
                 network_status_annotation: None,
+                sriov_devices_annotation: None,
             }
         })
         .collect()

@@ -283,6 +283,7 @@ mod tests {
             network_annotation: None,
             networks_annotation: None,
             network_status_annotation: None,
+            sriov_devices_annotation: None,
         }
     }
 

@@ -199,6 +199,9 @@ pub struct Pod {
     /// The `k8s.v1.cni.cncf.io/network-status` annotation as the API server has it (what the
     /// controller wrote back).
     pub network_status_annotation: Option<String>,
+    /// The `stacknet.io/sriov-devices` annotation: the SR-IOV devices the node agent handed
+    /// the pod's interfaces (written by the agent; the OpenStack backend binds their ports).
+    pub sriov_devices_annotation: Option<String>,
 }
 
 /// The annotation the controller writes the pod's network into.
@@ -722,6 +725,11 @@ impl Pod {
                 .annotations
                 .as_ref()
                 .and_then(|a| a.get(crate::multinet::NETWORK_STATUS_ANNOTATION).cloned()),
+            sriov_devices_annotation: pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(crate::multinet::SRIOV_DEVICES_ANNOTATION).cloned()),
         })
     }
 }

@@ -199,6 +199,7 @@ fn host(name: &str, ip: IpAddr) -> Pod {
         network_annotation: None,
         networks_annotation: None,
         network_status_annotation: None,
+        sriov_devices_annotation: None,
     }
 }
 

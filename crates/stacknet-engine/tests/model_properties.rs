@@ -183,6 +183,7 @@ fn pod(i: usize) -> impl Strategy<Value = Pod> {
         network_annotation: None,
         networks_annotation: None,
         network_status_annotation: None,
+        sriov_devices_annotation: None,
     })
 }
 
@@ -365,6 +366,7 @@ fn pod_deltas_replay_to_the_next_model() {
         network_annotation: None,
         networks_annotation: None,
         network_status_annotation: None,
+        sriov_devices_annotation: None,
     };
     let d = engine.apply(ClusterObject::Pod(pod("db-0", "db", 1)));
     let sets: BTreeSet<String> = d.membership.iter().map(|c| format!("{:?} {} {}", c.set, c.pod, c.added)).collect();

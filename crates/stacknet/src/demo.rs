@@ -209,6 +209,7 @@ impl Made {
             network_annotation: None,
             networks_annotation: None,
             network_status_annotation: None,
+            sriov_devices_annotation: None,
         });
         let management =
             self.allocated.management.iter().filter_map(|(n, ips)| Some((n.clone(), *ips.first()?))).collect();

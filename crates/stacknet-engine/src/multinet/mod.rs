@@ -9,7 +9,7 @@ pub mod selection;
 
 pub use nad::{
     MULTI_POLICY_API_VERSION, MultiNetworkPolicy, NAD_API_VERSION, NETWORK_STATUS_ANNOTATION, NetConfig, NetTopology,
-    NetworkAttachmentDefinition, PLUGIN, POLICY_FOR_ANNOTATION, VnicType,
+    NetworkAttachmentDefinition, PLUGIN, POLICY_FOR_ANNOTATION, SRIOV_DEVICES_ANNOTATION, VnicType,
 };
 pub use plan::{Allocator, Attachment, Foreign, Plan, network_index, network_status};
 pub use selection::{NETWORKS_ANNOTATION, Selection, parse};

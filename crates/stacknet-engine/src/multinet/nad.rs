@@ -35,6 +35,11 @@ pub const MULTI_POLICY_API_VERSION: &str = "k8s.cni.cncf.io/v1beta1";
 pub const POLICY_FOR_ANNOTATION: &str = "k8s.v1.cni.cncf.io/policy-for";
 /// On a NAD: the device plugin resource its pods request (SR-IOV).
 pub const RESOURCE_NAME_ANNOTATION: &str = "k8s.v1.cni.cncf.io/resourceName";
+/// On a pod: the SR-IOV virtual function the node agent handed each interface, as JSON
+/// `{"net1": {"pciSlot": "0000:03:00.2", "vendorInfo": "8086:154c", "physicalNetwork": "physnet2"}}`
+/// (written by the agent once the kubelet's device is in the pod; the OpenStack backend puts
+/// it in the Neutron port's `binding:profile`).
+pub const SRIOV_DEVICES_ANNOTATION: &str = "stacknet.io/sriov-devices";
 /// On a pod: what each of its interfaces got (written by the controller).
 pub const NETWORK_STATUS_ANNOTATION: &str = "k8s.v1.cni.cncf.io/network-status";
 

@@ -28,8 +28,10 @@ pub struct Attachment {
     pub interface: String,
     /// The node the pod runs on.
     pub node: String,
+    /// Its MAC (a Neutron network: the one asked for, empty when Neutron chooses).
     pub mac: String,
-    /// Each address with its prefix length (empty: a network without addresses).
+    /// Each address with its prefix length (empty: a network without addresses; a Neutron
+    /// network: the ones asked for, Neutron choosing when there are none).
     pub ips: Vec<(IpAddr, u8)>,
     /// Gateways of the pod's default route through this interface (the selection's
     /// `default-route`).
@@ -253,9 +255,15 @@ impl Allocator {
                     in_use.insert(*ip, me(&s.interface));
                     taken.push((net.clone(), *ip));
                 }
-                let mac = s.mac.clone().unwrap_or_else(|| mac_for(&ips, &w.pod.key, &s.interface));
+                // Neutron gives a port its MAC (and addresses) unless asked for one.
+                let neutron = matches!(config.topology, NetTopology::Neutron { .. });
+                let mac = match &s.mac {
+                    Some(m) => m.clone(),
+                    None if neutron => String::new(),
+                    None => mac_for(&ips, &w.pod.key, &s.interface),
+                };
                 let net_macs = macs.entry(net.clone()).or_default();
-                if let Some(other) = net_macs.get(&mac) {
+                if let Some(other) = net_macs.get(&mac).filter(|_| !mac.is_empty()) {
                     return Err(format!("{}: MAC {mac} on network {net} is {other}'s", at(*i, "mac")));
                 }
                 net_macs.insert(mac.clone(), me(&s.interface));
@@ -444,6 +452,7 @@ mod tests {
             network_annotation: None,
             networks_annotation: Some(networks.into()),
             network_status_annotation: None,
+            sriov_devices_annotation: None,
         })
     }
 
