@@ -185,7 +185,7 @@ pub type Unknown = String;
 
 /// A stand-in for a host (a node or an outside host) at `ip`: never selected by a policy,
 /// matched by ipBlocks only (as a hostNetwork pod is).
-fn host(name: &str, ip: IpAddr) -> Pod {
+pub(crate) fn host(name: &str, ip: IpAddr) -> Pod {
     Pod {
         key: ObjectKey::new("", name),
         uid: None,

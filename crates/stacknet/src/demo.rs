@@ -28,21 +28,26 @@ use crate::northsouth::Grid;
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
-    /// The manifests to run (copied to a scratch folder the controller watches).
+    /// The example folder to run (copied to a scratch folder the controller watches):
+    /// `examples/three-tier` (the default) or `examples/telco` (secondary networks: a folder
+    /// with NetworkAttachmentDefinitions runs the multi-network demo).
+    #[arg(value_name = "EXAMPLE", conflicts_with = "example")]
+    pub(crate) folder: Option<PathBuf>,
+    /// The same, as an option.
     #[arg(long, default_value = "examples/three-tier")]
-    example: PathBuf,
+    pub(crate) example: PathBuf,
     /// The CNI plugin (default: `stacknet-cni` next to this executable).
     #[arg(long, value_name = "PATH")]
-    cni: Option<PathBuf>,
+    pub(crate) cni: Option<PathBuf>,
     /// Stay up after the demo (the nodes, the controller, the pods) until interrupted.
     #[arg(long)]
-    keep: bool,
+    pub(crate) keep: bool,
     /// `table`: the matrices for people; `json`: exactly one JSON object on stdout,
     /// `{"results":[{"from","to","via","port","protocol","expected","live"}, ...]}` (a
     /// NodePort probe also says the `node` whose address it dials), with the progress on
     /// stderr.
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
-    output: Output,
+    pub(crate) output: Output,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -51,7 +56,7 @@ pub enum Output {
     Json,
 }
 
-const CLUSTER: &str = "demo";
+pub(crate) const CLUSTER: &str = "demo";
 /// The VM: PostgreSQL outside Kubernetes, on the database node's network.
 const VM_KEY: (&str, &str) = ("vm", "postgres");
 const VM_PORT: &str = "vm-postgres";
@@ -116,9 +121,9 @@ fn service_cases() -> Vec<Case> {
 }
 
 /// Whether progress goes to stderr (JSON on stdout).
-static QUIET: AtomicBool = AtomicBool::new(false);
+pub(crate) static QUIET: AtomicBool = AtomicBool::new(false);
 
-fn say(text: &str) {
+pub(crate) fn say(text: &str) {
     if QUIET.load(Ordering::Relaxed) {
         eprintln!("{text}");
         return;
@@ -129,7 +134,7 @@ fn say(text: &str) {
 }
 
 /// Runs `what`, printing its progress line and how long it took.
-async fn step<T>(what: &str, f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+pub(crate) async fn step<T>(what: &str, f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     if QUIET.load(Ordering::Relaxed) {
         eprint!("• {what} ... ");
     } else {
@@ -146,7 +151,7 @@ async fn step<T>(what: &str, f: impl std::future::Future<Output = anyhow::Result
     r
 }
 
-fn read_folder(dir: &Path) -> anyhow::Result<Vec<ClusterObject>> {
+pub(crate) fn read_folder(dir: &Path) -> anyhow::Result<Vec<ClusterObject>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -315,7 +320,7 @@ async fn tried(
     Ok(Round { endpoints: endpoints.to_vec(), grids, services: out })
 }
 
-fn mark(v: Option<bool>) -> &'static str {
+pub(crate) fn mark(v: Option<bool>) -> &'static str {
     match v {
         None => "·",
         Some(true) => "✓",
@@ -412,7 +417,10 @@ fn json(expected: &Round, live: &Round) -> String {
     s
 }
 
-pub fn run(args: DemoArgs) -> Result<bool, crate::Failure> {
+pub fn run(mut args: DemoArgs) -> Result<bool, crate::Failure> {
+    if let Some(f) = args.folder.take() {
+        args.example = f;
+    }
     if !args.example.is_dir() {
         return Err(crate::Failure::Input(format!(
             "--example {}: not a folder (run the demo from the repository root, or pass --example DIR)",
@@ -454,10 +462,6 @@ fn node_specs(objects: &[ClusterObject]) -> anyhow::Result<Vec<NodeSpec>> {
 }
 
 async fn demo(args: DemoArgs, plugin: PathBuf) -> anyhow::Result<bool> {
-    say("stacknet demo: the seed's application stack (nginx → Django app + memcached → PostgreSQL) on three\n\
-         nodes, programmed into OVN by the controller, next to a PostgreSQL VM Kubernetes does not manage, with\n\
-         an outside network and a host on it; tried pod to pod, node to pod, to and from the outside, and\n\
-         through the Services' cluster IPs, NodePorts and load balancer address.\n");
     let work = tempfile::Builder::new().prefix("stacknet-demo-").tempdir()?;
     let manifests = work.path().join("manifests");
     std::fs::create_dir(&manifests)?;
@@ -468,6 +472,13 @@ async fn demo(args: DemoArgs, plugin: PathBuf) -> anyhow::Result<bool> {
         }
     }
     let objects = read_folder(&manifests)?;
+    if objects.iter().any(|o| matches!(o, ClusterObject::NetworkAttachmentDefinition(_))) {
+        return crate::demo_telco::run(&args, &plugin, objects, &manifests).await;
+    }
+    say("stacknet demo: the seed's application stack (nginx → Django app + memcached → PostgreSQL) on three\n\
+     nodes, programmed into OVN by the controller, next to a PostgreSQL VM Kubernetes does not manage, with\n\
+     an outside network and a host on it; tried pod to pod, node to pod, to and from the outside, and\n\
+     through the Services' cluster IPs, NodePorts and load balancer address.\n");
     let nodes = node_specs(&objects)?;
     let outside = OutsideSpec {
         prefix: cidr(OUTSIDE_CIDR).prefix_len(),

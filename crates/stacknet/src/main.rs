@@ -5,6 +5,7 @@
 mod agent;
 mod controller;
 mod demo;
+mod demo_telco;
 mod input;
 mod northsouth;
 mod render;

@@ -5,6 +5,7 @@
 
 pub mod nad;
 pub mod plan;
+pub mod reach;
 pub mod selection;
 
 pub use nad::{
