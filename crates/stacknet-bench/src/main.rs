@@ -143,6 +143,11 @@ enum Scenario {
         /// The stacknet-cni executable (default: next to this one).
         #[arg(long)]
         cni: Option<std::path::PathBuf>,
+        /// Interfaces per pod: with N > 1 a second round of pods has the cluster network and
+        /// N-1 layer2 secondary networks (one ADD attaches them all), reported next to the
+        /// one-interface round of the same run.
+        #[arg(long, default_value_t = 1)]
+        attachments: usize,
     },
 }
 
@@ -169,7 +174,9 @@ fn main() -> anyhow::Result<()> {
             let args = services::Args { services, endpoints, nodes, changes, live_changes, plugin: cni };
             runtime()?.block_on(services::run(args))
         }
-        Scenario::PodReady { pods, cni } => runtime()?.block_on(podready::run(podready::Args { pods, plugin: cni })),
+        Scenario::PodReady { pods, cni, attachments } => {
+            runtime()?.block_on(podready::run(podready::Args { pods, plugin: cni, attachments }))
+        }
         Scenario::Ovsdb { rounds, ports, events, batch, window, nbctl_events, clients, venv } => {
             let args = ovsdb::Args { rounds, ports, events, batch, window, nbctl_events, clients, venv };
             runtime()?.block_on(ovsdb::run(args))

@@ -30,6 +30,9 @@ use crate::jsonline;
 pub struct Args {
     pub pods: usize,
     pub plugin: Option<PathBuf>,
+    /// Interfaces per pod (1: the cluster network only; N: and N-1 layer2 secondary
+    /// networks, all attached by the one ADD), measured next to one in the same run.
+    pub attachments: usize,
 }
 
 const PORT: u16 = 7777;
@@ -55,13 +58,42 @@ fn ip_of(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 200, (i / 250) as u8, (i % 250) as u8 + 1)
 }
 
-fn cluster(pods: usize) -> anyhow::Result<PolicyEngine> {
+/// The secondary networks of the multi-interface round: `net1`..: layer2, a /16 each.
+fn networks(secondary: usize) -> String {
+    (1..=secondary)
+        .map(|j| {
+            format!(
+                "- {{apiVersion: k8s.cni.cncf.io/v1, kind: NetworkAttachmentDefinition, metadata: {{name: net{j}, namespace: bench}}, spec: {{config: '{{\"name\": \"net{j}\", \"type\": \"stacknet-cni\", \"topology\": \"layer2\", \"subnets\": \"10.{}.0.0/16\"}}'}}}}\n",
+                210 + j
+            )
+        })
+        .collect()
+}
+
+/// Pod `name` at `ip`, attached to the first `secondary` networks.
+fn pod_yaml(name: &str, ip: Ipv4Addr, secondary: usize) -> String {
+    let nets: Vec<String> = (1..=secondary).map(|j| format!("net{j}")).collect();
+    let annotations = if nets.is_empty() {
+        String::new()
+    } else {
+        format!(", annotations: {{k8s.v1.cni.cncf.io/networks: '{}'}}", nets.join(","))
+    };
+    format!(
+        "- {{apiVersion: v1, kind: Pod, metadata: {{name: {name}, namespace: bench, uid: uid-{name}{annotations}}}, spec: {{nodeName: node-1}}, status: {{podIP: {ip}}}}}\n"
+    )
+}
+
+/// The peer `p0` (on every secondary network) and `pods` pods of each round: `p1`.. with one
+/// interface, and with `secondary` networks `q1`.. (addresses after the p's).
+fn cluster_rounds(pods: usize, secondary: usize, with_q: bool) -> anyhow::Result<PolicyEngine> {
     let mut yaml = String::from("apiVersion: v1\nkind: List\nitems:\n");
-    for i in 0..pods {
-        yaml.push_str(&format!(
-            "- {{apiVersion: v1, kind: Pod, metadata: {{name: p{i}, namespace: bench, uid: uid-{i}}}, status: {{podIP: {}}}}}\n",
-            ip_of(i)
-        ));
+    yaml.push_str(&networks(secondary));
+    yaml.push_str(&pod_yaml("p0", ip_of(0), secondary));
+    for i in 1..=pods {
+        yaml.push_str(&pod_yaml(&format!("p{i}"), ip_of(i), 0));
+        if with_q {
+            yaml.push_str(&pod_yaml(&format!("q{i}"), ip_of(pods + i), secondary));
+        }
     }
     let parsed = manifest::parse("pod-ready", &yaml)?;
     Ok(PolicyEngine::from_index(ClusterIndex::from_objects(parsed.objects)))
@@ -83,7 +115,7 @@ async fn answer(sock: UdpSocket) {
 }
 
 /// Sends to `to` (from the peer's socket) every few milliseconds until a datagram comes back.
-async fn first_answer(s: UdpSocket, to: SocketAddr) -> anyhow::Result<()> {
+async fn first_answer(s: &UdpSocket, to: SocketAddr) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY_DEADLINE;
     let mut buf = [0u8; 64];
     while Instant::now() < deadline {
@@ -164,47 +196,56 @@ fn ms(v: f64) -> serde_json::Value {
     json!((v * 10.0).round() / 10.0)
 }
 
-pub async fn run(args: Args) -> anyhow::Result<()> {
-    anyhow::ensure!((1..=10_000).contains(&args.pods), "--pods must be between 1 and 10000");
-    let plugin = find_sibling(args.plugin, "stacknet-cni", "stacknet-cni")?;
-    let mut live = Live::start("podready", &plugin).await.context("starting the node")?;
+/// What one round of pods measured.
+struct Round {
+    /// ADD start to every interface answering, sorted (ms).
+    ready: Vec<f64>,
+    /// ADD alone, sorted (ms).
+    add: Vec<f64>,
+    pods_per_s: f64,
+    del_per_s: f64,
+}
 
-    // The peer first, attached and answering; then the controller's ports for the others.
-    let peer_key = ObjectKey::new("bench", "p0");
-    live.program(&cluster(1)?).await.context("attaching the peer pod")?;
-    let peer = live.pod_netns(&peer_key).context("the peer pod")?.path();
-    live.program_network(&cluster(args.pods + 1)?).await.context("programming the ports")?;
+/// Every address of a CNI result.
+fn result_addresses(result: &serde_json::Value) -> Vec<IpAddr> {
+    result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
+        .collect()
+}
 
-    // A plugin run that does nothing (VERSION): the price of the process alone.
-    let t = Instant::now();
-    let out = tokio::process::Command::new(&plugin).env_clear().env("CNI_COMMAND", "VERSION").output().await?;
-    anyhow::ensure!(out.status.success(), "stacknet-cni VERSION failed: {}", String::from_utf8_lossy(&out.stdout));
-    let process_ms = t.elapsed().as_secs_f64() * 1e3;
-
+/// `pods` pods named `prefix1`.. fired at once (each a CNI ADD as a runtime runs it), each
+/// timed until the peer gets an answer on every address the ADD gave it; then all deleted at
+/// once.
+async fn round(live: &Arc<Live>, peer: &Path, prefix: &str, pods: usize) -> anyhow::Result<Round> {
     // The runtime has made each pod's sandbox (and the pod listens) before it calls ADD.
     let mut sandboxes = Vec::new();
-    for i in 1..=args.pods {
+    for i in 1..=pods {
         let (netns, container) = Live::new_sandbox()?;
         let listener = udp_in(&netns.path(), SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), PORT))?;
-        let probe = udp_in(&peer, SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))?;
+        let probe = udp_in(peer, SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))?;
         sandboxes.push((i, netns, container, listener, probe));
     }
-
-    let live = Arc::new(live);
     let mut tasks = Vec::new();
     for (i, netns, container, listener, probe) in sandboxes {
         let live = live.clone();
+        let name = format!("{prefix}{i}");
         tasks.push(tokio::spawn(async move {
-            let key = ObjectKey::new("bench", format!("p{i}"));
+            let key = ObjectKey::new("bench", name.clone());
             let responder = tokio::spawn(answer(listener));
             let started = Instant::now();
-            live.cni("ADD", &container, &netns.path(), Some((&key, &format!("uid-{i}"))))
+            let result = live
+                .cni("ADD", &container, &netns.path(), Some((&key, &format!("uid-{name}"))))
                 .await
                 .with_context(|| format!("ADD {key}"))?;
             let add_ms = started.elapsed().as_secs_f64() * 1e3;
-            first_answer(probe, SocketAddr::new(IpAddr::V4(ip_of(i)), PORT))
-                .await
-                .with_context(|| format!("pod {key}"))?;
+            let addresses = result_addresses(&result);
+            anyhow::ensure!(!addresses.is_empty(), "ADD {key} answered no address: {result}");
+            for ip in addresses {
+                first_answer(&probe, SocketAddr::new(ip, PORT)).await.with_context(|| format!("pod {key} at {ip}"))?;
+            }
             let ready_at = Instant::now();
             responder.abort();
             let ready_ms = ready_at.duration_since(started).as_secs_f64() * 1e3;
@@ -237,7 +278,42 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         d.await??;
     }
     let del_per_s = added.len() as f64 / t.elapsed().as_secs_f64();
-    drop(added);
+    Ok(Round { ready, add, pods_per_s, del_per_s })
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!((1..=10_000).contains(&args.pods), "--pods must be between 1 and 10000");
+    anyhow::ensure!((1..=8).contains(&args.attachments), "--attachments must be between 1 and 8");
+    let secondary = args.attachments - 1;
+    let plugin = find_sibling(args.plugin, "stacknet-cni", "stacknet-cni")?;
+    let mut live = Live::start("podready", &plugin).await.context("starting the node")?;
+
+    // The peer first (on every secondary network too), attached and answering; then the
+    // controller's ports for the others.
+    let peer_key = ObjectKey::new("bench", "p0");
+    live.program(&cluster_rounds(0, secondary, false)?).await.context("attaching the peer pod")?;
+    let peer = live.pod_netns(&peer_key).context("the peer pod")?.path();
+    live.program_network(&cluster_rounds(args.pods, secondary, secondary > 0)?)
+        .await
+        .context("programming the ports")?;
+
+    // A plugin run that does nothing (VERSION): the price of the process alone.
+    let t = Instant::now();
+    let out = tokio::process::Command::new(&plugin).env_clear().env("CNI_COMMAND", "VERSION").output().await?;
+    anyhow::ensure!(out.status.success(), "stacknet-cni VERSION failed: {}", String::from_utf8_lossy(&out.stdout));
+    let process_ms = t.elapsed().as_secs_f64() * 1e3;
+
+    let live = Arc::new(live);
+    let one = round(&live, &peer, "p", args.pods).await.context("pods with one interface")?;
+    let many = if secondary > 0 {
+        Some(
+            round(&live, &peer, "q", args.pods)
+                .await
+                .with_context(|| format!("pods with {} interfaces", args.attachments))?,
+        )
+    } else {
+        None
+    };
     let floor = floor(&live, args.pods).await.context("the floor")?;
 
     println!(
@@ -245,14 +321,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         jsonline::line(&[
             ("bench", json!("pod-ready")),
             ("pods", json!(args.pods)),
-            ("p50_ms", ms(percentile(&ready, 0.5))),
-            ("p90_ms", ms(percentile(&ready, 0.9))),
-            ("p99_ms", ms(percentile(&ready, 0.99))),
-            ("max_ms", ms(percentile(&ready, 1.0))),
-            ("pods_per_s", json!(pods_per_s.round())),
-            ("del_per_s", json!(del_per_s.round())),
-            ("add_p50_ms", ms(percentile(&add, 0.5))),
-            ("add_p99_ms", ms(percentile(&add, 0.99))),
+            ("p50_ms", ms(percentile(&one.ready, 0.5))),
+            ("p90_ms", ms(percentile(&one.ready, 0.9))),
+            ("p99_ms", ms(percentile(&one.ready, 0.99))),
+            ("max_ms", ms(percentile(&one.ready, 1.0))),
+            ("pods_per_s", json!(one.pods_per_s.round())),
+            ("del_per_s", json!(one.del_per_s.round())),
+            ("add_p50_ms", ms(percentile(&one.add, 0.5))),
+            ("add_p99_ms", ms(percentile(&one.add, 0.99))),
             ("plugin_process_ms", ms(process_ms)),
         ])
     );
@@ -266,10 +342,34 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             ("installed_p50_ms", ms(f50)),
             ("installed_p99_ms", ms(f99)),
             ("installed_max_ms", ms(percentile(&floor, 1.0))),
-            ("add_p50_ratio", json!((percentile(&add, 0.5) / f50 * 100.0).round() / 100.0)),
-            ("add_p99_ratio", json!((percentile(&add, 0.99) / f99 * 100.0).round() / 100.0)),
+            ("add_p50_ratio", json!((percentile(&one.add, 0.5) / f50 * 100.0).round() / 100.0)),
+            ("add_p99_ratio", json!((percentile(&one.add, 0.99) / f99 * 100.0).round() / 100.0)),
         ])
     );
+    if let Some(m) = many {
+        let ratio = |a: f64, b: f64| json!((a / b * 100.0).round() / 100.0);
+        let (m50, m99) = (percentile(&m.ready, 0.5), percentile(&m.ready, 0.99));
+        let (o50, o99) = (percentile(&one.ready, 0.5), percentile(&one.ready, 0.99));
+        println!(
+            "{}",
+            jsonline::line(&[
+                ("bench", json!("pod-ready")),
+                ("pods", json!(args.pods)),
+                ("attachments", json!(args.attachments)),
+                ("p50_ms", ms(m50)),
+                ("p99_ms", ms(m99)),
+                ("max_ms", ms(percentile(&m.ready, 1.0))),
+                ("pods_per_s", json!(m.pods_per_s.round())),
+                ("del_per_s", json!(m.del_per_s.round())),
+                ("add_p50_ms", ms(percentile(&m.add, 0.5))),
+                ("one_interface_p50_ms", ms(o50)),
+                ("one_interface_p99_ms", ms(o99)),
+                ("p50_ratio", ratio(m50, o50)),
+                ("p99_ratio", ratio(m99, o99)),
+                ("target_ratio", json!(1.5)),
+            ])
+        );
+    }
     if let Ok(live) = Arc::try_unwrap(live) {
         live.shutdown().await?;
     }

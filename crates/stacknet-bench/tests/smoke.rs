@@ -60,8 +60,8 @@ fn ovsdb_bench_runs_every_workload_against_a_real_server() {
 fn pod_ready_bench_attaches_pods_and_prints_its_line() {
     let plugin = std::path::Path::new(env!("CARGO_BIN_EXE_stacknet-bench")).with_file_name("stacknet-cni");
     assert!(plugin.is_file(), "{} missing: build it (cargo build -p stacknet-cni)", plugin.display());
-    let lines = bench(&["pod-ready", "--pods", "5", "--cni", plugin.to_str().unwrap()]);
-    assert_eq!(lines.len(), 2);
+    let lines = bench(&["pod-ready", "--pods", "5", "--attachments", "3", "--cni", plugin.to_str().unwrap()]);
+    assert_eq!(lines.len(), 3);
     let l = &lines[0];
     assert_eq!(l["bench"], "pod-ready");
     assert_eq!(l["pods"], 5);
@@ -75,6 +75,13 @@ fn pod_ready_bench_attaches_pods_and_prints_its_line() {
     for k in ["installed_p50_ms", "installed_max_ms", "add_p50_ratio"] {
         assert!(f[k].as_f64().is_some_and(|v| v > 0.0), "{k} in {f}");
     }
+    // Pods with three interfaces (two secondary networks), next to one in the same run.
+    let m = &lines[2];
+    assert_eq!((m["attachments"].as_u64(), m["pods"].as_u64()), (Some(3), Some(5)), "{m}");
+    for k in ["p50_ms", "p99_ms", "one_interface_p50_ms", "p50_ratio", "p99_ratio"] {
+        assert!(m[k].as_f64().is_some_and(|v| v > 0.0), "{k} in {m}");
+    }
+    assert_eq!(m["one_interface_p50_ms"], l["p50_ms"], "the same run's one-interface round");
 }
 
 #[test]
