@@ -23,14 +23,20 @@ use tokio::sync::broadcast;
 const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Resource path → (kind, apiVersion).
-const RESOURCES: [(&str, &str, &str); 6] = [
+const RESOURCES: [(&str, &str, &str); 8] = [
     ("/api/v1/namespaces", "Namespace", "v1"),
     ("/api/v1/nodes", "Node", "v1"),
     ("/api/v1/pods", "Pod", "v1"),
     ("/api/v1/services", "Service", "v1"),
     ("/apis/discovery.k8s.io/v1/endpointslices", "EndpointSlice", "discovery.k8s.io/v1"),
     ("/apis/networking.k8s.io/v1/networkpolicies", "NetworkPolicy", "networking.k8s.io/v1"),
+    ("/apis/k8s.cni.cncf.io/v1/network-attachment-definitions", "NetworkAttachmentDefinition", "k8s.cni.cncf.io/v1"),
+    ("/apis/k8s.cni.cncf.io/v1beta1/multi-networkpolicies", "MultiNetworkPolicy", "k8s.cni.cncf.io/v1beta1"),
 ];
+
+/// Multus's CRDs: not served unless a test installs them.
+const CRDS: [&str; 2] =
+    ["/apis/k8s.cni.cncf.io/v1/network-attachment-definitions", "/apis/k8s.cni.cncf.io/v1beta1/multi-networkpolicies"];
 
 #[derive(Default)]
 struct Store {
@@ -50,6 +56,8 @@ struct Store {
     patches: Vec<String>,
     /// (resource, resourceVersion) of every bookmark written to a watch stream.
     bookmarks: Vec<(String, u64)>,
+    /// Whether Multus's CRDs are installed (else their paths are 404 Not Found).
+    crds: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -222,7 +230,8 @@ impl ApiServer {
             }
             let (path, query) = target.split_once('?').unwrap_or((target.as_str(), ""));
             let params: BTreeMap<&str, &str> = query.split('&').filter_map(|kv| kv.split_once('=')).collect();
-            let Some(&(resource, kind, api_version)) = RESOURCES.iter().find(|r| r.0 == path) else {
+            let served = |p: &str| !CRDS.contains(&p) || self.store.lock().unwrap().crds;
+            let Some(&(resource, kind, api_version)) = RESOURCES.iter().find(|r| r.0 == path && served(path)) else {
                 let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound"}).to_string();
                 if !reply(&mut write, 404, &body).await {
                     return;
@@ -646,4 +655,83 @@ async fn two_replicas_one_writes_and_the_standby_takes_over() {
     assert!(standby.observed.metrics.transactions.load(Ordering::Relaxed) > 0);
     let lease = api.store.lock().unwrap().leases["stacknet-system/stacknet-controller"].clone();
     assert_eq!(lease["spec"]["leaseTransitions"], 1, "{lease}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secondary_networks_from_the_api_with_their_network_status_and_events() {
+    let api = shop(&[]).await;
+    api.store.lock().unwrap().crds = true;
+    let nad = |name: &str, config: &str| {
+        json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+            "metadata": {"name": name, "namespace": "shop", "uid": format!("nad-{name}")}, "spec": {"config": config}})
+    };
+    api.apply(nad("data", r#"{"cniVersion": "1.1.0", "name": "data", "type": "stacknet-cni", "topology": "layer2", "subnets": "10.100.0.0/24"}"#));
+    api.apply(nad("bad", r#"{"name": "bad", "type": "stacknet-cni", "topology": "layer2", "vlanID": 7}"#));
+    let with_networks = |name: &str, networks: &str| {
+        let mut p = pod(name, "nf");
+        p["metadata"]["annotations"] = json!({"k8s.v1.cni.cncf.io/networks": networks});
+        p
+    };
+    api.apply(with_networks("nf", "data"));
+    api.apply(with_networks("lost", "missing"));
+    api.apply(json!({"apiVersion": "k8s.cni.cncf.io/v1beta1", "kind": "MultiNetworkPolicy",
+        "metadata": {"name": "iso", "namespace": "shop", "uid": "mnp-iso", "annotations": {"k8s.v1.cni.cncf.io/policy-for": "data"}},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}));
+
+    let ovn = Ovn::nb_only().unwrap();
+    let config = ControllerConfig::new("k8s", vec![ovn.nb.remote().parse().unwrap()], None);
+    let controller = Controller::ovn(&config, &kube_source::sources()).unwrap();
+    let observed = controller.observed();
+    stacknet_controller::kube_source::install_tls_provider();
+    let client = kube::Client::try_from(kube::Config::new(api.url.parse().unwrap())).unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    tokio::spawn(kube_source::run(client.clone(), tx, observed.events.clone()));
+    let (sink, published) = tokio::sync::mpsc::unbounded_channel();
+    observed.events.set_sink(sink);
+    tokio::spawn(kube_source::publish_events(client.clone(), published, "test-replica".into(), None));
+    let (annotate, annotations) = tokio::sync::mpsc::unbounded_channel();
+    let controller = controller.with_annotations(annotate);
+    tokio::spawn(kube_source::write_back(client, annotations));
+    tokio::spawn(controller.run(rx, std::future::pending()));
+
+    // The data network and nf's port on it; the MultiNetworkPolicy's port group holds it.
+    until("nf's port on the data network", || pod_ports(&ovn).contains(&"k8s_shop_nf_net1".to_string())).await;
+    let switch = ovn.nbctl(&["--bare", "--columns=name", "find", "Logical_Switch", "name=k8s_net_shop_data"]).unwrap();
+    assert_eq!(switch.trim(), "k8s_net_shop_data");
+    let groups = ovn
+        .nbctl(&["--bare", "--columns=ports", "find", "Port_Group", "external_ids:stacknet.io/owner-kind=Namespace"])
+        .unwrap();
+    assert!(!groups.trim().is_empty(), "the data network's default deny holds nf's port");
+
+    // nf's network-status, written once with the API.
+    let status = || {
+        let st = api.store.lock().unwrap();
+        st.objects.get(&("/api/v1/pods".to_string(), "shop/nf".to_string())).and_then(|o| {
+            o["metadata"]["annotations"]["k8s.v1.cni.cncf.io/network-status"].as_str().map(str::to_string)
+        })
+    };
+    until("nf's network-status", || status().is_some()).await;
+    let v: Value = serde_json::from_str(&status().unwrap()).unwrap();
+    assert_eq!(v[0]["name"], "stacknet");
+    assert_eq!((v[0]["interface"].as_str(), v[0]["default"].as_bool()), (Some("eth0"), Some(true)));
+    assert_eq!(v[1]["name"], "shop/data");
+    assert_eq!(v[1]["interface"], "net1");
+    assert_eq!(v[1]["ips"], json!(["10.100.0.1"]));
+    assert_eq!(v[1]["mac"], "0a:58:0a:64:00:01");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let patches: Vec<String> = api.store.lock().unwrap().patches.iter().filter(|p| *p == "shop/nf").cloned().collect();
+    assert_eq!(patches.len(), 2, "its network annotation and its network-status, once each: {patches:?}");
+
+    // The pod selecting a NAD that does not exist, and the NAD that does not parse: Events.
+    let posted = |reason: &str| api.store.lock().unwrap().events.iter().find(|e| e["reason"] == reason).cloned();
+    until("AttachmentFailed posted", || posted("AttachmentFailed").is_some()).await;
+    let e = posted("AttachmentFailed").unwrap();
+    assert_eq!((e["regarding"]["kind"].as_str(), e["regarding"]["name"].as_str()), (Some("Pod"), Some("lost")));
+    assert!(e["note"].as_str().unwrap().contains("NetworkAttachmentDefinition shop/missing does not exist"), "{e}");
+    until("InvalidNetworkAttachment posted", || posted("InvalidNetworkAttachment").is_some()).await;
+    let e = posted("InvalidNetworkAttachment").unwrap();
+    assert_eq!(e["regarding"]["kind"], "NetworkAttachmentDefinition");
+    assert_eq!(e["regarding"]["apiVersion"], "k8s.cni.cncf.io/v1");
+    assert!(e["note"].as_str().unwrap().contains("spec.config.vlanID"), "{e}");
+    assert!(!pod_ports(&ovn).iter().any(|p| p.starts_with("k8s_shop_lost_")), "nothing half-made for lost");
 }

@@ -632,6 +632,8 @@ impl Agent {
         result
     }
 
+    /// CHECK: the interface asked about as its port says, and with it (primary, Multus-free)
+    /// every secondary interface of the pod.
     async fn check(&self, req: &Request) -> Result<(), CniError> {
         let container = required(&req.container_id, "CNI_CONTAINERID")?;
         let netns = required(&req.netns, "CNI_NETNS")?;
@@ -640,8 +642,24 @@ impl Agent {
             required(&req.pod_namespace, "K8S_POD_NAMESPACE (in CNI_ARGS)")?,
             required(&req.pod_name, "K8S_POD_NAME (in CNI_ARGS)")?,
         );
+        let deadline = Instant::now() + Duration::from_secs(1);
+        if req.network.is_some() {
+            let net = self.attachment(&key, ifname, deadline).await?;
+            return self.check_one(container, netns, ifname, &net).await;
+        }
+        let net = self.pod_network(&key, deadline).await?;
+        self.check_one(container, netns, ifname, &net).await?;
+        if req.attach_networks != Some(false) {
+            for iface in &net.attachments {
+                let n = self.attachment(&key, iface, deadline).await?;
+                self.check_one(container, netns, iface, &n).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn check_one(&self, container: &str, netns: &str, ifname: &str, net: &PodNetwork) -> Result<(), CniError> {
         let failed = |details: String| CniError::new(codes::CHECK_FAILED, "attachment is not as it should be", details);
-        let net = self.pod_network(&key, Instant::now() + Duration::from_secs(1)).await?;
         let observed = self
             .plumbing
             .observe(Path::new(netns), ifname)
@@ -659,7 +677,7 @@ impl Agent {
                 return Err(failed(format!("{ifname} lacks address {}/{}", a.0, a.1)));
             }
         }
-        for g in &routing(&net).0 {
+        for g in &routing(net).0 {
             if !observed.gateways.contains(g) {
                 return Err(failed(format!("no default route via {g} on {ifname}")));
             }
@@ -676,12 +694,18 @@ impl Agent {
         }
     }
 
-    /// Removes our attachments the runtime no longer lists (others' ports are not ours).
+    /// Removes our attachments the runtime no longer lists (others' ports are not ours). The
+    /// runtime lists a pod's primary interface only: the secondary interfaces its ADD made go
+    /// with it (without Multus), so a container it lists keeps all of them.
     async fn gc(&self, req: &Request) -> Result<(), CniError> {
         let valid: HashSet<(String, String)> = req.valid_attachments.clone().unwrap_or_default().into_iter().collect();
+        let containers: HashSet<&str> = valid.iter().map(|(c, _)| c.as_str()).collect();
+        let attach_networks = req.attach_networks != Some(false);
         let ours = self.ovs.replica().as_ref().map(ovs::attached).unwrap_or_default();
         for a in ours {
-            if !valid.contains(&(a.container.clone(), a.ifname.clone())) {
+            let listed = valid.contains(&(a.container.clone(), a.ifname.clone()))
+                || (attach_networks && containers.contains(a.container.as_str()));
+            if !listed {
                 self.teardown(&a.port).await?;
             }
         }

@@ -672,6 +672,13 @@ async fn one_add_attaches_every_secondary_network_of_the_pod() {
     assert_eq!(bound["data0"], "agenttest_t_nf_data0");
     assert_eq!(bound["ext0"], "agenttest_t_nf_ext0");
     assert_eq!(bound["eth0"], "agenttest_t_nf");
+    // CHECK covers every interface: a secondary one gone is named.
+    assert_eq!(n.handle(request(Command::Check, "ctr-nf", POD_NF)).await, Response::Done);
+    let data0 = host_ifname("ctr-nf", "data0");
+    n.plumbing.remove(&data0).await.unwrap();
+    let e = failed(n.handle(request(Command::Check, "ctr-nf", POD_NF)).await);
+    assert_eq!(e.code, codes::CHECK_FAILED, "{e}");
+    assert!(e.details.contains("no interface data0"), "{e}");
     // DEL of the primary interface removes them all.
     assert_eq!(n.handle(request(Command::Del, "ctr-nf", POD_NF)).await, Response::Done);
     assert!(n.plumbing.links().is_empty());
@@ -745,4 +752,22 @@ fn a_primary_interface_without_the_default_route_routes_the_cluster_through_its_
         routes,
         vec![("10.244.0.0/16".parse().unwrap(), ip("10.244.0.1")), ("10.96.0.0/12".parse().unwrap(), ip("10.244.0.1"))]
     );
+}
+
+#[tokio::test]
+async fn gc_keeps_the_secondary_interfaces_of_a_container_the_runtime_lists() {
+    let n = Node::start_with(TELCO, |c| c).await;
+    n.run_ovn_controller();
+    added(n.handle(request(Command::Add, "ctr-nf", POD_NF)).await);
+    assert_eq!(n.interfaces().await.len(), 3);
+    // The runtime knows (ctr-nf, eth0) only: data0 and ext0 came with it.
+    let gc = |valid: Vec<(String, String)>| Request {
+        command: Some(Command::Gc),
+        valid_attachments: Some(valid),
+        ..Request::default()
+    };
+    assert_eq!(n.handle(gc(vec![("ctr-nf".into(), "eth0".into())])).await, Response::Done);
+    assert_eq!(n.interfaces().await.len(), 3, "all three kept");
+    assert_eq!(n.handle(gc(vec![])).await, Response::Done);
+    assert!(n.interfaces().await.is_empty(), "all three gone with their container");
 }
