@@ -80,7 +80,7 @@ fn cni(
 ) -> Outcome {
     let args = pod.map(|(ns, name, uid)| pod_args(ns, name, uid));
     let config = stdin.map_or_else(|| stacknet_testsupport::cni::config(socket), str::to_string);
-    let call = Invocation { command, container, netns, args, config };
+    let call = Invocation { command, container, netns, ifname: "eth0", args, config };
     stacknet_testsupport::cni::run(Path::new(env!("CARGO_BIN_EXE_stacknet-cni")), &call)
 }
 
@@ -291,5 +291,76 @@ items:
     let details = r.stdout["details"].as_str().unwrap();
     assert!(details.contains("nests in VM port vm-1-port") && details.contains("VLAN"), "{details}");
     assert!(ip(&["-n", ns.name(), "-o", "link"]).lines().all(|l| !l.contains("eth0")));
+    n.agent.abort();
+}
+
+/// Multus's way: the primary interface with `attachNetworks: false` (Multus attaches the
+/// others), then Multus delegating the NAD with its own config (it has a `topology`) for
+/// `net1`; its DEL removes that interface only. A bad `attachNetworks` is a configuration
+/// error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multus_delegates_a_network_attachment_with_its_config() {
+    let pods = r#"
+apiVersion: v1
+kind: List
+items:
+- apiVersion: k8s.cni.cncf.io/v1
+  kind: NetworkAttachmentDefinition
+  metadata: {name: data, namespace: x}
+  spec: {config: '{"cniVersion": "1.1.0", "name": "data", "type": "stacknet-cni", "topology": "layer2", "subnets": "10.100.0.0/24"}'}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: m, namespace: x, uid: uid-m, annotations: {k8s.v1.cni.cncf.io/networks: data}}
+  spec: {nodeName: node-1}
+  status: {podIP: 10.1.0.9}
+"#;
+    let n = node(pods).await;
+    let ns = Netns::create(&unique("m")).unwrap();
+    let container = unique("ctr-m");
+    let path = ns.path();
+    let plugin = Path::new(env!("CARGO_BIN_EXE_stacknet-cni"));
+    let args = Some(pod_args("x", "m", "uid-m"));
+    let primary = |command: &'static str, attach: serde_json::Value| {
+        Invocation {
+        command,
+        container: &container,
+        netns: &path,
+        ifname: "eth0",
+        args: args.clone(),
+        config: json!({"cniVersion": "1.1.0", "name": "stacknet", "type": "stacknet-cni", "agentSocket": n.socket, "attachNetworks": attach})
+            .to_string(),
+    }
+    };
+    let bad = stacknet_testsupport::cni::run(plugin, &primary("ADD", json!("yes")));
+    assert_eq!(bad.stdout["code"], 7, "{}", bad.stdout);
+    assert!(bad.stdout["details"].as_str().unwrap_or_default().contains("attachNetworks"), "{}", bad.stdout);
+    let r = stacknet_testsupport::cni::run(plugin, &primary("ADD", json!(false)));
+    assert_eq!(r.code, Some(0), "{}", r.stdout);
+    let links = ip(&["-n", ns.name(), "-o", "link"]);
+    assert!(links.contains("eth0") && !links.contains("net1"), "only the primary: {links}");
+    let delegated = |command: &'static str| Invocation {
+        command,
+        container: &container,
+        netns: &path,
+        ifname: "net1",
+        args: args.clone(),
+        config: json!({"cniVersion": "1.1.0", "name": "data", "type": "stacknet-cni", "topology": "layer2",
+            "subnets": "10.100.0.0/24", "agentSocket": n.socket})
+        .to_string(),
+    };
+    let r = stacknet_testsupport::cni::run(plugin, &delegated("ADD"));
+    assert_eq!(r.code, Some(0), "{}", r.stdout);
+    let names: Vec<&str> =
+        r.stdout["interfaces"].as_array().unwrap().iter().filter_map(|i| i["name"].as_str()).collect();
+    assert!(names.contains(&"net1") && !names.contains(&"eth0"), "{names:?}");
+    assert_eq!(r.stdout["ips"][0]["address"], "10.100.0.1/24");
+    let addrs = ip(&["-n", ns.name(), "-o", "addr", "show", "dev", "net1"]);
+    assert!(addrs.contains("10.100.0.1/24"), "{addrs}");
+    let r = stacknet_testsupport::cni::run(plugin, &delegated("DEL"));
+    assert_eq!(r.code, Some(0), "{}", r.stdout);
+    let links = ip(&["-n", ns.name(), "-o", "link"]);
+    assert!(links.contains("eth0") && !links.contains("net1"), "net1 gone, eth0 kept: {links}");
+    let r = stacknet_testsupport::cni::run(plugin, &primary("DEL", json!(false)));
+    assert_eq!(r.code, Some(0), "{}", r.stdout);
     n.agent.abort();
 }

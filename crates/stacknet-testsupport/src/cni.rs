@@ -14,6 +14,8 @@ pub struct Invocation<'a> {
     pub command: &'a str,
     pub container: &'a str,
     pub netns: &'a Path,
+    /// `CNI_IFNAME`.
+    pub ifname: &'a str,
     /// `CNI_ARGS` (see [`pod_args`]).
     pub args: Option<String>,
     /// The network configuration (see [`config`]).
@@ -46,7 +48,7 @@ pub fn run(plugin: &Path, call: &Invocation<'_>) -> Outcome {
         .env("CNI_COMMAND", call.command)
         .env("CNI_CONTAINERID", call.container)
         .env("CNI_NETNS", call.netns)
-        .env("CNI_IFNAME", "eth0")
+        .env("CNI_IFNAME", call.ifname)
         .env("CNI_PATH", plugin.parent().unwrap_or(Path::new("/opt/cni/bin")))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -73,6 +75,7 @@ pub fn add(plugin: &Path, socket: &Path, container: &str, netns: &Path, pod: (&s
         command: "ADD",
         container,
         netns,
+        ifname: "eth0",
         args: Some(pod_args(pod.0, pod.1, pod.2)),
         config: config(socket),
     };

@@ -67,6 +67,7 @@ fn up_attach_status_down() {
         command: "ADD",
         container: "by-hand",
         netns: &netns_path,
+        ifname: "eth0",
         args: Some("K8S_POD_NAMESPACE=leonardo;K8S_POD_NAME=app-0".into()),
         config: std::fs::read_to_string(status["cni_config"].as_str().unwrap()).unwrap(),
     };
