@@ -365,18 +365,19 @@ fn resolve<'a>(
     Ok(out)
 }
 
-/// The pod's `k8s.v1.cni.cncf.io/network-status` annotation (multi-net-spec §4.1.2.1): the
-/// primary interface on `default_network` (its addresses and MAC), then each attachment with
-/// the NAD's `namespace/name`. `default` is on the interfaces that carry the default route.
+/// The pod's `k8s.v1.cni.cncf.io/network-status` annotation (multi-net-spec §5): the
+/// primary interface on `default_network` (its addresses and MAC; `default: true`, the
+/// cluster-wide default network, §5.3.5), then each attachment with the NAD's
+/// `namespace/name` (`default: false`). An attachment carrying the pod's default route says
+/// so with its gateways, as `default-route` (§5.3.6.4) and as Multus's `gateway`.
 pub fn network_status(default_network: &str, primary: (&str, &[IpAddr], &str), attachments: &[Attachment]) -> String {
     let (ifname, ips, mac) = primary;
-    let elsewhere = |v4: bool| attachments.iter().any(|a| a.default_route.iter().any(|g| g.is_ipv4() == v4));
     let mut out = vec![serde_json::json!({
         "name": default_network,
         "interface": ifname,
         "ips": ips.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "mac": mac,
-        "default": ips.iter().any(|ip| !elsewhere(ip.is_ipv4())),
+        "default": true,
         "dns": {},
     })];
     for a in attachments {
@@ -385,11 +386,14 @@ pub fn network_status(default_network: &str, primary: (&str, &[IpAddr], &str), a
             "interface": a.interface,
             "ips": a.ips.iter().map(|(ip, _)| ip.to_string()).collect::<Vec<_>>(),
             "mac": a.mac,
+            "default": false,
             "dns": {},
         });
         if !a.default_route.is_empty() {
-            e["default"] = serde_json::Value::Bool(true);
-            e["gateway"] = a.default_route.iter().map(|g| serde_json::Value::String(g.to_string())).collect();
+            let gateways: Vec<serde_json::Value> =
+                a.default_route.iter().map(|g| serde_json::Value::String(g.to_string())).collect();
+            e["default-route"] = gateways.clone().into();
+            e["gateway"] = gateways.into();
         }
         out.push(e);
     }
@@ -574,10 +578,10 @@ mod tests {
         assert_eq!(
             status,
             serde_json::json!([
-                {"name": "stacknet", "interface": "eth0", "ips": ["10.1.0.5"], "mac": "0a:58:0a:01:00:05", "default": false, "dns": {}},
-                {"name": "t/data", "interface": "net1", "ips": ["10.100.0.8"], "mac": "0a:58:0a:64:00:08", "dns": {}},
+                {"name": "stacknet", "interface": "eth0", "ips": ["10.1.0.5"], "mac": "0a:58:0a:01:00:05", "default": true, "dns": {}},
+                {"name": "t/data", "interface": "net1", "ips": ["10.100.0.8"], "mac": "0a:58:0a:64:00:08", "default": false, "dns": {}},
                 {"name": "t/provider", "interface": "net2", "ips": ["192.0.2.20"], "mac": "0a:58:c0:00:02:14", "dns": {},
-                 "default": true, "gateway": ["192.0.2.1"]}
+                 "default": false, "default-route": ["192.0.2.1"], "gateway": ["192.0.2.1"]}
             ])
         );
     }

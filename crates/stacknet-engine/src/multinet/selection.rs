@@ -156,11 +156,23 @@ fn parse_json(pod_namespace: &str, text: &str) -> Result<Vec<Selection>, String>
             return Err(format!("metadata.annotations[{NETWORKS_ANNOTATION}][{i}]: a selection element object"));
         };
         for k in m.keys() {
+            // Keys with a period are implementations' own (reverse domain names): not ours to
+            // judge; the others are the spec's.
             if !["name", "namespace", "interface", "ips", "mac", "default-route"].contains(&k.as_str())
                 && !OTHER_KEYS.contains(&k.as_str())
+                && !k.contains('.')
             {
                 return Err(format!("{}: not a selection element key", at(i, k)));
             }
+        }
+        // §4.1.2.1.9: only one element may name the default route.
+        if m.contains_key("default-route")
+            && let Some(first) = elements[..i].iter().position(|e| e.get("default-route").is_some())
+        {
+            return Err(format!(
+                "{}: element {first} names the default route already (only one element may)",
+                at(i, "default-route")
+            ));
         }
         let text_of = |key: &str| -> Result<Option<String>, String> {
             match m.get(key) {
@@ -236,6 +248,48 @@ mod tests {
         assert_eq!(s[0].mac.as_deref(), Some("ca:fe:c0:ff:ee:00"));
         assert_eq!(s[0].default_route, vec!["10.1.1.1".parse::<IpAddr>().unwrap()]);
         assert_eq!((s[1].namespace.as_str(), s[1].interface.as_str()), ("app", "net2"));
+    }
+
+    /// The multi-net-spec v1.3's own examples (§4.1.1, §4.1.2, §4.1.2.1.3–4, §4.1.2.1.9).
+    #[test]
+    fn the_specs_examples_read_as_it_says() {
+        let s = parse("my-namespace", "net-a,net-b,other-ns/net-c").unwrap();
+        let names: Vec<_> = s.iter().map(|s| format!("{}/{}@{}", s.namespace, s.name, s.interface)).collect();
+        assert_eq!(names, ["my-namespace/net-a@net1", "my-namespace/net-b@net2", "other-ns/net-c@net3"]);
+        let s = parse(
+            "my-namespace",
+            r#"[
+        {"name":"net-a"},
+        {
+          "name":"net-b",
+          "ips": ["1.2.3.4"],
+          "mac": "aa:bb:cc:dd:ee:ff"
+        },
+        {
+          "name":"net-c",
+          "namespace":"other-ns"
+        }
+      ]"#,
+        )
+        .unwrap();
+        assert_eq!(s[1].ips, vec![("1.2.3.4".parse().unwrap(), None)]);
+        assert_eq!(s[1].mac.as_deref(), Some("aa:bb:cc:dd:ee:ff"));
+        assert_eq!((s[2].namespace.as_str(), s[2].name.as_str()), ("other-ns", "net-c"));
+        let s = parse("ns", r#"[{"name":"net-b","ips": ["10.2.2.42/24", "2001:db8::5/64"]}]"#).unwrap();
+        assert_eq!(
+            s[0].ips,
+            vec![("10.2.2.42".parse().unwrap(), Some(24)), ("2001:db8::5".parse().unwrap(), Some(64))]
+        );
+        let s = parse("ns", r#"[{"name":"net-b","mac": "02:23:45:67:89:01"}]"#).unwrap();
+        assert_eq!(s[0].mac.as_deref(), Some("02:23:45:67:89:01"));
+        let s = parse("ns", r#"[{ "name":"net-a" }, {"name":"net-b", "default-route": ["10.0.0.1"]}]"#).unwrap();
+        assert_eq!(s[1].default_route, vec!["10.0.0.1".parse::<IpAddr>().unwrap()]);
+        // An implementation's own keys (with a period) are let through.
+        assert!(parse("ns", r#"[{"name":"net-a", "org.example.color": "blue"}]"#).is_ok());
+        // Only one element may name the default route (§4.1.2.1.9).
+        let e = parse("ns", r#"[{"name":"a", "default-route": []}, {"name":"b", "default-route": ["10.0.0.1"]}]"#)
+            .unwrap_err();
+        assert!(e.contains("[1].default-route: element 0 names the default route already"), "{e}");
     }
 
     #[test]
