@@ -102,9 +102,9 @@ pub fn parse(pod_namespace: &str, text: &str) -> Result<Vec<Selection>, String> 
                 ));
             }
         }
-        if s.interface == "eth0" || !seen.insert(s.interface.clone()) {
+        if s.interface == "eth0" || s.interface == "lo" || !seen.insert(s.interface.clone()) {
             return Err(format!(
-                "{}: {} is taken (eth0 is the pod's primary interface)",
+                "{}: {} is taken (eth0 is the pod's primary interface, lo its loopback)",
                 at(i, "interface"),
                 s.interface
             ));
@@ -307,6 +307,7 @@ mod tests {
         assert!(err(r#"[{"name": "A_B"}]"#).contains("[0].name"));
         assert!(err("[{\"name\": ").contains("not valid JSON"));
         assert!(err("a@eth0").contains("eth0 is taken"));
+        assert!(err("a@lo").contains("lo is taken"));
         assert!(err("a@x, b@x").contains("[1].interface: x is taken"));
         assert!(err("a, b@net1").contains("[0].interface: the default name net1"));
         assert!(err("ns/").contains("[0].name"));
