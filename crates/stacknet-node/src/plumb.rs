@@ -13,8 +13,10 @@ use rtnetlink::{LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::netns::{self, NetnsError};
 
+pub mod child;
 #[cfg(test)]
 pub mod recording;
+pub mod sriov;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PlumbError {
@@ -26,6 +28,21 @@ pub enum PlumbError {
     Netlink { what: String, message: String },
     #[error("disabling TX checksum offload on {name}: {message}")]
     Offload { name: String, message: String },
+    /// An SR-IOV device named by its PCI address (a CNI `deviceID`) that is not there or not
+    /// usable.
+    #[error("PCI device {pci}: {message}")]
+    PciDevice { pci: String, message: String },
+    /// A VLAN asked for on a device that is not an SR-IOV virtual function (only a VF's PF
+    /// can tag its traffic).
+    #[error("cannot set VLAN {vlan}: {netdev} is not a virtual function (no physfn)")]
+    NotAVirtualFunction { vlan: u16, netdev: String },
+    /// No interface in the node's namespace has the MAC of the VM NIC that carries a port.
+    #[error("no interface in the node's network namespace has MAC {mac} (seen: {})", seen_list(seen))]
+    NoNic { mac: String, seen: Vec<String> },
+}
+
+fn seen_list(seen: &[String]) -> String {
+    if seen.is_empty() { "none".into() } else { seen.join(", ") }
 }
 
 pub(crate) fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> PlumbError {
