@@ -1,13 +1,16 @@
 //! The OpenStack backend (`--backend openstack`): a reconcile is one Neutron reconcile
-//! (networks, security groups, pods' ports) and one Octavia reconcile (Services). Port pools
-//! are topped up by a task of their own, so pod starts never wait for a refill; it runs only
-//! while this replica leads, and its problems reach the loop as [`News`].
+//! (networks, security groups, pods' ports, and their secondary interfaces' ports on the
+//! Neutron networks NetworkAttachmentDefinitions name) and one Octavia reconcile (Services).
+//! Port pools are topped up by a task of their own, so pod starts never wait for a refill; it
+//! runs only while this replica leads, and its problems reach the loop as [`News`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use stacknet_engine::multinet::{self, Allocator, Attachment, Foreign, Plan};
+use stacknet_engine::objects::ObjectKey;
 use stacknet_engine::{PolicyEngine, Reason};
 use stacknet_openstack::octavia::OctaviaBackend;
 use stacknet_openstack::{Cloud, CloudSource, NeutronBackend, NeutronConfig, PoolNode};
@@ -15,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::controller::{Backend, Failure, News, Reconciled};
 use crate::error::Error;
+use crate::ovn::DEFAULT_NETWORK;
 
 /// What the OpenStack backend needs beyond the controller's common settings.
 #[derive(Debug, Clone)]
@@ -38,6 +42,7 @@ impl OpenStackSettings {
             pool_size: o.pool_size,
             network_per_namespace: o.network_per_namespace,
             namespace_prefix_len: o.namespace_prefix_len,
+            foreign: if c.multus { Foreign::LeaveToMultus } else { Foreign::Refuse },
             ..NeutronConfig::new(c.cluster.clone(), c.ipam.cluster.clone())
         };
         Some(OpenStackSettings { cloud, neutron })
@@ -54,6 +59,13 @@ pub struct OpenStackNetwork {
     /// The pools' task's problems, until the loop takes them.
     pool_problems: Option<mpsc::UnboundedReceiver<News>>,
     refiller: Option<tokio::task::JoinHandle<()>>,
+    /// Pods' secondary interfaces (OpenStack mode: Neutron networks only).
+    multinet: Allocator,
+    /// What to do with NADs of other plugins (`--multus`).
+    foreign: Foreign,
+    /// Whether the secondary ports Neutron holds have been given back to `multinet` since
+    /// this replica leads (a pod keeps an address it asked for and has).
+    restored: bool,
 }
 
 impl Drop for OpenStackNetwork {
@@ -76,7 +88,17 @@ impl OpenStackNetwork {
         let (problems_tx, problems) = mpsc::unbounded_channel();
         let refiller = (settings.neutron.pool_size > 0)
             .then(|| tokio::spawn(refill(neutron.clone(), nodes_rx, leading_rx, problems_tx)));
-        Ok(OpenStackNetwork { neutron, octavia, nodes, leading, pool_problems: Some(problems), refiller })
+        Ok(OpenStackNetwork {
+            neutron,
+            octavia,
+            nodes,
+            leading,
+            pool_problems: Some(problems),
+            refiller,
+            multinet: Allocator::default(),
+            foreign: settings.neutron.foreign,
+            restored: false,
+        })
     }
 
     /// Whether Services are made (the catalog has Octavia).
@@ -114,6 +136,42 @@ impl OpenStackNetwork {
         }
         out
     }
+
+    /// The network-status annotation of each pod whose secondary interfaces all have their
+    /// ports: the primary port as `eth0`, then each interface with its port's MAC and
+    /// addresses.
+    fn network_status(report: &stacknet_openstack::Report, plan: &Plan) -> Vec<(ObjectKey, String)> {
+        plan.pods
+            .iter()
+            .filter_map(|(key, list)| {
+                let primary = report.ports.get(key)?;
+                let made = report.attachments.get(key)?;
+                let list: Option<Vec<Attachment>> = list
+                    .iter()
+                    .map(|a| {
+                        let port = made.iter().find(|m| m.interface == a.interface && m.network == a.network)?;
+                        Some(Attachment { mac: port.port.mac.clone(), ips: port.addresses.clone(), ..a.clone() })
+                    })
+                    .collect();
+                let status = multinet::network_status(DEFAULT_NETWORK, ("eth0", &primary.ips, &primary.mac), &list?);
+                Some((key.clone(), status))
+            })
+            .collect()
+    }
+
+    /// Gives the allocator back what Neutron holds, once per leadership.
+    async fn restore(&mut self) -> Result<(), Failure> {
+        if self.restored {
+            return Ok(());
+        }
+        let held = self.neutron.held_attachments().await.map_err(|e| failure(e, "Neutron"))?;
+        self.multinet = Allocator::default();
+        for h in held {
+            self.multinet.restore(h.pod, h.interface, h.network, h.ips);
+        }
+        self.restored = true;
+        Ok(())
+    }
 }
 
 fn failure(e: stacknet_openstack::Error, what: &str) -> Failure {
@@ -130,30 +188,24 @@ impl Backend for OpenStackNetwork {
         if leading {
             // What the previous leader wrote is read before the first reconcile.
             self.neutron.invalidate().await;
+            self.restored = false;
         }
         self.leading.send_replace(leading);
     }
 
     async fn reconcile(&mut self, engine: &mut PolicyEngine, annotate: bool) -> Result<Reconciled, Failure> {
-        let mut net = self.neutron.reconcile(engine).await.map_err(|e| failure(e, "Neutron"))?;
-        let mut problems = std::mem::take(&mut net.problems);
+        // A pod's secondary interfaces: Neutron networks only; a pod selecting another kind,
+        // a NAD that is missing or invalid, or addresses or MACs that clash gets none.
+        self.restore().await?;
+        let plan = self.multinet.sync(engine.index(), self.foreign, stacknet_openstack::accepts);
+        let mut net = self.neutron.reconcile_with(engine, &plan).await.map_err(|e| failure(e, "Neutron"))?;
+        let mut problems = plan.problems.clone();
+        problems.append(&mut net.problems);
         let annotations = if annotate { Self::annotations(&net) } else { Vec::new() };
+        let network_status = if annotate { Self::network_status(&net, &plan) } else { Vec::new() };
         if let (Some(octavia), Some(topology)) = (&self.octavia, &net.topology) {
             let lbs = octavia.reconcile(engine.index(), topology).await.map_err(|e| failure(e, "Octavia"))?;
             problems.extend(lbs.problems);
-        }
-        // Secondary networks are made in OVN mode only so far: say so on each pod that asks.
-        for (_, pod) in engine.index().pods() {
-            if pod.networks_annotation.as_deref().is_some_and(|t| !t.trim().is_empty()) && pod.is_policy_subject() {
-                problems.push(stacknet_engine::Problem::new(
-                    stacknet_engine::ObjectRef::pod(&pod.key),
-                    Reason::AttachmentFailed,
-                    format!(
-                        "metadata.annotations[{}]: the OpenStack backend does not make secondary networks yet; the pod has its primary port only",
-                        stacknet_engine::multinet::NETWORKS_ANNOTATION
-                    ),
-                ));
-            }
         }
         self.nodes.send_replace(NeutronBackend::nodes_of(engine));
         tracing::debug!(created = net.created, updated = net.updated, deleted = net.deleted, "reconciled with Neutron");
@@ -161,7 +213,7 @@ impl Backend for OpenStackNetwork {
             problems,
             annotations,
             ingress: Vec::new(),
-            network_status: Vec::new(),
+            network_status,
             transactions: 0,
             operations: net.calls,
         })
@@ -200,5 +252,76 @@ async fn refill(
             r = nodes.changed() => if r.is_err() { return },
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use stacknet_engine::{ClusterIndex, manifest};
+    use stacknet_openstack::{AttachedPort, PodPort, Report};
+
+    use super::*;
+
+    fn port(id: &str, mac: &str, ip: &str) -> PodPort {
+        PodPort {
+            port_id: id.into(),
+            name: id.into(),
+            network_id: "net".into(),
+            mac: mac.into(),
+            ips: vec![ip.parse().unwrap()],
+            vlan: None,
+            parent_port: None,
+        }
+    }
+
+    #[test]
+    fn network_status_is_written_for_pods_whose_secondary_ports_are_all_made() {
+        let yaml = r#"apiVersion: v1
+kind: List
+items:
+- apiVersion: k8s.cni.cncf.io/v1
+  kind: NetworkAttachmentDefinition
+  metadata: {name: provider, namespace: x}
+  spec: {config: '{"name": "provider", "type": "stacknet-cni", "neutronNetwork": "physnet1"}'}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: a, namespace: x, annotations: {k8s.v1.cni.cncf.io/networks: '[{"name": "provider", "default-route": ["192.0.2.1"]}]'}}
+  spec: {nodeName: n1}
+- apiVersion: v1
+  kind: Pod
+  metadata: {name: b, namespace: x, annotations: {k8s.v1.cni.cncf.io/networks: provider}}
+  spec: {nodeName: n1}
+"#;
+        let index = ClusterIndex::from_objects(manifest::parse("c.yaml", yaml).unwrap().objects);
+        let plan = Allocator::default().sync(&index, Foreign::Refuse, stacknet_openstack::accepts);
+        assert_eq!(plan.pods.len(), 2, "{:?}", plan.problems);
+        let (a, b) = (ObjectKey::new("x", "a"), ObjectKey::new("x", "b"));
+        let mut report = Report::default();
+        report.ports.insert(a.clone(), port("pa", "fa:16:3e:00:00:01", "10.0.0.5"));
+        report.ports.insert(b.clone(), port("pb", "fa:16:3e:00:00:02", "10.0.0.6"));
+        let secondary = port("sa", "fa:16:3e:00:00:0a", "192.0.2.10");
+        report.attachments.insert(
+            a.clone(),
+            vec![AttachedPort {
+                interface: "net1".into(),
+                network: ObjectKey::new("x", "provider"),
+                port: secondary,
+                addresses: vec![("192.0.2.10".parse().unwrap(), 24)],
+                vnic_type: "normal".into(),
+            }],
+        );
+        // b's secondary port is not made: b gets no status yet.
+        let status = OpenStackNetwork::network_status(&report, &plan);
+        assert_eq!(status.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), [a]);
+        // The engine's format, with the ports' MACs and addresses (Neutron chose them).
+        let value: serde_json::Value = serde_json::from_str(&status[0].1).unwrap();
+        let entry = |i: usize| {
+            let e = &value[i];
+            (e["name"].clone(), e["interface"].clone(), e["ips"].clone(), e["mac"].clone())
+        };
+        assert_eq!(entry(0), (json!("stacknet"), json!("eth0"), json!(["10.0.0.5"]), json!("fa:16:3e:00:00:01")));
+        assert_eq!(entry(1), (json!("x/provider"), json!("net1"), json!(["192.0.2.10"]), json!("fa:16:3e:00:00:0a")));
+        assert_eq!(value[1]["gateway"], json!(["192.0.2.1"]), "the selection's default route");
     }
 }

@@ -35,6 +35,9 @@ pub const QUIET_LOGS: &[&str] = &[
     "rustls=warn",
 ];
 
-pub use backend::{NeutronBackend, NeutronConfig, PodPort, PoolNode, PoolReport, Report};
+pub use backend::{
+    AttachedPort, HeldAttachment, NeutronBackend, NeutronConfig, PodPort, PoolNode, PoolReport, Report, SriovDevice,
+    accepts, sriov_devices,
+};
 pub use cloud::{Call, Cloud, CloudSource, Error};
 pub use stacknet_engine::{ObjectRef, Problem, Reason};

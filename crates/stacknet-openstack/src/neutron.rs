@@ -72,6 +72,32 @@ pub struct Port {
     /// The Keystone project it counts against.
     #[serde(default)]
     pub project_id: String,
+    /// `None` when the port-security extension is off.
+    #[serde(default)]
+    pub port_security_enabled: Option<bool>,
+    /// `normal`, `direct` (SR-IOV), ... (`None`: not shown, i.e. `normal`).
+    #[serde(rename = "binding:vnic_type", default)]
+    pub vnic_type: Option<String>,
+    /// What the host told the plug-in (an SR-IOV port: its virtual function).
+    #[serde(rename = "binding:profile", default)]
+    pub profile: Option<Value>,
+}
+
+impl Port {
+    /// The host it is bound to (Neutron answers `""` for none).
+    pub fn bound_host(&self) -> Option<&str> {
+        self.host.as_deref().filter(|h| !h.is_empty())
+    }
+
+    /// Its `binding:vnic_type`, `normal` when not shown.
+    pub fn vnic(&self) -> &str {
+        self.vnic_type.as_deref().unwrap_or("normal")
+    }
+
+    /// Its `binding:profile`, `None` when empty.
+    pub fn binding_profile(&self) -> Option<&Value> {
+        self.profile.as_ref().filter(|p| p.as_object().is_some_and(|m| !m.is_empty()))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -298,6 +324,54 @@ pub async fn set_router_gateway(cloud: &Cloud, router: &str, network: &str) -> R
         .await
 }
 
+/// Whether `s` has the form of a Neutron id (a UUID): only those are looked up by id (a name
+/// goes in a query, never in a path).
+pub fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.char_indices().all(|(i, c)| if [8, 13, 18, 23].contains(&i) { c == '-' } else { c.is_ascii_hexdigit() })
+}
+
+/// The networks whose id (when `name_or_id` is one) or else name is `name_or_id`: one when
+/// it is an id, any number when it is a name.
+pub async fn networks_named(cloud: &Cloud, name_or_id: &str) -> Result<Vec<Network>, Error> {
+    if is_uuid(name_or_id) {
+        match cloud.call(Call::get(N, format!("networks/{name_or_id}")).answer("network")).await {
+            Ok(n) => return Ok(vec![n]),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    list(cloud, "networks", "networks", &[("name", name_or_id.to_string())]).await
+}
+
+/// A network's subnets, whoever's they are.
+pub async fn subnets_of(cloud: &Cloud, network: &str) -> Result<Vec<Subnet>, Error> {
+    list(cloud, "subnets", "subnets", &[("network_id", network.to_string())]).await
+}
+
+/// The security groups of `project` (`None`: any) whose id (when `name_or_id` is one) or else
+/// name is `name_or_id`.
+pub async fn security_groups_named(
+    cloud: &Cloud,
+    name_or_id: &str,
+    project: Option<&str>,
+) -> Result<Vec<SecurityGroup>, Error> {
+    let mut filters = Vec::new();
+    if let Some(p) = project {
+        filters.push(("project_id", p.to_string()));
+    }
+    if is_uuid(name_or_id) {
+        let mut by_id = filters.clone();
+        by_id.push(("id", name_or_id.to_string()));
+        let found: Vec<SecurityGroup> = list(cloud, "security-groups", "security_groups", &by_id).await?;
+        if !found.is_empty() {
+            return Ok(found);
+        }
+    }
+    filters.push(("name", name_or_id.to_string()));
+    list(cloud, "security-groups", "security_groups", &filters).await
+}
+
 /// A network by id or, failing that, by name (exactly one).
 pub async fn find_network(cloud: &Cloud, name_or_id: &str) -> Result<Network, Error> {
     match cloud.call(Call::get(N, format!("networks/{name_or_id}")).answer("network")).await {
@@ -445,7 +519,12 @@ fn port_body(p: &NewPort<'_>) -> Value {
 }
 
 pub async fn create_port(cloud: &Cloud, p: &NewPort<'_>) -> Result<Port, Error> {
-    cloud.call(Call::post(N, "ports").body("port", port_body(p)).answer("port")).await
+    create_port_with(cloud, port_body(p)).await
+}
+
+/// A port from its whole body (`{"port": body}`).
+pub async fn create_port_with(cloud: &Cloud, body: Value) -> Result<Port, Error> {
+    cloud.call(Call::post(N, "ports").body("port", body).answer("port")).await
 }
 
 /// Creates ports in one call (Neutron makes all or none).

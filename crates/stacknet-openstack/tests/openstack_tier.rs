@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use stacknet_conformance::world::World;
+use stacknet_engine::multinet::{Allocator, Foreign, Plan};
 use stacknet_engine::objects::{ObjectKey, Protocol};
 use stacknet_engine::{PolicyEngine, manifest};
 use stacknet_openstack::{Cloud, CloudSource, NeutronBackend, NeutronConfig, PodPort, Reason, neutron};
@@ -107,6 +108,18 @@ fn services_are_octavia_load_balancers_traced_through_ovn_with_floating_ips_and_
 #[ignore = "needs root and the OpenStack packages (.ci/run installs them)"]
 fn isolated_pods_take_their_own_nodes_probes_and_leave_through_the_routers_snat() {
     phase(node_traffic_and_egress);
+}
+
+#[test]
+#[ignore = "needs root and the OpenStack packages (.ci/run installs them)"]
+fn a_nad_naming_a_provider_network_gives_its_pods_ports_on_it_that_ovn_delivers() {
+    phase(secondary_networks);
+}
+
+#[test]
+#[ignore = "needs root and the OpenStack packages (.ci/run installs them)"]
+fn an_sriov_nad_makes_a_direct_port_bound_to_the_virtual_function_the_pod_was_given() {
+    phase(sriov);
 }
 
 /// The cloud the tests share, and what they need around it.
@@ -1549,4 +1562,353 @@ async fn node_traffic_and_egress(cloud: &OpenStack, session: &Cloud) {
     assert_eq!(group("h1")["id"], g1["id"]);
     let again = NeutronBackend::new(session.clone(), config.clone()).reconcile(&cluster(true, &["h1"])).await.unwrap();
     assert_eq!((again.created, again.updated, again.deleted, again.problems.len()), (0, 0, 0, 0), "{again:?}");
+}
+
+/// The operator's flat provider network on physical network `physnet1` (ML2's
+/// `flat_networks = *`; a flat network per physnet, so the tests that need it share it: made
+/// by the first), with subnet 192.0.2.0/24: its id and its subnet's.
+fn provider_network(cloud: &OpenStack) -> (String, String) {
+    let found = neutron(cloud, "GET", "networks?name=physnet1", None);
+    if let Some(n) = found["networks"].as_array().and_then(|a| a.first()) {
+        let id = n["id"].as_str().unwrap().to_string();
+        let subnet = neutron(cloud, "GET", &format!("subnets?network_id={id}"), None)["subnets"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        return (id, subnet);
+    }
+    host_network(
+        cloud,
+        json!({"name": "physnet1", "provider:network_type": "flat", "provider:physical_network": "physnet1"}),
+        json!({"cidr": "192.0.2.0/24", "gateway_ip": "192.0.2.1"}),
+    )
+}
+
+/// A cluster of namespace `telco`, bare-metal node n1, the NADs and pods of `extra`.
+fn telco(extra: &str) -> PolicyEngine {
+    let m = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: telco}}\n---\napiVersion: v1\nkind: Node\nmetadata: {{name: n1}}\n{extra}"
+    );
+    let mut engine = PolicyEngine::new();
+    for o in manifest::parse("telco.yaml", &m).unwrap().objects {
+        engine.apply(o);
+    }
+    engine
+}
+
+/// A NAD of stacknet-cni in namespace telco with `config`'s keys.
+fn nad(name: &str, config: &str) -> String {
+    format!(
+        "---\napiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\nmetadata: {{name: {name}, namespace: telco}}\n\
+         spec:\n  config: '{{\"cniVersion\": \"1.1.0\", \"name\": \"{name}\", \"type\": \"stacknet-cni\", {config}}}'\n"
+    )
+}
+
+/// A pod of namespace telco on n1 selecting `networks`, with more `annotations` (YAML lines).
+fn telco_pod(name: &str, networks: &str, annotations: &str) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: telco\n  uid: uid-{name}\n  annotations:\n    \
+         k8s.v1.cni.cncf.io/networks: '{networks}'\n{annotations}spec: {{nodeName: n1, containers: [{{name: c}}]}}\n"
+    )
+}
+
+/// What the controller does: the multinet plan (Neutron networks only), then Neutron; the
+/// plan's problems with the backend's.
+async fn reconcile_multinet(
+    b: &NeutronBackend,
+    alloc: &mut Allocator,
+    engine: &PolicyEngine,
+) -> (stacknet_openstack::Report, Plan) {
+    let plan = alloc.sync(engine.index(), Foreign::Refuse, stacknet_openstack::accepts);
+    let mut report = b.reconcile_with(engine, &plan).await.unwrap();
+    let mut problems = plan.problems.clone();
+    problems.append(&mut report.problems);
+    report.problems = problems;
+    (report, plan)
+}
+
+/// A Logical_Switch_Port column as `ovn-nbctl --bare` prints it.
+fn lsp_column(cloud: &OpenStack, port: &str, column: &str) -> String {
+    let columns = format!("--columns={column}");
+    cloud
+        .ovn
+        .nbctl(&["--bare", &columns, "find", "Logical_Switch_Port", &format!("name={port}")])
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// Secondary networks in OpenStack mode: NADs naming the operator's flat provider network (by
+/// name, by id) give their pods an extra Neutron port on it, ours (marker, tag, owner) and in
+/// the pod's project, with the address asked for, port security and groups as the NAD says;
+/// ovn-trace over the rows ML2/OVN wrote delivers its packets to another port of that network
+/// (and the group's rules hold); a NAD naming a network Neutron does not have leaves its pod
+/// none of its ports; a restart writes nothing; a pod that goes takes its port.
+async fn secondary_networks(cloud: &OpenStack, session: &Cloud) {
+    let (physnet, subnet) = provider_network(cloud);
+    // The operator's side: a VM port on the provider network with no port security, and a
+    // group admitting TCP 80 (no egress rule: what it holds sends nothing).
+    let peer = host_port(cloud, (&physnet, &subnet), "peer", "192.0.2.200", json!({"port_security_enabled": false}));
+    let web = neutron(
+        cloud,
+        "POST",
+        "security-groups",
+        Some(json!({"security_group": {"name": "mn-allow-web", "description": "operator's"}})),
+    );
+    let web = web["security_group"]["id"].as_str().unwrap().to_string();
+    for r in web_rules(cloud, &web) {
+        neutron(cloud, "DELETE", &format!("security-group-rules/{r}"), None);
+    }
+    neutron(
+        cloud,
+        "POST",
+        "security-group-rules",
+        Some(json!({"security_group_rule": {"security_group_id": web, "direction": "ingress", "ethertype": "IPv4",
+                    "protocol": "tcp", "port_range_min": 80, "port_range_max": 80}})),
+    );
+    let nads = [
+        nad("provider", r#""neutronNetwork": "physnet1""#),
+        nad("open", &format!(r#""neutronNetwork": "{physnet}", "portSecurity": false"#)),
+        nad("guarded", r#""neutronNetwork": "physnet1", "securityGroups": ["mn-allow-web"]"#),
+        nad("missing", r#""neutronNetwork": "no-such-network""#),
+    ]
+    .concat();
+    let pods = |with_a: bool| {
+        let mut m = nads.clone();
+        if with_a {
+            m.push_str(&telco_pod("a", r#"[{"name": "provider", "ips": ["192.0.2.10"]}]"#, ""));
+        }
+        m.push_str(&telco_pod("b", "open", ""));
+        m.push_str(&telco_pod("c", "guarded@data0", ""));
+        m.push_str(&telco_pod("d", "provider, missing", ""));
+        telco(&m)
+    };
+    let config = NeutronConfig::new("mn", vec!["10.57.0.0/16".parse().unwrap()]);
+    let b = NeutronBackend::new(session.clone(), config.clone());
+    let mut alloc = Allocator::default();
+    let engine = pods(true);
+    let (r, plan) = reconcile_multinet(&b, &mut alloc, &engine).await;
+    assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+    let p = &r.problems[0];
+    assert_eq!((p.object.to_string(), p.reason), ("Pod telco/d".to_string(), Reason::AttachmentFailed), "{p:?}");
+    assert!(
+        p.message.starts_with(
+            "interface net2: NetworkAttachmentDefinition telco/missing: spec.config.neutronNetwork: Neutron has no network with id or name \"no-such-network\""
+        ),
+        "{}",
+        p.message
+    );
+    eprintln!("pod telco/d: {}: {}", p.reason, p.message);
+    let key = |pod: &str| ObjectKey::new("telco", pod);
+    assert_eq!(r.attachments.keys().map(|k| k.name.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+    let ours = |pod: &str| -> Vec<Value> {
+        let all = neutron(cloud, "GET", &format!("ports?device_owner={}", config.device_owner()), None);
+        let prefix = format!("telco/{pod}/");
+        all["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["name"].as_str().unwrap().starts_with(&prefix))
+            .cloned()
+            .collect()
+    };
+    assert!(ours("d").is_empty(), "no port at all for d, not even on the provider network it could have");
+
+    // a's port: on the provider network, ours, in its primary port's project, with the address.
+    let a = &r.attachments[&key("a")][0];
+    assert_eq!((a.interface.as_str(), a.network.to_string()), ("net1", "telco/provider".to_string()));
+    let port = neutron(cloud, "GET", &format!("ports/{}", a.port.port_id), None)["port"].clone();
+    assert_eq!(port["network_id"], json!(physnet));
+    assert_eq!(port["name"], json!("telco/a/net1"));
+    assert_eq!(port["description"], json!("stacknet:mn:attach:telco/a/net1@telco/provider"));
+    assert_eq!(port["device_owner"], json!(config.device_owner()));
+    assert_eq!(port["device_id"], json!("uid-a"));
+    assert!(port["tags"].as_array().unwrap().contains(&json!(config.tag())), "{port}");
+    assert_eq!(port["binding:host_id"], json!("n1"), "bound to its bare-metal node like the primary port");
+    let primary = neutron(cloud, "GET", &format!("ports/{}", r.ports[&key("a")].port_id), None)["port"].clone();
+    assert_eq!(port["project_id"], primary["project_id"]);
+    assert_eq!(port["fixed_ips"][0]["ip_address"], json!("192.0.2.10"));
+    assert_eq!(a.addresses, [("192.0.2.10".parse().unwrap(), 24)]);
+    // b's: no port security, in Neutron and in the Northbound database.
+    let b_port = &r.attachments[&key("b")][0];
+    let bp = neutron(cloud, "GET", &format!("ports/{}", b_port.port.port_id), None)["port"].clone();
+    assert_eq!((bp["port_security_enabled"].clone(), bp["security_groups"].clone()), (json!(false), json!([])));
+    assert_eq!(lsp_column(cloud, &b_port.port.port_id, "port_security"), "", "no port security in the NB");
+    eprintln!("b's port in the NB: addresses {}", lsp_column(cloud, &b_port.port.port_id, "addresses"));
+    // c's: exactly the operator's group the NAD names, on interface data0.
+    let c_port = &r.attachments[&key("c")][0];
+    assert_eq!(c_port.interface, "data0");
+    let cp = neutron(cloud, "GET", &format!("ports/{}", c_port.port.port_id), None)["port"].clone();
+    assert_eq!(cp["security_groups"], json!([web]));
+
+    // ovn-trace over ML2/OVN's rows: a's and b's packets reach the peer; c's group admits
+    // TCP 80 from it and nothing else, and lets c send nothing.
+    cloud.ovn.sync_sb().unwrap();
+    let peer_port = PodPort {
+        port_id: peer.id.clone(),
+        name: "peer".into(),
+        network_id: physnet.clone(),
+        mac: peer.mac.clone(),
+        ips: vec![peer.ip.parse().unwrap()],
+        vlan: None,
+        parent_port: None,
+    };
+    let mut ports: BTreeMap<ObjectKey, PodPort> =
+        r.attachments.iter().map(|(k, list)| (k.clone(), list[0].port.clone())).collect();
+    ports.insert(ObjectKey::new("operator", "peer"), peer_port);
+    let probe = |from: &str, to: &str, port: u16| Probe {
+        from: from.parse().unwrap(),
+        to: to.parse().unwrap(),
+        port,
+        protocol: Protocol::Tcp,
+    };
+    for (from, to, port, want) in [
+        ("telco/a", "operator/peer", 80, true),
+        ("telco/b", "operator/peer", 80, true),
+        ("operator/peer", "telco/c", 80, true),
+        ("operator/peer", "telco/c", 81, false),
+        ("telco/c", "operator/peer", 80, false),
+    ] {
+        let got = trace(cloud, &ports, &probe(from, to, port)).unwrap();
+        assert_eq!(got, want, "{from} -> {to}:{port} on the provider network, ovn-trace over Neutron's rows");
+    }
+    eprintln!("secondary ports on the provider network: delivered as their groups say (ovn-trace)");
+
+    // A restart: the allocator is given back what Neutron holds; nothing is written.
+    let restarted = NeutronBackend::new(session.clone(), config.clone());
+    let held = restarted.held_attachments().await.unwrap();
+    let a_held = held.iter().find(|h| h.pod == key("a")).expect("a's port held");
+    assert_eq!((a_held.interface.as_str(), a_held.ips.clone()), ("net1", vec!["192.0.2.10".parse().unwrap()]));
+    let mut again_alloc = Allocator::default();
+    for h in held {
+        again_alloc.restore(h.pod, h.interface, h.network, h.ips);
+    }
+    let (again, again_plan) = reconcile_multinet(&restarted, &mut again_alloc, &engine).await;
+    assert_eq!((again.created, again.updated, again.deleted, again.problems.len()), (0, 0, 0, 1), "{again:?}");
+    assert_eq!(again_plan.pods, plan.pods);
+    assert_eq!(ours("a").len(), 1, "adopted, not made twice");
+
+    // a goes: its port with it; the others stay.
+    let (r, _) = reconcile_multinet(&b, &mut alloc, &pods(false)).await;
+    assert_eq!(r.deleted, 2, "a's primary and secondary ports: {r:?}");
+    assert_eq!(neutron_status(cloud, &format!("ports/{}", a.port.port_id)), 404, "a's secondary port is deleted");
+    assert_eq!(neutron_status(cloud, &format!("ports/{}", b_port.port.port_id)), 200);
+    assert_eq!(neutron_status(cloud, &format!("ports/{}", peer.id)), 200, "the operator's port stays");
+
+    // Its NADs gone, the pods' secondary ports go; the provider network is not ours: it stays.
+    let (r, _) = reconcile_multinet(&b, &mut alloc, &telco("")).await;
+    assert!(r.attachments.is_empty());
+    assert!(ours("b").is_empty() && ours("c").is_empty());
+    assert_eq!(neutron_status(cloud, &format!("networks/{physnet}")), 200);
+    neutron(cloud, "DELETE", &format!("ports/{}", peer.id), None);
+    neutron(cloud, "DELETE", &format!("security-groups/{web}"), None);
+}
+
+/// The ids of a security group's rules.
+fn web_rules(cloud: &OpenStack, group: &str) -> Vec<String> {
+    neutron(cloud, "GET", &format!("security-groups/{group}"), None)["security_group"]["security_group_rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// SR-IOV: a `vnicType: direct` NAD gives its pod a `direct` port on the provider network,
+/// unbound until the node agent writes the virtual function the kubelet gave the pod; then
+/// bound to the pod's node with the device in `binding:profile`. What ML2/OVN writes into the
+/// Northbound database for it is checked as observed (there is no VF on this machine and no
+/// SR-IOV agent: nothing is plumbed, and Neutron's binding fails).
+async fn sriov(cloud: &OpenStack, session: &Cloud) {
+    let (physnet, _) = provider_network(cloud);
+    // A gateway chassis (no ovn-controller behind it): ML2/OVN schedules external ports on
+    // the gateway chassis of their network's HA chassis group.
+    let _gateway = GatewayChassis::register(cloud, "stacknet-sriov-gw", "physnet1");
+    let sriov_nad = nad("sriov", r#""neutronNetwork": "physnet1", "vnicType": "direct""#);
+    let device = r#"{"net1": {"pciSlot": "0000:03:00.2", "vendorInfo": "8086:154c", "physicalNetwork": "physnet1"}}"#;
+    let cluster = |annotation: Option<&str>| {
+        let extra = annotation.map(|a| format!("    stacknet.io/sriov-devices: '{a}'\n")).unwrap_or_default();
+        telco(&format!("{sriov_nad}{}", telco_pod("vf", "sriov", &extra)))
+    };
+    let config = NeutronConfig::new("sr", vec!["10.58.0.0/16".parse().unwrap()]);
+    let b = NeutronBackend::new(session.clone(), config.clone());
+    let mut alloc = Allocator::default();
+    let (r, _) = reconcile_multinet(&b, &mut alloc, &cluster(None)).await;
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    let vf = r.attachments[&ObjectKey::new("telco", "vf")][0].clone();
+    assert_eq!(vf.vnic_type, "direct");
+    let get = || neutron(cloud, "GET", &format!("ports/{}", vf.port.port_id), None)["port"].clone();
+    let port = get();
+    assert_eq!(port["network_id"], json!(physnet));
+    assert_eq!(port["binding:vnic_type"], json!("direct"));
+    assert_eq!(port["binding:host_id"], json!(""), "unbound: no virtual function known yet");
+    assert_eq!(port["binding:profile"], json!({}));
+
+    // What ML2/OVN wrote for the direct port, as observed (Neutron 21 / OVN 23.03, Debian 12):
+    // a Logical_Switch_Port of type `external` (the VF bypasses OVS on the node: OVN serves
+    // its ARP/DHCP/metadata from a chassis of an HA chassis group instead), with options
+    // `mcast_flood_reports=true` only (no `requested-chassis`: it is bound to no node's
+    // chassis), its MAC and address as addresses and port_security (port security on, the
+    // network's default), and ha_chassis_group the network's group `neutron-<network id>`,
+    // which holds the gateway chassis. Binding it (host and VF in binding:profile) changes
+    // none of that; Neutron's binding itself fails (`binding_failed`: ML2/OVN does not bind
+    // a legacy SR-IOV port, and there is no SR-IOV mechanism driver or VF here: nothing is
+    // plumbed).
+    let lsp = &vf.port.port_id;
+    let observe = |when: &str| {
+        let row: Vec<String> = ["type", "options", "ha_chassis_group", "addresses", "port_security"]
+            .iter()
+            .map(|c| lsp_column(cloud, lsp, c))
+            .collect();
+        eprintln!(
+            "{when}: the direct port's LSP: type {:?}, options {:?}, ha_chassis_group {:?}, addresses {:?}, port_security {:?}",
+            row[0], row[1], row[2], row[3], row[4]
+        );
+        row
+    };
+    let row = observe("unbound");
+    let (kind, options, group) = (row[0].clone(), row[1].clone(), row[2].clone());
+    assert_eq!(kind, "external");
+    assert_eq!(options, "mcast_flood_reports=true", "no requested-chassis: bound to no node's chassis");
+    let address = format!("{} {}", vf.port.mac, vf.port.ips[0]);
+    assert_eq!((row[3].as_str(), row[4].as_str()), (address.as_str(), address.as_str()));
+    assert!(!group.is_empty(), "external ports are scheduled through an HA chassis group");
+    let group_row =
+        cloud.ovn.nbctl(&["--bare", "--columns=name,ha_chassis", "list", "HA_Chassis_Group", &group]).unwrap();
+    assert!(group_row.contains(&format!("neutron-{physnet}")), "{group_row}");
+    let chassis = cloud.ovn.nbctl(&["--bare", "--columns=chassis_name", "list", "HA_Chassis"]).unwrap();
+    assert!(chassis.contains("stacknet-sriov-gw"), "the gateway chassis is in the group: {chassis}");
+
+    // The node agent writes the pod's VF: the port is bound to n1 with it.
+    let (r, _) = reconcile_multinet(&b, &mut alloc, &cluster(Some(device))).await;
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    assert_eq!((r.created, r.updated), (0, 1), "{r:?}");
+    let port = get();
+    assert_eq!(
+        port["binding:profile"],
+        json!({"pci_slot": "0000:03:00.2", "pci_vendor_info": "8086:154c", "physical_network": "physnet1"})
+    );
+    assert_eq!(port["binding:host_id"], json!("n1"));
+    eprintln!("bound: binding:vif_type {} (no SR-IOV mechanism driver, no chassis n1)", port["binding:vif_type"]);
+    assert_eq!(observe("bound"), row, "binding it changes nothing ML2/OVN wrote");
+    // Nothing changed: nothing written.
+    let (r, _) = reconcile_multinet(&b, &mut alloc, &cluster(Some(device))).await;
+    assert_eq!((r.created, r.updated, r.deleted), (0, 0, 0), "{r:?}");
+
+    // An unreadable annotation: said on the pod, naming the field; the port stays as bound.
+    let bad = r#"{"net1": {"pciSlot": "03:00.2", "vendorInfo": "8086:154c", "physicalNetwork": "physnet1"}}"#;
+    let (r, _) = reconcile_multinet(&b, &mut alloc, &cluster(Some(bad))).await;
+    assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+    assert_eq!(r.problems[0].reason, Reason::AttachmentFailed);
+    assert!(
+        r.problems[0].message.starts_with("metadata.annotations[stacknet.io/sriov-devices].net1.pciSlot: \"03:00.2\""),
+        "{}",
+        r.problems[0].message
+    );
+    assert_eq!(get()["binding:profile"]["pci_slot"], json!("0000:03:00.2"));
+
+    // The pod goes: its port with it.
+    let (r, _) = reconcile_multinet(&b, &mut alloc, &telco(&sriov_nad)).await;
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    assert_eq!(neutron_status(cloud, &format!("ports/{}", vf.port.port_id)), 404);
 }

@@ -31,6 +31,9 @@ pub struct NeutronConfig {
     pub network_per_namespace: bool,
     /// The IPv4 prefix length of a namespace's subnet (IPv6: /64).
     pub namespace_prefix_len: u8,
+    /// What pods selecting other plugins' NetworkAttachmentDefinitions get (`--multus`:
+    /// Multus attaches those; without, such a pod is refused its secondary networks).
+    pub foreign: stacknet_engine::multinet::Foreign,
 }
 
 /// Identities of the objects that stand for no Kubernetes object (a subnet's is its CIDR's).
@@ -42,6 +45,8 @@ pub(super) const SUBNET_POOL_PREFIX: &str = "subnetpool:";
 pub(super) const ROUTER_ID: &str = "router:cluster";
 /// Free ports' identity.
 pub(super) const POOL_ID: &str = "pool";
+/// A pod's secondary interface's port: `attach:<ns>/<pod>/<interface>@<nad ns>/<nad name>`.
+pub(super) const ATTACHMENT_PREFIX: &str = "attach:";
 
 impl NeutronConfig {
     pub fn new(cluster: impl Into<String>, pod_cidrs: Vec<Cidr>) -> NeutronConfig {
@@ -54,6 +59,7 @@ impl NeutronConfig {
             resync: std::time::Duration::from_secs(300),
             network_per_namespace: false,
             namespace_prefix_len: 24,
+            foreign: stacknet_engine::multinet::Foreign::Refuse,
         }
     }
 
@@ -102,6 +108,43 @@ impl NeutronConfig {
         self.marker(&format!("pod:{pod}"))
     }
 
+    /// The marker of pod `pod`'s port for its interface `interface` on the network of NAD
+    /// `nad` (another NAD for the interface is another port).
+    pub(super) fn attachment_marker(
+        &self,
+        pod: &stacknet_engine::ObjectKey,
+        interface: &str,
+        nad: &stacknet_engine::ObjectKey,
+    ) -> String {
+        self.marker(&format!("{ATTACHMENT_PREFIX}{pod}/{interface}@{nad}"))
+    }
+
+    /// Whether `description` is the marker of a secondary interface's port of ours.
+    pub(super) fn is_attachment(&self, description: &str) -> bool {
+        description.starts_with(&format!("stacknet:{}:{ATTACHMENT_PREFIX}", self.cluster))
+    }
+
+    /// The pod, interface and NAD an attachment marker names (`None` for a marker cut short
+    /// by the hash of a long identity).
+    pub(super) fn parse_attachment(
+        &self,
+        description: &str,
+    ) -> Option<(stacknet_engine::ObjectKey, String, stacknet_engine::ObjectKey)> {
+        let rest = description.strip_prefix(&format!("stacknet:{}:{ATTACHMENT_PREFIX}", self.cluster))?;
+        let (who, nad) = rest.split_once('@')?;
+        let mut parts = who.splitn(3, '/');
+        let (ns, pod, interface) = (parts.next()?, parts.next()?, parts.next()?);
+        let (nad_ns, nad_name) = nad.split_once('/')?;
+        if [ns, pod, interface, nad_ns, nad_name].iter().any(|p| p.is_empty() || p.contains(['/', '@', '~'])) {
+            return None;
+        }
+        Some((
+            stacknet_engine::ObjectKey::new(ns, pod),
+            interface.to_string(),
+            stacknet_engine::ObjectKey::new(nad_ns, nad_name),
+        ))
+    }
+
     /// The marker of namespace `ns`'s network.
     pub(super) fn namespace_network_marker(&self, ns: &str) -> String {
         self.marker(&format!("{NAMESPACE_NETWORK_PREFIX}{ns}"))
@@ -138,5 +181,20 @@ mod tests {
         assert!(long_a.len() <= 255 && long_b.len() <= 255);
         assert_ne!(long_a, long_b);
         assert!(c.is_ours(&long_a));
+    }
+
+    #[test]
+    fn an_attachment_marker_names_its_pod_interface_and_network() {
+        use stacknet_engine::ObjectKey;
+        let c = NeutronConfig::new("c1", Vec::new());
+        let (pod, nad) = (ObjectKey::new("x", "a"), ObjectKey::new("net", "provider"));
+        let m = c.attachment_marker(&pod, "net1", &nad);
+        assert_eq!(m, "stacknet:c1:attach:x/a/net1@net/provider");
+        assert!(c.is_attachment(&m) && c.is_ours(&m));
+        assert!(!c.is_attachment(&c.pod_marker(&pod)));
+        assert_eq!(c.parse_attachment(&m), Some((pod, "net1".to_string(), nad)));
+        let long = c.attachment_marker(&ObjectKey::new("x", "a".repeat(250)), "net1", &ObjectKey::new("n", "p"));
+        assert!(c.is_attachment(&long), "a hashed marker is still an attachment's");
+        assert_eq!(c.parse_attachment(&long), None);
     }
 }

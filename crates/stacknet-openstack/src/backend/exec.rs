@@ -78,6 +78,20 @@ impl Failures {
         Ok(())
     }
 
+    /// A call failed with `e`, and `problem` says what that means: an outage is returned (the
+    /// pass stops), anything else is `problem` and the pass goes on.
+    pub fn sort_as(&mut self, problem: Problem, e: Error) -> Result<(), Error> {
+        if e.is_transient() {
+            self.stale = true;
+            return Err(e);
+        }
+        if !leaves_state_known(&e) {
+            self.stale = true;
+        }
+        self.problems.push(problem);
+        Ok(())
+    }
+
     /// Records `e` as `object`'s problem, outage or not (for passes that go on regardless).
     pub fn note(&mut self, object: ObjectRef, e: &Error) {
         if !leaves_state_known(e) {

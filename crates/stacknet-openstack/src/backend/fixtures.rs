@@ -34,5 +34,7 @@ pub(super) fn state(topology: Topology) -> State {
         ports: Default::default(),
         pool: Default::default(),
         trunks: [("vm-2".to_string(), from(json!({"id": "t2", "port_id": "vm-2-port", "sub_ports": []})))].into(),
+        attachments: Default::default(),
+        lookups: Default::default(),
     }
 }

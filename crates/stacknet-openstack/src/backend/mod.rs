@@ -14,9 +14,11 @@
 //! [`exec`] (calls run concurrently; failures sorted into outages and per-object problems),
 //! [`topology`] (the pod and Service networks, the cluster router), [`projects`] (namespaces'
 //! Keystone projects), [`groups`] (security groups and rules), [`namespaces`] (a network per
-//! namespace), [`ports`] (pods' ports), [`trunks`] (nested nodes' subports and VLANs) and
-//! [`pools`] (free ports per node, within quota).
+//! namespace), [`ports`] (pods' ports), [`attachments`] (pods' secondary interfaces on
+//! Neutron networks the NetworkAttachmentDefinitions name), [`trunks`] (nested nodes' subports
+//! and VLANs) and [`pools`] (free ports per node, within quota).
 
+mod attachments;
 mod config;
 mod exec;
 #[cfg(test)]
@@ -35,12 +37,14 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use stacknet_engine::multinet::Plan;
 use stacknet_engine::objects::ObjectKey;
 use stacknet_engine::{PolicyEngine, Problem};
 
 use crate::cloud::{Cloud, Error};
 use crate::secgroups::{self, SecurityPlan};
 
+pub use attachments::{AttachedPort, HeldAttachment, SriovDevice, accepts, sriov_devices};
 pub use config::NeutronConfig;
 pub(crate) use exec::problem_of;
 pub use pools::{PoolNode, PoolReport};
@@ -83,6 +87,9 @@ pub struct Report {
     pub topology: Option<Topology>,
     /// Every pod with a port.
     pub ports: BTreeMap<ObjectKey, PodPort>,
+    /// The pods whose secondary interfaces all have their ports: each one's, in the
+    /// selection's order.
+    pub attachments: BTreeMap<ObjectKey, Vec<AttachedPort>>,
     pub plan: SecurityPlan,
 }
 
@@ -126,9 +133,17 @@ impl NeutronBackend {
         self.projects.lock().expect("not poisoned").clear();
     }
 
-    /// Makes Neutron equal to what `engine` says. `Err` only when nothing could be read or
-    /// Neutron or Keystone is unreachable; per-object failures are in the report's problems.
+    /// Makes Neutron equal to what `engine` says, with no secondary networks (a port of ours
+    /// for one goes): [`Self::reconcile_with`] an empty multinet plan.
     pub async fn reconcile(&self, engine: &PolicyEngine) -> Result<Report, Error> {
+        self.reconcile_with(engine, &Plan::default()).await
+    }
+
+    /// Makes Neutron equal to what `engine` says, the pods' secondary interfaces as `multinet`
+    /// (the engine's multinet plan, made with [`accepts`]) decides. `Err` only when nothing
+    /// could be read or Neutron or Keystone is unreachable; per-object failures are in the
+    /// report's problems (the plan's own problems are not repeated there).
+    pub async fn reconcile_with(&self, engine: &PolicyEngine, multinet: &Plan) -> Result<Report, Error> {
         let start_calls = self.cloud.calls();
         let mut report = Report { plan: secgroups::plan(engine, &self.config.families()), ..Report::default() };
         let mut guard = self.state.lock().await;
@@ -137,7 +152,7 @@ impl NeutronBackend {
             _ => self.read(&mut report).await?,
         };
         let mut failures = Failures::default();
-        let result = self.apply(engine, &mut state, &mut report, &mut failures).await;
+        let result = self.apply(engine, multinet, &mut state, &mut report, &mut failures).await;
         report.calls = self.cloud.calls() - start_calls;
         match result {
             Ok(lookups) => {
@@ -162,6 +177,7 @@ impl NeutronBackend {
     async fn apply(
         &self,
         engine: &PolicyEngine,
+        multinet: &Plan,
         state: &mut State,
         report: &mut Report,
         failures: &mut Failures,
@@ -175,6 +191,12 @@ impl NeutronBackend {
         }
         let ports = ports::plan(index, &plan, &groups, &projects, state, &self.config);
         self.ports(ports, state, report, failures).await?;
+        // Secondary interfaces, once their pods' primary ports are there.
+        let own = self.cloud.project_id();
+        let needed = attachments::needed(index, multinet, state, &self.config, own.as_deref());
+        let names = self.resolve_attachment_names(needed, state, own.as_deref()).await?;
+        let attach = attachments::plan(index, multinet, &names, state, &self.config, own.as_deref());
+        self.attachments(attach, state, report, failures).await?;
         if self.config.network_per_namespace {
             self.gone_namespace_networks(index, state, report, failures).await?;
         }

@@ -26,6 +26,28 @@ pub(super) struct State {
     pub pool: BTreeMap<PoolKey, Vec<Port>>,
     /// The nested nodes' trunks, by the Nova server whose port is the trunk's parent.
     pub trunks: BTreeMap<String, neutron::Trunk>,
+    /// Pods' secondary interfaces' ports by marker.
+    pub attachments: BTreeMap<String, Port>,
+    /// What NADs' network and security group names were found to be (trusted as long as the
+    /// rest: a port create on a network that went fails, and Neutron is read again).
+    pub lookups: Lookups,
+}
+
+/// Names found in Neutron (a name not found is looked up again by the next reconcile).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Lookups {
+    /// By the NAD's `neutronNetwork`.
+    pub networks: BTreeMap<String, NetworkInfo>,
+    /// By (project, `None`: the session's; the NAD's group name or id): the group's id.
+    pub groups: BTreeMap<(Option<String>, String), String>,
+}
+
+/// A network a NAD names, with its subnets (for addresses' prefix lengths).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct NetworkInfo {
+    pub id: String,
+    /// Subnet id → prefix length.
+    pub subnets: BTreeMap<String, u8>,
 }
 
 /// A pool: where its ports are (the host they are bound to, `trunk:<id>` for subports of a
@@ -87,6 +109,7 @@ impl NeutronBackend {
         let trunks = self.trunks().await?;
         let pool_marker = c.marker(POOL_ID);
         let mut ports = BTreeMap::new();
+        let mut attachments = BTreeMap::new();
         let mut pool: BTreeMap<PoolKey, Vec<Port>> = BTreeMap::new();
         let own = self.cloud.project_id();
         // Ours: by our owner (tagged or not), and by tag (subports, whose owner Neutron's
@@ -108,11 +131,22 @@ impl NeutronBackend {
             }
             if p.description == pool_marker {
                 pool.entry(pool_key(&p, &trunks, own.as_deref())).or_default().push(p);
+            } else if c.is_attachment(&p.description) {
+                attachments.insert(p.description.clone(), p);
             } else if c.is_ours(&p.description) {
                 ports.insert(p.description.clone(), p);
             }
         }
-        Ok(State { read_at: Instant::now(), topology, groups, ports, pool, trunks })
+        Ok(State {
+            read_at: Instant::now(),
+            topology,
+            groups,
+            ports,
+            pool,
+            trunks,
+            attachments,
+            lookups: Lookups::default(),
+        })
     }
 
     /// The trunks whose parent port is a Nova server's (the nested nodes'), by server; trunks
