@@ -206,16 +206,6 @@ struct Round {
     del_per_s: f64,
 }
 
-/// Every address of a CNI result.
-fn result_addresses(result: &serde_json::Value) -> Vec<IpAddr> {
-    result["ips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
-        .collect()
-}
-
 /// `pods` pods named `prefix1`.. fired at once (each a CNI ADD as a runtime runs it), each
 /// timed until the peer gets an answer on every address the ADD gave it; then all deleted at
 /// once.
@@ -241,7 +231,8 @@ async fn round(live: &Arc<Live>, peer: &Path, prefix: &str, pods: usize) -> anyh
                 .await
                 .with_context(|| format!("ADD {key}"))?;
             let add_ms = started.elapsed().as_secs_f64() * 1e3;
-            let addresses = result_addresses(&result);
+            let addresses: Vec<IpAddr> =
+                stacknet_verify::live::interface_addresses(&result).into_iter().flat_map(|(_, ips)| ips).collect();
             anyhow::ensure!(!addresses.is_empty(), "ADD {key} answered no address: {result}");
             for ip in addresses {
                 first_answer(&probe, SocketAddr::new(ip, PORT)).await.with_context(|| format!("pod {key} at {ip}"))?;

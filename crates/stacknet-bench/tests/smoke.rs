@@ -81,7 +81,6 @@ fn pod_ready_bench_attaches_pods_and_prints_its_line() {
     for k in ["p50_ms", "p99_ms", "one_interface_p50_ms", "p50_ratio", "p99_ratio"] {
         assert!(m[k].as_f64().is_some_and(|v| v > 0.0), "{k} in {m}");
     }
-    assert_eq!(m["one_interface_p50_ms"], l["p50_ms"], "the same run's one-interface round");
 }
 
 #[test]

@@ -431,6 +431,25 @@ fn acls(ovn: &Ovn) -> usize {
         .count()
 }
 
+/// A controller on `api` as deployed: the watch, Events posted, write-backs patched; runs until
+/// the test ends.
+fn run_controller(api: &ApiServer, config: &ControllerConfig) -> stacknet_controller::Observed {
+    let controller = Controller::ovn(config, &kube_source::sources()).unwrap();
+    let observed = controller.observed();
+    stacknet_controller::kube_source::install_tls_provider();
+    let client = kube::Client::try_from(kube::Config::new(api.url.parse().unwrap())).unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    tokio::spawn(kube_source::run(client.clone(), tx, observed.events.clone()));
+    let (sink, published) = tokio::sync::mpsc::unbounded_channel();
+    observed.events.set_sink(sink);
+    tokio::spawn(kube_source::publish_events(client.clone(), published, "test-replica".into(), None));
+    let (annotate, annotations) = tokio::sync::mpsc::unbounded_channel();
+    let controller = controller.with_annotations(annotate);
+    tokio::spawn(kube_source::write_back(client, annotations));
+    tokio::spawn(controller.run(rx, std::future::pending()));
+    observed
+}
+
 async fn until(what: &str, ready: impl FnMut() -> bool) {
     stacknet_testsupport::until(what, DEADLINE, ready).await
 }
@@ -450,19 +469,7 @@ async fn the_network_follows_the_watch_through_bookmarks_drops_and_410() {
         physnet: "external".into(),
         lb_pools: vec!["172.30.0.200/29".parse().unwrap()],
     });
-    let controller = Controller::ovn(&config, &kube_source::sources()).unwrap();
-    let observed = controller.observed();
-    stacknet_controller::kube_source::install_tls_provider();
-    let client = kube::Client::try_from(kube::Config::new(api.url.parse().unwrap())).unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(1024);
-    tokio::spawn(kube_source::run(client.clone(), tx, observed.events.clone()));
-    let (sink, published) = tokio::sync::mpsc::unbounded_channel();
-    observed.events.set_sink(sink);
-    tokio::spawn(kube_source::publish_events(client.clone(), published, "test-replica".into(), None));
-    let (annotate, annotations) = tokio::sync::mpsc::unbounded_channel();
-    let controller = controller.with_annotations(annotate);
-    tokio::spawn(kube_source::write_back(client, annotations));
-    tokio::spawn(controller.run(rx, std::future::pending()));
+    let observed = run_controller(&api, &config);
 
     // The lists: the network as the cluster is.
     until("ready", || observed.health.ready.load(Ordering::SeqCst)).await;
@@ -680,19 +687,7 @@ async fn secondary_networks_from_the_api_with_their_network_status_and_events() 
 
     let ovn = Ovn::nb_only().unwrap();
     let config = ControllerConfig::new("k8s", vec![ovn.nb.remote().parse().unwrap()], None);
-    let controller = Controller::ovn(&config, &kube_source::sources()).unwrap();
-    let observed = controller.observed();
-    stacknet_controller::kube_source::install_tls_provider();
-    let client = kube::Client::try_from(kube::Config::new(api.url.parse().unwrap())).unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(1024);
-    tokio::spawn(kube_source::run(client.clone(), tx, observed.events.clone()));
-    let (sink, published) = tokio::sync::mpsc::unbounded_channel();
-    observed.events.set_sink(sink);
-    tokio::spawn(kube_source::publish_events(client.clone(), published, "test-replica".into(), None));
-    let (annotate, annotations) = tokio::sync::mpsc::unbounded_channel();
-    let controller = controller.with_annotations(annotate);
-    tokio::spawn(kube_source::write_back(client, annotations));
-    tokio::spawn(controller.run(rx, std::future::pending()));
+    run_controller(&api, &config);
 
     // The data network and nf's port on it; the MultiNetworkPolicy's port group holds it.
     until("nf's port on the data network", || pod_ports(&ovn).contains(&"k8s_shop_nf_net1".to_string())).await;

@@ -35,11 +35,7 @@ pub struct PeerSetId(Arc<str>);
 impl PeerSetId {
     fn of(selector: &PeerSelector) -> PeerSetId {
         // FNV-1a over the canonical text of the selector: stable across builds and platforms.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in selector.to_string().bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        let h = crate::net::fnv1a(selector.to_string().bytes());
         PeerSetId(format!("ps_{h:016x}").into())
     }
 

@@ -1,8 +1,33 @@
-//! IP prefixes (`ipBlock.cidr`, `except`), with no dependency beyond std.
+//! IP prefixes (`ipBlock.cidr`, `except`), the MAC an address gives a port, and the one hash
+//! stable identities are made of; no dependency beyond std.
 
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
+
+/// FNV-1a 64 over `bytes`: stable across builds and platforms, so names derived from it
+/// survive restarts and upgrades.
+pub fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// The MAC a port gets from its (first) address: `0a:58` and the last four bytes of the
+/// address, as ovn-kubernetes derives them.
+pub fn mac_for(ip: IpAddr) -> String {
+    let b = match ip {
+        IpAddr::V4(a) => a.octets(),
+        IpAddr::V6(a) => {
+            let o = a.octets();
+            [o[12], o[13], o[14], o[15]]
+        }
+    };
+    format!("0a:58:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3])
+}
 
 /// An IPv4 or IPv6 prefix, stored in canonical form (host bits cleared).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

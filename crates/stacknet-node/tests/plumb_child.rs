@@ -6,56 +6,18 @@
 use std::path::Path;
 use std::process::Command;
 
-use serde_json::Value;
 use stacknet_node::plumb::child::{self, ChildKind};
 use stacknet_node::plumb::{PlumbError, PodInterface};
 use stacknet_sandbox::Netns;
 
 /// The stand-in VM NIC and its MAC.
+mod common;
+use common::*;
+
 const NIC: &str = "snens4";
 const NIC_MAC: &str = "fa:16:3e:12:34:56";
 /// The child's name in the pod.
 const IFNAME: &str = "snet2";
-
-fn ip(ns: &Netns, args: &[&str]) {
-    let out = Command::new("ip").arg("-n").arg(ns.name()).args(args).output().unwrap();
-    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// `ip -j -d addr show dev <dev>` in `ns`; `None` if there is no such device.
-fn link(ns: &Netns, dev: &str) -> Option<Value> {
-    let out = Command::new("ip").args(["-n", ns.name(), "-j", "-d", "addr", "show", "dev", dev]).output().unwrap();
-    if !out.status.success() {
-        return None;
-    }
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v.as_array().and_then(|a| a.first()).cloned()
-}
-
-/// The interface names in `ns`.
-fn names(ns: &Netns) -> Vec<String> {
-    let out = Command::new("ip").args(["-n", ns.name(), "-j", "link", "show"]).output().unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v.as_array().unwrap().iter().map(|l| l["ifname"].as_str().unwrap().to_string()).collect()
-}
-
-fn addresses(l: &Value) -> Vec<String> {
-    l["addr_info"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| a["scope"] == "global")
-        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
-        .collect()
-}
-
-/// Nothing of ours in the real host namespace.
-fn none_on_the_real_host() {
-    for dev in [NIC, IFNAME, "snens5", "snbr0"] {
-        let out = Command::new("ip").args(["link", "show", "dev", dev]).output().unwrap();
-        assert!(!out.status.success(), "{dev} is in the real host namespace");
-    }
-}
 
 struct Env {
     node: Netns,
@@ -118,7 +80,7 @@ async fn nic_by_mac_finds_the_vms_nic() {
     assert!(e.contains(&format!("{NIC} {NIC_MAC}")) && e.contains("snens5 fa:16:3e:00:00:09"), "{e}");
     assert!(child::nic_by_mac(&host, "nope").await.unwrap_err().to_string().contains("nope"));
     drop(env);
-    none_on_the_real_host();
+    none_on_the_real_host(&[NIC, IFNAME, "snens5", "snbr0"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,7 +107,7 @@ async fn a_macvlan_child_goes_into_the_pod_configured_and_away_again() {
     // DEL again.
     assert!(!child::remove_child(&env.pod.path(), IFNAME).await.unwrap());
     drop(env);
-    none_on_the_real_host();
+    none_on_the_real_host(&[NIC, IFNAME, "snens5", "snbr0"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,7 +131,7 @@ async fn a_failing_configuration_leaves_no_child() {
     assert!(e.to_string().contains("parent NIC snens9"), "{e}");
     env.clean();
     drop(env);
-    none_on_the_real_host();
+    none_on_the_real_host(&[NIC, IFNAME, "snens5", "snbr0"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,5 +178,5 @@ async fn a_vlan_child_is_made_or_fails_clearly_leaving_nothing() {
     }
     env.clean();
     drop(env);
-    none_on_the_real_host();
+    none_on_the_real_host(&[NIC, IFNAME, "snens5", "snbr0"]);
 }

@@ -14,53 +14,18 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use serde_json::Value;
 use stacknet_node::plumb::sriov::{self, HostNs, Released, Step};
 use stacknet_node::plumb::{PlumbError, PodInterface};
 use stacknet_sandbox::Netns;
+
+mod common;
+use common::*;
 
 const PCI: &str = "0000:03:00.2";
 /// The stand-in VF's name on the node.
 const VF: &str = "snvf0";
 /// Its name in the pod.
 const IFNAME: &str = "snet1";
-
-fn ip(ns: &Netns, args: &[&str]) {
-    let out = Command::new("ip").arg("-n").arg(ns.name()).args(args).output().unwrap();
-    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// `ip -j -d addr show dev <dev>` in `ns`; `None` if there is no such device.
-fn link(ns: &Netns, dev: &str) -> Option<Value> {
-    let out = Command::new("ip").args(["-n", ns.name(), "-j", "-d", "addr", "show", "dev", dev]).output().unwrap();
-    if !out.status.success() {
-        return None;
-    }
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v.as_array().and_then(|a| a.first()).cloned()
-}
-
-fn addresses(l: &Value) -> Vec<String> {
-    l["addr_info"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| a["scope"] == "global")
-        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
-        .collect()
-}
-
-fn up(l: &Value) -> bool {
-    l["flags"].as_array().unwrap().iter().any(|f| f == "UP")
-}
-
-/// Nothing of ours in the real host namespace.
-fn none_on_the_real_host() {
-    for dev in [VF, IFNAME, "snvf0b"] {
-        let out = Command::new("ip").args(["link", "show", "dev", dev]).output().unwrap();
-        assert!(!out.status.success(), "{dev} is in the real host namespace");
-    }
-}
 
 struct Env {
     node: Netns,
@@ -153,7 +118,7 @@ async fn a_vf_moves_into_the_pod_configured_and_back() {
     assert_eq!(sriov::release(&host, &env.netns(), IFNAME).await.unwrap(), Released::Returned(VF.into()));
     back_on_the_node(&env);
     drop(env);
-    none_on_the_real_host();
+    none_on_the_real_host(&[VF, IFNAME, "snvf0b"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,7 +140,7 @@ async fn a_failing_step_puts_the_device_back_under_its_name() {
     assert!(e.to_string().contains("route to 192.168.0.0/16 via 172.16.0.1"), "{e}");
     back_on_the_node(&env);
     drop(env);
-    none_on_the_real_host();
+    none_on_the_real_host(&[VF, IFNAME, "snvf0b"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,7 +168,7 @@ async fn an_ifname_taken_in_the_pod_leaves_the_device_on_the_node() {
     let own = link(&env.pod, IFNAME).unwrap();
     assert!(own.get("ifalias").is_none() && addresses(&own).is_empty(), "the pod's own interface is untouched");
     drop(env);
-    none_on_the_real_host();
+    none_on_the_real_host(&[VF, IFNAME, "snvf0b"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

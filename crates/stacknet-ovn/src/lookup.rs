@@ -52,16 +52,14 @@ pub fn attachment_network(replica: &Replica, cluster: &str, key: &ObjectKey, int
     let ids = string_map(row, "external_ids");
     let lsp = LogicalSwitchPort::from_row(*uuid, row);
     let mac = lsp.addresses.iter().next()?.split_whitespace().next()?.to_string();
-    let list = |k: &str| {
-        ids.get(k)
-            .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>())
-            .unwrap_or_default()
-    };
     Some(PodNetwork {
         lsp: lsp.name,
         mac,
-        addresses: list(crate::names::KEY_IPS).into_iter().filter_map(parse_network).collect(),
-        gateways: list(crate::names::KEY_DEFAULT_ROUTE).into_iter().filter_map(|g| g.parse().ok()).collect(),
+        addresses: comma_list(&ids, crate::names::KEY_IPS).into_iter().filter_map(parse_network).collect(),
+        gateways: comma_list(&ids, crate::names::KEY_DEFAULT_ROUTE)
+            .into_iter()
+            .filter_map(|g| g.parse().ok())
+            .collect(),
         iface_id_ver: lsp.options.get("iface-id-ver").cloned(),
         parent: None,
         vlan: None,
@@ -83,11 +81,7 @@ pub struct Management {
 /// The management port of node `node` in `cluster`, if the controller has made it.
 pub fn management(replica: &Replica, cluster: &str, node: &str) -> Option<Management> {
     let network = port_network(replica, cluster, &format!("mgmt:{node}"))?;
-    let (_, row) = replica.table(nb::LOGICAL_SWITCH_PORT).by_name(&network.lsp).next()?;
-    let routes = string_map(row, "external_ids")
-        .get(crate::names::KEY_ROUTES)
-        .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect())
-        .unwrap_or_default();
+    let routes = network.routes.clone();
     Some(Management { network, routes })
 }
 
@@ -134,17 +128,7 @@ fn port_network(replica: &Replica, cluster: &str, id: &str) -> Option<PodNetwork
     let parent = row.get("parent_name").and_then(Datum::as_str).filter(|p| !p.is_empty()).map(str::to_string);
     let vlan = row.get("tag").and_then(Datum::as_i64).and_then(|t| u16::try_from(t).ok());
     let ids = string_map(row, "external_ids");
-    let list = |k: &str| -> Vec<String> {
-        ids.get(k)
-            .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect())
-            .unwrap_or_default()
-    };
-    // A management port's routes are the node's, not the port's own.
-    let routes = if id.starts_with("pod:") {
-        list(crate::names::KEY_ROUTES).iter().filter_map(|c| c.parse().ok()).collect()
-    } else {
-        Vec::new()
-    };
+    let routes = comma_list(&ids, crate::names::KEY_ROUTES).into_iter().filter_map(|c| c.parse().ok()).collect();
     Some(PodNetwork {
         lsp: lsp.name,
         mac,
@@ -155,9 +139,14 @@ fn port_network(replica: &Replica, cluster: &str, id: &str) -> Option<PodNetwork
         vlan,
         mtu: None,
         routes,
-        attachments: list(crate::names::KEY_ATTACHMENTS),
+        attachments: comma_list(&ids, crate::names::KEY_ATTACHMENTS).into_iter().map(str::to_string).collect(),
         attachment_error: ids.get(crate::names::KEY_ATTACHMENT_ERROR).cloned(),
     })
+}
+
+/// The comma-separated values of `external_ids:key` (none when it is absent).
+fn comma_list<'a>(ids: &'a std::collections::BTreeMap<String, String>, key: &str) -> Vec<&'a str> {
+    ids.get(key).map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).collect()).unwrap_or_default()
 }
 
 fn parse_network(s: &str) -> Option<(IpAddr, u8)> {

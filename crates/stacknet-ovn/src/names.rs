@@ -39,14 +39,7 @@ pub const KEY_ATTACHMENT_ERROR: &str = "stacknet.io/attachment-error";
 
 /// FNV-1a 64 over the parts, as 16 hex digits: stable across builds and platforms.
 pub fn hash(parts: &[&str]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for b in p.bytes().chain([0u8]) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    format!("{h:016x}")
+    format!("{:016x}", stacknet_engine::net::fnv1a(parts.iter().flat_map(|p| p.bytes().chain([0u8]))))
 }
 
 /// An OVN identifier (`[a-zA-Z_.][a-zA-Z_.0-9]*`) for a row of `kind` with identity `id`.

@@ -107,18 +107,8 @@ pub struct Topology {
     pub multinet: stacknet_engine::multinet::Plan,
 }
 
-/// The MAC a pod or router port gets from its (first) address: `0a:58` and the last four
-/// bytes of the address, as ovn-kubernetes derives them.
-pub fn mac_for(ip: IpAddr) -> String {
-    let b = match ip {
-        IpAddr::V4(a) => a.octets(),
-        IpAddr::V6(a) => {
-            let o = a.octets();
-            [o[12], o[13], o[14], o[15]]
-        }
-    };
-    format!("0a:58:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3])
-}
+/// The MAC a pod or router port gets from its (first) address (the engine's derivation).
+pub use stacknet_engine::net::mac_for;
 
 impl Topology {
     /// A topology for pods whose addresses were given (manifests, tests): one "node" per /24

@@ -114,6 +114,15 @@ fn attachment_of<'a>(d: &'a Desired, pod: &ObjectKey, iface: &str) -> Result<&'a
     d.attachments.get(&(pod.clone(), iface.to_string())).ok_or_else(|| format!("pod {pod} has no interface {iface}"))
 }
 
+/// The address of `src` (pod `from`'s interface) a packet to `dst` leaves from.
+fn source_address(src: &PodPort, from: (&ObjectKey, &str), dst: IpAddr) -> Result<IpAddr, String> {
+    src.ips
+        .iter()
+        .copied()
+        .find(|i| i.is_ipv4() == dst.is_ipv4())
+        .ok_or_else(|| format!("{}/{} has no address of {dst}'s family", from.0, from.1))
+}
+
 /// A packet from pod `from`'s secondary interface to pod `to`'s on the same network (one
 /// switch: straight to the destination's MAC).
 pub fn on_network(
@@ -128,12 +137,7 @@ pub fn on_network(
         return Err(format!("{}/{} and {}/{} are on different networks", from.0, from.1, to.0, to.1));
     }
     let dst_ip = *dst.ips.first().ok_or_else(|| format!("{}/{} has no address", to.0, to.1))?;
-    let src_ip = src
-        .ips
-        .iter()
-        .copied()
-        .find(|i| i.is_ipv4() == dst_ip.is_ipv4())
-        .ok_or_else(|| format!("{}/{} has no address of {dst_ip}'s family", from.0, from.1))?;
+    let src_ip = source_address(src, from, dst_ip)?;
     Ok(TraceProbe {
         datapath: src.switch.clone(),
         microflow: flow(src, &dst.mac, src_ip, dst_ip, protocol, port),
@@ -153,12 +157,7 @@ pub fn to_provider(
     protocol: Protocol,
 ) -> Result<TraceProbe, String> {
     let src = attachment_of(d, from.0, from.1)?;
-    let src_ip = src
-        .ips
-        .iter()
-        .copied()
-        .find(|i| i.is_ipv4() == dst_ip.is_ipv4())
-        .ok_or_else(|| format!("{}/{} has no address of {dst_ip}'s family", from.0, from.1))?;
+    let src_ip = source_address(src, from, dst_ip)?;
     Ok(TraceProbe {
         datapath: src.switch.clone(),
         microflow: flow(src, dst_mac, src_ip, dst_ip, protocol, port),

@@ -392,7 +392,8 @@ impl Live {
             }
             let (netns, container) = Live::new_sandbox()?;
             let added = self.cni_on(node, "ADD", &container, &netns.path(), Some((&k, &uid))).await?;
-            let attachments = secondary_addresses(&added);
+            // The secondary interfaces: every pod-side one but the first.
+            let attachments = interface_addresses(&added).into_iter().skip(1).collect();
             let tasks = Vec::new();
             self.pods.insert(
                 k,
@@ -603,8 +604,7 @@ impl Live {
         Ok(())
     }
 
-    /// Pod `pod`'s address on its secondary interface `iface` (of the family of `like`, when
-    /// given), as the ADD answered.
+    /// Pod `pod`'s (first) address on its secondary interface `iface`, as the ADD answered.
     pub fn attachment_address(&self, pod: &ObjectKey, iface: &str) -> Option<IpAddr> {
         self.pods.get(pod)?.attachments.get(iface)?.first().copied()
     }
@@ -769,26 +769,23 @@ impl Live {
     }
 }
 
-/// The secondary interfaces of a CNI ADD's answer (every pod-side interface but the first)
-/// and their addresses.
-fn secondary_addresses(result: &serde_json::Value) -> BTreeMap<String, Vec<IpAddr>> {
+/// Each pod-side interface of a CNI result (those with a `sandbox`, in order) with its
+/// addresses.
+pub fn interface_addresses(result: &serde_json::Value) -> Vec<(String, Vec<IpAddr>)> {
     let interfaces = result["interfaces"].as_array().cloned().unwrap_or_default();
-    let mut out: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
-    let pod_ends: Vec<(usize, String)> = interfaces
+    let ips = result["ips"].as_array().cloned().unwrap_or_default();
+    interfaces
         .iter()
         .enumerate()
         .filter(|(_, i)| i.get("sandbox").is_some_and(|s| !s.is_null()))
-        .filter_map(|(n, i)| Some((n, i["name"].as_str()?.to_string())))
-        .collect();
-    for (n, name) in pod_ends.iter().skip(1) {
-        let ips = result["ips"].as_array().cloned().unwrap_or_default();
-        let mine = ips
-            .iter()
-            .filter(|ip| ip["interface"].as_u64() == Some(*n as u64))
-            .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse::<IpAddr>().ok());
-        out.entry(name.clone()).or_default().extend(mine);
-    }
-    out
+        .filter_map(|(n, i)| {
+            let mine = ips
+                .iter()
+                .filter(|ip| ip["interface"].as_u64() == Some(n as u64))
+                .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse::<IpAddr>().ok());
+            Some((i["name"].as_str()?.to_string(), mine.collect()))
+        })
+        .collect()
 }
 
 /// A listener on `addr` in `netns` answering every connection (or datagram) with `reply`.

@@ -166,6 +166,102 @@ pub(crate) fn read_folder(dir: &Path) -> anyhow::Result<Vec<ClusterObject>> {
     Ok(objects)
 }
 
+/// A demo's controller on the scratch manifest folder, until [`Running::finish`].
+pub(crate) struct Running {
+    pub(crate) observed: stacknet_controller::Observed,
+    pub(crate) addr: SocketAddr,
+    _http: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Starts the controller (OVN, `config`) watching `manifests`, and waits for its first
+    /// reconcile.
+    pub(crate) async fn start(config: &ControllerConfig, manifests: &Path, example: &Path) -> anyhow::Result<Running> {
+        let controller = Controller::ovn(config, &[SOURCE])?;
+        let observed = controller.observed();
+        let (addr, http) = controller.serve_http().await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let source = ManifestSource::new(manifests, Duration::from_millis(100), observed.events.clone())?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(controller.run(rx, async move {
+            let _ = stopped.await;
+        }));
+        tokio::spawn(source.run(tx));
+        let running = Running { observed, addr, _http: http, stop, task };
+        step(
+            &format!("starting the controller on {} (metrics: http://{addr}/metrics)", example.display()),
+            running.reconciled(0),
+        )
+        .await?;
+        Ok(running)
+    }
+
+    /// Waits (60 s at most) until the controller is ready with more than `after` reconciles.
+    pub(crate) async fn reconciled(&self, after: u64) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !(self.observed.health.ready.load(Ordering::SeqCst)
+            && self.observed.metrics.reconciles_ok.load(Ordering::Relaxed) > after)
+        {
+            anyhow::ensure!(Instant::now() < deadline, "the controller did not converge within 60 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// The end of a demo: the verdict, the controller's Events, the JSON object on stdout
+    /// (`--output json`), with `--keep` staying up until interrupted, then everything torn
+    /// down. Returns `ok`.
+    pub(crate) async fn finish(
+        self,
+        args: &DemoArgs,
+        ok: bool,
+        json: String,
+        live: Live,
+        manifests: &Path,
+        what: &str,
+    ) -> anyhow::Result<bool> {
+        say(&format!(
+            "\n{}",
+            if ok {
+                "Every live verdict equals its expected one."
+            } else {
+                "MISMATCH: the live network differs from what the policies say (see the rows marked !)."
+            }
+        ));
+        let warnings = self.observed.events.all();
+        if !warnings.is_empty() {
+            say("Events:");
+            for e in warnings {
+                say(&format!("  {} {}: {}", e.reason, e.object, e.message));
+            }
+        }
+        if args.output == Output::Json {
+            let mut out = std::io::stdout().lock();
+            out.write_all(json.as_bytes())?;
+            out.flush()?;
+        }
+        if args.keep {
+            say(&format!(
+                "\nKept up: Northbound {}, controller http://{}/metrics, manifests in {} (edit them: the network follows).\nCtrl-C or SIGTERM tears everything down.",
+                live.trace().ovn().nb.remote(),
+                self.addr,
+                manifests.display()
+            ));
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+        step(&format!("tearing down ({what})"), async { Ok(live.shutdown().await?) }).await?;
+        Ok(ok)
+    }
+}
+
 /// What the network around the pods is, as the controller made it (read back from the
 /// Northbound database): each pod's node, the nodes' management and join addresses, the
 /// load balancer addresses.
@@ -511,34 +607,8 @@ async fn demo(args: DemoArgs, plugin: PathBuf) -> anyhow::Result<bool> {
         physnet: "external".into(),
         lb_pools: vec![cidr(LB_POOL)],
     });
-    let controller = Controller::ovn(&config, &[SOURCE])?;
-    let observed = controller.observed();
-    let (addr, _http) = controller.serve_http().await?;
-    let (tx, rx) = tokio::sync::mpsc::channel(1024);
-    let source = ManifestSource::new(&manifests, Duration::from_millis(100), observed.events.clone())?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let controller_task = tokio::spawn(controller.run(rx, async move {
-        let _ = stopped.await;
-    }));
-    tokio::spawn(source.run(tx));
-    let wait_reconciled = |after: u64| {
-        let observed = observed.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !(observed.health.ready.load(Ordering::SeqCst)
-                && observed.metrics.reconciles_ok.load(Ordering::Relaxed) > after)
-            {
-                anyhow::ensure!(Instant::now() < deadline, "the controller did not converge within 60 s");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            anyhow::Ok(())
-        }
-    };
-    step(
-        &format!("starting the controller on {} (metrics: http://{addr}/metrics)", args.example.display()),
-        wait_reconciled(0),
-    )
-    .await?;
+    let running = Running::start(&config, &manifests, &args.example).await?;
+    let observed = running.observed.clone();
 
     let pods_only = stacknet_engine::PolicyEngine::from_index(ClusterIndex::from_objects(objects.clone()));
     let missing = step(
@@ -613,7 +683,7 @@ async fn demo(args: DemoArgs, plugin: PathBuf) -> anyhow::Result<bool> {
         "Editing {EDIT_FILE}: the web tier keeps taking connections from anywhere, except from the PostgreSQL VM:\n  - {EDIT_FROM}\n  + {EDIT_TO}\n"
     ));
     std::fs::write(&path, text.replace(EDIT_FROM, EDIT_TO))?;
-    step("waiting for the controller to follow the file", wait_reconciled(reconciles)).await?;
+    step("waiting for the controller to follow the file", running.reconciled(reconciles)).await?;
     live.settle()?;
     let (index, fabric) = made.expectation(read_folder(&manifests)?);
     let expected_after = expected(&index, &fabric, &endpoints, &services)?;
@@ -634,40 +704,9 @@ async fn demo(args: DemoArgs, plugin: PathBuf) -> anyhow::Result<bool> {
     ));
 
     let ok = first && second && expected_changes == live_changes;
-    say(&format!(
-        "\n{}",
-        if ok {
-            "Every live verdict equals its expected one."
-        } else {
-            "MISMATCH: the live network differs from what the policies say (see the rows marked !)."
-        }
-    ));
-    let warnings = observed.events.all();
-    if !warnings.is_empty() {
-        say("Events:");
-        for e in warnings {
-            say(&format!("  {} {}: {}", e.reason, e.object, e.message));
-        }
-    }
-    if args.output == Output::Json {
-        let mut out = std::io::stdout().lock();
-        out.write_all(json(&expected_before, &live_before).as_bytes())?;
-        out.flush()?;
-    }
-    if args.keep {
-        say(&format!(
-            "\nKept up: Northbound {nb}, controller http://{addr}/metrics, manifests in {} (edit them: the network follows).\nCtrl-C or SIGTERM tears everything down.",
-            manifests.display()
-        ));
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    }
-    let _ = stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), controller_task).await;
-    step("tearing down (pods, VM, agents, daemons)", async { Ok(live.shutdown().await?) }).await?;
+    let ok = running
+        .finish(&args, ok, json(&expected_before, &live_before), live, &manifests, "pods, VM, agents, daemons")
+        .await?;
     drop(work);
     Ok(ok)
 }

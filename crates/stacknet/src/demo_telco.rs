@@ -9,16 +9,13 @@
 //! one.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
-use stacknet_controller::manifests::{ManifestSource, SOURCE};
-use stacknet_controller::{Controller, ControllerConfig};
+use stacknet_controller::ControllerConfig;
 use stacknet_engine::multinet::reach::Host;
 use stacknet_engine::multinet::{self, Foreign, NetTopology};
 use stacknet_engine::objects::{ClusterObject, ObjectKey, Pod};
@@ -27,7 +24,7 @@ use stacknet_engine::reach::ProbeSpec;
 use stacknet_engine::{ClusterIndex, PolicyEngine, semantics};
 use stacknet_verify::live::{Live, NodeSpec};
 
-use crate::demo::{CLUSTER, DemoArgs, Output, mark, say, step};
+use crate::demo::{CLUSTER, DemoArgs, mark, say, step};
 
 /// What lies beyond each provider network's PE router (an address on its loopback).
 const BEYOND: &str = "198.51.100.1";
@@ -79,7 +76,11 @@ fn providers(index: &ClusterIndex) -> anyhow::Result<Vec<Provider>> {
                 .find_map(|s| s.default_route.into_iter().find(|g| subnet.contains(*g)))
         });
         let pe = asked.or_else(|| subnet.hosts().next()).context("an address for the PE router")?;
-        let host = if out.iter().any(|p| p.physnet == *physnet) { continue } else { format!("pe-{}", nad.key.name) };
+        // One PE router per physical network: the first NAD on it names it.
+        if out.iter().any(|p| p.physnet == *physnet) {
+            continue;
+        }
+        let host = format!("pe-{}", nad.key.name);
         out.push(Provider {
             network: nad.key.clone(),
             physnet: physnet.clone(),
@@ -130,27 +131,7 @@ pub(crate) async fn run(
     let nb = live.trace().ovn().nb.remote();
     let mut config = ControllerConfig::new(CLUSTER, vec![nb.parse()?], Some(manifests));
     config.poll = Duration::from_millis(100);
-    let controller = Controller::ovn(&config, &[SOURCE])?;
-    let observed = controller.observed();
-    let (addr, _http) = controller.serve_http().await?;
-    let (tx, rx) = tokio::sync::mpsc::channel(1024);
-    let source = ManifestSource::new(manifests, Duration::from_millis(100), observed.events.clone())?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let controller_task = tokio::spawn(controller.run(rx, async move {
-        let _ = stopped.await;
-    }));
-    tokio::spawn(source.run(tx));
-    step(&format!("starting the controller on {} (metrics: http://{addr}/metrics)", args.example.display()), async {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !(observed.health.ready.load(Ordering::SeqCst)
-            && observed.metrics.reconciles_ok.load(Ordering::Relaxed) > 0)
-        {
-            anyhow::ensure!(Instant::now() < deadline, "the controller did not converge within 60 s");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(())
-    })
-    .await?;
+    let running = crate::demo::Running::start(&config, manifests, &args.example).await?;
     let engine = PolicyEngine::from_index(index.clone());
     let missing = step(
         &format!(
@@ -160,7 +141,11 @@ pub(crate) async fn run(
         async { Ok(live.attach(&engine, CLUSTER).await?) },
     )
     .await?;
-    anyhow::ensure!(missing.is_empty(), "pods without a port: {missing:?} (events: {:?})", observed.events.all());
+    anyhow::ensure!(
+        missing.is_empty(),
+        "pods without a port: {missing:?} (events: {:?})",
+        running.observed.events.all()
+    );
 
     let allocated = {
         let client = stacknet_ovsdb::Client::start(stacknet_ovsdb::ClientConfig::new(
@@ -199,41 +184,7 @@ pub(crate) async fn run(
         step("trying every pair on every network for real", async { tried(&live, &nets, &expected, false).await })
             .await?;
     let ok = show(&expected, &got);
-    say(&format!(
-        "\n{}",
-        if ok {
-            "Every live verdict equals its expected one."
-        } else {
-            "MISMATCH: the live network differs from what the policies say (see the rows marked !)."
-        }
-    ));
-    let warnings = observed.events.all();
-    if !warnings.is_empty() {
-        say("Events:");
-        for e in warnings {
-            say(&format!("  {} {}: {}", e.reason, e.object, e.message));
-        }
-    }
-    if args.output == Output::Json {
-        let mut out = std::io::stdout().lock();
-        out.write_all(json(&expected, &got).as_bytes())?;
-        out.flush()?;
-    }
-    if args.keep {
-        say(&format!(
-            "\nKept up: Northbound {nb}, controller http://{addr}/metrics, manifests in {} (edit them: the network follows).\nCtrl-C or SIGTERM tears everything down.",
-            manifests.display()
-        ));
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    }
-    let _ = stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), controller_task).await;
-    step("tearing down (pods, agents, daemons)", async { Ok(live.shutdown().await?) }).await?;
-    Ok(ok)
+    running.finish(args, ok, json(&expected, &got), live, manifests, "pods, agents, daemons").await
 }
 
 /// The cluster as the expectation sees it: each pod with the node and address the controller

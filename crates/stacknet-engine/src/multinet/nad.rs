@@ -107,9 +107,10 @@ impl NetworkAttachmentDefinition {
     }
 }
 
-/// The NetworkAttachmentDefinition as the API serves it.
+/// A custom resource as the API serves it (Multus's CRDs have no k8s-openapi type): its
+/// metadata and its `spec` of type `S`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct NadApi {
+pub struct CustomResource<S> {
     #[serde(rename = "apiVersion", default, skip_serializing_if = "Option::is_none")]
     pub api_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -117,8 +118,11 @@ pub struct NadApi {
     #[serde(default)]
     pub metadata: ObjectMeta,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub spec: Option<NadSpecApi>,
+    pub spec: Option<S>,
 }
+
+/// The NetworkAttachmentDefinition as the API serves it.
+pub type NadApi = CustomResource<NadSpecApi>;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct NadSpecApi {
@@ -127,17 +131,7 @@ pub struct NadSpecApi {
 }
 
 /// The MultiNetworkPolicy as the API serves it: a NetworkPolicy's spec.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct MultiPolicyApi {
-    #[serde(rename = "apiVersion", default, skip_serializing_if = "Option::is_none")]
-    pub api_version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub spec: Option<networking::NetworkPolicySpec>,
-}
+pub type MultiPolicyApi = CustomResource<networking::NetworkPolicySpec>;
 
 /// Keys of a plugin config the CNI runtime or Multus puts there, or stacknet-cni's own.
 const STANDARD_KEYS: &[&str] = &[

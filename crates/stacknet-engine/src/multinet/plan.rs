@@ -77,26 +77,17 @@ pub struct Allocator {
     held: BTreeMap<(ObjectKey, String), (ObjectKey, Vec<IpAddr>)>,
 }
 
-/// A MAC for an interface: from its first IPv4 address as the primary network does
-/// (`0a:58:` and the four bytes), else from a hash of who it is.
+/// A MAC for an interface: from its first IPv4 address (else its first address) as the
+/// primary network derives it, else from a hash of who it is.
 pub fn mac_for(ips: &[(IpAddr, u8)], pod: &ObjectKey, interface: &str) -> String {
-    let bytes = match ips.iter().map(|(ip, _)| *ip).find(IpAddr::is_ipv4).or_else(|| ips.first().map(|(ip, _)| *ip)) {
-        Some(IpAddr::V4(a)) => a.octets(),
-        Some(IpAddr::V6(a)) => {
-            let o = a.octets();
-            [o[12], o[13], o[14], o[15]]
-        }
+    match ips.iter().map(|(ip, _)| *ip).find(IpAddr::is_ipv4).or_else(|| ips.first().map(|(ip, _)| *ip)) {
+        Some(ip) => crate::net::mac_for(ip),
         None => {
-            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-            for b in pod.namespace.bytes().chain([0]).chain(pod.name.bytes()).chain([0]).chain(interface.bytes()) {
-                h ^= u64::from(b);
-                h = h.wrapping_mul(0x0000_0100_0000_01b3);
-            }
-            let b = h.to_be_bytes();
-            [b[0], b[1], b[2], b[3]]
+            let who = [pod.namespace.as_str(), pod.name.as_str(), interface].join("\0");
+            let b = crate::net::fnv1a(who.bytes()).to_be_bytes();
+            format!("0a:58:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3])
         }
-    };
-    format!("0a:58:{:02x}:{:02x}:{:02x}:{:02x}", bytes[0], bytes[1], bytes[2], bytes[3])
+    }
 }
 
 fn at(i: usize, field: &str) -> String {
@@ -144,8 +135,8 @@ impl Allocator {
             }
         }
         // Pods that hold addresses keep them: they go first.
-        let holds = |w: &Wanted<'_>| self.held.keys().any(|(p, _)| p == &w.pod.key);
-        wanted.sort_by_key(|w| (!holds(w), w.pod.key.clone()));
+        let holding: BTreeSet<&ObjectKey> = self.held.keys().map(|(p, _)| p).collect();
+        wanted.sort_by_key(|w| (!holding.contains(&w.pod.key), w.pod.key.clone()));
         let mut used: BTreeMap<ObjectKey, BTreeMap<IpAddr, String>> = BTreeMap::new();
         let mut macs: BTreeMap<ObjectKey, BTreeMap<String, String>> = BTreeMap::new();
         let mut held = BTreeMap::new();
@@ -411,11 +402,11 @@ pub fn network_index(index: &ClusterIndex, plan: &Plan, network: &ObjectKey) -> 
         }
     }
     for (key, list) in &plan.pods {
-        let ips: Vec<IpAddr> =
-            list.iter().filter(|a| &a.network == network).flat_map(|a| a.ips.iter().map(|(ip, _)| *ip)).collect();
         if !list.iter().any(|a| &a.network == network) {
             continue;
         }
+        let ips: Vec<IpAddr> =
+            list.iter().filter(|a| &a.network == network).flat_map(|a| a.ips.iter().map(|(ip, _)| *ip)).collect();
         if let Some(pod) = index.pod_id(key).and_then(|id| index.pod(id)) {
             let mut p = pod.clone();
             p.ips = ips;

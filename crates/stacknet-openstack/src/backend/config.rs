@@ -87,11 +87,7 @@ impl NeutronConfig {
         if full.len() <= 255 {
             return full;
         }
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in full.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+        let h = stacknet_engine::net::fnv1a(full.bytes());
         let mut cut = 200;
         while !full.is_char_boundary(cut) {
             cut -= 1;

@@ -7,6 +7,21 @@ use serde_json::{Value, json};
 use super::state::State;
 use super::topology::Topology;
 
+/// Namespace `x`, node `n1` (bare metal) and node `n2` (Nova server `vm-2`, whose trunk
+/// [`state`] holds), then the objects of `items` (YAML list items).
+pub(super) fn cluster(items: &str) -> stacknet_engine::ClusterIndex {
+    let yaml = format!(
+        "apiVersion: v1
+kind: List
+items:
+- {{apiVersion: v1, kind: Namespace, metadata: {{name: x}}}}
+- {{apiVersion: v1, kind: Node, metadata: {{name: n1}}}}
+- {{apiVersion: v1, kind: Node, metadata: {{name: n2}}, spec: {{providerID: 'openstack:///vm-2'}}}}
+{items}"
+    );
+    stacknet_engine::ClusterIndex::from_objects(stacknet_engine::manifest::parse("c.yaml", &yaml).unwrap().objects)
+}
+
 /// A Neutron object from its JSON.
 pub(super) fn from<T: serde::de::DeserializeOwned>(v: Value) -> T {
     serde_json::from_value(v).unwrap()

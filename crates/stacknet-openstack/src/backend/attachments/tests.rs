@@ -1,7 +1,6 @@
 //! The secondary interfaces' plan against a Neutron state built in memory: no cloud.
 
 use serde_json::json;
-use stacknet_engine::manifest;
 use stacknet_engine::multinet::{Allocator, Foreign};
 
 use super::*;
@@ -22,14 +21,8 @@ fn index(pods: &str) -> ClusterIndex {
             "- {{apiVersion: k8s.cni.cncf.io/v1, kind: NetworkAttachmentDefinition, metadata: {{name: {name}, namespace: x}}, spec: {{config: '{config}'}}}}\n"
         )
     };
-    let yaml = format!(
-        "apiVersion: v1
-kind: List
-items:
-- {{apiVersion: v1, kind: Namespace, metadata: {{name: x}}}}
-- {{apiVersion: v1, kind: Node, metadata: {{name: n1}}}}
-- {{apiVersion: v1, kind: Node, metadata: {{name: n2}}, spec: {{providerID: 'openstack:///vm-2'}}}}
-{}{}{}{}{}{pods}",
+    let items = format!(
+        "{}{}{}{}{}{pods}",
         nad(
             "provider",
             r#"{"name": "provider", "type": "stacknet-cni", "neutronNetwork": "physnet1", "portSecurity": false}"#
@@ -45,7 +38,7 @@ items:
         nad("missing", r#"{"name": "missing", "type": "stacknet-cni", "neutronNetwork": "nope"}"#),
         nad("data", r#"{"name": "data", "type": "stacknet-cni", "topology": "layer2", "subnets": "10.100.0.0/24"}"#),
     );
-    ClusterIndex::from_objects(manifest::parse("c.yaml", &yaml).unwrap().objects)
+    fixtures::cluster(&items)
 }
 
 /// A pod on `node` selecting `networks` (the annotation's text), with `sriov` as its

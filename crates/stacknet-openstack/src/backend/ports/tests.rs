@@ -15,16 +15,7 @@ fn config() -> NeutronConfig {
 
 /// Node n1 is bare metal, n2 a Nova server (`vm-2`) with trunk `t2`.
 fn cluster(pods: &str) -> PolicyEngine {
-    let yaml = format!(
-        "apiVersion: v1
-kind: List
-items:
-- {{apiVersion: v1, kind: Namespace, metadata: {{name: x}}}}
-- {{apiVersion: v1, kind: Node, metadata: {{name: n1}}}}
-- {{apiVersion: v1, kind: Node, metadata: {{name: n2}}, spec: {{providerID: 'openstack:///vm-2'}}}}
-{pods}"
-    );
-    PolicyEngine::from_index(ClusterIndex::from_objects(manifest::parse("c.yaml", &yaml).unwrap().objects))
+    PolicyEngine::from_index(fixtures::cluster(pods))
 }
 
 fn pod(name: &str, node: &str) -> String {
