@@ -66,9 +66,21 @@ fn request(command: Command, args: &Args) -> Result<Request, Error> {
                 .ok_or_else(|| Error::InvalidNetworkConfig(format!("attachNetworks: {v} is not true or false")))?,
         ),
     };
+    // Multus puts the device plugin's device in the delegate's config (`deviceID`), some
+    // runtimes in its runtime configuration.
+    let device_id = custom
+        .get("deviceID")
+        .or_else(|| custom.get("runtimeConfig").and_then(|r| r.get("deviceID")))
+        .map(|v| {
+            v.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| Error::InvalidNetworkConfig(format!("deviceID: {v} is not a string")))
+        })
+        .transpose()?;
     Ok(Request {
         network,
         attach_networks,
+        device_id,
         command: Some(command),
         container_id: args.container_id().map(|c| c.to_string()),
         netns: args.netns().map(|p| p.display().to_string()),

@@ -4,12 +4,13 @@
 //! Port pools are topped up by a task of their own, so pod starts never wait for a refill; it
 //! runs only while this replica leads, and its problems reach the loop as [`News`].
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use stacknet_engine::multinet::{self, Allocator, Attachment, Foreign, Plan};
+use stacknet_engine::multinet::{self, Allocator, AttachedInterface, Attachment, Foreign, Plan, PodPorts};
 use stacknet_engine::objects::ObjectKey;
 use stacknet_engine::{PolicyEngine, Reason};
 use stacknet_openstack::octavia::OctaviaBackend;
@@ -106,11 +107,13 @@ impl OpenStackNetwork {
         self.octavia.is_some()
     }
 
-    /// Each pod's `stacknet.io/network` annotation: its Neutron port's addresses with their
-    /// prefix lengths, MAC, gateways, port and network, and on a nested node the VLAN and the
-    /// trunk's parent port.
-    fn annotations(report: &stacknet_openstack::Report) -> Vec<(stacknet_engine::ObjectKey, String)> {
+    /// Each pod's `stacknet.io/network` annotation ([`PodPorts`]): its Neutron port's
+    /// addresses with their prefix lengths, MAC, gateways, port and network, on a nested node
+    /// the VLAN and the trunk's parent port; and its secondary interfaces' ports once all are
+    /// made (pending until then, or why they cannot be). The node agent plumbs from it.
+    fn annotations(report: &stacknet_openstack::Report, plan: &Plan) -> Vec<(ObjectKey, String)> {
         let Some(topology) = &report.topology else { return Vec::new() };
+        let with_len = |addresses: &[(IpAddr, u8)]| addresses.iter().map(|(ip, l)| format!("{ip}/{l}")).collect();
         let mut out = Vec::with_capacity(report.ports.len());
         for (key, port) in &report.ports {
             let mut ips = Vec::new();
@@ -121,18 +124,48 @@ impl OpenStackNetwork {
                 ips.push(format!("{ip}/{len}"));
                 gateways.extend(subnet.gateway_ip.clone());
             }
-            let mut value = serde_json::json!({
-                "ips": ips,
-                "mac": port.mac,
-                "gateways": gateways,
-                "portId": port.port_id,
-                "networkId": port.network_id,
-            });
+            let mut value = PodPorts {
+                ips,
+                mac: port.mac.clone(),
+                gateways,
+                port_id: port.port_id.clone(),
+                network_id: port.network_id.clone(),
+                ..Default::default()
+            };
             if let (Some(vlan), Some(parent)) = (port.vlan, &port.parent_port) {
-                value["vlan"] = serde_json::json!(vlan);
-                value["parentPort"] = serde_json::json!(parent);
+                value.vlan = Some(vlan);
+                value.parent_port = Some(parent.clone());
             }
-            out.push((key.clone(), value.to_string()));
+            if let Some(why) = plan.refused.get(key) {
+                value.attachment_error = Some(why.clone());
+            } else if let Some(wanted) = plan.pods.get(key) {
+                let made = report.attachments.get(key);
+                let list: Option<Vec<AttachedInterface>> = wanted
+                    .iter()
+                    .map(|a| {
+                        let m = made?.iter().find(|m| m.interface == a.interface && m.network == a.network)?;
+                        Some(AttachedInterface {
+                            interface: a.interface.clone(),
+                            network: a.network.to_string(),
+                            port_id: m.port.port_id.clone(),
+                            network_id: m.port.network_id.clone(),
+                            mac: m.port.mac.clone(),
+                            ips: with_len(&m.addresses),
+                            gateways: a.default_route.iter().map(IpAddr::to_string).collect(),
+                            mtu: a.mtu.or(m.mtu),
+                            vlan: m.port.vlan,
+                            parent_port: m.port.parent_port.clone(),
+                            vnic_type: m.vnic_type.clone(),
+                            physical_network: m.physical_network.clone(),
+                        })
+                    })
+                    .collect();
+                match list {
+                    Some(list) => value.attachments = list,
+                    None => value.attachments_pending = true,
+                }
+            }
+            out.push((key.clone(), serde_json::to_string(&value).unwrap_or_default()));
         }
         out
     }
@@ -201,7 +234,7 @@ impl Backend for OpenStackNetwork {
         let mut net = self.neutron.reconcile_with(engine, &plan).await.map_err(|e| failure(e, "Neutron"))?;
         let mut problems = plan.problems.clone();
         problems.append(&mut net.problems);
-        let annotations = if annotate { Self::annotations(&net) } else { Vec::new() };
+        let annotations = if annotate { Self::annotations(&net, &plan) } else { Vec::new() };
         let network_status = if annotate { Self::network_status(&net, &plan) } else { Vec::new() };
         if let (Some(octavia), Some(topology)) = (&self.octavia, &net.topology) {
             let lbs = octavia.reconcile(engine.index(), topology).await.map_err(|e| failure(e, "Octavia"))?;
@@ -259,6 +292,8 @@ async fn refill(
 mod tests {
     use serde_json::json;
     use stacknet_engine::{ClusterIndex, manifest};
+    use std::collections::BTreeMap;
+
     use stacknet_openstack::{AttachedPort, PodPort, Report};
 
     use super::*;
@@ -309,11 +344,13 @@ items:
                 port: secondary,
                 addresses: vec![("192.0.2.10".parse().unwrap(), 24)],
                 vnic_type: "normal".into(),
+                physical_network: Some("physnet1".into()),
+                mtu: Some(1500),
             }],
         );
         // b's secondary port is not made: b gets no status yet.
         let status = OpenStackNetwork::network_status(&report, &plan);
-        assert_eq!(status.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), [a]);
+        assert_eq!(status.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), std::slice::from_ref(&a));
         // The engine's format, with the ports' MACs and addresses (Neutron chose them).
         let value: serde_json::Value = serde_json::from_str(&status[0].1).unwrap();
         let entry = |i: usize| {
@@ -323,5 +360,37 @@ items:
         assert_eq!(entry(0), (json!("stacknet"), json!("eth0"), json!(["10.0.0.5"]), json!("fa:16:3e:00:00:01")));
         assert_eq!(entry(1), (json!("x/provider"), json!("net1"), json!(["192.0.2.10"]), json!("fa:16:3e:00:00:0a")));
         assert_eq!(value[1]["gateway"], json!(["192.0.2.1"]), "the selection's default route");
+
+        // The node's annotation: a's with its secondary port, b's pending.
+        let subnet: stacknet_openstack::neutron::Subnet = serde_json::from_value(
+            json!({"id": "s", "network_id": "net", "cidr": "10.0.0.0/24", "gateway_ip": "10.0.0.1"}),
+        )
+        .unwrap();
+        report.topology = Some(stacknet_openstack::Topology {
+            network: None,
+            subnets: [("10.0.0.0/24".parse().unwrap(), subnet)].into(),
+            pools: BTreeMap::new(),
+            namespaces: BTreeMap::new(),
+            router: serde_json::from_value(json!({"id": "r"})).unwrap(),
+            service_subnet: None,
+            external_network: None,
+        });
+        let notes: BTreeMap<ObjectKey, PodPorts> = OpenStackNetwork::annotations(&report, &plan)
+            .into_iter()
+            .map(|(k, v)| (k, multinet::ports::parse(&v).unwrap()))
+            .collect();
+        let na = &notes[&a];
+        assert_eq!((na.port_id.as_str(), na.attachments_pending), ("pa", false));
+        let net1 = &na.attachments[0];
+        assert_eq!(
+            (net1.interface.as_str(), net1.network.as_str(), net1.port_id.as_str(), net1.ips.clone()),
+            ("net1", "x/provider", "sa", vec!["192.0.2.10/24".to_string()])
+        );
+        assert_eq!(net1.gateways, ["192.0.2.1"]);
+        assert_eq!(
+            (net1.mtu, net1.physical_network.as_deref(), net1.is_direct()),
+            (Some(1500), Some("physnet1"), false)
+        );
+        assert!(notes[&b].attachments.is_empty() && notes[&b].attachments_pending, "{:?}", notes[&b]);
     }
 }

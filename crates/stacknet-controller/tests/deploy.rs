@@ -161,6 +161,16 @@ fn rbac_grants_every_watched_kind_and_the_lease() {
             assert!(ok, "the cluster role may {v} {resources:?}");
         }
     }
+    // The node agent (OpenStack mode): reads and annotates pods, posts Events; nothing else.
+    let binding: rbac::ClusterRoleBinding = typed(find(&all, "ClusterRoleBinding", "stacknet-node"));
+    assert!(binding.subjects.unwrap().iter().any(|s| s.kind == "ServiceAccount" && s.name == "stacknet-node"));
+    let node: rbac::ClusterRole = typed(find(&all, "ClusterRole", &binding.role_ref.name));
+    let rules = node.rules.unwrap();
+    for (group, resource, verb) in [("", "pods", "get"), ("", "pods", "patch"), ("events.k8s.io", "events", "create")] {
+        assert!(grants(&rules, group, resource, verb), "node agent: {verb} {group}/{resource}");
+    }
+    let verbs: usize = rules.iter().map(|r| r.verbs.len() * r.resources.iter().flatten().count()).sum();
+    assert_eq!(verbs, 3, "the node agent may do nothing else: {rules:?}");
 }
 
 /// `helm template` for templates that only substitute values.

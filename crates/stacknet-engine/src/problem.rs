@@ -201,7 +201,7 @@ reasons! {
     InvalidNetworkAttachment: "NetworkAttachmentDefinition",
         "a `stacknet-cni` NAD's `spec.config` does not parse (the message names the field); pods selecting it get none of their secondary networks";
     AttachmentFailed: "Pod",
-        "the pod's secondary networks (`k8s.v1.cni.cncf.io/networks`) cannot all be made — a missing or foreign NAD, an address outside the subnet or taken, a MAC clash; it gets none of them and its CNI ADD fails with the same message";
+        "the pod's secondary networks (`k8s.v1.cni.cncf.io/networks`) cannot all be made — a missing or foreign NAD, an address outside the subnet or taken, a MAC clash; it gets none of them and its CNI ADD fails with the same message. In OpenStack mode the node agent posts it too (reporting controller `stacknet.io/agent`): no VM NIC on the port's network, a garbled or absent `network_data.json`, an SR-IOV port without the kubelet's `deviceID`";
 }
 
 impl fmt::Display for Reason {

@@ -20,6 +20,7 @@ use crate::mgmt;
 use crate::ovs::{self, Attached, BindError, Binding};
 use crate::plumb::{PlumbError, Plumbing, PodInterface, Veth};
 use crate::protocol::{AddResult, CniError, Command, Iface, IpConfig, Request, Response, RouteConfig, Timings, codes};
+pub use openstack::OpenStackMode;
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -69,6 +70,8 @@ pub struct Agent {
     binder: ovs::Binder,
     /// One request at a time per container.
     busy: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// OpenStack mode (`None`: OVN mode, pods' ports read from the Northbound database).
+    openstack: Option<OpenStackMode>,
 }
 
 /// The host end's name: `sn` and a hash of the container and interface (15 characters at
@@ -159,7 +162,19 @@ impl Agent {
             ovs_rundir: None,
             gateway_flows: std::sync::Mutex::new(None),
             busy: Mutex::new(HashMap::new()),
+            openstack: None,
         }
+    }
+
+    /// OpenStack mode: pods' ports are Neutron's, read from their `stacknet.io/network`
+    /// annotation through `api` (see [`crate::openstack`]).
+    pub fn with_openstack(
+        mut self,
+        node: crate::openstack::OpenStackNode,
+        api: Arc<dyn crate::openstack::PodApi>,
+    ) -> Agent {
+        self.openstack = Some(OpenStackMode { node, api });
+        self
     }
 
     pub fn ovs(&self) -> &Client {
@@ -330,7 +345,8 @@ impl Agent {
         if self.ovs.status().borrow().connected.is_none() {
             return Err(unavailable("no connection to the Open_vSwitch database"));
         }
-        if self.nb.status().borrow().connected.is_none() {
+        // OpenStack mode reads pods' ports from the Kubernetes API, not the Northbound database.
+        if self.openstack.is_none() && self.nb.status().borrow().connected.is_none() {
             return Err(unavailable("no connection to the OVN Northbound database"));
         }
         let bridge = self
@@ -394,8 +410,11 @@ impl Agent {
     fn result(&self, netns: &str, made: &[Made], timings: Timings) -> AddResult {
         let mut r = AddResult { interfaces: Vec::new(), ips: Vec::new(), routes: Vec::new(), timings };
         for m in made {
-            let pod_end = u32::try_from(r.interfaces.len() + 1).unwrap_or(u32::MAX);
-            r.interfaces.push(Iface { name: m.iface.host.clone(), mac: String::new(), sandbox: None });
+            // A child of a VM NIC or a device moved in has no host end.
+            if !m.iface.host.is_empty() {
+                r.interfaces.push(Iface { name: m.iface.host.clone(), mac: String::new(), sandbox: None });
+            }
+            let pod_end = u32::try_from(r.interfaces.len()).unwrap_or(u32::MAX);
             r.interfaces.push(Iface {
                 name: m.iface.ifname.clone(),
                 mac: m.iface.mac.clone(),
@@ -456,6 +475,9 @@ impl Agent {
         let key = ObjectKey::new(ns, name);
         crate::netns::open(Path::new(netns))
             .map_err(|e| CniError::new(codes::INVALID_ENV, "bad network namespace (CNI_NETNS)", e.to_string()))?;
+        if let Some(os) = &self.openstack {
+            return self.add_openstack(os, req, &key, container, netns, ifname).await;
+        }
         let start = Instant::now();
         let deadline = start + self.config.lookup_timeout;
         // What to make: the interface asked for, and with it (primary, Multus-free) the pod's
@@ -614,6 +636,9 @@ impl Agent {
     /// Idempotent: a missing namespace, port or interface is success.
     /// The primary interface's DEL (Multus-free) removes every interface of the container.
     async fn del(&self, req: &Request) -> Result<(), CniError> {
+        if self.openstack.is_some() {
+            return self.del_openstack(req).await;
+        }
         let container = required(&req.container_id, "CNI_CONTAINERID")?;
         let ifname = req.ifname.as_deref().unwrap_or("eth0");
         let mut hosts = vec![host_ifname(container, ifname)];
@@ -635,6 +660,9 @@ impl Agent {
     /// CHECK: the interface asked about as its port says, and with it (primary, Multus-free)
     /// every secondary interface of the pod.
     async fn check(&self, req: &Request) -> Result<(), CniError> {
+        if let Some(os) = &self.openstack {
+            return self.check_openstack(os, req).await;
+        }
         let container = required(&req.container_id, "CNI_CONTAINERID")?;
         let netns = required(&req.netns, "CNI_NETNS")?;
         let ifname = required(&req.ifname, "CNI_IFNAME")?;
@@ -747,5 +775,6 @@ pub fn default_socket() -> PathBuf {
     PathBuf::from("/run/stacknet/agent.sock")
 }
 
+mod openstack;
 #[cfg(test)]
 mod tests;

@@ -8,7 +8,9 @@
 //!   connections and replicas warm, so a pod start costs netlink calls and one transaction);
 //! - [`protocol`]: what the plugin and the agent say to each other;
 //! - [`netdata`]: Nova's `network_data.json`, and which VM NIC carries a Neutron port;
-//! - [`configdrive`]: reading it from the config drive (ISO9660, unmounted) or the metadata service.
+//! - [`configdrive`]: reading it from the config drive (ISO9660, unmounted) or the metadata service;
+//! - [`openstack`]: OpenStack mode on the node (the pod's Neutron ports from its annotation,
+//!   children of the VM's NICs, SR-IOV devices).
 #![forbid(unsafe_code)]
 
 pub mod agent;
@@ -18,6 +20,7 @@ pub mod gateway;
 pub mod mgmt;
 pub mod netdata;
 pub mod netns;
+pub mod openstack;
 pub mod ovs;
 pub mod plumb;
 pub mod protocol;

@@ -36,6 +36,10 @@ pub struct Request {
     /// The primary interface's ADD also attaches the pod's secondary networks, and its DEL
     /// removes them (the config's `attachNetworks`, default true).
     pub attach_networks: Option<bool>,
+    /// The device the kubelet assigned for this interface (the CNI `deviceID`, which Multus
+    /// passes from the device plugin: an SR-IOV virtual function's PCI address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -37,7 +37,7 @@ pub const QUIET_LOGS: &[&str] = &[
 
 pub use backend::{
     AttachedPort, HeldAttachment, NeutronBackend, NeutronConfig, PodPort, PoolNode, PoolReport, Report, SriovDevice,
-    accepts, sriov_devices,
+    Topology, accepts, sriov_devices,
 };
 pub use cloud::{Call, Cloud, CloudSource, Error};
 pub use stacknet_engine::{ObjectRef, Problem, Reason};

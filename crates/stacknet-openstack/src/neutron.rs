@@ -27,6 +27,11 @@ pub struct Network {
     pub subnets: Vec<String>,
     #[serde(default)]
     pub project_id: String,
+    /// `provider:physical_network` (admins see it; `None` on an overlay network).
+    #[serde(default, rename = "provider:physical_network")]
+    pub physical_network: Option<String>,
+    #[serde(default)]
+    pub mtu: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]

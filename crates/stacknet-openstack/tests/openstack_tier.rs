@@ -1729,6 +1729,9 @@ async fn secondary_networks(cloud: &OpenStack, session: &Cloud) {
     assert_eq!(port["project_id"], primary["project_id"]);
     assert_eq!(port["fixed_ips"][0]["ip_address"], json!("192.0.2.10"));
     assert_eq!(a.addresses, [("192.0.2.10".parse().unwrap(), 24)]);
+    // What the node needs besides (the controller writes it into the pod's annotation): the
+    // network's physical network and MTU, as Neutron says.
+    assert_eq!((a.physical_network.as_deref(), a.mtu), (Some("physnet1"), Some(1500)));
     // b's: no port security, in Neutron and in the Northbound database.
     let b_port = &r.attachments[&key("b")][0];
     let bp = neutron(cloud, "GET", &format!("ports/{}", b_port.port.port_id), None)["port"].clone();

@@ -8,7 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use k8s_openapi::api::core::v1::Pod;
+use stacknet_engine::multinet::{NETWORKS_ANNOTATION, SRIOV_DEVICES_ANNOTATION};
+use stacknet_engine::objects::{NETWORK_ANNOTATION, ObjectKey};
 use stacknet_node::agent::{Agent, AgentConfig};
+use stacknet_node::openstack::{OpenStackNode, PodApi, PodView};
+use stacknet_node::plumb::Fut;
 use stacknet_ovsdb::Remote;
 
 #[derive(clap::Args)]
@@ -19,9 +24,24 @@ pub struct AgentArgs {
     /// The local Open_vSwitch database (repeat for more than one remote).
     #[arg(long = "ovs", value_name = "REMOTE", default_value = "unix:/var/run/openvswitch/db.sock")]
     ovs: Vec<Remote>,
-    /// The OVN Northbound database (repeat for each member of a cluster).
-    #[arg(long = "nb", value_name = "REMOTE", required = true)]
+    /// The OVN Northbound database (repeat for each member of a cluster). Not with
+    /// `--openstack`.
+    #[arg(long = "nb", value_name = "REMOTE", required_unless_present = "openstack")]
     nb: Vec<Remote>,
+    /// OpenStack mode (the controller runs `--backend openstack`): pods' ports are Neutron's,
+    /// read from their `stacknet.io/network` annotation through the Kubernetes API (in-cluster,
+    /// or KUBECONFIG); secondary interfaces are children of the VM NICs `network_data.json`
+    /// names, or SR-IOV devices.
+    #[arg(long, conflicts_with = "nb")]
+    openstack: bool,
+    /// Where Nova's `network_data.json` is: `config-drive:PATH` (a device or image labelled
+    /// config-2) or an `http://` URL of the metadata service's copy. Default: the config drive
+    /// if there is one, else http://169.254.169.254/openstack/latest/network_data.json.
+    #[arg(long, value_name = "SOURCE", value_parser = network_data_source, requires = "openstack")]
+    network_data: Option<stacknet_node::configdrive::Source>,
+    /// Where sysfs is mounted (SR-IOV devices are found by PCI address under it).
+    #[arg(long, value_name = "PATH", default_value = "/sys", requires = "openstack")]
+    sysfs: PathBuf,
     /// Where to listen for the plugin.
     #[arg(long, default_value_os_t = stacknet_node::agent::default_socket())]
     socket: PathBuf,
@@ -53,6 +73,105 @@ pub struct AgentArgs {
     gateway_bridge: Option<String>,
 }
 
+fn network_data_source(s: &str) -> Result<stacknet_node::configdrive::Source, String> {
+    use stacknet_node::configdrive::Source;
+    if let Some(path) = s.strip_prefix("config-drive:") {
+        return if path.is_empty() {
+            Err("config-drive: needs a path".into())
+        } else {
+            Ok(Source::ConfigDrive(path.into()))
+        };
+    }
+    if s.starts_with("http://") {
+        return Ok(Source::MetadataUrl(s.into()));
+    }
+    Err(format!("{s:?}: neither config-drive:PATH nor an http:// URL"))
+}
+
+/// The Kubernetes API as the agent needs it in OpenStack mode.
+pub struct KubePods {
+    client: kube::Client,
+    /// This agent's identity in its Events (`stacknet-agent-<host name>`).
+    instance: String,
+}
+
+impl KubePods {
+    pub fn new(client: kube::Client) -> KubePods {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        KubePods { client, instance: format!("stacknet-agent-{}", host.trim()) }
+    }
+
+    fn pods(&self, key: &ObjectKey) -> kube::Api<Pod> {
+        kube::Api::namespaced(self.client.clone(), &key.namespace)
+    }
+}
+
+impl PodApi for KubePods {
+    fn pod<'a>(&'a self, key: &'a ObjectKey) -> Fut<'a, Result<Option<PodView>, String>> {
+        Box::pin(async move {
+            let pod = self.pods(key).get_opt(&key.name).await.map_err(|e| e.to_string())?;
+            Ok(pod.map(|p| {
+                let notes = p.metadata.annotations.unwrap_or_default();
+                PodView {
+                    uid: p.metadata.uid.unwrap_or_default(),
+                    network: notes.get(NETWORK_ANNOTATION).cloned(),
+                    selects_networks: notes.get(NETWORKS_ANNOTATION).is_some_and(|n| !n.trim().is_empty()),
+                    sriov_devices: notes.get(SRIOV_DEVICES_ANNOTATION).cloned(),
+                }
+            }))
+        })
+    }
+
+    fn annotate<'a>(&'a self, key: &'a ObjectKey, name: &'a str, value: &'a str) -> Fut<'a, Result<(), String>> {
+        Box::pin(async move {
+            let patch = serde_json::json!({"metadata": {"annotations": {name: value}}});
+            self.pods(key)
+                .patch(&key.name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn warn<'a>(&'a self, key: &'a ObjectKey, reason: &'a str, message: &'a str) -> Fut<'a, Result<(), String>> {
+        use k8s_openapi::api::core::v1::ObjectReference;
+        use k8s_openapi::api::events::v1::Event;
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+        Box::pin(async move {
+            let uid = self.pod(key).await.ok().flatten().map(|p| p.uid);
+            let now = k8s_openapi::jiff::Timestamp::now();
+            let event = Event {
+                metadata: ObjectMeta {
+                    generate_name: Some(format!("{}.", key.name)),
+                    namespace: Some(key.namespace.clone()),
+                    ..ObjectMeta::default()
+                },
+                event_time: Some(MicroTime(now)),
+                action: Some("Attach".into()),
+                reason: Some(reason.into()),
+                note: Some(message.chars().take(1024).collect()),
+                regarding: Some(ObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    namespace: Some(key.namespace.clone()),
+                    name: Some(key.name.clone()),
+                    uid,
+                    ..ObjectReference::default()
+                }),
+                reporting_controller: Some("stacknet.io/agent".into()),
+                reporting_instance: Some(self.instance.clone()),
+                type_: Some("Warning".into()),
+                ..Event::default()
+            };
+            kube::Api::<Event>::namespaced(self.client.clone(), &key.namespace)
+                .create(&kube::api::PostParams::default(), &event)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
 /// Runs until SIGTERM or SIGINT, then removes its socket.
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     anyhow::ensure!((576..=65535).contains(&args.mtu), "--mtu {}: not an MTU (576-65535)", args.mtu);
@@ -72,7 +191,16 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             node: args.node.filter(|n| !n.is_empty()),
             gateway_bridge: args.gateway_bridge.filter(|b| !b.is_empty()),
         };
-        let agent = Arc::new(Agent::new(config, args.ovs, args.nb).context("starting the agent")?);
+        let mut agent = Agent::new(config, args.ovs, args.nb).context("starting the agent")?;
+        if args.openstack {
+            stacknet_controller::kube_source::install_tls_provider();
+            let client = kube::Client::try_default()
+                .await
+                .context("--openstack: connecting to the Kubernetes API (in-cluster, or KUBECONFIG)")?;
+            let node = OpenStackNode { network_data: args.network_data, sysfs: args.sysfs };
+            agent = agent.with_openstack(node, Arc::new(KubePods::new(client)));
+        }
+        let agent = Arc::new(agent);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         eprintln!("stacknet agent listening on {}", args.socket.display());
         let result = tokio::select! {
@@ -83,4 +211,22 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&args.socket);
         result
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use stacknet_node::configdrive::Source;
+
+    use super::network_data_source;
+
+    #[test]
+    fn network_data_sources() {
+        assert_eq!(network_data_source("config-drive:/dev/sr0"), Ok(Source::ConfigDrive("/dev/sr0".into())));
+        assert_eq!(
+            network_data_source("http://169.254.169.254/openstack/latest/network_data.json"),
+            Ok(Source::MetadataUrl("http://169.254.169.254/openstack/latest/network_data.json".into()))
+        );
+        assert!(network_data_source("config-drive:").unwrap_err().contains("needs a path"));
+        assert!(network_data_source("https://x/y").unwrap_err().contains("neither"));
+    }
 }

@@ -5,6 +5,7 @@
 
 pub mod nad;
 pub mod plan;
+pub mod ports;
 pub mod reach;
 pub mod selection;
 
@@ -13,4 +14,5 @@ pub use nad::{
     NetworkAttachmentDefinition, PLUGIN, POLICY_FOR_ANNOTATION, SRIOV_DEVICES_ANNOTATION, VnicType,
 };
 pub use plan::{Allocator, Attachment, Foreign, Plan, network_index, network_status};
+pub use ports::{AttachedInterface, PodPorts};
 pub use selection::{NETWORKS_ANNOTATION, Selection, parse};

@@ -4,7 +4,8 @@
 //! in the node's namespace, [`child_kind`] says what to hang off it (a VLAN subinterface for a
 //! trunk subport, else a macvlan in bridge mode), and [`make_child`] creates it directly in
 //! the pod's namespace (so its name never clashes with one on the node) and configures it.
-//! [`remove_child`] deletes it again.
+//! [`remove_child`] deletes it again. A child carries the alias [`CHILD_ALIAS`] (so a DEL with
+//! no state knows it is ours).
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -13,10 +14,13 @@ use futures::TryStreamExt;
 use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage, MacVlanMode};
 use rtnetlink::{LinkMacVlan, LinkMessageBuilder, LinkVlan};
 
-use super::sriov::{Step, apply_in_pod, check_iface};
+use super::sriov::{Step, apply_in_pod, check_iface, set_alias};
 use super::{PlumbError, PodInterface, index_of, mac_bytes, mac_string, nl};
 use crate::netdata::{Nic, normalize_mac};
 use crate::netns;
+
+/// The alias a child made here carries (so DEL, with no state, knows it is ours).
+pub const CHILD_ALIAS: &str = "stacknet-child";
 
 /// What to hang off the VM's NIC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +187,7 @@ pub async fn make_child(
             })?
             .header
             .index;
+        set_alias(&pod, idx, CHILD_ALIAS).await.map_err(nl(format!("marking {ifname} as ours")))?;
         let mut steps = vec![Step::Up];
         steps.extend(iface.addresses.iter().map(|(ip, len)| Step::AddAddress(*ip, *len)));
         steps.extend(iface.gateways.iter().map(|g| Step::AddDefaultRoute(*g)));

@@ -408,7 +408,7 @@ async fn on_node(host: &rtnetlink::Handle, name: &str) -> Result<LinkMessage, Pl
     })
 }
 
-async fn set_alias(handle: &rtnetlink::Handle, idx: u32, alias: &str) -> Result<(), rtnetlink::Error> {
+pub(crate) async fn set_alias(handle: &rtnetlink::Handle, idx: u32, alias: &str) -> Result<(), rtnetlink::Error> {
     handle.link().set(LinkUnspec::new_with_index(idx).alias(alias).build()).execute().await
 }
 

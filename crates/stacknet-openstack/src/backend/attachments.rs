@@ -147,6 +147,9 @@ pub struct AttachedPort {
     pub addresses: Vec<(IpAddr, u8)>,
     /// `normal` or `direct`.
     pub vnic_type: String,
+    /// The network's `provider:physical_network` and MTU, as Neutron says.
+    pub physical_network: Option<String>,
+    pub mtu: Option<u32>,
 }
 
 /// A secondary interface's port Neutron holds, as a restarted controller gives it back to the
@@ -504,7 +507,8 @@ fn pod_ports(
 /// The port as the pod's interface, with its addresses' prefix lengths (from the subnets of
 /// the networks looked up; a host prefix when unknown).
 fn attached(w: &Wanted, p: &Port, state: &State) -> AttachedPort {
-    let subnets = state.lookups.networks.values().find(|n| n.id == p.network_id).map(|n| &n.subnets);
+    let network = state.lookups.networks.values().find(|n| n.id == p.network_id);
+    let subnets = network.map(|n| &n.subnets);
     let addresses = p
         .fixed_ips
         .iter()
@@ -525,6 +529,8 @@ fn attached(w: &Wanted, p: &Port, state: &State) -> AttachedPort {
         port,
         addresses,
         vnic_type: p.vnic().to_string(),
+        physical_network: network.and_then(|n| n.physical_network.clone()),
+        mtu: network.and_then(|n| n.mtu),
     }
 }
 
@@ -564,7 +570,12 @@ impl NeutronBackend {
                             .iter()
                             .filter_map(|s| Some((s.id.clone(), s.cidr.parse::<Cidr>().ok()?.prefix_len())))
                             .collect();
-                        Ok(Ok(NetworkInfo { id: n.id.clone(), subnets }))
+                        Ok(Ok(NetworkInfo {
+                            id: n.id.clone(),
+                            subnets,
+                            physical_network: n.physical_network.clone().filter(|p| !p.is_empty()),
+                            mtu: n.mtu.filter(|m| *m > 0),
+                        }))
                     }
                     [] => Ok(Err(format!("Neutron has no network with id or name {name:?}"))),
                     many => {

@@ -48,6 +48,9 @@ pub(super) struct NetworkInfo {
     pub id: String,
     /// Subnet id → prefix length.
     pub subnets: BTreeMap<String, u8>,
+    /// `provider:physical_network`, when it has one.
+    pub physical_network: Option<String>,
+    pub mtu: Option<u32>,
 }
 
 /// A pool: where its ports are (the host they are bound to, `trunk:<id>` for subports of a

@@ -71,7 +71,12 @@ fn state(pods: &[&str], project: &str) -> State {
 }
 
 fn resolved() -> Resolved {
-    let info = NetworkInfo { id: "net-phys".into(), subnets: [("sub-phys".to_string(), 24)].into() };
+    let info = NetworkInfo {
+        id: "net-phys".into(),
+        subnets: [("sub-phys".to_string(), 24)].into(),
+        physical_network: Some("physnet1".into()),
+        mtu: Some(1500),
+    };
     Resolved {
         networks: [
             ("physnet1".to_string(), Ok(info)),
