@@ -240,7 +240,7 @@ impl Backend for OpenStackNetwork {
             let lbs = octavia.reconcile(engine.index(), topology).await.map_err(|e| failure(e, "Octavia"))?;
             problems.extend(lbs.problems);
         }
-        self.nodes.send_replace(NeutronBackend::nodes_of(engine));
+        self.nodes.send_replace(NeutronBackend::nodes_with(engine, &plan));
         tracing::debug!(created = net.created, updated = net.updated, deleted = net.deleted, "reconciled with Neutron");
         Ok(Reconciled {
             problems,

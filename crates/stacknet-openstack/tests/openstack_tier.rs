@@ -118,6 +118,12 @@ fn a_nad_naming_a_provider_network_gives_its_pods_ports_on_it_that_ovn_delivers(
 
 #[test]
 #[ignore = "needs root and the OpenStack packages (.ci/run installs them)"]
+fn secondary_ports_come_from_the_nodes_pool_of_their_network_in_one_call() {
+    phase(secondary_pools);
+}
+
+#[test]
+#[ignore = "needs root and the OpenStack packages (.ci/run installs them)"]
 fn an_sriov_nad_makes_a_direct_port_bound_to_the_virtual_function_the_pod_was_given() {
     phase(sriov);
 }
@@ -1805,6 +1811,87 @@ async fn secondary_networks(cloud: &OpenStack, session: &Cloud) {
     assert_eq!(neutron_status(cloud, &format!("networks/{physnet}")), 200);
     neutron(cloud, "DELETE", &format!("ports/{}", peer.id), None);
     neutron(cloud, "DELETE", &format!("security-groups/{web}"), None);
+}
+
+/// Pools for secondary networks: once a pod on n1 attaches to the provider network, the
+/// node's pool refill keeps free ports of that network too; the next pod's secondary port is
+/// one of them, made its own in one update (its name, marker, device, port security off as its
+/// NAD says, the address it asks for), and a NAD naming no groups gives a pool port the
+/// project's default group, as a port made for it would have.
+async fn secondary_pools(cloud: &OpenStack, session: &Cloud) {
+    let (physnet, _) = provider_network(cloud);
+    let nads = [
+        nad("open", r#""neutronNetwork": "physnet1", "portSecurity": false"#),
+        nad("plain", r#""neutronNetwork": "physnet1""#),
+    ]
+    .concat();
+    let config = NeutronConfig { pool_size: 2, ..NeutronConfig::new("mnpool", vec!["10.58.0.0/16".parse().unwrap()]) };
+    let b = NeutronBackend::new(session.clone(), config.clone());
+    let mut alloc = Allocator::default();
+    let first = telco(&format!("{nads}{}", telco_pod("a", "open", "")));
+    let (r, plan) = reconcile_multinet(&b, &mut alloc, &first).await;
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    let refill = b.refill_pools(&NeutronBackend::nodes_with(&first, &plan)).await.unwrap();
+    assert!(refill.problems.is_empty(), "{:?}", refill.problems);
+    let free_on = |network: &str| -> Vec<String> {
+        let all =
+            neutron(cloud, "GET", &format!("ports?network_id={network}&device_owner={}", config.device_owner()), None);
+        all["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["description"] == json!(config.marker("pool")))
+            .map(|p| p["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let free = free_on(&physnet);
+    assert_eq!(free.len(), 2, "n1's pool of the provider network: {refill:?}");
+    assert_eq!(refill.created, 4, "2 on the pod network, 2 on the provider network: {refill:?}");
+
+    // b starts, selecting the provider network without port security, and asking an address.
+    let second = telco(&format!(
+        "{nads}{}{}",
+        telco_pod("a", "open", ""),
+        telco_pod("b", r#"[{"name": "open", "ips": ["192.0.2.60"]}]"#, "")
+    ));
+    let (r, _) = reconcile_multinet(&b, &mut alloc, &second).await;
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    assert_eq!(r.created, 0, "the primary and the secondary port from the pools: {r:?}");
+    let port = &r.attachments[&ObjectKey::new("telco", "b")][0].port;
+    assert!(free.contains(&port.port_id), "{} is one of the pool's {free:?}", port.port_id);
+    let p = neutron(cloud, "GET", &format!("ports/{}", port.port_id), None)["port"].clone();
+    assert_eq!(p["name"], json!("telco/b/net1"));
+    assert_eq!(p["device_id"], json!("uid-b"));
+    assert_eq!(p["binding:host_id"], json!("n1"));
+    assert_eq!(p["port_security_enabled"], json!(false));
+    assert_eq!(p["security_groups"], json!([]));
+    assert_eq!(p["fixed_ips"][0]["ip_address"], json!("192.0.2.60"));
+    assert!(p["description"].as_str().unwrap().starts_with("stacknet:mnpool:attach:telco/b/net1@"), "{p}");
+    assert_eq!(free_on(&physnet).len(), 1);
+
+    // c, with a NAD naming no groups: the project's default group, as Neutron gives a new port.
+    let third = telco(&format!(
+        "{nads}{}{}{}",
+        telco_pod("a", "open", ""),
+        telco_pod("b", r#"[{"name": "open", "ips": ["192.0.2.60"]}]"#, ""),
+        telco_pod("c", "plain", "")
+    ));
+    let (r, _) = reconcile_multinet(&b, &mut alloc, &third).await;
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    let port = &r.attachments[&ObjectKey::new("telco", "c")][0].port;
+    assert!(free.contains(&port.port_id), "{} is one of the pool's {free:?}", port.port_id);
+    let p = neutron(cloud, "GET", &format!("ports/{}", port.port_id), None)["port"].clone();
+    let groups = p["security_groups"].as_array().unwrap().clone();
+    assert_eq!(groups.len(), 1, "{p}");
+    let group = neutron(cloud, "GET", &format!("security-groups/{}", groups[0].as_str().unwrap()), None);
+    assert_eq!(group["security_group"]["name"], json!("default"));
+    assert_eq!(p["port_security_enabled"], json!(true));
+    assert!(free_on(&physnet).is_empty());
+
+    // Everything goes with the pods and the node's pools.
+    let (r, _) = reconcile_multinet(&b, &mut alloc, &telco("")).await;
+    assert!(r.attachments.is_empty());
+    b.refill_pools(&[]).await.unwrap();
 }
 
 /// The ids of a security group's rules.

@@ -33,7 +33,7 @@ use crate::neutron::{self, Port, Trunk};
 use super::config::NeutronConfig;
 use super::exec::{Failures, concurrently};
 use super::projects::project_of;
-use super::state::{NetworkInfo, State};
+use super::state::{NetworkInfo, PoolKey, State, trunk_pool};
 use super::{NeutronBackend, PodPort, Report};
 
 /// The secondary networks OpenStack mode makes: Neutron networks (the multinet allocator's
@@ -301,6 +301,9 @@ pub(super) struct AttachPlan {
     pub replaced: Vec<(ObjectKey, Port)>,
     /// (what the port should be, its id, the changes).
     pub updates: Vec<(Wanted, String, Value)>,
+    /// Free ports of the node's pool taken: (what the port should be, its pool, its id, the
+    /// one update that makes it so).
+    pub taken: Vec<(Wanted, PoolKey, String, Value)>,
     /// Existing ports to put on their node's trunk: (trunk, port, pod).
     pub to_trunk: Vec<(String, String, ObjectKey)>,
     /// Ports of ours no pod wants.
@@ -317,6 +320,55 @@ pub(super) struct Resolved {
     pub networks: BTreeMap<String, Result<NetworkInfo, String>>,
     /// By (project, `None`: the session's; the NAD's group): the group's id, or why none.
     pub groups: BTreeMap<(Option<String>, String), Result<String, String>>,
+}
+
+/// The security group Neutron gives a port made without groups (each project has one).
+const DEFAULT_GROUP: &str = "default";
+
+/// A free port of the pool of `w`'s node and network for `w` (not a direct port, nor one
+/// asking for a MAC: a pool port has its own), and the one update that makes it `w`; `taken`
+/// counts what this plan took already, per pool.
+fn from_pool(
+    w: &Wanted,
+    state: &State,
+    resolved: &Resolved,
+    trunk: Option<&Trunk>,
+    taken: &mut BTreeMap<PoolKey, usize>,
+) -> Option<(PoolKey, String, Value)> {
+    if w.vnic != VnicType::Normal || w.mac.is_some() {
+        return None;
+    }
+    let place = match trunk {
+        Some(t) => trunk_pool(t),
+        None => w.host.clone()?,
+    };
+    let groups = match w.groups() {
+        Some(g) => g,
+        None => match resolved.groups.get(&(w.project.clone(), DEFAULT_GROUP.into())) {
+            Some(Ok(id)) => BTreeSet::from([id.clone()]),
+            _ => return None,
+        },
+    };
+    let key: PoolKey = (Some(place), w.network.clone(), w.project.clone());
+    let n = taken.entry(key.clone()).or_default();
+    let free = state.pool.get(&key)?;
+    let port = &free[free.len().checked_sub(*n + 1)?];
+    *n += 1;
+    let mut changes = json!({
+        "name": w.name(),
+        "description": w.marker,
+        "device_id": w.uid,
+        "security_groups": groups,
+    });
+    if let Some(ps) = w.port_security {
+        changes["port_security_enabled"] = json!(ps);
+    }
+    let have: BTreeSet<IpAddr> = port.fixed_ips.iter().filter_map(|f| f.ip_address.parse().ok()).collect();
+    if !w.ips.is_empty() && have != w.ips.iter().copied().collect() {
+        let ips: Vec<Value> = w.ips.iter().map(|ip| json!({"ip_address": ip.to_string()})).collect();
+        changes["fixed_ips"] = json!(ips);
+    }
+    Some((key, port.id.clone(), changes))
 }
 
 /// What must be looked up: the networks and (project, group) names.
@@ -350,9 +402,18 @@ pub(super) fn needed(
         let Some((_, project)) = pod_context(index, key, state, c, own) else { continue };
         for a in list {
             let Some(config) = multinet.networks.get(&a.network) else { continue };
-            if let NetTopology::Neutron { network, security_groups, .. } = &config.topology {
+            if let NetTopology::Neutron { network, security_groups, vnic, port_security } = &config.topology {
                 networks.insert(network.clone());
                 groups.extend(security_groups.iter().map(|g| (project.clone(), g.clone())));
+                // A port taken from a pool (made with no groups) gets the group Neutron would
+                // have given it: the project's default.
+                if c.pool_size > 0
+                    && security_groups.is_empty()
+                    && *vnic == VnicType::Normal
+                    && *port_security != Some(false)
+                {
+                    groups.insert((project.clone(), DEFAULT_GROUP.into()));
+                }
             }
         }
     }
@@ -371,6 +432,7 @@ pub(super) fn plan(
     let trunk_of_node: BTreeMap<&str, &Trunk> =
         index.nodes().filter_map(|n| Some((n.name.as_str(), state.trunks.get(n.openstack_server()?)?))).collect();
     let mut out = AttachPlan::default();
+    let mut taken: BTreeMap<PoolKey, usize> = BTreeMap::new();
     // Ports of pods whose ports are neither made nor undone now.
     let mut kept: BTreeSet<String> = BTreeSet::new();
     for (key, list) in &multinet.pods {
@@ -405,7 +467,10 @@ pub(super) fn plan(
         };
         for w in &wanted {
             let Some(p) = state.attachments.get(&w.marker) else {
-                out.creates.push(w.clone());
+                match from_pool(w, state, resolved, trunk, &mut taken) {
+                    Some((key, id, changes)) => out.taken.push((w.clone(), key, id, changes)),
+                    None => out.creates.push(w.clone()),
+                }
                 continue;
             };
             let to_trunk = w.trunk.as_ref().filter(|_| state.trunk_holding(&p.id).is_none());
@@ -681,6 +746,27 @@ impl NeutronBackend {
                 Err((e, made)) => {
                     // A port made and not tagged: the next read adopts it (found by owner).
                     failures.stale |= made;
+                    failures.sort_as(refused(&w.pod, &w.interface, &w.nad, &e), e)?;
+                    failed.insert(w.pod.clone());
+                }
+            }
+        }
+        // Free ports taken: one update each makes a pool's port the pod's.
+        let taken: Vec<(Wanted, PoolKey, String, Value)> =
+            plan.taken.into_iter().filter(|(w, _, _, _)| !failed.contains(&w.pod)).collect();
+        let changed = concurrently(taken, |(w, key, id, changes)| async move {
+            let r = neutron::update_port(&self.cloud, &id, changes).await;
+            (w, key, id, r)
+        })
+        .await;
+        for (w, key, id, r) in changed {
+            match r {
+                Ok(p) => {
+                    report.updated += 1;
+                    state.take_free(&key, &id);
+                    state.attachments.insert(p.description.clone(), p);
+                }
+                Err(e) => {
                     failures.sort_as(refused(&w.pod, &w.interface, &w.nad, &e), e)?;
                     failed.insert(w.pod.clone());
                 }

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use stacknet_engine::multinet::{NetTopology, Plan, VnicType};
 use stacknet_engine::{CloudKind, ObjectRef, PolicyEngine, Problem, Reason};
 
 use crate::cloud::Error;
@@ -30,6 +31,9 @@ pub struct PoolNode {
     /// The namespaces with pods on it, with their `stacknet.io/openstack-project`
     /// annotation: a pool per network and project the node has pods of.
     pub namespaces: BTreeMap<String, Option<String>>,
+    /// Secondary networks its pods attach to: (namespace, the NAD's `neutronNetwork`, a name
+    /// or id): a pool of that network per project too, once a reconcile has looked it up.
+    pub secondary: BTreeSet<(String, String)>,
 }
 
 /// What a refill of the pools did.
@@ -101,14 +105,19 @@ pub(super) fn plan(
     for node in nodes {
         // (network, project) of the node's pods, as far as they are known.
         let mut pools: BTreeSet<(String, Option<String>)> = BTreeSet::new();
-        for (ns, annotation) in &node.namespaces {
-            let project = match annotation {
-                None => None,
-                Some(a) => match known(a) {
-                    Some(id) => Some(id).filter(|id| Some(id.as_str()) != own),
-                    None => continue,
-                },
-            };
+        // A namespace's project: `None` the session's; `Err` not looked up yet.
+        let project_of = |ns: &str| -> Result<Option<String>, ()> {
+            match node.namespaces.get(ns).cloned().flatten() {
+                None => Ok(None),
+                Some(a) => known(&a).map(|id| Some(id).filter(|id| Some(id.as_str()) != own)).ok_or(()),
+            }
+        };
+        for (ns, name) in &node.secondary {
+            let (Ok(project), Some(info)) = (project_of(ns), state.lookups.networks.get(name)) else { continue };
+            pools.insert((info.id.clone(), project));
+        }
+        for ns in node.namespaces.keys() {
+            let Ok(project) = project_of(ns) else { continue };
             let network = if c.network_per_namespace {
                 state.topology.namespaces.get(ns).map(|n| n.network.id.clone())
             } else {
@@ -194,6 +203,20 @@ pub(super) fn free_per_node(state: &State, nodes: &[PoolNode]) -> BTreeMap<Strin
 impl NeutronBackend {
     /// The nodes whose pools [`Self::refill_pools`] keeps: the cluster's.
     pub fn nodes_of(engine: &PolicyEngine) -> Vec<PoolNode> {
+        Self::nodes_with(engine, &Plan::default())
+    }
+
+    /// The same, with pools of the secondary networks the `multinet` plan's pods attach to
+    /// (their normal ports; an SR-IOV port is made for its device).
+    pub fn nodes_with(engine: &PolicyEngine, multinet: &Plan) -> Vec<PoolNode> {
+        let mut secondary: BTreeMap<&str, BTreeSet<(String, String)>> = BTreeMap::new();
+        for a in multinet.pods.values().flatten() {
+            if let Some(NetTopology::Neutron { network, vnic: VnicType::Normal, .. }) =
+                multinet.networks.get(&a.network).map(|n| &n.topology)
+            {
+                secondary.entry(a.node.as_str()).or_default().insert((a.pod.namespace.clone(), network.clone()));
+            }
+        }
         let index = engine.index();
         let mut namespaces: BTreeMap<&str, BTreeMap<String, Option<String>>> = BTreeMap::new();
         for (_, p) in index.pods() {
@@ -209,6 +232,7 @@ impl NeutronBackend {
                 name: n.name.clone(),
                 server: n.openstack_server().map(str::to_string),
                 namespaces: namespaces.get(n.name.as_str()).cloned().unwrap_or_default(),
+                secondary: secondary.get(n.name.as_str()).cloned().unwrap_or_default(),
             })
             .collect()
     }
@@ -367,6 +391,7 @@ mod tests {
             name: name.into(),
             server: server.map(String::from),
             namespaces: namespaces.iter().map(|(n, p)| (n.to_string(), p.map(String::from))).collect(),
+            secondary: BTreeSet::new(),
         }
     }
 
@@ -392,6 +417,33 @@ mod tests {
         // looked up yet waits for the reconcile.
         assert_eq!(summary(&plan), ["n1 - - 2/2", "n1 id-a - 3/3"]);
         assert!(plan.gone.is_empty());
+    }
+
+    #[test]
+    fn a_secondary_network_gets_a_pool_once_looked_up_in_the_pods_project() {
+        let mut s = state();
+        let mut n = node("n1", None, &[("x", None), ("a", Some("team-a"))]);
+        n.secondary = [("x".to_string(), "physnet1".to_string()), ("a".to_string(), "physnet1".to_string())].into();
+        let known = |a: &str| (a == "team-a").then(|| "id-a".to_string());
+        // Not looked up by a reconcile yet: only the pod network's pools.
+        let wanted = |s: &State| -> Vec<String> {
+            plan(std::slice::from_ref(&n), s, &config(2), known, Some("own"))
+                .wanted
+                .iter()
+                .map(|w| format!("{} {}", w.network, w.project.as_deref().unwrap_or("-")))
+                .collect()
+        };
+        assert_eq!(wanted(&s), ["net -", "net id-a"]);
+        s.lookups.networks.insert(
+            "physnet1".into(),
+            crate::backend::state::NetworkInfo {
+                id: "net-phys".into(),
+                subnets: BTreeMap::new(),
+                physical_network: Some("physnet1".into()),
+                mtu: None,
+            },
+        );
+        assert_eq!(wanted(&s), ["net -", "net id-a", "net-phys -", "net-phys id-a"]);
     }
 
     #[test]

@@ -13,7 +13,8 @@ fn config() -> NeutronConfig {
 }
 
 /// NADs `provider` (a Neutron network, port security off), `web` (groups `web`), `sriov`
-/// (direct), `missing` (a network Neutron does not have) and `data` (an OVN layer2 one);
+/// (direct), `missing` (a network Neutron does not have), `plain` (the network, nothing
+/// else) and `data` (an OVN layer2 one);
 /// node n1 is bare metal, n2 a Nova server (`vm-2`) with trunk `t2`; then `pods`.
 fn index(pods: &str) -> ClusterIndex {
     let nad = |name: &str, config: &str| {
@@ -22,7 +23,7 @@ fn index(pods: &str) -> ClusterIndex {
         )
     };
     let items = format!(
-        "{}{}{}{}{}{pods}",
+        "{}{}{}{}{}{}{pods}",
         nad(
             "provider",
             r#"{"name": "provider", "type": "stacknet-cni", "neutronNetwork": "physnet1", "portSecurity": false}"#
@@ -36,6 +37,7 @@ fn index(pods: &str) -> ClusterIndex {
             r#"{"name": "sriov", "type": "stacknet-cni", "neutronNetwork": "physnet1", "vnicType": "direct"}"#
         ),
         nad("missing", r#"{"name": "missing", "type": "stacknet-cni", "neutronNetwork": "nope"}"#),
+        nad("plain", r#"{"name": "plain", "type": "stacknet-cni", "neutronNetwork": "physnet1"}"#),
         nad("data", r#"{"name": "data", "type": "stacknet-cni", "topology": "layer2", "subnets": "10.100.0.0/24"}"#),
     );
     fixtures::cluster(&items)
@@ -346,4 +348,62 @@ fn a_nested_pods_port_is_a_subport_of_its_nodes_trunk_and_an_sriov_one_is_refuse
         p.problems[0].message
     );
     assert!(p.creates.is_empty());
+}
+
+#[test]
+fn a_pool_port_of_the_node_and_network_is_taken_in_one_update() {
+    // Pools on: p (port security off) and w (groups) take free ports; m asks for a MAC and
+    // s is SR-IOV: made.
+    let pods = [
+        pod("p", "n1", "provider", None),
+        pod("w", "n1", r#"[{"name": "web", "ips": ["192.0.2.40"]}]"#, None),
+        pod("m", "n1", r#"[{"name": "provider", "mac": "fa:16:3e:00:00:77"}]"#, None),
+        pod("s", "n1", "sriov", None),
+        pod("n", "n2", "provider", None),
+    ]
+    .concat();
+    let idx = index(&pods);
+    let mut s = state(&["p", "w", "m", "s", "n"], "");
+    let free = |id: &str| {
+        from(json!({"id": id, "description": "stacknet:t:pool", "network_id": "net-phys",
+                    "mac_address": "fa:16:3e:00:00:aa", "binding:host_id": "n1",
+                    "fixed_ips": [{"subnet_id": "sub-phys", "ip_address": "192.0.2.99"}]}))
+    };
+    s.pool.insert((Some("n1".into()), "net-phys".into(), None), vec![free("f1"), free("f2"), free("f3")]);
+    let c = NeutronConfig { pool_size: 3, ..config() };
+    let p = plan(&idx, &multinet(&idx), &resolved(), &s, &c, Some(OWN));
+    let taken: BTreeMap<String, (String, Value)> =
+        p.taken.iter().map(|(w, _, id, ch)| (w.pod.name.clone(), (id.clone(), ch.clone()))).collect();
+    assert_eq!(taken.keys().collect::<Vec<_>>(), ["p", "w"], "{:?}", p.creates);
+    // Each its own free port, the last ones first.
+    assert_eq!((taken["p"].0.as_str(), taken["w"].0.as_str()), ("f3", "f2"));
+    let ch = &taken["p"].1;
+    assert_eq!(ch["name"], "x/p/net1");
+    assert_eq!(ch["device_id"], "uid-p");
+    assert_eq!((ch["port_security_enabled"].clone(), ch["security_groups"].clone()), (json!(false), json!([])));
+    assert!(ch["description"].as_str().unwrap().starts_with("stacknet:t:attach:x/p/net1@"), "{ch}");
+    let ch = &taken["w"].1;
+    assert_eq!(ch["security_groups"], json!(["sg-web"]));
+    assert_eq!(ch["fixed_ips"], json!([{"ip_address": "192.0.2.40"}]), "the address the selection asks for");
+    let made: Vec<&str> = p.creates.iter().map(|w| w.pod.name.as_str()).collect();
+    assert_eq!(made, ["m", "n", "s"], "a MAC asked for, a node with no pool, SR-IOV");
+
+    // A NAD naming no groups (port security on): the port Neutron would make gets the
+    // project's default group, so a pool port is taken once that group is looked up.
+    let idx = index(&pod("d", "n1", "plain", None));
+    let mut s = state(&["d"], "");
+    s.pool.insert((Some("n1".into()), "net-phys".into(), None), vec![free("f1")]);
+    let (_, groups) = needed(&idx, &multinet(&idx), &s, &c, Some(OWN));
+    assert!(groups.contains(&(None, "default".to_string())), "{groups:?}");
+    let p = plan(&idx, &multinet(&idx), &resolved(), &s, &c, Some(OWN));
+    assert_eq!((p.taken.len(), p.creates.len()), (0, 1), "not looked up: made");
+    let mut r = resolved();
+    r.groups.insert((None, "default".into()), Ok("sg-default".into()));
+    let p = plan(&idx, &multinet(&idx), &r, &s, &c, Some(OWN));
+    assert_eq!(p.taken.len(), 1);
+    assert_eq!(p.taken[0].3["security_groups"], json!(["sg-default"]));
+    assert!(p.taken[0].3.get("port_security_enabled").is_none());
+    // Without pools nothing is looked up for it.
+    let (_, groups) = needed(&idx, &multinet(&idx), &s, &config(), Some(OWN));
+    assert!(groups.is_empty(), "{groups:?}");
 }
