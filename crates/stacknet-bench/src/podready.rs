@@ -138,12 +138,14 @@ struct Added {
     ready_at: Instant,
 }
 
-/// Binds the pods' logical ports (1..=pods, now free again) to fresh veths in one transaction
-/// and times each until ovn-controller has installed it: sorted milliseconds.
-async fn floor(live: &Live, pods: usize) -> anyhow::Result<Vec<f64>> {
+/// Binds logical ports (free again: `(pod, None)` a pod's primary, `(pod, Some(interface))` a
+/// secondary one) to fresh veths (named `<tag>f<i>`) in one transaction and times each until
+/// ovn-controller has installed it: sorted milliseconds.
+async fn floor_of(live: &Live, ports: &[(ObjectKey, Option<String>)], tag: &str) -> anyhow::Result<Vec<f64>> {
     let chassis = live.chassis();
-    let batch: String =
-        (1..=pods).map(|i| format!("link add sf{i} type veth peer name sg{i}\nlink set sf{i} up\n")).collect();
+    let batch: String = (1..=ports.len())
+        .map(|i| format!("link add {tag}f{i} type veth peer name {tag}g{i}\nlink set {tag}f{i} up\n"))
+        .collect();
     let file = tempfile::NamedTempFile::new()?;
     std::fs::write(file.path(), batch)?;
     let out =
@@ -158,19 +160,22 @@ async fn floor(live: &Live, pods: usize) -> anyhow::Result<Vec<f64>> {
     ));
     nb.wait_until(Duration::from_secs(10), |_| true).await?;
     let mut bindings = Vec::new();
-    for i in 1..=pods {
-        let key = ObjectKey::new("bench", format!("p{i}"));
+    for (i, (key, interface)) in ports.iter().enumerate() {
+        let i = i + 1;
         let net = nb
             .replica()
             .as_ref()
-            .and_then(|r| stacknet_ovn::lookup::pod_network(r, "podready", &key))
-            .with_context(|| format!("no logical port for {key}"))?;
+            .and_then(|r| match interface {
+                None => stacknet_ovn::lookup::pod_network(r, "podready", key),
+                Some(iface) => stacknet_ovn::lookup::attachment_network(r, "podready", key, iface),
+            })
+            .with_context(|| format!("no logical port for {key} {interface:?}"))?;
         bindings.push(stacknet_node::ovs::Binding {
-            port: format!("sf{i}"),
+            port: format!("{tag}f{i}"),
             iface_id: net.lsp,
             iface_id_ver: net.iface_id_ver,
-            container: format!("floor-{i}"),
-            ifname: "eth0".into(),
+            container: format!("floor-{tag}-{i}"),
+            ifname: interface.clone().unwrap_or_else(|| "eth0".into()),
             netns: String::new(),
         });
     }
@@ -305,7 +310,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         None
     };
-    let floor = floor(&live, args.pods).await.context("the floor")?;
+    let primaries: Vec<(ObjectKey, Option<String>)> =
+        (1..=args.pods).map(|i| (ObjectKey::new("bench", format!("p{i}")), None)).collect();
+    let floor = floor_of(&live, &primaries, "s").await.context("the floor")?;
+    // The same floor for the multi-interface round's ports: every pod's every interface.
+    let many_floor = if secondary > 0 {
+        let mut ports = Vec::new();
+        for i in 1..=args.pods {
+            let key = ObjectKey::new("bench", format!("q{i}"));
+            ports.push((key.clone(), None));
+            ports.extend((1..=secondary).map(|j| (key.clone(), Some(format!("net{j}")))));
+        }
+        Some(floor_of(&live, &ports, "t").await.context("the floor of the multi-interface round")?)
+    } else {
+        None
+    };
 
     println!(
         "{}",
@@ -360,6 +379,27 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 ("target_ratio", json!(1.5)),
             ])
         );
+        // What OVN itself needs for the pods' every port, next to its need for one port each:
+        // the part of the ratio that is OVN's.
+        if let Some(mf) = many_floor {
+            let (mf50, mf99) = (percentile(&mf, 0.5), percentile(&mf, 0.99));
+            println!(
+                "{}",
+                jsonline::line(&[
+                    ("bench", json!("pod-ready")),
+                    ("pods", json!(args.pods)),
+                    ("attachments", json!(args.attachments)),
+                    ("client", json!("floor: one OVS transaction, veths made beforehand")),
+                    ("ports", json!(mf.len())),
+                    ("installed_p50_ms", ms(mf50)),
+                    ("installed_p99_ms", ms(mf99)),
+                    ("floor_p50_ratio", ratio(mf50, f50)),
+                    ("floor_p99_ratio", ratio(mf99, f99)),
+                    ("ours_p50_ratio", ratio(m50, o50)),
+                    ("ours_p99_ratio", ratio(m99, o99)),
+                ])
+            );
+        }
     }
     if let Ok(live) = Arc::try_unwrap(live) {
         live.shutdown().await?;

@@ -61,7 +61,7 @@ fn pod_ready_bench_attaches_pods_and_prints_its_line() {
     let plugin = std::path::Path::new(env!("CARGO_BIN_EXE_stacknet-bench")).with_file_name("stacknet-cni");
     assert!(plugin.is_file(), "{} missing: build it (cargo build -p stacknet-cni)", plugin.display());
     let lines = bench(&["pod-ready", "--pods", "5", "--attachments", "3", "--cni", plugin.to_str().unwrap()]);
-    assert_eq!(lines.len(), 3);
+    assert_eq!(lines.len(), 4);
     let l = &lines[0];
     assert_eq!(l["bench"], "pod-ready");
     assert_eq!(l["pods"], 5);
@@ -80,6 +80,14 @@ fn pod_ready_bench_attaches_pods_and_prints_its_line() {
     assert_eq!((m["attachments"].as_u64(), m["pods"].as_u64()), (Some(3), Some(5)), "{m}");
     for k in ["p50_ms", "p99_ms", "one_interface_p50_ms", "p50_ratio", "p99_ratio"] {
         assert!(m[k].as_f64().is_some_and(|v| v > 0.0), "{k} in {m}");
+    }
+    // OVN's own floor for that round's every port (5 pods × 3), beside ours.
+    let mf = &lines[3];
+    assert!(mf["client"].as_str().is_some_and(|c| c.starts_with("floor")), "{mf}");
+    assert_eq!(mf["ports"], 15, "{mf}");
+    assert_eq!(mf["ours_p50_ratio"], m["p50_ratio"], "{mf}");
+    for k in ["installed_p50_ms", "floor_p50_ratio", "floor_p99_ratio"] {
+        assert!(mf[k].as_f64().is_some_and(|v| v > 0.0), "{k} in {mf}");
     }
 }
 
