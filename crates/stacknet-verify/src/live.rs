@@ -646,6 +646,14 @@ impl Live {
         }
     }
 
+    /// Whether `from` reaches `to`'s own address on `spec` (its listener answers with its
+    /// name); the listeners must be there ([`Self::listen_everywhere`]).
+    pub async fn reaches(&self, from: &Endpoint, to: &Endpoint, spec: ProbeSpec) -> Result<bool, Error> {
+        let (_, ip) = self.place(to)?;
+        let got = self.dial(from, SocketAddr::new(ip, spec.port), spec.protocol).await?;
+        Ok(got.as_deref() == Some(to.to_string().as_str()))
+    }
+
     /// What `from` gets back dialling `addr` (our listeners answer with their endpoint's
     /// name); `None`: no answer within the timeout.
     pub async fn dial(&self, from: &Endpoint, addr: SocketAddr, protocol: Protocol) -> Result<Option<String>, Error> {

@@ -416,6 +416,27 @@ async fn tried(
     Ok(Round { endpoints: endpoints.to_vec(), grids, services: out })
 }
 
+/// The pairs `expected` allows that do not answer (yet).
+async fn unanswered(live: &Live, expected: &Round) -> anyhow::Result<Vec<String>> {
+    let mut allowed = Vec::new();
+    for g in &expected.grids {
+        for (i, row) in g.allowed.iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                if *v == Some(true) {
+                    allowed.push((&expected.endpoints[i], &expected.endpoints[j], g.probe));
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (a, b, p) in allowed {
+        if !live.reaches(a, b, p).await? {
+            out.push(format!("{a} -> {b} {}/{:?}", p.port, p.protocol));
+        }
+    }
+    Ok(out)
+}
+
 pub(crate) fn mark(v: Option<bool>) -> &'static str {
     match v {
         None => "·",
@@ -643,19 +664,21 @@ async fn demo(args: DemoArgs, plugin: PathBuf) -> anyhow::Result<bool> {
     let endpoints = live.endpoints();
     let services = service_cases();
     let expected_before = expected(&index, &fabric, &endpoints, &services)?;
-    // The gateways' flows and the management ports are the agents' to make: wait until what
-    // should answer from outside does (a deadline, not a sleep).
-    step("waiting for the nodes' management ports and gateways (every Service probe that should pass)", async {
+    // The gateways' flows and the management ports are the agents' to make, and the routers'
+    // neighbours theirs to learn: wait until every path that should answer does (a deadline,
+    // not a sleep), then try everything afresh.
+    step("waiting for every path that should answer (pairs, gateways, Service probes)", async {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let round = tried(&mut live, &index, &fabric, &made, &[], &services).await?;
-            let pending: Vec<String> = round
+            let mut pending: Vec<String> = round
                 .services
                 .iter()
                 .zip(&expected_before.services)
                 .filter(|((_, l), (_, e))| *e && !*l)
                 .map(|((c, _), _)| c.to_string())
                 .collect();
+            pending.extend(unanswered(&live, &expected_before).await?);
             if pending.is_empty() {
                 return Ok(());
             }
