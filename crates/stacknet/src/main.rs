@@ -40,6 +40,13 @@ enum Command {
     /// The seed's application stack on a real node, programmed by the controller, every pair
     /// tried for real; exits 0 only if the live network equals what the policies say (root).
     Demo(demo::DemoArgs),
+    /// A drop-in for kubernetes-entrypoint: waits for the pod's dependencies (its DEPENDENCY_*
+    /// variables), then execs COMMAND in its place. `--timeout DURATION`, `--configmaps DIR`.
+    #[command(disable_help_flag = true)]
+    Entrypoint {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -127,6 +134,7 @@ fn main() -> ExitCode {
             Err(e) => Err(Failure::Other(e)),
         },
         Command::Agent(args) => agent::run(args).map_err(Failure::Other),
+        Command::Entrypoint { args } => return stacknet_entrypoint::cli(&args),
         Command::Controller(args) => controller::run(*args),
         Command::Demo(args) => match demo::run(args) {
             Ok(true) => Ok(()),
