@@ -168,29 +168,49 @@ async fn plan(spec: &Spec, client: kube::Client) -> Plan {
                 };
                 list.push((id.clone(), Watched::Jobs(w.spawn(id, api, cfg, ()))));
             }
-            Dependency::CustomResource(c) => {
-                let (group, version) = match c.api_version.split_once('/') {
-                    Some((g, v)) => (g.to_string(), v.to_string()),
-                    None => (String::new(), c.api_version.clone()),
-                };
-                let gvk = GroupVersionKind::gvk(&group, &version, &c.kind);
-                let id = format!("{} {}/{}", c.kind, c.namespace, c.name);
-                match kube::discovery::pinned_kind(&client, &gvk).await {
-                    Ok((resource, _)) => {
-                        let api = Api::<DynamicObject>::namespaced_with(client.clone(), &c.namespace, &resource);
-                        list.push((id.clone(), Watched::Custom(w.spawn(id, api, by_name(&c.name), resource))));
-                    }
-                    Err(e) => list.push((
-                        id,
-                        Watched::Unknown(format!("the API serves no kind {} in {}: {e}", c.kind, c.api_version)),
-                    )),
-                }
-            }
+            Dependency::CustomResource(c) => list.push(custom(&mut w, &client, c).await),
             Dependency::Container { .. } | Dependency::Config { .. } | Dependency::Socket { .. } => {}
         }
         per_dep.push(list);
     }
     Plan { watches: w, per_dep, me }
+}
+
+/// A custom resource's watch, once discovery finds its kind (else why not: the CRD may be
+/// installed later, and is looked for again).
+async fn custom(w: &mut Watches, client: &kube::Client, c: &crate::spec::CustomResource) -> (String, Watched) {
+    let (group, version) = match c.api_version.split_once('/') {
+        Some((g, v)) => (g.to_string(), v.to_string()),
+        None => (String::new(), c.api_version.clone()),
+    };
+    let gvk = GroupVersionKind::gvk(&group, &version, &c.kind);
+    let id = format!("{} {}/{}", c.kind, c.namespace, c.name);
+    match kube::discovery::pinned_kind(client, &gvk).await {
+        Ok((resource, _)) => {
+            let api = Api::<DynamicObject>::namespaced_with(client.clone(), &c.namespace, &resource);
+            let cfg = watcher::Config::default().fields(&format!("metadata.name={}", c.name));
+            (id.clone(), Watched::Custom(w.spawn(id, api, cfg, resource)))
+        }
+        Err(e) => {
+            // A group or kind the API does not serve (yet) is the usual answer: no need for
+            // the client's error then.
+            let absent = matches!(&e, kube::Error::Api(s) if s.is_not_found())
+                || matches!(&e, kube::Error::Discovery(kube::error::DiscoveryError::MissingKind(_)));
+            let why = if absent { String::new() } else { format!(": {e}") };
+            (id, Watched::Unknown(format!("the API serves no kind {} in {}{why}", c.kind, c.api_version)))
+        }
+    }
+}
+
+/// Looks again for the custom resource kinds discovery did not find.
+async fn rediscover(plan: &mut Plan, spec: &Spec, client: &kube::Client) {
+    for (i, d) in spec.dependencies.iter().enumerate() {
+        let Dependency::CustomResource(c) = d else { continue };
+        if matches!(plan.per_dep[i].as_slice(), [(_, Watched::Unknown(_))]) {
+            let found = custom(&mut plan.watches, client, c).await;
+            plan.per_dep[i] = vec![found];
+        }
+    }
 }
 
 /// What this pod's node is (from its own object).
@@ -230,7 +250,7 @@ pub async fn wait(
 ) -> Result<Outcome, Fatal> {
     let deadline = opts.timeout.map(|t| Instant::now() + t);
     let needs_api = spec.needs_api();
-    let plan = match (&opts.client, needs_api) {
+    let mut plan = match (&opts.client, needs_api) {
         (Some(c), true) => Some(plan(spec, c.clone()).await),
         (None, true) => {
             return Err(Fatal(format!(
@@ -245,7 +265,14 @@ pub async fn wait(
     // A Service found answering at these addresses stays met while they are its endpoints.
     let mut answered: BTreeMap<usize, Vec<SocketAddr>> = BTreeMap::new();
     let mut last: Option<Vec<(usize, String)>> = None;
+    let mut discovered = Instant::now();
     loop {
+        if let (Some(p), Some(client)) = (plan.as_mut(), &opts.client)
+            && discovered.elapsed() >= Duration::from_secs(1)
+        {
+            rediscover(p, spec, client).await;
+            discovered = Instant::now();
+        }
         let notified = changed.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
@@ -277,10 +304,14 @@ pub async fn wait(
             return Ok(Outcome::Met);
         }
         let local = unmet.iter().any(|(i, _)| !spec.dependencies[*i].needs_api());
+        let undiscovered =
+            plan.as_ref().is_some_and(|p| p.per_dep.iter().any(|l| matches!(l.as_slice(), [(_, Watched::Unknown(_))])));
         let tick = if dialling {
             DIAL_TICK
         } else if local {
             FILE_TICK
+        } else if undiscovered {
+            Duration::from_secs(1)
         } else {
             Duration::from_secs(5)
         };

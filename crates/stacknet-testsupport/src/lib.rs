@@ -1,9 +1,10 @@
 //! What stacknet's integration tests share, so that each helper is written once: waiting on a
 //! condition with a deadline ([`wait`]), the controller's HTTP endpoints ([`http`]), the CNI
 //! plugin run as a container runtime runs it ([`cni`]), sockets inside network namespaces
-//! ([`netns`]), replaying conformance cases step by step ([`conformance`]) and the OpenStack
-//! tier's cloud ([`openstack`]). Used only as a dev-dependency; the parts that need other
-//! stacknet crates are behind features of the same names.
+//! ([`netns`]), replaying conformance cases step by step ([`conformance`]), the OpenStack
+//! tier's cloud ([`openstack`]) and a fake Kubernetes API server ([`kubeapi`]). Used only as a
+//! dev-dependency; the parts that need other stacknet crates, and the API server, are behind
+//! features of the same names.
 
 pub mod cni;
 pub mod http;
@@ -11,6 +12,8 @@ pub mod wait;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "kubeapi")]
+pub mod kubeapi;
 #[cfg(feature = "netns")]
 pub mod netns;
 #[cfg(feature = "openstack")]
