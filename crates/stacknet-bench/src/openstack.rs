@@ -113,7 +113,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(OpenStack::installed(), "the OpenStack packages are not installed (see .ci/run)");
     anyhow::ensure!(args.nodes > 0 && args.namespaces > 0, "--nodes and --namespaces must be at least 1");
     let begun = Instant::now();
-    let cloud = OpenStack::start(OpenStackOptions { octavia: args.services > 0 })?;
+    let cloud = OpenStack::start(OpenStackOptions { octavia: args.services > 0, ..Default::default() })?;
     let source = CloudSource::Named { cloud: "stacknet-test".into(), file: Some(cloud.clouds_yaml()?) };
     let session = Cloud::connect(&source).await?;
     println!(

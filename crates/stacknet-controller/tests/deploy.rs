@@ -174,7 +174,15 @@ fn rbac_grants_every_watched_kind_and_the_lease() {
 }
 
 /// `helm template` for templates that only substitute values.
+/// A template's text with its values substituted; a template wrapped in
+/// `{{- if .Values.KEY }}` ... `{{- end }}` renders empty unless KEY is true.
 fn render(template: &str, values: &BTreeMap<String, Value>) -> String {
+    if let Some(first) = template.lines().next()
+        && let Some(key) = first.strip_prefix("{{- if .Values.").and_then(|k| k.strip_suffix(" }}"))
+    {
+        let body = template[first.len() + 1..].trim_end().strip_suffix("{{- end }}").expect("closed by {{- end }}");
+        return if values[key] == Value::Bool(true) { render(body, values) } else { String::new() };
+    }
     let mut out = String::new();
     let mut rest = template;
     while let Some(start) = rest.find("{{") {
@@ -219,4 +227,55 @@ fn the_chart_with_its_defaults_renders_the_plain_manifests() {
     for (k, v) in &expected {
         assert_eq!(&got[k], v, "{k} differs between the chart and deploy/");
     }
+}
+
+#[test]
+fn the_compute_drain_manifests_hold_together_and_the_chart_renders_them_when_asked() {
+    let file = std::fs::read_to_string(deploy().join("compute-drain.yaml")).unwrap();
+    let all = docs(&file, "compute-drain.yaml");
+    let deployment: apps::Deployment = typed(find(&all, "Deployment", "stacknet-compute-drain"));
+    let spec = deployment.spec.unwrap();
+    assert_eq!(spec.replicas, Some(1), "one replica: its state is Nova's and the Nodes'");
+    let pod = spec.template.spec.unwrap();
+    find(&all, "ServiceAccount", pod.service_account_name.as_deref().unwrap());
+    let args = pod.containers[0].args.clone().unwrap();
+    assert_eq!(args[0], "compute-drain");
+    // The arguments are ones the command takes.
+    use clap::Parser;
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: stacknet_drain::Args,
+    }
+    let parsed = Cli::try_parse_from(std::iter::once("x").chain(args[1..].iter().map(String::as_str))).unwrap();
+    assert_eq!(parsed.args.os_cloud.as_deref(), Some("openstack"));
+    // What it calls is granted: nodes (watch, patch, status), Events, hold pods and budgets.
+    let role: rbac::ClusterRole = typed(find(&all, "ClusterRole", "stacknet-compute-drain"));
+    let ns_role: rbac::Role = typed(find(&all, "Role", "stacknet-compute-drain"));
+    let grants = |rules: &[rbac::PolicyRule], group: &str, resource: &str, verb: &str| {
+        rules.iter().any(|r| {
+            r.api_groups.iter().flatten().any(|g| g == group)
+                && r.resources.iter().flatten().any(|x| x == resource)
+                && r.verbs.iter().any(|v| v == verb)
+        })
+    };
+    let cluster = role.rules.unwrap();
+    let local = ns_role.rules.unwrap();
+    for verb in ["get", "list", "watch", "patch"] {
+        assert!(grants(&cluster, "", "nodes", verb), "nodes {verb}");
+    }
+    assert!(grants(&cluster, "", "nodes/status", "patch"));
+    assert!(grants(&cluster, "events.k8s.io", "events", "create"));
+    for verb in ["get", "create", "delete"] {
+        assert!(grants(&local, "", "pods", verb) && grants(&local, "policy", "poddisruptionbudgets", verb), "{verb}");
+    }
+
+    let chart = deploy().join("helm/stacknet");
+    let mut values: BTreeMap<String, Value> =
+        serde_saphyr::from_str(&std::fs::read_to_string(chart.join("values.yaml")).unwrap()).unwrap();
+    let template = std::fs::read_to_string(chart.join("templates/compute-drain.yaml")).unwrap();
+    assert_eq!(render(&template, &values).trim(), "", "off by default");
+    values.insert("computeDrain".into(), Value::Bool(true));
+    let got = docs(&render(&template, &values), "the chart's compute-drain.yaml");
+    assert_eq!(got, all, "the chart renders deploy/compute-drain.yaml");
 }

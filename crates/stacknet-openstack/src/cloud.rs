@@ -1,4 +1,4 @@
-//! Cloud access: a Keystone v3 session and typed calls to Neutron and Octavia.
+//! Cloud access: a Keystone v3 session and typed calls to Neutron, Octavia and Nova.
 //!
 //! The session is `openstack_sdk`'s: `clouds.yaml` (`OS_CLOUD`) or `OS_*` variables, password
 //! or application-credential auth, a custom CA (`cacert`), the service catalog with version
@@ -92,6 +92,8 @@ pub enum Service {
     Network,
     LoadBalancer,
     Identity,
+    /// Nova; every call to it names its microversion ([`Call::microversion`]).
+    Compute,
 }
 
 impl Service {
@@ -100,6 +102,7 @@ impl Service {
             Service::Network => ServiceType::Network,
             Service::LoadBalancer => ServiceType::LoadBalancer,
             Service::Identity => ServiceType::Identity,
+            Service::Compute => ServiceType::Compute,
         }
     }
 
@@ -108,6 +111,7 @@ impl Service {
             Service::Network => "network",
             Service::LoadBalancer => "load-balancer",
             Service::Identity => "identity",
+            Service::Compute => "compute",
         }
     }
 }
@@ -122,11 +126,13 @@ pub struct Call {
     pub query: Vec<(String, String)>,
     pub body: Option<(&'static str, Value)>,
     pub response_key: Option<&'static str>,
+    /// Extra request headers (Nova's microversion).
+    pub headers: Option<http::HeaderMap>,
 }
 
 impl Call {
     pub fn new(service: Service, method: http::Method, path: impl Into<String>) -> Call {
-        Call { service, method, path: path.into(), query: Vec::new(), body: None, response_key: None }
+        Call { service, method, path: path.into(), query: Vec::new(), body: None, response_key: None, headers: None }
     }
 
     pub fn get(service: Service, path: impl Into<String>) -> Call {
@@ -155,8 +161,30 @@ impl Call {
         self
     }
 
+    /// A body sent as is, not wrapped in a key.
+    pub fn raw_body(mut self, value: Value) -> Call {
+        self.body = Some(("", value));
+        self
+    }
+
     pub fn answer(mut self, key: &'static str) -> Call {
         self.response_key = Some(key);
+        self
+    }
+
+    /// Asks for a microversion (`2.90`): both Nova's legacy header and the standard one.
+    pub fn microversion(mut self, version: &str) -> Call {
+        let mut h = self.headers.take().unwrap_or_default();
+        let service = self.service.name();
+        for (name, value) in [
+            ("x-openstack-nova-api-version", version.to_string()),
+            ("openstack-api-version", format!("{service} {version}")),
+        ] {
+            if let Ok(v) = http::HeaderValue::from_str(&value) {
+                h.insert(name, v);
+            }
+        }
+        self.headers = Some(h);
         self
     }
 
@@ -190,6 +218,7 @@ impl RestEndpoint for Call {
     fn body(&self) -> Result<Option<(&'static str, Vec<u8>)>, BodyError> {
         match &self.body {
             None => Ok(None),
+            Some(("", value)) => Ok(Some(("application/json", serde_json::to_vec(value).map_err(BodyError::from)?))),
             Some((key, value)) => {
                 let mut p = JsonBodyParams::default();
                 p.push(*key, value.clone());
@@ -200,6 +229,10 @@ impl RestEndpoint for Call {
 
     fn response_key(&self) -> Option<Cow<'static, str>> {
         self.response_key.map(Cow::Borrowed)
+    }
+
+    fn request_headers(&self) -> Option<&http::HeaderMap> {
+        self.headers.as_ref()
     }
 }
 
@@ -312,8 +345,8 @@ impl CloudSource {
     }
 }
 
-/// An authenticated session with the endpoints of Neutron (and Octavia, when the catalog has
-/// it) discovered.
+/// An authenticated session with the endpoints it needs (Neutron; Nova for the compute drain)
+/// and Octavia's, when the catalog has it, discovered.
 #[derive(Clone)]
 pub struct Cloud {
     session: AsyncOpenStack,
@@ -337,8 +370,13 @@ impl std::fmt::Debug for Cloud {
 }
 
 impl Cloud {
-    /// Authenticates and discovers the services (call within a tokio runtime).
+    /// Authenticates and discovers Neutron (and Octavia, if listed); call within a tokio runtime.
     pub async fn connect(source: &CloudSource) -> Result<Cloud, Error> {
+        Cloud::connect_for(source, Service::Network).await
+    }
+
+    /// Authenticates and discovers `needed`, whose absence from the catalog is an error.
+    pub async fn connect_for(source: &CloudSource, needed: Service) -> Result<Cloud, Error> {
         let config = source.config()?;
         // Application credentials' authenticator registers itself only when linked in.
         std::hint::black_box(&openstack_sdk_auth_applicationcredential::ANCHOR);
@@ -355,15 +393,16 @@ impl Cloud {
             }
         };
         session
-            .discover_service_endpoint(&ServiceType::Network)
+            .discover_service_endpoint(&needed.service_type())
             .await
-            .map_err(|e| Error::Config(format!("the catalog has no usable network (Neutron) endpoint: {e}")))?;
+            .map_err(|e| Error::Config(format!("the catalog has no usable {} endpoint: {e}", needed.name())))?;
         let has_load_balancer = session.discover_service_endpoint(&ServiceType::LoadBalancer).await.is_ok();
         let renew = session.enable_auto_renew(chrono::TimeDelta::seconds(300));
         tracing::info!(
             auth_url = config.auth.as_ref().and_then(|a| a.auth_url.as_deref()).unwrap_or_default(),
             load_balancer = has_load_balancer,
-            "authenticated to Keystone; Neutron endpoint found"
+            needed = needed.name(),
+            "authenticated to Keystone; endpoint found"
         );
         Ok(Cloud {
             session,

@@ -15,6 +15,7 @@ pub mod backend;
 pub mod cloud;
 pub mod keystone;
 pub mod neutron;
+pub mod nova;
 pub mod octavia;
 pub mod secgroups;
 

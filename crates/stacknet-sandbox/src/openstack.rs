@@ -2,20 +2,31 @@
 //! benchmark: Keystone v3 (uwsgi, fernet tokens, real password auth), neutron-server with
 //! ML2/OVN writing into a private OVN (our [`Ovn`]: NB, SB, ovn-northd on unix sockets), and
 //! the Octavia API with its driver agent and the `ovn` provider. MariaDB holds their databases
-//! on a unix socket only. No RabbitMQ (oslo.messaging's in-process `fake://` driver: ML2/OVN
-//! needs no agents) and no systemd. Every daemon is a child of ours in a process group of its
-//! own, listening on a loopback port chosen here, and is stopped by that group when the value is
-//! dropped. Everything lives in one temporary directory.
+//! on a unix socket only. Neutron and Octavia need no RabbitMQ (oslo.messaging's in-process
+//! `fake://` driver: ML2/OVN needs no agents), and there is no systemd. Every daemon is a child of
+//! ours in a process group of its own, listening on a loopback port chosen here, and is stopped
+//! by that group (and whatever of its tree left the group) when the value is dropped. Everything
+//! lives in one temporary directory.
+//!
+//! Optionally ([`OpenStackOptions::nova`]) a real Nova control plane with fake compute hosts
+//! (`nova.virt.fake`: no hypervisor, servers without networks), for the compute drain's tests:
+//! nova-api, -conductor and -scheduler, a nova-compute per host, Placement and a Glance API for
+//! the image servers boot from, and the RabbitMQ Nova's services talk through (with its own epmd,
+//! on loopback ports of ours). See the `nova` module.
 //!
 //! Octavia's driver library insists on sockets under `/run/octavia`: its two processes run in a
 //! private mount namespace each (`unshare --mount`), where that path is a bind mount of our
 //! directory, so the host's `/run` is never touched.
 
+use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod nova;
+pub use nova::{FLAVOR, IMAGE, NOVA_MICROVERSION, NOVA_PASSWORD, NOVA_USER};
 
 use crate::ovn::{io, run};
 use crate::{Error, Ovn, Result, Workdir, free_tcp_port};
@@ -28,10 +39,20 @@ pub const PACKAGES: &[&str] = &[
     "octavia-api",
     "octavia-driver-agent",
     "python3-ovn-octavia-provider",
+    "rabbitmq-server",
+    "python3-nova",
+    "nova-api",
+    "nova-conductor",
+    "nova-scheduler",
+    "placement-api",
+    "glance-api",
+    "uwsgi-plugin-python3",
 ];
 
 const HINT: &str = "apt-get install mariadb-server keystone neutron-server octavia-api octavia-driver-agent \
-                    python3-ovn-octavia-provider (.ci/run shows how, without starting their services)";
+                    python3-ovn-octavia-provider rabbitmq-server python3-nova nova-api nova-conductor \
+                    nova-scheduler placement-api glance-api uwsgi-plugin-python3 \
+                    (scripts/install-test-packages does, without starting their services)";
 
 /// How long a daemon may take to answer.
 const STARTUP: Duration = Duration::from_secs(120);
@@ -47,37 +68,111 @@ pub const REGION: &str = "RegionOne";
 pub struct OpenStackOptions {
     /// The Octavia API and driver agent (provider `ovn`).
     pub octavia: bool,
+    /// Nova's fake compute hosts, by name (`compute-1`, ...): a nova-compute each, next to
+    /// Nova's control plane, Placement, Glance and RabbitMQ. None: no Nova at all.
+    pub nova: Vec<String>,
 }
 
 impl Default for OpenStackOptions {
     fn default() -> Self {
-        OpenStackOptions { octavia: true }
+        OpenStackOptions { octavia: true, nova: Vec::new() }
+    }
+}
+
+/// How to start a daemon, again too ([`OpenStack::restart`]): its command's parts and its log.
+#[derive(Debug, Clone)]
+struct Spec {
+    program: OsString,
+    args: Vec<OsString>,
+    envs: Vec<(OsString, Option<OsString>)>,
+    log: PathBuf,
+}
+
+impl Spec {
+    fn of(cmd: &Command, log: &Path) -> Spec {
+        Spec {
+            program: cmd.get_program().to_owned(),
+            args: cmd.get_args().map(OsStr::to_owned).collect(),
+            envs: cmd.get_envs().map(|(k, v)| (k.to_owned(), v.map(OsStr::to_owned))).collect(),
+            log: log.to_owned(),
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args);
+        for (k, v) in &self.envs {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        cmd
     }
 }
 
 /// One daemon: its process group, stopped on drop.
 #[derive(Debug)]
 struct Daemon {
-    name: &'static str,
+    name: String,
     child: Child,
     /// How long it may take to stop after SIGTERM.
     grace: Duration,
+    spec: Spec,
+    /// A URL that answers once it serves, and the log that says why it does not (the API
+    /// servers): what [`OpenStack::restart`] waits for.
+    ready: Option<(String, PathBuf)>,
+    /// Stopped by [`OpenStack::stop`]: its child is reaped, so its PID may be anyone's now.
+    stopped: bool,
+    /// Stopped only once the others are gone (epmd: a RabbitMQ without it would look for another).
+    last: bool,
+    /// Its tree as it was told to stop (PID, start time): Erlang's helpers (erl_child_setup,
+    /// inet_gethost) make sessions of their own, out of reach of a signal to the group.
+    tree: Vec<(i32, u64)>,
 }
 
 impl Daemon {
-    fn spawn(name: &'static str, mut cmd: Command, log: &Path) -> Result<Daemon> {
+    fn spawn(name: impl Into<String>, cmd: Command, log: &Path) -> Result<Daemon> {
+        let name = name.into();
+        let spec = Spec::of(&cmd, log);
+        let child = Daemon::launch(&name, cmd, log)?;
+        Ok(Daemon {
+            name,
+            child,
+            grace: Duration::from_secs(10),
+            spec,
+            ready: None,
+            stopped: false,
+            last: false,
+            tree: Vec::new(),
+        })
+    }
+
+    /// Starts `cmd` in a group of its own, its output appended to `log` (a restarted daemon's
+    /// log keeps what the first one wrote).
+    fn launch(name: &str, mut cmd: Command, log: &Path) -> Result<Child> {
         use std::os::unix::process::CommandExt;
-        let out = std::fs::File::create(log).map_err(io(format!("{}", log.display())))?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(io(format!("{}", log.display())))?;
         let err = out.try_clone().map_err(io(format!("{}", log.display())))?;
         let program = cmd.get_program().to_string_lossy().into_owned();
-        let child = cmd
-            .process_group(0)
+        cmd.process_group(0)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .spawn()
-            .map_err(|e| missing(&program, &e).unwrap_or_else(|| io(name)(e)))?;
-        Ok(Daemon { name, child, grace: Duration::from_secs(10) })
+            .map_err(|e| missing(&program, &e).unwrap_or_else(|| io(name)(e)))
+    }
+
+    /// The same command again, once it is stopped.
+    fn respawn(&mut self) -> Result<()> {
+        self.child = Daemon::launch(&self.name, self.spec.command(), &self.spec.log)?;
+        self.stopped = false;
+        self.tree.clear();
+        Ok(())
     }
 
     fn running(&mut self) -> bool {
@@ -89,21 +184,70 @@ impl Daemon {
     }
 
     /// SIGTERM to the whole group (API workers are its children).
-    fn terminate(&self) {
+    fn terminate(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.tree = tree(self.child.id() as i32);
         let _ = nix::sys::signal::killpg(self.group(), nix::sys::signal::Signal::SIGTERM);
         // A frozen daemon (see `OpenStack::freeze`) acts on it once it runs again.
         let _ = nix::sys::signal::killpg(self.group(), nix::sys::signal::Signal::SIGCONT);
     }
 
     /// Waits for the leader until `deadline`, then SIGKILLs whatever is left of the group
-    /// (workers outliving their parent go too).
+    /// (workers outliving their parent go too) and of the tree it had when told to stop.
     fn finish(&mut self, deadline: Instant) {
+        if self.stopped {
+            return;
+        }
         while Instant::now() < deadline && self.running() {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = nix::sys::signal::killpg(self.group(), nix::sys::signal::Signal::SIGKILL);
         let _ = self.child.wait();
+        for &(pid, started) in &self.tree {
+            // The same process only if it started when that one did: PIDs are reused.
+            if stat(pid).is_some_and(|(_, _, s)| s == started) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+        self.stopped = true;
     }
+}
+
+/// The processes of `leader`'s group and all their descendants, in whatever group or session
+/// (PID, start time).
+fn tree(leader: i32) -> Vec<(i32, u64)> {
+    let all: Vec<(i32, i32, i32, u64)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let (ppid, group, started) = stat(pid)?;
+            Some((pid, ppid, group, started))
+        })
+        .collect();
+    let mut keep: Vec<(i32, u64)> = all.iter().filter(|p| p.0 == leader || p.2 == leader).map(|p| (p.0, p.3)).collect();
+    loop {
+        let more: Vec<(i32, u64)> = all
+            .iter()
+            .filter(|p| !keep.iter().any(|k| k.0 == p.0) && keep.iter().any(|k| k.0 == p.1))
+            .map(|p| (p.0, p.3))
+            .collect();
+        if more.is_empty() {
+            return keep;
+        }
+        keep.extend(more);
+    }
+}
+
+/// A process's parent, process group and start time (`/proc/PID/stat`); none once it is gone.
+fn stat(pid: i32) -> Option<(i32, i32, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command's name: state, ppid, pgrp, ..., starttime (the 22nd field).
+    let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+    Some((fields.get(1)?.parse().ok()?, fields.get(2)?.parse().ok()?, fields.get(19)?.parse().ok()?))
 }
 
 /// A missing program names the packages to install.
@@ -129,6 +273,16 @@ pub struct Answer {
 /// A minimal HTTP/1.1 exchange with a loopback service (`Connection: close`), for setting the
 /// cloud up and for readiness checks. The product's client is elsewhere.
 pub fn http(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> Result<Answer> {
+    let mut headers = Vec::new();
+    if let Some(t) = token {
+        headers.push(("X-Auth-Token", t));
+    }
+    headers.push(("Content-Type", "application/json"));
+    request(method, url, &headers, body.unwrap_or_default().as_bytes())
+}
+
+/// [`http`] with any headers (Nova's microversion) and a body of any bytes (Glance's image data).
+fn request(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Answer> {
     let fail = |message: String| Error::Io { what: format!("{method} {url}"), message };
     let rest = url.strip_prefix("http://").ok_or_else(|| fail("only http:// URLs".into()))?;
     let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
@@ -137,12 +291,13 @@ pub fn http(method: &str, url: &str, token: Option<&str>, body: Option<&str>) ->
     s.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| fail(e.to_string()))?;
     let mut req =
         format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: application/json\r\n");
-    if let Some(t) = token {
-        req.push_str(&format!("X-Auth-Token: {t}\r\n"));
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
     }
-    let body = body.unwrap_or_default();
-    req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()));
-    s.write_all(req.as_bytes()).map_err(|e| fail(e.to_string()))?;
+    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut raw = req.into_bytes();
+    raw.extend_from_slice(body);
+    s.write_all(&raw).map_err(|e| fail(e.to_string()))?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).map_err(|e| fail(e.to_string()))?;
     let text = String::from_utf8_lossy(&raw);
@@ -181,7 +336,7 @@ fn wait_http(daemon: &mut Daemon, url: &str, log: &Path) -> Result<()> {
     while start.elapsed() < STARTUP {
         if !daemon.running() {
             return Err(Error::Io {
-                what: daemon.name.into(),
+                what: daemon.name.clone(),
                 message: format!("exited while starting (log: {})", log.display()),
             });
         }
@@ -190,17 +345,43 @@ fn wait_http(daemon: &mut Daemon, url: &str, log: &Path) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    Err(Error::NotReady { what: daemon.name.into(), seconds: STARTUP.as_secs(), log: log.into() })
+    Err(Error::NotReady { what: daemon.name.clone(), seconds: STARTUP.as_secs(), log: log.into() })
 }
 
-/// A running cloud. Dropping it stops every daemon (Octavia, Neutron, Keystone, MariaDB,
-/// then OVN) and removes its directory.
+/// Waits until something accepts connections on the loopback `port`, while `daemon` runs.
+fn wait_tcp(daemon: &mut Daemon, port: u16, log: &Path) -> Result<()> {
+    let start = Instant::now();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    while start.elapsed() < STARTUP {
+        if !daemon.running() {
+            return Err(Error::Io {
+                what: daemon.name.clone(),
+                message: format!("exited while starting (log: {})", log.display()),
+            });
+        }
+        if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(Error::NotReady { what: daemon.name.clone(), seconds: STARTUP.as_secs(), log: log.into() })
+}
+
+/// A running cloud. Dropping it stops every daemon (Nova, Octavia, Neutron, Keystone, RabbitMQ,
+/// MariaDB, epmd, then OVN) and removes its directory.
 pub struct OpenStack {
     /// The OVN Neutron writes into.
     pub ovn: Ovn,
     pub keystone_url: String,
     pub neutron_url: String,
     pub octavia_url: Option<String>,
+    /// Nova's compute API, versioned (`http://127.0.0.1:PORT/v2.1`), with Nova.
+    pub nova_url: Option<String>,
+    /// Placement (`noauth2`: the token `admin` is the admin), with Nova.
+    pub placement_url: Option<String>,
+    /// Glance's API (no auth), with Nova.
+    pub glance_url: Option<String>,
+    nova: Option<nova::Nova>,
     /// Started last, stopped first.
     daemons: Vec<Daemon>,
     dir: Workdir,
@@ -215,6 +396,7 @@ impl std::fmt::Debug for OpenStack {
             .field("keystone", &self.keystone_url)
             .field("neutron", &self.neutron_url)
             .field("octavia", &self.octavia_url)
+            .field("nova", &self.nova_url)
             .finish()
     }
 }
@@ -223,18 +405,37 @@ struct Ports {
     keystone: u16,
     neutron: u16,
     octavia: u16,
+    nova: Option<nova::Ports>,
 }
 
 impl OpenStack {
     /// Whether the packages are installed (the tier is skipped, or fails, without them).
     pub fn installed() -> bool {
-        ["mariadbd", "keystone-manage", "uwsgi", "neutron-server", "octavia-api", "octavia-driver-agent"]
-            .iter()
-            .all(|p| ["/usr/sbin", "/usr/bin"].iter().any(|d| Path::new(d).join(p).exists()))
+        [
+            "mariadbd",
+            "keystone-manage",
+            "uwsgi",
+            "neutron-server",
+            "octavia-api",
+            "octavia-driver-agent",
+            "rabbitmq-server",
+            "epmd",
+            "nova-api",
+            "nova-conductor",
+            "nova-scheduler",
+            "nova-manage",
+            "placement-api",
+            "placement-manage",
+            "glance-api",
+            "glance-manage",
+        ]
+        .iter()
+        .all(|p| ["/usr/sbin", "/usr/bin"].iter().any(|d| Path::new(d).join(p).exists()))
     }
 
     /// Starts everything and waits until each service answers (and Keystone's catalog lists
-    /// Neutron and Octavia).
+    /// Neutron and Octavia; with Nova, until every compute host is in its cell, in Placement
+    /// and up).
     pub fn start(options: OpenStackOptions) -> Result<OpenStack> {
         let started = Instant::now();
         let dir = tempfile::Builder::new()
@@ -245,11 +446,21 @@ impl OpenStack {
         let ovn_dir = dir.path().join("ovn");
         std::fs::create_dir_all(&ovn_dir).map_err(io("ovn"))?;
         let ovn = Ovn::with_northd_in(Workdir::Kept(ovn_dir))?;
-        let ports = Ports { keystone: free_tcp_port()?, neutron: free_tcp_port()?, octavia: free_tcp_port()? };
+        let mut ports =
+            Ports { keystone: free_tcp_port()?, neutron: free_tcp_port()?, octavia: free_tcp_port()?, nova: None };
+        if !options.nova.is_empty() {
+            nova::check_hosts(&options.nova)?;
+            ports.nova = Some(nova::Ports::new(&[ports.keystone, ports.neutron, ports.octavia])?);
+        }
+        let url = |port: u16| format!("http://127.0.0.1:{port}");
         let mut cloud = OpenStack {
             keystone_url: format!("http://127.0.0.1:{}/v3", ports.keystone),
             neutron_url: format!("http://127.0.0.1:{}", ports.neutron),
             octavia_url: options.octavia.then(|| format!("http://127.0.0.1:{}", ports.octavia)),
+            nova_url: ports.nova.as_ref().map(|n| format!("{}/v2.1", url(n.api))),
+            placement_url: ports.nova.as_ref().map(|n| url(n.placement)),
+            glance_url: ports.nova.as_ref().map(|n| url(n.glance)),
+            nova: ports.nova.as_ref().map(|_| nova::Nova::new(options.nova.clone())),
             ovn,
             daemons: Vec::new(),
             dir,
@@ -260,12 +471,17 @@ impl OpenStack {
         }
         cloud.start_mariadb()?;
         cloud.write_configs(&ports, options.octavia)?;
-        // The three schema migrations are independent: run them side by side.
-        let migrations: Vec<(&str, Vec<String>)> = {
+        if let Some(n) = &ports.nova {
+            cloud.write_nova_configs(n)?;
+            // RabbitMQ takes seconds to boot, and needs no schema: it starts while they migrate.
+            cloud.spawn_rabbitmq(n)?;
+        }
+        // The schema migrations are independent (Nova's steps are one chain): run them side by side.
+        let migrations: Vec<Vec<(&str, Vec<String>)>> = {
             let c = |f: &str| cloud.path(f).display().to_string();
             let mut m = vec![
-                ("keystone-manage", vec!["--config-file".into(), c("etc/keystone.conf"), "db_sync".into()]),
-                (
+                vec![("keystone-manage", vec!["--config-file".into(), c("etc/keystone.conf"), "db_sync".into()])],
+                vec![(
                     "neutron-db-manage",
                     vec![
                         "--config-file".into(),
@@ -275,32 +491,46 @@ impl OpenStack {
                         "upgrade".into(),
                         "heads".into(),
                     ],
-                ),
+                )],
             ];
             if options.octavia {
-                m.push((
+                m.push(vec![(
                     "octavia-db-manage",
                     vec!["--config-file".into(), c("etc/octavia.conf"), "upgrade".into(), "head".into()],
-                ));
+                )]);
+            }
+            if cloud.nova.is_some() {
+                m.extend(cloud.nova_migrations());
             }
             m
         };
-        let results: Vec<Result<String>> = std::thread::scope(|s| {
+        let results: Vec<Result<()>> = std::thread::scope(|s| {
             let handles: Vec<_> = migrations
                 .iter()
-                .map(|(program, args)| {
-                    s.spawn(move || run(program, &args.iter().map(String::as_str).collect::<Vec<_>>()))
+                .map(|steps| {
+                    s.spawn(move || {
+                        steps.iter().try_for_each(|(program, args)| {
+                            run(program, &args.iter().map(String::as_str).collect::<Vec<_>>()).map(drop)
+                        })
+                    })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Ok(String::new()))).collect()
+            handles.into_iter().map(|h| h.join().unwrap_or(Ok(()))).collect()
         });
         for r in results {
             r.map_err(with_hint)?;
         }
         cloud.start_keystone()?;
+        if let Some(n) = &ports.nova {
+            // Started now, awaited after Neutron: their starts overlap its.
+            cloud.spawn_nova_control(n)?;
+        }
         cloud.start_neutron()?;
         if options.octavia {
             cloud.start_octavia()?;
+        }
+        if cloud.nova.is_some() {
+            cloud.start_nova_computes()?;
         }
         cloud.started_in = started.elapsed();
         Ok(cloud)
@@ -319,7 +549,15 @@ impl OpenStack {
     }
 
     fn db_url(&self, db: &str) -> String {
-        format!("mysql+pymysql://{db}:{db}@localhost/{db}?unix_socket={}&charset=utf8", self.mysql_socket().display())
+        self.db_url_as(db, db)
+    }
+
+    /// As `user` (Nova's three databases are the user `nova`'s).
+    fn db_url_as(&self, user: &str, db: &str) -> String {
+        format!(
+            "mysql+pymysql://{user}:{user}@localhost/{db}?unix_socket={}&charset=utf8",
+            self.mysql_socket().display()
+        )
     }
 
     /// A `clouds.yaml` for the admin user (cloud name `stacknet-test`), in the cloud's directory.
@@ -353,14 +591,59 @@ impl OpenStack {
             what: format!("freezing {daemon}"),
             message: "no such daemon in this cloud".into(),
         })?;
+        if d.stopped {
+            return Err(Error::Io { what: format!("freezing {daemon}"), message: "it is stopped".into() });
+        }
         let signal = if frozen { nix::sys::signal::Signal::SIGSTOP } else { nix::sys::signal::Signal::SIGCONT };
         nix::sys::signal::killpg(d.group(), signal)
             .map_err(|e| Error::Io { what: format!("{signal} to {daemon}"), message: e.to_string() })
     }
 
-    /// The daemons and their process groups, in the order they are stopped.
-    pub fn daemons(&self) -> Vec<(&'static str, u32)> {
-        self.daemons.iter().rev().map(|d| (d.name, d.child.id())).collect()
+    /// Stops a daemon now, by the name [`Self::daemons`] gives it (SIGTERM to its group, SIGKILL
+    /// after its grace): a service that is gone refuses connections. [`Self::restart`] starts it
+    /// again. Stopping a stopped daemon does nothing.
+    pub fn stop(&mut self, daemon: &str) -> Result<()> {
+        let d = self.daemon_mut(daemon, "stopping")?;
+        d.terminate();
+        let deadline = Instant::now() + d.grace;
+        d.finish(deadline);
+        Ok(())
+    }
+
+    /// Starts a daemon again (stopping it first if it runs), with the same command and
+    /// configuration, and waits until it answers (the API servers; the others only start).
+    /// Its process group is a new one: [`Self::daemons`] lists it.
+    pub fn restart(&mut self, daemon: &str) -> Result<()> {
+        let d = self.daemon_mut(daemon, "restarting")?;
+        d.terminate();
+        let deadline = Instant::now() + d.grace;
+        d.finish(deadline);
+        d.respawn()?;
+        match d.ready.clone() {
+            Some((url, log)) => wait_http(d, &url, &log),
+            None => Ok(()),
+        }
+    }
+
+    fn daemon_mut(&mut self, daemon: &str, doing: &str) -> Result<&mut Daemon> {
+        self.daemons.iter_mut().find(|d| d.name == daemon).ok_or_else(|| Error::Io {
+            what: format!("{doing} {daemon}"),
+            message: "no such daemon in this cloud".into(),
+        })
+    }
+
+    /// Waits until a daemon started without waiting answers at its `ready` URL.
+    fn wait_ready(&mut self, daemon: &str) -> Result<()> {
+        let d = self.daemon_mut(daemon, "waiting for")?;
+        match d.ready.clone() {
+            Some((url, log)) => wait_http(d, &url, &log),
+            None => Ok(()),
+        }
+    }
+
+    /// The running daemons and their process groups, in the order they are stopped.
+    pub fn daemons(&self) -> Vec<(&str, u32)> {
+        self.daemons.iter().rev().filter(|d| !d.stopped).map(|d| (d.name.as_str(), d.child.id())).collect()
     }
 
     fn start_mariadb(&mut self) -> Result<()> {
@@ -369,7 +652,7 @@ impl OpenStack {
         let text = format!(
             "[mysqld]\ndatadir={data}\nsocket={sock}\npid-file={dir}/mysqld.pid\nlog-error={log}\nskip-networking\nuser=root\n\
              skip-log-bin\ninnodb_buffer_pool_size=64M\ninnodb_log_file_size=16M\ninnodb_flush_log_at_trx_commit=0\n\
-             innodb_doublewrite=0\ncharacter-set-server=utf8mb4\ncollation-server=utf8mb4_general_ci\nmax_connections=300\n",
+             innodb_doublewrite=0\ncharacter-set-server=utf8mb4\ncollation-server=utf8mb4_general_ci\nmax_connections=500\n",
             data = self.path("mysql/data").display(),
             sock = self.mysql_socket().display(),
             dir = self.path("mysql").display(),
@@ -397,7 +680,16 @@ impl OpenStack {
         }
         self.daemons.push(daemon);
         let mut sql = String::new();
-        for db in ["keystone", "neutron", "octavia"] {
+        let mut dbs = vec!["keystone", "neutron", "octavia"];
+        if self.nova.is_some() {
+            dbs.extend(["placement", "glance"]);
+            // Nova's API database, its cell0 and cell1: one user's.
+            sql.push_str("CREATE USER 'nova'@'localhost' IDENTIFIED BY 'nova'; ");
+            for db in ["nova_api", "nova_cell0", "nova"] {
+                sql.push_str(&format!("CREATE DATABASE {db}; GRANT ALL ON {db}.* TO 'nova'@'localhost'; "));
+            }
+        }
+        for db in dbs {
             sql.push_str(&format!(
                 "CREATE DATABASE {db}; CREATE USER '{db}'@'localhost' IDENTIFIED BY '{db}'; GRANT ALL ON {db}.* TO '{db}'@'localhost'; "
             ));
@@ -407,9 +699,13 @@ impl OpenStack {
     }
 
     fn authtoken(&self, section: &str) -> String {
+        self.authtoken_as(section, ADMIN_USER, ADMIN_PASSWORD)
+    }
+
+    fn authtoken_as(&self, section: &str, user: &str, password: &str) -> String {
         format!(
-            "[{section}]\nwww_authenticate_uri = {ks}\nauth_url = {ks}\nauth_type = password\nusername = {ADMIN_USER}\n\
-             password = {ADMIN_PASSWORD}\nproject_name = {ADMIN_PROJECT}\nuser_domain_name = Default\n\
+            "[{section}]\nwww_authenticate_uri = {ks}\nauth_url = {ks}\nauth_type = password\nusername = {user}\n\
+             password = {password}\nproject_name = {ADMIN_PROJECT}\nuser_domain_name = Default\n\
              project_domain_name = Default\nregion_name = {REGION}\nservice_token_roles_required = true\n",
             ks = self.keystone_url.trim_end_matches("/v3"),
         )
@@ -550,6 +846,7 @@ impl OpenStack {
             .args(["--buffer-size", "65535", "--add-header", "Connection: close"]);
         let log = self.path("log/keystone-uwsgi.log");
         let mut daemon = Daemon::spawn("keystone (uwsgi)", cmd, &log)?;
+        daemon.ready = Some((url.clone(), log.clone()));
         wait_http(&mut daemon, &url, &log)?;
         self.daemons.push(daemon);
         let token = self.admin_token()?;
@@ -557,10 +854,22 @@ impl OpenStack {
         if let Some(o) = self.octavia_url.clone() {
             self.register("octavia", "load-balancer", &o, &token)?;
         }
+        for (name, kind, endpoint) in [
+            ("nova", "compute", &self.nova_url),
+            ("placement", "placement", &self.placement_url),
+            ("glance", "image", &self.glance_url),
+        ] {
+            if let Some(e) = endpoint {
+                self.register(name, kind, e, &token)?;
+            }
+        }
         // Roles that services and clients expect to exist.
         for role in ["service", "load-balancer_member", "load-balancer_admin"] {
             let body = format!(r#"{{"role":{{"name":"{role}"}}}}"#);
             http("POST", &format!("{url}/roles"), Some(&token), Some(&body))?;
+        }
+        if self.nova.is_some() {
+            self.add_nova_user(&token)?;
         }
         Ok(())
     }
@@ -600,6 +909,7 @@ impl OpenStack {
         let log = self.path("log/neutron-server.out");
         let mut daemon = Daemon::spawn("neutron-server", cmd, &log)?;
         let url = format!("{}/v2.0/networks", self.neutron_url);
+        daemon.ready = Some((url.clone(), self.path("log/neutron-server.log")));
         wait_http(&mut daemon, &url, &self.path("log/neutron-server.log"))?;
         self.daemons.push(daemon);
         // ML2/OVN creates its drop group on start: until then ports would not be isolated.
@@ -648,6 +958,7 @@ impl OpenStack {
         let api_log = self.path("log/octavia-api.log");
         let mut api =
             Daemon::spawn("octavia-api", wrapped("octavia-api", &api_log), &self.path("log/octavia-api.out"))?;
+        api.ready = Some((format!("{url}/"), api_log.clone()));
         wait_http(&mut api, &format!("{url}/"), &api_log)?;
         self.daemons.push(api);
         Ok(())
@@ -656,13 +967,17 @@ impl OpenStack {
 
 impl Drop for OpenStack {
     fn drop(&mut self) {
-        // All at once: nothing needs another to stop cleanly, and each takes a while.
-        for d in self.daemons.iter().rev() {
-            d.terminate();
+        // All at once: nothing needs another to stop cleanly, and each takes a while. Then
+        // epmd, once RabbitMQ is gone.
+        for last in [false, true] {
+            for d in self.daemons.iter_mut().rev().filter(|d| d.last == last) {
+                d.terminate();
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            for d in self.daemons.iter_mut().rev().filter(|d| d.last == last) {
+                d.finish(deadline.min(Instant::now() + d.grace));
+            }
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while let Some(mut d) = self.daemons.pop() {
-            d.finish(deadline.min(Instant::now() + d.grace));
-        }
+        self.daemons.clear();
     }
 }

@@ -47,6 +47,10 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Drains a cordoned Node's Nova hypervisor: its nova-compute service disabled with a
+    /// reason, its instances live- or cold-migrated away, progress on the Node, `kubectl drain`
+    /// held until the host is empty; an uncordon enables the service again (a daemon).
+    ComputeDrain(stacknet_drain::Args),
 }
 
 #[derive(clap::Args)]
@@ -135,6 +139,10 @@ fn main() -> ExitCode {
         },
         Command::Agent(args) => agent::run(args).map_err(Failure::Other),
         Command::Entrypoint { args } => return stacknet_entrypoint::cli(&args),
+        Command::ComputeDrain(args) => {
+            init_logging();
+            return stacknet_drain::main(args);
+        }
         Command::Controller(args) => controller::run(*args),
         Command::Demo(args) => match demo::run(args) {
             Ok(true) => Ok(()),
