@@ -1,382 +1,28 @@
-//! The Kubernetes source against a local HTTP server that speaks the real list/watch protocol
-//! (k8s-openapi JSON, resourceVersions, chunked watch streams, bookmarks, 410 Gone, dropped
-//! connections), with the controller programming a real Northbound database: the index and the
-//! network converge through every one of those.
+//! The Kubernetes source against a fake API server that speaks the real list/watch protocol
+//! ([`stacknet_testsupport::kubeapi`]: k8s-openapi JSON, resourceVersions, chunked watch
+//! streams, bookmarks, 410 Gone, dropped connections), with the controller programming a real
+//! Northbound database: the index and the network converge through every one of those.
 //!
 //! `real_cluster_from_kubeconfig_lists_every_kind` lists a real cluster; it needs one
 //! (`KUBECONFIG`), so it is ignored unless asked for:
 //! `KUBECONFIG=... cargo test -p stacknet-controller --test kube_watch -- --ignored real_cluster_from_kubeconfig`.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use stacknet_controller::{Controller, ControllerConfig, kube_source};
 use stacknet_engine::Reason;
 use stacknet_sandbox::Ovn;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
-use tokio::sync::broadcast;
+use stacknet_testsupport::kubeapi::ApiServer;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// Resource path → (kind, apiVersion).
-const RESOURCES: [(&str, &str, &str); 8] = [
-    ("/api/v1/namespaces", "Namespace", "v1"),
-    ("/api/v1/nodes", "Node", "v1"),
-    ("/api/v1/pods", "Pod", "v1"),
-    ("/api/v1/services", "Service", "v1"),
-    ("/apis/discovery.k8s.io/v1/endpointslices", "EndpointSlice", "discovery.k8s.io/v1"),
-    ("/apis/networking.k8s.io/v1/networkpolicies", "NetworkPolicy", "networking.k8s.io/v1"),
-    ("/apis/k8s.cni.cncf.io/v1/network-attachment-definitions", "NetworkAttachmentDefinition", "k8s.cni.cncf.io/v1"),
-    ("/apis/k8s.cni.cncf.io/v1beta1/multi-networkpolicies", "MultiNetworkPolicy", "k8s.cni.cncf.io/v1beta1"),
-];
-
-/// Multus's CRDs: not served unless a test installs them.
-const CRDS: [&str; 2] =
-    ["/apis/k8s.cni.cncf.io/v1/network-attachment-definitions", "/apis/k8s.cni.cncf.io/v1beta1/multi-networkpolicies"];
-
-#[derive(Default)]
-struct Store {
-    rv: u64,
-    /// Watches from before this resourceVersion get 410 Gone.
-    compacted: u64,
-    objects: BTreeMap<(String, String), Value>,
-    log: Vec<(u64, String, &'static str, Value)>,
-    /// (resource, resourceVersion) of every watch request, and every list request.
-    watches: Vec<(String, u64)>,
-    lists: Vec<String>,
-    /// coordination.k8s.io Leases by namespace/name.
-    leases: BTreeMap<String, Value>,
-    /// events.k8s.io Events posted.
-    events: Vec<Value>,
-    /// Merge patches received (namespace/name; `status:namespace/name` for a status).
-    patches: Vec<String>,
-    /// (resource, resourceVersion) of every bookmark written to a watch stream.
-    bookmarks: Vec<(String, u64)>,
-    /// Whether Multus's CRDs are installed (else their paths are 404 Not Found).
-    crds: bool,
-}
-
-#[derive(Clone, Debug)]
-enum Notice {
-    Changed,
-    Bookmark,
-    Drop,
-}
-
-#[derive(Clone)]
-struct ApiServer {
-    store: Arc<Mutex<Store>>,
-    notices: broadcast::Sender<Notice>,
-    url: String,
-}
-
-fn resource_of(kind: &str) -> &'static str {
-    RESOURCES.iter().find(|r| r.1 == kind).expect("known kind").0
-}
-
-impl ApiServer {
-    async fn start() -> ApiServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let server = ApiServer { store: Arc::default(), notices: broadcast::channel(1024).0, url };
-        let s = server.clone();
-        tokio::spawn(async move {
-            while let Ok((conn, _)) = listener.accept().await {
-                tokio::spawn(s.clone().serve(conn));
-            }
-        });
-        server
-    }
-
-    fn apply(&self, mut obj: Value) {
-        let kind = obj["kind"].as_str().unwrap().to_string();
-        let resource = resource_of(&kind).to_string();
-        let key = format!(
-            "{}/{}",
-            obj["metadata"]["namespace"].as_str().unwrap_or(""),
-            obj["metadata"]["name"].as_str().unwrap()
-        );
-        let mut st = self.store.lock().unwrap();
-        st.rv += 1;
-        let rv = st.rv;
-        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let kind_of_event =
-            if st.objects.insert((resource.clone(), key), obj.clone()).is_some() { "MODIFIED" } else { "ADDED" };
-        st.log.push((rv, resource, kind_of_event, obj));
-        drop(st);
-        let _ = self.notices.send(Notice::Changed);
-    }
-
-    fn delete(&self, kind: &str, namespace: &str, name: &str) {
-        let resource = resource_of(kind).to_string();
-        let mut st = self.store.lock().unwrap();
-        let mut obj = st.objects.remove(&(resource.clone(), format!("{namespace}/{name}"))).expect("exists");
-        st.rv += 1;
-        let rv = st.rv;
-        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        st.log.push((rv, resource, "DELETED", obj));
-        drop(st);
-        let _ = self.notices.send(Notice::Changed);
-    }
-
-    /// Closes every watch stream (a dropped connection).
-    fn drop_watches(&self) {
-        let _ = self.notices.send(Notice::Drop);
-    }
-
-    /// Deletes an object without telling the open watches, and forgets history in the same
-    /// step: no watch can stream the deletion, every watch (open or resumed) from an older
-    /// resourceVersion gets 410 Gone, so only a relist can show the object gone.
-    fn delete_and_compact(&self, kind: &str, namespace: &str, name: &str) {
-        let resource = resource_of(kind).to_string();
-        let mut st = self.store.lock().unwrap();
-        st.objects.remove(&(resource, format!("{namespace}/{name}"))).expect("exists");
-        st.rv += 1;
-        st.compacted = st.rv;
-    }
-
-    fn bookmark(&self) -> u64 {
-        let rv = {
-            let mut st = self.store.lock().unwrap();
-            st.rv += 1;
-            st.rv
-        };
-        let _ = self.notices.send(Notice::Bookmark);
-        rv
-    }
-
-    async fn serve(self, conn: tokio::net::TcpStream) {
-        let (read, mut write) = conn.into_split();
-        let mut read = BufReader::new(read);
-        loop {
-            let mut line = String::new();
-            if read.read_line(&mut line).await.unwrap_or(0) == 0 {
-                return;
-            }
-            let mut length = 0usize;
-            loop {
-                let mut h = String::new();
-                if read.read_line(&mut h).await.unwrap_or(0) == 0 || h == "\r\n" {
-                    break;
-                }
-                if let Some((k, v)) = h.split_once(':')
-                    && k.eq_ignore_ascii_case("content-length")
-                {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0u8; length];
-            if tokio::io::AsyncReadExt::read_exact(&mut read, &mut body).await.is_err() {
-                return;
-            }
-            let method = line.split_whitespace().next().unwrap_or("GET").to_string();
-            let target = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-            if method == "POST" && target.starts_with("/apis/events.k8s.io/v1/namespaces/") {
-                let ev: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                self.store.lock().unwrap().events.push(ev.clone());
-                let text = ev.to_string();
-                if !reply(&mut write, 201, &text).await {
-                    return;
-                }
-                continue;
-            }
-            if method == "PATCH" && target.starts_with("/api/v1/namespaces/") {
-                // /api/v1/namespaces/{ns}/pods/{name}: a merge patch of annotations;
-                // /api/v1/namespaces/{ns}/services/{name}/status: of the status.
-                let parts: Vec<&str> = target.split('?').next().unwrap_or("").split('/').collect();
-                let (ns, resource, name) = (parts[4].to_string(), parts[5].to_string(), parts[6].to_string());
-                let status = parts.get(7) == Some(&"status");
-                let patch: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                let updated = {
-                    let mut st = self.store.lock().unwrap();
-                    st.patches.push(format!("{}{ns}/{name}", if status { "status:" } else { "" }));
-                    st.objects.get(&(format!("/api/v1/{resource}"), format!("{ns}/{name}"))).cloned()
-                };
-                let (code, answer) = match updated {
-                    None => (
-                        404,
-                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound"}),
-                    ),
-                    Some(mut obj) if status => {
-                        obj["status"] = patch["status"].clone();
-                        self.apply(obj.clone());
-                        (200, obj)
-                    }
-                    Some(mut obj) => {
-                        for (k, v) in patch["metadata"]["annotations"].as_object().cloned().unwrap_or_default() {
-                            obj["metadata"]["annotations"][k] = v;
-                        }
-                        self.apply(obj.clone());
-                        (200, obj)
-                    }
-                };
-                let text = answer.to_string();
-                if !reply(&mut write, code, &text).await {
-                    return;
-                }
-                continue;
-            }
-            if target.starts_with("/apis/coordination.k8s.io/") {
-                let (code, answer) = self.lease(&method, &target, &body);
-                let text = answer.to_string();
-                if !reply(&mut write, code, &text).await {
-                    return;
-                }
-                continue;
-            }
-            let (path, query) = target.split_once('?').unwrap_or((target.as_str(), ""));
-            let params: BTreeMap<&str, &str> = query.split('&').filter_map(|kv| kv.split_once('=')).collect();
-            let served = |p: &str| !CRDS.contains(&p) || self.store.lock().unwrap().crds;
-            let Some(&(resource, kind, api_version)) = RESOURCES.iter().find(|r| r.0 == path && served(path)) else {
-                let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound"}).to_string();
-                if !reply(&mut write, 404, &body).await {
-                    return;
-                }
-                continue;
-            };
-            if params.get("watch").is_some_and(|w| *w == "true" || *w == "1") {
-                let from: u64 = params.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
-                self.watch(&mut write, resource, kind, api_version, from).await;
-                return;
-            }
-            let body = {
-                let mut st = self.store.lock().unwrap();
-                st.lists.push(resource.to_string());
-                let items: Vec<Value> =
-                    st.objects.iter().filter(|((r, _), _)| r == resource).map(|(_, v)| v.clone()).collect();
-                json!({"kind": format!("{kind}List"), "apiVersion": api_version, "metadata": {"resourceVersion": st.rv.to_string()}, "items": items})
-                    .to_string()
-            };
-            if !reply(&mut write, 200, &body).await {
-                return;
-            }
-        }
-    }
-
-    /// Leases: GET, POST (409 if it exists), PUT (409 unless the resourceVersion is current).
-    fn lease(&self, method: &str, target: &str, body: &[u8]) -> (u16, Value) {
-        let status = |code: u16, reason: &str| {
-            (
-                code,
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": reason, "message": reason}),
-            )
-        };
-        let parts: Vec<&str> = target.split('?').next().unwrap_or("").split('/').collect();
-        // ["", "apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases", name?]
-        let ns = parts.get(5).copied().unwrap_or("");
-        let mut st = self.store.lock().unwrap();
-        match (method, parts.get(7)) {
-            ("GET", Some(name)) => match st.leases.get(&format!("{ns}/{name}")) {
-                Some(l) => (200, l.clone()),
-                None => status(404, "NotFound"),
-            },
-            ("POST", None) => {
-                let mut l: Value = serde_json::from_slice(body).unwrap();
-                let key = format!("{ns}/{}", l["metadata"]["name"].as_str().unwrap());
-                if st.leases.contains_key(&key) {
-                    return status(409, "AlreadyExists");
-                }
-                st.rv += 1;
-                l["metadata"]["resourceVersion"] = json!(st.rv.to_string());
-                l["metadata"]["namespace"] = json!(ns);
-                st.leases.insert(key, l.clone());
-                (201, l)
-            }
-            ("PUT", Some(name)) => {
-                let mut l: Value = serde_json::from_slice(body).unwrap();
-                let key = format!("{ns}/{name}");
-                let current = st.leases.get(&key).map(|c| c["metadata"]["resourceVersion"].clone());
-                if current.as_ref() != Some(&l["metadata"]["resourceVersion"]) {
-                    return status(409, "Conflict");
-                }
-                st.rv += 1;
-                l["metadata"]["resourceVersion"] = json!(st.rv.to_string());
-                st.leases.insert(key, l.clone());
-                (200, l)
-            }
-            _ => status(405, "MethodNotAllowed"),
-        }
-    }
-
-    async fn watch(
-        &self,
-        write: &mut tokio::net::tcp::OwnedWriteHalf,
-        resource: &str,
-        kind: &str,
-        api_version: &str,
-        from: u64,
-    ) {
-        let mut notices = self.notices.subscribe();
-        let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
-        if write.write_all(head.as_bytes()).await.is_err() {
-            return;
-        }
-        let chunk = |v: Value| {
-            let line = format!("{v}\n");
-            format!("{:x}\r\n{line}\r\n", line.len())
-        };
-        let gone = {
-            let mut st = self.store.lock().unwrap();
-            st.watches.push((resource.to_string(), from));
-            from < st.compacted
-        };
-        if gone {
-            let status = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410, "reason": "Expired", "message": format!("too old resource version: {from}")}});
-            let _ = write.write_all(chunk(status).as_bytes()).await;
-            let _ = write.write_all(b"0\r\n\r\n").await;
-            return;
-        }
-        let mut sent = from;
-        loop {
-            let pending: Option<Vec<(u64, Value)>> = {
-                let st = self.store.lock().unwrap();
-                (sent >= st.compacted).then(|| {
-                    st.log
-                        .iter()
-                        .filter(|(rv, r, _, _)| *rv > sent && r == resource)
-                        .map(|(rv, _, t, o)| (*rv, json!({"type": t, "object": o})))
-                        .collect()
-                })
-            };
-            let Some(pending) = pending else {
-                // Compacted under an open watch: it ends with 410 Gone.
-                let status = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410, "reason": "Expired", "message": format!("too old resource version: {sent}")}});
-                let _ = write.write_all(chunk(status).as_bytes()).await;
-                let _ = write.write_all(b"0\r\n\r\n").await;
-                return;
-            };
-            for (rv, ev) in pending {
-                if write.write_all(chunk(ev).as_bytes()).await.is_err() {
-                    return;
-                }
-                sent = rv;
-            }
-            match notices.recv().await {
-                Ok(Notice::Changed) => {}
-                Ok(Notice::Bookmark) => {
-                    let rv = self.store.lock().unwrap().rv;
-                    let bm = json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": rv.to_string()}}});
-                    if write.write_all(chunk(bm).as_bytes()).await.is_err() {
-                        return;
-                    }
-                    self.store.lock().unwrap().bookmarks.push((resource.to_string(), rv));
-                    sent = sent.max(rv);
-                }
-                Ok(Notice::Drop) | Err(_) => return,
-            }
-        }
-    }
-}
-
-/// Writes one JSON response (the connection stays open for the next request); false if the
-/// client has gone.
-async fn reply(write: &mut tokio::net::tcp::OwnedWriteHalf, code: u16, body: &str) -> bool {
-    let head = format!("HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len());
-    write.write_all(head.as_bytes()).await.is_ok() && write.write_all(body.as_bytes()).await.is_ok()
+/// Installs Multus's CRDs: until then their paths are 404 Not Found.
+fn install_crds(api: &ApiServer) {
+    api.register("k8s.cni.cncf.io/v1", "network-attachment-definitions", "NetworkAttachmentDefinition", true);
+    api.register("k8s.cni.cncf.io/v1beta1", "multi-networkpolicies", "MultiNetworkPolicy", true);
 }
 
 fn namespace(name: &str) -> Value {
@@ -437,7 +83,7 @@ fn run_controller(api: &ApiServer, config: &ControllerConfig) -> stacknet_contro
     let controller = Controller::ovn(config, &kube_source::sources()).unwrap();
     let observed = controller.observed();
     stacknet_controller::kube_source::install_tls_provider();
-    let client = kube::Client::try_from(kube::Config::new(api.url.parse().unwrap())).unwrap();
+    let client = kube::Client::try_from(kube::Config::new(api.url().parse().unwrap())).unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
     tokio::spawn(kube_source::run(client.clone(), tx, observed.events.clone()));
     let (sink, published) = tokio::sync::mpsc::unbounded_channel();
@@ -481,9 +127,7 @@ async fn the_network_follows_the_watch_through_bookmarks_drops_and_410() {
 
     // Each pod's network is written back as its annotation, once (the echo changes nothing).
     let annotation = |name: &str| {
-        let st = api.store.lock().unwrap();
-        st.objects
-            .get(&("/api/v1/pods".to_string(), format!("shop/{name}")))
+        api.get("v1", "pods", "shop", name)
             .and_then(|o| o["metadata"]["annotations"]["stacknet.io/network"].as_str().map(str::to_string))
     };
     until("pod a's annotation", || annotation("a").is_some()).await;
@@ -496,7 +140,9 @@ async fn the_network_follows_the_watch_through_bookmarks_drops_and_410() {
     // The echo of a patch must not cause another: nothing to wait on, so a window in which
     // a loop would have patched again.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(api.store.lock().unwrap().patches.len(), 2, "one patch per pod, no loop");
+    let mut patches = api.patches();
+    patches.sort();
+    assert_eq!(patches, ["pods shop/a", "pods shop/b"], "one patch per pod, no loop");
 
     // A LoadBalancer Service of ours gets an address from --lb-pool (its first host) in its
     // status, once; one
@@ -508,26 +154,22 @@ async fn the_network_follows_the_watch_through_bookmarks_drops_and_410() {
     };
     api.apply(lb("front", None));
     api.apply(lb("metallb", Some("metallb.io/metallb")));
-    let ingress = |name: &str| {
-        let st = api.store.lock().unwrap();
-        st.objects
-            .get(&("/api/v1/services".to_string(), format!("shop/{name}")))
-            .map(|o| o["status"]["loadBalancer"]["ingress"].clone())
-    };
+    let ingress =
+        |name: &str| api.get("v1", "services", "shop", name).map(|o| o["status"]["loadBalancer"]["ingress"].clone());
     until("shop/front's load balancer address", || {
         ingress("front") == Some(json!([{"ip": "172.30.0.201", "ipMode": "VIP"}]))
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let patches = api.store.lock().unwrap().patches.clone();
+    let patches = api.patches();
     assert_eq!(
         patches.iter().filter(|p| p.starts_with("status:")).collect::<Vec<_>>(),
-        ["status:shop/front"],
+        ["status:services shop/front"],
         "once, ours only"
     );
     assert_eq!(ingress("metallb"), Some(Value::Null), "another class's Service is not ours to write");
-    api.delete("Service", "shop", "front");
-    api.delete("Service", "shop", "metallb");
+    api.delete("v1", "services", "shop", "front").expect("shop/front");
+    api.delete("v1", "services", "shop", "metallb").expect("shop/metallb");
 
     // The watch: a new pod.
     api.apply(pod("c", "web"));
@@ -537,29 +179,29 @@ async fn the_network_follows_the_watch_through_bookmarks_drops_and_410() {
     // watch, which starts from the bookmark, not from the start.
     let bookmark = api.bookmark();
     until("the bookmark on the pods' watch", || {
-        api.store.lock().unwrap().bookmarks.iter().any(|(r, rv)| r == "/api/v1/pods" && *rv >= bookmark)
+        api.bookmarks().iter().any(|(r, rv)| r == "v1/pods" && *rv >= bookmark)
     })
     .await;
     api.drop_watches();
     api.apply(pod("d", "web"));
     until("pod d after the reconnect", || pod_ports(&ovn).len() == 4).await;
     let pod_watches: Vec<u64> =
-        api.store.lock().unwrap().watches.iter().filter(|w| w.0 == "/api/v1/pods").map(|w| w.1).collect();
+        api.watches().iter().filter(|w| w.resource == "v1/pods").map(|w| w.resource_version.unwrap_or(0)).collect();
     assert!(
         pod_watches.len() >= 2 && *pod_watches.last().unwrap() >= bookmark,
         "resumed from {pod_watches:?}, bookmark {bookmark}"
     );
-    let lists_before = api.store.lock().unwrap().lists.len();
+    let lists_before = api.lists().len();
 
     // History compacted while the watch was down, and a pod deleted then: the watch gets
     // 410 Gone, the watcher relists, and the relist's absence of the pod deletes its port.
-    api.delete_and_compact("Pod", "shop", "a");
+    api.delete_and_compact("v1", "pods", "shop", "a").expect("pod a");
     api.drop_watches();
     until("pod a gone after the relist", || pod_ports(&ovn) == ["k8s_shop_b", "k8s_shop_c", "k8s_shop_d"]).await;
-    assert!(api.store.lock().unwrap().lists.len() > lists_before, "a relist happened");
+    assert!(api.lists().len() > lists_before, "a relist happened");
 
     // Policies follow too; an invalid object is an event, not a crash.
-    api.delete("NetworkPolicy", "shop", "db");
+    api.delete("networking.k8s.io/v1", "networkpolicies", "shop", "db").expect("policy shop/db");
     until("the policy's ACLs gone", || acls(&ovn) == 0).await;
     let mut bad = pod("e", "web");
     bad["metadata"]["labels"] = json!({"tier": "not a valid label value!"});
@@ -569,7 +211,7 @@ async fn the_network_follows_the_watch_through_bookmarks_drops_and_410() {
     assert_eq!(e.object.to_string(), "Pod shop/e");
     assert!(e.message.contains("metadata.labels.tier"), "{}", e.message);
     // ... posted to the API server as an Event on that pod.
-    let invalid = || api.store.lock().unwrap().events.iter().find(|e| e["reason"] == "InvalidObject").cloned();
+    let invalid = || api.events().into_iter().find(|e| e["reason"] == "InvalidObject");
     until("the Event posted", || invalid().is_some()).await;
     let posted = invalid().unwrap();
     assert_eq!(posted["regarding"]["kind"], "Pod");
@@ -623,7 +265,7 @@ async fn two_replicas_one_writes_and_the_standby_takes_over() {
     let start = |identity: &str| {
         let config = ControllerConfig::new("k8s", vec![ovn.nb.remote().parse().unwrap()], None);
         stacknet_controller::kube_source::install_tls_provider();
-        let client = kube::Client::try_from(kube::Config::new(api.url.parse().unwrap())).unwrap();
+        let client = kube::Client::try_from(kube::Config::new(api.url().parse().unwrap())).unwrap();
         let mut cfg = LeaseConfig::new("stacknet-system", identity);
         cfg.duration = Duration::from_secs(2);
         cfg.renew = Duration::from_millis(200);
@@ -660,14 +302,14 @@ async fn two_replicas_one_writes_and_the_standby_takes_over() {
     until("pod b, written by the former standby", || pod_ports(&ovn).len() == 2).await;
     assert_eq!(leader_of(&standby), 1);
     assert!(standby.observed.metrics.transactions.load(Ordering::Relaxed) > 0);
-    let lease = api.store.lock().unwrap().leases["stacknet-system/stacknet-controller"].clone();
+    let lease = api.leases()["stacknet-system/stacknet-controller"].clone();
     assert_eq!(lease["spec"]["leaseTransitions"], 1, "{lease}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secondary_networks_from_the_api_with_their_network_status_and_events() {
     let api = shop(&[]).await;
-    api.store.lock().unwrap().crds = true;
+    install_crds(&api);
     let nad = |name: &str, config: &str| {
         json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
             "metadata": {"name": name, "namespace": "shop", "uid": format!("nad-{name}")}, "spec": {"config": config}})
@@ -700,8 +342,7 @@ async fn secondary_networks_from_the_api_with_their_network_status_and_events() 
 
     // nf's network-status, written once with the API.
     let status = || {
-        let st = api.store.lock().unwrap();
-        st.objects.get(&("/api/v1/pods".to_string(), "shop/nf".to_string())).and_then(|o| {
+        api.get("v1", "pods", "shop", "nf").and_then(|o| {
             o["metadata"]["annotations"]["k8s.v1.cni.cncf.io/network-status"].as_str().map(str::to_string)
         })
     };
@@ -714,11 +355,11 @@ async fn secondary_networks_from_the_api_with_their_network_status_and_events() 
     assert_eq!(v[1]["ips"], json!(["10.100.0.1"]));
     assert_eq!(v[1]["mac"], "0a:58:0a:64:00:01");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let patches: Vec<String> = api.store.lock().unwrap().patches.iter().filter(|p| *p == "shop/nf").cloned().collect();
+    let patches: Vec<String> = api.patches().into_iter().filter(|p| p == "pods shop/nf").collect();
     assert_eq!(patches.len(), 2, "its network annotation and its network-status, once each: {patches:?}");
 
     // The pod selecting a NAD that does not exist, and the NAD that does not parse: Events.
-    let posted = |reason: &str| api.store.lock().unwrap().events.iter().find(|e| e["reason"] == reason).cloned();
+    let posted = |reason: &str| api.events().into_iter().find(|e| e["reason"] == reason);
     until("AttachmentFailed posted", || posted("AttachmentFailed").is_some()).await;
     let e = posted("AttachmentFailed").unwrap();
     assert_eq!((e["regarding"]["kind"].as_str(), e["regarding"]["name"].as_str()), (Some("Pod"), Some("lost")));

@@ -215,93 +215,24 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
-    use serde_json::{Value, json};
+    use serde_json::json;
     use stacknet_node::configdrive::Source;
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    use stacknet_testsupport::kubeapi::ApiServer;
 
     use super::*;
-
-    /// What the API server saw: (method, path, body).
-    type Seen = Arc<Mutex<Vec<(String, String, Value)>>>;
-
-    /// An API server that knows pod x/nf (with `annotations`) and nothing else, and records
-    /// every request.
-    async fn api_server(annotations: Value) -> (String, Seen) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let seen: Seen = Arc::default();
-        let record = seen.clone();
-        tokio::spawn(async move {
-            while let Ok((conn, _)) = listener.accept().await {
-                let (record, annotations) = (record.clone(), annotations.clone());
-                tokio::spawn(async move {
-                    let (read, mut write) = conn.into_split();
-                    let mut read = BufReader::new(read);
-                    loop {
-                        let mut line = String::new();
-                        if read.read_line(&mut line).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        let mut length = 0;
-                        loop {
-                            let mut h = String::new();
-                            if read.read_line(&mut h).await.unwrap_or(0) == 0 || h == "\r\n" {
-                                break;
-                            }
-                            if let Some((k, v)) = h.split_once(':')
-                                && k.eq_ignore_ascii_case("content-length")
-                            {
-                                length = v.trim().parse().unwrap_or(0);
-                            }
-                        }
-                        let mut body = vec![0u8; length];
-                        if read.read_exact(&mut body).await.is_err() {
-                            return;
-                        }
-                        let mut words = line.split_whitespace();
-                        let (method, path) =
-                            (words.next().unwrap_or("").to_string(), words.next().unwrap_or("").to_string());
-                        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                        record.lock().unwrap().push((method.clone(), path.clone(), body.clone()));
-                        let pod = json!({"apiVersion": "v1", "kind": "Pod",
-                            "metadata": {"name": "nf", "namespace": "x", "uid": "uid-nf", "annotations": annotations}});
-                        let (code, answer) = match (method.as_str(), path.split('?').next().unwrap_or("")) {
-                            ("GET" | "PATCH", "/api/v1/namespaces/x/pods/nf") => (200, pod),
-                            ("POST", "/apis/events.k8s.io/v1/namespaces/x/events") => (201, body),
-                            _ => (
-                                404,
-                                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                              "reason": "NotFound", "code": 404, "message": "not found"}),
-                            ),
-                        };
-                        let text = answer.to_string();
-                        let head = format!(
-                            "HTTP/1.1 {code} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-                            text.len()
-                        );
-                        if write.write_all(head.as_bytes()).await.is_err()
-                            || write.write_all(text.as_bytes()).await.is_err()
-                        {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        (url, seen)
-    }
 
     #[tokio::test]
     async fn the_pod_its_annotations_and_events_through_the_api() {
         stacknet_controller::kube_source::install_tls_provider();
-        let (url, seen) = api_server(json!({
+        // An API server that knows pod x/nf and nothing else.
+        let api = ApiServer::start().await;
+        let annotations = json!({
             "stacknet.io/network": "{\"portId\": \"p\"}",
             "k8s.v1.cni.cncf.io/networks": " provider ",
-        }))
-        .await;
-        let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+        });
+        let before = api.apply(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "nf", "namespace": "x", "uid": "uid-nf", "annotations": annotations}}));
+        let client = kube::Client::try_from(kube::Config::new(api.url().parse().unwrap())).unwrap();
         let pods = KubePods::new(client);
         let key = ObjectKey::new("x", "nf");
         let view = pods.pod(&key).await.unwrap().expect("the pod");
@@ -311,11 +242,21 @@ mod tests {
         assert_eq!(pods.pod(&ObjectKey::new("x", "gone")).await.unwrap(), None, "404: no such pod");
 
         pods.annotate(&key, SRIOV_DEVICES_ANNOTATION, "{\"net1\": {}}").await.unwrap();
+        // A merge patch of that one annotation: the rest of the pod is as it was.
+        assert_eq!(api.patches(), ["pods x/nf"]);
+        let after = api.get("v1", "pods", "x", "nf").expect("the pod");
+        let mut patched = before.clone();
+        patched["metadata"]["annotations"]["stacknet.io/sriov-devices"] = json!("{\"net1\": {}}");
+        patched["metadata"]["resourceVersion"] = after["metadata"]["resourceVersion"].clone();
+        assert_eq!(after, patched);
+
         pods.warn(&key, "AttachmentFailed", "interface net1: no NIC").await.unwrap();
-        let seen = seen.lock().unwrap().clone();
-        let patch = seen.iter().find(|(m, _, _)| m == "PATCH").expect("a patch");
-        assert_eq!(patch.2, json!({"metadata": {"annotations": {"stacknet.io/sriov-devices": "{\"net1\": {}}"}}}));
-        let event = &seen.iter().find(|(m, _, _)| m == "POST").expect("an event").2;
+        let events = api.events();
+        let event = events.first().expect("an event");
+        assert_eq!(
+            (event["apiVersion"].as_str(), event["metadata"]["namespace"].as_str()),
+            (Some("events.k8s.io/v1"), Some("x"))
+        );
         assert_eq!(event["reason"], "AttachmentFailed");
         assert_eq!(event["type"], "Warning");
         assert_eq!(event["note"], "interface net1: no NIC");
