@@ -110,15 +110,20 @@ fn reporter(
             eprintln!("met: {m}");
         }
         let (Some(client), Some((ns, name))) = (client.clone(), pod.clone()) else { return async {}.boxed() };
-        async move {
+        // A slow API delays neither the wait nor the command for long: the annotation and the
+        // Events go out together, bounded (1 s for the last one, which the command waits for).
+        let bound = if lines.is_empty() { Duration::from_secs(1) } else { Duration::from_secs(5) };
+        let update = async move {
             let value = serde_json::to_string(&lines).unwrap_or_default();
             let patch = serde_json::json!({"metadata": {"annotations": {run::WAITING_ANNOTATION: value}}});
             let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client.clone(), &ns);
-            if let Err(e) =
-                pods.patch(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await
-            {
-                eprintln!("annotating pod {ns}/{name}: {e}");
-            }
+            let annotate = async {
+                if let Err(e) =
+                    pods.patch(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await
+                {
+                    eprintln!("annotating pod {ns}/{name}: {e}");
+                }
+            };
             let mut events = Vec::new();
             if prev.is_none() && !lines.is_empty() {
                 events.push(("Normal", "DependenciesPending", format!("waiting for {}", lines.join("; "))));
@@ -127,8 +132,16 @@ fn reporter(
             if lines.is_empty() {
                 events.push(("Normal", "DependenciesMet", "every dependency is met".to_string()));
             }
-            for (kind, reason, note) in events {
-                post(&client, &ns, &name, kind, reason, &note).await;
+            let tell = async {
+                for (kind, reason, note) in events {
+                    post(&client, &ns, &name, kind, reason, &note).await;
+                }
+            };
+            futures::join!(annotate, tell);
+        };
+        async move {
+            if tokio::time::timeout(bound, update).await.is_err() {
+                eprintln!("the pod's annotation and Events took over {} s: going on without them", bound.as_secs());
             }
         }
         .boxed()
