@@ -21,19 +21,6 @@ use stacknet_testsupport::kubeapi::{ApiServer, merge_patch};
 const BIN: &str = env!("CARGO_BIN_EXE_stacknet-compute-drain");
 const NS: &str = "stacknet-system";
 
-fn kubeconfig(dir: &Path, api: &ApiServer) -> std::path::PathBuf {
-    let path = dir.join("kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: t, cluster: {{server: \"{}\"}}}}]\nusers: [{{name: t, user: {{}}}}]\ncontexts: [{{name: t, context: {{cluster: t, user: t}}}}]\ncurrent-context: t\n",
-            api.url()
-        ),
-    )
-    .unwrap();
-    path
-}
-
 struct Controller(Child);
 
 impl Controller {
@@ -148,7 +135,7 @@ async fn cordon_drains_the_hypervisor_through_nova() {
     api.register("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget", true);
     api.apply(node("compute-1"));
     api.apply(node("compute-2"));
-    let config = kubeconfig(dir.path(), &api);
+    let config = api.kubeconfig(dir.path(), None).unwrap();
     let source = CloudSource::Named { cloud: "stacknet-test".into(), file: Some(clouds.clone()) };
     let nova = Cloud::connect_for(&source, Service::Compute).await.expect("Nova through Keystone");
 

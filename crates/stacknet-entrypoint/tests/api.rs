@@ -4,7 +4,7 @@
 //! the command started once the last is met; a Job judged by its latest run; a DaemonSet with
 //! no pod on this node not met; a custom resource whose CRD comes later; the timeout.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,19 +13,6 @@ use stacknet_testsupport::kubeapi::ApiServer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_stacknet-entrypoint");
 const NS: &str = "openstack";
-
-fn kubeconfig(dir: &Path, api: &ApiServer) -> PathBuf {
-    let path = dir.join("kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: t, cluster: {{server: \"{}\"}}}}]\nusers: [{{name: t, user: {{}}}}]\ncontexts: [{{name: t, context: {{cluster: t, user: t, namespace: {NS}}}}}]\ncurrent-context: t\n",
-            api.url()
-        ),
-    )
-    .unwrap();
-    path
-}
 
 fn entrypoint(kubeconfig: &Path, vars: &[(&str, String)]) -> Child {
     let mut c = Command::new(BIN);
@@ -95,7 +82,7 @@ async fn still_waiting(api: &ApiServer, n: usize, still: &str) {
 async fn every_kind_met_in_turn_then_the_command_starts() {
     let api = ApiServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = kubeconfig(dir.path(), &api);
+    let config = api.kubeconfig(dir.path(), Some(NS)).unwrap();
     api.apply(me(false));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -130,8 +117,9 @@ async fn every_kind_met_in_turn_then_the_command_starts() {
     still_waiting(&api, 5, "Job").await;
 
     // The Job: an old run succeeded, the latest still runs; then it completes.
-    api.apply(job("db-sync-1", "2026-01-01T00:00:00Z", true));
+    // (The latest first: the old one alone would be met, for a moment.)
     api.apply(job("db-sync-2", "2026-02-01T00:00:00Z", false));
+    api.apply(job("db-sync-1", "2026-01-01T00:00:00Z", true));
     still_waiting(&api, 5, "Job db-sync-2 has not completed").await;
     api.apply(job("db-sync-2", "2026-02-01T00:00:00Z", true));
     still_waiting(&api, 4, "DaemonSet").await;
@@ -164,7 +152,8 @@ async fn every_kind_met_in_turn_then_the_command_starts() {
     let reasons: Vec<String> =
         api.events().iter().map(|e| e["reason"].as_str().unwrap_or_default().to_string()).collect();
     assert_eq!(reasons.first().map(String::as_str), Some("DependenciesPending"), "{reasons:?}");
-    assert_eq!(reasons.iter().filter(|r| *r == "DependencyMet").count(), 6, "{reasons:?}");
+    let notes: Vec<String> = api.events().iter().map(|e| e["note"].as_str().unwrap_or_default().to_string()).collect();
+    assert_eq!(reasons.iter().filter(|r| *r == "DependencyMet").count(), 6, "{notes:?}");
     assert_eq!(reasons.last().map(String::as_str), Some("DependenciesMet"), "{reasons:?}");
     let e = &api.events()[0];
     assert_eq!(
@@ -179,7 +168,7 @@ async fn every_kind_met_in_turn_then_the_command_starts() {
 async fn the_timeout_says_what_is_missing_on_the_pod_too() {
     let api = ApiServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let config = kubeconfig(dir.path(), &api);
+    let config = api.kubeconfig(dir.path(), Some(NS)).unwrap();
     api.apply(me(true));
     let vars = [
         ("COMMAND", "true".to_string()),

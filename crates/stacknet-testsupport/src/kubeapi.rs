@@ -362,6 +362,25 @@ impl ApiServer {
         &self.url
     }
 
+    /// Writes `dir/kubeconfig` pointing at this server (no credentials; `namespace` as the
+    /// context's default) for a program run as a process (`KUBECONFIG`); returns its path.
+    ///
+    /// # Errors
+    ///
+    /// If the file cannot be written.
+    pub fn kubeconfig(&self, dir: &std::path::Path, namespace: Option<&str>) -> std::io::Result<std::path::PathBuf> {
+        let path = dir.join("kubeconfig");
+        let ns = namespace.map(|n| format!(", namespace: {n}")).unwrap_or_default();
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: t, cluster: {{server: \"{}\"}}}}]\n\
+             users: [{{name: t, user: {{}}}}]\ncontexts: [{{name: t, context: {{cluster: t, user: t{ns}}}}}]\n\
+             current-context: t\n",
+            self.url
+        );
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
