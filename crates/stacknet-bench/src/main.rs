@@ -6,6 +6,8 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod controller;
+mod drain;
+mod entrypoint;
 mod generator;
 mod jsonline;
 mod openstack;
@@ -149,6 +151,31 @@ enum Scenario {
         #[arg(long, default_value_t = 1)]
         attachments: usize,
     },
+    /// `stacknet entrypoint` (the stacknet-entrypoint executable): from the last dependency met
+    /// to the command started, a Service through a local fake API server and a unix socket
+    /// without one, next to the command spawned directly and kubernetes-entrypoint's 2 s polling
+    /// (a model line).
+    Entrypoint {
+        #[arg(long, default_value_t = 100)]
+        runs: usize,
+        /// The stacknet-entrypoint executable (default: next to this one).
+        #[arg(long)]
+        binary: Option<std::path::PathBuf>,
+    },
+    /// The compute drain (`stacknet compute-drain`, in-process) emptying a hypervisor of a real
+    /// Nova with two fake compute hosts (root; the OpenStack packages with Nova's), next to the
+    /// same moves issued to Nova directly with the same parallelism.
+    Drain {
+        /// Servers booted on the host (every 5th, from the 3rd, stopped: cold-migrated).
+        #[arg(long, default_value_t = 10)]
+        instances: usize,
+        /// Moves under way at once (the drainer's --parallel, and the floor's).
+        #[arg(long, default_value_t = 2)]
+        parallel: u32,
+        /// How often the drainer reads Nova while a host drains (its --interval-ms).
+        #[arg(long, default_value_t = 200)]
+        interval_ms: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -176,6 +203,12 @@ fn main() -> anyhow::Result<()> {
         }
         Scenario::PodReady { pods, cni, attachments } => {
             runtime()?.block_on(podready::run(podready::Args { pods, plugin: cni, attachments }))
+        }
+        Scenario::Entrypoint { runs, binary } => {
+            runtime()?.block_on(entrypoint::run(entrypoint::Args { runs, binary }))
+        }
+        Scenario::Drain { instances, parallel, interval_ms } => {
+            runtime()?.block_on(drain::run(drain::Args { instances, parallel, interval_ms }))
         }
         Scenario::Ovsdb { rounds, ports, events, batch, window, nbctl_events, clients, venv } => {
             let args = ovsdb::Args { rounds, ports, events, batch, window, nbctl_events, clients, venv };

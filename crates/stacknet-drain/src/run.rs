@@ -187,15 +187,16 @@ impl Drainer {
         let host = host_of(node, self.args.host_label.as_deref());
         let why = cordoned(node, &self.args.taints);
         let now = now();
-        let mut since = node.annotations().get(SINCE).and_then(|s| s.parse::<f64>().ok()).filter(|s| s.is_finite());
+        let since = node.annotations().get(SINCE).and_then(|s| s.parse::<f64>().ok()).filter(|s| s.is_finite());
         if why.is_some() && since.is_none() {
             // Recorded before any move: a controller restarted from here on counts the moves
             // made since then (and confirms the cold ones) whatever happened to this one.
-            self.mark(node, Some(now)).await.map_err(|e| NovaError::Transport {
+            let marked = self.mark(node, Some(now)).await.map_err(|e| NovaError::Transport {
                 what: format!("recording the drain's start on Node {name}"),
                 message: e.to_string(),
             })?;
-            since = Some(now);
+            // The condition is written over this version of the Node, not the stale one.
+            return Box::pin(self.reconcile(&marked, service)).await;
         }
         let servers = nova::servers_on(&self.cloud, host).await?;
         let migrations = match &why {
@@ -392,11 +393,11 @@ impl Drainer {
     }
 
     /// Records when the drain began on the Node (`None`: removes it).
-    async fn mark(&self, node: &Node, since: Option<f64>) -> Result<(), kube::Error> {
+    async fn mark(&self, node: &Node, since: Option<f64>) -> Result<Node, kube::Error> {
         let api: Api<Node> = Api::all(self.client.clone());
         let value = since.map_or(Value::Null, |s| Value::String(format!("{s:.3}")));
         let patch = json!({"metadata": {"annotations": {SINCE: value}}});
-        api.patch(&node.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await.map(drop)
+        api.patch(&node.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await
     }
 
     /// A hold pod on the node and a budget allowing none of it to be evicted while `hold`;
