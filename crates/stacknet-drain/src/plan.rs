@@ -73,10 +73,6 @@ impl Migration {
         matches!(self.status.as_str(), "error" | "failed")
     }
 
-    fn done(&self) -> bool {
-        matches!(self.status.as_str(), "completed" | "confirmed" | "finished" | "done")
-    }
-
     /// A cold migration that landed and waits for its confirmation.
     fn awaiting_confirmation(&self) -> bool {
         self.status == "finished" && matches!(self.kind.as_str(), "migration" | "resize")
@@ -219,10 +215,12 @@ pub fn decide(o: &Observed, settings: &Settings) -> Decision {
             d.actions.push(Action::Confirm { server: m.instance.clone() });
         }
     }
+    // Moved: off the host through a migration of this drain that did not fail (whether it is
+    // completed, or still `confirming` or `finished` awaiting confirmation).
     let moved: std::collections::BTreeSet<&str> = o
         .migrations
         .iter()
-        .filter(|m| m.done() && !on_host.contains(m.instance.as_str()))
+        .filter(|m| !m.failed() && !on_host.contains(m.instance.as_str()))
         .map(|m| m.instance.as_str())
         .collect();
     d.counts.moved = moved.len();
@@ -366,6 +364,10 @@ mod tests {
         assert_eq!(d.actions, [Action::Confirm { server: "b".into() }]);
         assert_eq!(d.stage, Stage::Draining, "drained once confirmed");
         assert!(!d.hold, "nothing runs on the host any more");
+        // Confirming: counted as moved at once (the condition says 1 moved when it turns True).
+        o.migrations[0].status = "confirming".into();
+        let d = decide(&o, &Settings::default());
+        assert_eq!((d.actions.len(), d.stage.clone(), d.counts.moved), (0, Stage::Drained, 1));
         o.migrations[0].status = "confirmed".into();
         let d = decide(&o, &Settings::default());
         assert_eq!((d.actions.len(), d.stage.clone()), (0, Stage::Drained));

@@ -243,7 +243,16 @@ async fn cordon_drains_the_hypervisor_through_nova() {
     // Moves that cannot succeed: compute-2 disabled by an operator, compute-1 cordoned — no
     // host can take the servers. Retried with backoff, then given up; compute-1 stays disabled.
     controller.kill();
-    let mut controller = Controller::start(&config, &clouds, dir.path(), &["--attempts", "2", "--backoff", "0.5"]);
+    // (With --host-label: a node naming a host Nova does not know is said, on the node.)
+    let mut ghost = node("ghost");
+    ghost["metadata"]["labels"]["stacknet.io/nova-host"] = json!("compute-9");
+    api.apply(ghost);
+    let mut controller = Controller::start(
+        &config,
+        &clouds,
+        dir.path(),
+        &["--attempts", "2", "--backoff", "0.5", "--host-label", "stacknet.io/nova-host"],
+    );
     let operator = cloud.compute_service("compute-2").unwrap()["id"].as_str().unwrap().to_string();
     stacknet_openstack::nova::set_service(&nova, &operator, false, Some("operator: replacing a DIMM")).await.unwrap();
     cordon(&api, "compute-1", true);
@@ -265,6 +274,10 @@ async fn cordon_drains_the_hypervisor_through_nova() {
         assert_eq!(failed, 2, "server {id}: two attempts, then given up");
     }
     assert!(reasons(&api, "compute-1").iter().any(|r| r == "InstanceStuck"));
+    let ghost =
+        api.events().into_iter().find(|e| e["reason"] == "UnknownHypervisor").expect("an UnknownHypervisor Event");
+    assert_eq!(ghost["regarding"]["name"], "ghost");
+    assert_eq!(ghost["note"], "the node names Nova host \"compute-9\", and Nova has no nova-compute service on it");
     // Uncordoned: ours enabled, the operator's left as it is (and said so).
     cordon(&api, "compute-1", false);
     until("compute-1 enabled", Duration::from_secs(30), dir.path(), || service(&cloud, "compute-1").0 == "enabled")
