@@ -5,7 +5,12 @@ use std::process::Command;
 
 use serde_json::Value;
 
+/// The scenarios start daemons (OVN, a node, a whole cloud) and measure: one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The bench's JSON lines for `args`, run alone.
 fn bench(args: &[&str]) -> Vec<Value> {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let out = Command::new(env!("CARGO_BIN_EXE_stacknet-bench")).args(args).output().expect("runs");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout)
@@ -127,4 +132,75 @@ fn services_bench_prints_a_line_per_node_count_and_the_live_half() {
         assert!(l["rows_per_change"].as_f64().unwrap() > 0.0, "the change wrote nothing: {l}");
         assert_eq!(l["rows_per_change"], l["floor_rows_per_change"], "{l}");
     }
+}
+
+/// The entrypoint scenario: the stacknet-entrypoint executable waiting for a Service through a
+/// fake API server and for a unix socket, the command spawned directly, and the anchor's model.
+#[test]
+fn entrypoint_bench_prints_the_measured_lines_and_the_model() {
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_stacknet-bench")).with_file_name("stacknet-entrypoint");
+    assert!(binary.is_file(), "{} missing: build it (cargo build -p stacknet-entrypoint)", binary.display());
+    let lines = bench(&["entrypoint", "--runs", "5", "--binary", binary.to_str().unwrap()]);
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    let what: Vec<&str> = lines.iter().map(|l| l["what"].as_str().unwrap_or_default()).collect();
+    for (l, prefix) in
+        lines.iter().zip(["floor:", "stacknet: DEPENDENCY_SERVICE", "stacknet: DEPENDENCY_SOCKET", "model:"])
+    {
+        assert_eq!(l["bench"], "entrypoint", "{l}");
+        assert!(l["what"].as_str().is_some_and(|w| w.starts_with(prefix)), "{prefix} expected: {what:?}");
+    }
+    // Measured: the floor and both dependencies, each run once per run.
+    for l in &lines[..3] {
+        assert_eq!(l["measured"], true, "{l}");
+        assert_eq!(l["runs"], 5, "{l}");
+        for k in ["p50_ms", "p99_ms", "max_ms"] {
+            assert!(l[k].as_f64().is_some_and(|v| v > 0.0), "{k} in {l}");
+        }
+        assert!(l["p50_ms"].as_f64() <= l["p99_ms"].as_f64(), "{l}");
+    }
+    for l in &lines[1..3] {
+        assert!(l["p99_within_target"].is_boolean(), "{l}");
+        for k in ["over_floor_p50_ms", "model_p50_ratio", "model_p99_ratio"] {
+            assert!(l[k].is_number(), "{k} in {l}");
+        }
+    }
+    // The anchor is a model, labelled so, not a measurement.
+    let m = &lines[3];
+    assert_eq!(m["measured"], false, "{m}");
+    assert!(m["what"].as_str().unwrap().contains("not measured"), "{m}");
+    assert_eq!((m["p50_ms"].as_f64(), m["p99_ms"].as_f64()), (Some(1000.0), Some(1980.0)), "{m}");
+    assert_eq!(m["p99_within_target"], false, "{m}");
+}
+
+/// The drain scenario: a real Nova with two fake compute hosts, three servers (one stopped) moved
+/// by Nova directly, then back by the compute drain run in-process.
+#[test]
+#[ignore = "needs root and the OpenStack packages with Nova's (scripts/install-test-packages)"]
+fn drain_bench_prints_ours_and_the_floor() {
+    let lines = bench(&["drain", "--instances", "3"]);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let (ours, floor) = (&lines[0], &lines[1]);
+    assert_eq!(ours["bench"], "drain", "{ours}");
+    assert_eq!((ours["instances"].as_u64(), ours["migrated"].as_u64()), (Some(3), Some(3)), "{ours}");
+    // The third server is stopped: one cold migration among the live ones.
+    assert_eq!((ours["active"].as_u64(), ours["shutoff"].as_u64()), (Some(2), Some(1)), "{ours}");
+    for k in ["disable_s", "drain_s", "floor_s", "ratio", "nova_calls_per_instance", "floor_nova_calls_per_instance"] {
+        assert!(ours[k].as_f64().is_some_and(|v| v > 0.0), "{k} in {ours}");
+    }
+    assert!(ours["disable_s"].as_f64() < ours["drain_s"].as_f64(), "{ours}");
+    // Settled (every server in its first state, no task) no sooner than drained or emptied.
+    assert!(ours["settled_s"].as_f64() >= ours["drain_s"].as_f64(), "{ours}");
+    assert!(floor["settled_s"].as_f64() >= floor["floor_s"].as_f64(), "{floor}");
+    assert_eq!(floor["settled_s"], ours["floor_settled_s"], "{floor}");
+    assert_eq!((ours["parallel"].as_u64(), ours["interval_ms"].as_u64()), (Some(2), Some(200)), "{ours}");
+    assert_eq!(floor["bench"], "drain", "{floor}");
+    assert_eq!(floor["impl"], "nova-direct", "{floor}");
+    assert_eq!(floor["instances"], 3, "{floor}");
+    assert_eq!(floor["floor_s"], ours["floor_s"], "{floor}");
+    assert_eq!(floor["nova_calls_per_instance"], ours["floor_nova_calls_per_instance"], "{floor}");
+    // At least a move and its polls per server: live-migrate (or migrate and confirm), reads.
+    for k in ["nova_action_calls_per_instance", "nova_poll_calls_per_instance"] {
+        assert!(floor[k].as_f64().is_some_and(|v| v >= 1.0), "{k} in {floor}");
+    }
+    assert!(floor["max_under_way"].as_u64().is_some_and(|m| (1..=2).contains(&m)), "{floor}");
 }
