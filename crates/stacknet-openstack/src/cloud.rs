@@ -124,7 +124,8 @@ pub struct Call {
     pub method: http::Method,
     pub path: String,
     pub query: Vec<(String, String)>,
-    pub body: Option<(&'static str, Value)>,
+    /// The JSON body and the key it is wrapped in (`None`: sent as is).
+    pub body: Option<(Option<&'static str>, Value)>,
     pub response_key: Option<&'static str>,
     /// Extra request headers (Nova's microversion).
     pub headers: Option<http::HeaderMap>,
@@ -157,13 +158,13 @@ impl Call {
     }
 
     pub fn body(mut self, key: &'static str, value: Value) -> Call {
-        self.body = Some((key, value));
+        self.body = Some((Some(key), value));
         self
     }
 
     /// A body sent as is, not wrapped in a key.
     pub fn raw_body(mut self, value: Value) -> Call {
-        self.body = Some(("", value));
+        self.body = Some((None, value));
         self
     }
 
@@ -218,8 +219,8 @@ impl RestEndpoint for Call {
     fn body(&self) -> Result<Option<(&'static str, Vec<u8>)>, BodyError> {
         match &self.body {
             None => Ok(None),
-            Some(("", value)) => Ok(Some(("application/json", serde_json::to_vec(value).map_err(BodyError::from)?))),
-            Some((key, value)) => {
+            Some((None, value)) => Ok(Some(("application/json", serde_json::to_vec(value).map_err(BodyError::from)?))),
+            Some((Some(key), value)) => {
                 let mut p = JsonBodyParams::default();
                 p.push(*key, value.clone());
                 p.into_body()
