@@ -6,11 +6,13 @@
 #![forbid(unsafe_code)]
 
 mod chassis;
+mod cluster;
 pub mod openstack;
 mod ovn;
 mod require;
 
 pub use chassis::{Chassis, Netns, Segment};
+pub use cluster::{DbCluster, MemberStatus};
 pub use openstack::{OpenStack, OpenStackOptions};
 pub use ovn::{DbServer, Ovn, TraceVerdict, Workdir};
 pub use require::{Need, OVN_PACKAGES, require};

@@ -4,10 +4,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::cluster::DbCluster;
 use crate::{Error, Result};
 
 const NB_SCHEMA: &str = "/usr/share/ovn/ovn-nb.ovsschema";
 const SB_SCHEMA: &str = "/usr/share/ovn/ovn-sb.ovsschema";
+const NB_DATABASE: &str = "OVN_Northbound";
+const SB_DATABASE: &str = "OVN_Southbound";
 const READY: Duration = Duration::from_secs(15);
 
 pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
@@ -112,7 +115,7 @@ impl DbServer {
         let mut cmd = Command::new("ovsdb-server");
         cmd.arg(&self.db)
             .arg(format!("--remote=punix:{}", self.sock.display()))
-            .arg(format!("--unixctl={}", self.dir.join(format!("{}.ctl", self.name)).display()))
+            .arg(format!("--unixctl={}", self.ctl().display()))
             .arg(format!("--log-file={}", log.display()))
             .arg("--no-chdir")
             .arg("-vconsole:off");
@@ -144,6 +147,11 @@ impl DbServer {
 
     pub fn log(&self) -> PathBuf {
         self.dir.join(format!("{}.log", self.name))
+    }
+
+    /// The unixctl socket (`ovs-appctl -t`).
+    pub fn ctl(&self) -> PathBuf {
+        self.dir.join(format!("{}.ctl", self.name))
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -191,8 +199,8 @@ pub struct TraceVerdict {
 /// NB (+ SB and ovn-northd) in a temporary directory, removed on drop.
 #[derive(Debug)]
 pub struct Ovn {
-    pub nb: DbServer,
-    pub sb: Option<DbServer>,
+    pub nb: DbCluster,
+    pub sb: Option<DbCluster>,
     northd: Option<Child>,
     // Declared last: dropped after the daemons are stopped.
     dir: Workdir,
@@ -223,7 +231,14 @@ impl Ovn {
     /// A Northbound database alone.
     pub fn nb_only() -> Result<Ovn> {
         let dir = Workdir::temp()?;
-        let nb = DbServer::start(dir.path(), "nb", NB_SCHEMA)?;
+        let nb = DbCluster::start(dir.path(), "nb", NB_SCHEMA, NB_DATABASE, 1)?;
+        Ok(Ovn { nb, sb: None, northd: None, dir })
+    }
+
+    /// A Northbound database alone, as a Raft cluster of `members`.
+    pub fn nb_cluster(members: usize) -> Result<Ovn> {
+        let dir = Workdir::temp()?;
+        let nb = DbCluster::start(dir.path(), "nb", NB_SCHEMA, NB_DATABASE, members)?;
         Ok(Ovn { nb, sb: None, northd: None, dir })
     }
 
@@ -234,8 +249,13 @@ impl Ovn {
 
     /// Like [`Ovn::with_northd`], in `dir`.
     pub fn with_northd_in(dir: Workdir) -> Result<Ovn> {
-        let nb = DbServer::start(dir.path(), "nb", NB_SCHEMA)?;
-        let sb = DbServer::start(dir.path(), "sb", SB_SCHEMA)?;
+        Ovn::clustered_in(dir, 1)
+    }
+
+    /// Like [`Ovn::with_northd_in`], NB and SB each a Raft cluster of `members` (1: standalone).
+    pub fn clustered_in(dir: Workdir, members: usize) -> Result<Ovn> {
+        let nb = DbCluster::start(dir.path(), "nb", NB_SCHEMA, NB_DATABASE, members)?;
+        let sb = DbCluster::start(dir.path(), "sb", SB_SCHEMA, SB_DATABASE, members)?;
         let log = dir.path().join("northd.log");
         let northd = Command::new("ovn-northd")
             .arg(format!("--ovnnb-db={}", nb.remote()))
@@ -260,7 +280,7 @@ impl Ovn {
 
     /// The Southbound remote (`unix:...`), for chassis to connect to.
     pub fn sb_remote(&self) -> Option<String> {
-        self.sb.as_ref().map(DbServer::remote)
+        self.sb.as_ref().map(DbCluster::remote)
     }
 
     /// Runs `ovn-sbctl --db=<sb>` with `args`.
@@ -278,16 +298,16 @@ impl Ovn {
     pub fn daemons(&self) -> Vec<(String, u32)> {
         let mut d = Vec::new();
         d.extend(self.northd.as_ref().map(|c| ("ovn-northd".to_string(), c.id())));
-        d.extend(self.sb.as_ref().and_then(DbServer::pid).map(|p| ("ovsdb-server OVN_Southbound".to_string(), p)));
-        d.extend(self.nb.pid().map(|p| ("ovsdb-server OVN_Northbound".to_string(), p)));
+        d.extend(self.sb.iter().flat_map(DbCluster::daemons));
+        d.extend(self.nb.daemons());
         d
     }
 
     /// PIDs of every daemon (for a sandbox that outlives its starter).
     pub fn pids(&self) -> Vec<u32> {
         let mut p: Vec<u32> = self.northd.iter().map(Child::id).collect();
-        p.extend(self.sb.as_ref().and_then(DbServer::pid));
-        p.extend(self.nb.pid());
+        p.extend(self.sb.iter().flat_map(DbCluster::pids));
+        p.extend(self.nb.pids());
         p
     }
 
@@ -382,7 +402,18 @@ mod tests {
 
     #[test]
     fn northd_and_trace() {
-        let ovn = Ovn::with_northd().unwrap();
+        northd_translates_and_trace_reads(&Ovn::with_northd().unwrap());
+    }
+
+    #[test]
+    fn clustered_northd_and_trace() {
+        let ovn = Ovn::clustered_in(Workdir::temp().unwrap(), 3).unwrap();
+        assert!(ovn.nb.is_clustered() && ovn.sb.as_ref().unwrap().is_clustered());
+        assert_eq!(ovn.daemons().len(), 7, "northd and three members of each database");
+        northd_translates_and_trace_reads(&ovn);
+    }
+
+    fn northd_translates_and_trace_reads(ovn: &Ovn) {
         ovn.nbctl(&[
             "ls-add",
             "s",

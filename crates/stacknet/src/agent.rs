@@ -21,12 +21,17 @@ pub struct AgentArgs {
     /// The cluster id the controller tags its rows with.
     #[arg(long, default_value = "stacknet")]
     cluster: String,
-    /// The local Open_vSwitch database (repeat for more than one remote).
-    #[arg(long = "ovs", value_name = "REMOTE", default_value = "unix:/var/run/openvswitch/db.sock")]
+    /// The local Open_vSwitch database (comma-separated or repeated for more than one remote).
+    #[arg(
+        long = "ovs",
+        value_name = "REMOTE",
+        value_delimiter = ',',
+        default_value = "unix:/var/run/openvswitch/db.sock"
+    )]
     ovs: Vec<Remote>,
-    /// The OVN Northbound database (repeat for each member of a cluster). Not with
-    /// `--openstack`.
-    #[arg(long = "nb", value_name = "REMOTE", required_unless_present = "openstack")]
+    /// The OVN Northbound database: each member of a cluster, comma-separated or repeated
+    /// (writes go to the leader). Not with `--openstack`.
+    #[arg(long = "nb", value_name = "REMOTE", value_delimiter = ',', required_unless_present = "openstack")]
     nb: Vec<Remote>,
     /// OpenStack mode (the controller runs `--backend openstack`): pods' ports are Neutron's,
     /// read from their `stacknet.io/network` annotation through the Kubernetes API (in-cluster,

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use stacknet_engine::{ClusterIndex, PolicyEngine};
 use stacknet_node::protocol::{self, Request, Response};
 use stacknet_ovn::{OvnBackend, Topology, build};
+use stacknet_ovsdb::Remote;
 use stacknet_sandbox::{Chassis, Ovn, Workdir};
 
 const STATE: &str = "sandbox.json";
@@ -48,6 +49,19 @@ pub struct UpArgs {
     /// The stacknet-cni executable (default: next to this one).
     #[arg(long, value_name = "PATH")]
     cni: Option<PathBuf>,
+    /// Members of the Northbound and of the Southbound database: 1 (standalone) or a Raft
+    /// cluster of 3 or 5, as production runs them.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = db_cluster_size)]
+    db_cluster: usize,
+}
+
+fn db_cluster_size(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n @ (1 | 3 | 5)) => Ok(n),
+        _ => Err(format!(
+            "{s}: 1 (standalone), 3 or 5 members (a Raft cluster of an even size tolerates no more failures than one member less)"
+        )),
+    }
 }
 
 #[derive(clap::Args)]
@@ -158,7 +172,7 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     // Until everything is up, a failure stops what started and removes the directory.
-    let started = start(&dir, &args.cluster, &plugin, engine.as_ref());
+    let started = start(&dir, &args.cluster, &plugin, engine.as_ref(), args.db_cluster);
     match started {
         Ok(state) => {
             print_up(&dir, &state);
@@ -171,10 +185,20 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
     }
 }
 
-fn start(dir: &Path, cluster: &str, plugin: &Path, engine: Option<&PolicyEngine>) -> anyhow::Result<State> {
-    eprintln!("starting NB, SB and ovn-northd ...");
+fn start(
+    dir: &Path,
+    cluster: &str,
+    plugin: &Path,
+    engine: Option<&PolicyEngine>,
+    db_members: usize,
+) -> anyhow::Result<State> {
+    if db_members > 1 {
+        eprintln!("starting NB and SB as Raft clusters of {db_members}, and ovn-northd ...");
+    } else {
+        eprintln!("starting NB, SB and ovn-northd ...");
+    }
     std::fs::create_dir_all(dir.join("ovn"))?;
-    let ovn = Ovn::with_northd_in(Workdir::Kept(dir.join("ovn")))?;
+    let ovn = Ovn::clustered_in(Workdir::Kept(dir.join("ovn")), db_members)?;
     let sb = ovn.sb_remote().context("no Southbound database")?;
     eprintln!("starting the node (Open_vSwitch database, ovs-vswitchd, ovn-controller) ...");
     let mut chassis = Chassis::start(&dir.join("ovn"), "node-1", &sb, "127.0.0.1")?;
@@ -256,12 +280,12 @@ fn wait_ready(socket: &Path, agent: &mut std::process::Child) -> anyhow::Result<
 
 fn program(ovn: &Ovn, cluster: &str, engine: &PolicyEngine) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let nb = ovn.nb.remote().parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let nb = Remote::parse_list(&ovn.nb.remote()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let desired = build(engine, &Topology::from_pods(cluster, engine.index()));
     for w in &desired.warnings {
         eprintln!("warning: {w}");
     }
-    let report = runtime.block_on(async { OvnBackend::connect(vec![nb]).reconcile(&desired).await })?;
+    let report = runtime.block_on(async { OvnBackend::connect(nb).reconcile(&desired).await })?;
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }
@@ -373,7 +397,7 @@ fn status(dir: &Path, json: bool) -> anyhow::Result<bool> {
     } else {
         println!("sandbox in {}: {}", dir.display(), if up { "up" } else { "degraded" });
         for (d, running) in &daemons {
-            println!("  {:<34} {:>8}  {}", d.name, d.pid, if *running { "running" } else { "not running" });
+            println!("  {:<38} {:>8}  {}", d.name, d.pid, if *running { "running" } else { "not running" });
         }
         match &agent {
             Ok(()) => println!("  agent ready on {}", state.agent_socket.display()),

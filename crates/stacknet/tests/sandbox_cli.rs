@@ -30,6 +30,17 @@ fn running(pid: u64) -> bool {
 
 #[test]
 fn up_attach_status_down() {
+    up_attach_status_down_with(1);
+}
+
+/// NB and SB as Raft clusters of three (`--db-cluster 3`): the agent, ovn-northd and
+/// ovn-controller find their leaders and a pod attached by hand works.
+#[test]
+fn clustered_databases_up_attach_status_down() {
+    up_attach_status_down_with(3);
+}
+
+fn up_attach_status_down_with(members: usize) {
     let plugin = PathBuf::from(env!("CARGO_BIN_EXE_stacknet")).with_file_name("stacknet-cni");
     assert!(plugin.is_file(), "{} missing (cargo test --workspace builds it)", plugin.display());
     let base = tempfile::tempdir().unwrap();
@@ -42,7 +53,8 @@ fn up_attach_status_down() {
     assert_eq!(s.status.code(), Some(1), "{}", text(&s));
     assert!(text(&s).contains("no sandbox"), "{}", text(&s));
 
-    let up = stacknet(&["sandbox", "up", "--dir", d, "-f", "examples/three-tier", "--cni", cni]);
+    let n = members.to_string();
+    let up = stacknet(&["sandbox", "up", "--dir", d, "-f", "examples/three-tier", "--cni", cni, "--db-cluster", &n]);
     assert_eq!(up.status.code(), Some(0), "{}", text(&up));
     assert!(text(&up).contains("programmed 7 pod port(s)"), "{}", text(&up));
     // A second `up` on the same directory refuses.
@@ -56,11 +68,13 @@ fn up_attach_status_down() {
     assert_eq!(status["up"], true, "{status}");
     assert_eq!(status["agent_ready"], true, "{status}");
     let daemons = status["daemons"].as_array().unwrap();
-    assert_eq!(daemons.len(), 7, "{status}");
+    // The agent, the node's three daemons, ovn-northd, and each database's members.
+    assert_eq!(daemons.len(), 5 + 2 * members, "{status}");
+    assert_eq!(status["nb"].as_str().unwrap().split(',').count(), members, "{status}");
     let pids: Vec<u64> = daemons.iter().map(|d| d["pid"].as_u64().unwrap()).collect();
 
     // Attach a pod by hand, as the printed instructions say.
-    let netns = format!("sbx{}", std::process::id());
+    let netns = format!("sbx{}-{members}", std::process::id());
     assert!(Command::new("ip").args(["netns", "add", &netns]).status().unwrap().success());
     let netns_path = PathBuf::from(format!("/var/run/netns/{netns}"));
     let call = Invocation {
