@@ -135,12 +135,13 @@ fn services(count: usize, pods: usize) -> String {
     y
 }
 
-struct Running {
-    child: Child,
-    addr: SocketAddr,
+pub(crate) struct Running {
+    pub child: Child,
+    pub addr: SocketAddr,
 }
 
-fn spawn(stacknet: &Path, nb: &str, dir: &Path) -> anyhow::Result<Running> {
+/// `stacknet controller` on the folder `dir`, with `extra` arguments.
+pub(crate) fn spawn(stacknet: &Path, nb: &str, dir: &Path, extra: &[&str]) -> anyhow::Result<Running> {
     let mut child = Command::new(stacknet)
         .args([
             "controller",
@@ -153,6 +154,7 @@ fn spawn(stacknet: &Path, nb: &str, dir: &Path) -> anyhow::Result<Running> {
             "--cluster-cidr",
             "10.128.0.0/9",
         ])
+        .args(extra)
         .arg("--manifests")
         .arg(dir)
         .env("STACKNET_LOG", "error")
@@ -182,7 +184,7 @@ fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     Some((text.split_whitespace().nth(1)?.parse().ok()?, text.split("\r\n\r\n").nth(1).unwrap_or_default().into()))
 }
 
-fn metric(addr: SocketAddr, name: &str) -> anyhow::Result<f64> {
+pub(crate) fn metric(addr: SocketAddr, name: &str) -> anyhow::Result<f64> {
     let (_, text) = get(addr, "/metrics").context("no /metrics")?;
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
@@ -190,7 +192,7 @@ fn metric(addr: SocketAddr, name: &str) -> anyhow::Result<f64> {
         .with_context(|| format!("no {name} in /metrics"))
 }
 
-fn wait_ready(r: &mut Running) -> anyhow::Result<()> {
+pub(crate) fn wait_ready(r: &mut Running) -> anyhow::Result<()> {
     let deadline = Instant::now() + DEADLINE;
     while get(r.addr, "/readyz").map(|x| x.0) != Some(200) {
         if let Some(status) = r.child.try_wait()? {
@@ -217,7 +219,7 @@ fn status_mb(pid: u32, field: &str) -> anyhow::Result<f64> {
     Ok(kb / 1024.0)
 }
 
-fn stop(mut r: Running) -> anyhow::Result<()> {
+pub(crate) fn stop(mut r: Running) -> anyhow::Result<()> {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(r.child.id() as i32), nix::sys::signal::Signal::SIGTERM)?;
     r.child.wait()?;
     Ok(())
@@ -245,7 +247,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let nb = ovn.nb.remote();
 
     let t = Instant::now();
-    let mut r = spawn(&stacknet, &nb, dir.path())?;
+    let mut r = spawn(&stacknet, &nb, dir.path(), &[])?;
     wait_ready(&mut r)?;
     let converge = t.elapsed();
     let converged_rss = status_mb(r.child.id(), "VmRSS:")?;
@@ -268,7 +270,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     // Restart with nothing changed.
     let t = Instant::now();
-    let mut r = spawn(&stacknet, &nb, dir.path())?;
+    let mut r = spawn(&stacknet, &nb, dir.path(), &[])?;
     wait_ready(&mut r)?;
     let restart = t.elapsed();
     let writes = metric(r.addr, "stacknet_ovsdb_transactions_total")?;

@@ -8,6 +8,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod controller;
 mod drain;
 mod entrypoint;
+mod failover;
 mod generator;
 mod jsonline;
 mod openstack;
@@ -113,6 +114,22 @@ enum Scenario {
         #[arg(long)]
         stacknet: Option<std::path::PathBuf>,
     },
+    /// The controller writing a churn of pods into a Northbound Raft cluster while one member
+    /// fails (the leader killed, a follower killed, the leader frozen): updates lost, rows too
+    /// many, time to converge after the failure, row by row against a run without failure.
+    DbFailover {
+        #[arg(long, default_value_t = 1_000)]
+        pods: usize,
+        /// Members of the Northbound cluster.
+        #[arg(long, default_value_t = 3)]
+        members: usize,
+        /// The failures to run (default: all three), comma-separated.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        fault: Vec<failover::Fault>,
+        /// The stacknet executable (default: next to this one).
+        #[arg(long)]
+        stacknet: Option<std::path::PathBuf>,
+    },
     /// Starts Keystone and Neutron (ML2/OVN) on loopback: pod starts through the OpenStack
     /// backend with and without port pools (Neutron calls and time per pod), and the
     /// security-group rules the policies take next to one rule per peer address.
@@ -192,6 +209,9 @@ fn main() -> anyhow::Result<()> {
         }
         Scenario::Controller { pods, policies, services, nodes, seed, stacknet } => {
             controller::run(controller::Args { pods, policies, services, nodes, seed, stacknet })
+        }
+        Scenario::DbFailover { pods, members, fault, stacknet } => {
+            failover::run(failover::Args { pods, members, faults: fault, stacknet })
         }
         Scenario::Openstack { pods, nodes, pool_size, sg_pods, policies, namespaces, seed, services } => {
             let args = openstack::Args { pods, nodes, pool_size, sg_pods, policies, namespaces, seed, services };

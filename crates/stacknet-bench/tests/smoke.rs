@@ -1,24 +1,9 @@
 //! The benchmark programs run end to end at a small scale and print well-formed lines (the
 //! figures themselves are measured by running them, not here).
 
-use std::process::Command;
+mod common;
 
-use serde_json::Value;
-
-/// The scenarios start daemons (OVN, a node, a whole cloud) and measure: one at a time.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// The bench's JSON lines for `args`, run alone.
-fn bench(args: &[&str]) -> Vec<Value> {
-    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let out = Command::new(env!("CARGO_BIN_EXE_stacknet-bench")).args(args).output().expect("runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
-}
+use common::bench;
 
 #[test]
 fn policy_bench_prints_its_line() {

@@ -347,9 +347,9 @@ async fn run(config: ClientConfig, shared: Arc<Shared>, mut commands: mpsc::Unbo
         let delay = if synced {
             Duration::ZERO
         } else {
-            let d = config.min_backoff.saturating_mul(1u32 << failures.min(16));
+            let d = backoff(&config, failures);
             failures += 1;
-            d.min(config.max_backoff)
+            d
         };
         let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
@@ -364,6 +364,15 @@ async fn run(config: ClientConfig, shared: Arc<Shared>, mut commands: mpsc::Unbo
             }
         }
     }
+}
+
+/// The pause after the `failures`-th failed attempt in a row. It doubles once per round over
+/// every remote, not per attempt: while a cluster elects a leader, each member is asked again
+/// within a short while (doubling per attempt left the new leader unasked for seconds after
+/// the election, behind the dead member and the followers).
+fn backoff(config: &ClientConfig, failures: u32) -> Duration {
+    let rounds = failures / u32::try_from(config.remotes.len().max(1)).unwrap_or(u32::MAX);
+    config.min_backoff.saturating_mul(1u32 << rounds.min(16)).min(config.max_backoff)
 }
 
 enum End {
@@ -1007,5 +1016,16 @@ mod tests {
             assert!(bad.parse::<Remote>().is_err(), "{bad}");
         }
         assert_eq!(Remote::parse_list("tcp:a:1, tcp:b:2").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn backoff_doubles_once_every_remote_was_tried() {
+        let remotes = Remote::parse_list("unix:/a,unix:/b,unix:/c").unwrap();
+        let config = ClientConfig::new(remotes, "OVN_Northbound");
+        let ms = |f| backoff(&config, f).as_millis();
+        assert_eq!([ms(0), ms(1), ms(2), ms(3), ms(5), ms(6)], [50, 50, 50, 100, 100, 200]);
+        assert_eq!(ms(1000), 8000, "capped");
+        let one = ClientConfig::new(Remote::parse_list("unix:/a").unwrap(), "OVN_Northbound");
+        assert_eq!([backoff(&one, 0).as_millis(), backoff(&one, 1).as_millis()], [50, 100]);
     }
 }
