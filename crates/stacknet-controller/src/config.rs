@@ -375,8 +375,10 @@ impl ControllerConfig {
                 "the OVN Northbound database is required (--nb unix:PATH or tcp:HOST:PORT)",
             ));
         }
+        // An entry may itself be a comma-separated list (OVN's form for a cluster's members).
         let nb = nb_texts
             .iter()
+            .flat_map(|t| t.split(',').map(str::trim).filter(|t| !t.is_empty()))
             .map(|t| t.parse::<Remote>().map_err(|e| Error::setting(format!("nb ({})", from(nb_flag)), e.to_string())))
             .collect::<Result<Vec<_>, _>>()?;
         let cidr_flag = !args.cluster_cidr.is_empty();
@@ -540,6 +542,18 @@ mod tests {
                 .starts_with("lb-pool: 10.96.1.0/24 overlaps service-cidr")
         );
         assert!(err(&|a| a.lb_pool = vec!["nope".into()]).starts_with("lb-pool"));
+    }
+
+    #[test]
+    fn a_clusters_members_are_a_list_or_one_comma_separated_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("stacknet.toml");
+        std::fs::write(&file, "nb = [\"unix:/a, unix:/b\", \"unix:/c\"]\n").unwrap();
+        let c =
+            ControllerConfig::from_args(&ControllerArgs { config: Some(file), ..ControllerArgs::default() }).unwrap();
+        assert_eq!(c.nb, Remote::parse_list("unix:/a,unix:/b,unix:/c").unwrap());
+        let bad = ControllerArgs { nb: vec!["unix:/a,http://b".into()], ..ControllerArgs::default() };
+        assert!(ControllerConfig::from_args(&bad).unwrap_err().to_string().starts_with("nb (flag or environment)"));
     }
 
     #[test]

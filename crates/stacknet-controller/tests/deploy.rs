@@ -106,6 +106,8 @@ fn manifests_are_valid_objects_that_hold_together() {
     let config =
         ControllerConfig::from_args(&ControllerArgs { config: Some(file), ..ControllerArgs::default() }).unwrap();
     assert_eq!(config.metrics_addr.port(), 9478);
+    // The production layout: the three members of a clustered Northbound database.
+    assert_eq!(config.nb.len(), 3, "{:?}", config.nb);
     let probes = spec.template.spec.as_ref().unwrap().containers[0].clone();
     assert_eq!(probes.readiness_probe.unwrap().http_get.unwrap().path.as_deref(), Some("/readyz"));
     assert_eq!(probes.liveness_probe.unwrap().http_get.unwrap().path.as_deref(), Some("/healthz"));
@@ -121,7 +123,12 @@ fn manifests_are_valid_objects_that_hold_together() {
         args.windows(2).any(|w| w[0] == "--socket" && w[1] == socket),
         "agent listens where the plugin calls: {args:?}"
     );
-    assert!(args.iter().any(|a| a == "--nb"));
+    let nb = args.windows(2).find(|w| w[0] == "--nb").map(|w| w[1].clone()).expect("--nb");
+    assert_eq!(
+        stacknet_ovsdb::Remote::parse_list(&nb).unwrap(),
+        config.nb,
+        "the agent and the controller: one database"
+    );
 }
 
 #[test]
