@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use stacknet_engine::Cidr;
 use stacknet_engine::ipam::IpamConfig;
-use stacknet_ovsdb::Remote;
+use stacknet_ovsdb::{Remote, TlsConfig};
 
 use crate::error::Error;
 
@@ -25,6 +25,17 @@ pub struct ControllerArgs {
     /// The OVN Northbound database; repeat (or separate with commas) for a clustered one.
     #[arg(long = "nb", env = "STACKNET_NB", value_name = "REMOTE", value_delimiter = ',')]
     pub nb: Vec<String>,
+    /// For `ssl:` Northbound remotes: the CA the database's certificate must be signed by
+    /// (PEM). With it, `--certificate` and `--private-key`, plaintext `tcp:` remotes are refused.
+    /// The files are read at every connection: rotated on disk, they are used without a restart.
+    #[arg(long, env = "STACKNET_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// Our certificate for `ssl:` remotes (PEM), signed by a CA the database trusts.
+    #[arg(long, env = "STACKNET_CERTIFICATE", value_name = "FILE")]
+    pub certificate: Option<PathBuf>,
+    /// The private key of `--certificate` (PEM).
+    #[arg(long, env = "STACKNET_PRIVATE_KEY", value_name = "FILE")]
+    pub private_key: Option<PathBuf>,
     /// Take the cluster from this folder of manifests (watched) instead of an API server.
     #[arg(long, env = "STACKNET_MANIFESTS", value_name = "DIR")]
     pub manifests: Option<PathBuf>,
@@ -122,6 +133,9 @@ pub struct ControllerArgs {
 struct FileConfig {
     cluster: Option<String>,
     nb: Option<Vec<String>>,
+    ca_cert: Option<PathBuf>,
+    certificate: Option<PathBuf>,
+    private_key: Option<PathBuf>,
     manifests: Option<PathBuf>,
     cluster_cidr: Option<Vec<String>>,
     node_subnet_v4: Option<u8>,
@@ -166,6 +180,8 @@ pub struct OpenStackOptions {
 pub struct ControllerConfig {
     pub cluster: String,
     pub nb: Vec<Remote>,
+    /// Certificates for `ssl:` remotes.
+    pub tls: Option<TlsConfig>,
     pub manifests: Option<PathBuf>,
     pub ipam: IpamConfig,
     pub metrics_addr: SocketAddr,
@@ -311,6 +327,7 @@ impl ControllerConfig {
         ControllerConfig {
             cluster: cluster.into(),
             nb,
+            tls: None,
             manifests: manifests.map(Path::to_path_buf),
             ipam: IpamConfig::new(vec![DEFAULT_CLUSTER_CIDR.parse().expect("valid")]),
             metrics_addr: "127.0.0.1:0".parse().expect("valid"),
@@ -381,6 +398,16 @@ impl ControllerConfig {
             .flat_map(|t| t.split(',').map(str::trim).filter(|t| !t.is_empty()))
             .map(|t| t.parse::<Remote>().map_err(|e| Error::setting(format!("nb ({})", from(nb_flag)), e.to_string())))
             .collect::<Result<Vec<_>, _>>()?;
+        let tls = TlsConfig::from_files(
+            args.ca_cert.clone().or(file.ca_cert),
+            args.certificate.clone().or(file.certificate),
+            args.private_key.clone().or(file.private_key),
+        )
+        .map_err(|e| Error::setting("ca-cert, certificate, private-key", e))?;
+        stacknet_ovsdb::check_transport(&nb, tls.as_ref()).map_err(|e| Error::setting("nb", e))?;
+        if let Some(tls) = &tls {
+            tls.check().map_err(|e| Error::setting("ca-cert, certificate, private-key", e.to_string()))?;
+        }
         let cidr_flag = !args.cluster_cidr.is_empty();
         let cidr_texts = if cidr_flag {
             args.cluster_cidr.clone()
@@ -427,6 +454,7 @@ impl ControllerConfig {
         Ok(ControllerConfig {
             cluster,
             nb,
+            tls,
             manifests: args.manifests.clone().or(file.manifests),
             ipam,
             metrics_addr,

@@ -408,6 +408,10 @@ impl<B: Backend> Controller<B> {
                     if !unprepared_reported && started.elapsed() > NOT_PREPARED_REPORT {
                         self.observed.events.warn(&self.cluster, f.reason, &f.message);
                         unprepared_reported = true;
+                        // /readyz says why too (the last attempt's error).
+                        if !health.ready.load(Ordering::SeqCst) {
+                            health.set_ready(false, &format!("{waiting}: {}", f.message));
+                        }
                     }
                     false
                 }

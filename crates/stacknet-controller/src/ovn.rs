@@ -67,7 +67,7 @@ impl OvnNetwork {
             lb_pools: config.gateways.as_ref().map(|g| g.lb_pools.clone()).unwrap_or_default(),
             lb_ips: BTreeMap::new(),
             remotes: config.nb.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", "),
-            backend: OvnBackend::connect(config.nb.clone()),
+            backend: OvnBackend::connect_with(config.nb.clone(), config.tls.clone()),
             ipam,
             restored: false,
             pending_up: HashMap::new(),
@@ -217,7 +217,11 @@ impl Backend for OvnNetwork {
         if self.restored {
             return Ok(());
         }
-        let message = format!("no connection to {} yet; still trying", self.describe());
+        let last = self.backend.client().status().borrow().last_error.clone();
+        let message = match last {
+            Some(e) => format!("no connection to {} yet; still trying (last attempt: {e})", self.describe()),
+            None => format!("no connection to {} yet; still trying", self.describe()),
+        };
         Err(Failure::new(Reason::OvnUnreachable, message))
     }
 

@@ -101,6 +101,13 @@ fn manifests_are_valid_objects_that_hold_together() {
     let cm: core::ConfigMap = typed(find(&all, "ConfigMap", "stacknet-controller"));
     let toml = cm.data.unwrap()["stacknet.toml"].clone();
     let dir = tempfile::tempdir().unwrap();
+    // The Secret's files, where the pods mount it, are made here by a CA of the test's.
+    let tls = dir.path().join("tls");
+    std::fs::create_dir(&tls).unwrap();
+    let issued = stacknet_testsupport::pki::Pki::new("test CA").issue(&tls, "tls", "stacknet");
+    std::fs::rename(&issued.ca_cert, tls.join("ca.crt")).unwrap();
+    assert!(toml.contains("/etc/stacknet/tls/"), "{toml}");
+    let toml = toml.replace("/etc/stacknet/tls/", &format!("{}/", tls.display()));
     let file = dir.path().join("stacknet.toml");
     std::fs::write(&file, toml).unwrap();
     let config =
@@ -108,6 +115,15 @@ fn manifests_are_valid_objects_that_hold_together() {
     assert_eq!(config.metrics_addr.port(), 9478);
     // The production layout: the three members of a clustered Northbound database.
     assert_eq!(config.nb.len(), 3, "{:?}", config.nb);
+    assert!(config.tls.is_some(), "over TLS");
+    for volumes in [
+        &spec.template.spec.as_ref().unwrap().volumes,
+        &daemonset.spec.as_ref().unwrap().template.spec.as_ref().unwrap().volumes,
+    ] {
+        let secret = volumes.iter().flatten().find_map(|v| v.secret.clone()).expect("the TLS Secret mounted");
+        assert_eq!(secret.secret_name.as_deref(), Some("stacknet-ovn-tls"));
+        assert_eq!(secret.default_mode.map(|m| m & 0o007), Some(0), "not readable by other users");
+    }
     let probes = spec.template.spec.as_ref().unwrap().containers[0].clone();
     assert_eq!(probes.readiness_probe.unwrap().http_get.unwrap().path.as_deref(), Some("/readyz"));
     assert_eq!(probes.liveness_probe.unwrap().http_get.unwrap().path.as_deref(), Some("/healthz"));
@@ -124,6 +140,10 @@ fn manifests_are_valid_objects_that_hold_together() {
         "agent listens where the plugin calls: {args:?}"
     );
     let nb = args.windows(2).find(|w| w[0] == "--nb").map(|w| w[1].clone()).expect("--nb");
+    for flag in ["--ca-cert", "--certificate", "--private-key"] {
+        let path = args.windows(2).find(|w| w[0] == flag).map(|w| w[1].clone()).expect(flag);
+        assert!(path.starts_with("/etc/stacknet/tls/"), "{flag} {path}: from the mounted Secret");
+    }
     assert_eq!(
         stacknet_ovsdb::Remote::parse_list(&nb).unwrap(),
         config.nb,

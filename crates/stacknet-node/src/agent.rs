@@ -39,6 +39,8 @@ pub struct AgentConfig {
     pub node: Option<String>,
     /// The node's uplink bridge, shared with its gateway router (`None`: not managed).
     pub gateway_bridge: Option<String>,
+    /// Certificates for `ssl:` remotes (the Open_vSwitch and the Northbound database).
+    pub tls: Option<stacknet_ovsdb::TlsConfig>,
 }
 
 impl Default for AgentConfig {
@@ -52,6 +54,7 @@ impl Default for AgentConfig {
             host_netns: None,
             node: None,
             gateway_bridge: None,
+            tls: None,
         }
     }
 }
@@ -133,6 +136,7 @@ impl Agent {
         nb_remotes: Vec<Remote>,
     ) -> Agent {
         let mut nb_config = ClientConfig::new(nb_remotes, nb::DATABASE);
+        nb_config.tls = config.tls.clone();
         nb_config.tables = Some(vec![
             nb::LOGICAL_SWITCH.into(),
             nb::LOGICAL_SWITCH_PORT.into(),
@@ -151,7 +155,7 @@ impl Agent {
             // Gateway routers: what the uplink bridge steers to them.
             (nb::LOGICAL_ROUTER.to_string(), cols(&["name", "external_ids"])),
         ]);
-        let ovs = ovs::client(ovs_remotes);
+        let ovs = ovs::client_with(ovs_remotes, config.tls.clone());
         Agent {
             binder: ovs::Binder::start(ovs.clone(), config.bridge.clone()),
             config,
@@ -182,10 +186,13 @@ impl Agent {
     }
 
     /// Serves requests on `socket` (replacing a stale socket file) until the task is dropped;
-    /// meanwhile keeps the node's management port.
+    /// meanwhile keeps the node's management port. The socket is for the plugin, which the
+    /// runtime runs as root: mode 0600, whatever the umask.
     pub async fn serve(self: Arc<Self>, socket: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::remove_file(socket);
         let listener = UnixListener::bind(socket)?;
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
         let manage = self.clone();
         tokio::select! {
             r = self.accept(listener) => r,

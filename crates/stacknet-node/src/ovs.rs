@@ -23,7 +23,13 @@ pub const KEY_NETNS: &str = "stacknet.io/netns";
 
 /// A client of the local Open_vSwitch database, monitoring what the agent reads.
 pub fn client(remotes: Vec<Remote>) -> Client {
+    client_with(remotes, None)
+}
+
+/// Like [`client`], with certificates for `ssl:` remotes.
+pub fn client_with(remotes: Vec<Remote>, tls: Option<stacknet_ovsdb::TlsConfig>) -> Client {
     let mut c = ClientConfig::new(remotes, DATABASE);
+    c.tls = tls;
     c.tables = Some(vec![OPEN_VSWITCH.into(), BRIDGE.into(), PORT.into(), INTERFACE.into()]);
     // Not the columns ovs-vswitchd keeps rewriting (statistics, status, link state...).
     let cols = |cs: &[&str]| cs.iter().map(|c| c.to_string()).collect::<Vec<_>>();

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use stacknet_ovsdb::{Client, ClientConfig, Error, Remote, nb};
+use stacknet_ovsdb::{Client, ClientConfig, Error, Remote, TlsConfig, nb};
 
 use crate::desired::Desired;
 use crate::reconcile::{Plan, PlanSummary, plan};
@@ -30,7 +30,13 @@ pub struct OvnBackend {
 impl OvnBackend {
     /// A client for the Northbound database at `remotes`, monitoring the tables we use.
     pub fn connect(remotes: Vec<Remote>) -> OvnBackend {
+        OvnBackend::connect_with(remotes, None)
+    }
+
+    /// Like [`OvnBackend::connect`], with certificates for `ssl:` remotes.
+    pub fn connect_with(remotes: Vec<Remote>, tls: Option<TlsConfig>) -> OvnBackend {
         let mut config = ClientConfig::new(remotes, nb::DATABASE);
+        config.tls = tls;
         config.requirements = Some(nb::requirements());
         config.tables = Some(nb::monitored_tables());
         // Our rows are found by cluster and by identity; no other key is looked up.

@@ -92,11 +92,68 @@ impl fmt::Display for Remote {
 /// PEM files for `ssl:` remotes, as OVN deployments configure them: the server must present a
 /// certificate signed by `ca_cert` (its name is not checked, as OVS does not check it), and we
 /// present `certificate` with `private_key`.
-#[derive(Debug, Clone)]
+///
+/// The files are read at every connection: certificates rotated on disk are used from the next
+/// one on, without a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsConfig {
     pub ca_cert: PathBuf,
     pub certificate: PathBuf,
     pub private_key: PathBuf,
+}
+
+impl TlsConfig {
+    /// The three files as settings name them (`ca-cert`, `certificate`, `private-key`): all or
+    /// none.
+    pub fn from_files(
+        ca_cert: Option<PathBuf>,
+        certificate: Option<PathBuf>,
+        private_key: Option<PathBuf>,
+    ) -> Result<Option<TlsConfig>, String> {
+        match (ca_cert, certificate, private_key) {
+            (None, None, None) => Ok(None),
+            (Some(ca_cert), Some(certificate), Some(private_key)) => {
+                Ok(Some(TlsConfig { ca_cert, certificate, private_key }))
+            }
+            (a, b, c) => {
+                let missing: Vec<&str> =
+                    [(a.is_none(), "ca-cert"), (b.is_none(), "certificate"), (c.is_none(), "private-key")]
+                        .into_iter()
+                        .filter_map(|(m, n)| m.then_some(n))
+                        .collect();
+                Err(format!(
+                    "TLS needs all three of ca-cert, certificate and private-key ({} missing)",
+                    missing.join(", ")
+                ))
+            }
+        }
+    }
+
+    /// Reads the files now, as a connection would: an unreadable or mismatched file is named.
+    pub fn check(&self) -> Result<(), Error> {
+        tls::config(self).map(drop)
+    }
+}
+
+/// Whether `remotes` may be used with `tls`: an `ssl:` remote needs certificates, and once
+/// certificates are configured a `tcp:` remote (plaintext across the network) is refused.
+/// `unix:` sockets stay allowed (local, guarded by file permissions).
+pub fn check_transport(remotes: &[Remote], tls: Option<&TlsConfig>) -> Result<(), String> {
+    for r in remotes {
+        match (r, tls) {
+            (Remote::Ssl { .. }, None) => {
+                return Err(format!("{r} needs TLS certificates (ca-cert, certificate and private-key)"));
+            }
+            (Remote::Tcp { .. }, Some(_)) => {
+                return Err(format!(
+                    "{r} is plaintext across the network while TLS is configured: use ssl:{}",
+                    r.to_string().trim_start_matches("tcp:")
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// The schema a client needs from the server.
@@ -953,7 +1010,7 @@ mod tls {
         }
     }
 
-    fn config(tls: &TlsConfig) -> Result<rustls::ClientConfig, Error> {
+    pub(super) fn config(tls: &TlsConfig) -> Result<rustls::ClientConfig, Error> {
         let read_err = |what: &str, path: &std::path::Path, e: &dyn std::fmt::Display| {
             Error::Tls(format!("{what} {}: {e}", path.display()))
         };
@@ -1016,6 +1073,26 @@ mod tests {
             assert!(bad.parse::<Remote>().is_err(), "{bad}");
         }
         assert_eq!(Remote::parse_list("tcp:a:1, tcp:b:2").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn tls_settings_come_whole_and_plaintext_is_refused_once_configured() {
+        let p = |s: &str| Some(PathBuf::from(s));
+        assert_eq!(TlsConfig::from_files(None, None, None), Ok(None));
+        assert!(TlsConfig::from_files(p("ca"), p("crt"), p("key")).unwrap().is_some());
+        assert_eq!(
+            TlsConfig::from_files(p("ca"), None, None).unwrap_err(),
+            "TLS needs all three of ca-cert, certificate and private-key (certificate, private-key missing)"
+        );
+        let tls = TlsConfig { ca_cert: "ca".into(), certificate: "crt".into(), private_key: "key".into() };
+        let remotes = |s: &str| Remote::parse_list(s).unwrap();
+        assert_eq!(check_transport(&remotes("ssl:a:1,unix:/s"), Some(&tls)), Ok(()));
+        assert_eq!(check_transport(&remotes("tcp:a:1,unix:/s"), None), Ok(()));
+        assert_eq!(
+            check_transport(&remotes("ssl:a:1,tcp:b:2"), Some(&tls)).unwrap_err(),
+            "tcp:b:2 is plaintext across the network while TLS is configured: use ssl:b:2"
+        );
+        assert!(check_transport(&remotes("ssl:a:1"), None).unwrap_err().starts_with("ssl:a:1 needs TLS"));
     }
 
     #[test]

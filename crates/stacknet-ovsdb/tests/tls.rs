@@ -3,33 +3,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use stacknet_ovsdb::*;
 use stacknet_sandbox::DbServer;
-
-struct Pki<'a> {
-    ca: CertifiedIssuer<'a, KeyPair>,
-}
-
-impl Pki<'_> {
-    fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        Pki { ca: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap() }
-    }
-
-    /// Writes `<stem>.crt` / `<stem>.key` signed by this CA, and `<stem>-ca.crt`.
-    fn issue(&self, dir: &Path, stem: &str, cn: &str) {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        let cert = params.signed_by(&key, &self.ca).unwrap();
-        std::fs::write(dir.join(format!("{stem}.crt")), cert.pem()).unwrap();
-        std::fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).unwrap();
-        std::fs::write(dir.join(format!("{stem}-ca.crt")), self.ca.pem()).unwrap();
-    }
-}
+use stacknet_testsupport::pki::Pki;
 
 fn tls(dir: &Path, stem: &str) -> TlsConfig {
     TlsConfig {
@@ -90,4 +66,97 @@ async fn ssl_remote_with_ca_and_client_certificate() {
     let e = Client::start(config).connected(Duration::from_secs(2)).await.unwrap_err().to_string();
     assert!(e.contains("missing-ca.crt"), "{e}");
     drop(server);
+}
+
+/// ovsdb-server serving `nb.db` on `pssl:` with `<stem>.crt`, `.key` and `-ca.crt` from `d`.
+fn ssl_server(d: &Path, port: u16, stem: &str) -> DbServer {
+    DbServer::start_with(
+        d,
+        "nb",
+        "/usr/share/ovn/ovn-nb.ovsschema",
+        vec![format!("pssl:{port}:127.0.0.1")],
+        vec![
+            format!("--private-key={}", d.join(format!("{stem}.key")).display()),
+            format!("--certificate={}", d.join(format!("{stem}.crt")).display()),
+            format!("--ca-cert={}", d.join(format!("{stem}-ca.crt")).display()),
+        ],
+    )
+    .unwrap()
+}
+
+fn client_config(port: u16, tls: TlsConfig) -> ClientConfig {
+    let mut config = ClientConfig::new(Remote::parse_list(&format!("ssl:127.0.0.1:{port}")).unwrap(), nb::DATABASE);
+    config.tls = Some(tls);
+    config.max_backoff = Duration::from_millis(200);
+    config
+}
+
+#[tokio::test]
+async fn expired_certificates_are_refused_on_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pki = Pki::new("stacknet test CA");
+    pki.issue(d, "server", "ovsdb-server");
+    pki.issue(d, "client", "stacknet");
+    pki.issue_expired(d, "old-server", "ovsdb-server");
+    pki.issue_expired(d, "old-client", "stacknet");
+
+    // Our certificate expired: the server refuses it.
+    let port = stacknet_sandbox::free_tcp_port().unwrap();
+    let server = ssl_server(d, port, "server");
+    let expired = Client::start(client_config(port, tls(d, "old-client")));
+    assert!(expired.connected(Duration::from_secs(2)).await.is_err(), "an expired client certificate was accepted");
+    let good = Client::start(client_config(port, tls(d, "client")));
+    good.connected(Duration::from_secs(10)).await.unwrap();
+    drop((server, expired, good));
+
+    // The server's expired: we refuse it, and say why.
+    let port = stacknet_sandbox::free_tcp_port().unwrap();
+    let _server = ssl_server(d, port, "old-server");
+    let client = Client::start(client_config(port, tls(d, "client")));
+    let e = client.connected(Duration::from_secs(2)).await.unwrap_err().to_string();
+    let last = client.status().borrow().last_error.clone().unwrap_or_default();
+    assert!(last.to_lowercase().contains("expired"), "{e} / {last}");
+}
+
+/// Certificates are read from their files at every connection: rotated on disk (here to a new
+/// CA's, as the server switches to it), they are used without restarting the client.
+#[tokio::test]
+async fn certificates_rotated_on_disk_are_used_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let first = Pki::new("first CA");
+    first.issue(d, "server", "ovsdb-server");
+    first.issue(d, "client", "stacknet");
+    let port = stacknet_sandbox::free_tcp_port().unwrap();
+    let mut server = ssl_server(d, port, "server");
+    let client = Client::start(client_config(port, tls(d, "client")));
+    client.connected(Duration::from_secs(10)).await.unwrap();
+    let insert = |name: &str| {
+        let mut t = Transaction::new(nb::DATABASE);
+        t.insert(nb::ADDRESS_SET, Row::from([("name".to_string(), Datum::Atom(name.into()))]), None);
+        t
+    };
+    client.transact(&insert("before_rotation")).await.unwrap();
+
+    // Both ends move to a new CA; the server restarts with its new files.
+    let second = Pki::new("second CA");
+    second.issue(d, "server", "ovsdb-server");
+    second.issue(d, "client", "stacknet");
+    server.kill();
+    let mut server = ssl_server(d, port, "server");
+    let mut status = client.status();
+    tokio::time::timeout(Duration::from_secs(20), status.wait_for(|s| s.sessions >= 2 && s.connected.is_some()))
+        .await
+        .expect("reconnected with the rotated certificates")
+        .unwrap();
+    client.transact(&insert("after_rotation")).await.unwrap();
+    assert_eq!(client.replica().as_ref().unwrap().table(nb::ADDRESS_SET).by_name("before_rotation").count(), 1);
+
+    // Only the new CA's client certificate is accepted now.
+    let old = Pki::new("first CA again");
+    old.issue(d, "stale", "stacknet");
+    let stale = Client::start(client_config(port, tls(d, "stale")));
+    assert!(stale.connected(Duration::from_secs(2)).await.is_err());
+    server.kill();
 }

@@ -47,7 +47,18 @@ pub struct AgentArgs {
     /// Where sysfs is mounted (SR-IOV devices are found by PCI address under it).
     #[arg(long, value_name = "PATH", default_value = "/sys", requires = "openstack")]
     sysfs: PathBuf,
-    /// Where to listen for the plugin.
+    /// For `ssl:` remotes (`--ovs`, `--nb`): the CA their certificates must be signed by (PEM).
+    /// With it, `--certificate` and `--private-key`, plaintext `tcp:` remotes are refused. The
+    /// files are read at every connection: rotated on disk, they are used without a restart.
+    #[arg(long, env = "STACKNET_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
+    /// Our certificate for `ssl:` remotes (PEM).
+    #[arg(long, env = "STACKNET_CERTIFICATE", value_name = "FILE")]
+    certificate: Option<PathBuf>,
+    /// The private key of `--certificate` (PEM).
+    #[arg(long, env = "STACKNET_PRIVATE_KEY", value_name = "FILE")]
+    private_key: Option<PathBuf>,
+    /// Where to listen for the plugin (a socket only root may use: mode 0600).
     #[arg(long, default_value_os_t = stacknet_node::agent::default_socket())]
     socket: PathBuf,
     /// The network namespace ovs-vswitchd runs in, where host ends of veths go (default: ours).
@@ -180,6 +191,14 @@ impl PodApi for KubePods {
 /// Runs until SIGTERM or SIGINT, then removes its socket.
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     anyhow::ensure!((576..=65535).contains(&args.mtu), "--mtu {}: not an MTU (576-65535)", args.mtu);
+    let tls =
+        stacknet_ovsdb::TlsConfig::from_files(args.ca_cert.clone(), args.certificate.clone(), args.private_key.clone())
+            .map_err(|e| anyhow::anyhow!("--ca-cert, --certificate, --private-key: {e}"))?;
+    stacknet_ovsdb::check_transport(&args.ovs, tls.as_ref()).map_err(|e| anyhow::anyhow!("--ovs: {e}"))?;
+    stacknet_ovsdb::check_transport(&args.nb, tls.as_ref()).map_err(|e| anyhow::anyhow!("--nb: {e}"))?;
+    if let Some(tls) = &tls {
+        tls.check().map_err(|e| anyhow::anyhow!("--ca-cert, --certificate, --private-key: {e}"))?;
+    }
     crate::init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
@@ -195,6 +214,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             host_netns: args.host_netns,
             node: args.node.filter(|n| !n.is_empty()),
             gateway_bridge: args.gateway_bridge.filter(|b| !b.is_empty()),
+            tls,
         };
         let mut agent = Agent::new(config, args.ovs, args.nb).context("starting the agent")?;
         if args.openstack {

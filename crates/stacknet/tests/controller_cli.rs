@@ -217,9 +217,124 @@ fn bad_configuration_exits_2_naming_the_setting() {
     let (code, err) = run(&["--nb", "unix:/x.sock", "--manifests", "/nonexistent/dir"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("/nonexistent/dir"), "{err}");
+    // TLS: an ssl: remote needs certificates, all three; once they are given, plaintext tcp:
+    // is refused; an unreadable file is named.
+    let (code, err) = run(&["--nb", "ssl:127.0.0.1:6641", "--manifests", d]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("nb:") && err.contains("needs TLS certificates"), "{err}");
+    let pki = stacknet_testsupport::pki::Pki::new("test CA");
+    let c = pki.issue(dir.path(), "client", "stacknet");
+    let (ca, crt, key) =
+        (c.ca_cert.to_str().unwrap(), c.certificate.to_str().unwrap(), c.private_key.to_str().unwrap());
+    let (code, err) = run(&["--nb", "ssl:127.0.0.1:6641", "--manifests", d, "--ca-cert", ca]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("certificate, private-key missing"), "{err}");
+    let tls = ["--ca-cert", ca, "--certificate", crt, "--private-key", key];
+    let (code, err) = run(&[&["--nb", "tcp:127.0.0.1:6641,ssl:127.0.0.1:6642", "--manifests", d], &tls[..]].concat());
+    assert_eq!(code, Some(2));
+    assert!(err.contains("tcp:127.0.0.1:6641 is plaintext"), "{err}");
+    let (code, err) = run(&[
+        "--nb",
+        "ssl:127.0.0.1:6641",
+        "--manifests",
+        d,
+        "--ca-cert",
+        "/nonexistent/ca.crt",
+        "--certificate",
+        crt,
+        "--private-key",
+        key,
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("/nonexistent/ca.crt"), "{err}");
+
     let toml = dir.path().join("c.toml");
     std::fs::write(&toml, "node_subnet_v4 = \"big\"\n").unwrap();
     let (code, err) = run(&["--config", toml.to_str().unwrap(), "--nb", "unix:/x.sock", "--manifests", d]);
     assert_eq!(code, Some(2));
     assert!(err.contains("c.toml") && err.contains("node_subnet_v4"), "{err}");
+}
+
+/// The controller over `ssl:` with a client certificate, as the deployment runs it: it
+/// converges; the database refuses a client whose certificate is not from its CA.
+#[test]
+fn the_controller_writes_over_tls_with_its_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pki = stacknet_testsupport::pki::Pki::new("ovn CA");
+    let server = pki.issue(d, "server", "ovsdb-server");
+    let client = pki.issue(d, "client", "stacknet");
+    let port = stacknet_sandbox::free_tcp_port().unwrap();
+    let nb = stacknet_sandbox::DbServer::start_with(
+        d,
+        "nb",
+        "/usr/share/ovn/ovn-nb.ovsschema",
+        vec![format!("pssl:{port}:127.0.0.1")],
+        vec![
+            format!("--private-key={}", server.private_key.display()),
+            format!("--certificate={}", server.certificate.display()),
+            format!("--ca-cert={}", server.ca_cert.display()),
+        ],
+    )
+    .unwrap();
+    let folder = d.join("manifests");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join("c.yaml"), cluster(20, 2, 2)).unwrap();
+    let spawn_tls = |who: &stacknet_testsupport::pki::Issued| {
+        Command::new(BIN)
+            .args(["controller", "--cluster", "k1", "--metrics-addr", "127.0.0.1:0", "--poll-ms", "50"])
+            .args(["--nb", &format!("ssl:127.0.0.1:{port}")])
+            .arg("--ca-cert")
+            .arg(&who.ca_cert)
+            .arg("--certificate")
+            .arg(&who.certificate)
+            .arg("--private-key")
+            .arg(&who.private_key)
+            .arg("--manifests")
+            .arg(&folder)
+            .env("STACKNET_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut c = spawn_tls(&client);
+    let addr = http_addr(&mut c);
+    wait_ready(addr);
+    let ports = nb_ports(&nb.socket().to_string_lossy());
+    assert_eq!(ports, 20 + 2 + 2, "pods, router ports and management ports over TLS");
+    c.kill().unwrap();
+    c.wait().unwrap();
+
+    // A certificate from another CA: the database refuses it, the controller never gets ready.
+    let rogue = stacknet_testsupport::pki::Pki::new("rogue CA").issue(d, "rogue", "stacknet");
+    let rogue = stacknet_testsupport::pki::Issued { ca_cert: client.ca_cert.clone(), ..rogue };
+    let mut c = spawn_tls(&rogue);
+    let addr = http_addr(&mut c);
+    // Not ready, and after a while /readyz says why (the database refused our CA).
+    until_blocking("the refusal reported by /readyz", Duration::from_secs(30), || {
+        get_blocking(addr, "/readyz").is_some_and(|a| {
+            assert_ne!(a.status, 200, "ready without the database: {}", a.body);
+            a.body.contains("last attempt") && a.body.contains("UnknownCA")
+        })
+    });
+    c.kill().unwrap();
+    c.wait().unwrap();
+}
+
+/// Logical switch ports tagged with cluster k1 (through the plaintext unix socket the
+/// server also serves, for the test's own reads).
+fn nb_ports(socket: &str) -> usize {
+    let out = Command::new("ovn-nbctl")
+        .args([
+            &format!("--db=unix:{socket}"),
+            "--bare",
+            "--columns=name",
+            "find",
+            "Logical_Switch_Port",
+            "external_ids:stacknet.io/cluster=k1",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()).count()
 }

@@ -72,6 +72,10 @@ fn up_attach_status_down_with(members: usize) {
     assert_eq!(daemons.len(), 5 + 2 * members, "{status}");
     assert_eq!(status["nb"].as_str().unwrap().split(',').count(), members, "{status}");
     let pids: Vec<u64> = daemons.iter().map(|d| d["pid"].as_u64().unwrap()).collect();
+    // Only root (the runtime, running the plugin) may talk to the agent.
+    let socket = std::fs::metadata(status["agent_socket"].as_str().unwrap()).unwrap();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!((socket.uid(), socket.permissions().mode() & 0o777), (0, 0o600), "the agent's socket");
 
     // Attach a pod by hand, as the printed instructions say.
     let netns = format!("sbx{}-{members}", std::process::id());
