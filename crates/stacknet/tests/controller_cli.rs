@@ -1,4 +1,4 @@
-//! `stacknet controller` as a process: killed (SIGKILL) at random points of a large reconcile,
+//! `stacknet controller` as a process: killed (SIGKILL) at 100 random points of large reconciles,
 //! again and again, then restarted: the Northbound database holds no orphans and no
 //! duplicates, and a further restart writes nothing. Bad configuration exits 2 naming it.
 
@@ -142,7 +142,7 @@ fn killed_at_random_points_it_leaves_no_orphans_and_no_duplicates() {
     // a large reconcile (creating or garbage-collecting hundreds of rows) to be killed in.
     let mut seed: u64 = 0x5eed_1234;
     let span = full.as_millis().clamp(50, 3000) as u64;
-    for trial in 0..20 {
+    for trial in 0..100 {
         std::fs::write(dir.path().join("c.yaml"), if trial % 2 == 0 { &small } else { &big }).unwrap();
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let delay = Duration::from_millis((seed >> 33) % (span + 100));

@@ -47,6 +47,8 @@ struct Node {
     ovs: Client,
     ovs_db: DbServer,
     _nb: Ovn,
+    /// With TLS: the Northbound database the agent talks to over `ssl:`.
+    _nb_tls: Option<DbServer>,
     _dir: tempfile::TempDir,
 }
 
@@ -95,7 +97,53 @@ impl Node {
         );
         let ovs = ovs::client(vec![ovs_db.remote().parse().unwrap()]);
         ovs.connected(DEADLINE).await.unwrap();
-        Node { agent, plumbing, ovs, ovs_db, _nb: nb, _dir: dir }
+        Node { agent, plumbing, ovs, ovs_db, _nb: nb, _nb_tls: None, _dir: dir }
+    }
+
+    /// A node whose agent reaches both databases over `ssl:` only, with a client certificate
+    /// from a CA of the test's (the servers demand one); the test's own view stays on unix.
+    async fn over_tls() -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let pki = stacknet_testsupport::pki::Pki::new("node test CA");
+        let server = pki.issue(d, "server", "ovsdb-server");
+        let client = pki.issue(d, "client", "stacknet-agent");
+        let ssl = |name: &str, schema: &str| {
+            let port = stacknet_sandbox::free_tcp_port().unwrap();
+            let db = DbServer::start_with(
+                d,
+                name,
+                schema,
+                vec![format!("pssl:{port}:127.0.0.1")],
+                vec![
+                    format!("--private-key={}", server.private_key.display()),
+                    format!("--certificate={}", server.certificate.display()),
+                    format!("--ca-cert={}", server.ca_cert.display()),
+                ],
+            )
+            .unwrap();
+            (db, format!("ssl:127.0.0.1:{port}").parse::<Remote>().unwrap())
+        };
+        let (nb_db, nb_ssl) = ssl("nb", "/usr/share/ovn/ovn-nb.ovsschema");
+        let (ovs_db, ovs_ssl) = ssl("conf", VSWITCH_SCHEMA);
+        let engine =
+            PolicyEngine::from_index(ClusterIndex::from_objects(manifest::parse("pods.yaml", PODS).unwrap().objects));
+        let topology = Topology::from_pods(CLUSTER, engine.index());
+        OvnBackend::connect(vec![nb_db.remote().parse().unwrap()]).reconcile(&build(&engine, &topology)).await.unwrap();
+        let tls = stacknet_ovsdb::TlsConfig {
+            ca_cert: client.ca_cert.clone(),
+            certificate: client.certificate.clone(),
+            private_key: client.private_key.clone(),
+        };
+        let config = AgentConfig { cluster: CLUSTER.into(), tls: Some(tls), ..AgentConfig::default() };
+        let plumbing = Arc::new(RecordingPlumbing::default());
+        let agent = Agent::with_plumbing(config, plumbing.clone(), vec![ovs_ssl], vec![nb_ssl]);
+        let ovs = ovs::client(vec![ovs_db.remote().parse().unwrap()]);
+        ovs.connected(DEADLINE).await.unwrap();
+        let nb = Ovn::nb_only().unwrap();
+        let n = Node { agent, plumbing, ovs, ovs_db, _nb: nb, _nb_tls: Some(nb_db), _dir: dir };
+        n.create_bridge("br-int").await;
+        n
     }
 
     async fn create_bridge(&self, name: &str) {
@@ -270,6 +318,18 @@ async fn add_makes_the_interface_then_binds_it_and_answers_once_ovn_controller_i
     added(response);
     assert_eq!(n.plumbing.calls(), [created(&host, 1400), Call::Configure { host: host.clone() }]);
     assert!(n.plumbing.links()[&host].observed.up);
+}
+
+/// The agent over `ssl:` to both databases (mutual TLS): an ADD reads the pod's port from the
+/// Northbound database and binds it in Open_vSwitch as over unix sockets.
+#[tokio::test]
+async fn over_tls_an_add_reads_the_northbound_and_binds_in_open_vswitch() {
+    let n = Node::over_tls().await;
+    n.run_ovn_controller();
+    let result = added(n.handle(request(Command::Add, "ctr-a", POD_A)).await);
+    assert_eq!(result.ips[0].address, "10.1.0.1/24", "{result:?}");
+    let host = host_ifname("ctr-a", "eth0");
+    assert_eq!(n.interfaces().await[&host]["iface-id"], "agenttest_x_a");
 }
 
 #[tokio::test]
