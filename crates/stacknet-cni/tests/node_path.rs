@@ -184,6 +184,73 @@ async fn add_check_del_and_real_packets() {
     let _ = &n.ovn;
 }
 
+/// ovs-vswitchd, then ovn-controller, killed and started again while a pod keeps dialling two
+/// others (same switch, across the router): the pods work again once each is back, and the
+/// agent still attaches a pod afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_work_again_after_ovs_vswitchd_and_ovn_controller_restart_under_traffic() {
+    let mut n = node(PODS).await;
+    let (na, nb, nc) = (
+        Netns::create(&unique("a")).unwrap(),
+        Netns::create(&unique("b")).unwrap(),
+        Netns::create(&unique("c")).unwrap(),
+    );
+    let (ca, cb, cc) = (unique("ctr-a"), unique("ctr-b"), unique("ctr-c"));
+    for (ns, pod, cid) in
+        [(&na, ("x", "a", "uid-a"), &ca), (&nb, ("x", "b", "uid-b"), &cb), (&nc, ("y", "c", "uid-c"), &cc)]
+    {
+        let r = cni("ADD", cid, &ns.path(), Some(pod), &n.socket, None);
+        assert_eq!(r.code, Some(0), "{}", r.stdout);
+    }
+    serve_in(&nb.path(), "10.1.0.2:8080".parse().unwrap(), b"from b");
+    serve_in(&nc.path(), "10.2.0.3:8080".parse().unwrap(), b"from c");
+    let peers: [(SocketAddr, &[u8]); 2] =
+        [("10.1.0.2:8080".parse().unwrap(), b"from b"), ("10.2.0.3:8080".parse().unwrap(), b"from c")];
+    let works =
+        |ns: &Netns| peers.iter().all(|(addr, want)| connect_from(&ns.path(), *addr).is_ok_and(|got| got == *want));
+    assert!(works(&na), "before the restarts");
+
+    // Traffic all along: pod a dials b and c every 50 ms, and notes what answered.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answered = Arc::new(std::sync::Mutex::new(Vec::<(std::time::Instant, bool)>::new()));
+    let traffic = {
+        let (stop, answered, path) = (stop.clone(), answered.clone(), na.path());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let ok = peers.iter().all(|(addr, want)| {
+                    stacknet_testsupport::netns::connect_from(&path, *addr, Duration::from_millis(500))
+                        .is_ok_and(|got| got == *want)
+                });
+                answered.lock().unwrap().push((std::time::Instant::now(), ok));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+
+    for daemon in ["ovs-vswitchd", "ovn-controller"] {
+        let at = std::time::Instant::now();
+        match daemon {
+            "ovs-vswitchd" => n.chassis.restart_vswitchd().unwrap(),
+            _ => n.chassis.restart_controller().unwrap(),
+        }
+        until(&format!("the pods answering again after {daemon} restarted"), Duration::from_secs(60), || {
+            answered.lock().unwrap().iter().rev().take(3).filter(|(t, ok)| *t > at && *ok).count() == 3
+        })
+        .await;
+        eprintln!("{daemon}: pods answer again {:?} after the restart began", at.elapsed());
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    traffic.join().unwrap();
+    assert!(works(&na), "after the restarts");
+
+    // The agent still attaches: pod b detached and attached again answers.
+    assert_eq!(cni("DEL", &cb, &nb.path(), Some(("x", "b", "uid-b")), &n.socket, None).code, Some(0));
+    let r = cni("ADD", &cb, &nb.path(), Some(("x", "b", "uid-b")), &n.socket, None);
+    assert_eq!(r.code, Some(0), "{}", r.stdout);
+    until("pod b answering after its new ADD", Duration::from_secs(20), || works(&na)).await;
+    n.agent.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_cni_errors_and_leaves_nothing() {
     let n = node(PODS).await;

@@ -85,21 +85,7 @@ impl Chassis {
             "external_ids:ovn-bridge-datapath-type=netdev",
             "external_ids:ovn-monitor-all=true",
         ])?;
-        let log = dir.join("vswitchd.log");
-        c.vswitchd = Some(spawn(
-            "ovs-vswitchd",
-            &[
-                c.ovs.remote(),
-                format!("--unixctl={}", dir.join("vswitchd.ctl").display()),
-                format!("--log-file={}", log.display()),
-                "--no-chdir".into(),
-                "-vconsole:off".into(),
-            ],
-            &dir,
-            &ns,
-        )?);
-        let ctl = dir.join("vswitchd.ctl");
-        wait_for("ovs-vswitchd", &log, || ctl.exists())?;
+        c.spawn_vswitchd()?;
         // Without --no-wait: returns once ovs-vswitchd has made the bridge.
         c.vsctl(&[
             "--may-exist",
@@ -113,13 +99,8 @@ impl Chassis {
             "fail-mode=secure",
             "other-config:disable-in-band=true",
         ])?;
+        c.spawn_controller()?;
         let clog = dir.join("controller.log");
-        c.controller = Some(spawn(
-            "ovn-controller",
-            &[c.ovs.remote(), format!("--log-file={}", clog.display()), "--no-chdir".into(), "-vconsole:off".into()],
-            &dir,
-            &ns,
-        )?);
         let sb = format!("--db={sb_remote}");
         wait_for(&format!("ovn-controller {name} to register"), &clog, || {
             run("ovn-sbctl", &[&sb, "--bare", "--columns=name", "find", "Chassis", &format!("name={name}")])
@@ -236,6 +217,51 @@ impl Chassis {
     /// A short tag for interface names, unique among the chassis of one sandbox.
     fn short(&self) -> String {
         crate::ovn::hash_path(&self.dir)[..8].to_string()
+    }
+
+    fn spawn_vswitchd(&mut self) -> Result<()> {
+        let log = self.dir.join("vswitchd.log");
+        let ctl = self.dir.join("vswitchd.ctl");
+        let _ = std::fs::remove_file(&ctl);
+        let ns = self.netns().name().to_string();
+        let args = [
+            self.ovs.remote(),
+            format!("--unixctl={}", ctl.display()),
+            format!("--log-file={}", log.display()),
+            "--no-chdir".into(),
+            "-vconsole:off".into(),
+        ];
+        self.vswitchd = Some(spawn("ovs-vswitchd", &args, &self.dir, &ns)?);
+        wait_for("ovs-vswitchd", &log, || ctl.exists())
+    }
+
+    fn spawn_controller(&mut self) -> Result<()> {
+        let log = self.dir.join("controller.log");
+        let ns = self.netns().name().to_string();
+        let args =
+            [self.ovs.remote(), format!("--log-file={}", log.display()), "--no-chdir".into(), "-vconsole:off".into()];
+        self.controller = Some(spawn("ovn-controller", &args, &self.dir, &ns)?);
+        Ok(())
+    }
+
+    /// ovs-vswitchd killed (SIGKILL, by PID) and started again on the same database: it
+    /// rebuilds its bridges and ports from it (returns once its control socket is back).
+    pub fn restart_vswitchd(&mut self) -> Result<()> {
+        if let Some(mut c) = self.vswitchd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.spawn_vswitchd()
+    }
+
+    /// ovn-controller killed (SIGKILL, by PID) and started again: it reads the Southbound
+    /// database afresh and reinstalls the flows.
+    pub fn restart_controller(&mut self) -> Result<()> {
+        if let Some(mut c) = self.controller.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.spawn_controller()
     }
 
     /// The chassis's own network namespace, where pod interfaces' host ends belong.
