@@ -46,7 +46,9 @@ fn cni_arg(args: &Args, key: &str) -> Option<String> {
     args.args()?.split(';').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| v.to_string()))
 }
 
-fn request(command: Command, args: &Args) -> Result<Request, Error> {
+/// (`pub(crate)`, as `to_result` and `chain`: the fuzz target `fuzz/fuzz_targets/cni_config.rs`
+/// includes this file and calls them.)
+pub(crate) fn request(command: Command, args: &Args) -> Result<Request, Error> {
     let mtu = match args.config().custom.get("mtu") {
         None => None,
         Some(v) => Some(
@@ -108,7 +110,7 @@ fn call(command: Command, args: &Args) -> Result<Response, Error> {
     }
 }
 
-fn to_result(r: AddResult) -> Result<CNIResult, Error> {
+pub(crate) fn to_result(r: AddResult) -> Result<CNIResult, Error> {
     let bad = |what: &str, v: &str| Error::FailedToDecode(format!("agent answered {what} {v:?}"));
     Ok(CNIResult {
         interfaces: r
@@ -156,7 +158,7 @@ fn to_result(r: AddResult) -> Result<CNIResult, Error> {
 /// In a chain, the result so far comes first: our interfaces are appended after the previous
 /// plugins' (our addresses' interface indexes shift with them), and so are our addresses and
 /// routes; what earlier plugins reported (DNS too) is kept as it was.
-fn chain(prev: Option<CNIResult>, ours: CNIResult) -> CNIResult {
+pub(crate) fn chain(prev: Option<CNIResult>, ours: CNIResult) -> CNIResult {
     let Some(mut out) = prev else { return ours };
     let offset = u32::try_from(out.interfaces.len()).unwrap_or(u32::MAX);
     out.interfaces.extend(ours.interfaces);

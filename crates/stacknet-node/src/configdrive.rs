@@ -545,6 +545,20 @@ fn http_get(url: &str, timeout: Duration) -> Result<Vec<u8>, ConfigDriveError> {
     Ok(response.body)
 }
 
+/// The metadata service's HTTP parsers, for the fuzz targets in `fuzz/`: not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// What was received so far read as a response: its status, reason and body once whole.
+    pub fn parse_response(buf: &[u8], eof: bool) -> Result<Option<(u16, String, Vec<u8>)>, String> {
+        super::parse_response(buf, eof).map(|r| r.map(|r| (r.status, r.reason, r.body)))
+    }
+
+    /// A metadata URL: the address to connect to, the Host header and the path.
+    pub fn parse_http_url(url: &str) -> Result<(String, String, String), String> {
+        super::parse_http_url(url)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

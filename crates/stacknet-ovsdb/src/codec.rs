@@ -81,6 +81,11 @@ impl Framer {
                     }
                 }
             }
+            // Every byte counts, those inside strings too (a message of long strings arriving
+            // in one read must not pass the limit that the same bytes in pieces would not).
+            if self.scanned - self.start > self.max_message {
+                return Err(FrameError(format!("message longer than {} bytes", self.max_message)));
+            }
             if self.in_string {
                 if self.escaped {
                     self.escaped = false;
@@ -103,9 +108,6 @@ impl Framer {
                     }
                 }
                 _ => {}
-            }
-            if self.scanned - self.start > self.max_message {
-                return Err(FrameError(format!("message longer than {} bytes", self.max_message)));
             }
         }
         if self.depth > 0 && self.scanned - self.start > self.max_message {
@@ -157,6 +159,36 @@ mod tests {
         let mut f = Framer::new(10);
         f.push(b"{\"aaaaaaaaaaaaaaaaaaaaaaa");
         assert!(f.next_message().is_err());
+    }
+
+    /// Found by fuzzing (fuzz/fuzz_targets/ovsdb_framer.rs): bytes inside strings were not
+    /// counted, so a message of long strings passed the limit when it came in one read.
+    #[test]
+    fn the_limit_counts_bytes_inside_strings() {
+        let long = br#"{"id":1,"result":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#;
+        let mut f = Framer::new(32);
+        f.push(long);
+        assert!(f.next_message().is_err());
+        let mut f = Framer::new(32);
+        assert!(long.iter().any(|b| {
+            f.push(&[*b]);
+            f.next_message().is_err()
+        }));
+        // A message of exactly the limit passes, whole or byte by byte.
+        let exact = br#"{"id":1,"result":"xxxxxxxxxxxx"}"#;
+        assert_eq!(exact.len(), 32);
+        let mut f = Framer::new(32);
+        f.push(exact);
+        assert_eq!(f.next_message().unwrap(), Some(&exact[..]));
+        let mut f = Framer::new(32);
+        let mut got = None;
+        for b in exact {
+            f.push(&[*b]);
+            if let Some(m) = f.next_message().unwrap() {
+                got = Some(m.to_vec());
+            }
+        }
+        assert_eq!(got.as_deref(), Some(&exact[..]));
     }
 
     fn json_value() -> impl Strategy<Value = Value> {
