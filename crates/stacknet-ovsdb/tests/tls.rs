@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use stacknet_ovsdb::*;
-use stacknet_sandbox::DbServer;
+use stacknet_sandbox::{DbServer, ServerTls};
 use stacknet_testsupport::pki::Pki;
 
 fn tls(dir: &Path, stem: &str) -> TlsConfig {
@@ -26,18 +26,7 @@ async fn ssl_remote_with_ca_and_client_certificate() {
     rogue.issue(d, "rogue", "stacknet");
 
     let port = stacknet_sandbox::free_tcp_port().unwrap();
-    let server = DbServer::start_with(
-        d,
-        "nb",
-        "/usr/share/ovn/ovn-nb.ovsschema",
-        vec![format!("pssl:{port}:127.0.0.1")],
-        vec![
-            format!("--private-key={}", d.join("server.key").display()),
-            format!("--certificate={}", d.join("server.crt").display()),
-            format!("--ca-cert={}", d.join("server-ca.crt").display()),
-        ],
-    )
-    .unwrap();
+    let server = ssl_server(d, port, "server");
 
     let remote = format!("ssl:127.0.0.1:{port}");
     let mut config = ClientConfig::new(Remote::parse_list(&remote).unwrap(), nb::DATABASE);
@@ -70,18 +59,10 @@ async fn ssl_remote_with_ca_and_client_certificate() {
 
 /// ovsdb-server serving `nb.db` on `pssl:` with `<stem>.crt`, `.key` and `-ca.crt` from `d`.
 fn ssl_server(d: &Path, port: u16, stem: &str) -> DbServer {
-    DbServer::start_with(
-        d,
-        "nb",
-        "/usr/share/ovn/ovn-nb.ovsschema",
-        vec![format!("pssl:{port}:127.0.0.1")],
-        vec![
-            format!("--private-key={}", d.join(format!("{stem}.key")).display()),
-            format!("--certificate={}", d.join(format!("{stem}.crt")).display()),
-            format!("--ca-cert={}", d.join(format!("{stem}-ca.crt")).display()),
-        ],
-    )
-    .unwrap()
+    let (key, crt, ca) =
+        (d.join(format!("{stem}.key")), d.join(format!("{stem}.crt")), d.join(format!("{stem}-ca.crt")));
+    let tls = ServerTls { private_key: &key, certificate: &crt, ca_cert: &ca };
+    DbServer::start_ssl(d, "nb", "/usr/share/ovn/ovn-nb.ovsschema", port, tls).unwrap()
 }
 
 fn client_config(port: u16, tls: TlsConfig) -> ClientConfig {

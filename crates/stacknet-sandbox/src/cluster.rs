@@ -205,32 +205,26 @@ impl DbCluster {
 
     /// Waits (with a deadline) until a member other than `not` leads, and returns it.
     pub fn wait_leader(&self, not: Option<usize>) -> Result<usize> {
-        let start = Instant::now();
-        loop {
-            if let Some(l) = self.leader().filter(|&l| Some(l) != not) {
-                return Ok(l);
-            }
-            if start.elapsed() > ELECTION {
-                return Err(Error::NotReady {
-                    what: format!("a leader of {}", self.database),
-                    seconds: ELECTION.as_secs(),
-                    log: self.members[0].log(),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.poll(&format!("a leader of {}", self.database), || self.leader().filter(|&l| Some(l) != not))
     }
 
     fn wait_joined(&self) -> Result<()> {
+        self.poll(&format!("the {} cluster", self.database), || {
+            let joined = (0..self.members.len()).all(|i| self.status(i).is_some_and(|s| s.status == "cluster member"));
+            (joined && self.leader().is_some()).then_some(())
+        })
+    }
+
+    /// `found` polled until it finds something, within [`ELECTION`].
+    fn poll<T>(&self, what: &str, mut found: impl FnMut() -> Option<T>) -> Result<T> {
         let start = Instant::now();
         loop {
-            let joined = (0..self.members.len()).all(|i| self.status(i).is_some_and(|s| s.status == "cluster member"));
-            if joined && self.leader().is_some() {
-                return Ok(());
+            if let Some(t) = found() {
+                return Ok(t);
             }
             if start.elapsed() > ELECTION {
                 return Err(Error::NotReady {
-                    what: format!("the {} cluster", self.database),
+                    what: what.into(),
                     seconds: ELECTION.as_secs(),
                     log: self.members[0].log(),
                 });

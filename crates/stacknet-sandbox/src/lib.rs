@@ -14,7 +14,7 @@ mod require;
 pub use chassis::{Chassis, Netns, Segment};
 pub use cluster::{DbCluster, MemberStatus};
 pub use openstack::{OpenStack, OpenStackOptions};
-pub use ovn::{DbServer, Ovn, TraceVerdict, Workdir};
+pub use ovn::{DbServer, Ovn, ServerTls, TraceVerdict, Workdir};
 pub use require::{Need, OVN_PACKAGES, require};
 
 use std::path::PathBuf;

@@ -65,6 +65,14 @@ pub(crate) fn wait_for(what: &str, log: &Path, mut ready: impl FnMut() -> bool) 
     Err(Error::NotReady { what: what.into(), seconds: READY.as_secs(), log: log.to_path_buf() })
 }
 
+/// The PEM files of an ovsdb-server serving `pssl:` ([`DbServer::start_ssl`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ServerTls<'a> {
+    pub private_key: &'a Path,
+    pub certificate: &'a Path,
+    pub ca_cert: &'a Path,
+}
+
 /// One ovsdb-server process serving one database file on a unix socket.
 #[derive(Debug)]
 pub struct DbServer {
@@ -107,6 +115,22 @@ impl DbServer {
         };
         s.spawn()?;
         Ok(s)
+    }
+
+    /// Like [`DbServer::start`], also serving `pssl:<port>:127.0.0.1` with mutual TLS: it
+    /// presents `tls`'s certificate and accepts clients whose certificates its CA signed.
+    pub fn start_ssl(dir: &Path, name: &str, schema: &str, port: u16, tls: ServerTls<'_>) -> Result<DbServer> {
+        DbServer::start_with(
+            dir,
+            name,
+            schema,
+            vec![format!("pssl:{port}:127.0.0.1")],
+            vec![
+                format!("--private-key={}", tls.private_key.display()),
+                format!("--certificate={}", tls.certificate.display()),
+                format!("--ca-cert={}", tls.ca_cert.display()),
+            ],
+        )
     }
 
     fn spawn(&mut self) -> Result<()> {

@@ -265,18 +265,12 @@ fn the_controller_writes_over_tls_with_its_certificate() {
     let server = pki.issue(d, "server", "ovsdb-server");
     let client = pki.issue(d, "client", "stacknet");
     let port = stacknet_sandbox::free_tcp_port().unwrap();
-    let nb = stacknet_sandbox::DbServer::start_with(
-        d,
-        "nb",
-        "/usr/share/ovn/ovn-nb.ovsschema",
-        vec![format!("pssl:{port}:127.0.0.1")],
-        vec![
-            format!("--private-key={}", server.private_key.display()),
-            format!("--certificate={}", server.certificate.display()),
-            format!("--ca-cert={}", server.ca_cert.display()),
-        ],
-    )
-    .unwrap();
+    let tls = stacknet_sandbox::ServerTls {
+        private_key: &server.private_key,
+        certificate: &server.certificate,
+        ca_cert: &server.ca_cert,
+    };
+    let nb = stacknet_sandbox::DbServer::start_ssl(d, "nb", "/usr/share/ovn/ovn-nb.ovsschema", port, tls).unwrap();
     let folder = d.join("manifests");
     std::fs::create_dir(&folder).unwrap();
     std::fs::write(folder.join("c.yaml"), cluster(20, 2, 2)).unwrap();

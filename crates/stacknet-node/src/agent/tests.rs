@@ -110,18 +110,12 @@ impl Node {
         let client = pki.issue(d, "client", "stacknet-agent");
         let ssl = |name: &str, schema: &str| {
             let port = stacknet_sandbox::free_tcp_port().unwrap();
-            let db = DbServer::start_with(
-                d,
-                name,
-                schema,
-                vec![format!("pssl:{port}:127.0.0.1")],
-                vec![
-                    format!("--private-key={}", server.private_key.display()),
-                    format!("--certificate={}", server.certificate.display()),
-                    format!("--ca-cert={}", server.ca_cert.display()),
-                ],
-            )
-            .unwrap();
+            let tls = stacknet_sandbox::ServerTls {
+                private_key: &server.private_key,
+                certificate: &server.certificate,
+                ca_cert: &server.ca_cert,
+            };
+            let db = DbServer::start_ssl(d, name, schema, port, tls).unwrap();
             (db, format!("ssl:127.0.0.1:{port}").parse::<Remote>().unwrap())
         };
         let (nb_db, nb_ssl) = ssl("nb", "/usr/share/ovn/ovn-nb.ovsschema");
