@@ -98,16 +98,19 @@ enum Scenario {
         cni: Option<std::path::PathBuf>,
     },
     /// The whole controller (`stacknet controller`, the binary next to this one) on generated
-    /// manifests into a live Northbound database: converge, peak RSS, restart, a 1,000-pod burst.
+    /// manifests into a live Northbound database: converge, peak RSS, restart, a 1,000-pod burst,
+    /// each next to the database server's own CPU time. Without any of --pods, --policies,
+    /// --services, --nodes: 10k/1k/1k/100 and 50k/5k/5k/500; with some, the others default to
+    /// the first point.
     Controller {
-        #[arg(long, default_value_t = 10_000)]
-        pods: usize,
-        #[arg(long, default_value_t = 1_000)]
-        policies: usize,
-        #[arg(long, default_value_t = 1_000)]
-        services: usize,
-        #[arg(long, default_value_t = 100)]
-        nodes: usize,
+        #[arg(long)]
+        pods: Option<usize>,
+        #[arg(long)]
+        policies: Option<usize>,
+        #[arg(long)]
+        services: Option<usize>,
+        #[arg(long)]
+        nodes: Option<usize>,
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// The stacknet executable (default: next to this one).
@@ -208,7 +211,17 @@ fn main() -> anyhow::Result<()> {
             policy(pods, namespaces, policies, seed, events)
         }
         Scenario::Controller { pods, policies, services, nodes, seed, stacknet } => {
-            controller::run(controller::Args { pods, policies, services, nodes, seed, stacknet })
+            let points = if pods.is_none() && policies.is_none() && services.is_none() && nodes.is_none() {
+                controller::DEFAULT_POINTS.to_vec()
+            } else {
+                let (p, n, s, d) = controller::DEFAULT_POINTS[0];
+                vec![(pods.unwrap_or(p), policies.unwrap_or(n), services.unwrap_or(s), nodes.unwrap_or(d))]
+            };
+            for (pods, policies, services, nodes) in points {
+                let stacknet = stacknet.clone();
+                controller::run(controller::Args { pods, policies, services, nodes, seed, stacknet })?;
+            }
+            Ok(())
         }
         Scenario::DbFailover { pods, members, fault, stacknet } => {
             failover::run(failover::Args { pods, members, faults: fault, stacknet })

@@ -54,6 +54,13 @@ pub struct ControllerArgs {
     /// How often the manifest folder is rescanned, in milliseconds (default 250).
     #[arg(long, env = "STACKNET_POLL_MS", value_name = "MS")]
     pub poll_ms: Option<u64>,
+    /// OVN: after this many milliseconds without a message from the Northbound database an
+    /// echo is sent, and the connection is dropped if a second such interval passes without
+    /// one (OVN's inactivity probe; default 5000; 0: never; else at least 1000). The server
+    /// answers nothing while it commits a transaction: raise it when the first write of a
+    /// large cluster takes the server longer than twice this.
+    #[arg(long, env = "STACKNET_INACTIVITY_PROBE_MS", value_name = "MS")]
+    pub inactivity_probe_ms: Option<u64>,
     /// How long changes may keep arriving before a reconcile starts, in milliseconds
     /// (default 20: a burst of events becomes one transaction).
     #[arg(long, env = "STACKNET_COALESCE_MS", value_name = "MS")]
@@ -149,6 +156,7 @@ struct FileConfig {
     multus: Option<bool>,
     metrics_addr: Option<String>,
     poll_ms: Option<u64>,
+    inactivity_probe_ms: Option<u64>,
     coalesce_ms: Option<u64>,
     leader_election: Option<bool>,
     lease_namespace: Option<String>,
@@ -187,6 +195,8 @@ pub struct ControllerConfig {
     pub metrics_addr: SocketAddr,
     /// How often the manifest folder is rescanned.
     pub poll: Duration,
+    /// OVN: the Northbound connection's inactivity probe (zero: none).
+    pub inactivity_probe: Duration,
     pub pace: Pace,
     /// With the Kubernetes API: elect a leader through a Lease in `lease_namespace`.
     pub leader_election: bool,
@@ -332,6 +342,7 @@ impl ControllerConfig {
             ipam: IpamConfig::new(vec![DEFAULT_CLUSTER_CIDR.parse().expect("valid")]),
             metrics_addr: "127.0.0.1:0".parse().expect("valid"),
             poll: Duration::from_millis(100),
+            inactivity_probe: Duration::from_secs(5),
             pace: Pace::new(Duration::from_millis(20)),
             leader_election: false,
             multus: false,
@@ -450,6 +461,13 @@ impl ControllerConfig {
             Error::setting("metrics-addr", format!("{addr_text:?} is not an address:port (e.g. 127.0.0.1:9478)"))
         })?;
         let poll = Duration::from_millis(args.poll_ms.or(file.poll_ms).unwrap_or(250).clamp(10, 60_000));
+        let probe = args.inactivity_probe_ms.or(file.inactivity_probe_ms).unwrap_or(5000);
+        if (1..1000).contains(&probe) {
+            return Err(Error::setting(
+                "inactivity-probe-ms",
+                format!("{probe} is too short: 0 (never probe) or at least 1000"),
+            ));
+        }
         let coalesce = Duration::from_millis(args.coalesce_ms.or(file.coalesce_ms).unwrap_or(20).min(10_000));
         Ok(ControllerConfig {
             cluster,
@@ -459,6 +477,7 @@ impl ControllerConfig {
             ipam,
             metrics_addr,
             poll,
+            inactivity_probe: Duration::from_millis(probe),
             pace: Pace::new(coalesce),
             leader_election: args.leader_election.or(file.leader_election).unwrap_or(true),
             multus: args.multus.or(file.multus).unwrap_or(false),
@@ -498,6 +517,16 @@ mod tests {
         a.cluster = Some("from-flag".into());
         assert_eq!(ControllerConfig::from_args(&a).unwrap().cluster, "from-flag");
         assert_eq!(ControllerConfig::from_args(&args()).unwrap().metrics_addr.port(), 9478);
+    }
+
+    #[test]
+    fn the_inactivity_probe_is_off_or_at_least_a_second() {
+        assert_eq!(ControllerConfig::from_args(&args()).unwrap().inactivity_probe, Duration::from_secs(5));
+        let with = |ms| ControllerConfig::from_args(&ControllerArgs { inactivity_probe_ms: Some(ms), ..args() });
+        assert_eq!(with(0).unwrap().inactivity_probe, Duration::ZERO);
+        assert_eq!(with(60_000).unwrap().inactivity_probe, Duration::from_secs(60));
+        let e = with(500).unwrap_err().to_string();
+        assert!(e.contains("inactivity-probe-ms") && e.contains("at least 1000"), "{e}");
     }
 
     #[test]

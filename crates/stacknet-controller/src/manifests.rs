@@ -6,7 +6,7 @@
 //! the document and the field) and its previous content stays in force: a half-written file
 //! never tears down the network it described.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,7 +54,9 @@ pub struct ManifestSource {
     poll: Duration,
     files: BTreeMap<PathBuf, FileState>,
     /// The merged view last sent: each object's fingerprint.
-    sent: BTreeMap<ObjectId, u64>,
+    sent: HashMap<ObjectId, u64>,
+    /// Which files hold each identity, with the object's fingerprint and position there.
+    holders: HashMap<ObjectId, BTreeMap<Arc<Path>, (u64, usize)>>,
     events: Arc<Events>,
 }
 
@@ -87,7 +89,14 @@ impl ManifestSource {
         if !meta.is_dir() {
             return Err(bad("not a directory".into()));
         }
-        Ok(ManifestSource { dir: dir.into(), poll, files: BTreeMap::new(), sent: BTreeMap::new(), events })
+        Ok(ManifestSource {
+            dir: dir.into(),
+            poll,
+            files: BTreeMap::new(),
+            sent: HashMap::new(),
+            holders: HashMap::new(),
+            events,
+        })
     }
 
     /// Reads the folder: the changes since the last scan.
@@ -103,7 +112,15 @@ impl ManifestSource {
             return Vec::new();
         }
         paths.sort();
-        self.files.retain(|p, _| paths.contains(p));
+        // Identities whose holders changed in this scan: only they are looked at again, so a
+        // scan costs what changed, not what the folder holds.
+        let mut touched: BTreeSet<ObjectId> = BTreeSet::new();
+        let gone: Vec<PathBuf> = self.files.keys().filter(|p| paths.binary_search(p).is_err()).cloned().collect();
+        for path in gone {
+            if let Some(f) = self.files.remove(&path) {
+                self.release(&path, &f.objects, &mut touched);
+            }
+        }
         // The objects of the files parsed by this scan, by position in their file.
         let mut parsed: BTreeMap<PathBuf, Vec<Option<ClusterObject>>> = BTreeMap::new();
         for path in &paths {
@@ -119,7 +136,16 @@ impl ManifestSource {
             }
             match self.parse(path, &bytes) {
                 Ok(objects) => {
-                    let ids = objects.iter().map(|o| (o.id(), fingerprint(o))).collect();
+                    let ids: Vec<(ObjectId, u64)> = objects.iter().map(|o| (o.id(), fingerprint(o))).collect();
+                    if let Some(before) = self.files.remove(path) {
+                        self.release(path, &before.objects, &mut touched);
+                    }
+                    let shared: Arc<Path> = Arc::from(path.as_path());
+                    for (i, (id, print)) in ids.iter().enumerate() {
+                        // A later object of the same identity in the file replaces an earlier one.
+                        self.holders.entry(id.clone()).or_default().insert(shared.clone(), (*print, i));
+                        touched.insert(id.clone());
+                    }
                     self.files.insert(path.clone(), FileState { stamp: now, content, objects: ids });
                     parsed.insert(path.clone(), objects.into_iter().map(Some).collect());
                 }
@@ -137,36 +163,49 @@ impl ManifestSource {
                 }
             }
         }
-        // Later files win, as with `kubectl apply`: each identity's object is (file, position).
-        let mut merged: BTreeMap<&ObjectId, (u64, &PathBuf, usize)> = BTreeMap::new();
-        for (path, f) in &self.files {
-            for (i, (id, print)) in f.objects.iter().enumerate() {
-                merged.insert(id, (*print, path, i));
+        // Later files win, as with `kubectl apply`: each touched identity's object is the one
+        // of the last file holding it.
+        let mut deletes = Vec::new();
+        let mut applies = Vec::new();
+        for id in touched {
+            let winner = self.holders.get(&id).and_then(|h| h.last_key_value()).map(|(p, v)| (p.clone(), *v));
+            let Some((path, (print, i))) = winner else {
+                self.holders.remove(&id);
+                if self.sent.remove(&id).is_some() {
+                    deletes.push(Change::Delete(id.0, id.1));
+                }
+                continue;
+            };
+            if self.sent.get(&id) == Some(&print) {
+                continue;
+            }
+            // Taken from this scan's parse; an object of an unchanged file is wanted only when
+            // a duplicate of it elsewhere went away: that file is read again.
+            if !parsed.contains_key(path.as_ref()) {
+                let again = std::fs::read(&path).ok().and_then(|b| self.parse(&path, &b).ok()).unwrap_or_default();
+                parsed.insert(path.to_path_buf(), again.into_iter().map(Some).collect());
+            }
+            match parsed.get_mut(path.as_ref()).and_then(|objects| objects.get_mut(i)).and_then(Option::take) {
+                Some(o) if o.id() == id => {
+                    self.sent.insert(id, print);
+                    applies.push(Change::Apply(o));
+                }
+                // Changed since it was read: the next scan sees the file as changed.
+                _ => continue,
             }
         }
-        let mut changes = Vec::new();
-        for id in self.sent.keys().filter(|id| !merged.contains_key(id)) {
-            changes.push(Change::Delete(id.0, id.1.clone()));
-        }
-        let mut sent = BTreeMap::new();
-        for (id, (print, path, i)) in merged {
-            if self.sent.get(id) != Some(&print) {
-                // Taken from this scan's parse; an object of an unchanged file is wanted only
-                // when a duplicate of it elsewhere went away: that file is read again.
-                if !parsed.contains_key(path) {
-                    let again = std::fs::read(path).ok().and_then(|b| self.parse(path, &b).ok()).unwrap_or_default();
-                    parsed.insert(path.clone(), again.into_iter().map(Some).collect());
-                }
-                match parsed.get_mut(path).and_then(|objects| objects.get_mut(i)).and_then(Option::take) {
-                    Some(o) if o.id() == *id => changes.push(Change::Apply(o)),
-                    // Changed since it was read: the next scan sees the file as changed.
-                    _ => continue,
-                }
+        deletes.extend(applies);
+        deletes
+    }
+
+    /// Forgets that `path` holds `objects`; their identities are `touched`.
+    fn release(&mut self, path: &Path, objects: &[(ObjectId, u64)], touched: &mut BTreeSet<ObjectId>) {
+        for (id, _) in objects {
+            if let Some(h) = self.holders.get_mut(id) {
+                h.remove(path);
             }
-            sent.insert(id.clone(), print);
+            touched.insert(id.clone());
         }
-        self.sent = sent;
-        changes
     }
 
     fn name(&self, path: &Path) -> String {

@@ -67,7 +67,7 @@ impl OvnNetwork {
             lb_pools: config.gateways.as_ref().map(|g| g.lb_pools.clone()).unwrap_or_default(),
             lb_ips: BTreeMap::new(),
             remotes: config.nb.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", "),
-            backend: OvnBackend::connect_with(config.nb.clone(), config.tls.clone()),
+            backend: OvnBackend::connect_with(config.nb.clone(), config.tls.clone(), config.inactivity_probe),
             ipam,
             restored: false,
             pending_up: HashMap::new(),
@@ -233,6 +233,7 @@ impl Backend for OvnNetwork {
     }
 
     async fn reconcile(&mut self, engine: &mut PolicyEngine, annotate: bool) -> Result<Reconciled, Failure> {
+        let started = Instant::now();
         let reserved = self
             .backend
             .client()
@@ -256,6 +257,7 @@ impl Backend for OvnNetwork {
             pod.ips = assignment.pods.get(&pod.key).map(|(_, ips)| ips.clone()).unwrap_or_default();
             engine.apply_pod(pod);
         }
+        let addressed = started.elapsed();
         let mut problems = assignment.problems;
         let join = self.assign_join(engine.index(), &mut problems);
         let exposures = if self.gateways.is_some() {
@@ -292,10 +294,18 @@ impl Backend for OvnNetwork {
             multinet: plan,
         };
         let desired = stacknet_ovn::build(engine, &topology);
+        let built = started.elapsed();
         for w in &desired.warnings {
             tracing::debug!("{w}");
         }
-        match self.backend.reconcile(&desired).await {
+        let result = self.backend.reconcile(&desired).await;
+        tracing::debug!(
+            addresses_ms = addressed.as_millis() as u64,
+            desired_ms = (built - addressed).as_millis() as u64,
+            write_ms = (started.elapsed() - built).as_millis() as u64,
+            "reconcile phases"
+        );
+        match result {
             Ok(report) => {
                 self.ports = desired.ports.iter().map(|(k, p)| (k.clone(), p.lsp.clone())).collect();
                 let annotations = if annotate { Self::annotations(&desired, &assignment.nodes) } else { Vec::new() };

@@ -30,13 +30,15 @@ pub struct OvnBackend {
 impl OvnBackend {
     /// A client for the Northbound database at `remotes`, monitoring the tables we use.
     pub fn connect(remotes: Vec<Remote>) -> OvnBackend {
-        OvnBackend::connect_with(remotes, None)
+        OvnBackend::connect_with(remotes, None, ClientConfig::new(Vec::new(), nb::DATABASE).echo_interval)
     }
 
-    /// Like [`OvnBackend::connect`], with certificates for `ssl:` remotes.
-    pub fn connect_with(remotes: Vec<Remote>, tls: Option<TlsConfig>) -> OvnBackend {
+    /// Like [`OvnBackend::connect`], with certificates for `ssl:` remotes and the inactivity
+    /// probe `probe` (zero: none).
+    pub fn connect_with(remotes: Vec<Remote>, tls: Option<TlsConfig>, probe: Duration) -> OvnBackend {
         let mut config = ClientConfig::new(remotes, nb::DATABASE);
         config.tls = tls;
+        config.echo_interval = probe;
         config.requirements = Some(nb::requirements());
         config.tables = Some(nb::monitored_tables());
         // Our rows are found by cluster and by identity; no other key is looked up.
@@ -69,6 +71,7 @@ impl OvnBackend {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(50 << attempt.min(6))).await;
             }
+            let planning = std::time::Instant::now();
             let p = match self.plan(desired).await {
                 Ok(p) => p,
                 Err(e) if e.is_transient() => {
@@ -83,7 +86,15 @@ impl OvnBackend {
             let mut txn = p.txn;
             txn.comment(&format!("stacknet: reconcile cluster {}", desired.cluster));
             let operations = txn.len();
-            match self.client.submit(txn).await {
+            let submitting = std::time::Instant::now();
+            let result = self.client.submit(txn).await;
+            tracing::debug!(
+                plan_ms = (submitting - planning).as_millis() as u64,
+                transact_ms = submitting.elapsed().as_millis() as u64,
+                operations,
+                "transaction"
+            );
+            match result {
                 Ok(_) => {
                     return Ok(Report { transactions: 1, summary: p.summary, operations, warnings: p.warnings });
                 }

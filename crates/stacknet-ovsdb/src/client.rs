@@ -179,7 +179,8 @@ pub struct ClientConfig {
     pub indexed_external_ids: Option<Vec<String>>,
     /// For clustered databases, only talk to the leader (found through `_Server`).
     pub leader_only: bool,
-    /// Send an echo after this long without traffic; drop the connection after twice as long.
+    /// Send an echo after this long without traffic; drop the connection after twice as long
+    /// (OVN's inactivity probe; zero: never probe, as OVN's `inactivity_probe=0`).
     pub echo_interval: Duration,
     pub connect_timeout: Duration,
     pub min_backoff: Duration,
@@ -548,7 +549,7 @@ impl<'a> Session<'a> {
                 if let Ok(r) = rx.try_recv() {
                     return r;
                 }
-                let n = tokio::time::timeout(self.config.echo_interval * 2, rd.read(&mut buf))
+                let n = tokio::time::timeout(self.patience(), rd.read(&mut buf))
                     .await
                     .map_err(|_| Error::Disconnected(format!("no reply to {method}")))?
                     .map_err(|e| Error::Disconnected(e.to_string()))?;
@@ -795,7 +796,8 @@ impl<'a> Session<'a> {
         let mut writer = AbortOnDrop(writer);
         let send = |bytes: Vec<u8>| out_tx.send(bytes).map_err(|_| Error::Disconnected("writer stopped".into()));
         let interval = self.config.echo_interval;
-        let mut ticker = tokio::time::interval(interval / 2);
+        let probing = !interval.is_zero();
+        let mut ticker = tokio::time::interval(if probing { interval / 2 } else { Duration::from_secs(30) });
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_rx = Instant::now();
         let mut echo_sent: Option<Instant> = None;
@@ -848,7 +850,7 @@ impl<'a> Session<'a> {
                         Err(e) => Error::Disconnected(format!("writer failed: {e}")),
                     });
                 }
-                _ = ticker.tick() => {
+                _ = ticker.tick(), if probing => {
                     if let Some(sent) = echo_sent
                         && sent.elapsed() >= interval
                     {
@@ -861,6 +863,12 @@ impl<'a> Session<'a> {
                 }
             }
         }
+    }
+
+    /// How long a reply may take during the handshake: twice the probe interval (an hour
+    /// without probes).
+    fn patience(&self) -> Duration {
+        if self.config.echo_interval.is_zero() { Duration::from_secs(3600) } else { self.config.echo_interval * 2 }
     }
 
     fn command(&mut self, cmd: Command, out: &mut Vec<u8>) -> Result<(), Error> {

@@ -138,6 +138,24 @@ async fn a_silent_peer_is_detected_by_echo_and_replaced() {
     assert!(last.is_none(), "the new session is healthy: {last:?}");
 }
 
+/// With the probe off (OVN's `inactivity_probe=0`), a server silent for many times what the
+/// probe would allow (as one busy committing a huge transaction is) keeps its session.
+#[tokio::test]
+async fn with_the_probe_off_a_silent_server_keeps_its_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let (remote, count, _) = fake_server(dir.path(), AfterHandshake::GoSilent).await;
+    let mut c = config(&remote);
+    c.echo_interval = Duration::ZERO;
+    let client = Client::start(c);
+    client.connected(Duration::from_secs(5)).await.unwrap();
+    // Ten times the 200 ms probe of the other tests, silent.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(count.load(Ordering::SeqCst), 1, "one session only");
+    let status = client.status();
+    let s = status.borrow();
+    assert!(s.connected.is_some() && s.sessions == 1 && s.last_error.is_none(), "{s:?}");
+}
+
 #[tokio::test]
 async fn garbage_from_the_server_drops_the_connection_and_reconnects() {
     let dir = tempfile::tempdir().unwrap();
