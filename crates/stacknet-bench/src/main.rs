@@ -14,6 +14,7 @@ mod jsonline;
 mod openstack;
 mod ovsdb;
 mod podready;
+mod policyready;
 mod services;
 mod services_live;
 
@@ -171,6 +172,19 @@ enum Scenario {
         #[arg(long, default_value_t = 1)]
         attachments: usize,
     },
+    /// A NetworkPolicy change until the live verdict flips, with `pods` pods in the network
+    /// (two attached and talking), next to the same transaction written directly (the floor).
+    PolicyReady {
+        #[arg(long, default_value_t = 1_000)]
+        pods: usize,
+        /// Changes timed for ours and as many for the floor (each flips the verdict; half deny,
+        /// half allow; even).
+        #[arg(long, default_value_t = 20)]
+        changes: usize,
+        /// The stacknet-cni executable (default: next to this one).
+        #[arg(long)]
+        cni: Option<std::path::PathBuf>,
+    },
     /// `stacknet entrypoint` (the stacknet-entrypoint executable): from the last dependency met
     /// to the command started, a Service through a local fake API server and a unix socket
     /// without one, next to the command spawned directly and kubernetes-entrypoint's 2 s polling
@@ -236,6 +250,9 @@ fn main() -> anyhow::Result<()> {
         }
         Scenario::PodReady { pods, cni, attachments } => {
             runtime()?.block_on(podready::run(podready::Args { pods, plugin: cni, attachments }))
+        }
+        Scenario::PolicyReady { pods, changes, cni } => {
+            runtime()?.block_on(policyready::run(policyready::Args { pods, changes, plugin: cni }))
         }
         Scenario::Entrypoint { runs, binary } => {
             runtime()?.block_on(entrypoint::run(entrypoint::Args { runs, binary }))

@@ -45,13 +45,35 @@ fn ovsdb_bench_runs_every_workload_against_a_real_server() {
     }
 }
 
+/// A policy change flipping a live verdict, ours next to the same transaction written directly.
+#[test]
+fn policy_ready_bench_flips_the_verdict_and_prints_its_lines() {
+    let plugin = std::path::Path::new(env!("CARGO_BIN_EXE_stacknet-bench")).with_file_name("stacknet-cni");
+    assert!(plugin.is_file(), "{} missing: build it (cargo build -p stacknet-cni)", plugin.display());
+    let lines = bench(&["policy-ready", "--pods", "20", "--changes", "2", "--cni", plugin.to_str().unwrap()]);
+    assert_eq!(lines.len(), 2);
+    let (l, f) = (&lines[0], &lines[1]);
+    assert_eq!(
+        (l["bench"].as_str(), l["pods"].as_u64(), l["changes"].as_u64()),
+        (Some("policy-ready"), Some(20), Some(2))
+    );
+    assert!(f["client"].as_str().is_some_and(|c| c.starts_with("floor")), "{f}");
+    assert_eq!(f["changes"], 2, "{f}");
+    for line in [l, f] {
+        for k in ["p50_ms", "p99_ms", "max_ms"] {
+            assert!(line[k].as_f64().is_some_and(|v| v > 0.0), "{k} in {line}");
+        }
+    }
+    assert!(f["p50_ratio"].as_f64().is_some_and(|v| v > 0.0), "{f}");
+}
+
 /// On a real node with a few pods (`cargo test --workspace` builds the plugin next to us).
 #[test]
 fn pod_ready_bench_attaches_pods_and_prints_its_line() {
     let plugin = std::path::Path::new(env!("CARGO_BIN_EXE_stacknet-bench")).with_file_name("stacknet-cni");
     assert!(plugin.is_file(), "{} missing: build it (cargo build -p stacknet-cni)", plugin.display());
     let lines = bench(&["pod-ready", "--pods", "5", "--attachments", "3", "--cni", plugin.to_str().unwrap()]);
-    assert_eq!(lines.len(), 4);
+    assert_eq!(lines.len(), 5);
     let l = &lines[0];
     assert_eq!(l["bench"], "pod-ready");
     assert_eq!(l["pods"], 5);
@@ -65,14 +87,23 @@ fn pod_ready_bench_attaches_pods_and_prints_its_line() {
     for k in ["installed_p50_ms", "installed_max_ms", "add_p50_ratio"] {
         assert!(f[k].as_f64().is_some_and(|v| v > 0.0), "{k} in {f}");
     }
+    for k in ["ready_p50_ratio", "ready_p99_ratio"] {
+        assert!(f[k].as_f64().is_some_and(|v| v > 0.0), "{k} in {f}");
+    }
+    // The kernel's floor: the same plumbing by one process, no OVS.
+    let k = &lines[2];
+    assert!(k["client"].as_str().is_some_and(|c| c.starts_with("kernel floor")), "{k}");
+    for key in ["p50_ms", "p99_ms", "max_ms"] {
+        assert!(k[key].as_f64().is_some_and(|v| v > 0.0), "{key} in {k}");
+    }
     // Pods with three interfaces (two secondary networks), next to one in the same run.
-    let m = &lines[2];
+    let m = &lines[3];
     assert_eq!((m["attachments"].as_u64(), m["pods"].as_u64()), (Some(3), Some(5)), "{m}");
     for k in ["p50_ms", "p99_ms", "one_interface_p50_ms", "p50_ratio", "p99_ratio"] {
         assert!(m[k].as_f64().is_some_and(|v| v > 0.0), "{k} in {m}");
     }
     // OVN's own floor for that round's every port (5 pods × 3), beside ours.
-    let mf = &lines[3];
+    let mf = &lines[4];
     assert!(mf["client"].as_str().is_some_and(|c| c.starts_with("floor")), "{mf}");
     assert_eq!(mf["ports"], 15, "{mf}");
     assert_eq!(mf["ours_p50_ratio"], m["p50_ratio"], "{mf}");
