@@ -102,6 +102,52 @@ async fn start_pods(
     Ok((calls, started.elapsed().as_secs_f64() * 1000.0))
 }
 
+/// The floor of a pod start: what Neutron itself needs for the one call a start with a full
+/// pool makes. As many free ports as pods are made beforehand on the pods' network, bound to
+/// a node as a pool's are; then each is updated in turn — name, description, device, security
+/// group, as a pool take does — and the mean milliseconds per update returned. The ports go
+/// afterwards.
+async fn floor_ms_per_port(session: &Cloud, count: usize) -> anyhow::Result<f64> {
+    let tag = NeutronConfig::new("bench-prefilled", vec![]).tag();
+    let network = stacknet_openstack::neutron::networks(session, &tag).await?.into_iter().next();
+    let network = network.ok_or_else(|| anyhow::anyhow!("no network of the prefilled run"))?;
+    let group = stacknet_openstack::neutron::security_groups(session, &tag).await?.into_iter().next();
+    let group = group.ok_or_else(|| anyhow::anyhow!("no security group of the prefilled run"))?;
+    let mut ids = Vec::new();
+    while ids.len() < count {
+        let n = (count - ids.len()).min(32);
+        let new: Vec<_> = (0..n)
+            .map(|_| stacknet_openstack::neutron::NewPort {
+                network_id: &network.id,
+                name: "bench-floor",
+                description: "bench-floor",
+                device_owner: "compute:bench-floor",
+                device_id: "",
+                host: Some("node-0"),
+                security_groups: Vec::new(),
+                fixed_ip: None,
+                project_id: None,
+            })
+            .collect();
+        ids.extend(stacknet_openstack::neutron::create_ports(session, &new).await?.into_iter().map(|p| p.id));
+    }
+    let started = Instant::now();
+    for (i, id) in ids.iter().enumerate() {
+        let changes = json!({
+            "name": format!("floor/p{i}"),
+            "description": format!("stacknet-bench floor p{i}"),
+            "device_id": format!("uid-floor-{i}"),
+            "security_groups": [group.id],
+        });
+        stacknet_openstack::neutron::update_port(session, id, changes).await?;
+    }
+    let ms = started.elapsed().as_secs_f64() * 1000.0 / count.max(1) as f64;
+    for id in &ids {
+        stacknet_openstack::neutron::delete(session, "ports", id).await?;
+    }
+    Ok(ms)
+}
+
 /// Security-group rules of ours as Neutron lists them.
 async fn neutron_rules(session: &Cloud, cluster: &str) -> anyhow::Result<usize> {
     let tag = NeutronConfig::new(cluster, vec![]).tag();
@@ -122,6 +168,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
 
     let all = pods(&args, args.pods);
+    let mut per_pod = Vec::new();
     // No pools; pools kept full in the background while pods start (as the controller does);
     // pools filled beforehand with a port for every pod (the cost of the start alone).
     let prefilled = args.pods.div_ceil(args.nodes) + 1;
@@ -163,6 +210,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         let in_neutron = neutron_rules(&session, cluster).await?;
         let n = all.len().max(1) as f64;
+        per_pod.push((cluster, ms / n));
         let mean = calls.iter().sum::<u64>() as f64 / n;
         // A pod whose labels or named ports are new to the cluster also makes groups for them.
         let port_only = if pools { 1 } else { 2 };
@@ -208,6 +256,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         // Leave the cloud clean for the next run: every pod goes, the pools stay (ours).
         backend.reconcile(&self::engine(&args)).await?;
     }
+
+    let floor = floor_ms_per_port(&session, all.len()).await?;
+    let ratio = |c: &str| per_pod.iter().find(|(n, _)| *n == c).map(|(_, ms)| json!(round(ms / floor)));
+    println!(
+        "{}",
+        line(&[
+            ("bench", json!("openstack")),
+            ("pods", json!(all.len())),
+            ("client", json!("floor: a pool take's one port update, issued directly to Neutron")),
+            ("ms_per_pod", json!(round(floor))),
+            ("no_pools_ratio", ratio("bench-plain").unwrap_or_default()),
+            ("background_refill_ratio", ratio("bench-pools").unwrap_or_default()),
+            ("prefilled_ratio", ratio("bench-prefilled").unwrap_or_default()),
+            ("target_ratio", json!(1.3)),
+        ])
+    );
 
     if args.services > 0 {
         services(&args, &cloud, &session).await?;

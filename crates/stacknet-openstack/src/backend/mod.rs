@@ -105,6 +105,50 @@ pub struct NeutronBackend {
     /// Keystone projects as namespaces' annotations name them (name or id → id, and when it
     /// was looked up: trusted as long as the state is).
     projects: std::sync::Mutex<BTreeMap<String, (String, Instant)>>,
+    /// Reconciles (pod starts) under way and when the last one ended: pool refills wait for
+    /// a quiet moment, so that a start never queues behind them at Neutron.
+    starts: Starts,
+}
+
+/// How long after the last reconcile a pool refill may call Neutron.
+pub const REFILL_QUIET: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Reconciles under way, and when the last one ended.
+#[derive(Default)]
+struct Starts {
+    busy: std::sync::atomic::AtomicUsize,
+    last: std::sync::Mutex<Option<Instant>>,
+}
+
+/// One reconcile under way (ended when dropped).
+struct Busy<'a>(&'a Starts);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        *self.0.last.lock().expect("not poisoned") = Some(Instant::now());
+        self.0.busy.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Starts {
+    fn enter(&self) -> Busy<'_> {
+        self.busy.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Busy(self)
+    }
+
+    /// Returns once no reconcile is under way and none ended in the last `quiet`.
+    async fn quiet(&self, quiet: std::time::Duration) {
+        loop {
+            let busy = self.busy.load(std::sync::atomic::Ordering::SeqCst) > 0;
+            let since = self.last.lock().expect("not poisoned").map(|t| t.elapsed());
+            let wait = match (busy, since) {
+                (true, _) => quiet,
+                (false, Some(s)) if s < quiet => quiet - s,
+                _ => return,
+            };
+            tokio::time::sleep(wait.max(std::time::Duration::from_millis(5))).await;
+        }
+    }
 }
 
 impl NeutronBackend {
@@ -116,6 +160,7 @@ impl NeutronBackend {
             swept: AtomicBool::new(false),
             state: tokio::sync::Mutex::new(None),
             projects: Default::default(),
+            starts: Starts::default(),
         }
     }
 
@@ -144,6 +189,7 @@ impl NeutronBackend {
     /// could be read or Neutron or Keystone is unreachable; per-object failures are in the
     /// report's problems (the plan's own problems are not repeated there).
     pub async fn reconcile_with(&self, engine: &PolicyEngine, multinet: &Plan) -> Result<Report, Error> {
+        let _busy = self.starts.enter();
         let start_calls = self.cloud.calls();
         let mut report = Report { plan: secgroups::plan(engine, &self.config.families()), ..Report::default() };
         let mut guard = self.state.lock().await;
@@ -205,5 +251,30 @@ impl NeutronBackend {
         self.remove_unused_groups(&plan, &mut state.groups, report, failures).await?;
         report.plan = plan;
         Ok(lookups)
+    }
+}
+
+#[cfg(test)]
+mod starts_tests {
+    use std::time::Duration;
+
+    use super::Starts;
+
+    /// A refill's call waits while a reconcile is under way and for the quiet time after it.
+    #[tokio::test]
+    async fn a_refill_waits_for_the_reconciles_and_a_quiet_moment_after_them() {
+        let starts = Starts::default();
+        let quiet = Duration::from_millis(50);
+        // Nothing under way, nothing before: at once.
+        tokio::time::timeout(Duration::from_millis(20), starts.quiet(quiet)).await.expect("at once");
+        let busy = starts.enter();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(150), starts.quiet(quiet)).await.is_err(),
+            "must wait while a reconcile is under way"
+        );
+        drop(busy);
+        let ended = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(2), starts.quiet(quiet)).await.expect("quiet after it");
+        assert!(ended.elapsed() >= quiet, "waited the quiet time after the reconcile: {:?}", ended.elapsed());
     }
 }

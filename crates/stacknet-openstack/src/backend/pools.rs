@@ -273,6 +273,8 @@ impl NeutronBackend {
         // Nested nodes: (node, trunk, network, project, how many free ports it wants on the trunk).
         let mut nested: Vec<(String, String, String, Option<String>, usize)> = Vec::new();
         for w in wanted {
+            // Pod starts first: each call of the refill waits for a quiet moment.
+            self.starts.quiet(super::REFILL_QUIET).await;
             if !headroom.contains_key(&w.project) {
                 let h = match w.project.as_ref().or(own.as_ref()) {
                     Some(p) => neutron::port_headroom(cloud, p).await?,
@@ -287,6 +289,7 @@ impl NeutronBackend {
                 nested.push((w.node.clone(), t.clone(), w.network.clone(), w.project.clone(), w.short));
             }
             while missing > 0 {
+                self.starts.quiet(super::REFILL_QUIET).await;
                 let n = missing.min(POOL_BATCH);
                 let new: Vec<NewPort> = (0..n)
                     .map(|_| NewPort {
@@ -322,6 +325,7 @@ impl NeutronBackend {
         let tags_ref = &tags;
         let ids: Vec<String> = made.iter().map(|p| p.id.clone()).collect();
         let tagged = concurrently(ids, |id| async move {
+            self.starts.quiet(super::REFILL_QUIET).await;
             let r = neutron::set_tags(cloud, "ports", &id, tags_ref).await;
             (id, r)
         })
