@@ -307,38 +307,47 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let restart_peak = peak_rss_mb(r.child.id())?;
     stop(r)?;
 
+    let point = [
+        ("bench", json!("controller")),
+        ("pods", json!(args.pods)),
+        ("policies", json!(args.policies)),
+        ("services", json!(args.services)),
+        ("nodes", json!(args.nodes)),
+    ];
     println!(
         "{}",
-        jsonline::line(&[
-            ("bench", json!("controller")),
-            ("pods", json!(args.pods)),
-            ("policies", json!(args.policies)),
-            ("services", json!(args.services)),
-            ("nodes", json!(args.nodes)),
-            ("converge_s", json!((converge.as_secs_f64() * 100.0).round() / 100.0)),
-            ("peak_rss_mb", json!(peak.max(restart_peak).round())),
-            ("first_converge_peak_rss_mb", json!(first_peak.round())),
-            ("converged_rss_mb", json!(converged_rss.round())),
-            ("restart_peak_rss_mb", json!(restart_peak.round())),
-            ("restart_converge_s", json!((restart.as_secs_f64() * 100.0).round() / 100.0)),
-            ("restart_nb_writes", json!(writes)),
-            ("burst_1000_s", json!((burst_s.as_secs_f64() * 100.0).round() / 100.0)),
-        ])
+        jsonline::line(
+            &[
+                &point[..],
+                &[
+                    ("converge_s", json!((converge.as_secs_f64() * 100.0).round() / 100.0)),
+                    ("peak_rss_mb", json!(peak.max(restart_peak).round())),
+                    ("first_converge_peak_rss_mb", json!(first_peak.round())),
+                    ("converged_rss_mb", json!(converged_rss.round())),
+                    ("restart_peak_rss_mb", json!(restart_peak.round())),
+                    ("restart_converge_s", json!((restart.as_secs_f64() * 100.0).round() / 100.0)),
+                    ("restart_nb_writes", json!(writes)),
+                    ("burst_1000_s", json!((burst_s.as_secs_f64() * 100.0).round() / 100.0)),
+                ],
+            ]
+            .concat()
+        )
     );
     println!(
         "{}",
-        jsonline::line(&[
-            ("bench", json!("controller")),
-            ("pods", json!(args.pods)),
-            ("policies", json!(args.policies)),
-            ("services", json!(args.services)),
-            ("nodes", json!(args.nodes)),
-            ("client", json!("floor: the Northbound ovsdb-server's own CPU time for the same writes")),
-            ("converge_s", round2(converge_server)),
-            ("burst_1000_s", round2(burst_server)),
-            ("converge_ratio", round2(converge.as_secs_f64() / converge_server.max(0.01))),
-            ("burst_ratio", round2(burst_s.as_secs_f64() / burst_server.max(0.01))),
-        ])
+        jsonline::line(
+            &[
+                &point[..],
+                &[
+                    ("client", json!("floor: the Northbound ovsdb-server's own CPU time for the same writes")),
+                    ("converge_s", round2(converge_server)),
+                    ("burst_1000_s", round2(burst_server)),
+                    ("converge_ratio", round2(converge.as_secs_f64() / converge_server.max(0.01))),
+                    ("burst_ratio", round2(burst_s.as_secs_f64() / burst_server.max(0.01))),
+                ],
+            ]
+            .concat()
+        )
     );
     Ok(())
 }

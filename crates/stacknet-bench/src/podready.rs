@@ -104,7 +104,7 @@ fn cluster_rounds(pods: usize, secondary: usize, with_q: bool) -> anyhow::Result
 
 /// Binds a UDP socket inside `netns` (before the pod has its interface, as a container would
 /// start listening right after ADD).
-fn udp_in(netns: &Path, addr: SocketAddr) -> anyhow::Result<UdpSocket> {
+pub(crate) fn udp_in(netns: &Path, addr: SocketAddr) -> anyhow::Result<UdpSocket> {
     let s = run_in(netns, move || std::net::UdpSocket::bind(addr))??;
     s.set_nonblocking(true)?;
     Ok(UdpSocket::from_std(s)?)
@@ -237,11 +237,11 @@ async fn kernel_floor(live: &Live, pods: usize) -> anyhow::Result<Vec<f64>> {
     Ok(times)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() { 0.0 } else { sorted[((sorted.len() - 1) as f64 * p).round() as usize] }
 }
 
-fn ms(v: f64) -> serde_json::Value {
+pub(crate) fn ms(v: f64) -> serde_json::Value {
     json!((v * 10.0).round() / 10.0)
 }
 

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,12 +21,12 @@ use anyhow::Context;
 use serde_json::json;
 use stacknet_engine::objects::{ClusterObject, ObjectKey};
 use stacknet_engine::{ClusterIndex, PolicyEngine, manifest};
-use stacknet_node::netns::run_in;
 use stacknet_ovn::Topology;
 use stacknet_verify::live::Live;
 use tokio::net::UdpSocket;
 
 use crate::jsonline;
+use crate::podready::{ms, percentile, udp_in};
 
 pub struct Args {
     pub pods: usize,
@@ -77,12 +77,6 @@ fn cluster(pods: usize) -> anyhow::Result<PolicyEngine> {
     let mut objects = manifest::parse("policy-ready", &yaml)?.objects;
     objects.push(server_policy("client")?);
     Ok(PolicyEngine::from_index(ClusterIndex::from_objects(objects)))
-}
-
-fn udp_in(netns: &Path, addr: SocketAddr) -> anyhow::Result<UdpSocket> {
-    let s = run_in(netns, move || std::net::UdpSocket::bind(addr))??;
-    s.set_nonblocking(true)?;
-    Ok(UdpSocket::from_std(s)?)
 }
 
 /// The client's numbered datagrams: when each was sent, and each echo as it came.
@@ -142,14 +136,6 @@ async fn flipped(probes: &Mutex<Probes>, start: Instant, allowed: bool) -> anyho
             }
         }
     }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() { 0.0 } else { sorted[((sorted.len() - 1) as f64 * p).round() as usize] }
-}
-
-fn ms(v: f64) -> serde_json::Value {
-    json!((v * 10.0).round() / 10.0)
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
