@@ -342,7 +342,7 @@ impl ControllerConfig {
             ipam: IpamConfig::new(vec![DEFAULT_CLUSTER_CIDR.parse().expect("valid")]),
             metrics_addr: "127.0.0.1:0".parse().expect("valid"),
             poll: Duration::from_millis(100),
-            inactivity_probe: Duration::from_secs(5),
+            inactivity_probe: stacknet_ovsdb::DEFAULT_ECHO_INTERVAL,
             pace: Pace::new(Duration::from_millis(20)),
             leader_election: false,
             multus: false,
@@ -461,7 +461,10 @@ impl ControllerConfig {
             Error::setting("metrics-addr", format!("{addr_text:?} is not an address:port (e.g. 127.0.0.1:9478)"))
         })?;
         let poll = Duration::from_millis(args.poll_ms.or(file.poll_ms).unwrap_or(250).clamp(10, 60_000));
-        let probe = args.inactivity_probe_ms.or(file.inactivity_probe_ms).unwrap_or(5000);
+        let probe = args
+            .inactivity_probe_ms
+            .or(file.inactivity_probe_ms)
+            .unwrap_or(stacknet_ovsdb::DEFAULT_ECHO_INTERVAL.as_millis() as u64);
         if (1..1000).contains(&probe) {
             return Err(Error::setting(
                 "inactivity-probe-ms",

@@ -30,7 +30,7 @@ pub struct OvnBackend {
 impl OvnBackend {
     /// A client for the Northbound database at `remotes`, monitoring the tables we use.
     pub fn connect(remotes: Vec<Remote>) -> OvnBackend {
-        OvnBackend::connect_with(remotes, None, ClientConfig::new(Vec::new(), nb::DATABASE).echo_interval)
+        OvnBackend::connect_with(remotes, None, stacknet_ovsdb::DEFAULT_ECHO_INTERVAL)
     }
 
     /// Like [`OvnBackend::connect`], with certificates for `ssl:` remotes and the inactivity

@@ -188,6 +188,9 @@ pub struct ClientConfig {
     pub requirements: Option<Requirements>,
 }
 
+/// OVN's default inactivity probe for its clients (5 s).
+pub const DEFAULT_ECHO_INTERVAL: Duration = Duration::from_secs(5);
+
 impl ClientConfig {
     pub fn new(remotes: Vec<Remote>, database: &str) -> Self {
         ClientConfig {
@@ -198,7 +201,7 @@ impl ClientConfig {
             columns: BTreeMap::new(),
             indexed_external_ids: None,
             leader_only: true,
-            echo_interval: Duration::from_secs(5),
+            echo_interval: DEFAULT_ECHO_INTERVAL,
             connect_timeout: Duration::from_secs(5),
             min_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(8),

@@ -19,7 +19,7 @@ pub mod rpc;
 pub mod schema;
 pub mod transact;
 
-pub use client::{Client, ClientConfig, Remote, TlsConfig, check_transport};
+pub use client::{Client, ClientConfig, DEFAULT_ECHO_INTERVAL, Remote, TlsConfig, check_transport};
 pub use datum::{Atom, AtomMap, AtomSet, Datum, Uuid};
 pub use error::{Error, ErrorKind, OperationError};
 pub use replica::{Replica, RowData, TableReplica};
