@@ -362,20 +362,14 @@ impl Drainer {
             list.push(json!({"type": CONDITION, "status": status, "reason": reason, "message": message,
                 "lastHeartbeatTime": stamp, "lastTransitionTime": transition}));
         }
-        // Read-modify-write of the whole list, guarded by the version read: a conflicting
-        // write (the kubelet's heartbeat) makes this one fail, and the next pass redoes it.
-        let patch = json!({"metadata": {"resourceVersion": node.resource_version()}, "status": {"conditions": list}});
-        if let Err(e) = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-            tracing::debug!(node = name, error = %e, "writing the condition; the next pass does");
-            return;
-        }
+        // The Event of a stage change goes out before the condition that records the stage: a
+        // controller killed between the two would otherwise find the stage written on restart
+        // and never say it (at least once, never lost; a retried write may say it twice).
         let previous = current.and_then(|c| c.reason.clone());
-        let (kind, reason, note) = match &condition {
-            None => ("Normal", "DrainStopped", "the node is schedulable again: the drain stopped".to_string()),
+        let event = match &condition {
+            None => Some(("Normal", "DrainStopped", "the node is schedulable again: the drain stopped".to_string())),
+            Some((_, reason, _)) if previous.as_deref() == Some(*reason) => None,
             Some((_, reason, message)) => {
-                if previous.as_deref() == Some(*reason) {
-                    return;
-                }
                 let kind = if matches!(*reason, "HostDown" | "MigrationsFailed" | "NovaUnreachable") {
                     "Warning"
                 } else {
@@ -386,10 +380,18 @@ impl Drainer {
                     "Drained" => "ComputeDrained",
                     other => other,
                 };
-                (kind, reason, message.clone())
+                Some((kind, reason, message.clone()))
             }
         };
-        self.event(node, kind, reason, &note).await;
+        if let Some((kind, reason, note)) = event {
+            self.event(node, kind, reason, &note).await;
+        }
+        // Read-modify-write of the whole list, guarded by the version read: a conflicting
+        // write (the kubelet's heartbeat) makes this one fail, and the next pass redoes it.
+        let patch = json!({"metadata": {"resourceVersion": node.resource_version()}, "status": {"conditions": list}});
+        if let Err(e) = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            tracing::debug!(node = name, error = %e, "writing the condition; the next pass does");
+        }
     }
 
     /// Records when the drain began on the Node (`None`: removes it).
