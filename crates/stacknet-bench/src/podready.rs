@@ -12,7 +12,9 @@
 //! (which also ends at `ovn-installed`) to it, and of pod-ready to it (the target: p50 1.3×,
 //! p99 1.5×). A third line is the kernel's floor: the same plumbing (veth pairs into fresh
 //! namespaces, addresses, routes, links up) made at once by this one process with the agent's
-//! netlink calls, no OVS.
+//! netlink calls, no OVS. A fourth is the runtime's: the plugin executable started at once
+//! for every pod (answering VERSION), what the processes alone cost before any ADD reaches the
+//! agent.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -237,6 +239,21 @@ async fn kernel_floor(live: &Live, pods: usize) -> anyhow::Result<Vec<f64>> {
     Ok(times)
 }
 
+/// The runtime's floor for `pods` pods: the plugin executable run that many times at once as
+/// a runtime runs it for ADD, but answering VERSION (no agent, no plumbing): what starting the
+/// processes alone costs on this node, each timed from the common start; sorted ms.
+async fn runtime_floor(plugin: &Path, pods: usize) -> anyhow::Result<Vec<f64>> {
+    let start = Instant::now();
+    let runs = (0..pods).map(|_| async {
+        let out = tokio::process::Command::new(plugin).env_clear().env("CNI_COMMAND", "VERSION").output().await?;
+        anyhow::ensure!(out.status.success(), "stacknet-cni VERSION failed: {}", String::from_utf8_lossy(&out.stdout));
+        anyhow::Ok(start.elapsed().as_secs_f64() * 1e3)
+    });
+    let mut times = futures::future::try_join_all(runs).await?;
+    times.sort_by(f64::total_cmp);
+    Ok(times)
+}
+
 pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() { 0.0 } else { sorted[((sorted.len() - 1) as f64 * p).round() as usize] }
 }
@@ -358,6 +375,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         (1..=args.pods).map(|i| (ObjectKey::new("bench", format!("p{i}")), None)).collect();
     let floor = floor_of(&live, &primaries, "s").await.context("the floor")?;
     let kernel = kernel_floor(&live, args.pods).await.context("the kernel's floor")?;
+    let runtime = runtime_floor(&plugin, args.pods).await.context("the runtime's floor")?;
     // The same floor for the multi-interface round's ports: every pod's every interface.
     let many_floor = if secondary > 0 {
         let mut ports = Vec::new();
@@ -417,6 +435,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             ("p50_ms", ms(percentile(&kernel, 0.5))),
             ("p99_ms", ms(percentile(&kernel, 0.99))),
             ("max_ms", ms(percentile(&kernel, 1.0))),
+        ])
+    );
+    println!(
+        "{}",
+        jsonline::line(&[
+            ("bench", json!("pod-ready")),
+            ("pods", json!(args.pods)),
+            ("client", json!("runtime floor: the plugin executable run at once for every pod, answering VERSION")),
+            ("p50_ms", ms(percentile(&runtime, 0.5))),
+            ("p99_ms", ms(percentile(&runtime, 0.99))),
+            ("max_ms", ms(percentile(&runtime, 1.0))),
         ])
     );
     if let Some(m) = many {

@@ -73,7 +73,7 @@ fn pod_ready_bench_attaches_pods_and_prints_its_line() {
     let plugin = std::path::Path::new(env!("CARGO_BIN_EXE_stacknet-bench")).with_file_name("stacknet-cni");
     assert!(plugin.is_file(), "{} missing: build it (cargo build -p stacknet-cni)", plugin.display());
     let lines = bench(&["pod-ready", "--pods", "5", "--attachments", "3", "--cni", plugin.to_str().unwrap()]);
-    assert_eq!(lines.len(), 5);
+    assert_eq!(lines.len(), 6);
     let l = &lines[0];
     assert_eq!(l["bench"], "pod-ready");
     assert_eq!(l["pods"], 5);
@@ -96,14 +96,20 @@ fn pod_ready_bench_attaches_pods_and_prints_its_line() {
     for key in ["p50_ms", "p99_ms", "max_ms"] {
         assert!(k[key].as_f64().is_some_and(|v| v > 0.0), "{key} in {k}");
     }
+    // The runtime's floor: the plugin started for every pod at once, no agent.
+    let r = &lines[3];
+    assert!(r["client"].as_str().is_some_and(|c| c.starts_with("runtime floor")), "{r}");
+    for key in ["p50_ms", "p99_ms", "max_ms"] {
+        assert!(r[key].as_f64().is_some_and(|v| v > 0.0), "{key} in {r}");
+    }
     // Pods with three interfaces (two secondary networks), next to one in the same run.
-    let m = &lines[3];
+    let m = &lines[4];
     assert_eq!((m["attachments"].as_u64(), m["pods"].as_u64()), (Some(3), Some(5)), "{m}");
     for k in ["p50_ms", "p99_ms", "one_interface_p50_ms", "p50_ratio", "p99_ratio"] {
         assert!(m[k].as_f64().is_some_and(|v| v > 0.0), "{k} in {m}");
     }
     // OVN's own floor for that round's every port (5 pods × 3), beside ours.
-    let mf = &lines[4];
+    let mf = &lines[5];
     assert!(mf["client"].as_str().is_some_and(|c| c.starts_with("floor")), "{mf}");
     assert_eq!(mf["ports"], 15, "{mf}");
     assert_eq!(mf["ours_p50_ratio"], m["p50_ratio"], "{mf}");

@@ -599,33 +599,43 @@ impl Agent {
             ifname: ifname.into(),
             netns: netns.into(),
         };
-        let t = Instant::now();
-        self.plumbing.create(Path::new(netns), &iface).await.map_err(plumb_error)?;
-        let created = t.elapsed();
-        // The pod end is configured while the host end is bound and ovn-controller installs it.
-        let configure = async {
+        // The host end is bound while the pair is made and configured (ovs-vswitchd takes
+        // the device up when it appears, ovn-controller installs the port meanwhile); both
+        // finish before anything is judged, so a failure leaves no binding committed behind.
+        let plumb = async {
             let t = Instant::now();
-            self.plumbing.configure(Path::new(netns), &iface).await.map_err(plumb_error).map(|()| t.elapsed())
+            self.plumbing.create(Path::new(netns), &iface).await.map_err(|e| (false, plumb_error(e)))?;
+            self.plumbing
+                .configure(Path::new(netns), &iface)
+                .await
+                .map_err(|e| (true, plumb_error(e)))
+                .map(|()| t.elapsed())
         };
-        let attach = async {
+        let bind = async {
             let t = Instant::now();
-            self.binder.bind(binding).await.map_err(bind_error)?;
-            let bound = t.elapsed();
-            let t = Instant::now();
-            ovs::wait_installed(&self.ovs, &host, self.config.install_timeout).await.map_err(bind_error)?;
-            Ok::<_, CniError>((bound, t.elapsed()))
+            self.binder.bind(binding).await.map_err(bind_error).map(|()| t.elapsed())
         };
-        let (configured, attached) = tokio::join!(configure, attach);
-        let (configured, (bound, installed)) = match (configured, attached) {
-            (Ok(c), Ok(a)) => (c, a),
-            (Err(e), _) | (_, Err(e)) => {
+        let (plumbed, bound) = match tokio::join!(plumb, bind) {
+            (Ok(p), Ok(b)) => (p, b),
+            // The pair was not made: an interface of that name is not ours to remove.
+            (Err((false, e)), _) => {
+                let _ = ovs::unbind(&self.ovs, &self.config.bridge, &host).await;
+                return Err(e);
+            }
+            (Err((true, e)), _) | (_, Err(e)) => {
                 let _ = self.teardown(&host).await;
                 return Err(e);
             }
         };
+        let t = Instant::now();
+        if let Err(e) = ovs::wait_installed(&self.ovs, &host, self.config.install_timeout).await {
+            let _ = self.teardown(&host).await;
+            return Err(bind_error(e));
+        }
+        let installed = t.elapsed();
         let timings = Timings {
             lookup_us: 0,
-            plumb_us: (created + configured).as_micros() as u64,
+            plumb_us: plumbed.as_micros() as u64,
             bind_us: bound.as_micros() as u64,
             install_us: installed.as_micros() as u64,
         };

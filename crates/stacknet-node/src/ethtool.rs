@@ -152,8 +152,20 @@ fn family(socket: &Socket) -> Result<u16, String> {
 
 /// Turns TX checksum offload off on `ifname` (in the calling thread's namespace).
 pub fn disable_tx_checksum(ifname: &str) -> Result<(), String> {
-    let socket = socket()?;
-    let family = family(&socket)?;
+    disable_tx_checksum_with(&socket()?, ifname)
+}
+
+/// A generic netlink socket in the calling thread's namespace, for
+/// [`disable_tx_checksum_with`] from any thread afterwards (a socket keeps the namespace it
+/// was made in).
+pub fn namespace_socket() -> Result<Socket, String> {
+    socket()
+}
+
+/// Turns TX checksum offload off on `ifname` in the namespace `socket` was made in. The kernel
+/// answers within the request (no waiting on another party).
+pub fn disable_tx_checksum_with(socket: &Socket, ifname: &str) -> Result<(), String> {
+    let family = family(socket)?;
     let header = nested(
         ETHTOOL_A_FEATURES_HEADER,
         &[
@@ -168,7 +180,7 @@ pub fn disable_tx_checksum(ifname: &str) -> Result<(), String> {
         .collect();
     let wanted = nested(ETHTOOL_A_FEATURES_WANTED, &[nested(ETHTOOL_A_BITSET_BITS, &bits)]);
     let msg = message(family, ETHTOOL_MSG_FEATURES_SET, ETHTOOL_GENL_VERSION, 2, &[header, wanted]);
-    request(&socket, &msg, 2).map(drop).map_err(|e| format!("turning TX checksum offload off on {ifname}: {e}"))
+    request(socket, &msg, 2).map(drop).map_err(|e| format!("turning TX checksum offload off on {ifname}: {e}"))
 }
 
 #[cfg(test)]

@@ -159,3 +159,17 @@ pub async fn netlink_in_async(path: &Path) -> Result<rtnetlink::Handle, NetnsErr
     tokio::spawn(conn);
     Ok(handle)
 }
+
+/// The sockets a pod interface is configured through, made in one visit to the namespace at
+/// `path`: an rtnetlink handle and a generic netlink socket for ethtool requests.
+pub async fn pod_sockets(path: &Path) -> Result<(rtnetlink::Handle, netlink_sys::Socket), NetnsError> {
+    let made = run_in_async(path, || {
+        let rt = rtnetlink::new_connection().map_err(|e| format!("netlink socket: {e}"))?;
+        let genl = crate::ethtool::namespace_socket()?;
+        Ok::<_, String>((rt, genl))
+    })
+    .await?;
+    let ((conn, handle, _), genl) = made.map_err(|message| NetnsError::Enter { path: path.into(), message })?;
+    tokio::spawn(conn);
+    Ok((handle, genl))
+}

@@ -148,9 +148,17 @@ pub async fn bind_all(client: &Client, bridge: &str, bindings: &[Binding]) -> Re
     Ok(())
 }
 
-/// How long the binder waits for another request before committing, and at most.
+/// How long the binder waits for another request before committing, and at most; it waits
+/// only within a burst (a request came less than `LINGER_MAX` before), so a lone ADD commits
+/// at once.
 const LINGER_QUIET: std::time::Duration = std::time::Duration::from_millis(2);
 const LINGER_MAX: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Whether a request arriving `since_previous` after the one before it is part of a burst
+/// (and the binder should wait a moment for the rest of it).
+fn in_burst(since_previous: Option<std::time::Duration>) -> bool {
+    since_previous.is_some_and(|d| d < LINGER_MAX)
+}
 
 type BindRequest = (Binding, tokio::sync::oneshot::Sender<Result<(), BindError>>);
 
@@ -167,17 +175,23 @@ impl Binder {
     pub fn start(client: Client, bridge: String) -> Binder {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<BindRequest>();
         tokio::spawn(async move {
+            let mut previous: Option<tokio::time::Instant> = None;
             while let Some(first) = rx.recv().await {
+                let arrived = tokio::time::Instant::now();
+                let burst = in_burst(previous.map(|p| arrived.duration_since(p)));
                 let mut batch = vec![first];
                 // Linger while requests keep coming (a burst of ADDs), up to a bound.
-                let until = tokio::time::Instant::now() + LINGER_MAX;
-                while batch.len() < 256 {
+                let until = arrived + LINGER_MAX;
+                while burst && batch.len() < 256 {
                     let quiet = (tokio::time::Instant::now() + LINGER_QUIET).min(until);
                     match tokio::time::timeout_at(quiet, rx.recv()).await {
                         Ok(Some(r)) => batch.push(r),
                         _ => break,
                     }
                 }
+                // When this batch closed: a request within LINGER_MAX of it (one that came
+                // during the commit, say) is part of the same burst.
+                previous = Some(tokio::time::Instant::now());
                 let bindings: Vec<Binding> = batch.iter().map(|(b, _)| b.clone()).collect();
                 let t = std::time::Instant::now();
                 let result = bind_all(&client, &bridge, &bindings).await;
@@ -257,4 +271,17 @@ pub enum BindError {
         "ovn-controller did not install port {port} within {after:?} (is ovn-controller running, and does the logical port exist?)"
     )]
     NotInstalled { port: String, after: Duration },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lone_request_commits_at_once_and_a_burst_lingers() {
+        assert!(!in_burst(None), "the first request ever");
+        assert!(!in_burst(Some(Duration::from_millis(500))), "a request after a quiet spell");
+        assert!(in_burst(Some(Duration::from_millis(1))), "a request right after a commit");
+        assert!(!in_burst(Some(LINGER_MAX)));
+    }
 }

@@ -122,10 +122,7 @@ impl Plumbing for Veth {
     }
 
     fn configure<'a>(&'a self, netns: &'a Path, iface: &'a PodInterface) -> Fut<'a, Result<(), PlumbError>> {
-        Box::pin(async move {
-            let pod = netns::netlink_in_async(netns).await?;
-            configure(&pod, netns, iface).await
-        })
+        Box::pin(configure_in(netns, iface))
     }
 
     fn remove<'a>(&'a self, host: &'a str) -> Fut<'a, Result<bool, PlumbError>> {
@@ -138,12 +135,9 @@ impl Plumbing for Veth {
 }
 
 /// Creates the pair (the host end up) with the pod end directly in the pod's namespace, so
-/// `ifname` never clashes with a host interface.
+/// `ifname` never clashes with a host interface. Made from the node's namespace alone: the
+/// pod's is entered only to say which name was taken when the kernel refuses one.
 pub async fn create(host: &rtnetlink::Handle, netns_path: &Path, iface: &PodInterface) -> Result<(), PlumbError> {
-    let pod = netns::netlink_in_async(netns_path).await?;
-    if index_of(&pod, &iface.ifname).await?.is_some() {
-        return Err(PlumbError::IfnameTaken { name: iface.ifname.clone() });
-    }
     let ns = netns::open(netns_path)?;
     let mac = mac_bytes(&iface.mac)
         .ok_or_else(|| PlumbError::Netlink { what: "MAC".into(), message: format!("{:?} is not a MAC", iface.mac) })?;
@@ -154,23 +148,27 @@ pub async fn create(host: &rtnetlink::Handle, netns_path: &Path, iface: &PodInte
         .up()
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
         .build();
-    host.link().add(veth).execute().await.map_err(|e| match e {
-        rtnetlink::Error::NetlinkError(ref m) if m.raw_code() == -17 => PlumbError::Netlink {
-            what: format!("creating {}", iface.host),
-            message: "an interface of that name exists (or the pod end's name is taken)".into(),
-        },
-        e => nl(format!("creating veth {} / {}", iface.host, iface.ifname))(e),
-    })
+    match host.link().add(veth).execute().await {
+        Ok(()) => Ok(()),
+        // EEXIST: the host end's name, or the pod end's in the pod's namespace.
+        Err(rtnetlink::Error::NetlinkError(ref m)) if m.raw_code() == -17 => {
+            let pod = netns::netlink_in_async(netns_path).await?;
+            if index_of(&pod, &iface.ifname).await?.is_some() {
+                return Err(PlumbError::IfnameTaken { name: iface.ifname.clone() });
+            }
+            Err(PlumbError::Netlink {
+                what: format!("creating {}", iface.host),
+                message: "an interface of that name exists on the node".into(),
+            })
+        }
+        Err(e) => Err(nl(format!("creating veth {} / {}", iface.host, iface.ifname))(e)),
+    }
 }
 
-/// [`create`] then [`configure`]; on failure the pair is deleted again.
+/// [`create`] then [`configure_in`]; on failure the pair is deleted again.
 pub async fn plumb(host: &rtnetlink::Handle, netns_path: &Path, iface: &PodInterface) -> Result<(), PlumbError> {
     create(host, netns_path, iface).await?;
-    let result = async {
-        let pod = netns::netlink_in_async(netns_path).await?;
-        configure(&pod, netns_path, iface).await
-    }
-    .await;
+    let result = configure_in(netns_path, iface).await;
     if result.is_err() {
         // Nothing half-made stays: deleting the host end deletes the pair.
         let _ = unplumb(host, &iface.host).await;
@@ -178,9 +176,19 @@ pub async fn plumb(host: &rtnetlink::Handle, netns_path: &Path, iface: &PodInter
     result
 }
 
+/// [`configure`] through sockets made in one visit to the pod's namespace.
+pub async fn configure_in(netns_path: &Path, iface: &PodInterface) -> Result<(), PlumbError> {
+    let (pod, ethtool) = netns::pod_sockets(netns_path).await?;
+    configure(&pod, &ethtool, iface).await
+}
+
 /// The pod end's addresses, loopback, default routes, and TX checksum offload off (the
 /// userspace datapath does not complete partial checksums).
-pub async fn configure(pod: &rtnetlink::Handle, netns_path: &Path, iface: &PodInterface) -> Result<(), PlumbError> {
+pub async fn configure(
+    pod: &rtnetlink::Handle,
+    ethtool: &netlink_sys::Socket,
+    iface: &PodInterface,
+) -> Result<(), PlumbError> {
     let link = index_of(pod, &iface.ifname).await?.ok_or_else(|| PlumbError::Netlink {
         what: format!("pod end {}", iface.ifname),
         message: "not found in the pod's namespace".into(),
@@ -219,15 +227,8 @@ pub async fn configure(pod: &rtnetlink::Handle, netns_path: &Path, iface: &PodIn
             .await
             .map_err(nl(format!("route to {dst} via {gw}")))?;
     }
-    disable_tx_offload(netns_path, &iface.ifname).await
-}
-
-/// `ethtool -K <ifname> tx off` (over netlink, from a thread inside the pod's namespace).
-async fn disable_tx_offload(netns_path: &Path, ifname: &str) -> Result<(), PlumbError> {
-    let name = ifname.to_string();
-    netns::run_in_async(netns_path, move || crate::ethtool::disable_tx_checksum(&name))
-        .await?
-        .map_err(|message| PlumbError::Offload { name: ifname.into(), message })
+    crate::ethtool::disable_tx_checksum_with(ethtool, &iface.ifname)
+        .map_err(|message| PlumbError::Offload { name: iface.ifname.clone(), message })
 }
 
 /// Deletes the pair by its host end; an absent interface is success (DEL is idempotent).

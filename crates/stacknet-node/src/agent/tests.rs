@@ -290,7 +290,7 @@ fn netlink_error() -> PlumbError {
 }
 
 #[tokio::test]
-async fn add_makes_the_interface_then_binds_it_and_answers_once_ovn_controller_installed_it() {
+async fn add_binds_while_it_makes_the_interface_and_answers_once_ovn_controller_installed_it() {
     let n = Node::start(|c| c).await;
     let host = host_ifname("ctr-a", "eth0");
     let create = n.plumbing.hold_next(Step::Create);
@@ -302,16 +302,44 @@ async fn add_makes_the_interface_then_binds_it_and_answers_once_ovn_controller_i
     };
     let ovn_controller = async {
         create.reached.await.unwrap();
-        assert!(!n.interfaces().await.contains_key(&host), "bound before the interface exists");
-        create.release.send(()).unwrap();
+        // The binding does not wait for the pair: OVS takes the device up when it appears.
         n.wait_bound(&host).await;
+        assert!(!n.plumbing.links().contains_key(&host), "the pair is still being made");
+        create.release.send(()).unwrap();
+        n.mark_installed(&host).await;
+    };
+    let (response, ()) = tokio::join!(add, ovn_controller);
+    added(response);
+    assert!(answered.load(Ordering::SeqCst));
+    assert_eq!(n.plumbing.calls(), [created(&host, 1400), Call::Configure { host: host.clone() }]);
+    assert!(n.plumbing.links()[&host].observed.up);
+}
+
+#[tokio::test]
+async fn add_answers_only_once_ovn_controller_installed_the_port() {
+    let n = Node::start(|c| c).await;
+    let host = host_ifname("ctr-a", "eth0");
+    let answered = AtomicBool::new(false);
+    let add = async {
+        let r = n.handle(request(Command::Add, "ctr-a", POD_A)).await;
+        answered.store(true, Ordering::SeqCst);
+        r
+    };
+    let ovn_controller = async {
+        n.wait_bound(&host).await;
+        // Plumbed and bound, not installed: no answer yet.
+        for _ in 0..50 {
+            if n.plumbing.calls().len() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(n.plumbing.calls().len(), 2, "created and configured");
         assert!(!answered.load(Ordering::SeqCst), "answered before ovn-controller installed the port");
         n.mark_installed(&host).await;
     };
     let (response, ()) = tokio::join!(add, ovn_controller);
     added(response);
-    assert_eq!(n.plumbing.calls(), [created(&host, 1400), Call::Configure { host: host.clone() }]);
-    assert!(n.plumbing.links()[&host].observed.up);
 }
 
 /// The agent over `ssl:` to both databases (mutual TLS): an ADD reads the pod's port from the
@@ -356,7 +384,7 @@ async fn add_answers_with_the_pods_address_gateway_and_route_and_binds_its_logic
 }
 
 #[tokio::test]
-async fn a_failed_create_leaves_nothing_and_binds_nothing() {
+async fn a_failed_create_leaves_no_binding_and_removes_no_interface_it_did_not_make() {
     let n = Node::start(|c| c).await;
     let host = host_ifname("ctr-a", "eth0");
     for (error, code) in
