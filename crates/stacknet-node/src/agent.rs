@@ -514,6 +514,16 @@ impl Agent {
                 wanted.push((iface, n, mtu));
             }
         }
+        // An agent just started (or reconnecting) answers once its Open_vSwitch session is up,
+        // within the lookup's deadline, rather than failing the first ADDs.
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        self.ovs.connected(remaining).await.map_err(|e| {
+            CniError::new(
+                codes::TRY_AGAIN_LATER,
+                "Open_vSwitch database unavailable",
+                format!("Open_vSwitch database: {e}"),
+            )
+        })?;
         let lookup = start.elapsed();
         let results = futures::future::join_all(
             wanted.iter().map(|(ifname, net, mtu)| self.attach_one(container, netns, ifname, &key, net, *mtu)),

@@ -33,6 +33,28 @@ pub struct MemberStatus {
     pub status: String,
 }
 
+/// A database size as given by a user (`--db-cluster`, `STACKNET_DB_CLUSTER`): 1 (standalone),
+/// or a Raft cluster of 3 or 5 members.
+pub fn members(s: &str) -> std::result::Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n @ (1 | 3 | 5)) => Ok(n),
+        _ => Err(format!(
+            "{s}: 1 (standalone), 3 or 5 members (a Raft cluster of an even size tolerates no more failures than one member less)"
+        )),
+    }
+}
+
+/// The environment variable that runs the test tiers' databases as Raft clusters.
+pub const TIER_MEMBERS_ENV: &str = "STACKNET_DB_CLUSTER";
+
+/// Members of each database the test tiers start: `STACKNET_DB_CLUSTER` (1 when unset).
+pub fn tier_members() -> std::result::Result<usize, String> {
+    match std::env::var(TIER_MEMBERS_ENV) {
+        Err(_) => Ok(1),
+        Ok(v) => members(&v).map_err(|e| format!("{TIER_MEMBERS_ENV}={e}")),
+    }
+}
+
 impl DbCluster {
     /// `members == 1`: a standalone database `<dir>/<name>.db` served on `<name>.sock`.
     /// More: a Raft cluster whose member `i` keeps `<name>-<i>.db` and serves `<name>-<i>.sock`;
@@ -250,6 +272,16 @@ fn parse_status(text: &str) -> Option<MemberStatus> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_are_one_three_or_five() {
+        assert_eq!(members("3"), Ok(3));
+        assert_eq!(members(" 5 "), Ok(5));
+        for bad in ["0", "2", "4", "7", "three", ""] {
+            let e = members(bad).unwrap_err();
+            assert!(e.starts_with(&format!("{bad}: 1 (standalone), 3 or 5")), "{e}");
+        }
+    }
 
     #[test]
     fn status_lines() {

@@ -26,6 +26,9 @@ pub enum Error {
     Probe(String),
     #[error("live dataplane: {0}")]
     Live(String),
+    /// A setting of the tiers (an environment variable) that cannot be used.
+    #[error("{0}")]
+    Setting(String),
 }
 
 /// One pod-to-pod (or pod-to-VIP) probe.
@@ -77,11 +80,13 @@ pub struct OvnTrace {
 }
 
 impl OvnTrace {
-    /// Starts NB, SB and ovn-northd (call within a tokio runtime).
+    /// Starts NB, SB and ovn-northd (call within a tokio runtime); each database a Raft
+    /// cluster when `STACKNET_DB_CLUSTER` says so (3 or 5), standalone otherwise.
     pub fn start(cluster: &str) -> Result<OvnTrace, Error> {
-        let ovn = Ovn::with_northd()?;
-        let remote = ovn.nb.remote().parse().map_err(Error::Backend)?;
-        let backend = OvnBackend::connect(vec![remote]);
+        let members = stacknet_sandbox::tier_members().map_err(Error::Setting)?;
+        let ovn = Ovn::clustered_in(stacknet_sandbox::Workdir::temp()?, members)?;
+        let remotes = stacknet_ovsdb::Remote::parse_list(&ovn.nb.remote()).map_err(Error::Backend)?;
+        let backend = OvnBackend::connect(remotes);
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8);
         Ok(OvnTrace { ovn, backend, desired: Desired::default(), cluster: cluster.into(), workers })
     }

@@ -114,7 +114,7 @@ async fn start_agent(
     socket: &Path,
 ) -> Result<AgentThread, Error> {
     let ovs_remote = ovs_remote.parse().map_err(Error::Backend)?;
-    let nb_remote = nb_remote.parse().map_err(Error::Backend)?;
+    let nb_remotes = stacknet_ovsdb::Remote::parse_list(nb_remote).map_err(Error::Backend)?;
     // The agent is a daemon of its own on a node: it gets its own runtime and threads, so
     // that what the harness does (listeners, probes) does not hold up its requests.
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -129,7 +129,7 @@ async fn start_agent(
             }
         };
         runtime.block_on(async move {
-            let agent = match Agent::new(config, vec![ovs_remote], vec![nb_remote]) {
+            let agent = match Agent::new(config, vec![ovs_remote], nb_remotes) {
                 Ok(a) => Arc::new(a),
                 Err(e) => {
                     let _ = ready_tx.send(Err(e.to_string()));
@@ -425,7 +425,7 @@ impl Live {
     /// attached stay, pods gone are detached (CNI DEL). Returns the pods that have no port.
     pub async fn attach(&mut self, engine: &PolicyEngine, cluster: &str) -> Result<Vec<ObjectKey>, Error> {
         let nb = stacknet_ovsdb::Client::start(stacknet_ovsdb::ClientConfig::new(
-            vec![self.trace.ovn().nb.remote().parse().map_err(Error::Backend)?],
+            stacknet_ovsdb::Remote::parse_list(&self.trace.ovn().nb.remote()).map_err(Error::Backend)?,
             stacknet_ovsdb::nb::DATABASE,
         ));
         nb.connected(Duration::from_secs(10)).await.map_err(live)?;

@@ -56,12 +56,7 @@ pub struct UpArgs {
 }
 
 fn db_cluster_size(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n @ (1 | 3 | 5)) => Ok(n),
-        _ => Err(format!(
-            "{s}: 1 (standalone), 3 or 5 members (a Raft cluster of an even size tolerates no more failures than one member less)"
-        )),
-    }
+    stacknet_sandbox::members(s)
 }
 
 #[derive(clap::Args)]
