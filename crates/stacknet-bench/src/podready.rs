@@ -254,6 +254,21 @@ async fn runtime_floor(plugin: &Path, pods: usize) -> anyhow::Result<Vec<f64>> {
     Ok(times)
 }
 
+/// A floor's line: its sorted times' p50, p99 and max.
+fn times_line(pods: usize, client: &str, sorted: &[f64]) {
+    println!(
+        "{}",
+        jsonline::line(&[
+            ("bench", json!("pod-ready")),
+            ("pods", json!(pods)),
+            ("client", json!(client)),
+            ("p50_ms", ms(percentile(sorted, 0.5))),
+            ("p99_ms", ms(percentile(sorted, 0.99))),
+            ("max_ms", ms(percentile(sorted, 1.0))),
+        ])
+    );
+}
+
 pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() { 0.0 } else { sorted[((sorted.len() - 1) as f64 * p).round() as usize] }
 }
@@ -423,30 +438,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             ("target_p99_ratio", json!(1.5)),
         ])
     );
-    println!(
-        "{}",
-        jsonline::line(&[
-            ("bench", json!("pod-ready")),
-            ("pods", json!(args.pods)),
-            (
-                "client",
-                json!("kernel floor: the same veths, addresses, routes and links made at once by one process, no OVS")
-            ),
-            ("p50_ms", ms(percentile(&kernel, 0.5))),
-            ("p99_ms", ms(percentile(&kernel, 0.99))),
-            ("max_ms", ms(percentile(&kernel, 1.0))),
-        ])
+    times_line(
+        args.pods,
+        "kernel floor: the same veths, addresses, routes and links made at once by one process, no OVS",
+        &kernel,
     );
-    println!(
-        "{}",
-        jsonline::line(&[
-            ("bench", json!("pod-ready")),
-            ("pods", json!(args.pods)),
-            ("client", json!("runtime floor: the plugin executable run at once for every pod, answering VERSION")),
-            ("p50_ms", ms(percentile(&runtime, 0.5))),
-            ("p99_ms", ms(percentile(&runtime, 0.99))),
-            ("max_ms", ms(percentile(&runtime, 1.0))),
-        ])
+    times_line(
+        args.pods,
+        "runtime floor: the plugin executable run at once for every pod, answering VERSION",
+        &runtime,
     );
     if let Some(m) = many {
         let ratio = |a: f64, b: f64| json!((a / b * 100.0).round() / 100.0);

@@ -127,7 +127,10 @@ fn attributes(payload: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     })
 }
 
-fn socket() -> Result<Socket, String> {
+/// A generic netlink socket in the calling thread's namespace, for
+/// [`disable_tx_checksum_with`] from any thread afterwards (a socket keeps the namespace it
+/// was made in).
+pub fn socket() -> Result<Socket, String> {
     let mut s = Socket::new(NETLINK_GENERIC).map_err(|e| format!("generic netlink socket: {e}"))?;
     s.bind_auto().map_err(|e| format!("binding the generic netlink socket: {e}"))?;
     s.connect(&SocketAddr::new(0, 0)).map_err(|e| format!("connecting the generic netlink socket: {e}"))?;
@@ -153,13 +156,6 @@ fn family(socket: &Socket) -> Result<u16, String> {
 /// Turns TX checksum offload off on `ifname` (in the calling thread's namespace).
 pub fn disable_tx_checksum(ifname: &str) -> Result<(), String> {
     disable_tx_checksum_with(&socket()?, ifname)
-}
-
-/// A generic netlink socket in the calling thread's namespace, for
-/// [`disable_tx_checksum_with`] from any thread afterwards (a socket keeps the namespace it
-/// was made in).
-pub fn namespace_socket() -> Result<Socket, String> {
-    socket()
 }
 
 /// Turns TX checksum offload off on `ifname` in the namespace `socket` was made in. The kernel

@@ -165,7 +165,7 @@ pub async fn netlink_in_async(path: &Path) -> Result<rtnetlink::Handle, NetnsErr
 pub async fn pod_sockets(path: &Path) -> Result<(rtnetlink::Handle, netlink_sys::Socket), NetnsError> {
     let made = run_in_async(path, || {
         let rt = rtnetlink::new_connection().map_err(|e| format!("netlink socket: {e}"))?;
-        let genl = crate::ethtool::namespace_socket()?;
+        let genl = crate::ethtool::socket()?;
         Ok::<_, String>((rt, genl))
     })
     .await?;

@@ -45,7 +45,7 @@ pub fn members(s: &str) -> std::result::Result<usize, String> {
 }
 
 /// The environment variable that runs the test tiers' databases as Raft clusters.
-pub const TIER_MEMBERS_ENV: &str = "STACKNET_DB_CLUSTER";
+const TIER_MEMBERS_ENV: &str = "STACKNET_DB_CLUSTER";
 
 /// Members of each database the test tiers start: `STACKNET_DB_CLUSTER` (1 when unset).
 pub fn tier_members() -> std::result::Result<usize, String> {

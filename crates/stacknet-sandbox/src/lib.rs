@@ -12,7 +12,7 @@ mod ovn;
 mod require;
 
 pub use chassis::{Chassis, Netns, Segment};
-pub use cluster::{DbCluster, MemberStatus, TIER_MEMBERS_ENV, members, tier_members};
+pub use cluster::{DbCluster, MemberStatus, members, tier_members};
 pub use openstack::{OpenStack, OpenStackOptions};
 pub use ovn::{DbServer, Ovn, ServerTls, TraceVerdict, Workdir};
 pub use require::{Need, OVN_PACKAGES, require};
