@@ -181,7 +181,8 @@ pub(crate) fn spawn(stacknet: &Path, nb: &str, dir: &Path, extra: &[&str]) -> an
         .args(extra)
         .arg("--manifests")
         .arg(dir)
-        .env("STACKNET_LOG", "error")
+        // The controller's log is the bench's only when asked for (`STACKNET_LOG` set).
+        .env("STACKNET_LOG", std::env::var("STACKNET_LOG").unwrap_or_else(|_| "error".into()))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -194,7 +195,14 @@ pub(crate) fn spawn(stacknet: &Path, nb: &str, dir: &Path, extra: &[&str]) -> an
             break rest.split('/').next().context("address")?.parse()?;
         }
     };
-    std::thread::spawn(move || for _ in lines.by_ref() {});
+    let show = std::env::var_os("STACKNET_LOG").is_some();
+    std::thread::spawn(move || {
+        for line in lines.by_ref().map_while(Result::ok) {
+            if show {
+                eprintln!("{line}");
+            }
+        }
+    });
     Ok(Running { child, addr })
 }
 

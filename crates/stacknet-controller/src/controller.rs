@@ -239,7 +239,8 @@ impl<B: Backend> Controller<B> {
     pub fn new(config: &ControllerConfig, backend: B, sources: &[impl AsRef<str>]) -> Controller<B> {
         Controller {
             backend,
-            engine: PolicyEngine::new(),
+            // Every reconcile builds from the model; nothing reads deltas.
+            engine: PolicyEngine::without_deltas(),
             cluster: ObjectRef::Cluster(config.cluster.clone()),
             pace: config.pace,
             metrics_addr: config.metrics_addr,

@@ -244,18 +244,18 @@ impl Backend for OvnNetwork {
         self.ipam.set_reserved(reserved);
         let assignment = self.ipam.sync(engine.index());
         // The engine sees each pod with the addresses the network gives it (none: no port yet);
-        // only pods whose addresses differ are touched, one at a time (after a restart that is
-        // every pod: no second copy of them all).
+        // only pods whose addresses differ are touched, in place (after a restart that is
+        // every pod: no second copy of them all, no membership recomputed).
         let index = engine.index();
         let moved: Vec<_> = index
             .pods()
-            .filter(|(_, p)| p.ips != assignment.pods.get(&p.key).map(|(_, ips)| ips.as_slice()).unwrap_or_default())
-            .map(|(id, _)| id)
+            .filter_map(|(id, p)| {
+                let ips = assignment.pods.get(&p.key).map(|(_, ips)| ips.as_slice()).unwrap_or_default();
+                (p.ips != ips).then(|| (id, ips.to_vec()))
+            })
             .collect();
-        for id in moved {
-            let Some(mut pod) = engine.index().pod(id).cloned() else { continue };
-            pod.ips = assignment.pods.get(&pod.key).map(|(_, ips)| ips.clone()).unwrap_or_default();
-            engine.apply_pod(pod);
+        for (id, ips) in moved {
+            engine.set_pod_ips(id, ips);
         }
         let addressed = started.elapsed();
         let mut problems = assignment.problems;

@@ -6,6 +6,7 @@
 //! its pod is deleted.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use crate::labels::Labels;
 use crate::multinet::{MultiNetworkPolicy, NetworkAttachmentDefinition};
@@ -180,6 +181,13 @@ impl ClusterIndex {
             }
         }
         Some((id, pod))
+    }
+
+    /// Gives pod `id` the addresses `ips` in place (nothing else of it changes).
+    pub fn set_pod_ips(&mut self, id: PodId, ips: Vec<IpAddr>) {
+        if let Some(Some(pod)) = self.pods.get_mut(id.0 as usize) {
+            pod.ips = ips;
+        }
     }
 
     pub fn pod(&self, id: PodId) -> Option<&Pod> {

@@ -224,6 +224,8 @@ pub struct PolicyEngine {
     default_deny: BTreeMap<(String, Direction), BTreeMap<PodId, u32>>,
     /// Whether changes are being recorded (off for a bulk compile).
     recording: bool,
+    /// Whether changes return their [`Delta`] (off: [`PolicyEngine::without_deltas`]).
+    silent: bool,
     delta: Delta,
 }
 
@@ -247,12 +249,37 @@ impl PolicyEngine {
         engine
     }
 
+    /// An engine whose changes return no [`Delta`] (empty ones): for callers that rebuild what
+    /// they need from the model after changes and never read deltas (the controller), which
+    /// spares recording and normalising every membership change.
+    pub fn without_deltas() -> Self {
+        PolicyEngine { silent: true, ..Self::default() }
+    }
+
     pub fn index(&self) -> &ClusterIndex {
         &self.index
     }
 
+    /// Gives pod `id` the addresses `ips` (what the network assigned it). Memberships depend
+    /// on labels, never on addresses, so nothing is recomputed; with deltas, every set the pod
+    /// is in sees it leave with its old addresses and come back with the new ones (as
+    /// [`PolicyEngine::apply_pod`] would say).
+    pub fn set_pod_ips(&mut self, id: PodId, ips: Vec<IpAddr>) -> Delta {
+        let Some(pod) = self.index.pod(id) else { return Delta::default() };
+        if pod.ips == ips {
+            return Delta::default();
+        }
+        if !self.silent {
+            let mut pod = pod.clone();
+            pod.ips = ips;
+            return self.apply_pod(pod);
+        }
+        self.index.set_pod_ips(id, ips);
+        Delta::default()
+    }
+
     fn begin(&mut self) {
-        self.recording = true;
+        self.recording = !self.silent;
         self.delta = Delta::default();
     }
 

@@ -394,4 +394,26 @@ fn pod_deltas_replay_to_the_next_model() {
     assert!(engine.delete(Kind::Pod, &ObjectKey::new("x", "app-0")).is_empty());
     // A repeated apply of the same pod changes nothing.
     assert!(engine.apply(ClusterObject::Pod(pod("db-0", "db", 1))).is_empty());
+
+    // New addresses given in place: the same delta as applying the pod with them; without
+    // deltas, none, and the same model and index either way.
+    let mut silent = PolicyEngine::without_deltas();
+    for object in [
+        ClusterObject::Namespace(ns("x")),
+        ClusterObject::NetworkPolicy(engine.index().policies().next().unwrap().clone()),
+    ] {
+        silent.apply(object);
+    }
+    assert!(silent.apply(ClusterObject::Pod(pod("db-0", "db", 1))).is_empty(), "no deltas");
+    let id = engine.index().pod_id(&ObjectKey::new("x", "db-0")).unwrap();
+    let mut applied = engine.clone();
+    let by_apply = applied.apply(ClusterObject::Pod(pod("db-0", "db", 7)));
+    let by_ips = engine.set_pod_ips(id, pod("db-0", "db", 7).ips);
+    assert!(!by_ips.is_empty());
+    assert_eq!(format!("{by_ips:?}"), format!("{by_apply:?}"));
+    let silent_id = silent.index().pod_id(&ObjectKey::new("x", "db-0")).unwrap();
+    assert!(silent.set_pod_ips(silent_id, pod("db-0", "db", 7).ips).is_empty());
+    assert_eq!(silent.model(), engine.model());
+    assert_eq!(silent.index().pod(silent_id).unwrap().ips, pod("db-0", "db", 7).ips);
+    assert!(engine.set_pod_ips(id, pod("db-0", "db", 7).ips).is_empty(), "the same addresses: no change");
 }

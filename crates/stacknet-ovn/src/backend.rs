@@ -86,12 +86,14 @@ impl OvnBackend {
             let mut txn = p.txn;
             txn.comment(&format!("stacknet: reconcile cluster {}", desired.cluster));
             let operations = txn.len();
+            let census = if tracing::enabled!(tracing::Level::DEBUG) { txn.census() } else { String::new() };
             let submitting = std::time::Instant::now();
             let result = self.client.submit(txn).await;
             tracing::debug!(
                 plan_ms = (submitting - planning).as_millis() as u64,
                 transact_ms = submitting.elapsed().as_millis() as u64,
                 operations,
+                census,
                 "transaction"
             );
             match result {

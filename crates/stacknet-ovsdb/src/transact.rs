@@ -172,6 +172,19 @@ impl Operation {
         }
     }
 
+    /// The table the operation is on (a comment has none).
+    pub fn table(&self) -> Option<&str> {
+        match self {
+            Operation::Insert { table, .. }
+            | Operation::Select { table, .. }
+            | Operation::Update { table, .. }
+            | Operation::Mutate { table, .. }
+            | Operation::Delete { table, .. }
+            | Operation::Wait { table, .. } => Some(table),
+            Operation::Comment(_) => None,
+        }
+    }
+
     pub fn to_json(&self) -> Value {
         serde_json::to_value(self).expect("operations serialize")
     }
@@ -250,6 +263,16 @@ pub struct Transaction {
 impl Transaction {
     pub fn new(database: &str) -> Transaction {
         Transaction { database: database.into(), ops: Vec::new() }
+    }
+
+    /// What the transaction does, counted by operation and table (`insert Logical_Switch_Port
+    /// 1000, mutate Port_Group 12`), for logs.
+    pub fn census(&self) -> String {
+        let mut counts: std::collections::BTreeMap<(&str, &str), usize> = Default::default();
+        for op in &self.ops {
+            *counts.entry((op.name(), op.table().unwrap_or_default())).or_default() += 1;
+        }
+        counts.iter().map(|((op, table), n)| format!("{op} {table} {n}")).collect::<Vec<_>>().join(", ")
     }
 
     /// Operations other than comments.

@@ -22,6 +22,9 @@ enum AfterHandshake {
     SendGarbage,
     /// Ask the client for an echo and report its answer.
     AskEcho,
+    /// Work on each transaction this long, answering nothing meanwhile (echoes included), as
+    /// ovsdb-server does while it commits a large one.
+    SlowTransact(Duration),
 }
 
 /// Serves connections on a socket; the first connection behaves as `first`, later ones
@@ -60,7 +63,7 @@ async fn fake_server(
                     }
                     for m in msgs {
                         let reply = match m {
-                            Message::Request { id, method, .. } => {
+                            Message::Request { id, method, params } => {
                                 match (synced, behaviour) {
                                     (true, Some(AfterHandshake::GoSilent)) => continue,
                                     (true, Some(AfterHandshake::SendGarbage)) => {
@@ -68,6 +71,9 @@ async fn fake_server(
                                         // client's echo) gets garbage for an answer.
                                         let _ = sock.write_all(b"}}}{not json at all").await;
                                         continue;
+                                    }
+                                    (true, Some(AfterHandshake::SlowTransact(busy))) if method == "transact" => {
+                                        tokio::time::sleep(busy).await;
                                     }
                                     _ => {}
                                 }
@@ -83,7 +89,12 @@ async fn fake_server(
                                         json!([false, "00000000-0000-0000-0000-000000000000", {}])
                                     }
                                     "echo" => json!([]),
-                                    "transact" => json!([]),
+                                    // An empty result per operation (the first param is the
+                                    // database).
+                                    "transact" => {
+                                        let ops = params.as_array().map_or(0, |p| p.len().saturating_sub(1));
+                                        Value::Array(vec![json!({}); ops])
+                                    }
                                     _ => Value::Null,
                                 };
                                 Some(json!({"id": id, "result": result, "error": null}))
@@ -154,6 +165,34 @@ async fn with_the_probe_off_a_silent_server_keeps_its_session() {
     let status = client.status();
     let s = status.borrow();
     assert!(s.connected.is_some() && s.sessions == 1 && s.last_error.is_none(), "{s:?}");
+}
+
+/// A server silent while it commits a large transaction keeps its session (its silence is
+/// allowed for in proportion to the transaction's size); a small one does not buy it that time.
+#[tokio::test]
+async fn a_server_busy_with_a_large_transaction_keeps_its_session_but_not_with_a_small_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // Four times the 200 ms probe: without an allowance, the session would be dropped.
+    let (remote, count, _) = fake_server(dir.path(), AfterHandshake::SlowTransact(Duration::from_millis(800))).await;
+    let client = Client::start(config(&remote));
+    client.connected(Duration::from_secs(5)).await.unwrap();
+    let mut large = Transaction::new(nb::DATABASE);
+    // 2 MB: two seconds of allowance at 1 s per MB.
+    large.comment(&"x".repeat(2 << 20));
+    client.transact(&large).await.expect("the large transaction is answered on the same session");
+    assert_eq!(count.load(Ordering::SeqCst), 1, "one session only");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (remote, count, _) = fake_server(dir.path(), AfterHandshake::SlowTransact(Duration::from_secs(3))).await;
+    let client = Client::start(config(&remote));
+    client.connected(Duration::from_secs(5)).await.unwrap();
+    let small = Transaction::new(nb::DATABASE);
+    let started = std::time::Instant::now();
+    let e = client.transact(&small).await.expect_err("a small transaction does not excuse 3 s of silence");
+    assert!(e.to_string().contains("echo"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(2), "dropped after {:?}", started.elapsed());
+    reconnected(&client, "after the silence").await;
+    assert!(count.load(Ordering::SeqCst) >= 2);
 }
 
 #[tokio::test]
