@@ -315,6 +315,7 @@ impl<B: Backend> Controller<B> {
                 self.engine.delete(kind, &key);
             }
             Change::Synced(source) => {
+                tracing::debug!(source = %source, "source synced (its whole current state is in the index)");
                 self.synced.insert(source);
             }
         }

@@ -502,6 +502,7 @@ impl<'a> Session<'a> {
     }
 
     async fn run(&mut self, commands: &mut mpsc::UnboundedReceiver<Command>) -> End {
+        let started = Instant::now();
         let io = match connect(self.remote, self.config).await {
             Ok(io) => io,
             Err(e) => return End::Dropped(e),
@@ -512,6 +513,12 @@ impl<'a> Session<'a> {
         }
         self.synced = true;
         let remote = self.remote.to_string();
+        tracing::debug!(
+            remote = %remote,
+            database = %self.config.database,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "connected and monitoring (the replica holds the database)"
+        );
         self.shared.status.send_modify(|s| {
             s.connected = Some(remote);
             s.sessions += 1;
